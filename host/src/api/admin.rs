@@ -1,0 +1,134 @@
+//! `/admin/v1`: the operator's API, guarded by the operator token.
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+use super::{JsonObject, bearer};
+use crate::App;
+use crate::auth::{self, Scope};
+use crate::billing;
+use crate::error::{ApiError, Code, DetailCode};
+use crate::money::Micros;
+use crate::store::ORGANIZATIONS;
+use redb::ReadableTable;
+
+/// Proof that the request carries the operator token.
+pub struct Operator;
+
+impl FromRequestParts<Arc<App>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        match bearer(parts) {
+            Some(token) if app.operator_token.matches(token) => Ok(Operator),
+            _ => Err(ApiError::new(Code::Unauthorized, "Missing or invalid operator token.")),
+        }
+    }
+}
+
+/// A USD amount given as a decimal string (`"100.00"`) or a JSON number.
+fn amount(body: &Map<String, Value>, field: &str) -> Result<Micros, ApiError> {
+    let text = match body.get(field) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Number(number)) => number.to_string(),
+        None => return Err(ApiError::invalid(field, DetailCode::Required, format!("{field} is required"))),
+        Some(_) => return Err(ApiError::invalid(field, DetailCode::InvalidType, format!("{field} must be a decimal string"))),
+    };
+    Micros::parse(&text).ok_or_else(|| {
+        ApiError::invalid(field, DetailCode::InvalidValue, format!("{field} must be a non-negative amount with at most 6 decimals"))
+    })
+}
+
+/// `POST /admin/v1/organizations {name, credit_usd?}` → `201 {organization_id, api_key}`
+pub async fn create_organization(State(app): State<Arc<App>>, _: Operator, JsonObject(body): JsonObject) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = match body.get("name") {
+        Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 200 => name.clone(),
+        Some(Value::String(_)) | None => return Err(ApiError::invalid("name", DetailCode::Required, "name is required (at most 200 characters)")),
+        Some(_) => return Err(ApiError::invalid("name", DetailCode::InvalidType, "name must be a string")),
+    };
+    let credit = match body.get("credit_usd") {
+        None | Some(Value::Null) => Micros::ZERO,
+        Some(_) => amount(&body, "credit_usd")?,
+    };
+    let (org, key, secret) = app
+        .store
+        .write(move |txn| {
+            let org = auth::create_organization(txn, &name)?;
+            let (key, secret) = auth::create_key(txn, &org.id, Scope::Full)?;
+            if credit > Micros::ZERO {
+                billing::deposit(txn, &org.id, credit, "operator: initial credit")?;
+            }
+            Ok((org, key, secret))
+        })
+        .await?;
+    tracing::info!(organization = %org.id, %credit, "organization created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "organization_id": org.id,
+            "name": org.name,
+            "api_key": secret,
+            "api_key_id": key.id,
+            "balance": { "available": credit, "currency": "USD" },
+        })),
+    ))
+}
+
+/// `POST /admin/v1/organizations/{id}/credit {amount_usd, memo?}`
+pub async fn credit(State(app): State<Arc<App>>, _: Operator, Path(org_id): Path<String>, JsonObject(body): JsonObject) -> Result<Json<Value>, ApiError> {
+    let amount = amount(&body, "amount_usd")?;
+    if amount == Micros::ZERO {
+        return Err(ApiError::invalid("amount_usd", DetailCode::OutOfRange, "amount_usd must be positive"));
+    }
+    let memo = match body.get("memo") {
+        Some(Value::String(memo)) => format!("operator: {memo}"),
+        _ => "operator credit".to_string(),
+    };
+    let account = app
+        .store
+        .write(move |txn| {
+            if txn.open_table(ORGANIZATIONS)?.get(org_id.as_str())?.is_none() {
+                return Ok(None);
+            }
+            billing::deposit(txn, &org_id, amount, &memo)?;
+            Ok(Some(store_account(txn, &org_id)?))
+        })
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!({
+        "available": account.available,
+        "held": account.held,
+        "currency": "USD",
+    })))
+}
+
+fn store_account(txn: &redb::WriteTransaction, org_id: &str) -> anyhow::Result<billing::Account> {
+    Ok(crate::store::get(&txn.open_table(crate::store::ACCOUNTS)?, org_id)?.unwrap_or_default())
+}
+
+/// `GET /admin/v1/plugins`: what is loaded.
+pub async fn plugins(State(app): State<Arc<App>>, _: Operator) -> Json<Value> {
+    let plugins: Vec<Value> = app
+        .registry
+        .all()
+        .iter()
+        .map(|plugin| {
+            json!({
+                "name": plugin.name,
+                "version": plugin.version,
+                "api_version": plugin.api_version,
+                "sha256": plugin.sha256,
+                "state": "active",
+                "loaded_at": plugin.loaded_at,
+                "models": plugin.manifest.models.iter().map(|m| &m.slug).collect::<Vec<_>>(),
+                "calls": plugin.calls(),
+                "traps": plugin.traps(),
+            })
+        })
+        .collect();
+    Json(json!({ "data": plugins, "has_more": false }))
+}

@@ -1,0 +1,220 @@
+//! `/v1/executions` and `/v1/balance`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{JsonObject, Page, list_body, require};
+use crate::App;
+use crate::auth::{Caller, Scope};
+use crate::billing;
+use crate::error::{ApiError, Code, Detail, DetailCode};
+use crate::executions::{CreateRequest, Mode, Status, request_hash};
+
+/// Longest a `SYNC` request may wait.
+const MAX_WAIT_SECONDS: u64 = 300;
+const DEFAULT_WAIT_SECONDS: u64 = 60;
+
+pub async fn create(State(app): State<Arc<App>>, caller: Caller, headers: HeaderMap, JsonObject(body): JsonObject) -> Result<Response, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let (request, wait) = parse_create(&body)?;
+    let idempotency = idempotency_key.map(|key| {
+        (key, request_hash("POST", "/v1/executions", &Value::Object(body)))
+    });
+    let created = app.executions.create(&caller, request, idempotency).await?;
+    let mut execution = created.execution;
+    if execution.mode == Mode::Sync && !created.replayed {
+        execution = app
+            .executions
+            .wait_terminal(&caller.org_id, &execution.id, wait)
+            .await?
+            .unwrap_or(execution);
+    }
+    let mut response = if execution.status.is_terminal() && execution.mode == Mode::Sync {
+        (StatusCode::OK, Json(execution.view())).into_response()
+    } else {
+        (StatusCode::ACCEPTED, Json(execution.accepted_view())).into_response()
+    };
+    if created.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `Idempotency-Key`: 1–255 printable ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default();
+    let printable = key.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if key.is_empty() || key.len() > 255 || !printable || value.as_bytes().len() != key.len() {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            DetailCode::InvalidValue,
+            "must be 1 to 255 printable ASCII characters",
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Reads `{model, input, webhook_url?, metadata?, mode?, wait_seconds?}`, reporting
+/// every problem at once.
+fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), ApiError> {
+    let mut details = Vec::new();
+    for field in body.keys() {
+        if !["model", "input", "webhook_url", "metadata", "mode", "wait_seconds"].contains(&field.as_str()) {
+            details.push(Detail::new(field, DetailCode::UnknownField, format!("unknown field {field}")));
+        }
+    }
+    let model = match body.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(Value::String(_)) | None => {
+            details.push(Detail::new("model", DetailCode::Required, "model is required"));
+            String::new()
+        }
+        Some(_) => {
+            details.push(Detail::new("model", DetailCode::InvalidType, "model must be a string"));
+            String::new()
+        }
+    };
+    let input = match body.get("input") {
+        Some(input @ Value::Object(_)) => input.clone(),
+        None => {
+            details.push(Detail::new("input", DetailCode::Required, "input is required"));
+            Value::Null
+        }
+        Some(_) => {
+            details.push(Detail::new("input", DetailCode::InvalidType, "input must be an object"));
+            Value::Null
+        }
+    };
+    let metadata = match body.get("metadata") {
+        None | Some(Value::Null) => json!({}),
+        Some(metadata @ Value::Object(map)) if map.len() <= 50 && metadata.to_string().len() <= 16 * 1024 => metadata.clone(),
+        Some(Value::Object(_)) => {
+            details.push(Detail::new("metadata", DetailCode::OutOfRange, "metadata is limited to 50 keys and 16 KiB"));
+            Value::Null
+        }
+        Some(_) => {
+            details.push(Detail::new("metadata", DetailCode::InvalidType, "metadata must be an object"));
+            Value::Null
+        }
+    };
+    let mode = match body.get("mode") {
+        None | Some(Value::Null) => Mode::Async,
+        Some(Value::String(mode)) if mode == "ASYNC" => Mode::Async,
+        Some(Value::String(mode)) if mode == "SYNC" => Mode::Sync,
+        Some(Value::String(mode)) if mode == "STREAMING" => {
+            details.push(Detail::new("mode", DetailCode::InvalidValue, "STREAMING is not available yet; use ASYNC or SYNC"));
+            Mode::Streaming
+        }
+        Some(_) => {
+            details.push(Detail::new("mode", DetailCode::InvalidValue, "mode must be ASYNC, SYNC or STREAMING"));
+            Mode::Async
+        }
+    };
+    let wait = match body.get("wait_seconds") {
+        None | Some(Value::Null) => DEFAULT_WAIT_SECONDS,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(seconds @ 1..=MAX_WAIT_SECONDS) => seconds,
+            _ => {
+                details.push(Detail::new("wait_seconds", DetailCode::OutOfRange, format!("wait_seconds must be 1 to {MAX_WAIT_SECONDS}")));
+                DEFAULT_WAIT_SECONDS
+            }
+        },
+        Some(_) => {
+            details.push(Detail::new("wait_seconds", DetailCode::InvalidType, "wait_seconds must be an integer"));
+            DEFAULT_WAIT_SECONDS
+        }
+    };
+    let webhook_url = match body.get("webhook_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => match url::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "https" | "http") => Some(url.clone()),
+            _ => {
+                details.push(Detail::new("webhook_url", DetailCode::InvalidValue, "webhook_url must be an http(s) URL"));
+                None
+            }
+        },
+        Some(_) => {
+            details.push(Detail::new("webhook_url", DetailCode::InvalidType, "webhook_url must be a string"));
+            None
+        }
+    };
+    if !details.is_empty() {
+        return Err(ApiError::validation(details));
+    }
+    Ok((
+        CreateRequest {
+            model,
+            input,
+            metadata,
+            mode,
+            webhook_url,
+        },
+        Duration::from_secs(wait),
+    ))
+}
+
+pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let execution = app.executions.get(&caller.org_id, &id)?.ok_or_else(ApiError::not_found)?;
+    Ok(Json(execution.view()))
+}
+
+pub async fn result(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let execution = app.executions.get(&caller.org_id, &id)?.ok_or_else(ApiError::not_found)?;
+    if execution.status != Status::Completed {
+        let status = serde_json::to_value(execution.status).unwrap_or_default();
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("the execution is {}, not COMPLETED", status.as_str().unwrap_or_default()),
+        ));
+    }
+    Ok(Json(json!({
+        "execution_id": execution.id,
+        "status": execution.status,
+        "output": execution.output,
+        "cost": execution.cost,
+        "latency_ms": execution.latency_ms(),
+    })))
+}
+
+pub async fn list(State(app): State<Arc<App>>, caller: Caller, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let page = Page::from_query(&query)?;
+    let status = match query.get("status") {
+        None => None,
+        Some(text) => Some(Status::parse(text).ok_or_else(|| {
+            ApiError::invalid("status", DetailCode::InvalidValue, format!("unknown status {text:?}"))
+        })?),
+    };
+    let (executions, has_more) = app.executions.list(
+        &caller.org_id,
+        page.limit,
+        page.starting_after.as_deref(),
+        status,
+        query.get("model").map(String::as_str),
+    )?;
+    Ok(list_body(executions.iter().map(|e| e.view()).collect(), has_more))
+}
+
+pub async fn balance(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let account = app.store.read(|txn| billing::account(txn, &caller.org_id))?;
+    Ok(Json(json!({
+        "available": account.available,
+        "held": account.held,
+        "currency": "USD",
+    })))
+}

@@ -1,0 +1,174 @@
+//! HTTP API: thin handlers that parse, authorize, call a service and render.
+
+mod admin;
+mod executions;
+mod files;
+mod models;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::App;
+use crate::auth::{self, Caller, Scope};
+use crate::error::{ApiError, Code, DetailCode};
+use crate::ids::new_short_id;
+
+/// Largest JSON body accepted by any endpoint.
+const MAX_JSON_BODY: usize = 1024 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route("/executions", post(executions::create).get(executions::list))
+        .route("/executions/{id}", get(executions::get))
+        .route("/executions/{id}/result", get(executions::result))
+        .route("/files/{id}", get(files::get))
+        .route("/files/{id}/download", get(files::download))
+        .route("/models", get(models::list))
+        .route("/models/{slug}", get(models::get))
+        .route("/balance", get(executions::balance))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    let admin = Router::new()
+        .route("/organizations", post(admin::create_organization))
+        .route("/organizations/{id}/credit", post(admin::credit))
+        .route("/plugins", get(admin::plugins))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .nest("/v1", v1)
+        .nest("/admin/v1", admin)
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(Code::NotFound, "This endpoint does not accept that method.")
+        })
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| ApiError::internal().into_response(),
+        ))
+        .layer(middleware::from_fn(request_id))
+        .with_state(app)
+}
+
+/// Gives every response an `X-Request-Id` and renders any [`ApiError`] into the
+/// contract's envelope with that same id.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = new_short_id("req");
+    let mut response = next.run(request).await;
+    if let Some(error) = response.extensions_mut().remove::<ApiError>() {
+        let mut body = json!({
+            "code": error.code,
+            "message": error.message,
+            "retryable": error.code.retryable(),
+            "request_id": id,
+        });
+        if !error.details.is_empty() {
+            body["details"] = json!(error.details);
+        }
+        *response.body_mut() = Body::from(json!({ "error": body }).to_string());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The authenticated caller of a `/v1` request.
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let unauthorized = || ApiError::new(Code::Unauthorized, Code::Unauthorized.client_message());
+        let secret = bearer(parts).ok_or_else(unauthorized)?;
+        let now = crate::clock::now();
+        app.store
+            .read(|txn| auth::authenticate(txn, secret, now))?
+            .ok_or_else(unauthorized)
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Requires `scope` of the caller.
+fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+    if caller.has(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::new(Code::Forbidden, Code::Forbidden.client_message()))
+    }
+}
+
+/// A JSON object body; every failure to read one is an error in the envelope.
+pub struct JsonObject(pub serde_json::Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    Code::PayloadTooLarge,
+                    format!("JSON bodies are limited to {MAX_JSON_BODY} bytes"),
+                )
+            } else {
+                ApiError::invalid("body", DetailCode::InvalidValue, rejection.body_text())
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::invalid("body", DetailCode::Required, "a JSON object body is required"));
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(_) => Err(ApiError::invalid("body", DetailCode::InvalidType, "the body must be a JSON object")),
+            Err(error) => Err(ApiError::invalid("body", DetailCode::InvalidType, format!("malformed JSON: {error}"))),
+        }
+    }
+}
+
+/// `limit` (1–100, default 20) and `starting_after` of a list request.
+pub struct Page {
+    pub limit: usize,
+    pub starting_after: Option<String>,
+}
+
+impl Page {
+    pub fn from_query(query: &HashMap<String, String>) -> Result<Page, ApiError> {
+        let limit = match query.get("limit") {
+            None => 20,
+            Some(text) => match text.parse::<usize>() {
+                Ok(limit @ 1..=100) => limit,
+                Ok(_) => return Err(ApiError::invalid("limit", DetailCode::OutOfRange, "limit must be between 1 and 100")),
+                Err(_) => return Err(ApiError::invalid("limit", DetailCode::InvalidType, "limit must be an integer")),
+            },
+        };
+        Ok(Page {
+            limit,
+            starting_after: query.get("starting_after").cloned(),
+        })
+    }
+}
+
+/// `{"data": [...], "has_more": bool}`
+pub fn list_body(data: Vec<Value>, has_more: bool) -> Json<Value> {
+    Json(json!({ "data": data, "has_more": has_more }))
+}

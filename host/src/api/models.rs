@@ -1,0 +1,72 @@
+//! `/v1/models`: the catalogue, built from the loaded adapters' manifests. It never
+//! names a provider or an adapter.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::list_body;
+use crate::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::money::Micros;
+use crate::plugins::wit;
+
+fn describe(app: &App, slug: &str) -> Option<Value> {
+    let candidates = app.router.candidates(slug);
+    let first = candidates.first()?;
+    let cheapest = candidates
+        .iter()
+        .map(|c| &c.model.price)
+        .min_by_key(|p| (p.per_request, p.per_image, p.per_megapixel, p.per_second, p.per_million_input_tokens))
+        .unwrap_or(&first.model.price);
+    Some(json!({
+        "slug": slug,
+        "modality": match first.model.modality {
+            wit::Modality::Image => "image",
+            wit::Modality::Video => "video",
+            wit::Modality::Audio => "audio",
+            wit::Modality::Text => "text",
+        },
+        "description": first.model.description,
+        "input_schema": serde_json::from_str::<Value>(&first.model.input_schema).unwrap_or(Value::Null),
+        "pricing": pricing(cheapest),
+        "available": candidates.iter().any(|c| c.provider.is_healthy()),
+    }))
+}
+
+/// Unit prices as decimal strings, only the units that are charged.
+fn pricing(price: &wit::Price) -> Value {
+    let mut pricing = serde_json::Map::new();
+    pricing.insert("currency".into(), json!("USD"));
+    for (name, value) in [
+        ("per_request", price.per_request),
+        ("per_image", price.per_image),
+        ("per_megapixel", price.per_megapixel),
+        ("per_second", price.per_second),
+        ("per_million_input_tokens", price.per_million_input_tokens),
+        ("per_million_output_tokens", price.per_million_output_tokens),
+    ] {
+        if value > 0 {
+            pricing.insert(name.into(), json!(Micros(value)));
+        }
+    }
+    Value::Object(pricing)
+}
+
+pub async fn list(State(app): State<Arc<App>>, _caller: Caller) -> Json<Value> {
+    let slugs: BTreeSet<String> = app
+        .registry
+        .all()
+        .iter()
+        .flat_map(|plugin| plugin.manifest.models.iter().map(|m| m.slug.clone()))
+        .collect();
+    let models = slugs.iter().filter_map(|slug| describe(&app, slug)).collect();
+    list_body(models, false)
+}
+
+pub async fn get(State(app): State<Arc<App>>, _caller: Caller, Path(slug): Path<String>) -> Result<Json<Value>, ApiError> {
+    describe(&app, &slug).map(Json).ok_or_else(ApiError::not_found)
+}

@@ -1,0 +1,179 @@
+//! Prepaid balances as a double-entry ledger (SPEC §7).
+//!
+//! Every movement is one entry moving an amount from one account to another:
+//! `external → available` (deposit), `available → held` (hold),
+//! `held → spent` (settle), `held → available` (release). So at every instant
+//! deposits = available + held + spent. All functions run inside the caller's write
+//! transaction, next to the state change that causes them.
+
+use anyhow::{Result, bail};
+use chrono::{DateTime, Utc};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::money::Micros;
+use crate::store::{self, ACCOUNTS, LEDGER};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub deposits: Micros,
+    pub available: Micros,
+    pub held: Micros,
+    pub spent: Micros,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    External,
+    Available,
+    Held,
+    Spent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Deposit,
+    Hold,
+    Settle,
+    Release,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub organization_id: String,
+    pub kind: EntryKind,
+    pub amount: Micros,
+    pub debit: Bucket,
+    pub credit: Bucket,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// who and why, for operator credits
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memo: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Account {
+    fn bucket(&mut self, bucket: Bucket) -> &mut Micros {
+        match bucket {
+            Bucket::External => &mut self.deposits,
+            Bucket::Available => &mut self.available,
+            Bucket::Held => &mut self.held,
+            Bucket::Spent => &mut self.spent,
+        }
+    }
+
+    /// Moves `amount` from `debit` to `credit`; the external account only ever counts
+    /// up (it is the total deposited). `None` when a bucket would go negative.
+    fn apply(&mut self, debit: Bucket, credit: Bucket, amount: Micros) -> Option<()> {
+        let from = self.bucket(debit);
+        *from = if debit == Bucket::External {
+            Micros(from.0.checked_add(amount.0)?)
+        } else {
+            Micros(from.0.checked_sub(amount.0)?)
+        };
+        let to = self.bucket(credit);
+        *to = Micros(to.0.checked_add(amount.0)?);
+        Some(())
+    }
+}
+
+pub fn account(txn: &ReadTransaction, org_id: &str) -> Result<Account> {
+    Ok(store::get(&txn.open_table(ACCOUNTS)?, org_id)?.unwrap_or_default())
+}
+
+/// The result of asking for a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldResult {
+    Placed,
+    InsufficientBalance { available: Micros },
+}
+
+/// Moves `amount` from `debit` to `credit` and records the entry.
+fn post(
+    txn: &WriteTransaction,
+    org_id: &str,
+    kind: EntryKind,
+    amount: Micros,
+    execution_id: Option<&str>,
+    memo: Option<&str>,
+) -> Result<()> {
+    let (debit, credit) = match kind {
+        EntryKind::Deposit => (Bucket::External, Bucket::Available),
+        EntryKind::Hold => (Bucket::Available, Bucket::Held),
+        EntryKind::Settle => (Bucket::Held, Bucket::Spent),
+        EntryKind::Release => (Bucket::Held, Bucket::Available),
+    };
+    let mut accounts = txn.open_table(ACCOUNTS)?;
+    let mut account: Account = store::get(&accounts, org_id)?.unwrap_or_default();
+    if account.apply(debit, credit, amount).is_none() {
+        bail!("ledger would go negative: {kind:?} {amount} for {org_id}");
+    }
+    accounts.insert(org_id, store::encode(&account)?.as_slice())?;
+    let seq = store::next_sequence(txn, "ledger")?;
+    let entry = Entry {
+        id: format!("le_{seq:016}"),
+        organization_id: org_id.to_string(),
+        kind,
+        amount,
+        debit,
+        credit,
+        execution_id: execution_id.map(str::to_string),
+        memo: memo.map(str::to_string),
+        created_at: Utc::now(),
+    };
+    txn.open_table(LEDGER)?.insert(
+        format!("{org_id}/{seq:020}").as_str(),
+        store::encode(&entry)?.as_slice(),
+    )?;
+    Ok(())
+}
+
+pub fn deposit(txn: &WriteTransaction, org_id: &str, amount: Micros, memo: &str) -> Result<()> {
+    post(txn, org_id, EntryKind::Deposit, amount, None, Some(memo))
+}
+
+/// Holds `amount` for an execution when the available balance covers it.
+pub fn hold(txn: &WriteTransaction, org_id: &str, amount: Micros, execution_id: &str) -> Result<HoldResult> {
+    let available = store::get::<Account>(&txn.open_table(ACCOUNTS)?, org_id)?
+        .unwrap_or_default()
+        .available;
+    if available < amount {
+        return Ok(HoldResult::InsufficientBalance { available });
+    }
+    post(txn, org_id, EntryKind::Hold, amount, Some(execution_id), None)?;
+    Ok(HoldResult::Placed)
+}
+
+/// Resolves an execution's hold: `cost` (capped at the hold) is spent, the rest
+/// returns to the balance. The caller guarantees this runs once per hold (it is part
+/// of the transition to a terminal state). Returns what was charged.
+pub fn settle(txn: &WriteTransaction, org_id: &str, held: Micros, cost: Micros, execution_id: &str) -> Result<Micros> {
+    let charged = cost.min(held);
+    if charged > Micros::ZERO {
+        post(txn, org_id, EntryKind::Settle, charged, Some(execution_id), None)?;
+    }
+    let rest = Micros(held.0 - charged.0);
+    if rest > Micros::ZERO {
+        post(txn, org_id, EntryKind::Release, rest, Some(execution_id), None)?;
+    }
+    Ok(charged)
+}
+
+/// Rebuilds every organization's account from the ledger, for audits and tests.
+pub fn rebuild_from_entries(txn: &ReadTransaction) -> Result<std::collections::BTreeMap<String, Account>> {
+    let mut accounts = std::collections::BTreeMap::<String, Account>::new();
+    for row in txn.open_table(LEDGER)?.iter()? {
+        let (_, value) = row?;
+        let entry: Entry = store::decode(value.value())?;
+        let account = accounts.entry(entry.organization_id.clone()).or_default();
+        if account.apply(entry.debit, entry.credit, entry.amount).is_none() {
+            bail!("ledger entry {} overdraws {}", entry.id, entry.organization_id);
+        }
+    }
+    Ok(accounts)
+}
+

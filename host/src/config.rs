@@ -1,0 +1,188 @@
+//! Operator configuration: an embedded default (`default-config.toml`), replaced by a
+//! file given with `--config`, then a few environment overrides.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::money::Micros;
+
+pub const EMBEDDED: &str = include_str!("default-config.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub plugins_dir: PathBuf,
+    pub public_url: String,
+    #[serde(default)]
+    pub plugins: PluginLimits,
+    #[serde(default)]
+    pub executions: ExecutionSettings,
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// Development conveniences (`--dev`): a bootstrap organization and key.
+    #[serde(skip)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    pub call_timeout_ms: u64,
+    pub memory_limit_mb: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            call_timeout_ms: 1000,
+            memory_limit_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionSettings {
+    pub expiry_seconds: u64,
+    pub max_attempts: u32,
+    pub upstream_timeout_ms: u64,
+    pub max_asset_bytes: u64,
+}
+
+impl Default for ExecutionSettings {
+    fn default() -> Self {
+        ExecutionSettings {
+            expiry_seconds: 1800,
+            max_attempts: 4,
+            upstream_timeout_ms: 60_000,
+            max_asset_bytes: 150 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// the adapter plugin's manifest name
+    pub adapter: String,
+    /// defaults to the adapter's `default-base-url`
+    pub base_url: Option<String>,
+    /// environment variable holding the credential
+    pub api_key_env: Option<String>,
+    /// a literal credential, for local emulators only
+    pub api_key: Option<String>,
+    /// hosts (`host` or `host:port`) requests may go to; defaults to the base URL's
+    /// host plus the adapter's manifest hosts
+    pub allowed_hosts: Option<Vec<String>>,
+    pub models: BTreeMap<String, ProviderModelConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderModelConfig {
+    /// the provider's own model name, when it differs from the adapter's default
+    pub provider_model: Option<String>,
+    /// unit prices (USD decimal strings) replacing the adapter's defaults
+    pub price: Option<PriceOverride>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceOverride {
+    pub per_request: Option<Micros>,
+    pub per_image: Option<Micros>,
+    pub per_megapixel: Option<Micros>,
+    pub per_second: Option<Micros>,
+    pub per_million_input_tokens: Option<Micros>,
+    pub per_million_output_tokens: Option<Micros>,
+}
+
+impl Config {
+    /// The embedded defaults, or `path`, then `MODELROUTE_LISTEN`,
+    /// `MODELROUTE_DATA_DIR`, `MODELROUTE_PLUGINS_DIR` and `MODELROUTE_PUBLIC_URL`.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Config> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?,
+            None => EMBEDDED.to_string(),
+        };
+        let mut config: Config = toml::from_str(&text).context("parsing config")?;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(listen) = env("MODELROUTE_LISTEN") {
+            if env("MODELROUTE_PUBLIC_URL").is_none() {
+                config.public_url = format!("http://{listen}");
+            }
+            config.listen = listen;
+        }
+        if let Some(dir) = env("MODELROUTE_DATA_DIR") {
+            config.data_dir = dir.into();
+        }
+        if let Some(dir) = env("MODELROUTE_PLUGINS_DIR") {
+            config.plugins_dir = dir.into();
+        }
+        if let Some(url) = env("MODELROUTE_PUBLIC_URL") {
+            config.public_url = url;
+        }
+        config.public_url = config.public_url.trim_end_matches('/').to_string();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for provider in &self.providers {
+            if !names.insert(&provider.name) {
+                bail!("provider {:?} is configured twice", provider.name);
+            }
+            if provider.models.is_empty() {
+                bail!("provider {:?} serves no models", provider.name);
+            }
+        }
+        if self.executions.max_attempts == 0 {
+            bail!("executions.max_attempts must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl ProviderConfig {
+    /// The credential: the environment variable wins over a literal key.
+    pub fn credential(&self) -> Option<String> {
+        self.api_key_env
+            .as_deref()
+            .and_then(|name| std::env::var(name).ok())
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.api_key.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_and_serve_flux_twice_and_one_text_model() {
+        let config: Config = toml::from_str(EMBEDDED).unwrap();
+        config.validate().unwrap();
+        let serving = |slug: &str| {
+            config
+                .providers
+                .iter()
+                .filter(|p| p.models.contains_key(slug))
+                .count()
+        };
+        assert_eq!(serving("flux-1.1-pro"), 2);
+        assert_eq!(serving("llama-3.1-8b-instruct"), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = format!("{EMBEDDED}\nlisten_port = 1\n");
+        assert!(toml::from_str::<Config>(&text).is_err());
+    }
+}

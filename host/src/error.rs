@@ -1,0 +1,252 @@
+//! The one place where failures become the contract's error codes (SPEC §5).
+//!
+//! Every module reports failures in its own terms; handlers convert them into an
+//! [`ApiError`], which carries a [`Code`]. The request-id middleware renders the
+//! envelope, so every error of every endpoint has the same shape.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::plugins::wit;
+
+/// Every code a client can see: the 12 normalized codes plus the API-level ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Code {
+    InputValidationError,
+    ContentModerationRejected,
+    FileNotFound,
+    FileFormatUnsupported,
+    InsufficientBalance,
+    RateLimited,
+    ModelOverloaded,
+    ModelUnavailable,
+    GenerationTimeout,
+    GenerationFailed,
+    ServiceUnavailable,
+    InternalError,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+}
+
+impl Code {
+    pub fn status(self) -> StatusCode {
+        use Code::*;
+        match self {
+            InputValidationError | ContentModerationRejected | FileNotFound
+            | FileFormatUnsupported => StatusCode::BAD_REQUEST,
+            InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ModelOverloaded | ModelUnavailable | ServiceUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GenerationTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GenerationFailed | InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            Conflict => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    pub fn retryable(self) -> bool {
+        use Code::*;
+        matches!(
+            self,
+            RateLimited
+                | ModelOverloaded
+                | ModelUnavailable
+                | GenerationTimeout
+                | GenerationFailed
+                | ServiceUnavailable
+        )
+    }
+
+    /// The message clients see for a provider-side failure. Provider messages stay in
+    /// the operator's logs: they may name the provider or echo its URLs.
+    pub fn client_message(self) -> &'static str {
+        use Code::*;
+        match self {
+            InputValidationError => "The model rejected the input.",
+            ContentModerationRejected => "The input or output was rejected by content moderation.",
+            FileNotFound => "A file referenced by the input was not found.",
+            FileFormatUnsupported => "A file referenced by the input has an unsupported format.",
+            InsufficientBalance => "The balance does not cover this execution.",
+            RateLimited => "The model is rate limited; try again later.",
+            ModelOverloaded => "The model is overloaded; try again later.",
+            ModelUnavailable => "The model is not available right now.",
+            GenerationTimeout => "The generation did not finish in time.",
+            GenerationFailed => "The generation failed.",
+            ServiceUnavailable => "No provider could run the execution right now.",
+            InternalError => "An internal error occurred.",
+            Unauthorized => "Missing or invalid API key.",
+            Forbidden => "The API key lacks the scope for this request.",
+            NotFound => "Not found.",
+            Conflict => "The request conflicts with the current state.",
+            PayloadTooLarge => "The request body is too large.",
+        }
+    }
+}
+
+/// An adapter's classification, as a client-facing code.
+impl From<wit::ErrorCode> for Code {
+    fn from(code: wit::ErrorCode) -> Code {
+        use wit::ErrorCode as W;
+        match code {
+            W::InputValidationError => Code::InputValidationError,
+            W::ContentModerationRejected => Code::ContentModerationRejected,
+            W::FileNotFound => Code::FileNotFound,
+            W::FileFormatUnsupported => Code::FileFormatUnsupported,
+            W::InsufficientBalance => Code::InsufficientBalance,
+            W::RateLimited => Code::RateLimited,
+            W::ModelOverloaded => Code::ModelOverloaded,
+            W::ModelUnavailable => Code::ModelUnavailable,
+            W::GenerationTimeout => Code::GenerationTimeout,
+            W::GenerationFailed => Code::GenerationFailed,
+            W::ServiceUnavailable => Code::ServiceUnavailable,
+            W::InternalError => Code::InternalError,
+        }
+    }
+}
+
+/// One entry of `details` for `INPUT_VALIDATION_ERROR`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detail {
+    pub field: String,
+    pub code: DetailCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DetailCode {
+    Required,
+    OutOfRange,
+    InvalidType,
+    UnknownField,
+    InvalidValue,
+}
+
+impl Detail {
+    pub fn new(field: impl Into<String>, code: DetailCode, message: impl Into<String>) -> Self {
+        Detail {
+            field: field.into(),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A failure as a client sees it. Rendered by [`crate::api::request_id`] into
+/// `{"error": {code, message, retryable, request_id, details?}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    pub details: Vec<Detail>,
+    /// extra headers (e.g. `Retry-After`)
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn validation(details: Vec<Detail>) -> Self {
+        let message = match details.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            _ => format!("{} fields are invalid", details.len()),
+        };
+        ApiError {
+            details,
+            ..ApiError::new(Code::InputValidationError, message)
+        }
+    }
+
+    pub fn invalid(field: &str, code: DetailCode, message: impl Into<String>) -> Self {
+        Self::validation(vec![Detail::new(field, code, message)])
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(Code::NotFound, Code::NotFound.client_message())
+    }
+
+    pub fn internal() -> Self {
+        Self::new(Code::InternalError, Code::InternalError.client_message())
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Unexpected failures (storage, bugs) are logged in full and shown as
+/// `INTERNAL_ERROR` without detail.
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        tracing::error!(error = format!("{error:#}"), "internal error");
+        ApiError::internal()
+    }
+}
+
+/// The rendered envelope lives in the response extensions until the request-id
+/// middleware writes it, so that `request_id` always matches `X-Request-Id`.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.code.status().into_response();
+        for (name, value) in &self.headers {
+            if let Ok(value) = value.parse() {
+                response.headers_mut().insert(*name, value);
+            }
+        }
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_normalized_code_has_the_contract_status_and_retryability() {
+        let table = [
+            (Code::InputValidationError, 400, false),
+            (Code::ContentModerationRejected, 400, false),
+            (Code::FileNotFound, 400, false),
+            (Code::FileFormatUnsupported, 400, false),
+            (Code::InsufficientBalance, 402, false),
+            (Code::RateLimited, 429, true),
+            (Code::ModelOverloaded, 503, true),
+            (Code::ModelUnavailable, 503, true),
+            (Code::GenerationTimeout, 504, true),
+            (Code::GenerationFailed, 500, true),
+            (Code::ServiceUnavailable, 503, true),
+            (Code::InternalError, 500, false),
+        ];
+        for (code, status, retryable) in table {
+            assert_eq!(code.status().as_u16(), status, "{code:?}");
+            assert_eq!(code.retryable(), retryable, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn codes_serialize_in_screaming_snake_case() {
+        assert_eq!(
+            serde_json::to_string(&Code::ContentModerationRejected).unwrap(),
+            "\"CONTENT_MODERATION_REJECTED\""
+        );
+    }
+}

@@ -1,0 +1,592 @@
+//! Drives accepted executions to a terminal state: picks a provider, runs the
+//! adapter's requests through the host, polls provider jobs, retries and fails over,
+//! stores outputs, settles the hold. Everything it decides is written to the store
+//! before it acts on it, so a restart resumes every non-terminal execution: pending
+//! ones start, ones with a provider job are polled again, and an attempt cut before
+//! its job id was recorded is closed and retried.
+
+use anyhow::Result;
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use super::model::{Attempt, Execution, ExecutionError, JobRecord, Status};
+use super::Executions;
+use crate::billing;
+use crate::clock;
+use crate::config::ExecutionSettings;
+use crate::error::Code;
+use crate::files::{self, FileRecord, FileStore};
+use crate::ids::new_short_id;
+use crate::money::Micros;
+use crate::plugins::{CallError, wit};
+use crate::routing::{self, Candidate, Router};
+use crate::upstream::{Target, Upstream};
+
+/// Consecutive failed polls of one job (provider errors, not job failures) before
+/// the attempt is given up.
+const MAX_POLL_ERRORS: u32 = 5;
+/// How often the expiry sweeper looks for executions past their deadline.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+pub struct Dispatcher {
+    executions: Arc<Executions>,
+    router: Arc<Router>,
+    upstream: Upstream,
+    files: FileStore,
+    settings: ExecutionSettings,
+    running: Mutex<HashSet<String>>,
+}
+
+/// How an attempt ended.
+enum AttemptEnd {
+    Completed(wit::Completion),
+    Failed(wit::Failure),
+    /// the execution became terminal meanwhile (cancelled, expired)
+    Abandoned,
+}
+
+fn failure(code: wit::ErrorCode, message: impl Into<String>, retryable: bool) -> wit::Failure {
+    wit::Failure {
+        code,
+        message: message.into(),
+        retryable,
+        retry_after_ms: None,
+    }
+}
+
+/// A plugin that traps or overruns fails its attempt; another provider may serve.
+fn plugin_failure(error: CallError) -> wit::Failure {
+    tracing::warn!(%error, "plugin call failed");
+    failure(wit::ErrorCode::InternalError, error.to_string(), true)
+}
+
+impl Dispatcher {
+    pub fn new(executions: Arc<Executions>, router: Arc<Router>, upstream: Upstream, files: FileStore, settings: ExecutionSettings) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            executions,
+            router,
+            upstream,
+            files,
+            settings,
+            running: Mutex::default(),
+        })
+    }
+
+    /// Resumes every non-terminal execution, then serves newly accepted ones, and
+    /// runs the expiry sweeper.
+    pub fn start(self: &Arc<Self>, mut accepted: mpsc::UnboundedReceiver<String>) -> Result<()> {
+        for (id, _) in self.executions.active()? {
+            self.spawn(id);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(id) = accepted.recv().await {
+                this.spawn(id);
+            }
+        });
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EXPIRY_SWEEP).await;
+                if let Err(error) = this.expire_overdue().await {
+                    tracing::error!(error = format!("{error:#}"), "expiry sweep failed");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn spawn(self: &Arc<Self>, id: String) {
+        if !self.running.lock().expect("running set poisoned").insert(id.clone()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.drive(&id).await {
+                tracing::error!(execution = %id, error = format!("{error:#}"), "dispatch stopped; the expiry sweep or a restart will resume it");
+            }
+            this.running.lock().expect("running set poisoned").remove(&id);
+        });
+    }
+
+    async fn expire_overdue(&self) -> Result<()> {
+        let now = clock::now();
+        for (id, expires_at) in self.executions.active()? {
+            if expires_at <= now {
+                let expired = self
+                    .executions
+                    .update(&id, move |execution, txn| {
+                        release(execution, txn)?;
+                        close_attempt(execution, "expired");
+                        execution.error = Some(ExecutionError::new(Code::GenerationTimeout));
+                        execution.completed_at = Some(now);
+                        execution.set_status(Status::Expired, now);
+                        Ok(())
+                    })
+                    .await?;
+                if expired.is_some() {
+                    tracing::info!(execution = %id, "expired");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn drive(&self, id: &str) -> Result<()> {
+        loop {
+            let Some(execution) = self.executions.store_get(id)? else {
+                return Ok(());
+            };
+            if execution.status.is_terminal() {
+                return Ok(());
+            }
+            let end = match execution.open_attempt().cloned() {
+                Some(attempt) => self.resume(&execution, attempt).await?,
+                None => self.start_attempt(&execution).await?,
+            };
+            let failure = match end {
+                AttemptEnd::Abandoned => return Ok(()),
+                AttemptEnd::Completed(completion) => {
+                    match self.complete(&execution, completion).await? {
+                        None => return Ok(()),
+                        Some(failure) => failure,
+                    }
+                }
+                AttemptEnd::Failed(failure) => failure,
+            };
+            if !self.retry_or_fail(&execution, failure).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Records the failed attempt; then either waits out the backoff and returns true
+    /// (try again), or ends the execution `FAILED` and returns false.
+    async fn retry_or_fail(&self, execution: &Execution, failure: wit::Failure) -> Result<bool> {
+        let attempts = execution.attempts.len().max(1) as u32;
+        let now = clock::now();
+        let delay = backoff(attempts, failure.retry_after_ms);
+        let time_left = execution.expires_at - now;
+        let retry = failure.retryable
+            && attempts < self.settings.max_attempts
+            && chrono::Duration::from_std(delay).is_ok_and(|d| d < time_left);
+        tracing::info!(execution = %execution.id, code = ?failure.code, message = %failure.message, retry, "attempt failed");
+        let outcome = format!("{:?}: {}", failure.code, failure.message);
+        let code = Code::from(failure.code);
+        let updated = self
+            .executions
+            .update(&execution.id, move |execution, txn| {
+                close_attempt(execution, &outcome);
+                if !retry {
+                    release(execution, txn)?;
+                    execution.error = Some(ExecutionError::new(code));
+                    execution.completed_at = Some(now);
+                    execution.set_status(Status::Failed, now);
+                }
+                Ok(())
+            })
+            .await?;
+        if retry && updated.is_some() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(retry && updated.is_some())
+    }
+
+    async fn start_attempt(&self, execution: &Execution) -> Result<AttemptEnd> {
+        let candidates = self.router.candidates(&execution.model);
+        if candidates.is_empty() {
+            return Ok(AttemptEnd::Failed(failure(
+                wit::ErrorCode::ModelUnavailable,
+                "no loaded adapter serves this model",
+                false,
+            )));
+        }
+        // Rotate through the ranked candidates: a retry goes to the next provider.
+        let candidate = candidates[execution.attempts.len() % candidates.len()].clone();
+        let now = clock::now();
+        let attempt = Attempt {
+            id: new_short_id("att"),
+            provider: candidate.provider.name.clone(),
+            plugin: candidate.plugin.name.clone(),
+            plugin_version: candidate.plugin.version.clone(),
+            plugin_sha256: candidate.plugin.sha256.clone(),
+            started_at: now,
+            ended_at: None,
+            job: None,
+            outcome: None,
+        };
+        let attempt_id = attempt.id.clone();
+        let started = self
+            .executions
+            .update(&execution.id, move |execution, _| {
+                execution.started_at.get_or_insert(now);
+                if execution.status != Status::Processing {
+                    execution.set_status(Status::Processing, now);
+                }
+                execution.attempts.push(attempt);
+                Ok(())
+            })
+            .await?;
+        if started.is_none() {
+            return Ok(AttemptEnd::Abandoned);
+        }
+
+        let ctx = context(execution, &candidate, &attempt_id);
+        let input = execution.input.to_string();
+        let submit_ctx = ctx.clone();
+        let request = match candidate
+            .plugin
+            .call_async("build-submit", move |adapter, store| {
+                adapter.call_build_submit(store, &submit_ctx, &input)
+            })
+            .await
+        {
+            Ok(Ok(request)) => request,
+            Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
+            Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
+        };
+        let (outcome, _) = self.exchange(&candidate, &ctx, None, &request).await;
+        match outcome {
+            wit::Outcome::Completed(completion) => Ok(AttemptEnd::Completed(completion)),
+            wit::Outcome::Failed(failure) => Ok(AttemptEnd::Failed(failure)),
+            wit::Outcome::Pending(pending) => {
+                let job = JobRecord {
+                    id: pending.job.id.clone(),
+                    state: pending.job.state.clone(),
+                };
+                let recorded = self
+                    .executions
+                    .update(&execution.id, move |execution, _| {
+                        if let Some(attempt) = execution.open_attempt_mut() {
+                            attempt.job = Some(job);
+                        }
+                        execution.set_status(Status::AwaitingWebhook, clock::now());
+                        Ok(())
+                    })
+                    .await?;
+                if recorded.is_none() {
+                    return Ok(AttemptEnd::Abandoned);
+                }
+                self.poll(&execution.id, &candidate, &ctx, pending.job, pending.poll_after_ms).await
+            }
+        }
+    }
+
+    /// Picks up an attempt a restart interrupted.
+    async fn resume(&self, execution: &Execution, attempt: Attempt) -> Result<AttemptEnd> {
+        let candidate = self
+            .router
+            .candidates(&execution.model)
+            .into_iter()
+            .find(|c| c.provider.name == attempt.provider);
+        match (attempt.job, candidate) {
+            (Some(job), Some(candidate)) => {
+                tracing::info!(execution = %execution.id, job = %job.id, "resuming a provider job");
+                let ctx = context(execution, &candidate, &attempt.id);
+                let job = wit::Job { id: job.id, state: job.state };
+                self.poll(&execution.id, &candidate, &ctx, job, 0).await
+            }
+            (Some(_), None) => Ok(AttemptEnd::Failed(failure(
+                wit::ErrorCode::ServiceUnavailable,
+                "the provider of an interrupted job is no longer configured",
+                true,
+            ))),
+            // Cut before the provider acknowledged anything: nothing to poll, so the
+            // attempt counts as failed and the next one starts afresh.
+            (None, _) => Ok(AttemptEnd::Failed(failure(
+                wit::ErrorCode::ServiceUnavailable,
+                "attempt interrupted before the provider accepted it",
+                true,
+            ))),
+        }
+    }
+
+    /// Polls `job` until it completes, fails, or the execution ends.
+    async fn poll(&self, id: &str, candidate: &Candidate, ctx: &wit::CallContext, mut job: wit::Job, mut delay_ms: u32) -> Result<AttemptEnd> {
+        let mut errors = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(delay_ms as u64)).await;
+            match self.executions.store_get(id)? {
+                Some(execution) if !execution.status.is_terminal() => {}
+                _ => return Ok(AttemptEnd::Abandoned),
+            }
+            let poll_ctx = ctx.clone();
+            let poll_job = job.clone();
+            let request = match candidate
+                .plugin
+                .call_async("build-poll", move |adapter, store| {
+                    adapter.call_build_poll(store, &poll_ctx, &poll_job)
+                })
+                .await
+            {
+                Ok(Ok(request)) => request,
+                Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
+                Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
+            };
+            let (outcome, answered) = self.exchange(candidate, ctx, Some(&job), &request).await;
+            match outcome {
+                wit::Outcome::Completed(completion) => return Ok(AttemptEnd::Completed(completion)),
+                wit::Outcome::Pending(pending) => {
+                    errors = 0;
+                    delay_ms = pending.poll_after_ms;
+                    job = pending.job;
+                }
+                // The provider answered that the job itself failed.
+                wit::Outcome::Failed(failure) if answered => return Ok(AttemptEnd::Failed(failure)),
+                // The poll failed, not (necessarily) the job: ask again later.
+                wit::Outcome::Failed(failure) => {
+                    errors += 1;
+                    if errors >= MAX_POLL_ERRORS || !failure.retryable {
+                        return Ok(AttemptEnd::Failed(failure));
+                    }
+                    delay_ms = backoff(errors, failure.retry_after_ms).as_millis() as u32;
+                }
+            }
+        }
+    }
+
+    /// Sends `request` and has the adapter classify the answer. The flag says whether
+    /// the provider answered with a success status (so a failure is the job's own).
+    async fn exchange(&self, candidate: &Candidate, ctx: &wit::CallContext, job: Option<&wit::Job>, request: &wit::HttpRequest) -> (wit::Outcome, bool) {
+        let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
+        let target = Target {
+            allowed_hosts: &allowed,
+            auth: &candidate.plugin.manifest.auth,
+            credential: candidate.provider.credential.as_deref(),
+        };
+        let response = match self.upstream.send(&target, request).await {
+            Ok(response) => response,
+            Err(error) => {
+                candidate.provider.record_failure();
+                return (wit::Outcome::Failed(error.failure()), false);
+            }
+        };
+        let answered = (200..300).contains(&response.status);
+        let ctx = ctx.clone();
+        let job = job.cloned();
+        let outcome = match candidate
+            .plugin
+            .call_async("parse-response", move |adapter, store| {
+                adapter.call_parse_response(store, &ctx, job.as_ref(), &response)
+            })
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(error) => wit::Outcome::Failed(plugin_failure(error)),
+        };
+        match &outcome {
+            wit::Outcome::Failed(f) if f.retryable => candidate.provider.record_failure(),
+            _ => candidate.provider.record_success(),
+        }
+        (outcome, answered)
+    }
+
+    /// Stores the outputs and ends the execution `COMPLETED`, settling the hold.
+    /// Returns a failure when the outputs could not be stored (the attempt failed).
+    async fn complete(&self, execution: &Execution, completion: wit::Completion) -> Result<Option<wit::Failure>> {
+        let Some(attempt) = execution.open_attempt().or(execution.attempts.last()) else {
+            return Ok(Some(failure(wit::ErrorCode::InternalError, "completion without an attempt", false)));
+        };
+        let candidate = self
+            .router
+            .candidates(&execution.model)
+            .into_iter()
+            .find(|c| c.provider.name == attempt.provider);
+        let Some(candidate) = candidate else {
+            return Ok(Some(failure(wit::ErrorCode::ServiceUnavailable, "provider no longer configured", true)));
+        };
+        let (output, records) = match self.store_outputs(execution, &candidate, &completion).await {
+            Ok(stored) => stored,
+            Err(failure) => return Ok(Some(failure)),
+        };
+        let cost = routing::cost(&candidate.model.price, &completion.usage);
+        let now = clock::now();
+        let file_ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
+        let completed = self
+            .executions
+            .update(&execution.id, move |execution, txn| {
+                for record in &records {
+                    files::insert(txn, record)?;
+                }
+                let charged = billing::settle(txn, &execution.organization_id, execution.hold_amount, cost, &execution.id)?;
+                execution.cost = Some(charged);
+                execution.output = Some(output);
+                close_attempt(execution, "completed");
+                execution.completed_at = Some(now);
+                execution.set_status(Status::Completed, now);
+                Ok(())
+            })
+            .await?;
+        if completed.is_none() {
+            tracing::info!(execution = %execution.id, "late provider result discarded: the execution had already ended");
+            for id in file_ids {
+                self.files.remove_blob(&id).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Copies every asset into the organization's files and builds the canonical
+    /// output. On failure nothing is left behind.
+    async fn store_outputs(&self, execution: &Execution, candidate: &Candidate, completion: &wit::Completion) -> Result<(Value, Vec<FileRecord>), wit::Failure> {
+        let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
+        let mut records: Vec<FileRecord> = Vec::new();
+        let mut entries: Vec<(wit::Modality, Value)> = Vec::new();
+        for asset in &completion.assets {
+            let stored = match &asset.source {
+                wit::AssetSource::Inline(bytes) => self.files.write_blob(bytes).await.map_err(|e| e.to_string()),
+                wit::AssetSource::Url(url) => {
+                    let (id, path) = self.files.reserve();
+                    self.upstream
+                        .fetch_to_file(&allowed, url, &path, self.settings.max_asset_bytes)
+                        .await
+                        .map(|_| id)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            let inspected = match stored {
+                Ok(id) => self
+                    .files
+                    .inspect(&id, &execution.organization_id, "OUTPUT")
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error),
+            };
+            let inspected = match inspected {
+                Ok(inspected) => inspected,
+                Err(error) => {
+                    for record in &records {
+                        self.files.remove_blob(&record.file_id).await;
+                    }
+                    return Err(failure(wit::ErrorCode::GenerationFailed, format!("storing an output failed: {error}"), true));
+                }
+            };
+            let entry = match asset.modality {
+                wit::Modality::Image => json!({
+                    "file_id": inspected.record.file_id,
+                    "format": inspected.format,
+                    "width": inspected.dimensions.map(|d| d.0),
+                    "height": inspected.dimensions.map(|d| d.1),
+                }),
+                wit::Modality::Video | wit::Modality::Audio | wit::Modality::Text => json!({
+                    "file_id": inspected.record.file_id,
+                    "format": inspected.format,
+                    "duration_s": asset.duration_ms.map(|ms| ms as f64 / 1000.0),
+                }),
+            };
+            entries.push((asset.modality, entry));
+            records.push(inspected.record);
+        }
+        Ok((canonical_output(completion, entries), records))
+    }
+}
+
+impl Executions {
+    /// The execution regardless of organization (the dispatcher's view).
+    pub(crate) fn store_get(&self, id: &str) -> Result<Option<Execution>> {
+        self.store
+            .read(|txn| super::load(&txn.open_table(crate::store::EXECUTIONS)?, id))
+    }
+}
+
+/// The canonical output of SPEC §4, one shape per modality.
+fn canonical_output(completion: &wit::Completion, entries: Vec<(wit::Modality, Value)>) -> Value {
+    let mut output = serde_json::Map::new();
+    for (modality, entry) in entries {
+        let key = match modality {
+            wit::Modality::Image => "images",
+            wit::Modality::Video => "videos",
+            wit::Modality::Audio => "audio",
+            wit::Modality::Text => "files",
+        };
+        output
+            .entry(key)
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+            .expect("output lists are arrays")
+            .push(entry);
+    }
+    if let Some(text) = &completion.text {
+        output.insert("text".into(), json!(text));
+        output.insert(
+            "usage".into(),
+            json!({
+                "input_tokens": completion.usage.input_tokens,
+                "output_tokens": completion.usage.output_tokens,
+            }),
+        );
+    }
+    Value::Object(output)
+}
+
+fn context(execution: &Execution, candidate: &Candidate, attempt_id: &str) -> wit::CallContext {
+    wit::CallContext {
+        slug: execution.model.clone(),
+        provider_model: candidate.model.provider_model.clone(),
+        base_url: candidate.provider.base_url(&candidate.plugin),
+        attempt_id: attempt_id.to_string(),
+        callback_url: None,
+        files: Vec::new(),
+        stream: false,
+    }
+}
+
+fn close_attempt(execution: &mut Execution, outcome: &str) {
+    if let Some(attempt) = execution.open_attempt_mut() {
+        attempt.ended_at = Some(clock::now());
+        attempt.outcome = Some(outcome.to_string());
+    }
+}
+
+/// Returns the whole hold to the balance.
+fn release(execution: &Execution, txn: &redb::WriteTransaction) -> Result<()> {
+    billing::settle(txn, &execution.organization_id, execution.hold_amount, Micros::ZERO, &execution.id)?;
+    Ok(())
+}
+
+/// Exponential backoff with jitter (200 ms × 2ⁿ⁻¹, ±20 %, at most 5 s), or the
+/// provider's Retry-After when longer (at most 30 s).
+fn backoff(failures: u32, retry_after_ms: Option<u32>) -> Duration {
+    let base = 200u64.saturating_mul(1 << failures.saturating_sub(1).min(10)).min(5_000);
+    let jittered = (base as f64 * rand::rng().random_range(0.8..1.2)) as u64;
+    let requested = retry_after_ms.map(|ms| (ms as u64).min(30_000)).unwrap_or(0);
+    Duration::from_millis(jittered.max(requested))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let first = backoff(1, None).as_millis();
+        assert!((160..=240).contains(&first), "{first}");
+        assert!(backoff(20, None).as_millis() <= 6_000);
+        assert_eq!(backoff(1, Some(2_000)).as_millis(), 2_000);
+        assert_eq!(backoff(1, Some(120_000)).as_millis(), 30_000);
+    }
+
+    #[test]
+    fn text_completions_carry_text_and_token_usage() {
+        let completion = wit::Completion {
+            text: Some("hello".into()),
+            assets: Vec::new(),
+            usage: wit::Usage {
+                requests: 1,
+                images: 0,
+                megapixels_milli: 0,
+                seconds_milli: 0,
+                input_tokens: 3,
+                output_tokens: 1,
+            },
+        };
+        assert_eq!(
+            canonical_output(&completion, Vec::new()),
+            json!({"text": "hello", "usage": {"input_tokens": 3, "output_tokens": 1}})
+        );
+    }
+}

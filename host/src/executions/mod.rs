@@ -1,0 +1,410 @@
+//! Executions: acceptance (validation, estimate, hold, idempotency), the durable
+//! lifecycle, and reads. The dispatcher ([`dispatcher`]) drives accepted executions.
+
+pub mod dispatcher;
+pub mod model;
+
+use anyhow::Result;
+use chrono::Duration;
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+use crate::auth::Caller;
+use crate::billing::{self, HoldResult};
+use crate::clock;
+use crate::config::ExecutionSettings;
+use crate::error::{ApiError, Code, Detail, DetailCode};
+use crate::ids::new_id;
+use crate::money::Micros;
+use crate::plugins::wit;
+use crate::routing::{self, Router};
+use crate::store::{self, ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG, IDEMPOTENCY, Store};
+pub use model::{Execution, Mode, Status};
+
+/// A validated `POST /v1/executions` body.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub model: String,
+    pub input: Value,
+    pub metadata: Value,
+    pub mode: Mode,
+    pub webhook_url: Option<String>,
+}
+
+/// An idempotency claim: who asked what, and the execution it created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claim {
+    request_hash: String,
+    execution_id: String,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+
+pub struct Created {
+    pub execution: Execution,
+    /// an earlier request with the same idempotency key created it
+    pub replayed: bool,
+}
+
+pub struct Executions {
+    store: Store,
+    router: Arc<Router>,
+    settings: ExecutionSettings,
+    validators: Mutex<HashMap<(String, String), Arc<jsonschema::Validator>>>,
+    /// the latest status of executions someone is waiting on
+    watchers: Mutex<HashMap<String, watch::Sender<Status>>>,
+    dispatch: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Executions {
+    pub fn new(
+        store: Store,
+        router: Arc<Router>,
+        settings: ExecutionSettings,
+        dispatch: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Executions {
+        Executions {
+            store,
+            router,
+            settings,
+            validators: Mutex::default(),
+            watchers: Mutex::default(),
+            dispatch,
+        }
+    }
+
+    /// Validates, estimates, and writes the execution, its hold, its queue entry and
+    /// its idempotency claim in one transaction.
+    pub async fn create(&self, caller: &Caller, request: CreateRequest, idempotency: Option<(String, String)>) -> Result<Created, ApiError> {
+        let candidates = self.router.candidates(&request.model);
+        let Some(chosen) = candidates.first() else {
+            return Err(ApiError::invalid(
+                "model",
+                DetailCode::InvalidValue,
+                format!("unknown model {:?}; see GET /v1/models", request.model),
+            ));
+        };
+        self.validate_input(chosen, &request.input)?;
+
+        let input_text = request.input.to_string();
+        let (slug, provider_model) = (chosen.model.slug.clone(), chosen.model.provider_model.clone());
+        let usage = chosen
+            .plugin
+            .call_async("estimate", move |adapter, store| {
+                adapter.call_estimate(store, &slug, &provider_model, &input_text)
+            })
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "estimate failed");
+                ApiError::new(Code::InternalError, Code::InternalError.client_message())
+            })?
+            .map_err(|failure| failure_to_api(&failure))?;
+        let estimated_cost = routing::cost(&chosen.model.price, &usage);
+        let hold_amount = Micros::hold_for(estimated_cost);
+
+        let now = clock::now();
+        let execution = Execution {
+            id: new_id("exec"),
+            organization_id: caller.org_id.clone(),
+            model: request.model.clone(),
+            status: Status::Pending,
+            input: request.input,
+            metadata: request.metadata,
+            mode: request.mode,
+            webhook_url: request.webhook_url,
+            hold_amount,
+            estimated_cost,
+            cost: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            expires_at: now + Duration::seconds(self.settings.expiry_seconds as i64),
+            output: None,
+            error: None,
+            attempts: Vec::new(),
+            transitions: vec![(Status::Pending, now)],
+        };
+
+        let outcome = self
+            .store
+            .write(move |txn| {
+                let claim_key = idempotency
+                    .as_ref()
+                    .map(|(key, _)| format!("{}/{key}", execution.organization_id));
+                if let (Some(claim_key), Some((_, request_hash))) = (&claim_key, &idempotency) {
+                    let claims = txn.open_table(IDEMPOTENCY)?;
+                    if let Some(claim) = store::get::<Claim>(&claims, claim_key)?
+                        && claim.expires_at > now
+                    {
+                        if claim.request_hash != *request_hash {
+                            return Ok(CreateOutcome::KeyReused);
+                        }
+                        let original = store::get(&txn.open_table(EXECUTIONS)?, &claim.execution_id)?;
+                        return Ok(original.map_or(CreateOutcome::KeyReused, CreateOutcome::Replayed));
+                    }
+                }
+                match billing::hold(txn, &execution.organization_id, execution.hold_amount, &execution.id)? {
+                    HoldResult::InsufficientBalance { available } => {
+                        return Ok(CreateOutcome::InsufficientBalance { available });
+                    }
+                    HoldResult::Placed => {}
+                }
+                save(txn, &execution)?;
+                txn.open_table(EXECUTIONS_BY_ORG)?
+                    .insert(by_org_key(&execution).as_str(), [].as_slice())?;
+                if let (Some(claim_key), Some((_, request_hash))) = (claim_key, idempotency) {
+                    let claim = Claim {
+                        request_hash,
+                        execution_id: execution.id.clone(),
+                        expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
+                    };
+                    txn.open_table(IDEMPOTENCY)?
+                        .insert(claim_key.as_str(), store::encode(&claim)?.as_slice())?;
+                }
+                Ok(CreateOutcome::Created(execution))
+            })
+            .await?;
+
+        match outcome {
+            CreateOutcome::Created(execution) => {
+                let _ = self.dispatch.send(execution.id.clone());
+                Ok(Created { execution, replayed: false })
+            }
+            CreateOutcome::Replayed(execution) => Ok(Created { execution, replayed: true }),
+            CreateOutcome::KeyReused => Err(ApiError::new(
+                Code::Conflict,
+                "this Idempotency-Key was already used with a different request",
+            )),
+            CreateOutcome::InsufficientBalance { available } => Err(ApiError::new(
+                Code::InsufficientBalance,
+                format!("the hold of ${hold_amount} exceeds the available balance of ${available}"),
+            )),
+        }
+    }
+
+    fn validate_input(&self, candidate: &routing::Candidate, input: &Value) -> Result<(), ApiError> {
+        let key = (candidate.plugin.sha256.clone(), candidate.model.slug.clone());
+        let validator = {
+            let mut cache = self.validators.lock().expect("validator cache poisoned");
+            match cache.get(&key) {
+                Some(validator) => validator.clone(),
+                None => {
+                    let schema: Value = serde_json::from_str(&candidate.model.input_schema)
+                        .map_err(|e| anyhow::anyhow!("model {} has an invalid schema: {e}", key.1))?;
+                    let validator = Arc::new(
+                        jsonschema::validator_for(&schema)
+                            .map_err(|e| anyhow::anyhow!("model {} has an invalid schema: {e}", key.1))?,
+                    );
+                    cache.insert(key, validator.clone());
+                    validator
+                }
+            }
+        };
+        let details: Vec<Detail> = validator.iter_errors(input).flat_map(schema_details).collect();
+        if details.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(details))
+        }
+    }
+
+    /// The execution `id` of `org_id` (another organization's is not found).
+    pub fn get(&self, org_id: &str, id: &str) -> Result<Option<Execution>> {
+        let execution = self.store.read(|txn| load(&txn.open_table(EXECUTIONS)?, id))?;
+        Ok(execution.filter(|e| e.organization_id == org_id))
+    }
+
+    /// Newest first, after `starting_after`, filtered by status and model.
+    pub fn list(&self, org_id: &str, limit: usize, starting_after: Option<&str>, status: Option<Status>, model: Option<&str>) -> Result<(Vec<Execution>, bool), ApiError> {
+        self.store
+            .read(|txn| {
+                let executions = txn.open_table(EXECUTIONS)?;
+                let index = txn.open_table(EXECUTIONS_BY_ORG)?;
+                let prefix = format!("{org_id}/");
+                let start = match starting_after {
+                    Some(cursor) => match load(&executions, cursor)?.filter(|e| e.organization_id == org_id) {
+                        Some(after) => by_org_key(&after) + "\u{0}",
+                        None => return Ok(Err(ApiError::invalid("starting_after", DetailCode::InvalidValue, "no such execution"))),
+                    },
+                    None => prefix.clone(),
+                };
+                let mut page = Vec::new();
+                let mut has_more = false;
+                for row in index.range(start.as_str()..)? {
+                    let (key, _) = row?;
+                    let key = key.value();
+                    if !key.starts_with(&prefix) {
+                        break;
+                    }
+                    let id = key.rsplit('/').next().unwrap_or_default();
+                    let Some(execution) = load(&executions, id)? else { continue };
+                    if status.is_some_and(|s| s != execution.status) || model.is_some_and(|m| m != execution.model) {
+                        continue;
+                    }
+                    if page.len() == limit {
+                        has_more = true;
+                        break;
+                    }
+                    page.push(execution);
+                }
+                Ok(Ok((page, has_more)))
+            })
+            .map_err(ApiError::from)?
+    }
+
+    /// Waits until `id` is terminal or `timeout` passes; returns its latest state.
+    pub async fn wait_terminal(&self, org_id: &str, id: &str, timeout: std::time::Duration) -> Result<Option<Execution>> {
+        let mut changes = self.subscribe(id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let execution = self.get(org_id, id)?;
+            match &execution {
+                Some(e) if !e.status.is_terminal() => {}
+                _ => return Ok(execution),
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return self.get(org_id, id);
+            }
+        }
+    }
+
+    fn subscribe(&self, id: &str) -> watch::Receiver<Status> {
+        let mut watchers = self.watchers.lock().expect("watchers poisoned");
+        watchers
+            .entry(id.to_string())
+            .or_insert_with(|| watch::channel(Status::Pending).0)
+            .subscribe()
+    }
+
+    /// Tells waiters that `execution` changed.
+    fn notify(&self, execution: &Execution) {
+        let mut watchers = self.watchers.lock().expect("watchers poisoned");
+        if let Some(sender) = watchers.get(&execution.id) {
+            sender.send_replace(execution.status);
+            if execution.status.is_terminal() || sender.receiver_count() == 0 {
+                watchers.remove(&execution.id);
+            }
+        }
+    }
+
+    /// Applies `change` to a non-terminal execution in one transaction (a
+    /// compare-and-set: a terminal execution never changes again). Leaving the
+    /// execution terminal removes it from the dispatcher's queue. Returns the new
+    /// state, or `None` when the execution was already terminal.
+    pub async fn update<F>(&self, id: &str, change: F) -> Result<Option<Execution>>
+    where
+        F: FnOnce(&mut Execution, &redb::WriteTransaction) -> Result<()> + Send + 'static,
+    {
+        let id = id.to_string();
+        let updated = self
+            .store
+            .write(move |txn| {
+                let Some(mut execution) = load(&txn.open_table(EXECUTIONS)?, &id)? else {
+                    return Ok(None);
+                };
+                if execution.status.is_terminal() {
+                    return Ok(None);
+                }
+                change(&mut execution, txn)?;
+                save(txn, &execution)?;
+                Ok(Some(execution))
+            })
+            .await?;
+        if let Some(execution) = &updated {
+            self.notify(execution);
+        }
+        Ok(updated)
+    }
+
+    /// Ids of every non-terminal execution with its deadline.
+    pub fn active(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+        self.store.read(|txn| {
+            txn.open_table(ACTIVE_EXECUTIONS)?
+                .iter()?
+                .map(|row| {
+                    let (id, expires) = row?;
+                    Ok((id.value().to_string(), store::decode(expires.value())?))
+                })
+                .collect()
+        })
+    }
+}
+
+enum CreateOutcome {
+    Created(Execution),
+    Replayed(Execution),
+    KeyReused,
+    InsufficientBalance { available: Micros },
+}
+
+/// `{org}/{newest-first key}/{id}`: inverted creation time sorts newest first.
+fn by_org_key(execution: &Execution) -> String {
+    let inverted = i64::MAX - execution.created_at.timestamp_micros();
+    format!("{}/{inverted:020}/{}", execution.organization_id, execution.id)
+}
+
+fn load(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<Execution>> {
+    store::get(table, id)
+}
+
+/// Writes the record and keeps the active queue in step with its status.
+fn save(txn: &redb::WriteTransaction, execution: &Execution) -> Result<()> {
+    txn.open_table(EXECUTIONS)?
+        .insert(execution.id.as_str(), store::encode(execution)?.as_slice())?;
+    let mut active = txn.open_table(ACTIVE_EXECUTIONS)?;
+    if execution.status.is_terminal() {
+        active.remove(execution.id.as_str())?;
+    } else {
+        active.insert(execution.id.as_str(), store::encode(&execution.expires_at)?.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The hash that tells "same request" from "different request" for idempotency:
+/// method, path and the canonical (key-sorted) JSON body.
+pub fn request_hash(method: &str, path: &str, body: &Value) -> String {
+    hex::encode(Sha256::digest(format!("{method} {path}\n{body}")))
+}
+
+/// A failure an adapter reported before anything ran (e.g. while estimating).
+fn failure_to_api(failure: &wit::Failure) -> ApiError {
+    let code = Code::from(failure.code);
+    tracing::info!(?code, message = %failure.message, "adapter refused the input");
+    ApiError::new(code, code.client_message())
+}
+
+/// One `details` entry per schema violation, named by its path in the input.
+fn schema_details(error: jsonschema::ValidationError<'_>) -> Vec<Detail> {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let path = error.instance_path().as_str().replace('/', ".");
+    let field = format!("input{path}");
+    let message = error.to_string();
+    match error.kind() {
+        Kind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            vec![Detail::new(format!("{field}.{name}"), DetailCode::Required, format!("{name} is required"))]
+        }
+        Kind::AdditionalProperties { unexpected } => unexpected
+            .iter()
+            .map(|name| Detail::new(format!("{field}.{name}"), DetailCode::UnknownField, format!("unknown field {name}")))
+            .collect(),
+        Kind::Type { .. } => vec![Detail::new(field, DetailCode::InvalidType, message)],
+        Kind::Minimum { .. }
+        | Kind::Maximum { .. }
+        | Kind::ExclusiveMinimum { .. }
+        | Kind::ExclusiveMaximum { .. }
+        | Kind::MinLength { .. }
+        | Kind::MaxLength { .. }
+        | Kind::MinItems { .. }
+        | Kind::MaxItems { .. }
+        | Kind::MultipleOf { .. } => vec![Detail::new(field, DetailCode::OutOfRange, message)],
+        _ => vec![Detail::new(field, DetailCode::InvalidValue, message)],
+    }
+}

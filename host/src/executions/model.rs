@@ -1,0 +1,165 @@
+//! The execution record and what a client sees of it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::Code;
+use crate::money::Micros;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Pending,
+    Processing,
+    AwaitingWebhook,
+    Completed,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::Failed | Status::Cancelled | Status::Expired
+        )
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        serde_json::from_value(Value::String(text.to_string())).ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Mode {
+    #[default]
+    Async,
+    Sync,
+    Streaming,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionError {
+    pub code: Code,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ExecutionError {
+    pub fn new(code: Code) -> Self {
+        ExecutionError {
+            code,
+            message: code.client_message().to_string(),
+            retryable: code.retryable(),
+        }
+    }
+}
+
+/// A provider job an attempt is waiting on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub state: String,
+}
+
+/// One try at one provider. Never shown to clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub id: String,
+    pub provider: String,
+    pub plugin: String,
+    pub plugin_version: String,
+    pub plugin_sha256: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub job: Option<JobRecord>,
+    /// `completed`, or the failure's code and the provider's message (for operators)
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Execution {
+    pub id: String,
+    pub organization_id: String,
+    pub model: String,
+    pub status: Status,
+    pub input: Value,
+    pub metadata: Value,
+    pub mode: Mode,
+    pub webhook_url: Option<String>,
+    pub hold_amount: Micros,
+    pub estimated_cost: Micros,
+    pub cost: Option<Micros>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub output: Option<Value>,
+    pub error: Option<ExecutionError>,
+    pub attempts: Vec<Attempt>,
+    /// when each status was entered
+    pub transitions: Vec<(Status, DateTime<Utc>)>,
+}
+
+impl Execution {
+    pub fn latency_ms(&self) -> Option<i64> {
+        self.completed_at
+            .map(|done| (done - self.created_at).num_milliseconds())
+    }
+
+    /// The attempt still running, if any.
+    pub fn open_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.ended_at.is_none())
+    }
+
+    pub fn open_attempt_mut(&mut self) -> Option<&mut Attempt> {
+        self.attempts.last_mut().filter(|a| a.ended_at.is_none())
+    }
+
+    pub fn set_status(&mut self, status: Status, at: DateTime<Utc>) {
+        self.status = status;
+        self.transitions.push((status, at));
+    }
+
+    /// The execution object of SPEC §4.
+    pub fn view(&self) -> Value {
+        let mut view = json!({
+            "id": self.id,
+            "object": "execution",
+            "status": self.status,
+            "model": self.model,
+            "metadata": self.metadata,
+            "hold_amount": self.hold_amount,
+            "estimated_cost": self.estimated_cost,
+            "cost": self.cost,
+            "latency_ms": self.latency_ms(),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "expires_at": self.expires_at,
+        });
+        if let Some(output) = &self.output {
+            view["result"] = json!({ "output": output });
+        }
+        if let Some(error) = &self.error {
+            view["error"] = json!(error);
+        }
+        view
+    }
+
+    /// The `202` answer to a create.
+    pub fn accepted_view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "status": self.status,
+            "model": self.model,
+            "hold_amount": self.hold_amount,
+            "estimated_cost": self.estimated_cost,
+            "expires_at": self.expires_at,
+            "created_at": self.created_at,
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! ModelRoute's host: the HTTP API, the execution engine, billing, files, and the
+//! WebAssembly runtime that runs provider adapters.
+
+pub mod api;
+pub mod auth;
+pub mod billing;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod executions;
+pub mod files;
+pub mod ids;
+pub mod money;
+pub mod plugins;
+pub mod routing;
+pub mod store;
+pub mod upstream;
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use auth::{OperatorToken, Scope};
+use config::Config;
+use executions::Executions;
+use executions::dispatcher::Dispatcher;
+use files::FileStore;
+use money::Micros;
+use plugins::{Registry, Runtime};
+use routing::Router;
+use store::Store;
+
+/// Everything a request handler can reach.
+pub struct App {
+    pub store: Store,
+    pub executions: Arc<Executions>,
+    pub router: Arc<Router>,
+    pub registry: Arc<Registry>,
+    pub files: FileStore,
+    pub operator_token: OperatorToken,
+}
+
+/// Balance given to the organization `--dev` creates on a first start.
+const DEV_CREDIT_USD: &str = "100.00";
+
+/// Starts the server and runs until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<()> {
+    let data = config.data_dir.clone();
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let store = Store::open(&data.join("modelroute.redb"))?;
+    let operator_token = operator_token(&data)?;
+
+    let runtime = Runtime::new(config.plugins.clone(), data.join("plugin-cache"))?;
+    let registry = Arc::new(Registry::default());
+    for plugin in plugins::load_dir(&runtime, &config.plugins_dir)? {
+        tracing::info!(plugin = %plugin.name, version = %plugin.version, sha256 = %plugin.sha256, "plugin loaded");
+        registry.activate(plugin);
+    }
+    let router = Arc::new(Router::new(&config, registry.clone()));
+    let files = FileStore::new(data.join("files"))?;
+    let upstream = upstream::Upstream::new(Duration::from_millis(config.executions.upstream_timeout_ms))?;
+    let (accepted, queue) = tokio::sync::mpsc::unbounded_channel();
+    let executions = Arc::new(Executions::new(
+        store.clone(),
+        router.clone(),
+        config.executions.clone(),
+        accepted,
+    ));
+    let dispatcher = Dispatcher::new(
+        executions.clone(),
+        router.clone(),
+        upstream,
+        files.clone(),
+        config.executions.clone(),
+    );
+    if config.dev {
+        bootstrap_dev_organization(&store, &data).await?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    dispatcher.start(queue)?;
+    let app = Arc::new(App {
+        store,
+        executions,
+        router,
+        registry,
+        files,
+        operator_token,
+    });
+    tracing::info!(listen = %config.listen, data = %data.display(), dev = config.dev, "ModelRoute is ready");
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// `MODELROUTE_ADMIN_TOKEN`, else `$DATA/admin-token`, else a new one written there.
+fn operator_token(data: &Path) -> Result<OperatorToken> {
+    if let Ok(token) = std::env::var("MODELROUTE_ADMIN_TOKEN")
+        && !token.is_empty()
+    {
+        return Ok(OperatorToken::new(token));
+    }
+    let path = data.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(OperatorToken::new(token.trim().to_string()));
+    }
+    let token = OperatorToken::generate();
+    write_secret(&path, token.as_str())?;
+    tracing::info!(path = %path.display(), "operator token written");
+    Ok(token)
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
+}
+
+/// On a first `--dev` start: an organization with $100.00 and its key in
+/// `$DATA/dev-api-key`.
+async fn bootstrap_dev_organization(store: &Store, data: &Path) -> Result<()> {
+    let path = data.join("dev-api-key");
+    if path.exists() {
+        return Ok(());
+    }
+    let credit = Micros::parse(DEV_CREDIT_USD).expect("a valid amount");
+    let (org_id, secret) = store
+        .write(move |txn| {
+            let org = auth::create_organization(txn, "Development")?;
+            let (_, secret) = auth::create_key(txn, &org.id, Scope::Full)?;
+            billing::deposit(txn, &org.id, credit, "dev bootstrap")?;
+            Ok((org.id, secret))
+        })
+        .await?;
+    write_secret(&path, &secret)?;
+    tracing::info!(organization = %org_id, path = %path.display(), "development organization created with $100.00");
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Durable state in one redb file.
+//!
+//! Reads run anywhere ([`Store::read`]). Writes go through one writer thread that
+//! batches whatever is waiting into a single transaction and one fsync (group commit),
+//! then answers each caller only after the commit returned: an acknowledged write is
+//! on disk. A write closure must not block; its domain rejections are values in its
+//! `Ok`, while an `Err` aborts the whole batch (a storage failure).
+
+use anyhow::{Context, Result, anyhow};
+use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// JSON-encoded records keyed by id.
+pub type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
+
+pub const ORGANIZATIONS: JsonTable = TableDefinition::new("organizations");
+/// API keys by the hex SHA-256 of their secret.
+pub const API_KEYS: JsonTable = TableDefinition::new("api_keys");
+pub const ACCOUNTS: JsonTable = TableDefinition::new("accounts");
+/// `{org}/{seq:020}` → ledger entry
+pub const LEDGER: JsonTable = TableDefinition::new("ledger");
+pub const EXECUTIONS: JsonTable = TableDefinition::new("executions");
+/// `{org}/{newest-first sort key}/{exec}` → empty
+pub const EXECUTIONS_BY_ORG: JsonTable = TableDefinition::new("executions_by_org");
+/// `{org}/{idempotency key}` → claim
+pub const IDEMPOTENCY: JsonTable = TableDefinition::new("idempotency");
+/// execution ids that are not terminal: the dispatcher's durable queue
+pub const ACTIVE_EXECUTIONS: JsonTable = TableDefinition::new("active_executions");
+pub const FILES: JsonTable = TableDefinition::new("files");
+/// `{org}/{file}` → empty
+pub const FILES_BY_ORG: JsonTable = TableDefinition::new("files_by_org");
+/// counters and singletons
+pub const META: JsonTable = TableDefinition::new("meta");
+
+type Commit = Box<dyn FnOnce() + Send>;
+type WriteOp = Box<dyn FnOnce(&WriteTransaction) -> Result<Commit> + Send>;
+
+/// How many queued writes one transaction may absorb.
+const MAX_BATCH: usize = 512;
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    writes: mpsc::Sender<WriteOp>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
+        let db = Arc::new(db);
+        let txn = db.begin_write()?;
+        for table in [
+            ORGANIZATIONS,
+            API_KEYS,
+            ACCOUNTS,
+            LEDGER,
+            EXECUTIONS,
+            EXECUTIONS_BY_ORG,
+            IDEMPOTENCY,
+            ACTIVE_EXECUTIONS,
+            FILES,
+            FILES_BY_ORG,
+            META,
+        ] {
+            txn.open_table(table)?;
+        }
+        txn.commit()?;
+
+        let (writes, queue) = mpsc::channel(MAX_BATCH * 4);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(&writer_db, queue))?;
+        Ok(Store { db, writes })
+    }
+
+    /// Runs `f` in a read transaction (a consistent snapshot).
+    pub fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_read()?;
+        f(&txn)
+    }
+
+    /// Runs `f` in the next batch's write transaction and answers after the commit.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    {
+        let (answer, answered) = oneshot::channel();
+        let op: WriteOp = Box::new(move |txn| {
+            let value = f(txn)?;
+            Ok(Box::new(move || {
+                let _ = answer.send(value);
+            }) as Commit)
+        });
+        self.writes
+            .send(op)
+            .await
+            .map_err(|_| anyhow!("the store writer has stopped"))?;
+        answered
+            .await
+            .map_err(|_| anyhow!("the write was not committed"))
+    }
+}
+
+fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteOp>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let txn = match db.begin_write() {
+            Ok(txn) => txn,
+            Err(error) => fatal(&error),
+        };
+        let mut commits = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        for op in batch {
+            match op(&txn) {
+                Ok(commit) => commits.push(commit),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failed {
+            // Dropping the commits tells every caller of this batch that nothing was
+            // written; the transaction is rolled back whole.
+            tracing::error!(error = format!("{error:#}"), "write batch aborted");
+            drop(txn.abort());
+            continue;
+        }
+        if let Err(error) = txn.commit() {
+            fatal(&error);
+        }
+        for commit in commits {
+            commit();
+        }
+    }
+}
+
+/// redb refuses writes after a failed commit: stop, and let the restart recover from
+/// what is durable (every acknowledged write).
+fn fatal(error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(%error, "the store failed to commit; exiting so a restart can recover");
+    std::process::exit(70)
+}
+
+/// Serializes a record for a [`JsonTable`].
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+/// Reads one record through any readable table.
+pub fn get<T: DeserializeOwned>(
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>> {
+    match table.get(key)? {
+        Some(guard) => Ok(Some(decode(guard.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Next value of a named counter (inside a write transaction).
+pub fn next_sequence(txn: &WriteTransaction, name: &str) -> Result<u64> {
+    let mut meta = txn.open_table(META)?;
+    let next = get::<u64>(&meta, name)?.unwrap_or(0) + 1;
+    meta.insert(name, encode(&next)?.as_slice())?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_writes_are_batched_and_all_acknowledged_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let writes = (0..200).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(move |txn| {
+                        let mut table = txn.open_table(META)?;
+                        table.insert(format!("k{i}").as_str(), encode(&i)?.as_slice())?;
+                        Ok(i)
+                    })
+                    .await
+            })
+        });
+        for (i, write) in writes.enumerate() {
+            assert_eq!(write.await.unwrap().unwrap(), i);
+        }
+        let count = store
+            .read(|txn| {
+                let table = txn.open_table(META)?;
+                Ok((0..200)
+                    .filter(|i| get::<usize>(&table, &format!("k{i}")).unwrap() == Some(*i))
+                    .count())
+            })
+            .unwrap();
+        assert_eq!(count, 200);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_rolls_back_its_batch_and_the_store_keeps_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let failed = store
+            .write(|txn| {
+                txn.open_table(META)?.insert("half", b"1".as_slice())?;
+                anyhow::bail!("broken halfway")
+            })
+            .await;
+        assert!(failed.is_err());
+        store
+            .write(|txn| next_sequence(txn, "seq"))
+            .await
+            .unwrap();
+        let half = store
+            .read(|txn| Ok(txn.open_table(META)?.get("half")?.is_some()))
+            .unwrap();
+        assert!(!half, "an aborted write left data behind");
+    }
+}

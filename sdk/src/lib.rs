@@ -1,0 +1,191 @@
+//! Write a ModelRoute provider adapter.
+//!
+//! An adapter translates ModelRoute's canonical input into one provider's wire format
+//! and classifies the provider's answers. The host does every byte of I/O: your code
+//! describes HTTP requests and parses the responses it is handed. Implement [`Adapter`],
+//! then register it with [`export_adapter!`]:
+//!
+//! ```ignore
+//! use modelroute_sdk::*;
+//!
+//! #[derive(Default)]
+//! struct MyProvider;
+//!
+//! impl Adapter for MyProvider { /* manifest, estimate, build_submit, parse_response */ }
+//!
+//! export_adapter!(MyProvider);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is the
+//! plugin. `modelroute plugin check <file.wasm>` tells you whether the host accepts it.
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "adapter-plugin",
+    });
+}
+
+mod helpers;
+pub use helpers::approx_tokens;
+
+pub use bindings::modelroute::provider::types::{
+    Asset, AssetSource, AuthScheme, CallContext, Capabilities, Completion, ErrorCode, Failure,
+    FileGrant, HeaderAuth, HttpRequest, HttpResponse, Job, Manifest, Method, Modality, Model,
+    Outcome, Pending, Price, StreamEvent, Usage,
+};
+pub use serde_json::{self, Value, json};
+
+/// The contract version this SDK speaks. The host refuses versions it does not know.
+pub const API_VERSION: &str = "0.1.0";
+
+/// [`API_VERSION`] as bytes, stamped into every plugin by [`export_adapter!`] in the
+/// custom section `modelroute:api-version`, which the host reads before compiling.
+#[doc(hidden)]
+pub const API_VERSION_BYTES: [u8; API_VERSION.len()] = *b"0.1.0";
+
+/// One provider wire format. Only the first four methods are required.
+pub trait Adapter: Send + Sync + 'static {
+    /// Who you are, which models you serve and how the host should talk to you.
+    fn manifest(&self) -> Manifest;
+
+    /// Usage `input` is expected to consume; the host prices it to place a hold.
+    fn estimate(&self, model: &ModelRef, input: &Value) -> Result<Usage, Failure>;
+
+    /// The request that starts a generation.
+    fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure>;
+
+    /// Classify the provider's answer to the submit request (`job` is `None`) or to a
+    /// poll of `job`.
+    fn parse_response(
+        &self,
+        ctx: &CallContext,
+        job: Option<&Job>,
+        response: &HttpResponse,
+    ) -> Outcome;
+
+    /// The request that asks how `job` is doing. Needed when `parse_response` can
+    /// answer [`Outcome::Pending`].
+    fn build_poll(&self, _ctx: &CallContext, _job: &Job) -> Result<HttpRequest, Failure> {
+        Err(Failure::new(
+            ErrorCode::InternalError,
+            "this adapter does not poll",
+        ))
+    }
+
+    /// The request that stops `job`, when the provider can.
+    fn build_cancel(&self, _ctx: &CallContext, _job: &Job) -> Option<HttpRequest> {
+        None
+    }
+
+    /// A callback the provider sent to `ctx.callback_url` about `job`.
+    fn parse_webhook(
+        &self,
+        _ctx: &CallContext,
+        _job: &Job,
+        _headers: &[(String, String)],
+        _body: &[u8],
+    ) -> Outcome {
+        Outcome::Failed(Failure::new(
+            ErrorCode::InternalError,
+            "this adapter does not accept webhooks",
+        ))
+    }
+
+    /// One server-sent event's `data` from a streaming response.
+    fn parse_stream_event(&self, _ctx: &CallContext, _data: &str) -> StreamEvent {
+        StreamEvent::Failed(Failure::new(
+            ErrorCode::InternalError,
+            "this adapter does not stream",
+        ))
+    }
+}
+
+/// The model an estimate is for.
+#[derive(Debug, Clone)]
+pub struct ModelRef {
+    pub slug: String,
+    pub provider_model: String,
+}
+
+/// Registers `$adapter` (a type implementing [`Adapter`] and [`Default`]) as this
+/// plugin's adapter and stamps the contract version into the component.
+#[macro_export]
+macro_rules! export_adapter {
+    ($adapter:ty) => {
+        #[unsafe(no_mangle)]
+        fn __modelroute_adapter() -> &'static dyn $crate::Adapter {
+            static ADAPTER: ::std::sync::OnceLock<$adapter> = ::std::sync::OnceLock::new();
+            ADAPTER.get_or_init(<$adapter as ::core::default::Default>::default)
+        }
+
+        #[used]
+        #[unsafe(link_section = "modelroute:api-version")]
+        static __MODELROUTE_API_VERSION: [u8; $crate::API_VERSION.len()] =
+            $crate::API_VERSION_BYTES;
+    };
+}
+
+unsafe extern "Rust" {
+    /// Defined by [`export_adapter!`] in the plugin crate.
+    safe fn __modelroute_adapter() -> &'static dyn Adapter;
+}
+
+/// Bridges the generated bindings to the registered [`Adapter`].
+struct Component;
+
+fn parse_input(input: &str) -> Result<Value, Failure> {
+    serde_json::from_str(input).map_err(|e| {
+        Failure::new(
+            ErrorCode::InputValidationError,
+            format!("input is not JSON: {e}"),
+        )
+    })
+}
+
+impl bindings::exports::modelroute::provider::adapter::Guest for Component {
+    fn describe() -> Manifest {
+        __modelroute_adapter().manifest()
+    }
+
+    fn estimate(slug: String, provider_model: String, input: String) -> Result<Usage, Failure> {
+        let input = parse_input(&input)?;
+        let model = ModelRef {
+            slug,
+            provider_model,
+        };
+        __modelroute_adapter().estimate(&model, &input)
+    }
+
+    fn build_submit(ctx: CallContext, input: String) -> Result<HttpRequest, Failure> {
+        let input = parse_input(&input)?;
+        __modelroute_adapter().build_submit(&ctx, &input)
+    }
+
+    fn parse_response(ctx: CallContext, job: Option<Job>, response: HttpResponse) -> Outcome {
+        __modelroute_adapter().parse_response(&ctx, job.as_ref(), &response)
+    }
+
+    fn build_poll(ctx: CallContext, job: Job) -> Result<HttpRequest, Failure> {
+        __modelroute_adapter().build_poll(&ctx, &job)
+    }
+
+    fn build_cancel(ctx: CallContext, job: Job) -> Option<HttpRequest> {
+        __modelroute_adapter().build_cancel(&ctx, &job)
+    }
+
+    fn parse_webhook(
+        ctx: CallContext,
+        job: Job,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Outcome {
+        __modelroute_adapter().parse_webhook(&ctx, &job, &headers, &body)
+    }
+
+    fn parse_stream_event(ctx: CallContext, data: String) -> StreamEvent {
+        __modelroute_adapter().parse_stream_event(&ctx, &data)
+    }
+}
+
+bindings::export!(Component with_types_in bindings);
