@@ -163,6 +163,28 @@ pub fn settle(txn: &WriteTransaction, org_id: &str, held: Micros, cost: Micros, 
     Ok(charged)
 }
 
+/// A page of `org_id`'s entries, oldest first, after the entry `starting_after`.
+pub fn entries(txn: &ReadTransaction, org_id: &str, limit: usize, starting_after: Option<&str>) -> Result<(Vec<Entry>, bool)> {
+    let prefix = format!("{org_id}/");
+    // Entry ids carry their sequence number: `le_<seq>`.
+    let start = match starting_after.and_then(|id| id.strip_prefix("le_")?.parse::<u64>().ok()) {
+        Some(seq) => format!("{prefix}{:020}", seq + 1),
+        None => prefix.clone(),
+    };
+    let mut entries = Vec::new();
+    for row in txn.open_table(LEDGER)?.range(start.as_str()..)? {
+        let (key, value) = row?;
+        if !key.value().starts_with(&prefix) {
+            break;
+        }
+        if entries.len() == limit {
+            return Ok((entries, true));
+        }
+        entries.push(store::decode(value.value())?);
+    }
+    Ok((entries, false))
+}
+
 /// Rebuilds every organization's account from the ledger, for audits and tests.
 pub fn rebuild_from_entries(txn: &ReadTransaction) -> Result<std::collections::BTreeMap<String, Account>> {
     let mut accounts = std::collections::BTreeMap::<String, Account>::new();

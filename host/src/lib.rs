@@ -35,6 +35,7 @@ use store::Store;
 pub struct App {
     pub store: Store,
     pub executions: Arc<Executions>,
+    pub dispatcher: Arc<Dispatcher>,
     pub router: Arc<Router>,
     pub registry: Arc<Registry>,
     pub files: FileStore,
@@ -85,6 +86,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let app = Arc::new(App {
         store,
         executions,
+        dispatcher,
         router,
         registry,
         files,

@@ -220,7 +220,7 @@ mod tests {
     async fn a_failing_write_rolls_back_its_batch_and_the_store_keeps_working() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        let failed = store
+        let failed: Result<()> = store
             .write(|txn| {
                 txn.open_table(META)?.insert("half", b"1".as_slice())?;
                 anyhow::bail!("broken halfway")

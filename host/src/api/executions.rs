@@ -175,10 +175,9 @@ pub async fn result(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
     require(&caller, Scope::Execution)?;
     let execution = app.executions.get(&caller.org_id, &id)?.ok_or_else(ApiError::not_found)?;
     if execution.status != Status::Completed {
-        let status = serde_json::to_value(execution.status).unwrap_or_default();
         return Err(ApiError::new(
             Code::Conflict,
-            format!("the execution is {}, not COMPLETED", status.as_str().unwrap_or_default()),
+            format!("the execution is {}, not COMPLETED", status_name(execution.status)),
         ));
     }
     Ok(Json(json!({
@@ -188,6 +187,34 @@ pub async fn result(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
         "cost": execution.cost,
         "latency_ms": execution.latency_ms(),
     })))
+}
+
+pub async fn cancel(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Execution)?;
+    match app.dispatcher.cancel(&caller.org_id, &id).await? {
+        None => Err(ApiError::not_found()),
+        Some(Ok(execution)) => Ok(Json(execution.view())),
+        Some(Err(status)) => Err(ApiError::new(
+            Code::Conflict,
+            format!("the execution is already {}", status_name(status)),
+        )),
+    }
+}
+
+fn status_name(status: Status) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub async fn ledger(State(app): State<Arc<App>>, caller: Caller, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let page = Page::from_query(&query)?;
+    let (entries, has_more) = app
+        .store
+        .read(|txn| billing::entries(txn, &caller.org_id, page.limit, page.starting_after.as_deref()))?;
+    Ok(list_body(entries.iter().map(|e| json!(e)).collect(), has_more))
 }
 
 pub async fn list(State(app): State<Arc<App>>, caller: Caller, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {

@@ -30,6 +30,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/executions", post(executions::create).get(executions::list))
         .route("/executions/{id}", get(executions::get))
         .route("/executions/{id}/result", get(executions::result))
+        .route("/executions/{id}/cancel", post(executions::cancel))
+        .route("/ledger", get(executions::ledger))
         .route("/files/{id}", get(files::get))
         .route("/files/{id}/download", get(files::download))
         .route("/models", get(models::list))

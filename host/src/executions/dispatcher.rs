@@ -113,6 +113,77 @@ impl Dispatcher {
         });
     }
 
+    /// Cancels a non-terminal execution (releasing its hold) and asks the provider,
+    /// best effort, to stop its job. Cancelling a cancelled execution is harmless;
+    /// any other terminal state is a conflict, answered with that state.
+    /// `None` when the organization has no such execution.
+    pub async fn cancel(self: &Arc<Self>, org_id: &str, id: &str) -> Result<Option<Result<Execution, Status>>> {
+        if self.executions.get(org_id, id)?.is_none() {
+            return Ok(None);
+        }
+        let now = clock::now();
+        let cancelled = self
+            .executions
+            .update(id, move |execution, txn| {
+                release(execution, txn)?;
+                close_attempt(execution, "cancelled by the client");
+                execution.completed_at = Some(now);
+                execution.set_status(Status::Cancelled, now);
+                Ok(())
+            })
+            .await?;
+        let Some(execution) = self.executions.get(org_id, id)? else {
+            return Ok(None);
+        };
+        if let Some(before) = cancelled.filter(|e| e.status == Status::Cancelled)
+            && let Some(attempt) = before.attempts.last()
+            && let Some(job) = attempt.job.clone()
+        {
+            let this = self.clone();
+            let attempt = attempt.clone();
+            tokio::spawn(async move { this.cancel_at_provider(&before, &attempt, job).await });
+        }
+        Ok(Some(match execution.status {
+            Status::Cancelled => Ok(execution),
+            other => Err(other),
+        }))
+    }
+
+    async fn cancel_at_provider(&self, execution: &Execution, attempt: &Attempt, job: JobRecord) {
+        let Some(candidate) = self
+            .router
+            .candidates(&execution.model)
+            .into_iter()
+            .find(|c| c.provider.name == attempt.provider)
+        else {
+            return;
+        };
+        let ctx = context(execution, &candidate, &attempt.id);
+        let job = wit::Job { id: job.id, state: job.state };
+        let request = match candidate
+            .plugin
+            .call_async("build-cancel", move |adapter, store| adapter.call_build_cancel(store, &ctx, &job))
+            .await
+        {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "building the provider cancel failed");
+                return;
+            }
+        };
+        let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
+        let target = Target {
+            allowed_hosts: &allowed,
+            auth: &candidate.plugin.manifest.auth,
+            credential: candidate.provider.credential.as_deref(),
+        };
+        match self.upstream.send(&target, &request).await {
+            Ok(response) => tracing::info!(execution = %execution.id, status = response.status, "provider cancel sent"),
+            Err(error) => tracing::warn!(execution = %execution.id, %error, "provider cancel failed"),
+        }
+    }
+
     async fn expire_overdue(&self) -> Result<()> {
         let now = clock::now();
         for (id, expires_at) in self.executions.active()? {

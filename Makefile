@@ -1,0 +1,52 @@
+# ModelRoute — `make run` starts the server with emulated providers; `make test` runs
+# everything CI runs. Both work on a fresh machine with Rust installed.
+
+CARGO ?= cargo
+PLUGINS := replicate openai
+PLUGIN_TARGET := wasm32-wasip2
+PLUGIN_OUT := target/$(PLUGIN_TARGET)/plugin
+DIST := plugins/dist
+
+.PHONY: run test plugins build bench setup lint fmt clean
+
+## Installs what a fresh machine lacks (the wasm target).
+setup:
+	@rustup target list --installed 2>/dev/null | grep -qx $(PLUGIN_TARGET) || rustup target add $(PLUGIN_TARGET)
+
+## Builds every adapter to a WebAssembly component in plugins/dist/.
+plugins: setup
+	$(CARGO) build --profile plugin --target $(PLUGIN_TARGET) $(addprefix -p modelroute-plugin-,$(PLUGINS))
+	@mkdir -p $(DIST)
+	@for p in $(PLUGINS); do cp $(PLUGIN_OUT)/modelroute_plugin_$$p.wasm $(DIST)/$$p.wasm; done
+	@ls -l $(DIST)
+
+## The server, the CLI and the provider emulators.
+build: plugins
+	$(CARGO) build --bins
+
+## Runs the server on the embedded defaults (127.0.0.1:8080, data in ./data) with
+## emulated providers; Ctrl-C stops both.
+run: build
+	@target/debug/modelroute-emulators & emulators=$$!; \
+	trap 'kill $$emulators 2>/dev/null' EXIT INT TERM; \
+	target/debug/modelroute serve --dev
+
+## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests.
+test: build
+	$(CARGO) test --workspace --exclude modelroute-sdk
+
+## Formatting and lints, as reviewers expect them.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --exclude modelroute-sdk -- -D warnings
+
+## Benchmarks; figures are recorded in the README.
+bench: plugins
+	$(CARGO) bench -p modelroute --bench adapter
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	rm -rf $(DIST)
+	$(CARGO) clean

@@ -1,0 +1,74 @@
+//! What one adapter call costs the host: a fresh store, instantiation from the
+//! `InstancePre`, the call, and the conversions across the boundary.
+//! `make bench` builds the plugins first; figures go in the README.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use modelroute::config::PluginLimits;
+use modelroute::plugins::{Runtime, wit};
+
+fn plugin_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/dist")
+        .join(format!("{name}.wasm"))
+}
+
+fn context() -> wit::CallContext {
+    wit::CallContext {
+        slug: "flux-1.1-pro".into(),
+        provider_model: "black-forest-labs/flux-1.1-pro".into(),
+        base_url: "http://127.0.0.1:9101".into(),
+        attempt_id: "att_bench".into(),
+        callback_url: None,
+        files: Vec::new(),
+        stream: false,
+    }
+}
+
+fn adapter_calls(c: &mut Criterion) {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let runtime = Runtime::new(PluginLimits::default(), cache.path().to_path_buf()).expect("runtime");
+    let wasm = std::fs::read(plugin_path("replicate")).expect("run `make plugins` first");
+
+    c.bench_function("load (compile, cold cache)", |b| {
+        b.iter(|| {
+            let cold = tempfile::tempdir().expect("temp dir");
+            let runtime = Runtime::new(PluginLimits::default(), cold.path().to_path_buf()).expect("runtime");
+            black_box(runtime.load(&wasm).expect("load"))
+        })
+    });
+    runtime.load(&wasm).expect("warm the cache");
+    c.bench_function("load (cached artifact)", |b| {
+        b.iter(|| black_box(runtime.load(&wasm).expect("load")))
+    });
+
+    let plugin = runtime.load(&wasm).expect("load");
+    let ctx = context();
+    let input = r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#;
+    c.bench_function("build-submit", |b| {
+        b.iter(|| {
+            plugin
+                .call("build-submit", |adapter, store| adapter.call_build_submit(store, &ctx, input))
+                .expect("call")
+                .expect("request")
+        })
+    });
+
+    let response = wit::HttpResponse {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"id":"p1","status":"succeeded","output":"https://replicate.delivery/p1.png","error":null,"urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel"},"metrics":{"predict_time":1.2}}"#.to_vec(),
+    };
+    c.bench_function("parse-response", |b| {
+        b.iter(|| {
+            plugin
+                .call("parse-response", |adapter, store| adapter.call_parse_response(store, &ctx, None, &response))
+                .expect("call")
+        })
+    });
+}
+
+criterion_group!(benches, adapter_calls);
+criterion_main!(benches);

@@ -1,0 +1,277 @@
+//! Test helpers: a real `modelroute` server process on loopback with its own data
+//! directory, driven over HTTP like a client would.
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `modelroute` binary next to this test binary (`cargo build --bins` puts it
+/// there; `make test` does that first). `MODELROUTE_BIN` overrides.
+fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("MODELROUTE_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join("modelroute");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+fn plugins_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    assert!(
+        dir.join("replicate.wasm").exists(),
+        "{} has no plugins: run `make plugins`",
+        dir.display()
+    );
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One provider entry of the server's config.
+pub struct ProviderSpec<'a> {
+    pub name: &'a str,
+    pub adapter: &'a str,
+    pub base_url: String,
+    pub models: &'a [&'a str],
+}
+
+/// A response, with its status and JSON body (Null when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the SPEC's error envelope and returns its code.
+    pub fn error_code(&self) -> &str {
+        let error = &self.body["error"];
+        assert!(error.is_object(), "not an error envelope: {}", self.body);
+        assert!(error["message"].is_string(), "{}", self.body);
+        assert!(error["retryable"].is_boolean(), "{}", self.body);
+        assert_eq!(
+            error["request_id"].as_str(),
+            self.header("x-request-id"),
+            "request_id must match X-Request-Id"
+        );
+        error["code"].as_str().expect("code")
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data: tempfile::TempDir,
+    config: PathBuf,
+    pub api_key: String,
+    pub admin_token: String,
+    http: Client,
+}
+
+impl Server {
+    /// Starts a dev-mode server whose providers are `providers`.
+    pub async fn start(providers: &[ProviderSpec<'_>]) -> Server {
+        Self::start_with(providers, "").await
+    }
+
+    /// Like [`Server::start`], with extra TOML for the `[executions]` table.
+    pub async fn start_with(providers: &[ProviderSpec<'_>], executions: &str) -> Server {
+        let data = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[executions]\n{executions}\n",
+            data.path().join("state"),
+            plugins_dir(),
+        );
+        for provider in providers {
+            config.push_str(&format!(
+                "\n[[providers]]\nname = {:?}\nadapter = {:?}\nbase_url = {:?}\napi_key = \"emulator-key\"\n",
+                provider.name, provider.adapter, provider.base_url
+            ));
+            for model in provider.models {
+                config.push_str(&format!("[providers.models.{model:?}]\n"));
+            }
+        }
+        let path = data.path().join("config.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut server = Server {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            data,
+            config: path,
+            api_key: String::new(),
+            admin_token: String::new(),
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        server.launch().await;
+        let state = server.data.path().join("state");
+        server.api_key = read_trimmed(&state.join("dev-api-key"));
+        server.admin_token = read_trimmed(&state.join("admin-token"));
+        server
+    }
+
+    async fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(binary())
+            .args(["serve", "--dev", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,wasmtime=warn,cranelift=warn")
+            .env_remove("MODELROUTE_LISTEN")
+            .env_remove("MODELROUTE_DATA_DIR")
+            .env_remove("MODELROUTE_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn modelroute");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("the server exited with {status}; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "the server did not become ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data.path().join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body");
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, Some(&self.api_key), None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(&self.api_key), Some(body), &[]).await
+    }
+
+    pub async fn bytes(&self, path: &str) -> (StatusCode, Vec<u8>) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .expect("request");
+        (response.status(), response.bytes().await.expect("body").to_vec())
+    }
+
+    /// Polls until the execution is terminal (or panics after `timeout`).
+    pub async fn wait_terminal(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reply = self.get(&format!("/v1/executions/{id}")).await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+            let status = reply.body["status"].as_str().unwrap_or_default().to_string();
+            if ["COMPLETED", "FAILED", "CANCELLED", "EXPIRED"].contains(&status.as_str()) {
+                return reply.body;
+            }
+            assert!(Instant::now() < deadline, "execution {id} still {status}; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Creates an organization through the admin API; returns its API key.
+    pub async fn new_organization(&self, credit_usd: &str) -> String {
+        let reply = self
+            .call(
+                Method::POST,
+                "/admin/v1/organizations",
+                Some(&self.admin_token),
+                Some(json!({"name": "Another", "credit_usd": credit_usd})),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body["api_key"].as_str().expect("api_key").to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_trimmed(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+pub fn flux_input() -> Value {
+    json!({"prompt": "a lighthouse at dusk", "width": 512, "height": 384})
+}
