@@ -14,7 +14,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::ids::new_short_id;
-use crate::store::{self, API_KEYS, ORGANIZATIONS};
+use crate::store::{self, API_KEYS, API_KEYS_BY_ORG, ORGANIZATIONS};
+
+/// Most keys an organization may have active at once.
+pub const MAX_ACTIVE_KEYS: usize = 20;
+/// How long a rotated key keeps working.
+pub const ROTATION_GRACE: chrono::Duration = chrono::Duration::hours(1);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Organization {
@@ -37,6 +42,8 @@ pub struct ApiKey {
     pub id: String,
     pub org_id: String,
     pub scope: Scope,
+    #[serde(default)]
+    pub name: Option<String>,
     /// SHA-256 of the secret, hex
     pub secret_hash: String,
     pub created_at: DateTime<Utc>,
@@ -95,28 +102,144 @@ pub fn create_organization(txn: &WriteTransaction, name: &str) -> Result<Organiz
     let org = Organization {
         id: new_short_id("org"),
         name: name.to_string(),
-        created_at: Utc::now(),
+        created_at: crate::clock::now(),
     };
     txn.open_table(ORGANIZATIONS)?
         .insert(org.id.as_str(), store::encode(&org)?.as_slice())?;
     Ok(org)
 }
 
+impl ApiKey {
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+
+    /// What listing shows: never the secret or its hash.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "scope": self.scope,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "expires_at": self.expires_at,
+        })
+    }
+}
+
 /// Creates a key for `org_id` and returns it with its secret (shown once).
 pub fn create_key(txn: &WriteTransaction, org_id: &str, scope: Scope) -> Result<(ApiKey, String)> {
+    create_named_key(txn, org_id, scope, None)
+}
+
+fn create_named_key(txn: &WriteTransaction, org_id: &str, scope: Scope, name: Option<String>) -> Result<(ApiKey, String)> {
     let secret = generate_secret();
     let key = ApiKey {
         id: new_short_id("key"),
         org_id: org_id.to_string(),
         scope,
+        name,
         secret_hash: hash_secret(&secret),
-        created_at: Utc::now(),
+        created_at: crate::clock::now(),
         revoked_at: None,
         expires_at: None,
     };
-    txn.open_table(API_KEYS)?
-        .insert(key.secret_hash.as_str(), store::encode(&key)?.as_slice())?;
+    save_key(txn, &key)?;
+    txn.open_table(API_KEYS_BY_ORG)?
+        .insert(format!("{org_id}/{}", key.id).as_str(), key.secret_hash.as_bytes())?;
     Ok((key, secret))
+}
+
+fn save_key(txn: &WriteTransaction, key: &ApiKey) -> Result<()> {
+    txn.open_table(API_KEYS)?
+        .insert(key.secret_hash.as_str(), store::encode(key)?.as_slice())?;
+    Ok(())
+}
+
+/// Every key of `org_id`, oldest first.
+pub fn keys_of(txn: &ReadTransaction, org_id: &str) -> Result<Vec<ApiKey>> {
+    let prefix = format!("{org_id}/");
+    let index = txn.open_table(API_KEYS_BY_ORG)?;
+    let keys = txn.open_table(API_KEYS)?;
+    let mut found = Vec::new();
+    for row in index.range(prefix.as_str()..)? {
+        let (name, hash) = row?;
+        if !name.value().starts_with(&prefix) {
+            break;
+        }
+        let hash = std::str::from_utf8(hash.value())?;
+        if let Some(key) = store::get::<ApiKey>(&keys, hash)? {
+            found.push(key);
+        }
+    }
+    found.sort_by_key(|k| k.created_at);
+    Ok(found)
+}
+
+/// Why a key operation was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyRefusal {
+    NotFound,
+    TooManyActive,
+}
+
+/// Creates a key unless the organization already has [`MAX_ACTIVE_KEYS`] live ones.
+pub fn create_key_checked(txn: &WriteTransaction, org_id: &str, scope: Scope, name: Option<String>) -> Result<Result<(ApiKey, String), KeyRefusal>> {
+    let now = crate::clock::now();
+    let live = live_keys(txn, org_id, now)?;
+    if live >= MAX_ACTIVE_KEYS {
+        return Ok(Err(KeyRefusal::TooManyActive));
+    }
+    Ok(Ok(create_named_key(txn, org_id, scope, name)?))
+}
+
+fn live_keys(txn: &WriteTransaction, org_id: &str, now: DateTime<Utc>) -> Result<usize> {
+    let prefix = format!("{org_id}/");
+    let index = txn.open_table(API_KEYS_BY_ORG)?;
+    let keys = txn.open_table(API_KEYS)?;
+    let mut live = 0;
+    for row in redb::ReadableTable::range(&index, prefix.as_str()..)? {
+        let (name, hash) = row?;
+        if !name.value().starts_with(&prefix) {
+            break;
+        }
+        let key: Option<ApiKey> = store::get(&keys, std::str::from_utf8(hash.value())?)?;
+        live += key.is_some_and(|k| k.is_live(now)) as usize;
+    }
+    Ok(live)
+}
+
+fn find_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Option<ApiKey>> {
+    let index = txn.open_table(API_KEYS_BY_ORG)?;
+    let Some(hash) = redb::ReadableTable::get(&index, format!("{org_id}/{key_id}").as_str())? else {
+        return Ok(None);
+    };
+    let hash = std::str::from_utf8(hash.value())?.to_string();
+    store::get(&txn.open_table(API_KEYS)?, &hash)
+}
+
+/// Revokes a key at once. Revoking a revoked key is harmless.
+pub fn revoke_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Result<ApiKey, KeyRefusal>> {
+    let Some(mut key) = find_key(txn, org_id, key_id)? else {
+        return Ok(Err(KeyRefusal::NotFound));
+    };
+    key.revoked_at.get_or_insert(crate::clock::now());
+    save_key(txn, &key)?;
+    Ok(Ok(key))
+}
+
+/// Issues a new secret with the same scope; the old one works for
+/// [`ROTATION_GRACE`] more.
+pub fn rotate_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Result<(ApiKey, String, DateTime<Utc>), KeyRefusal>> {
+    let now = crate::clock::now();
+    let Some(mut old) = find_key(txn, org_id, key_id)?.filter(|k| k.is_live(now)) else {
+        return Ok(Err(KeyRefusal::NotFound));
+    };
+    let valid_until = old.expires_at.map_or(now + ROTATION_GRACE, |at| at.min(now + ROTATION_GRACE));
+    old.expires_at = Some(valid_until);
+    save_key(txn, &old)?;
+    let (new, secret) = create_named_key(txn, org_id, old.scope, old.name.clone())?;
+    Ok(Ok((new, secret, valid_until)))
 }
 
 /// The caller a bearer secret stands for, if it is well formed, known and live.
@@ -132,8 +255,7 @@ pub fn authenticate(txn: &ReadTransaction, secret: &str, now: DateTime<Utc>) -> 
     // The table is keyed by the hash, so this compare is belt and braces against a
     // corrupted row; it is constant-time like every secret comparison here.
     let matches: bool = key.secret_hash.as_bytes().ct_eq(hash.as_bytes()).into();
-    let live = key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now);
-    Ok((matches && live).then(|| Caller {
+    Ok((matches && key.is_live(now)).then(|| Caller {
         org_id: key.org_id,
         key_id: key.id,
         scope: key.scope,

@@ -22,6 +22,8 @@ pub struct Config {
     #[serde(default)]
     pub executions: ExecutionSettings,
     #[serde(default)]
+    pub rate_limits: RateLimitSettings,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     /// Development conveniences (`--dev`): a bootstrap organization and key.
     #[serde(skip)]
@@ -60,6 +62,23 @@ impl Default for ExecutionSettings {
             max_attempts: 4,
             upstream_timeout_ms: 60_000,
             max_asset_bytes: 150 * 1024 * 1024,
+        }
+    }
+}
+
+/// Per API key: a sustained rate and the burst allowed above it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            requests_per_second: 100,
+            burst: 200,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod files;
 pub mod ids;
 pub mod money;
 pub mod plugins;
+pub mod ratelimit;
 pub mod routing;
 pub mod store;
 pub mod upstream;
@@ -40,6 +41,7 @@ pub struct App {
     pub registry: Arc<Registry>,
     pub files: FileStore,
     pub operator_token: OperatorToken,
+    pub limits: ratelimit::Limits,
 }
 
 /// Balance given to the organization `--dev` creates on a first start.
@@ -91,6 +93,14 @@ pub async fn serve(config: Config) -> Result<()> {
         registry,
         files,
         operator_token,
+        limits: ratelimit::Limits::new(&config.rate_limits),
+    });
+    let pruned = app.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            pruned.limits.shrink();
+        }
     });
     tracing::info!(listen = %config.listen, data = %data.display(), dev = config.dev, "ModelRoute is ready");
     use axum::serve::ListenerExt;

@@ -20,6 +20,8 @@ pub type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
 pub const ORGANIZATIONS: JsonTable = TableDefinition::new("organizations");
 /// API keys by the hex SHA-256 of their secret.
 pub const API_KEYS: JsonTable = TableDefinition::new("api_keys");
+/// `{org}/{key id}` → secret hash
+pub const API_KEYS_BY_ORG: JsonTable = TableDefinition::new("api_keys_by_org");
 pub const ACCOUNTS: JsonTable = TableDefinition::new("accounts");
 /// `{org}/{seq:020}` → ledger entry
 pub const LEDGER: JsonTable = TableDefinition::new("ledger");
@@ -56,6 +58,7 @@ impl Store {
         for table in [
             ORGANIZATIONS,
             API_KEYS,
+            API_KEYS_BY_ORG,
             ACCOUNTS,
             LEDGER,
             EXECUTIONS,

@@ -23,7 +23,7 @@ impl FromRequestParts<Arc<App>> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        match bearer(parts) {
+        match bearer(&parts.headers) {
             Some(token) if app.operator_token.matches(token) => Ok(Operator),
             _ => Err(ApiError::new(Code::Unauthorized, "Missing or invalid operator token.")),
         }

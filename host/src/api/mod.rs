@@ -3,10 +3,11 @@
 mod admin;
 mod executions;
 mod files;
+mod keys;
 mod models;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -32,12 +33,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/executions/{id}/result", get(executions::result))
         .route("/executions/{id}/cancel", post(executions::cancel))
         .route("/ledger", get(executions::ledger))
+        .route("/api-keys", post(keys::create).get(keys::list))
+        .route("/api-keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/api-keys/{id}/rotate", post(keys::rotate))
         .route("/files/{id}", get(files::get))
         .route("/files/{id}/download", get(files::download))
         .route("/models", get(models::list))
         .route("/models/{slug}", get(models::get))
         .route("/balance", get(executions::balance))
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .route_layer(middleware::from_fn_with_state(app.clone(), rate_limit));
     let admin = Router::new()
         .route("/organizations", post(admin::create_organization))
         .route("/organizations/{id}/credit", post(admin::credit))
@@ -86,13 +91,40 @@ async fn request_id(request: Request, next: Next) -> Response {
     response
 }
 
+/// Counts the request against its key's limit and reports the state in the
+/// `X-RateLimit-*` headers; past the limit, `429 RATE_LIMITED` with `Retry-After`.
+async fn rate_limit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let key = bearer(request.headers())
+        .filter(|secret| auth::well_formed(secret))
+        .map(auth::hash_secret)
+        .unwrap_or_else(|| "anonymous".to_string());
+    let decision = app.limits.check(&key);
+    let mut response = match decision.retry_after {
+        Some(wait) => ApiError::new(Code::RateLimited, "Too many requests for this API key.")
+            .with_header("retry-after", wait.as_secs_f64().ceil().max(1.0).to_string())
+            .into_response(),
+        None => next.run(request).await,
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-limit", decision.limit.to_string()),
+        ("x-ratelimit-remaining", decision.remaining.to_string()),
+        ("x-ratelimit-reset", decision.reset.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
 /// The authenticated caller of a `/v1` request.
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         let unauthorized = || ApiError::new(Code::Unauthorized, Code::Unauthorized.client_message());
-        let secret = bearer(parts).ok_or_else(unauthorized)?;
+        let secret = bearer(&parts.headers).ok_or_else(unauthorized)?;
         let now = crate::clock::now();
         app.store
             .read(|txn| auth::authenticate(txn, secret, now))?
@@ -100,9 +132,8 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)?
         .to_str()
         .ok()?

@@ -1,0 +1,81 @@
+//! `/v1/api-keys` (full scope): create, list, revoke, rotate.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use super::{JsonObject, list_body, require};
+use crate::App;
+use crate::auth::{self, Caller, KeyRefusal, MAX_ACTIVE_KEYS, Scope};
+use crate::error::{ApiError, Code, DetailCode};
+
+fn refusal(refusal: KeyRefusal) -> ApiError {
+    match refusal {
+        KeyRefusal::NotFound => ApiError::not_found(),
+        KeyRefusal::TooManyActive => ApiError::new(
+            Code::Conflict,
+            format!("an organization may have at most {MAX_ACTIVE_KEYS} active keys; revoke one first"),
+        ),
+    }
+}
+
+/// `POST /v1/api-keys {scope?: "full"|"execution", name?}` → `201` with the secret,
+/// shown this once.
+pub async fn create(State(app): State<Arc<App>>, caller: Caller, JsonObject(body): JsonObject) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require(&caller, Scope::Full)?;
+    let scope = match body.get("scope") {
+        None | Some(Value::Null) => Scope::Full,
+        Some(Value::String(s)) if s == "full" => Scope::Full,
+        Some(Value::String(s)) if s == "execution" => Scope::Execution,
+        Some(_) => return Err(ApiError::invalid("scope", DetailCode::InvalidValue, "scope must be \"full\" or \"execution\"")),
+    };
+    let name = match body.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) if name.len() <= 200 => Some(name.clone()),
+        Some(_) => return Err(ApiError::invalid("name", DetailCode::InvalidValue, "name must be a string of at most 200 characters")),
+    };
+    let org = caller.org_id.clone();
+    let (key, secret) = app
+        .store
+        .write(move |txn| auth::create_key_checked(txn, &org, scope, name))
+        .await?
+        .map_err(refusal)?;
+    let mut view = key.view();
+    view["key"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let keys = app.store.read(|txn| auth::keys_of(txn, &caller.org_id))?;
+    Ok(list_body(keys.iter().map(|k| k.view()).collect(), false))
+}
+
+pub async fn revoke(State(app): State<Arc<App>>, caller: Caller, Path(key_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let org = caller.org_id.clone();
+    let key = app
+        .store
+        .write(move |txn| auth::revoke_key(txn, &org, &key_id))
+        .await?
+        .map_err(refusal)?;
+    Ok(Json(key.view()))
+}
+
+/// `→ {id, new_key, previous_key_valid_until}`; the old secret works one more hour.
+pub async fn rotate(State(app): State<Arc<App>>, caller: Caller, Path(key_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let org = caller.org_id.clone();
+    let (key, secret, valid_until) = app
+        .store
+        .write(move |txn| auth::rotate_key(txn, &org, &key_id))
+        .await?
+        .map_err(refusal)?;
+    Ok(Json(json!({
+        "id": key.id,
+        "new_key": secret,
+        "previous_key_valid_until": valid_until,
+    })))
+}
