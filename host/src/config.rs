@@ -35,6 +35,8 @@ pub struct Config {
 pub struct PluginLimits {
     pub call_timeout_ms: u64,
     pub memory_limit_mb: u64,
+    /// compiled components (default `$DATA/plugin-cache`); safe to share
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginLimits {
@@ -42,6 +44,7 @@ impl Default for PluginLimits {
         PluginLimits {
             call_timeout_ms: 1000,
             memory_limit_mb: 64,
+            cache_dir: None,
         }
     }
 }

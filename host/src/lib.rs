@@ -54,7 +54,8 @@ pub async fn serve(config: Config) -> Result<()> {
     let store = Store::open(&data.join("modelroute.redb"))?;
     let operator_token = operator_token(&data)?;
 
-    let runtime = Runtime::new(config.plugins.clone(), data.join("plugin-cache"))?;
+    let cache = config.plugins.cache_dir.clone().unwrap_or_else(|| data.join("plugin-cache"));
+    let runtime = Runtime::new(config.plugins.clone(), cache)?;
     let registry = Arc::new(Registry::default());
     for plugin in plugins::load_dir(&runtime, &config.plugins_dir)? {
         tracing::info!(plugin = %plugin.name, version = %plugin.version, sha256 = %plugin.sha256, "plugin loaded");

@@ -13,15 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use super::model::{Attempt, Execution, ExecutionError, JobRecord, Status};
-use super::Executions;
-use crate::billing;
+use super::model::{Attempt, Execution, JobRecord, Status};
+use super::{Ending, Executions};
 use crate::clock;
 use crate::config::ExecutionSettings;
 use crate::error::Code;
-use crate::files::{self, FileRecord, FileStore};
+use crate::files::{FileRecord, FileStore};
 use crate::ids::new_short_id;
-use crate::money::Micros;
 use crate::plugins::{CallError, wit};
 use crate::routing::{self, Candidate, Router};
 use crate::upstream::{Target, Upstream};
@@ -121,17 +119,7 @@ impl Dispatcher {
         if self.executions.get(org_id, id)?.is_none() {
             return Ok(None);
         }
-        let now = clock::now();
-        let cancelled = self
-            .executions
-            .update(id, move |execution, txn| {
-                release(execution, txn)?;
-                close_attempt(execution, "cancelled by the client");
-                execution.completed_at = Some(now);
-                execution.set_status(Status::Cancelled, now);
-                Ok(())
-            })
-            .await?;
+        let cancelled = self.executions.finish(id, Ending::Cancelled).await?;
         let Some(execution) = self.executions.get(org_id, id)? else {
             return Ok(None);
         };
@@ -188,17 +176,7 @@ impl Dispatcher {
         let now = clock::now();
         for (id, expires_at) in self.executions.active()? {
             if expires_at <= now {
-                let expired = self
-                    .executions
-                    .update(&id, move |execution, txn| {
-                        release(execution, txn)?;
-                        close_attempt(execution, "expired");
-                        execution.error = Some(ExecutionError::new(Code::GenerationTimeout));
-                        execution.completed_at = Some(now);
-                        execution.set_status(Status::Expired, now);
-                        Ok(())
-                    })
-                    .await?;
+                let expired = self.executions.finish(&id, Ending::Expired).await?;
                 if expired.is_some() {
                     tracing::info!(execution = %id, "expired");
                 }
@@ -246,21 +224,18 @@ impl Dispatcher {
             && attempts < self.settings.max_attempts
             && chrono::Duration::from_std(delay).is_ok_and(|d| d < time_left);
         tracing::info!(execution = %execution.id, code = ?failure.code, message = %failure.message, retry, "attempt failed");
-        let outcome = format!("{:?}: {}", failure.code, failure.message);
-        let code = Code::from(failure.code);
-        let updated = self
-            .executions
-            .update(&execution.id, move |execution, txn| {
-                close_attempt(execution, &outcome);
-                if !retry {
-                    release(execution, txn)?;
-                    execution.error = Some(ExecutionError::new(code));
-                    execution.completed_at = Some(now);
-                    execution.set_status(Status::Failed, now);
-                }
-                Ok(())
-            })
-            .await?;
+        let detail = format!("{:?}: {}", failure.code, failure.message);
+        let updated = if retry {
+            self.executions
+                .update(&execution.id, move |execution, _| {
+                    execution.close_attempt(&detail, now);
+                    Ok(())
+                })
+                .await?
+        } else {
+            let code = Code::from(failure.code);
+            self.executions.finish(&execution.id, Ending::Failed { code, detail }).await?
+        };
         if retry && updated.is_some() {
             tokio::time::sleep(delay).await;
         }
@@ -475,22 +450,10 @@ impl Dispatcher {
             Err(failure) => return Ok(Some(failure)),
         };
         let cost = routing::cost(&candidate.model.price, &completion.usage);
-        let now = clock::now();
         let file_ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
         let completed = self
             .executions
-            .update(&execution.id, move |execution, txn| {
-                for record in &records {
-                    files::insert(txn, record)?;
-                }
-                let charged = billing::settle(txn, &execution.organization_id, execution.hold_amount, cost, &execution.id)?;
-                execution.cost = Some(charged);
-                execution.output = Some(output);
-                close_attempt(execution, "completed");
-                execution.completed_at = Some(now);
-                execution.set_status(Status::Completed, now);
-                Ok(())
-            })
+            .finish(&execution.id, Ending::Completed { cost, output, files: records })
             .await?;
         if completed.is_none() {
             tracing::info!(execution = %execution.id, "late provider result discarded: the execution had already ended");
@@ -604,19 +567,6 @@ fn context(execution: &Execution, candidate: &Candidate, attempt_id: &str) -> wi
         files: Vec::new(),
         stream: false,
     }
-}
-
-fn close_attempt(execution: &mut Execution, outcome: &str) {
-    if let Some(attempt) = execution.open_attempt_mut() {
-        attempt.ended_at = Some(clock::now());
-        attempt.outcome = Some(outcome.to_string());
-    }
-}
-
-/// Returns the whole hold to the balance.
-fn release(execution: &Execution, txn: &redb::WriteTransaction) -> Result<()> {
-    billing::settle(txn, &execution.organization_id, execution.hold_amount, Micros::ZERO, &execution.id)?;
-    Ok(())
 }
 
 /// Exponential backoff with jitter (200 ms × 2ⁿ⁻¹, ±20 %, at most 5 s), or the

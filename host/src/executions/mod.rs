@@ -132,8 +132,30 @@ impl Executions {
             transitions: vec![(Status::Pending, now)],
         };
 
-        let outcome = self
-            .store
+        let outcome = self.accept(execution, idempotency).await?;
+
+        match outcome {
+            CreateOutcome::Created(execution) => {
+                let _ = self.dispatch.send(execution.id.clone());
+                Ok(Created { execution, replayed: false })
+            }
+            CreateOutcome::Replayed(execution) => Ok(Created { execution, replayed: true }),
+            CreateOutcome::KeyReused => Err(ApiError::new(
+                Code::Conflict,
+                "this Idempotency-Key was already used with a different request",
+            )),
+            CreateOutcome::InsufficientBalance { available } => Err(ApiError::new(
+                Code::InsufficientBalance,
+                format!("the hold of ${hold_amount} exceeds the available balance of ${available}"),
+            )),
+        }
+    }
+
+    /// Writes a new execution with its hold, its queue entry and its idempotency
+    /// claim in one transaction, unless the key was claimed or the balance is short.
+    pub async fn accept(&self, execution: Execution, idempotency: Option<(String, String)>) -> Result<CreateOutcome> {
+        let now = execution.created_at;
+        self.store
             .write(move |txn| {
                 let claim_key = idempotency
                     .as_ref()
@@ -170,23 +192,8 @@ impl Executions {
                 }
                 Ok(CreateOutcome::Created(execution))
             })
-            .await?;
+            .await
 
-        match outcome {
-            CreateOutcome::Created(execution) => {
-                let _ = self.dispatch.send(execution.id.clone());
-                Ok(Created { execution, replayed: false })
-            }
-            CreateOutcome::Replayed(execution) => Ok(Created { execution, replayed: true }),
-            CreateOutcome::KeyReused => Err(ApiError::new(
-                Code::Conflict,
-                "this Idempotency-Key was already used with a different request",
-            )),
-            CreateOutcome::InsufficientBalance { available } => Err(ApiError::new(
-                Code::InsufficientBalance,
-                format!("the hold of ${hold_amount} exceeds the available balance of ${available}"),
-            )),
-        }
     }
 
     fn validate_input(&self, candidate: &routing::Candidate, input: &Value) -> Result<(), ApiError> {
@@ -323,6 +330,43 @@ impl Executions {
         Ok(updated)
     }
 
+    /// Moves a non-terminal execution to a terminal state and resolves its hold,
+    /// in one transaction. Returns `None` when it was already terminal: a hold is
+    /// resolved exactly once, whatever races.
+    pub async fn finish(&self, id: &str, ending: Ending) -> Result<Option<Execution>> {
+        let now = clock::now();
+        self.update(id, move |execution, txn| {
+            let (status, outcome) = match ending {
+                Ending::Completed { cost, output, files } => {
+                    for record in &files {
+                        crate::files::insert(txn, record)?;
+                    }
+                    let charged = billing::settle(txn, &execution.organization_id, execution.hold_amount, cost, &execution.id)?;
+                    execution.cost = Some(charged);
+                    execution.output = Some(output);
+                    (Status::Completed, "completed".to_string())
+                }
+                Ending::Failed { code, detail } => {
+                    execution.error = Some(model::ExecutionError::new(code));
+                    (Status::Failed, detail)
+                }
+                Ending::Cancelled => (Status::Cancelled, "cancelled by the client".to_string()),
+                Ending::Expired => {
+                    execution.error = Some(model::ExecutionError::new(Code::GenerationTimeout));
+                    (Status::Expired, "expired".to_string())
+                }
+            };
+            if status != Status::Completed {
+                billing::settle(txn, &execution.organization_id, execution.hold_amount, Micros::ZERO, &execution.id)?;
+            }
+            execution.close_attempt(&outcome, now);
+            execution.completed_at = Some(now);
+            execution.set_status(status, now);
+            Ok(())
+        })
+        .await
+    }
+
     /// Ids of every non-terminal execution with its deadline.
     pub fn active(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
         self.store.read(|txn| {
@@ -337,7 +381,22 @@ impl Executions {
     }
 }
 
-enum CreateOutcome {
+/// How an execution ends.
+pub enum Ending {
+    /// settles `cost` (capped at the hold) and stores the output files' records
+    Completed {
+        cost: Micros,
+        output: Value,
+        files: Vec<crate::files::FileRecord>,
+    },
+    /// `detail` is for operators (the attempt's outcome); clients see `code`
+    Failed { code: Code, detail: String },
+    Cancelled,
+    Expired,
+}
+
+/// What [`Executions::accept`] did.
+pub enum CreateOutcome {
     Created(Execution),
     Replayed(Execution),
     KeyReused,

@@ -119,6 +119,14 @@ impl Execution {
         self.attempts.last_mut().filter(|a| a.ended_at.is_none())
     }
 
+    /// Ends the running attempt, if any, with `outcome`.
+    pub fn close_attempt(&mut self, outcome: &str, at: DateTime<Utc>) {
+        if let Some(attempt) = self.open_attempt_mut() {
+            attempt.ended_at = Some(at);
+            attempt.outcome = Some(outcome.to_string());
+        }
+    }
+
     pub fn set_status(&mut self, status: Status, at: DateTime<Utc>) {
         self.status = status;
         self.transitions.push((status, at));

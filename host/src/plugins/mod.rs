@@ -194,7 +194,8 @@ impl Runtime {
             .precompile_component(wasm)
             .map_err(anyhow::Error::from)
             .context("the plugin is not a valid WebAssembly component")?;
-        let temporary = path.with_extension("tmp");
+        // Several servers may share the cache: write privately, rename atomically.
+        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&temporary, &compiled)?;
         std::fs::rename(&temporary, &path)?;
         // SAFETY: produced just above by this engine.

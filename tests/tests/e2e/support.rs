@@ -34,6 +34,16 @@ fn plugins_dir() -> PathBuf {
     dir
 }
 
+/// Compiled adapters, shared by every server of the suite (compiling them in a
+/// debug build takes seconds; loading a cached one, milliseconds).
+fn shared_plugin_cache() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("e2e-plugin-cache")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -99,9 +109,10 @@ impl Server {
         let data = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[executions]\n{executions}\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[plugins]\ncache_dir = {:?}\n\n[rate_limits]\nrequests_per_second = 10000\nburst = 10000\n\n[executions]\n{executions}\n",
             data.path().join("state"),
             plugins_dir(),
+            shared_plugin_cache(),
         );
         for provider in providers {
             config.push_str(&format!(
