@@ -29,6 +29,10 @@ pub enum Bucket {
     Available,
     Held,
     Spent,
+    /// the platform's own loss account: what it absorbed above a hold
+    PlatformLoss,
+    /// what the platform owes providers
+    ProviderPayable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +42,8 @@ pub enum EntryKind {
     Hold,
     Settle,
     Release,
+    /// the actual cost exceeded the hold; the platform pays the difference
+    Absorbed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,12 +69,23 @@ impl Account {
             Bucket::Available => &mut self.available,
             Bucket::Held => &mut self.held,
             Bucket::Spent => &mut self.spent,
+            Bucket::PlatformLoss | Bucket::ProviderPayable => {
+                unreachable!("platform buckets are not an organization's")
+            }
         }
+    }
+
+    /// Entries between the platform's own accounts leave the organization's alone.
+    fn touches(bucket: Bucket) -> bool {
+        !matches!(bucket, Bucket::PlatformLoss | Bucket::ProviderPayable)
     }
 
     /// Moves `amount` from `debit` to `credit`; the external account only ever counts
     /// up (it is the total deposited). `None` when a bucket would go negative.
     fn apply(&mut self, debit: Bucket, credit: Bucket, amount: Micros) -> Option<()> {
+        if !Self::touches(debit) && !Self::touches(credit) {
+            return Some(());
+        }
         let from = self.bucket(debit);
         *from = if debit == Bucket::External {
             Micros(from.0.checked_add(amount.0)?)
@@ -106,6 +123,7 @@ fn post(
         EntryKind::Hold => (Bucket::Available, Bucket::Held),
         EntryKind::Settle => (Bucket::Held, Bucket::Spent),
         EntryKind::Release => (Bucket::Held, Bucket::Available),
+        EntryKind::Absorbed => (Bucket::PlatformLoss, Bucket::ProviderPayable),
     };
     let mut accounts = txn.open_table(ACCOUNTS)?;
     let mut account: Account = store::get(&accounts, org_id)?.unwrap_or_default();
@@ -149,8 +167,9 @@ pub fn hold(txn: &WriteTransaction, org_id: &str, amount: Micros, execution_id: 
 }
 
 /// Resolves an execution's hold: `cost` (capped at the hold) is spent, the rest
-/// returns to the balance. The caller guarantees this runs once per hold (it is part
-/// of the transition to a terminal state). Returns what was charged.
+/// returns to the balance, and any cost above the hold is recorded as absorbed by
+/// the platform. The caller guarantees this runs once per hold (it is part of the
+/// transition to a terminal state). Returns what was charged.
 pub fn settle(txn: &WriteTransaction, org_id: &str, held: Micros, cost: Micros, execution_id: &str) -> Result<Micros> {
     let charged = cost.min(held);
     if charged > Micros::ZERO {
@@ -159,6 +178,10 @@ pub fn settle(txn: &WriteTransaction, org_id: &str, held: Micros, cost: Micros, 
     let rest = Micros(held.0 - charged.0);
     if rest > Micros::ZERO {
         post(txn, org_id, EntryKind::Release, rest, Some(execution_id), None)?;
+    }
+    if cost > held {
+        let overage = Micros(cost.0 - held.0);
+        post(txn, org_id, EntryKind::Absorbed, overage, Some(execution_id), None)?;
     }
     Ok(charged)
 }
