@@ -1,0 +1,415 @@
+//! The OpenAI-compatible API (OpenAI, Together, Groq, vLLM, …):
+//! `/v1/images/generations` for images and `/v1/chat/completions` for text. Both
+//! answer synchronously; chat completions can stream server-sent events.
+
+use base64::Engine;
+use modelroute_sdk::*;
+
+#[derive(Default)]
+struct OpenAi;
+
+const FLUX_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["prompt"],
+  "properties": {
+    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
+    "width": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
+    "height": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
+    "seed": {"type": "integer", "minimum": 0}
+  }
+}"#;
+
+const CHAT_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["messages"],
+  "properties": {
+    "messages": {
+      "type": "array",
+      "minItems": 1,
+      "items": {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["role", "content"],
+        "properties": {
+          "role": {"enum": ["system", "user", "assistant"]},
+          "content": {"type": "string"}
+        }
+      }
+    },
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 256},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2}
+  }
+}"#;
+
+const FLUX: &str = "flux-1.1-pro";
+const LLAMA: &str = "llama-3.1-8b-instruct";
+const DEFAULT_MAX_TOKENS: u64 = 256;
+
+fn dimensions(input: &Value) -> (u64, u64) {
+    let side = |name| input[name].as_u64().unwrap_or(1024);
+    (side("width"), side("height"))
+}
+
+fn is_chat(slug: &str) -> bool {
+    slug == LLAMA
+}
+
+impl Adapter for OpenAi {
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            name: "openai".into(),
+            version: "0.1.0".into(),
+            default_base_url: "https://api.openai.com".into(),
+            allowed_hosts: vec!["api.openai.com".into()],
+            auth: AuthScheme::Bearer,
+            capabilities: Capabilities {
+                cancel: false,
+                webhooks: false,
+                streaming: true,
+                inline_files: false,
+            },
+            models: vec![
+                Model {
+                    slug: FLUX.into(),
+                    provider_model: "black-forest-labs/FLUX.1.1-pro".into(),
+                    modality: Modality::Image,
+                    description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
+                    input_schema: FLUX_SCHEMA.into(),
+                    example_input: r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#.into(),
+                    price: Price {
+                        per_megapixel: 38_000,
+                        ..Price::default()
+                    },
+                },
+                Model {
+                    slug: LLAMA.into(),
+                    provider_model: "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo".into(),
+                    modality: Modality::Text,
+                    description: "Llama 3.1 8B Instruct: a small, fast chat model.".into(),
+                    input_schema: CHAT_SCHEMA.into(),
+                    example_input: r#"{"messages":[{"role":"user","content":"Say hello"}]}"#.into(),
+                    price: Price {
+                        per_million_input_tokens: 180_000,
+                        per_million_output_tokens: 180_000,
+                        ..Price::default()
+                    },
+                },
+            ],
+        }
+    }
+
+    fn estimate(&self, model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
+        if is_chat(&model.slug) {
+            let messages = messages(input)?;
+            let prompt: u64 = messages
+                .iter()
+                .map(|m| approx_tokens(m["content"].as_str().unwrap_or_default()))
+                .sum();
+            let max_tokens = input["max_tokens"].as_u64().unwrap_or(DEFAULT_MAX_TOKENS);
+            Ok(Usage::tokens(prompt, max_tokens))
+        } else {
+            let (width, height) = dimensions(input);
+            Ok(Usage::images(1, width, height))
+        }
+    }
+
+    fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure> {
+        if is_chat(&ctx.slug) {
+            let mut body = json!({
+                "model": ctx.provider_model,
+                "messages": messages(input)?,
+                "max_tokens": input["max_tokens"].as_u64().unwrap_or(DEFAULT_MAX_TOKENS),
+                "stream": ctx.stream,
+            });
+            if let Some(temperature) = input.get("temperature") {
+                body["temperature"] = temperature.clone();
+            }
+            if ctx.stream {
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            return Ok(HttpRequest::post_json(ctx.url("/v1/chat/completions"), &body));
+        }
+        let Some(prompt) = input["prompt"].as_str() else {
+            return Err(Failure::new(ErrorCode::InputValidationError, "prompt is required"));
+        };
+        let (width, height) = dimensions(input);
+        let mut body = json!({
+            "model": ctx.provider_model,
+            "prompt": prompt,
+            "n": 1,
+            "size": format!("{width}x{height}"),
+            "width": width,
+            "height": height,
+            "response_format": "b64_json",
+        });
+        if let Some(seed) = input.get("seed") {
+            body["seed"] = seed.clone();
+        }
+        Ok(HttpRequest::post_json(ctx.url("/v1/images/generations"), &body))
+    }
+
+    fn parse_response(&self, ctx: &CallContext, _job: Option<&Job>, response: &HttpResponse) -> Outcome {
+        if !response.is_success() {
+            return Outcome::Failed(api_error(response));
+        }
+        let body = match response.json() {
+            Ok(body) => body,
+            Err(failure) => return Outcome::Failed(failure),
+        };
+        if is_chat(&ctx.slug) { chat(&body) } else { images(&body) }
+    }
+
+    fn parse_stream_event(&self, _ctx: &CallContext, data: &str) -> StreamEvent {
+        if data.trim() == "[DONE]" {
+            return StreamEvent::Skip;
+        }
+        let chunk: Value = match serde_json::from_str(data) {
+            Ok(chunk) => chunk,
+            Err(e) => return StreamEvent::Failed(Failure::new(ErrorCode::GenerationFailed, format!("stream chunk is not JSON: {e}"))),
+        };
+        if chunk.get("error").is_some() {
+            return StreamEvent::Failed(classify_error(&chunk, None));
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            return StreamEvent::Done(Completion {
+                text: None,
+                assets: Vec::new(),
+                usage: token_usage(usage),
+            });
+        }
+        let choice = &chunk["choices"][0];
+        if choice["finish_reason"] == "content_filter" {
+            return StreamEvent::Failed(Failure::new(ErrorCode::ContentModerationRejected, "content filter"));
+        }
+        match choice["delta"]["content"].as_str() {
+            Some(text) if !text.is_empty() => StreamEvent::Delta(text.to_string()),
+            _ => StreamEvent::Skip,
+        }
+    }
+}
+
+fn messages(input: &Value) -> Result<&Vec<Value>, Failure> {
+    input["messages"]
+        .as_array()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| Failure::new(ErrorCode::InputValidationError, "messages is required"))
+}
+
+fn token_usage(usage: &Value) -> Usage {
+    Usage::tokens(
+        usage["prompt_tokens"].as_u64().unwrap_or(0),
+        usage["completion_tokens"].as_u64().unwrap_or(0),
+    )
+}
+
+fn chat(body: &Value) -> Outcome {
+    let choice = &body["choices"][0];
+    if choice["finish_reason"] == "content_filter" {
+        return Outcome::failed(ErrorCode::ContentModerationRejected, "the completion was filtered");
+    }
+    match choice["message"]["content"].as_str() {
+        Some(text) => Outcome::Completed(Completion::text(text, token_usage(&body["usage"]))),
+        None => Outcome::failed(ErrorCode::GenerationFailed, "the completion has no message content"),
+    }
+}
+
+fn images(body: &Value) -> Outcome {
+    let Some(data) = body["data"].as_array().filter(|d| !d.is_empty()) else {
+        return Outcome::failed(ErrorCode::GenerationFailed, "the response has no images");
+    };
+    let mut assets = Vec::new();
+    let mut megapixels_milli = 0;
+    for item in data {
+        let source = if let Some(encoded) = item["b64_json"].as_str() {
+            match base64::engine::general_purpose::STANDARD.decode(encoded) {
+                Ok(bytes) => {
+                    let (width, height) = png_size(&bytes).unwrap_or((1024, 1024));
+                    megapixels_milli += width * height / 1000;
+                    AssetSource::Inline(bytes)
+                }
+                Err(e) => return Outcome::failed(ErrorCode::GenerationFailed, format!("b64_json is not base64: {e}")),
+            }
+        } else if let Some(url) = item["url"].as_str() {
+            // The size of a linked image is unknown here; bill the default size.
+            megapixels_milli += 1024 * 1024 / 1000;
+            AssetSource::Url(url.to_string())
+        } else {
+            return Outcome::failed(ErrorCode::GenerationFailed, "an image has neither b64_json nor url");
+        };
+        assets.push(Asset {
+            source,
+            modality: Modality::Image,
+            duration_ms: None,
+        });
+    }
+    let usage = Usage {
+        images: assets.len() as u32,
+        megapixels_milli,
+        ..Usage::default()
+    };
+    Outcome::Completed(Completion {
+        text: None,
+        assets,
+        usage,
+    })
+}
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(bytes: &[u8]) -> Option<(u64, u64)> {
+    if bytes.len() < 24 || &bytes[..8] != b"\x89PNG\r\n\x1a\n" {
+        return None;
+    }
+    let read = |at: usize| -> Option<u64> { Some(u32::from_be_bytes(bytes[at..at + 4].try_into().ok()?).into()) };
+    Some((read(16)?, read(20)?))
+}
+
+/// `{"error": {"message", "type", "param", "code"}}`, with the HTTP status.
+fn api_error(response: &HttpResponse) -> Failure {
+    match response.json() {
+        Ok(body) if body.get("error").is_some() => classify_error(&body, Some(response)),
+        _ => Failure::from_status(response, response.text()),
+    }
+}
+
+fn classify_error(body: &Value, response: Option<&HttpResponse>) -> Failure {
+    let error = &body["error"];
+    let message = error["message"].as_str().unwrap_or("provider error").to_string();
+    let code = error["code"].as_str().unwrap_or_default();
+    let kind = error["type"].as_str().unwrap_or_default();
+    let normalized = match (code, kind) {
+        ("content_policy_violation" | "moderation_blocked", _) => Some(ErrorCode::ContentModerationRejected),
+        // Our account is out of credit: another provider may serve.
+        ("insufficient_quota", _) => Some(ErrorCode::ServiceUnavailable),
+        ("model_not_found", _) => Some(ErrorCode::ModelUnavailable),
+        (_, "overloaded_error" | "server_overloaded") => Some(ErrorCode::ModelOverloaded),
+        _ => None,
+    };
+    let Some(response) = response else {
+        return Failure::new(normalized.unwrap_or(ErrorCode::GenerationFailed), message);
+    };
+    let retry_after_ms = response
+        .header("retry-after-ms")
+        .and_then(|v| v.trim().parse().ok())
+        .or_else(|| response.retry_after_ms());
+    let failure = match normalized {
+        Some(code) => Failure::new(code, message),
+        None if response.status == 500 => Failure::new(ErrorCode::GenerationFailed, message),
+        None => Failure::from_status(response, message),
+    };
+    failure.with_retry_after_ms(retry_after_ms)
+}
+
+export_adapter!(OpenAi);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(slug: &str) -> CallContext {
+        CallContext {
+            slug: slug.into(),
+            provider_model: "provider/model".into(),
+            base_url: "https://api.together.xyz".into(),
+            attempt_id: "att_1".into(),
+            callback_url: None,
+            files: Vec::new(),
+            stream: false,
+        }
+    }
+
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![("retry-after".into(), "2".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn tiny_png(width: u32, height: u32) -> Vec<u8> {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend_from_slice(&width.to_be_bytes());
+        png.extend_from_slice(&height.to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn images_go_to_the_generations_endpoint_and_come_back_inline() {
+        let request = OpenAi.build_submit(&ctx(FLUX), &json!({"prompt": "a cat", "width": 512, "height": 256})).unwrap();
+        assert_eq!(request.url, "https://api.together.xyz/v1/images/generations");
+        let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["size"], "512x256");
+        assert_eq!(body["response_format"], "b64_json");
+
+        let encoded = base64::engine::general_purpose::STANDARD.encode(tiny_png(512, 256));
+        let answer = json!({"created": 1, "data": [{"b64_json": encoded}]}).to_string();
+        let Outcome::Completed(completion) = OpenAi.parse_response(&ctx(FLUX), None, &response(200, &answer)) else {
+            panic!("expected a completion");
+        };
+        assert_eq!(completion.usage.images, 1);
+        assert_eq!(completion.usage.megapixels_milli, 512 * 256 / 1000);
+        assert!(matches!(&completion.assets[0].source, AssetSource::Inline(bytes) if bytes.starts_with(b"\x89PNG")));
+    }
+
+    #[test]
+    fn chat_completions_carry_text_and_token_usage() {
+        let input = json!({"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16});
+        let request = OpenAi.build_submit(&ctx(LLAMA), &input).unwrap();
+        assert_eq!(request.url, "https://api.together.xyz/v1/chat/completions");
+        let usage = OpenAi
+            .estimate(&ModelRef { slug: LLAMA.into(), provider_model: String::new() }, &input)
+            .unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (3, 16));
+
+        let answer = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+        let Outcome::Completed(completion) = OpenAi.parse_response(&ctx(LLAMA), None, &response(200, answer)) else {
+            panic!("expected a completion");
+        };
+        assert_eq!(completion.text.as_deref(), Some("Hello!"));
+        assert_eq!((completion.usage.input_tokens, completion.usage.output_tokens), (9, 2));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let error = |code: &str, kind: &str| format!(r#"{{"error":{{"message":"m","type":"{kind}","param":null,"code":"{code}"}}}}"#);
+        let cases = [
+            (400, error("content_policy_violation", "invalid_request_error"), ErrorCode::ContentModerationRejected),
+            (400, error("invalid_value", "invalid_request_error"), ErrorCode::InputValidationError),
+            (429, error("rate_limit_exceeded", "requests"), ErrorCode::RateLimited),
+            (429, error("insufficient_quota", "insufficient_quota"), ErrorCode::ServiceUnavailable),
+            (401, error("invalid_api_key", "invalid_request_error"), ErrorCode::ServiceUnavailable),
+            (404, error("model_not_found", "invalid_request_error"), ErrorCode::ModelUnavailable),
+            (500, error("", "server_error"), ErrorCode::GenerationFailed),
+            (503, error("", "server_error"), ErrorCode::ModelOverloaded),
+            (504, "gateway timeout".to_string(), ErrorCode::GenerationTimeout),
+            (200, "{truncated".to_string(), ErrorCode::GenerationFailed),
+        ];
+        for (status, body, code) in cases {
+            let Outcome::Failed(failure) = OpenAi.parse_response(&ctx(FLUX), None, &response(status, &body)) else {
+                panic!("{status} {body}");
+            };
+            assert_eq!(failure.code, code, "{status} {body}");
+        }
+        let throttled = error("rate_limit_exceeded", "requests");
+        let Outcome::Failed(failure) = OpenAi.parse_response(&ctx(FLUX), None, &response(429, &throttled)) else { panic!() };
+        assert_eq!(failure.retry_after_ms, Some(2000));
+
+        let filtered = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"content_filter"}],"usage":{}}"#;
+        let Outcome::Failed(failure) = OpenAi.parse_response(&ctx(LLAMA), None, &response(200, filtered)) else { panic!() };
+        assert_eq!(failure.code, ErrorCode::ContentModerationRejected);
+    }
+
+    #[test]
+    fn stream_events_become_deltas_then_usage() {
+        let c = ctx(LLAMA);
+        let delta = r#"{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#;
+        assert!(matches!(OpenAi.parse_stream_event(&c, delta), StreamEvent::Delta(t) if t == "Hel"));
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
+        assert!(matches!(OpenAi.parse_stream_event(&c, usage), StreamEvent::Done(done) if done.usage.output_tokens == 2));
+        assert!(matches!(OpenAi.parse_stream_event(&c, "[DONE]"), StreamEvent::Skip));
+        assert!(matches!(OpenAi.parse_stream_event(&c, "{oops"), StreamEvent::Failed(_)));
+    }
+}

@@ -1,0 +1,265 @@
+//! Replicate's predictions API: create a prediction, poll `urls.get`, cancel with
+//! `urls.cancel`; `status` is starting / processing / succeeded / failed / canceled.
+
+use modelroute_sdk::*;
+
+#[derive(Default)]
+struct Replicate;
+
+const FLUX_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["prompt"],
+  "properties": {
+    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
+    "width": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
+    "height": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
+    "seed": {"type": "integer", "minimum": 0}
+  }
+}"#;
+
+fn dimensions(input: &Value) -> (u64, u64) {
+    let side = |name| input[name].as_u64().unwrap_or(1024);
+    (side("width"), side("height"))
+}
+
+impl Adapter for Replicate {
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            name: "replicate".into(),
+            version: "0.1.0".into(),
+            default_base_url: "https://api.replicate.com".into(),
+            allowed_hosts: vec!["api.replicate.com".into(), "replicate.delivery".into()],
+            auth: AuthScheme::Bearer,
+            capabilities: Capabilities {
+                cancel: true,
+                webhooks: true,
+                streaming: false,
+                inline_files: false,
+            },
+            models: vec![Model {
+                slug: "flux-1.1-pro".into(),
+                provider_model: "black-forest-labs/flux-1.1-pro".into(),
+                modality: Modality::Image,
+                description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
+                input_schema: FLUX_SCHEMA.into(),
+                example_input: r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#
+                    .into(),
+                price: Price {
+                    per_image: 40_000,
+                    ..Price::default()
+                },
+            }],
+        }
+    }
+
+    fn estimate(&self, _model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
+        let (width, height) = dimensions(input);
+        Ok(Usage::images(1, width, height))
+    }
+
+    fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure> {
+        let Some(prompt) = input["prompt"].as_str() else {
+            return Err(Failure::new(ErrorCode::InputValidationError, "prompt is required"));
+        };
+        let (width, height) = dimensions(input);
+        let mut model_input = json!({
+            "prompt": prompt,
+            "width": width,
+            "height": height,
+            "aspect_ratio": "custom",
+            "output_format": "png",
+        });
+        if let Some(seed) = input.get("seed") {
+            model_input["seed"] = seed.clone();
+        }
+        ctx.resolve_files(&mut model_input);
+        let mut body = json!({ "input": model_input });
+        if let Some(callback) = &ctx.callback_url {
+            body["webhook"] = json!(callback);
+            body["webhook_events_filter"] = json!(["completed"]);
+        }
+        let url = ctx.url(&format!("/v1/models/{}/predictions", ctx.provider_model));
+        Ok(HttpRequest::post_json(url, &body))
+    }
+
+    fn parse_response(&self, _ctx: &CallContext, _job: Option<&Job>, response: &HttpResponse) -> Outcome {
+        if !response.is_success() {
+            return Outcome::Failed(problem(response));
+        }
+        match response.json() {
+            Ok(prediction) => classify(&prediction),
+            Err(failure) => Outcome::Failed(failure),
+        }
+    }
+
+    fn build_poll(&self, ctx: &CallContext, job: &Job) -> Result<HttpRequest, Failure> {
+        let url = job_url(&job.state, "get")
+            .unwrap_or_else(|| ctx.url(&format!("/v1/predictions/{}", job.id)));
+        Ok(HttpRequest::get(url))
+    }
+
+    fn build_cancel(&self, ctx: &CallContext, job: &Job) -> Option<HttpRequest> {
+        let url = job_url(&job.state, "cancel")
+            .unwrap_or_else(|| ctx.url(&format!("/v1/predictions/{}/cancel", job.id)));
+        Some(HttpRequest::new(Method::Post, url))
+    }
+
+    fn parse_webhook(&self, _ctx: &CallContext, _job: &Job, _headers: &[(String, String)], body: &[u8]) -> Outcome {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(prediction) => classify(&prediction),
+            Err(e) => Outcome::failed(ErrorCode::GenerationFailed, format!("webhook body is not JSON: {e}")),
+        }
+    }
+}
+
+/// The job state keeps the prediction's `urls`.
+fn job_url(state: &str, which: &str) -> Option<String> {
+    let urls: Value = serde_json::from_str(state).ok()?;
+    urls[which].as_str().map(str::to_string)
+}
+
+/// A prediction object, whatever request it answered.
+fn classify(prediction: &Value) -> Outcome {
+    let (Some(id), Some(status)) = (prediction["id"].as_str(), prediction["status"].as_str()) else {
+        return Outcome::failed(ErrorCode::GenerationFailed, "the prediction has no id or status");
+    };
+    match status {
+        "starting" | "processing" => {
+            let poll_after_ms = if status == "starting" { 500 } else { 1000 };
+            Outcome::pending(id, prediction["urls"].to_string(), poll_after_ms)
+        }
+        "succeeded" => {
+            let urls: Vec<String> = match &prediction["output"] {
+                Value::String(url) => vec![url.clone()],
+                Value::Array(items) => items.iter().filter_map(|u| u.as_str().map(str::to_string)).collect(),
+                _ => Vec::new(),
+            };
+            if urls.is_empty() {
+                return Outcome::failed(ErrorCode::GenerationFailed, "the prediction succeeded without output");
+            }
+            // flux-1.1-pro is billed per image.
+            let usage = Usage {
+                images: urls.len() as u32,
+                ..Usage::default()
+            };
+            Outcome::Completed(Completion::assets(Modality::Image, urls, usage))
+        }
+        "failed" => {
+            let error = prediction["error"].as_str().unwrap_or("the prediction failed");
+            let lowered = error.to_ascii_lowercase();
+            let flagged = ["nsfw", "sensitive", "flagged", "e005"].iter().any(|w| lowered.contains(w));
+            let code = if flagged { ErrorCode::ContentModerationRejected } else { ErrorCode::GenerationFailed };
+            Outcome::failed(code, error)
+        }
+        "canceled" | "aborted" => Outcome::Failed(Failure {
+            retryable: false,
+            ..Failure::new(ErrorCode::GenerationFailed, "canceled at the provider")
+        }),
+        other => Outcome::failed(ErrorCode::GenerationFailed, format!("unknown prediction status {other:?}")),
+    }
+}
+
+/// Replicate's errors are problem+json: `{"title", "detail", "status"}`.
+fn problem(response: &HttpResponse) -> Failure {
+    let detail = response
+        .json()
+        .ok()
+        .and_then(|body| body["detail"].as_str().or(body["title"].as_str()).map(str::to_string))
+        .unwrap_or_else(|| response.text());
+    Failure::from_status(response, detail)
+}
+
+export_adapter!(Replicate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> CallContext {
+        CallContext {
+            slug: "flux-1.1-pro".into(),
+            provider_model: "black-forest-labs/flux-1.1-pro".into(),
+            base_url: "https://api.replicate.com".into(),
+            attempt_id: "att_1".into(),
+            callback_url: None,
+            files: Vec::new(),
+            stream: false,
+        }
+    }
+
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![("retry-after".into(), "3".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn submit_posts_the_input_to_the_model_predictions_endpoint() {
+        let request = Replicate
+            .build_submit(&ctx(), &json!({"prompt": "a cat", "width": 512, "seed": 7}))
+            .unwrap();
+        assert_eq!(request.url, "https://api.replicate.com/v1/models/black-forest-labs/flux-1.1-pro/predictions");
+        let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["input"]["prompt"], "a cat");
+        assert_eq!(body["input"]["width"], 512);
+        assert_eq!(body["input"]["height"], 1024);
+        assert_eq!(body["input"]["seed"], 7);
+        assert!(body.get("webhook").is_none());
+    }
+
+    #[test]
+    fn a_started_prediction_is_a_job_polled_at_its_get_url() {
+        let body = r#"{"id":"p1","status":"starting","output":null,"error":null,
+            "urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel"}}"#;
+        let Outcome::Pending(pending) = Replicate.parse_response(&ctx(), None, &response(201, body)) else {
+            panic!("expected a pending job");
+        };
+        assert_eq!(pending.job.id, "p1");
+        let poll = Replicate.build_poll(&ctx(), &pending.job).unwrap();
+        assert_eq!(poll.url, "https://api.replicate.com/v1/predictions/p1");
+        let cancel = Replicate.build_cancel(&ctx(), &pending.job).unwrap();
+        assert_eq!(cancel.url, "https://api.replicate.com/v1/predictions/p1/cancel");
+    }
+
+    #[test]
+    fn a_succeeded_prediction_yields_its_output_urls() {
+        for output in [r#""https://replicate.delivery/a.png""#, r#"["https://replicate.delivery/a.png"]"#] {
+            let body = format!(r#"{{"id":"p1","status":"succeeded","output":{output},"error":null,"urls":{{}}}}"#);
+            let Outcome::Completed(completion) = Replicate.parse_response(&ctx(), None, &response(200, &body)) else {
+                panic!("expected a completion");
+            };
+            assert_eq!(completion.usage.images, 1);
+            assert!(matches!(&completion.assets[0].source, AssetSource::Url(u) if u == "https://replicate.delivery/a.png"));
+        }
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let flagged = r#"{"id":"p1","status":"failed","error":"E005: The input or output was flagged as sensitive.","urls":{}}"#;
+        let Outcome::Failed(failure) = Replicate.parse_response(&ctx(), None, &response(200, flagged)) else { panic!() };
+        assert_eq!(failure.code, ErrorCode::ContentModerationRejected);
+        assert!(!failure.retryable);
+
+        let cases = [
+            (422, r#"{"title":"Input validation failed","detail":"prompt is required","status":422}"#, ErrorCode::InputValidationError),
+            (429, r#"{"title":"Request was throttled.","detail":"Expected available in 1 second.","status":429}"#, ErrorCode::RateLimited),
+            (401, r#"{"title":"Unauthenticated","detail":"You did not pass a valid authentication token","status":401}"#, ErrorCode::ServiceUnavailable),
+            (404, r#"{"title":"Not found","status":404}"#, ErrorCode::ModelUnavailable),
+            (500, "<html>oops</html>", ErrorCode::ServiceUnavailable),
+            (200, "{not json", ErrorCode::GenerationFailed),
+            (200, r#"{"status":"processing"}"#, ErrorCode::GenerationFailed),
+        ];
+        for (status, body, code) in cases {
+            let Outcome::Failed(failure) = Replicate.parse_response(&ctx(), None, &response(status, body)) else {
+                panic!("{status} {body}");
+            };
+            assert_eq!(failure.code, code, "{status} {body}");
+        }
+        let Outcome::Failed(throttled) = Replicate.parse_response(&ctx(), None, &response(429, "{}")) else { panic!() };
+        assert_eq!(throttled.retry_after_ms, Some(3000));
+    }
+}
