@@ -1,0 +1,5 @@
+//! End-to-end: a real server process, real adapters compiled from `plugins/`, and
+//! provider emulators on loopback, driven over HTTP like a client would.
+
+mod api;
+mod support;
