@@ -18,7 +18,6 @@ pub const OUTPUT_TTL_DAYS: i64 = 30;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileRecord {
     pub file_id: String,
-    #[serde(skip_serializing)]
     pub organization_id: String,
     pub content_type: String,
     pub size_bytes: u64,
@@ -26,6 +25,20 @@ pub struct FileRecord {
     pub sha256: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+impl FileRecord {
+    /// The file object of SPEC §8.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "file_id": self.file_id,
+            "content_type": self.content_type,
+            "size_bytes": self.size_bytes,
+            "purpose": self.purpose,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        })
+    }
 }
 
 /// Facts read from a stored blob.

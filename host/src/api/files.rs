@@ -23,8 +23,7 @@ fn find(app: &App, caller: &Caller, id: &str) -> Result<FileRecord, ApiError> {
 }
 
 pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let record = find(&app, &caller, &id)?;
-    Ok(Json(serde_json::to_value(record).map_err(anyhow::Error::from)?))
+    Ok(Json(find(&app, &caller, &id)?.view()))
 }
 
 /// The bytes, streamed from storage.

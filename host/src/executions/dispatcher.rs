@@ -41,7 +41,8 @@ pub struct Dispatcher {
 
 /// How an attempt ended.
 enum AttemptEnd {
-    Completed(wit::Completion),
+    /// with the candidate that produced it (its provider, plugin and price)
+    Completed(wit::Completion, Box<Candidate>),
     Failed(wit::Failure),
     /// the execution became terminal meanwhile (cancelled, expired)
     Abandoned,
@@ -199,8 +200,8 @@ impl Dispatcher {
             };
             let failure = match end {
                 AttemptEnd::Abandoned => return Ok(()),
-                AttemptEnd::Completed(completion) => {
-                    match self.complete(&execution, completion).await? {
+                AttemptEnd::Completed(completion, candidate) => {
+                    match self.complete(&execution, &candidate, completion).await? {
                         None => return Ok(()),
                         Some(failure) => failure,
                     }
@@ -216,6 +217,10 @@ impl Dispatcher {
     /// Records the failed attempt; then either waits out the backoff and returns true
     /// (try again), or ends the execution `FAILED` and returns false.
     async fn retry_or_fail(&self, execution: &Execution, failure: wit::Failure) -> Result<bool> {
+        // The snapshot predates the attempt that just failed.
+        let Some(execution) = self.executions.store_get(&execution.id)? else {
+            return Ok(false);
+        };
         let attempts = execution.attempts.len().max(1) as u32;
         let now = clock::now();
         let delay = backoff(attempts, failure.retry_after_ms);
@@ -297,7 +302,7 @@ impl Dispatcher {
         };
         let (outcome, _) = self.exchange(&candidate, &ctx, None, &request).await;
         match outcome {
-            wit::Outcome::Completed(completion) => Ok(AttemptEnd::Completed(completion)),
+            wit::Outcome::Completed(completion) => Ok(AttemptEnd::Completed(completion, Box::new(candidate))),
             wit::Outcome::Failed(failure) => Ok(AttemptEnd::Failed(failure)),
             wit::Outcome::Pending(pending) => {
                 let job = JobRecord {
@@ -375,7 +380,9 @@ impl Dispatcher {
             };
             let (outcome, answered) = self.exchange(candidate, ctx, Some(&job), &request).await;
             match outcome {
-                wit::Outcome::Completed(completion) => return Ok(AttemptEnd::Completed(completion)),
+                wit::Outcome::Completed(completion) => {
+                    return Ok(AttemptEnd::Completed(completion, Box::new(candidate.clone())));
+                }
                 wit::Outcome::Pending(pending) => {
                     errors = 0;
                     delay_ms = pending.poll_after_ms;
@@ -433,19 +440,8 @@ impl Dispatcher {
 
     /// Stores the outputs and ends the execution `COMPLETED`, settling the hold.
     /// Returns a failure when the outputs could not be stored (the attempt failed).
-    async fn complete(&self, execution: &Execution, completion: wit::Completion) -> Result<Option<wit::Failure>> {
-        let Some(attempt) = execution.open_attempt().or(execution.attempts.last()) else {
-            return Ok(Some(failure(wit::ErrorCode::InternalError, "completion without an attempt", false)));
-        };
-        let candidate = self
-            .router
-            .candidates(&execution.model)
-            .into_iter()
-            .find(|c| c.provider.name == attempt.provider);
-        let Some(candidate) = candidate else {
-            return Ok(Some(failure(wit::ErrorCode::ServiceUnavailable, "provider no longer configured", true)));
-        };
-        let (output, records) = match self.store_outputs(execution, &candidate, &completion).await {
+    async fn complete(&self, execution: &Execution, candidate: &Candidate, completion: wit::Completion) -> Result<Option<wit::Failure>> {
+        let (output, records) = match self.store_outputs(execution, candidate, &completion).await {
             Ok(stored) => stored,
             Err(failure) => return Ok(Some(failure)),
         };

@@ -2,4 +2,5 @@
 //! provider emulators on loopback, driven over HTTP like a client would.
 
 mod api;
+mod executions;
 mod support;

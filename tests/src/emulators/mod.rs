@@ -1,0 +1,282 @@
+//! Provider emulators: real HTTP servers on loopback that speak each provider's
+//! documented wire format, with deterministic outputs and injectable faults.
+
+pub mod openai;
+pub mod replicate;
+
+use axum::Router;
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// The credential every emulator expects unless told otherwise.
+pub const DEFAULT_TOKEN: &str = "emulator-key";
+
+/// A fault applied to one incoming API request (asset downloads are never faulted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// Answer `status` with the provider's own error body (or `body`).
+    Status {
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<u32>,
+        #[serde(default)]
+        body: Option<String>,
+    },
+    /// Wait, then answer normally.
+    Delay { ms: u64 },
+    /// Never answer.
+    Hang,
+    /// Drop the connection without an HTTP response.
+    Reset,
+    /// `200` with a body that is not valid JSON.
+    Malformed,
+}
+
+/// A request the emulator received.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// State every emulator shares: credential, faults, request log, stored files.
+pub struct Common {
+    pub base_url: String,
+    token: String,
+    queued: Mutex<VecDeque<Fault>>,
+    always: Mutex<Option<Fault>>,
+    requests: Mutex<Vec<Recorded>>,
+    files: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl Common {
+    fn next_fault(&self) -> Option<Fault> {
+        if let Some(fault) = self.queued.lock().unwrap().pop_front() {
+            return Some(fault);
+        }
+        self.always.lock().unwrap().clone()
+    }
+
+    pub fn store_file(&self, name: String, bytes: Vec<u8>) -> String {
+        let url = format!("{}/files/{name}", self.base_url);
+        self.files.lock().unwrap().insert(name, bytes);
+        url
+    }
+}
+
+/// What differs between providers: their error bodies.
+pub trait Dialect: Send + Sync + 'static {
+    fn error_body(status: u16) -> serde_json::Value;
+}
+
+/// A running emulator. Stops when dropped.
+pub struct Emulator<S> {
+    pub state: Arc<S>,
+    common: Arc<Common>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl<S> Emulator<S> {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Faults for the next requests, one each, in order.
+    pub fn push_fault(&self, fault: Fault) {
+        self.common.queued.lock().unwrap().push_back(fault);
+    }
+
+    /// A fault for every request (after the queued ones) until cleared with `None`.
+    pub fn set_always(&self, fault: Option<Fault>) {
+        *self.common.always.lock().unwrap() = fault;
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.common.requests.lock().unwrap().clone()
+    }
+
+    /// API requests whose path starts with `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.requests().iter().filter(|r| r.path.starts_with(prefix)).count()
+    }
+}
+
+impl<S> Drop for Emulator<S> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `addr` (port 0 for any) and serves `api` with the shared middleware:
+/// request log, faults, bearer check; plus `/files/*` and `/__emulator/*`.
+async fn serve<S: Send + Sync + 'static, D: Dialect>(
+    addr: &str,
+    token: &str,
+    make: impl FnOnce(Arc<Common>) -> (Arc<S>, Router),
+) -> std::io::Result<Emulator<S>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let common = Arc::new(Common {
+        base_url: format!("http://{addr}"),
+        token: token.to_string(),
+        queued: Mutex::default(),
+        always: Mutex::default(),
+        requests: Mutex::default(),
+        files: Mutex::default(),
+    });
+    let (state, api) = make(common.clone());
+    let control = Router::new()
+        .route("/files/{name}", axum::routing::get(file))
+        .route("/__emulator/faults", axum::routing::post(push_fault).delete(clear_faults))
+        .route("/__emulator/requests", axum::routing::get(requests))
+        .with_state(common.clone());
+    let app = api
+        .layer(middleware::from_fn_with_state(common.clone(), guard::<D>))
+        .merge(control);
+    let task = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(Emulator {
+        state,
+        common,
+        addr,
+        task,
+    })
+}
+
+/// Records the request, applies the next fault, then checks the credential.
+async fn guard<D: Dialect>(State(common): State<Arc<Common>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    common.requests.lock().unwrap().push(Recorded {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    });
+    match common.next_fault() {
+        Some(Fault::Status { status, retry_after, body }) => {
+            let body = body.unwrap_or_else(|| D::error_body(status).to_string());
+            let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response();
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            if let Some(seconds) = retry_after {
+                response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+            }
+            return response;
+        }
+        Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Some(Fault::Hang) => std::future::pending::<()>().await,
+        // Unwinding the connection's task drops the socket with no response;
+        // `resume_unwind` skips the panic hook, so nothing is printed.
+        Some(Fault::Reset) => std::panic::resume_unwind(Box::new("emulated connection reset")),
+        Some(Fault::Malformed) => {
+            return (StatusCode::OK, [("content-type", "application/json")], "{\"id\": \"trunc").into_response();
+        }
+        None => {}
+    }
+    let expected = format!("Bearer {}", common.token);
+    if parts.headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return (StatusCode::UNAUTHORIZED, axum::Json(D::error_body(401))).into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+async fn file(State(common): State<Arc<Common>>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    match common.files.lock().unwrap().get(&name) {
+        Some(bytes) => ([("content-type", "image/png")], bytes.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn push_fault(State(common): State<Arc<Common>>, axum::Json(fault): axum::Json<Fault>) -> StatusCode {
+    common.queued.lock().unwrap().push_back(fault);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_faults(State(common): State<Arc<Common>>) -> StatusCode {
+    common.queued.lock().unwrap().clear();
+    *common.always.lock().unwrap() = None;
+    StatusCode::NO_CONTENT
+}
+
+async fn requests(State(common): State<Arc<Common>>) -> axum::Json<Vec<Recorded>> {
+    axum::Json(common.requests.lock().unwrap().clone())
+}
+
+/// Whether a prompt should be refused as unsafe (the emulators' moderation rule).
+pub fn flagged(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("nsfw")
+}
+
+/// A deterministic PNG of `width`×`height`: a gradient keyed by `seed`.
+pub fn png(width: u32, height: u32, seed: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Fast);
+        let mut writer = encoder.write_header().expect("png header");
+        let [r, g, b, ..] = seed.to_le_bytes();
+        let mut pixels = Vec::with_capacity((width * height * 3) as usize);
+        for y in 0..height {
+            for x in 0..width {
+                pixels.extend_from_slice(&[
+                    r.wrapping_add((x * 255 / width.max(1)) as u8),
+                    g.wrapping_add((y * 255 / height.max(1)) as u8),
+                    b,
+                ]);
+            }
+        }
+        writer.write_image_data(&pixels).expect("png data");
+    }
+    out
+}
+
+/// FNV-1a: a stable seed from a prompt.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn body_json(bytes: &Bytes) -> Option<serde_json::Value> {
+    serde_json::from_slice(bytes).ok()
+}

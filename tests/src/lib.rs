@@ -1,0 +1,3 @@
+//! Provider emulators for ModelRoute's tests and `make run`.
+
+pub mod emulators;
