@@ -280,3 +280,131 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 fn body_json(bytes: &Bytes) -> Option<serde_json::Value> {
     serde_json::from_slice(bytes).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn post(emulator_url: &str, path: &str, token: &str, body: serde_json::Value) -> reqwest::Result<reqwest::Response> {
+        reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()?
+            .post(format!("{emulator_url}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+    }
+
+    #[tokio::test]
+    async fn faults_apply_in_order_and_reset_and_hang_fail_the_client() {
+        let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+        let url = emulator.base_url();
+        let path = "/v1/models/black-forest-labs/flux-1.1-pro/predictions";
+        let body = json!({"input": {"prompt": "x"}});
+        emulator.push_fault(Fault::Status { status: 429, retry_after: Some(2), body: None });
+        emulator.push_fault(Fault::Reset);
+        emulator.push_fault(Fault::Hang);
+        emulator.push_fault(Fault::Malformed);
+
+        let throttled = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap();
+        assert_eq!(throttled.status(), 429);
+        assert_eq!(throttled.headers()["retry-after"], "2");
+        assert_eq!(throttled.json::<serde_json::Value>().await.unwrap()["status"], 429);
+
+        let reset = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap_err();
+        assert!(!reset.is_timeout(), "a reset is a connection error: {reset}");
+        let hang = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap_err();
+        assert!(hang.is_timeout(), "{hang}");
+        let malformed = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap();
+        assert!(malformed.json::<serde_json::Value>().await.is_err());
+
+        let created = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap();
+        assert_eq!(created.status(), 201);
+        let unauthorized = post(&url, path, "wrong", body).await.unwrap();
+        assert_eq!(unauthorized.status(), 401);
+        assert_eq!(emulator.count("/v1/models/"), 6);
+    }
+
+    #[tokio::test]
+    async fn replicate_predictions_progress_to_a_png_of_the_requested_size() {
+        let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+        let url = emulator.base_url();
+        let created: serde_json::Value = post(
+            &url,
+            "/v1/models/black-forest-labs/flux-1.1-pro/predictions",
+            DEFAULT_TOKEN,
+            json!({"input": {"prompt": "a cat", "width": 320, "height": 256}}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(created["status"], "starting");
+        let client = reqwest::Client::new();
+        let polled: serde_json::Value = client
+            .get(created["urls"]["get"].as_str().unwrap())
+            .bearer_auth(DEFAULT_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(polled["status"], "succeeded");
+        let image = client.get(polled["output"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(image.to_vec()));
+        let info = decoder.read_info().unwrap().info().clone();
+        assert_eq!((info.width, info.height), (320, 256));
+        assert_eq!(png(8, 8, 1), png(8, 8, 1), "outputs are deterministic");
+    }
+
+    #[tokio::test]
+    async fn openai_images_and_chat_follow_the_documented_shapes() {
+        let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+        let url = emulator.base_url();
+        let images: serde_json::Value = post(
+            &url,
+            "/v1/images/generations",
+            DEFAULT_TOKEN,
+            json!({"model": "black-forest-labs/FLUX.1.1-pro", "prompt": "a cat", "size": "256x320", "response_format": "b64_json"}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(images["data"][0]["b64_json"].as_str().unwrap())
+            .unwrap();
+        let info = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap().info().clone();
+        assert_eq!((info.width, info.height), (256, 320));
+
+        let moderated = post(&url, "/v1/images/generations", DEFAULT_TOKEN, json!({"model": "black-forest-labs/FLUX.1.1-pro", "prompt": "nsfw"}))
+            .await
+            .unwrap();
+        assert_eq!(moderated.status(), 400);
+        assert_eq!(moderated.json::<serde_json::Value>().await.unwrap()["error"]["code"], "content_policy_violation");
+
+        let stream = post(
+            &url,
+            "/v1/chat/completions",
+            DEFAULT_TOKEN,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two"}], "stream": true, "stream_options": {"include_usage": true}}),
+        )
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        assert!(stream.contains("\"content\":\"Echo: \""));
+        assert!(stream.contains("\"usage\""));
+        assert!(stream.ends_with("data: [DONE]\n\n"));
+
+        let missing = post(&url, "/v1/chat/completions", DEFAULT_TOKEN, json!({"model": "nope", "messages": []})).await.unwrap();
+        assert_eq!(missing.status(), 404);
+    }
+}

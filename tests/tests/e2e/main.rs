@@ -3,4 +3,5 @@
 
 mod api;
 mod executions;
+mod restart;
 mod support;
