@@ -1,6 +1,7 @@
 # ModelRoute — `make run` starts the server with emulated providers; `make test` runs
 # everything CI runs. Both work on a fresh machine with Rust installed.
 
+SHELL := bash
 CARGO ?= cargo
 PLUGINS := replicate openai
 PLUGIN_TARGET := wasm32-wasip2
@@ -32,8 +33,11 @@ run: build
 	target/debug/modelroute serve --dev
 
 ## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests.
+## Ends with one line totalling every test binary's results.
 test: build
-	$(CARGO) test --workspace --exclude modelroute-sdk
+	@set -o pipefail; $(CARGO) test --workspace --exclude modelroute-sdk 2>&1 | tee target/test.log
+	@awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
+	  END { printf "%d passed, %d failed\n", p, f }' target/test.log
 
 ## Formatting and lints, as reviewers expect them.
 lint:

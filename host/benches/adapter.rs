@@ -29,13 +29,15 @@ fn context() -> wit::CallContext {
 
 fn adapter_calls(c: &mut Criterion) {
     let cache = tempfile::tempdir().expect("temp dir");
-    let runtime = Runtime::new(PluginLimits::default(), cache.path().to_path_buf()).expect("runtime");
+    let runtime =
+        Runtime::new(PluginLimits::default(), cache.path().to_path_buf()).expect("runtime");
     let wasm = std::fs::read(plugin_path("replicate")).expect("run `make plugins` first");
 
     c.bench_function("load (compile, cold cache)", |b| {
         b.iter(|| {
             let cold = tempfile::tempdir().expect("temp dir");
-            let runtime = Runtime::new(PluginLimits::default(), cold.path().to_path_buf()).expect("runtime");
+            let runtime =
+                Runtime::new(PluginLimits::default(), cold.path().to_path_buf()).expect("runtime");
             black_box(runtime.load(&wasm).expect("load"))
         })
     });
@@ -50,7 +52,9 @@ fn adapter_calls(c: &mut Criterion) {
     c.bench_function("build-submit", |b| {
         b.iter(|| {
             plugin
-                .call("build-submit", |adapter, store| adapter.call_build_submit(store, &ctx, input))
+                .call("build-submit", |adapter, store| {
+                    adapter.call_build_submit(store, &ctx, input)
+                })
                 .expect("call")
                 .expect("request")
         })
@@ -64,7 +68,9 @@ fn adapter_calls(c: &mut Criterion) {
     c.bench_function("parse-response", |b| {
         b.iter(|| {
             plugin
-                .call("parse-response", |adapter, store| adapter.call_parse_response(store, &ctx, None, &response))
+                .call("parse-response", |adapter, store| {
+                    adapter.call_parse_response(store, &ctx, None, &response)
+                })
                 .expect("call")
         })
     });

@@ -132,7 +132,12 @@ pub fn create_key(txn: &WriteTransaction, org_id: &str, scope: Scope) -> Result<
     create_named_key(txn, org_id, scope, None)
 }
 
-fn create_named_key(txn: &WriteTransaction, org_id: &str, scope: Scope, name: Option<String>) -> Result<(ApiKey, String)> {
+fn create_named_key(
+    txn: &WriteTransaction,
+    org_id: &str,
+    scope: Scope,
+    name: Option<String>,
+) -> Result<(ApiKey, String)> {
     let secret = generate_secret();
     let key = ApiKey {
         id: new_short_id("key"),
@@ -145,8 +150,10 @@ fn create_named_key(txn: &WriteTransaction, org_id: &str, scope: Scope, name: Op
         expires_at: None,
     };
     save_key(txn, &key)?;
-    txn.open_table(API_KEYS_BY_ORG)?
-        .insert(format!("{org_id}/{}", key.id).as_str(), key.secret_hash.as_bytes())?;
+    txn.open_table(API_KEYS_BY_ORG)?.insert(
+        format!("{org_id}/{}", key.id).as_str(),
+        key.secret_hash.as_bytes(),
+    )?;
     Ok((key, secret))
 }
 
@@ -184,7 +191,12 @@ pub enum KeyRefusal {
 }
 
 /// Creates a key unless the organization already has [`MAX_ACTIVE_KEYS`] live ones.
-pub fn create_key_checked(txn: &WriteTransaction, org_id: &str, scope: Scope, name: Option<String>) -> Result<Result<(ApiKey, String), KeyRefusal>> {
+pub fn create_key_checked(
+    txn: &WriteTransaction,
+    org_id: &str,
+    scope: Scope,
+    name: Option<String>,
+) -> Result<Result<(ApiKey, String), KeyRefusal>> {
     let now = crate::clock::now();
     let live = live_keys(txn, org_id, now)?;
     if live >= MAX_ACTIVE_KEYS {
@@ -211,7 +223,8 @@ fn live_keys(txn: &WriteTransaction, org_id: &str, now: DateTime<Utc>) -> Result
 
 fn find_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Option<ApiKey>> {
     let index = txn.open_table(API_KEYS_BY_ORG)?;
-    let Some(hash) = redb::ReadableTable::get(&index, format!("{org_id}/{key_id}").as_str())? else {
+    let Some(hash) = redb::ReadableTable::get(&index, format!("{org_id}/{key_id}").as_str())?
+    else {
         return Ok(None);
     };
     let hash = std::str::from_utf8(hash.value())?.to_string();
@@ -219,7 +232,11 @@ fn find_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Option
 }
 
 /// Revokes a key at once. Revoking a revoked key is harmless.
-pub fn revoke_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Result<ApiKey, KeyRefusal>> {
+pub fn revoke_key(
+    txn: &WriteTransaction,
+    org_id: &str,
+    key_id: &str,
+) -> Result<Result<ApiKey, KeyRefusal>> {
     let Some(mut key) = find_key(txn, org_id, key_id)? else {
         return Ok(Err(KeyRefusal::NotFound));
     };
@@ -228,22 +245,43 @@ pub fn revoke_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<
     Ok(Ok(key))
 }
 
+/// A rotated key: the new key and secret, and when the old secret stops working.
+pub struct Rotated {
+    pub key: ApiKey,
+    pub secret: String,
+    pub previous_valid_until: DateTime<Utc>,
+}
+
 /// Issues a new secret with the same scope; the old one works for
 /// [`ROTATION_GRACE`] more.
-pub fn rotate_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Result<(ApiKey, String, DateTime<Utc>), KeyRefusal>> {
+pub fn rotate_key(
+    txn: &WriteTransaction,
+    org_id: &str,
+    key_id: &str,
+) -> Result<Result<Rotated, KeyRefusal>> {
     let now = crate::clock::now();
     let Some(mut old) = find_key(txn, org_id, key_id)?.filter(|k| k.is_live(now)) else {
         return Ok(Err(KeyRefusal::NotFound));
     };
-    let valid_until = old.expires_at.map_or(now + ROTATION_GRACE, |at| at.min(now + ROTATION_GRACE));
+    let valid_until = old
+        .expires_at
+        .map_or(now + ROTATION_GRACE, |at| at.min(now + ROTATION_GRACE));
     old.expires_at = Some(valid_until);
     save_key(txn, &old)?;
-    let (new, secret) = create_named_key(txn, org_id, old.scope, old.name.clone())?;
-    Ok(Ok((new, secret, valid_until)))
+    let (key, secret) = create_named_key(txn, org_id, old.scope, old.name.clone())?;
+    Ok(Ok(Rotated {
+        key,
+        secret,
+        previous_valid_until: valid_until,
+    }))
 }
 
 /// The caller a bearer secret stands for, if it is well formed, known and live.
-pub fn authenticate(txn: &ReadTransaction, secret: &str, now: DateTime<Utc>) -> Result<Option<Caller>> {
+pub fn authenticate(
+    txn: &ReadTransaction,
+    secret: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Caller>> {
     if !well_formed(secret) {
         return Ok(None);
     }
@@ -255,7 +293,8 @@ pub fn authenticate(txn: &ReadTransaction, secret: &str, now: DateTime<Utc>) -> 
     // The table is keyed by the hash, so this compare is belt and braces against a
     // corrupted row; it is constant-time like every secret comparison here.
     let matches: bool = key.secret_hash.as_bytes().ct_eq(hash.as_bytes()).into();
-    Ok((matches && key.is_live(now)).then(|| Caller {
+    let live = matches && key.is_live(now);
+    Ok(live.then_some(Caller {
         org_id: key.org_id,
         key_id: key.id,
         scope: key.scope,

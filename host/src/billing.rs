@@ -155,14 +155,26 @@ pub fn deposit(txn: &WriteTransaction, org_id: &str, amount: Micros, memo: &str)
 }
 
 /// Holds `amount` for an execution when the available balance covers it.
-pub fn hold(txn: &WriteTransaction, org_id: &str, amount: Micros, execution_id: &str) -> Result<HoldResult> {
+pub fn hold(
+    txn: &WriteTransaction,
+    org_id: &str,
+    amount: Micros,
+    execution_id: &str,
+) -> Result<HoldResult> {
     let available = store::get::<Account>(&txn.open_table(ACCOUNTS)?, org_id)?
         .unwrap_or_default()
         .available;
     if available < amount {
         return Ok(HoldResult::InsufficientBalance { available });
     }
-    post(txn, org_id, EntryKind::Hold, amount, Some(execution_id), None)?;
+    post(
+        txn,
+        org_id,
+        EntryKind::Hold,
+        amount,
+        Some(execution_id),
+        None,
+    )?;
     Ok(HoldResult::Placed)
 }
 
@@ -170,24 +182,56 @@ pub fn hold(txn: &WriteTransaction, org_id: &str, amount: Micros, execution_id: 
 /// returns to the balance, and any cost above the hold is recorded as absorbed by
 /// the platform. The caller guarantees this runs once per hold (it is part of the
 /// transition to a terminal state). Returns what was charged.
-pub fn settle(txn: &WriteTransaction, org_id: &str, held: Micros, cost: Micros, execution_id: &str) -> Result<Micros> {
+pub fn settle(
+    txn: &WriteTransaction,
+    org_id: &str,
+    held: Micros,
+    cost: Micros,
+    execution_id: &str,
+) -> Result<Micros> {
     let charged = cost.min(held);
     if charged > Micros::ZERO {
-        post(txn, org_id, EntryKind::Settle, charged, Some(execution_id), None)?;
+        post(
+            txn,
+            org_id,
+            EntryKind::Settle,
+            charged,
+            Some(execution_id),
+            None,
+        )?;
     }
     let rest = Micros(held.0 - charged.0);
     if rest > Micros::ZERO {
-        post(txn, org_id, EntryKind::Release, rest, Some(execution_id), None)?;
+        post(
+            txn,
+            org_id,
+            EntryKind::Release,
+            rest,
+            Some(execution_id),
+            None,
+        )?;
     }
     if cost > held {
         let overage = Micros(cost.0 - held.0);
-        post(txn, org_id, EntryKind::Absorbed, overage, Some(execution_id), None)?;
+        post(
+            txn,
+            org_id,
+            EntryKind::Absorbed,
+            overage,
+            Some(execution_id),
+            None,
+        )?;
     }
     Ok(charged)
 }
 
 /// A page of `org_id`'s entries, oldest first, after the entry `starting_after`.
-pub fn entries(txn: &ReadTransaction, org_id: &str, limit: usize, starting_after: Option<&str>) -> Result<(Vec<Entry>, bool)> {
+pub fn entries(
+    txn: &ReadTransaction,
+    org_id: &str,
+    limit: usize,
+    starting_after: Option<&str>,
+) -> Result<(Vec<Entry>, bool)> {
     let prefix = format!("{org_id}/");
     // Entry ids carry their sequence number: `le_<seq>`.
     let start = match starting_after.and_then(|id| id.strip_prefix("le_")?.parse::<u64>().ok()) {
@@ -209,16 +253,24 @@ pub fn entries(txn: &ReadTransaction, org_id: &str, limit: usize, starting_after
 }
 
 /// Rebuilds every organization's account from the ledger, for audits and tests.
-pub fn rebuild_from_entries(txn: &ReadTransaction) -> Result<std::collections::BTreeMap<String, Account>> {
+pub fn rebuild_from_entries(
+    txn: &ReadTransaction,
+) -> Result<std::collections::BTreeMap<String, Account>> {
     let mut accounts = std::collections::BTreeMap::<String, Account>::new();
     for row in txn.open_table(LEDGER)?.iter()? {
         let (_, value) = row?;
         let entry: Entry = store::decode(value.value())?;
         let account = accounts.entry(entry.organization_id.clone()).or_default();
-        if account.apply(entry.debit, entry.credit, entry.amount).is_none() {
-            bail!("ledger entry {} overdraws {}", entry.id, entry.organization_id);
+        if account
+            .apply(entry.debit, entry.credit, entry.amount)
+            .is_none()
+        {
+            bail!(
+                "ledger entry {} overdraws {}",
+                entry.id,
+                entry.organization_id
+            );
         }
     }
     Ok(accounts)
 }
-

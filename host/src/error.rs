@@ -37,7 +37,9 @@ impl Code {
     pub fn status(self) -> StatusCode {
         use Code::*;
         match self {
-            InputValidationError | ContentModerationRejected | FileNotFound
+            InputValidationError
+            | ContentModerationRejected
+            | FileNotFound
             | FileFormatUnsupported => StatusCode::BAD_REQUEST,
             InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -87,7 +87,8 @@ impl FileStore {
         let file_id = file_id.to_string();
         let org_id = org_id.to_string();
         let purpose = purpose.to_string();
-        tokio::task::spawn_blocking(move || inspect_blocking(&path, file_id, org_id, purpose)).await?
+        tokio::task::spawn_blocking(move || inspect_blocking(&path, file_id, org_id, purpose))
+            .await?
     }
 
     pub async fn remove_blob(&self, file_id: &str) {
@@ -95,7 +96,12 @@ impl FileStore {
     }
 }
 
-fn inspect_blocking(path: &Path, file_id: String, org_id: String, purpose: String) -> Result<Inspected> {
+fn inspect_blocking(
+    path: &Path,
+    file_id: String,
+    org_id: String,
+    purpose: String,
+) -> Result<Inspected> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
@@ -118,8 +124,14 @@ fn inspect_blocking(path: &Path, file_id: String, org_id: String, purpose: Strin
     let content_type = kind
         .map(|k| k.mime_type().to_string())
         .unwrap_or_else(|| "application/octet-stream".into());
-    let format = kind.map(|k| k.extension().to_string()).unwrap_or_else(|| "bin".into());
-    let format = if format == "jpg" { "jpeg".to_string() } else { format };
+    let format = kind
+        .map(|k| k.extension().to_string())
+        .unwrap_or_else(|| "bin".into());
+    let format = if format == "jpg" {
+        "jpeg".to_string()
+    } else {
+        format
+    };
     let dimensions = imagesize::blob_size(&head)
         .ok()
         .map(|size| (size.width as u64, size.height as u64));
@@ -153,7 +165,12 @@ pub fn insert(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
 
 /// The live file `file_id` of `org_id`; another organization's or an expired file
 /// is indistinguishable from a missing one.
-pub fn get(txn: &ReadTransaction, org_id: &str, file_id: &str, now: DateTime<Utc>) -> Result<Option<FileRecord>> {
+pub fn get(
+    txn: &ReadTransaction,
+    org_id: &str,
+    file_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<FileRecord>> {
     let record: Option<FileRecord> = store::get(&txn.open_table(FILES)?, file_id)?;
     Ok(record.filter(|r| r.organization_id == org_id && r.expires_at > now))
 }

@@ -54,7 +54,11 @@ pub async fn serve(config: Config) -> Result<()> {
     let store = Store::open(&data.join("modelroute.redb"))?;
     let operator_token = operator_token(&data)?;
 
-    let cache = config.plugins.cache_dir.clone().unwrap_or_else(|| data.join("plugin-cache"));
+    let cache = config
+        .plugins
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| data.join("plugin-cache"));
     let runtime = Runtime::new(config.plugins.clone(), cache)?;
     let registry = Arc::new(Registry::default());
     for plugin in plugins::load_dir(&runtime, &config.plugins_dir)? {
@@ -63,7 +67,8 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     let router = Arc::new(Router::new(&config, registry.clone()));
     let files = FileStore::new(data.join("files"))?;
-    let upstream = upstream::Upstream::new(Duration::from_millis(config.executions.upstream_timeout_ms))?;
+    let upstream =
+        upstream::Upstream::new(Duration::from_millis(config.executions.upstream_timeout_ms))?;
     let (accepted, queue) = tokio::sync::mpsc::unbounded_channel();
     let executions = Arc::new(Executions::new(
         store.clone(),
@@ -118,7 +123,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
-        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             signal.recv().await;
         }
     };

@@ -6,7 +6,11 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "modelroute", version, about = "ModelRoute: AI model execution marketplace")]
+#[command(
+    name = "modelroute",
+    version,
+    about = "ModelRoute: AI model execution marketplace"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,10 +39,20 @@ enum Command {
 #[derive(clap::Args)]
 struct Connection {
     /// The server's base URL.
-    #[arg(long, env = "MODELROUTE_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "MODELROUTE_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
     /// The operator token (default: read from $MODELROUTE_DATA_DIR/admin-token).
-    #[arg(long, env = "MODELROUTE_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MODELROUTE_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
     token: Option<String>,
 }
 
@@ -82,7 +96,10 @@ fn main() -> Result<()> {
             config.dev = dev;
             runtime.block_on(modelroute::serve(config))
         }
-        Command::Admin { connection, command } => runtime.block_on(admin(connection, command)),
+        Command::Admin {
+            connection,
+            command,
+        } => runtime.block_on(admin(connection, command)),
     }
 }
 
@@ -104,7 +121,11 @@ async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
         AdminCommand::CreateOrg { name, credit_usd } => client
             .post(format!("{base}/admin/v1/organizations"))
             .json(&json!({ "name": name, "credit_usd": credit_usd })),
-        AdminCommand::Credit { org, amount_usd, memo } => client
+        AdminCommand::Credit {
+            org,
+            amount_usd,
+            memo,
+        } => client
             .post(format!("{base}/admin/v1/organizations/{org}/credit"))
             .json(&json!({ "amount_usd": amount_usd, "memo": memo })),
         AdminCommand::Plugins => client.get(format!("{base}/admin/v1/plugins")),

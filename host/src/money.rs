@@ -25,7 +25,11 @@ impl Micros {
         {
             return None;
         }
-        let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
         let fraction: u64 = format!("{fraction:0<6}").parse().ok()?;
         whole
             .checked_mul(MICROS_PER_USD)?

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::RateLimitSettings;
 
-type KeyedLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type KeyedLimiter =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 pub struct Limits {
     limiter: KeyedLimiter,
@@ -45,7 +46,9 @@ impl Limits {
     pub fn check(&self, key: &str) -> Decision {
         let limit = self.quota.burst_size().get();
         let interval = self.quota.replenish_interval();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         match self.limiter.check_key(&key.to_string()) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -87,8 +90,15 @@ mod tests {
             burst: 3,
         });
         let decisions: Vec<Decision> = (0..4).map(|_| limits.check("k")).collect();
-        assert_eq!(decisions.iter().map(|d| d.remaining).collect::<Vec<_>>(), [2, 1, 0, 0]);
-        assert!(decisions[..3].iter().all(|d| d.retry_after.is_none() && d.limit == 3));
+        assert_eq!(
+            decisions.iter().map(|d| d.remaining).collect::<Vec<_>>(),
+            [2, 1, 0, 0]
+        );
+        assert!(
+            decisions[..3]
+                .iter()
+                .all(|d| d.retry_after.is_none() && d.limit == 3)
+        );
         let refused = decisions[3].retry_after.expect("refused");
         assert!(refused <= Duration::from_secs(1) && refused > Duration::ZERO);
         // Another key has its own bucket.

@@ -112,7 +112,11 @@ pub struct Router {
 impl Router {
     pub fn new(config: &Config, registry: Arc<Registry>) -> Router {
         Router {
-            providers: config.providers.iter().map(|p| Arc::new(Provider::new(p))).collect(),
+            providers: config
+                .providers
+                .iter()
+                .map(|p| Arc::new(Provider::new(p)))
+                .collect(),
             registry,
         }
     }
@@ -165,8 +169,14 @@ fn apply_price_override(price: &mut wit::Price, with: &PriceOverride) {
     set(&mut price.per_image, with.per_image);
     set(&mut price.per_megapixel, with.per_megapixel);
     set(&mut price.per_second, with.per_second);
-    set(&mut price.per_million_input_tokens, with.per_million_input_tokens);
-    set(&mut price.per_million_output_tokens, with.per_million_output_tokens);
+    set(
+        &mut price.per_million_input_tokens,
+        with.per_million_input_tokens,
+    );
+    set(
+        &mut price.per_million_output_tokens,
+        with.per_million_output_tokens,
+    );
 }
 
 /// What `usage` costs at `price`, rounded up to the micro-dollar.
@@ -179,8 +189,16 @@ pub fn cost(price: &wit::Price, usage: &wit::Usage) -> Micros {
         scaled(price.per_image, usage.images as u64, 1),
         scaled(price.per_megapixel, usage.megapixels_milli, 1000),
         scaled(price.per_second, usage.seconds_milli, 1000),
-        scaled(price.per_million_input_tokens, usage.input_tokens, 1_000_000),
-        scaled(price.per_million_output_tokens, usage.output_tokens, 1_000_000),
+        scaled(
+            price.per_million_input_tokens,
+            usage.input_tokens,
+            1_000_000,
+        ),
+        scaled(
+            price.per_million_output_tokens,
+            usage.output_tokens,
+            1_000_000,
+        ),
     ]
     .iter()
     .fold(0u64, |sum, part| sum.saturating_add(*part));
@@ -215,10 +233,17 @@ mod tests {
 
     #[test]
     fn cost_multiplies_usage_by_unit_prices_and_rounds_up() {
-        let one_image = wit::Usage { images: 1, ..usage() };
+        let one_image = wit::Usage {
+            images: 1,
+            ..usage()
+        };
         assert_eq!(cost(&price(), &one_image), Micros(40_000));
         // 10 and 256 tokens at $0.18 per million: 1.8 and 46.08, each rounded up.
-        let tokens = wit::Usage { input_tokens: 10, output_tokens: 256, ..usage() };
+        let tokens = wit::Usage {
+            input_tokens: 10,
+            output_tokens: 256,
+            ..usage()
+        };
         assert_eq!(cost(&price(), &tokens), Micros(2 + 47));
     }
 }

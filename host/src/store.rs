@@ -230,10 +230,7 @@ mod tests {
             })
             .await;
         assert!(failed.is_err());
-        store
-            .write(|txn| next_sequence(txn, "seq"))
-            .await
-            .unwrap();
+        store.write(|txn| next_sequence(txn, "seq")).await.unwrap();
         let half = store
             .read(|txn| Ok(txn.open_table(META)?.get("half")?.is_some()))
             .unwrap();

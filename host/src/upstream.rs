@@ -75,7 +75,11 @@ impl Upstream {
     }
 
     /// Sends a request an adapter described.
-    pub async fn send(&self, target: &Target<'_>, request: &wit::HttpRequest) -> Result<wit::HttpResponse, UpstreamError> {
+    pub async fn send(
+        &self,
+        target: &Target<'_>,
+        request: &wit::HttpRequest,
+    ) -> Result<wit::HttpResponse, UpstreamError> {
         let url = check_url(&request.url, target.allowed_hosts)?;
         let method = match request.method {
             wit::Method::Get => reqwest::Method::GET,
@@ -123,7 +127,13 @@ impl Upstream {
     }
 
     /// Streams the asset at `url` into `path`, at most `max_bytes`.
-    pub async fn fetch_to_file(&self, allowed_hosts: &[String], url: &str, path: &Path, max_bytes: u64) -> Result<u64, UpstreamError> {
+    pub async fn fetch_to_file(
+        &self,
+        allowed_hosts: &[String],
+        url: &str,
+        path: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, UpstreamError> {
         let url = check_url(url, allowed_hosts)?;
         let response = self
             .client
@@ -165,7 +175,10 @@ fn classify(error: reqwest::Error) -> UpstreamError {
 }
 
 async fn read_capped(response: reqwest::Response, max: usize) -> Result<Bytes, UpstreamError> {
-    if response.content_length().is_some_and(|len| len > max as u64) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > max as u64)
+    {
         return Err(UpstreamError::TooLarge(max as u64));
     }
     let mut body = Vec::new();
@@ -187,7 +200,9 @@ fn check_url(url: &str, allowed: &[String]) -> Result<url::Url, UpstreamError> {
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(UpstreamError::BadUrl(url.to_string()));
     }
-    let host = parsed.host_str().ok_or_else(|| UpstreamError::BadUrl(url.to_string()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| UpstreamError::BadUrl(url.to_string()))?;
     let with_port = match parsed.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_string(),
@@ -205,7 +220,10 @@ mod tests {
 
     #[test]
     fn only_allowed_hosts_and_ports_pass() {
-        let allowed = vec!["api.replicate.com".to_string(), "127.0.0.1:9101".to_string()];
+        let allowed = vec![
+            "api.replicate.com".to_string(),
+            "127.0.0.1:9101".to_string(),
+        ];
         assert!(check_url("https://api.replicate.com/v1/predictions", &allowed).is_ok());
         assert!(check_url("http://127.0.0.1:9101/v1", &allowed).is_ok());
         for refused in [

@@ -64,7 +64,12 @@ fn open(path: &Path) -> (Store, Executions) {
     let config = Config::load(None).expect("embedded config");
     let router = Arc::new(Router::new(&config, Arc::new(Registry::default())));
     let (dispatch, _) = tokio::sync::mpsc::unbounded_channel();
-    let executions = Executions::new(store.clone(), router, ExecutionSettings::default(), dispatch);
+    let executions = Executions::new(
+        store.clone(),
+        router,
+        ExecutionSettings::default(),
+        dispatch,
+    );
     (store, executions)
 }
 
@@ -145,8 +150,19 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 resolve(&executions, &mut model, exec, ending, Micros::ZERO).await?;
             }
-            Op::Cancel { exec } => resolve(&executions, &mut model, exec, Ending::Cancelled, Micros::ZERO).await?,
-            Op::Expire { exec } => resolve(&executions, &mut model, exec, Ending::Expired, Micros::ZERO).await?,
+            Op::Cancel { exec } => {
+                resolve(
+                    &executions,
+                    &mut model,
+                    exec,
+                    Ending::Cancelled,
+                    Micros::ZERO,
+                )
+                .await?
+            }
+            Op::Expire { exec } => {
+                resolve(&executions, &mut model, exec, Ending::Expired, Micros::ZERO).await?
+            }
             Op::Restart => {
                 drop(executions);
                 drop(store);
@@ -159,7 +175,13 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 /// Resolves execution number `exec` (if it exists) and updates the model.
-async fn resolve(executions: &Executions, model: &mut Model, exec: usize, ending: Ending, cost: Micros) -> Result<(), TestCaseError> {
+async fn resolve(
+    executions: &Executions,
+    model: &mut Model,
+    exec: usize,
+    ending: Ending,
+    cost: Micros,
+) -> Result<(), TestCaseError> {
     let Some((id, org, hold, resolved)) = model.executions.get_mut(exec) else {
         return Ok(());
     };
@@ -192,7 +214,10 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
         let expected = model.accounts.get(org).copied().unwrap_or_default();
         let actual = stored[org];
         prop_assert_eq!(actual, expected, "{}", org);
-        prop_assert_eq!(actual.deposits.0, actual.available.0 + actual.held.0 + actual.spent.0);
+        prop_assert_eq!(
+            actual.deposits.0,
+            actual.available.0 + actual.held.0 + actual.spent.0
+        );
         prop_assert_eq!(rebuilt.get(org).copied().unwrap_or_default(), actual);
     }
     Ok(())

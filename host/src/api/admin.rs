@@ -22,10 +22,16 @@ pub struct Operator;
 impl FromRequestParts<Arc<App>> for Operator {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
         match bearer(&parts.headers) {
             Some(token) if app.operator_token.matches(token) => Ok(Operator),
-            _ => Err(ApiError::new(Code::Unauthorized, "Missing or invalid operator token.")),
+            _ => Err(ApiError::new(
+                Code::Unauthorized,
+                "Missing or invalid operator token.",
+            )),
         }
     }
 }
@@ -35,20 +41,52 @@ fn amount(body: &Map<String, Value>, field: &str) -> Result<Micros, ApiError> {
     let text = match body.get(field) {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Number(number)) => number.to_string(),
-        None => return Err(ApiError::invalid(field, DetailCode::Required, format!("{field} is required"))),
-        Some(_) => return Err(ApiError::invalid(field, DetailCode::InvalidType, format!("{field} must be a decimal string"))),
+        None => {
+            return Err(ApiError::invalid(
+                field,
+                DetailCode::Required,
+                format!("{field} is required"),
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                field,
+                DetailCode::InvalidType,
+                format!("{field} must be a decimal string"),
+            ));
+        }
     };
     Micros::parse(&text).ok_or_else(|| {
-        ApiError::invalid(field, DetailCode::InvalidValue, format!("{field} must be a non-negative amount with at most 6 decimals"))
+        ApiError::invalid(
+            field,
+            DetailCode::InvalidValue,
+            format!("{field} must be a non-negative amount with at most 6 decimals"),
+        )
     })
 }
 
 /// `POST /admin/v1/organizations {name, credit_usd?}` → `201 {organization_id, api_key}`
-pub async fn create_organization(State(app): State<Arc<App>>, _: Operator, JsonObject(body): JsonObject) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create_organization(
+    State(app): State<Arc<App>>,
+    _: Operator,
+    JsonObject(body): JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = match body.get("name") {
         Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 200 => name.clone(),
-        Some(Value::String(_)) | None => return Err(ApiError::invalid("name", DetailCode::Required, "name is required (at most 200 characters)")),
-        Some(_) => return Err(ApiError::invalid("name", DetailCode::InvalidType, "name must be a string")),
+        Some(Value::String(_)) | None => {
+            return Err(ApiError::invalid(
+                "name",
+                DetailCode::Required,
+                "name is required (at most 200 characters)",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "name",
+                DetailCode::InvalidType,
+                "name must be a string",
+            ));
+        }
     };
     let credit = match body.get("credit_usd") {
         None | Some(Value::Null) => Micros::ZERO,
@@ -79,10 +117,19 @@ pub async fn create_organization(State(app): State<Arc<App>>, _: Operator, JsonO
 }
 
 /// `POST /admin/v1/organizations/{id}/credit {amount_usd, memo?}`
-pub async fn credit(State(app): State<Arc<App>>, _: Operator, Path(org_id): Path<String>, JsonObject(body): JsonObject) -> Result<Json<Value>, ApiError> {
+pub async fn credit(
+    State(app): State<Arc<App>>,
+    _: Operator,
+    Path(org_id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
     let amount = amount(&body, "amount_usd")?;
     if amount == Micros::ZERO {
-        return Err(ApiError::invalid("amount_usd", DetailCode::OutOfRange, "amount_usd must be positive"));
+        return Err(ApiError::invalid(
+            "amount_usd",
+            DetailCode::OutOfRange,
+            "amount_usd must be positive",
+        ));
     }
     let memo = match body.get("memo") {
         Some(Value::String(memo)) => format!("operator: {memo}"),
@@ -91,7 +138,11 @@ pub async fn credit(State(app): State<Arc<App>>, _: Operator, Path(org_id): Path
     let account = app
         .store
         .write(move |txn| {
-            if txn.open_table(ORGANIZATIONS)?.get(org_id.as_str())?.is_none() {
+            if txn
+                .open_table(ORGANIZATIONS)?
+                .get(org_id.as_str())?
+                .is_none()
+            {
                 return Ok(None);
             }
             billing::deposit(txn, &org_id, amount, &memo)?;

@@ -20,12 +20,20 @@ use crate::executions::{CreateRequest, Mode, Status, request_hash};
 const MAX_WAIT_SECONDS: u64 = 300;
 const DEFAULT_WAIT_SECONDS: u64 = 60;
 
-pub async fn create(State(app): State<Arc<App>>, caller: Caller, headers: HeaderMap, JsonObject(body): JsonObject) -> Result<Response, ApiError> {
+pub async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let idempotency_key = idempotency_key(&headers)?;
     let (request, wait) = parse_create(&body)?;
     let idempotency = idempotency_key.map(|key| {
-        (key, request_hash("POST", "/v1/executions", &Value::Object(body)))
+        (
+            key,
+            request_hash("POST", "/v1/executions", &Value::Object(body)),
+        )
     });
     let created = app.executions.create(&caller, request, idempotency).await?;
     let mut execution = created.execution;
@@ -71,41 +79,82 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), ApiError> {
     let mut details = Vec::new();
     for field in body.keys() {
-        if !["model", "input", "webhook_url", "metadata", "mode", "wait_seconds"].contains(&field.as_str()) {
-            details.push(Detail::new(field, DetailCode::UnknownField, format!("unknown field {field}")));
+        if ![
+            "model",
+            "input",
+            "webhook_url",
+            "metadata",
+            "mode",
+            "wait_seconds",
+        ]
+        .contains(&field.as_str())
+        {
+            details.push(Detail::new(
+                field,
+                DetailCode::UnknownField,
+                format!("unknown field {field}"),
+            ));
         }
     }
     let model = match body.get("model") {
         Some(Value::String(model)) if !model.is_empty() => model.clone(),
         Some(Value::String(_)) | None => {
-            details.push(Detail::new("model", DetailCode::Required, "model is required"));
+            details.push(Detail::new(
+                "model",
+                DetailCode::Required,
+                "model is required",
+            ));
             String::new()
         }
         Some(_) => {
-            details.push(Detail::new("model", DetailCode::InvalidType, "model must be a string"));
+            details.push(Detail::new(
+                "model",
+                DetailCode::InvalidType,
+                "model must be a string",
+            ));
             String::new()
         }
     };
     let input = match body.get("input") {
         Some(input @ Value::Object(_)) => input.clone(),
         None => {
-            details.push(Detail::new("input", DetailCode::Required, "input is required"));
+            details.push(Detail::new(
+                "input",
+                DetailCode::Required,
+                "input is required",
+            ));
             Value::Null
         }
         Some(_) => {
-            details.push(Detail::new("input", DetailCode::InvalidType, "input must be an object"));
+            details.push(Detail::new(
+                "input",
+                DetailCode::InvalidType,
+                "input must be an object",
+            ));
             Value::Null
         }
     };
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => json!({}),
-        Some(metadata @ Value::Object(map)) if map.len() <= 50 && metadata.to_string().len() <= 16 * 1024 => metadata.clone(),
+        Some(metadata @ Value::Object(map))
+            if map.len() <= 50 && metadata.to_string().len() <= 16 * 1024 =>
+        {
+            metadata.clone()
+        }
         Some(Value::Object(_)) => {
-            details.push(Detail::new("metadata", DetailCode::OutOfRange, "metadata is limited to 50 keys and 16 KiB"));
+            details.push(Detail::new(
+                "metadata",
+                DetailCode::OutOfRange,
+                "metadata is limited to 50 keys and 16 KiB",
+            ));
             Value::Null
         }
         Some(_) => {
-            details.push(Detail::new("metadata", DetailCode::InvalidType, "metadata must be an object"));
+            details.push(Detail::new(
+                "metadata",
+                DetailCode::InvalidType,
+                "metadata must be an object",
+            ));
             Value::Null
         }
     };
@@ -114,11 +163,19 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
         Some(Value::String(mode)) if mode == "ASYNC" => Mode::Async,
         Some(Value::String(mode)) if mode == "SYNC" => Mode::Sync,
         Some(Value::String(mode)) if mode == "STREAMING" => {
-            details.push(Detail::new("mode", DetailCode::InvalidValue, "STREAMING is not available yet; use ASYNC or SYNC"));
+            details.push(Detail::new(
+                "mode",
+                DetailCode::InvalidValue,
+                "STREAMING is not available yet; use ASYNC or SYNC",
+            ));
             Mode::Streaming
         }
         Some(_) => {
-            details.push(Detail::new("mode", DetailCode::InvalidValue, "mode must be ASYNC, SYNC or STREAMING"));
+            details.push(Detail::new(
+                "mode",
+                DetailCode::InvalidValue,
+                "mode must be ASYNC, SYNC or STREAMING",
+            ));
             Mode::Async
         }
     };
@@ -127,12 +184,20 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
         Some(Value::Number(n)) => match n.as_u64() {
             Some(seconds @ 1..=MAX_WAIT_SECONDS) => seconds,
             _ => {
-                details.push(Detail::new("wait_seconds", DetailCode::OutOfRange, format!("wait_seconds must be 1 to {MAX_WAIT_SECONDS}")));
+                details.push(Detail::new(
+                    "wait_seconds",
+                    DetailCode::OutOfRange,
+                    format!("wait_seconds must be 1 to {MAX_WAIT_SECONDS}"),
+                ));
                 DEFAULT_WAIT_SECONDS
             }
         },
         Some(_) => {
-            details.push(Detail::new("wait_seconds", DetailCode::InvalidType, "wait_seconds must be an integer"));
+            details.push(Detail::new(
+                "wait_seconds",
+                DetailCode::InvalidType,
+                "wait_seconds must be an integer",
+            ));
             DEFAULT_WAIT_SECONDS
         }
     };
@@ -141,12 +206,20 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
         Some(Value::String(url)) => match url::Url::parse(url) {
             Ok(parsed) if matches!(parsed.scheme(), "https" | "http") => Some(url.clone()),
             _ => {
-                details.push(Detail::new("webhook_url", DetailCode::InvalidValue, "webhook_url must be an http(s) URL"));
+                details.push(Detail::new(
+                    "webhook_url",
+                    DetailCode::InvalidValue,
+                    "webhook_url must be an http(s) URL",
+                ));
                 None
             }
         },
         Some(_) => {
-            details.push(Detail::new("webhook_url", DetailCode::InvalidType, "webhook_url must be a string"));
+            details.push(Detail::new(
+                "webhook_url",
+                DetailCode::InvalidType,
+                "webhook_url must be a string",
+            ));
             None
         }
     };
@@ -165,19 +238,36 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
     ))
 }
 
-pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
-    let execution = app.executions.get(&caller.org_id, &id)?.ok_or_else(ApiError::not_found)?;
+    let execution = app
+        .executions
+        .get(&caller.org_id, &id)?
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(execution.view()))
 }
 
-pub async fn result(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn result(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
-    let execution = app.executions.get(&caller.org_id, &id)?.ok_or_else(ApiError::not_found)?;
+    let execution = app
+        .executions
+        .get(&caller.org_id, &id)?
+        .ok_or_else(ApiError::not_found)?;
     if execution.status != Status::Completed {
         return Err(ApiError::new(
             Code::Conflict,
-            format!("the execution is {}, not COMPLETED", status_name(execution.status)),
+            format!(
+                "the execution is {}, not COMPLETED",
+                status_name(execution.status)
+            ),
         ));
     }
     Ok(Json(json!({
@@ -189,7 +279,11 @@ pub async fn result(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<
     })))
 }
 
-pub async fn cancel(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn cancel(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
     match app.dispatcher.cancel(&caller.org_id, &id).await? {
         None => Err(ApiError::not_found()),
@@ -208,22 +302,42 @@ fn status_name(status: Status) -> String {
         .unwrap_or_default()
 }
 
-pub async fn ledger(State(app): State<Arc<App>>, caller: Caller, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn ledger(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
     let page = Page::from_query(&query)?;
-    let (entries, has_more) = app
-        .store
-        .read(|txn| billing::entries(txn, &caller.org_id, page.limit, page.starting_after.as_deref()))?;
-    Ok(list_body(entries.iter().map(|e| json!(e)).collect(), has_more))
+    let (entries, has_more) = app.store.read(|txn| {
+        billing::entries(
+            txn,
+            &caller.org_id,
+            page.limit,
+            page.starting_after.as_deref(),
+        )
+    })?;
+    Ok(list_body(
+        entries.iter().map(|e| json!(e)).collect(),
+        has_more,
+    ))
 }
 
-pub async fn list(State(app): State<Arc<App>>, caller: Caller, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
     let page = Page::from_query(&query)?;
     let status = match query.get("status") {
         None => None,
         Some(text) => Some(Status::parse(text).ok_or_else(|| {
-            ApiError::invalid("status", DetailCode::InvalidValue, format!("unknown status {text:?}"))
+            ApiError::invalid(
+                "status",
+                DetailCode::InvalidValue,
+                format!("unknown status {text:?}"),
+            )
         })?),
     };
     let (executions, has_more) = app.executions.list(
@@ -233,12 +347,17 @@ pub async fn list(State(app): State<Arc<App>>, caller: Caller, Query(query): Que
         status,
         query.get("model").map(String::as_str),
     )?;
-    Ok(list_body(executions.iter().map(|e| e.view()).collect(), has_more))
+    Ok(list_body(
+        executions.iter().map(|e| e.view()).collect(),
+        has_more,
+    ))
 }
 
 pub async fn balance(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
-    let account = app.store.read(|txn| billing::account(txn, &caller.org_id))?;
+    let account = app
+        .store
+        .read(|txn| billing::account(txn, &caller.org_id))?;
     Ok(Json(json!({
         "available": account.available,
         "held": account.held,

@@ -22,12 +22,20 @@ fn find(app: &App, caller: &Caller, id: &str) -> Result<FileRecord, ApiError> {
         .ok_or_else(ApiError::not_found)
 }
 
-pub async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(find(&app, &caller, &id)?.view()))
 }
 
 /// The bytes, streamed from storage.
-pub async fn download(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn download(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = find(&app, &caller, &id)?;
     let file = tokio::fs::File::open(app.files.path(&record.file_id))
         .await

@@ -16,25 +16,43 @@ fn refusal(refusal: KeyRefusal) -> ApiError {
         KeyRefusal::NotFound => ApiError::not_found(),
         KeyRefusal::TooManyActive => ApiError::new(
             Code::Conflict,
-            format!("an organization may have at most {MAX_ACTIVE_KEYS} active keys; revoke one first"),
+            format!(
+                "an organization may have at most {MAX_ACTIVE_KEYS} active keys; revoke one first"
+            ),
         ),
     }
 }
 
 /// `POST /v1/api-keys {scope?: "full"|"execution", name?}` → `201` with the secret,
 /// shown this once.
-pub async fn create(State(app): State<Arc<App>>, caller: Caller, JsonObject(body): JsonObject) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    JsonObject(body): JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&caller, Scope::Full)?;
     let scope = match body.get("scope") {
         None | Some(Value::Null) => Scope::Full,
         Some(Value::String(s)) if s == "full" => Scope::Full,
         Some(Value::String(s)) if s == "execution" => Scope::Execution,
-        Some(_) => return Err(ApiError::invalid("scope", DetailCode::InvalidValue, "scope must be \"full\" or \"execution\"")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "scope",
+                DetailCode::InvalidValue,
+                "scope must be \"full\" or \"execution\"",
+            ));
+        }
     };
     let name = match body.get("name") {
         None | Some(Value::Null) => None,
         Some(Value::String(name)) if name.len() <= 200 => Some(name.clone()),
-        Some(_) => return Err(ApiError::invalid("name", DetailCode::InvalidValue, "name must be a string of at most 200 characters")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "name",
+                DetailCode::InvalidValue,
+                "name must be a string of at most 200 characters",
+            ));
+        }
     };
     let org = caller.org_id.clone();
     let (key, secret) = app
@@ -53,7 +71,11 @@ pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Va
     Ok(list_body(keys.iter().map(|k| k.view()).collect(), false))
 }
 
-pub async fn revoke(State(app): State<Arc<App>>, caller: Caller, Path(key_id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(key_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
     let org = caller.org_id.clone();
     let key = app
@@ -65,17 +87,21 @@ pub async fn revoke(State(app): State<Arc<App>>, caller: Caller, Path(key_id): P
 }
 
 /// `→ {id, new_key, previous_key_valid_until}`; the old secret works one more hour.
-pub async fn rotate(State(app): State<Arc<App>>, caller: Caller, Path(key_id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn rotate(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(key_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
     let org = caller.org_id.clone();
-    let (key, secret, valid_until) = app
+    let rotated = app
         .store
         .write(move |txn| auth::rotate_key(txn, &org, &key_id))
         .await?
         .map_err(refusal)?;
     Ok(Json(json!({
-        "id": key.id,
-        "new_key": secret,
-        "previous_key_valid_until": valid_until,
+        "id": rotated.key.id,
+        "new_key": rotated.secret,
+        "previous_key_valid_until": rotated.previous_valid_until,
     })))
 }

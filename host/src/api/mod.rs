@@ -28,7 +28,10 @@ const MAX_JSON_BODY: usize = 1024 * 1024;
 
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
-        .route("/executions", post(executions::create).get(executions::list))
+        .route(
+            "/executions",
+            post(executions::create).get(executions::list),
+        )
         .route("/executions/{id}", get(executions::get))
         .route("/executions/{id}/result", get(executions::result))
         .route("/executions/{id}/cancel", post(executions::cancel))
@@ -101,7 +104,10 @@ async fn rate_limit(State(app): State<Arc<App>>, request: Request, next: Next) -
     let decision = app.limits.check(&key);
     let mut response = match decision.retry_after {
         Some(wait) => ApiError::new(Code::RateLimited, "Too many requests for this API key.")
-            .with_header("retry-after", wait.as_secs_f64().ceil().max(1.0).to_string())
+            .with_header(
+                "retry-after",
+                wait.as_secs_f64().ceil().max(1.0).to_string(),
+            )
             .into_response(),
         None => next.run(request).await,
     };
@@ -122,8 +128,12 @@ async fn rate_limit(State(app): State<Arc<App>>, request: Request, next: Next) -
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let unauthorized = || ApiError::new(Code::Unauthorized, Code::Unauthorized.client_message());
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized =
+            || ApiError::new(Code::Unauthorized, Code::Unauthorized.client_message());
         let secret = bearer(&parts.headers).ok_or_else(unauthorized)?;
         let now = crate::clock::now();
         app.store
@@ -146,7 +156,10 @@ fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
     if caller.has(scope) {
         Ok(())
     } else {
-        Err(ApiError::new(Code::Forbidden, Code::Forbidden.client_message()))
+        Err(ApiError::new(
+            Code::Forbidden,
+            Code::Forbidden.client_message(),
+        ))
     }
 }
 
@@ -157,23 +170,37 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    Code::PayloadTooLarge,
-                    format!("JSON bodies are limited to {MAX_JSON_BODY} bytes"),
-                )
-            } else {
-                ApiError::invalid("body", DetailCode::InvalidValue, rejection.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        Code::PayloadTooLarge,
+                        format!("JSON bodies are limited to {MAX_JSON_BODY} bytes"),
+                    )
+                } else {
+                    ApiError::invalid("body", DetailCode::InvalidValue, rejection.body_text())
+                }
+            })?;
         if bytes.is_empty() {
-            return Err(ApiError::invalid("body", DetailCode::Required, "a JSON object body is required"));
+            return Err(ApiError::invalid(
+                "body",
+                DetailCode::Required,
+                "a JSON object body is required",
+            ));
         }
         match serde_json::from_slice(&bytes) {
             Ok(Value::Object(map)) => Ok(JsonObject(map)),
-            Ok(_) => Err(ApiError::invalid("body", DetailCode::InvalidType, "the body must be a JSON object")),
-            Err(error) => Err(ApiError::invalid("body", DetailCode::InvalidType, format!("malformed JSON: {error}"))),
+            Ok(_) => Err(ApiError::invalid(
+                "body",
+                DetailCode::InvalidType,
+                "the body must be a JSON object",
+            )),
+            Err(error) => Err(ApiError::invalid(
+                "body",
+                DetailCode::InvalidType,
+                format!("malformed JSON: {error}"),
+            )),
         }
     }
 }
@@ -190,8 +217,20 @@ impl Page {
             None => 20,
             Some(text) => match text.parse::<usize>() {
                 Ok(limit @ 1..=100) => limit,
-                Ok(_) => return Err(ApiError::invalid("limit", DetailCode::OutOfRange, "limit must be between 1 and 100")),
-                Err(_) => return Err(ApiError::invalid("limit", DetailCode::InvalidType, "limit must be an integer")),
+                Ok(_) => {
+                    return Err(ApiError::invalid(
+                        "limit",
+                        DetailCode::OutOfRange,
+                        "limit must be between 1 and 100",
+                    ));
+                }
+                Err(_) => {
+                    return Err(ApiError::invalid(
+                        "limit",
+                        DetailCode::InvalidType,
+                        "limit must be an integer",
+                    ));
+                }
             },
         };
         Ok(Page {

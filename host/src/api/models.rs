@@ -20,7 +20,15 @@ fn describe(app: &App, slug: &str) -> Option<Value> {
     let cheapest = candidates
         .iter()
         .map(|c| &c.model.price)
-        .min_by_key(|p| (p.per_request, p.per_image, p.per_megapixel, p.per_second, p.per_million_input_tokens))
+        .min_by_key(|p| {
+            (
+                p.per_request,
+                p.per_image,
+                p.per_megapixel,
+                p.per_second,
+                p.per_million_input_tokens,
+            )
+        })
         .unwrap_or(&first.model.price);
     Some(json!({
         "slug": slug,
@@ -63,10 +71,19 @@ pub async fn list(State(app): State<Arc<App>>, _caller: Caller) -> Json<Value> {
         .iter()
         .flat_map(|plugin| plugin.manifest.models.iter().map(|m| m.slug.clone()))
         .collect();
-    let models = slugs.iter().filter_map(|slug| describe(&app, slug)).collect();
+    let models = slugs
+        .iter()
+        .filter_map(|slug| describe(&app, slug))
+        .collect();
     list_body(models, false)
 }
 
-pub async fn get(State(app): State<Arc<App>>, _caller: Caller, Path(slug): Path<String>) -> Result<Json<Value>, ApiError> {
-    describe(&app, &slug).map(Json).ok_or_else(ApiError::not_found)
+pub async fn get(
+    State(app): State<Arc<App>>,
+    _caller: Caller,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    describe(&app, &slug)
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
 }

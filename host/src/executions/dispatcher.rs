@@ -64,7 +64,13 @@ fn plugin_failure(error: CallError) -> wit::Failure {
 }
 
 impl Dispatcher {
-    pub fn new(executions: Arc<Executions>, router: Arc<Router>, upstream: Upstream, files: FileStore, settings: ExecutionSettings) -> Arc<Dispatcher> {
+    pub fn new(
+        executions: Arc<Executions>,
+        router: Arc<Router>,
+        upstream: Upstream,
+        files: FileStore,
+        settings: ExecutionSettings,
+    ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             executions,
             router,
@@ -100,7 +106,12 @@ impl Dispatcher {
     }
 
     fn spawn(self: &Arc<Self>, id: String) {
-        if !self.running.lock().expect("running set poisoned").insert(id.clone()) {
+        if !self
+            .running
+            .lock()
+            .expect("running set poisoned")
+            .insert(id.clone())
+        {
             return;
         }
         let this = self.clone();
@@ -108,7 +119,10 @@ impl Dispatcher {
             if let Err(error) = this.drive(&id).await {
                 tracing::error!(execution = %id, error = format!("{error:#}"), "dispatch stopped; the expiry sweep or a restart will resume it");
             }
-            this.running.lock().expect("running set poisoned").remove(&id);
+            this.running
+                .lock()
+                .expect("running set poisoned")
+                .remove(&id);
         });
     }
 
@@ -116,7 +130,11 @@ impl Dispatcher {
     /// best effort, to stop its job. Cancelling a cancelled execution is harmless;
     /// any other terminal state is a conflict, answered with that state.
     /// `None` when the organization has no such execution.
-    pub async fn cancel(self: &Arc<Self>, org_id: &str, id: &str) -> Result<Option<Result<Execution, Status>>> {
+    pub async fn cancel(
+        self: &Arc<Self>,
+        org_id: &str,
+        id: &str,
+    ) -> Result<Option<Result<Execution, Status>>> {
         if self.executions.get(org_id, id)?.is_none() {
             return Ok(None);
         }
@@ -148,10 +166,15 @@ impl Dispatcher {
             return;
         };
         let ctx = context(execution, &candidate, &attempt.id);
-        let job = wit::Job { id: job.id, state: job.state };
+        let job = wit::Job {
+            id: job.id,
+            state: job.state,
+        };
         let request = match candidate
             .plugin
-            .call_async("build-cancel", move |adapter, store| adapter.call_build_cancel(store, &ctx, &job))
+            .call_async("build-cancel", move |adapter, store| {
+                adapter.call_build_cancel(store, &ctx, &job)
+            })
             .await
         {
             Ok(Some(request)) => request,
@@ -168,8 +191,12 @@ impl Dispatcher {
             credential: candidate.provider.credential.as_deref(),
         };
         match self.upstream.send(&target, &request).await {
-            Ok(response) => tracing::info!(execution = %execution.id, status = response.status, "provider cancel sent"),
-            Err(error) => tracing::warn!(execution = %execution.id, %error, "provider cancel failed"),
+            Ok(response) => {
+                tracing::info!(execution = %execution.id, status = response.status, "provider cancel sent")
+            }
+            Err(error) => {
+                tracing::warn!(execution = %execution.id, %error, "provider cancel failed")
+            }
         }
     }
 
@@ -239,7 +266,9 @@ impl Dispatcher {
                 .await?
         } else {
             let code = Code::from(failure.code);
-            self.executions.finish(&execution.id, Ending::Failed { code, detail }).await?
+            self.executions
+                .finish(&execution.id, Ending::Failed { code, detail })
+                .await?
         };
         if retry && updated.is_some() {
             tokio::time::sleep(delay).await;
@@ -302,7 +331,9 @@ impl Dispatcher {
         };
         let (outcome, _) = self.exchange(&candidate, &ctx, None, &request).await;
         match outcome {
-            wit::Outcome::Completed(completion) => Ok(AttemptEnd::Completed(completion, Box::new(candidate))),
+            wit::Outcome::Completed(completion) => {
+                Ok(AttemptEnd::Completed(completion, Box::new(candidate)))
+            }
             wit::Outcome::Failed(failure) => Ok(AttemptEnd::Failed(failure)),
             wit::Outcome::Pending(pending) => {
                 let job = JobRecord {
@@ -322,7 +353,14 @@ impl Dispatcher {
                 if recorded.is_none() {
                     return Ok(AttemptEnd::Abandoned);
                 }
-                self.poll(&execution.id, &candidate, &ctx, pending.job, pending.poll_after_ms).await
+                self.poll(
+                    &execution.id,
+                    &candidate,
+                    &ctx,
+                    pending.job,
+                    pending.poll_after_ms,
+                )
+                .await
             }
         }
     }
@@ -338,7 +376,10 @@ impl Dispatcher {
             (Some(job), Some(candidate)) => {
                 tracing::info!(execution = %execution.id, job = %job.id, "resuming a provider job");
                 let ctx = context(execution, &candidate, &attempt.id);
-                let job = wit::Job { id: job.id, state: job.state };
+                let job = wit::Job {
+                    id: job.id,
+                    state: job.state,
+                };
                 self.poll(&execution.id, &candidate, &ctx, job, 0).await
             }
             (Some(_), None) => Ok(AttemptEnd::Failed(failure(
@@ -357,7 +398,14 @@ impl Dispatcher {
     }
 
     /// Polls `job` until it completes, fails, or the execution ends.
-    async fn poll(&self, id: &str, candidate: &Candidate, ctx: &wit::CallContext, mut job: wit::Job, mut delay_ms: u32) -> Result<AttemptEnd> {
+    async fn poll(
+        &self,
+        id: &str,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        mut job: wit::Job,
+        mut delay_ms: u32,
+    ) -> Result<AttemptEnd> {
         let mut errors = 0;
         loop {
             tokio::time::sleep(Duration::from_millis(delay_ms as u64)).await;
@@ -381,7 +429,10 @@ impl Dispatcher {
             let (outcome, answered) = self.exchange(candidate, ctx, Some(&job), &request).await;
             match outcome {
                 wit::Outcome::Completed(completion) => {
-                    return Ok(AttemptEnd::Completed(completion, Box::new(candidate.clone())));
+                    return Ok(AttemptEnd::Completed(
+                        completion,
+                        Box::new(candidate.clone()),
+                    ));
                 }
                 wit::Outcome::Pending(pending) => {
                     errors = 0;
@@ -389,7 +440,9 @@ impl Dispatcher {
                     job = pending.job;
                 }
                 // The provider answered that the job itself failed.
-                wit::Outcome::Failed(failure) if answered => return Ok(AttemptEnd::Failed(failure)),
+                wit::Outcome::Failed(failure) if answered => {
+                    return Ok(AttemptEnd::Failed(failure));
+                }
                 // The poll failed, not (necessarily) the job: ask again later.
                 wit::Outcome::Failed(failure) => {
                     errors += 1;
@@ -404,7 +457,13 @@ impl Dispatcher {
 
     /// Sends `request` and has the adapter classify the answer. The flag says whether
     /// the provider answered with a success status (so a failure is the job's own).
-    async fn exchange(&self, candidate: &Candidate, ctx: &wit::CallContext, job: Option<&wit::Job>, request: &wit::HttpRequest) -> (wit::Outcome, bool) {
+    async fn exchange(
+        &self,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        job: Option<&wit::Job>,
+        request: &wit::HttpRequest,
+    ) -> (wit::Outcome, bool) {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let target = Target {
             allowed_hosts: &allowed,
@@ -440,7 +499,12 @@ impl Dispatcher {
 
     /// Stores the outputs and ends the execution `COMPLETED`, settling the hold.
     /// Returns a failure when the outputs could not be stored (the attempt failed).
-    async fn complete(&self, execution: &Execution, candidate: &Candidate, completion: wit::Completion) -> Result<Option<wit::Failure>> {
+    async fn complete(
+        &self,
+        execution: &Execution,
+        candidate: &Candidate,
+        completion: wit::Completion,
+    ) -> Result<Option<wit::Failure>> {
         let (output, records) = match self.store_outputs(execution, candidate, &completion).await {
             Ok(stored) => stored,
             Err(failure) => return Ok(Some(failure)),
@@ -449,7 +513,14 @@ impl Dispatcher {
         let file_ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
         let completed = self
             .executions
-            .finish(&execution.id, Ending::Completed { cost, output, files: records })
+            .finish(
+                &execution.id,
+                Ending::Completed {
+                    cost,
+                    output,
+                    files: records,
+                },
+            )
             .await?;
         if completed.is_none() {
             tracing::info!(execution = %execution.id, "late provider result discarded: the execution had already ended");
@@ -462,13 +533,22 @@ impl Dispatcher {
 
     /// Copies every asset into the organization's files and builds the canonical
     /// output. On failure nothing is left behind.
-    async fn store_outputs(&self, execution: &Execution, candidate: &Candidate, completion: &wit::Completion) -> Result<(Value, Vec<FileRecord>), wit::Failure> {
+    async fn store_outputs(
+        &self,
+        execution: &Execution,
+        candidate: &Candidate,
+        completion: &wit::Completion,
+    ) -> Result<(Value, Vec<FileRecord>), wit::Failure> {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let mut records: Vec<FileRecord> = Vec::new();
         let mut entries: Vec<(wit::Modality, Value)> = Vec::new();
         for asset in &completion.assets {
             let stored = match &asset.source {
-                wit::AssetSource::Inline(bytes) => self.files.write_blob(bytes).await.map_err(|e| e.to_string()),
+                wit::AssetSource::Inline(bytes) => self
+                    .files
+                    .write_blob(bytes)
+                    .await
+                    .map_err(|e| e.to_string()),
                 wit::AssetSource::Url(url) => {
                     let (id, path) = self.files.reserve();
                     self.upstream
@@ -492,7 +572,11 @@ impl Dispatcher {
                     for record in &records {
                         self.files.remove_blob(&record.file_id).await;
                     }
-                    return Err(failure(wit::ErrorCode::GenerationFailed, format!("storing an output failed: {error}"), true));
+                    return Err(failure(
+                        wit::ErrorCode::GenerationFailed,
+                        format!("storing an output failed: {error}"),
+                        true,
+                    ));
                 }
             };
             let entry = match asset.modality {
@@ -568,9 +652,13 @@ fn context(execution: &Execution, candidate: &Candidate, attempt_id: &str) -> wi
 /// Exponential backoff with jitter (200 ms × 2ⁿ⁻¹, ±20 %, at most 5 s), or the
 /// provider's Retry-After when longer (at most 30 s).
 fn backoff(failures: u32, retry_after_ms: Option<u32>) -> Duration {
-    let base = 200u64.saturating_mul(1 << failures.saturating_sub(1).min(10)).min(5_000);
+    let base = 200u64
+        .saturating_mul(1 << failures.saturating_sub(1).min(10))
+        .min(5_000);
     let jittered = (base as f64 * rand::rng().random_range(0.8..1.2)) as u64;
-    let requested = retry_after_ms.map(|ms| (ms as u64).min(30_000)).unwrap_or(0);
+    let requested = retry_after_ms
+        .map(|ms| (ms as u64).min(30_000))
+        .unwrap_or(0);
     Duration::from_millis(jittered.max(requested))
 }
 

@@ -82,7 +82,12 @@ impl Executions {
 
     /// Validates, estimates, and writes the execution, its hold, its queue entry and
     /// its idempotency claim in one transaction.
-    pub async fn create(&self, caller: &Caller, request: CreateRequest, idempotency: Option<(String, String)>) -> Result<Created, ApiError> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        request: CreateRequest,
+        idempotency: Option<(String, String)>,
+    ) -> Result<Created, ApiError> {
         let candidates = self.router.candidates(&request.model);
         let Some(chosen) = candidates.first() else {
             return Err(ApiError::invalid(
@@ -94,7 +99,10 @@ impl Executions {
         self.validate_input(chosen, &request.input)?;
 
         let input_text = request.input.to_string();
-        let (slug, provider_model) = (chosen.model.slug.clone(), chosen.model.provider_model.clone());
+        let (slug, provider_model) = (
+            chosen.model.slug.clone(),
+            chosen.model.provider_model.clone(),
+        );
         let usage = chosen
             .plugin
             .call_async("estimate", move |adapter, store| {
@@ -137,9 +145,15 @@ impl Executions {
         match outcome {
             CreateOutcome::Created(execution) => {
                 let _ = self.dispatch.send(execution.id.clone());
-                Ok(Created { execution, replayed: false })
+                Ok(Created {
+                    execution,
+                    replayed: false,
+                })
             }
-            CreateOutcome::Replayed(execution) => Ok(Created { execution, replayed: true }),
+            CreateOutcome::Replayed(execution) => Ok(Created {
+                execution,
+                replayed: true,
+            }),
             CreateOutcome::KeyReused => Err(ApiError::new(
                 Code::Conflict,
                 "this Idempotency-Key was already used with a different request",
@@ -153,7 +167,11 @@ impl Executions {
 
     /// Writes a new execution with its hold, its queue entry and its idempotency
     /// claim in one transaction, unless the key was claimed or the balance is short.
-    pub async fn accept(&self, execution: Execution, idempotency: Option<(String, String)>) -> Result<CreateOutcome> {
+    pub async fn accept(
+        &self,
+        execution: Execution,
+        idempotency: Option<(String, String)>,
+    ) -> Result<CreateOutcome> {
         let now = execution.created_at;
         self.store
             .write(move |txn| {
@@ -168,11 +186,19 @@ impl Executions {
                         if claim.request_hash != *request_hash {
                             return Ok(CreateOutcome::KeyReused);
                         }
-                        let original = store::get(&txn.open_table(EXECUTIONS)?, &claim.execution_id)?;
-                        return Ok(original.map_or(CreateOutcome::KeyReused, CreateOutcome::Replayed));
+                        let original =
+                            store::get(&txn.open_table(EXECUTIONS)?, &claim.execution_id)?;
+                        return Ok(
+                            original.map_or(CreateOutcome::KeyReused, CreateOutcome::Replayed)
+                        );
                     }
                 }
-                match billing::hold(txn, &execution.organization_id, execution.hold_amount, &execution.id)? {
+                match billing::hold(
+                    txn,
+                    &execution.organization_id,
+                    execution.hold_amount,
+                    &execution.id,
+                )? {
                     HoldResult::InsufficientBalance { available } => {
                         return Ok(CreateOutcome::InsufficientBalance { available });
                     }
@@ -193,28 +219,38 @@ impl Executions {
                 Ok(CreateOutcome::Created(execution))
             })
             .await
-
     }
 
-    fn validate_input(&self, candidate: &routing::Candidate, input: &Value) -> Result<(), ApiError> {
-        let key = (candidate.plugin.sha256.clone(), candidate.model.slug.clone());
+    fn validate_input(
+        &self,
+        candidate: &routing::Candidate,
+        input: &Value,
+    ) -> Result<(), ApiError> {
+        let key = (
+            candidate.plugin.sha256.clone(),
+            candidate.model.slug.clone(),
+        );
         let validator = {
             let mut cache = self.validators.lock().expect("validator cache poisoned");
             match cache.get(&key) {
                 Some(validator) => validator.clone(),
                 None => {
                     let schema: Value = serde_json::from_str(&candidate.model.input_schema)
-                        .map_err(|e| anyhow::anyhow!("model {} has an invalid schema: {e}", key.1))?;
-                    let validator = Arc::new(
-                        jsonschema::validator_for(&schema)
-                            .map_err(|e| anyhow::anyhow!("model {} has an invalid schema: {e}", key.1))?,
-                    );
+                        .map_err(|e| {
+                            anyhow::anyhow!("model {} has an invalid schema: {e}", key.1)
+                        })?;
+                    let validator = Arc::new(jsonschema::validator_for(&schema).map_err(|e| {
+                        anyhow::anyhow!("model {} has an invalid schema: {e}", key.1)
+                    })?);
                     cache.insert(key, validator.clone());
                     validator
                 }
             }
         };
-        let details: Vec<Detail> = validator.iter_errors(input).flat_map(schema_details).collect();
+        let details: Vec<Detail> = validator
+            .iter_errors(input)
+            .flat_map(schema_details)
+            .collect();
         if details.is_empty() {
             Ok(())
         } else {
@@ -224,22 +260,39 @@ impl Executions {
 
     /// The execution `id` of `org_id` (another organization's is not found).
     pub fn get(&self, org_id: &str, id: &str) -> Result<Option<Execution>> {
-        let execution = self.store.read(|txn| load(&txn.open_table(EXECUTIONS)?, id))?;
+        let execution = self
+            .store
+            .read(|txn| load(&txn.open_table(EXECUTIONS)?, id))?;
         Ok(execution.filter(|e| e.organization_id == org_id))
     }
 
     /// Newest first, after `starting_after`, filtered by status and model.
-    pub fn list(&self, org_id: &str, limit: usize, starting_after: Option<&str>, status: Option<Status>, model: Option<&str>) -> Result<(Vec<Execution>, bool), ApiError> {
+    pub fn list(
+        &self,
+        org_id: &str,
+        limit: usize,
+        starting_after: Option<&str>,
+        status: Option<Status>,
+        model: Option<&str>,
+    ) -> Result<(Vec<Execution>, bool), ApiError> {
         self.store
             .read(|txn| {
                 let executions = txn.open_table(EXECUTIONS)?;
                 let index = txn.open_table(EXECUTIONS_BY_ORG)?;
                 let prefix = format!("{org_id}/");
                 let start = match starting_after {
-                    Some(cursor) => match load(&executions, cursor)?.filter(|e| e.organization_id == org_id) {
-                        Some(after) => by_org_key(&after) + "\u{0}",
-                        None => return Ok(Err(ApiError::invalid("starting_after", DetailCode::InvalidValue, "no such execution"))),
-                    },
+                    Some(cursor) => {
+                        match load(&executions, cursor)?.filter(|e| e.organization_id == org_id) {
+                            Some(after) => by_org_key(&after) + "\u{0}",
+                            None => {
+                                return Ok(Err(ApiError::invalid(
+                                    "starting_after",
+                                    DetailCode::InvalidValue,
+                                    "no such execution",
+                                )));
+                            }
+                        }
+                    }
                     None => prefix.clone(),
                 };
                 let mut page = Vec::new();
@@ -251,8 +304,12 @@ impl Executions {
                         break;
                     }
                     let id = key.rsplit('/').next().unwrap_or_default();
-                    let Some(execution) = load(&executions, id)? else { continue };
-                    if status.is_some_and(|s| s != execution.status) || model.is_some_and(|m| m != execution.model) {
+                    let Some(execution) = load(&executions, id)? else {
+                        continue;
+                    };
+                    if status.is_some_and(|s| s != execution.status)
+                        || model.is_some_and(|m| m != execution.model)
+                    {
                         continue;
                     }
                     if page.len() == limit {
@@ -267,7 +324,12 @@ impl Executions {
     }
 
     /// Waits until `id` is terminal or `timeout` passes; returns its latest state.
-    pub async fn wait_terminal(&self, org_id: &str, id: &str, timeout: std::time::Duration) -> Result<Option<Execution>> {
+    pub async fn wait_terminal(
+        &self,
+        org_id: &str,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Execution>> {
         let mut changes = self.subscribe(id);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -276,7 +338,10 @@ impl Executions {
                 Some(e) if !e.status.is_terminal() => {}
                 _ => return Ok(execution),
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 return self.get(org_id, id);
             }
         }
@@ -337,11 +402,21 @@ impl Executions {
         let now = clock::now();
         self.update(id, move |execution, txn| {
             let (status, outcome) = match ending {
-                Ending::Completed { cost, output, files } => {
+                Ending::Completed {
+                    cost,
+                    output,
+                    files,
+                } => {
                     for record in &files {
                         crate::files::insert(txn, record)?;
                     }
-                    let charged = billing::settle(txn, &execution.organization_id, execution.hold_amount, cost, &execution.id)?;
+                    let charged = billing::settle(
+                        txn,
+                        &execution.organization_id,
+                        execution.hold_amount,
+                        cost,
+                        &execution.id,
+                    )?;
                     execution.cost = Some(charged);
                     execution.output = Some(output);
                     (Status::Completed, "completed".to_string())
@@ -357,7 +432,13 @@ impl Executions {
                 }
             };
             if status != Status::Completed {
-                billing::settle(txn, &execution.organization_id, execution.hold_amount, Micros::ZERO, &execution.id)?;
+                billing::settle(
+                    txn,
+                    &execution.organization_id,
+                    execution.hold_amount,
+                    Micros::ZERO,
+                    &execution.id,
+                )?;
             }
             execution.close_attempt(&outcome, now);
             execution.completed_at = Some(now);
@@ -390,7 +471,10 @@ pub enum Ending {
         files: Vec<crate::files::FileRecord>,
     },
     /// `detail` is for operators (the attempt's outcome); clients see `code`
-    Failed { code: Code, detail: String },
+    Failed {
+        code: Code,
+        detail: String,
+    },
     Cancelled,
     Expired,
 }
@@ -406,10 +490,16 @@ pub enum CreateOutcome {
 /// `{org}/{newest-first key}/{id}`: inverted creation time sorts newest first.
 fn by_org_key(execution: &Execution) -> String {
     let inverted = i64::MAX - execution.created_at.timestamp_micros();
-    format!("{}/{inverted:020}/{}", execution.organization_id, execution.id)
+    format!(
+        "{}/{inverted:020}/{}",
+        execution.organization_id, execution.id
+    )
 }
 
-fn load(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<Execution>> {
+fn load(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<Execution>> {
     store::get(table, id)
 }
 
@@ -421,7 +511,10 @@ fn save(txn: &redb::WriteTransaction, execution: &Execution) -> Result<()> {
     if execution.status.is_terminal() {
         active.remove(execution.id.as_str())?;
     } else {
-        active.insert(execution.id.as_str(), store::encode(&execution.expires_at)?.as_slice())?;
+        active.insert(
+            execution.id.as_str(),
+            store::encode(&execution.expires_at)?.as_slice(),
+        )?;
     }
     Ok(())
 }
@@ -448,11 +541,21 @@ fn schema_details(error: jsonschema::ValidationError<'_>) -> Vec<Detail> {
     match error.kind() {
         Kind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
-            vec![Detail::new(format!("{field}.{name}"), DetailCode::Required, format!("{name} is required"))]
+            vec![Detail::new(
+                format!("{field}.{name}"),
+                DetailCode::Required,
+                format!("{name} is required"),
+            )]
         }
         Kind::AdditionalProperties { unexpected } => unexpected
             .iter()
-            .map(|name| Detail::new(format!("{field}.{name}"), DetailCode::UnknownField, format!("unknown field {name}")))
+            .map(|name| {
+                Detail::new(
+                    format!("{field}.{name}"),
+                    DetailCode::UnknownField,
+                    format!("unknown field {name}"),
+                )
+            })
             .collect(),
         Kind::Type { .. } => vec![Detail::new(field, DetailCode::InvalidType, message)],
         Kind::Minimum { .. }

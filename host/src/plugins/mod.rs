@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -31,10 +34,10 @@ mod bindings {
     });
 }
 
-/// The contract's types, as the host sees them.
-pub use bindings::modelroute::provider::types as wit;
 use bindings::AdapterPluginPre;
 use bindings::exports::modelroute::provider::adapter::Guest;
+/// The contract's types, as the host sees them.
+pub use bindings::modelroute::provider::types as wit;
 
 /// Contract versions this host speaks.
 pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
@@ -177,7 +180,9 @@ impl Runtime {
     fn compile_cached(&self, wasm: &[u8], sha256: &str) -> Result<Component> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         let path = self
             .cache_dir
             .join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
@@ -186,7 +191,9 @@ impl Runtime {
             // the same compatibility hash, in a directory only this host writes.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(error) => tracing::warn!(%error, path = %path.display(), "recompiling a bad cache entry"),
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "recompiling a bad cache entry")
+                }
             }
         }
         let compiled = self
@@ -282,7 +289,10 @@ impl LoadedPlugin {
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| &mut state.limits);
-        let ticks = limits.call_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
+        let ticks = limits
+            .call_timeout_ms
+            .div_ceil(EPOCH_TICK.as_millis() as u64)
+            .max(1);
         store.set_epoch_deadline(ticks);
 
         let result = self
@@ -316,7 +326,11 @@ impl LoadedPlugin {
 
     /// [`LoadedPlugin::call`] on the blocking pool, so a slow plugin never stalls the
     /// server's async workers.
-    pub async fn call_async<R, F>(self: &Arc<Self>, function: &'static str, f: F) -> Result<R, CallError>
+    pub async fn call_async<R, F>(
+        self: &Arc<Self>,
+        function: &'static str,
+        f: F,
+    ) -> Result<R, CallError>
     where
         R: Send + 'static,
         F: FnOnce(&Guest, &mut Store<CallState>) -> wasmtime::Result<R> + Send + 'static,
@@ -336,7 +350,12 @@ impl LoadedPlugin {
 /// Loads every `*.wasm` in `dir`, in name order.
 pub fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Result<Vec<Arc<LoadedPlugin>>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading plugins from {} (run `make plugins`)", dir.display()))?
+        .with_context(|| {
+            format!(
+                "reading plugins from {} (run `make plugins`)",
+                dir.display()
+            )
+        })?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
         .collect();

@@ -79,7 +79,8 @@ impl Adapter for OpenAi {
                     modality: Modality::Image,
                     description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
                     input_schema: FLUX_SCHEMA.into(),
-                    example_input: r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#.into(),
+                    example_input: r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#
+                        .into(),
                     price: Price {
                         per_megapixel: 38_000,
                         ..Price::default()
@@ -131,10 +132,16 @@ impl Adapter for OpenAi {
             if ctx.stream {
                 body["stream_options"] = json!({"include_usage": true});
             }
-            return Ok(HttpRequest::post_json(ctx.url("/v1/chat/completions"), &body));
+            return Ok(HttpRequest::post_json(
+                ctx.url("/v1/chat/completions"),
+                &body,
+            ));
         }
         let Some(prompt) = input["prompt"].as_str() else {
-            return Err(Failure::new(ErrorCode::InputValidationError, "prompt is required"));
+            return Err(Failure::new(
+                ErrorCode::InputValidationError,
+                "prompt is required",
+            ));
         };
         let (width, height) = dimensions(input);
         let mut body = json!({
@@ -149,10 +156,18 @@ impl Adapter for OpenAi {
         if let Some(seed) = input.get("seed") {
             body["seed"] = seed.clone();
         }
-        Ok(HttpRequest::post_json(ctx.url("/v1/images/generations"), &body))
+        Ok(HttpRequest::post_json(
+            ctx.url("/v1/images/generations"),
+            &body,
+        ))
     }
 
-    fn parse_response(&self, ctx: &CallContext, _job: Option<&Job>, response: &HttpResponse) -> Outcome {
+    fn parse_response(
+        &self,
+        ctx: &CallContext,
+        _job: Option<&Job>,
+        response: &HttpResponse,
+    ) -> Outcome {
         if !response.is_success() {
             return Outcome::Failed(api_error(response));
         }
@@ -160,7 +175,11 @@ impl Adapter for OpenAi {
             Ok(body) => body,
             Err(failure) => return Outcome::Failed(failure),
         };
-        if is_chat(&ctx.slug) { chat(&body) } else { images(&body) }
+        if is_chat(&ctx.slug) {
+            chat(&body)
+        } else {
+            images(&body)
+        }
     }
 
     fn parse_stream_event(&self, _ctx: &CallContext, data: &str) -> StreamEvent {
@@ -169,7 +188,12 @@ impl Adapter for OpenAi {
         }
         let chunk: Value = match serde_json::from_str(data) {
             Ok(chunk) => chunk,
-            Err(e) => return StreamEvent::Failed(Failure::new(ErrorCode::GenerationFailed, format!("stream chunk is not JSON: {e}"))),
+            Err(e) => {
+                return StreamEvent::Failed(Failure::new(
+                    ErrorCode::GenerationFailed,
+                    format!("stream chunk is not JSON: {e}"),
+                ));
+            }
         };
         if chunk.get("error").is_some() {
             return StreamEvent::Failed(classify_error(&chunk, None));
@@ -183,7 +207,10 @@ impl Adapter for OpenAi {
         }
         let choice = &chunk["choices"][0];
         if choice["finish_reason"] == "content_filter" {
-            return StreamEvent::Failed(Failure::new(ErrorCode::ContentModerationRejected, "content filter"));
+            return StreamEvent::Failed(Failure::new(
+                ErrorCode::ContentModerationRejected,
+                "content filter",
+            ));
         }
         match choice["delta"]["content"].as_str() {
             Some(text) if !text.is_empty() => StreamEvent::Delta(text.to_string()),
@@ -209,11 +236,17 @@ fn token_usage(usage: &Value) -> Usage {
 fn chat(body: &Value) -> Outcome {
     let choice = &body["choices"][0];
     if choice["finish_reason"] == "content_filter" {
-        return Outcome::failed(ErrorCode::ContentModerationRejected, "the completion was filtered");
+        return Outcome::failed(
+            ErrorCode::ContentModerationRejected,
+            "the completion was filtered",
+        );
     }
     match choice["message"]["content"].as_str() {
         Some(text) => Outcome::Completed(Completion::text(text, token_usage(&body["usage"]))),
-        None => Outcome::failed(ErrorCode::GenerationFailed, "the completion has no message content"),
+        None => Outcome::failed(
+            ErrorCode::GenerationFailed,
+            "the completion has no message content",
+        ),
     }
 }
 
@@ -231,14 +264,22 @@ fn images(body: &Value) -> Outcome {
                     megapixels_milli += width * height / 1000;
                     AssetSource::Inline(bytes)
                 }
-                Err(e) => return Outcome::failed(ErrorCode::GenerationFailed, format!("b64_json is not base64: {e}")),
+                Err(e) => {
+                    return Outcome::failed(
+                        ErrorCode::GenerationFailed,
+                        format!("b64_json is not base64: {e}"),
+                    );
+                }
             }
         } else if let Some(url) = item["url"].as_str() {
             // The size of a linked image is unknown here; bill the default size.
             megapixels_milli += 1024 * 1024 / 1000;
             AssetSource::Url(url.to_string())
         } else {
-            return Outcome::failed(ErrorCode::GenerationFailed, "an image has neither b64_json nor url");
+            return Outcome::failed(
+                ErrorCode::GenerationFailed,
+                "an image has neither b64_json nor url",
+            );
         };
         assets.push(Asset {
             source,
@@ -263,7 +304,9 @@ fn png_size(bytes: &[u8]) -> Option<(u64, u64)> {
     if bytes.len() < 24 || &bytes[..8] != b"\x89PNG\r\n\x1a\n" {
         return None;
     }
-    let read = |at: usize| -> Option<u64> { Some(u32::from_be_bytes(bytes[at..at + 4].try_into().ok()?).into()) };
+    let read = |at: usize| -> Option<u64> {
+        Some(u32::from_be_bytes(bytes[at..at + 4].try_into().ok()?).into())
+    };
     Some((read(16)?, read(20)?))
 }
 
@@ -277,11 +320,16 @@ fn api_error(response: &HttpResponse) -> Failure {
 
 fn classify_error(body: &Value, response: Option<&HttpResponse>) -> Failure {
     let error = &body["error"];
-    let message = error["message"].as_str().unwrap_or("provider error").to_string();
+    let message = error["message"]
+        .as_str()
+        .unwrap_or("provider error")
+        .to_string();
     let code = error["code"].as_str().unwrap_or_default();
     let kind = error["type"].as_str().unwrap_or_default();
     let normalized = match (code, kind) {
-        ("content_policy_violation" | "moderation_blocked", _) => Some(ErrorCode::ContentModerationRejected),
+        ("content_policy_violation" | "moderation_blocked", _) => {
+            Some(ErrorCode::ContentModerationRejected)
+        }
         // Our account is out of credit: another provider may serve.
         ("insufficient_quota", _) => Some(ErrorCode::ServiceUnavailable),
         ("model_not_found", _) => Some(ErrorCode::ModelUnavailable),
@@ -338,67 +386,134 @@ mod tests {
 
     #[test]
     fn images_go_to_the_generations_endpoint_and_come_back_inline() {
-        let request = OpenAi.build_submit(&ctx(FLUX), &json!({"prompt": "a cat", "width": 512, "height": 256})).unwrap();
-        assert_eq!(request.url, "https://api.together.xyz/v1/images/generations");
+        let request = OpenAi
+            .build_submit(
+                &ctx(FLUX),
+                &json!({"prompt": "a cat", "width": 512, "height": 256}),
+            )
+            .unwrap();
+        assert_eq!(
+            request.url,
+            "https://api.together.xyz/v1/images/generations"
+        );
         let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
         assert_eq!(body["size"], "512x256");
         assert_eq!(body["response_format"], "b64_json");
 
         let encoded = base64::engine::general_purpose::STANDARD.encode(tiny_png(512, 256));
         let answer = json!({"created": 1, "data": [{"b64_json": encoded}]}).to_string();
-        let Outcome::Completed(completion) = OpenAi.parse_response(&ctx(FLUX), None, &response(200, &answer)) else {
+        let Outcome::Completed(completion) =
+            OpenAi.parse_response(&ctx(FLUX), None, &response(200, &answer))
+        else {
             panic!("expected a completion");
         };
         assert_eq!(completion.usage.images, 1);
         assert_eq!(completion.usage.megapixels_milli, 512 * 256 / 1000);
-        assert!(matches!(&completion.assets[0].source, AssetSource::Inline(bytes) if bytes.starts_with(b"\x89PNG")));
+        assert!(
+            matches!(&completion.assets[0].source, AssetSource::Inline(bytes) if bytes.starts_with(b"\x89PNG"))
+        );
     }
 
     #[test]
     fn chat_completions_carry_text_and_token_usage() {
-        let input = json!({"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16});
+        let input =
+            json!({"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16});
         let request = OpenAi.build_submit(&ctx(LLAMA), &input).unwrap();
         assert_eq!(request.url, "https://api.together.xyz/v1/chat/completions");
         let usage = OpenAi
-            .estimate(&ModelRef { slug: LLAMA.into(), provider_model: String::new() }, &input)
+            .estimate(
+                &ModelRef {
+                    slug: LLAMA.into(),
+                    provider_model: String::new(),
+                },
+                &input,
+            )
             .unwrap();
         assert_eq!((usage.input_tokens, usage.output_tokens), (3, 16));
 
         let answer = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
-        let Outcome::Completed(completion) = OpenAi.parse_response(&ctx(LLAMA), None, &response(200, answer)) else {
+        let Outcome::Completed(completion) =
+            OpenAi.parse_response(&ctx(LLAMA), None, &response(200, answer))
+        else {
             panic!("expected a completion");
         };
         assert_eq!(completion.text.as_deref(), Some("Hello!"));
-        assert_eq!((completion.usage.input_tokens, completion.usage.output_tokens), (9, 2));
+        assert_eq!(
+            (
+                completion.usage.input_tokens,
+                completion.usage.output_tokens
+            ),
+            (9, 2)
+        );
     }
 
     #[test]
     fn errors_are_classified() {
-        let error = |code: &str, kind: &str| format!(r#"{{"error":{{"message":"m","type":"{kind}","param":null,"code":"{code}"}}}}"#);
+        let error = |code: &str, kind: &str| {
+            format!(r#"{{"error":{{"message":"m","type":"{kind}","param":null,"code":"{code}"}}}}"#)
+        };
         let cases = [
-            (400, error("content_policy_violation", "invalid_request_error"), ErrorCode::ContentModerationRejected),
-            (400, error("invalid_value", "invalid_request_error"), ErrorCode::InputValidationError),
-            (429, error("rate_limit_exceeded", "requests"), ErrorCode::RateLimited),
-            (429, error("insufficient_quota", "insufficient_quota"), ErrorCode::ServiceUnavailable),
-            (401, error("invalid_api_key", "invalid_request_error"), ErrorCode::ServiceUnavailable),
-            (404, error("model_not_found", "invalid_request_error"), ErrorCode::ModelUnavailable),
+            (
+                400,
+                error("content_policy_violation", "invalid_request_error"),
+                ErrorCode::ContentModerationRejected,
+            ),
+            (
+                400,
+                error("invalid_value", "invalid_request_error"),
+                ErrorCode::InputValidationError,
+            ),
+            (
+                429,
+                error("rate_limit_exceeded", "requests"),
+                ErrorCode::RateLimited,
+            ),
+            (
+                429,
+                error("insufficient_quota", "insufficient_quota"),
+                ErrorCode::ServiceUnavailable,
+            ),
+            (
+                401,
+                error("invalid_api_key", "invalid_request_error"),
+                ErrorCode::ServiceUnavailable,
+            ),
+            (
+                404,
+                error("model_not_found", "invalid_request_error"),
+                ErrorCode::ModelUnavailable,
+            ),
             (500, error("", "server_error"), ErrorCode::GenerationFailed),
             (503, error("", "server_error"), ErrorCode::ModelOverloaded),
-            (504, "gateway timeout".to_string(), ErrorCode::GenerationTimeout),
+            (
+                504,
+                "gateway timeout".to_string(),
+                ErrorCode::GenerationTimeout,
+            ),
             (200, "{truncated".to_string(), ErrorCode::GenerationFailed),
         ];
         for (status, body, code) in cases {
-            let Outcome::Failed(failure) = OpenAi.parse_response(&ctx(FLUX), None, &response(status, &body)) else {
+            let Outcome::Failed(failure) =
+                OpenAi.parse_response(&ctx(FLUX), None, &response(status, &body))
+            else {
                 panic!("{status} {body}");
             };
             assert_eq!(failure.code, code, "{status} {body}");
         }
         let throttled = error("rate_limit_exceeded", "requests");
-        let Outcome::Failed(failure) = OpenAi.parse_response(&ctx(FLUX), None, &response(429, &throttled)) else { panic!() };
+        let Outcome::Failed(failure) =
+            OpenAi.parse_response(&ctx(FLUX), None, &response(429, &throttled))
+        else {
+            panic!()
+        };
         assert_eq!(failure.retry_after_ms, Some(2000));
 
         let filtered = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"content_filter"}],"usage":{}}"#;
-        let Outcome::Failed(failure) = OpenAi.parse_response(&ctx(LLAMA), None, &response(200, filtered)) else { panic!() };
+        let Outcome::Failed(failure) =
+            OpenAi.parse_response(&ctx(LLAMA), None, &response(200, filtered))
+        else {
+            panic!()
+        };
         assert_eq!(failure.code, ErrorCode::ContentModerationRejected);
     }
 
@@ -406,10 +521,20 @@ mod tests {
     fn stream_events_become_deltas_then_usage() {
         let c = ctx(LLAMA);
         let delta = r#"{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#;
-        assert!(matches!(OpenAi.parse_stream_event(&c, delta), StreamEvent::Delta(t) if t == "Hel"));
+        assert!(
+            matches!(OpenAi.parse_stream_event(&c, delta), StreamEvent::Delta(t) if t == "Hel")
+        );
         let usage = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
-        assert!(matches!(OpenAi.parse_stream_event(&c, usage), StreamEvent::Done(done) if done.usage.output_tokens == 2));
-        assert!(matches!(OpenAi.parse_stream_event(&c, "[DONE]"), StreamEvent::Skip));
-        assert!(matches!(OpenAi.parse_stream_event(&c, "{oops"), StreamEvent::Failed(_)));
+        assert!(
+            matches!(OpenAi.parse_stream_event(&c, usage), StreamEvent::Done(done) if done.usage.output_tokens == 2)
+        );
+        assert!(matches!(
+            OpenAi.parse_stream_event(&c, "[DONE]"),
+            StreamEvent::Skip
+        ));
+        assert!(matches!(
+            OpenAi.parse_stream_event(&c, "{oops"),
+            StreamEvent::Failed(_)
+        ));
     }
 }

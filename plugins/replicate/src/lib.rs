@@ -61,7 +61,10 @@ impl Adapter for Replicate {
 
     fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure> {
         let Some(prompt) = input["prompt"].as_str() else {
-            return Err(Failure::new(ErrorCode::InputValidationError, "prompt is required"));
+            return Err(Failure::new(
+                ErrorCode::InputValidationError,
+                "prompt is required",
+            ));
         };
         let (width, height) = dimensions(input);
         let mut model_input = json!({
@@ -84,7 +87,12 @@ impl Adapter for Replicate {
         Ok(HttpRequest::post_json(url, &body))
     }
 
-    fn parse_response(&self, _ctx: &CallContext, _job: Option<&Job>, response: &HttpResponse) -> Outcome {
+    fn parse_response(
+        &self,
+        _ctx: &CallContext,
+        _job: Option<&Job>,
+        response: &HttpResponse,
+    ) -> Outcome {
         if !response.is_success() {
             return Outcome::Failed(problem(response));
         }
@@ -106,10 +114,19 @@ impl Adapter for Replicate {
         Some(HttpRequest::new(Method::Post, url))
     }
 
-    fn parse_webhook(&self, _ctx: &CallContext, _job: &Job, _headers: &[(String, String)], body: &[u8]) -> Outcome {
+    fn parse_webhook(
+        &self,
+        _ctx: &CallContext,
+        _job: &Job,
+        _headers: &[(String, String)],
+        body: &[u8],
+    ) -> Outcome {
         match serde_json::from_slice::<Value>(body) {
             Ok(prediction) => classify(&prediction),
-            Err(e) => Outcome::failed(ErrorCode::GenerationFailed, format!("webhook body is not JSON: {e}")),
+            Err(e) => Outcome::failed(
+                ErrorCode::GenerationFailed,
+                format!("webhook body is not JSON: {e}"),
+            ),
         }
     }
 }
@@ -122,8 +139,12 @@ fn job_url(state: &str, which: &str) -> Option<String> {
 
 /// A prediction object, whatever request it answered.
 fn classify(prediction: &Value) -> Outcome {
-    let (Some(id), Some(status)) = (prediction["id"].as_str(), prediction["status"].as_str()) else {
-        return Outcome::failed(ErrorCode::GenerationFailed, "the prediction has no id or status");
+    let (Some(id), Some(status)) = (prediction["id"].as_str(), prediction["status"].as_str())
+    else {
+        return Outcome::failed(
+            ErrorCode::GenerationFailed,
+            "the prediction has no id or status",
+        );
     };
     match status {
         "starting" | "processing" => {
@@ -133,11 +154,17 @@ fn classify(prediction: &Value) -> Outcome {
         "succeeded" => {
             let urls: Vec<String> = match &prediction["output"] {
                 Value::String(url) => vec![url.clone()],
-                Value::Array(items) => items.iter().filter_map(|u| u.as_str().map(str::to_string)).collect(),
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(|u| u.as_str().map(str::to_string))
+                    .collect(),
                 _ => Vec::new(),
             };
             if urls.is_empty() {
-                return Outcome::failed(ErrorCode::GenerationFailed, "the prediction succeeded without output");
+                return Outcome::failed(
+                    ErrorCode::GenerationFailed,
+                    "the prediction succeeded without output",
+                );
             }
             // flux-1.1-pro is billed per image.
             let usage = Usage {
@@ -147,17 +174,28 @@ fn classify(prediction: &Value) -> Outcome {
             Outcome::Completed(Completion::assets(Modality::Image, urls, usage))
         }
         "failed" => {
-            let error = prediction["error"].as_str().unwrap_or("the prediction failed");
+            let error = prediction["error"]
+                .as_str()
+                .unwrap_or("the prediction failed");
             let lowered = error.to_ascii_lowercase();
-            let flagged = ["nsfw", "sensitive", "flagged", "e005"].iter().any(|w| lowered.contains(w));
-            let code = if flagged { ErrorCode::ContentModerationRejected } else { ErrorCode::GenerationFailed };
+            let flagged = ["nsfw", "sensitive", "flagged", "e005"]
+                .iter()
+                .any(|w| lowered.contains(w));
+            let code = if flagged {
+                ErrorCode::ContentModerationRejected
+            } else {
+                ErrorCode::GenerationFailed
+            };
             Outcome::failed(code, error)
         }
         "canceled" | "aborted" => Outcome::Failed(Failure {
             retryable: false,
             ..Failure::new(ErrorCode::GenerationFailed, "canceled at the provider")
         }),
-        other => Outcome::failed(ErrorCode::GenerationFailed, format!("unknown prediction status {other:?}")),
+        other => Outcome::failed(
+            ErrorCode::GenerationFailed,
+            format!("unknown prediction status {other:?}"),
+        ),
     }
 }
 
@@ -166,7 +204,12 @@ fn problem(response: &HttpResponse) -> Failure {
     let detail = response
         .json()
         .ok()
-        .and_then(|body| body["detail"].as_str().or(body["title"].as_str()).map(str::to_string))
+        .and_then(|body| {
+            body["detail"]
+                .as_str()
+                .or(body["title"].as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| response.text());
     Failure::from_status(response, detail)
 }
@@ -202,7 +245,10 @@ mod tests {
         let request = Replicate
             .build_submit(&ctx(), &json!({"prompt": "a cat", "width": 512, "seed": 7}))
             .unwrap();
-        assert_eq!(request.url, "https://api.replicate.com/v1/models/black-forest-labs/flux-1.1-pro/predictions");
+        assert_eq!(
+            request.url,
+            "https://api.replicate.com/v1/models/black-forest-labs/flux-1.1-pro/predictions"
+        );
         let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
         assert_eq!(body["input"]["prompt"], "a cat");
         assert_eq!(body["input"]["width"], 512);
@@ -215,51 +261,95 @@ mod tests {
     fn a_started_prediction_is_a_job_polled_at_its_get_url() {
         let body = r#"{"id":"p1","status":"starting","output":null,"error":null,
             "urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel"}}"#;
-        let Outcome::Pending(pending) = Replicate.parse_response(&ctx(), None, &response(201, body)) else {
+        let Outcome::Pending(pending) =
+            Replicate.parse_response(&ctx(), None, &response(201, body))
+        else {
             panic!("expected a pending job");
         };
         assert_eq!(pending.job.id, "p1");
         let poll = Replicate.build_poll(&ctx(), &pending.job).unwrap();
         assert_eq!(poll.url, "https://api.replicate.com/v1/predictions/p1");
         let cancel = Replicate.build_cancel(&ctx(), &pending.job).unwrap();
-        assert_eq!(cancel.url, "https://api.replicate.com/v1/predictions/p1/cancel");
+        assert_eq!(
+            cancel.url,
+            "https://api.replicate.com/v1/predictions/p1/cancel"
+        );
     }
 
     #[test]
     fn a_succeeded_prediction_yields_its_output_urls() {
-        for output in [r#""https://replicate.delivery/a.png""#, r#"["https://replicate.delivery/a.png"]"#] {
-            let body = format!(r#"{{"id":"p1","status":"succeeded","output":{output},"error":null,"urls":{{}}}}"#);
-            let Outcome::Completed(completion) = Replicate.parse_response(&ctx(), None, &response(200, &body)) else {
+        for output in [
+            r#""https://replicate.delivery/a.png""#,
+            r#"["https://replicate.delivery/a.png"]"#,
+        ] {
+            let body = format!(
+                r#"{{"id":"p1","status":"succeeded","output":{output},"error":null,"urls":{{}}}}"#
+            );
+            let Outcome::Completed(completion) =
+                Replicate.parse_response(&ctx(), None, &response(200, &body))
+            else {
                 panic!("expected a completion");
             };
             assert_eq!(completion.usage.images, 1);
-            assert!(matches!(&completion.assets[0].source, AssetSource::Url(u) if u == "https://replicate.delivery/a.png"));
+            assert!(
+                matches!(&completion.assets[0].source, AssetSource::Url(u) if u == "https://replicate.delivery/a.png")
+            );
         }
     }
 
     #[test]
     fn failures_are_classified() {
         let flagged = r#"{"id":"p1","status":"failed","error":"E005: The input or output was flagged as sensitive.","urls":{}}"#;
-        let Outcome::Failed(failure) = Replicate.parse_response(&ctx(), None, &response(200, flagged)) else { panic!() };
+        let Outcome::Failed(failure) =
+            Replicate.parse_response(&ctx(), None, &response(200, flagged))
+        else {
+            panic!()
+        };
         assert_eq!(failure.code, ErrorCode::ContentModerationRejected);
         assert!(!failure.retryable);
 
         let cases = [
-            (422, r#"{"title":"Input validation failed","detail":"prompt is required","status":422}"#, ErrorCode::InputValidationError),
-            (429, r#"{"title":"Request was throttled.","detail":"Expected available in 1 second.","status":429}"#, ErrorCode::RateLimited),
-            (401, r#"{"title":"Unauthenticated","detail":"You did not pass a valid authentication token","status":401}"#, ErrorCode::ServiceUnavailable),
-            (404, r#"{"title":"Not found","status":404}"#, ErrorCode::ModelUnavailable),
+            (
+                422,
+                r#"{"title":"Input validation failed","detail":"prompt is required","status":422}"#,
+                ErrorCode::InputValidationError,
+            ),
+            (
+                429,
+                r#"{"title":"Request was throttled.","detail":"Expected available in 1 second.","status":429}"#,
+                ErrorCode::RateLimited,
+            ),
+            (
+                401,
+                r#"{"title":"Unauthenticated","detail":"You did not pass a valid authentication token","status":401}"#,
+                ErrorCode::ServiceUnavailable,
+            ),
+            (
+                404,
+                r#"{"title":"Not found","status":404}"#,
+                ErrorCode::ModelUnavailable,
+            ),
             (500, "<html>oops</html>", ErrorCode::ServiceUnavailable),
             (200, "{not json", ErrorCode::GenerationFailed),
-            (200, r#"{"status":"processing"}"#, ErrorCode::GenerationFailed),
+            (
+                200,
+                r#"{"status":"processing"}"#,
+                ErrorCode::GenerationFailed,
+            ),
         ];
         for (status, body, code) in cases {
-            let Outcome::Failed(failure) = Replicate.parse_response(&ctx(), None, &response(status, body)) else {
+            let Outcome::Failed(failure) =
+                Replicate.parse_response(&ctx(), None, &response(status, body))
+            else {
                 panic!("{status} {body}");
             };
             assert_eq!(failure.code, code, "{status} {body}");
         }
-        let Outcome::Failed(throttled) = Replicate.parse_response(&ctx(), None, &response(429, "{}")) else { panic!() };
+        let Outcome::Failed(throttled) =
+            Replicate.parse_response(&ctx(), None, &response(429, "{}"))
+        else {
+            panic!()
+        };
         assert_eq!(throttled.retry_after_ms, Some(3000));
     }
 }

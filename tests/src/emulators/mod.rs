@@ -119,7 +119,10 @@ impl<S> Emulator<S> {
 
     /// API requests whose path starts with `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
-        self.requests().iter().filter(|r| r.path.starts_with(prefix)).count()
+        self.requests()
+            .iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .count()
     }
 }
 
@@ -149,7 +152,10 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
     let (state, api) = make(common.clone());
     let control = Router::new()
         .route("/files/{name}", axum::routing::get(file))
-        .route("/__emulator/faults", axum::routing::post(push_fault).delete(clear_faults))
+        .route(
+            "/__emulator/faults",
+            axum::routing::post(push_fault).delete(clear_faults),
+        )
         .route("/__emulator/requests", axum::routing::get(requests))
         .with_state(common.clone());
     let app = api
@@ -171,7 +177,11 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
 }
 
 /// Records the request, applies the next fault, then checks the credential.
-async fn guard<D: Dialect>(State(common): State<Arc<Common>>, request: Request, next: Next) -> Response {
+async fn guard<D: Dialect>(
+    State(common): State<Arc<Common>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let (parts, body) = request.into_parts();
     let bytes = to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
     common.requests.lock().unwrap().push(Recorded {
@@ -185,12 +195,24 @@ async fn guard<D: Dialect>(State(common): State<Arc<Common>>, request: Request, 
         body: String::from_utf8_lossy(&bytes).into_owned(),
     });
     match common.next_fault() {
-        Some(Fault::Status { status, retry_after, body }) => {
+        Some(Fault::Status {
+            status,
+            retry_after,
+            body,
+        }) => {
             let body = body.unwrap_or_else(|| D::error_body(status).to_string());
-            let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response();
-            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            let mut response = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
             if let Some(seconds) = retry_after {
-                response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(seconds));
             }
             return response;
         }
@@ -200,25 +222,42 @@ async fn guard<D: Dialect>(State(common): State<Arc<Common>>, request: Request, 
         // `resume_unwind` skips the panic hook, so nothing is printed.
         Some(Fault::Reset) => std::panic::resume_unwind(Box::new("emulated connection reset")),
         Some(Fault::Malformed) => {
-            return (StatusCode::OK, [("content-type", "application/json")], "{\"id\": \"trunc").into_response();
+            return (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                "{\"id\": \"trunc",
+            )
+                .into_response();
         }
         None => {}
     }
     let expected = format!("Bearer {}", common.token);
-    if parts.headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+    if parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        != Some(expected.as_str())
+    {
         return (StatusCode::UNAUTHORIZED, axum::Json(D::error_body(401))).into_response();
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
-async fn file(State(common): State<Arc<Common>>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+async fn file(
+    State(common): State<Arc<Common>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
     match common.files.lock().unwrap().get(&name) {
         Some(bytes) => ([("content-type", "image/png")], bytes.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
-async fn push_fault(State(common): State<Arc<Common>>, axum::Json(fault): axum::Json<Fault>) -> StatusCode {
+async fn push_fault(
+    State(common): State<Arc<Common>>,
+    axum::Json(fault): axum::Json<Fault>,
+) -> StatusCode {
     common.queued.lock().unwrap().push_back(fault);
     StatusCode::NO_CONTENT
 }
@@ -265,8 +304,9 @@ pub fn png(width: u32, height: u32, seed: u64) -> Vec<u8> {
 
 /// FNV-1a: a stable seed from a prompt.
 pub fn stable_hash(text: &str) -> u64 {
-    text.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
@@ -286,7 +326,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    async fn post(emulator_url: &str, path: &str, token: &str, body: serde_json::Value) -> reqwest::Result<reqwest::Response> {
+    async fn post(
+        emulator_url: &str,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Result<reqwest::Response> {
         reqwest::Client::builder()
             .timeout(Duration::from_millis(500))
             .build()?
@@ -299,11 +344,17 @@ mod tests {
 
     #[tokio::test]
     async fn faults_apply_in_order_and_reset_and_hang_fail_the_client() {
-        let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+        let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+            .await
+            .unwrap();
         let url = emulator.base_url();
         let path = "/v1/models/black-forest-labs/flux-1.1-pro/predictions";
         let body = json!({"input": {"prompt": "x"}});
-        emulator.push_fault(Fault::Status { status: 429, retry_after: Some(2), body: None });
+        emulator.push_fault(Fault::Status {
+            status: 429,
+            retry_after: Some(2),
+            body: None,
+        });
         emulator.push_fault(Fault::Reset);
         emulator.push_fault(Fault::Hang);
         emulator.push_fault(Fault::Malformed);
@@ -311,11 +362,21 @@ mod tests {
         let throttled = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap();
         assert_eq!(throttled.status(), 429);
         assert_eq!(throttled.headers()["retry-after"], "2");
-        assert_eq!(throttled.json::<serde_json::Value>().await.unwrap()["status"], 429);
+        assert_eq!(
+            throttled.json::<serde_json::Value>().await.unwrap()["status"],
+            429
+        );
 
-        let reset = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap_err();
-        assert!(!reset.is_timeout(), "a reset is a connection error: {reset}");
-        let hang = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap_err();
+        let reset = post(&url, path, DEFAULT_TOKEN, body.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            !reset.is_timeout(),
+            "a reset is a connection error: {reset}"
+        );
+        let hang = post(&url, path, DEFAULT_TOKEN, body.clone())
+            .await
+            .unwrap_err();
         assert!(hang.is_timeout(), "{hang}");
         let malformed = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap();
         assert!(malformed.json::<serde_json::Value>().await.is_err());
@@ -329,7 +390,9 @@ mod tests {
 
     #[tokio::test]
     async fn replicate_predictions_progress_to_a_png_of_the_requested_size() {
-        let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+        let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+            .await
+            .unwrap();
         let url = emulator.base_url();
         let created: serde_json::Value = post(
             &url,
@@ -354,7 +417,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(polled["status"], "succeeded");
-        let image = client.get(polled["output"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+        let image = client
+            .get(polled["output"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         let decoder = png::Decoder::new(std::io::Cursor::new(image.to_vec()));
         let info = decoder.read_info().unwrap().info().clone();
         assert_eq!((info.width, info.height), (320, 256));
@@ -380,14 +450,26 @@ mod tests {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(images["data"][0]["b64_json"].as_str().unwrap())
             .unwrap();
-        let info = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap().info().clone();
+        let info = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap()
+            .info()
+            .clone();
         assert_eq!((info.width, info.height), (256, 320));
 
-        let moderated = post(&url, "/v1/images/generations", DEFAULT_TOKEN, json!({"model": "black-forest-labs/FLUX.1.1-pro", "prompt": "nsfw"}))
-            .await
-            .unwrap();
+        let moderated = post(
+            &url,
+            "/v1/images/generations",
+            DEFAULT_TOKEN,
+            json!({"model": "black-forest-labs/FLUX.1.1-pro", "prompt": "nsfw"}),
+        )
+        .await
+        .unwrap();
         assert_eq!(moderated.status(), 400);
-        assert_eq!(moderated.json::<serde_json::Value>().await.unwrap()["error"]["code"], "content_policy_violation");
+        assert_eq!(
+            moderated.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+            "content_policy_violation"
+        );
 
         let stream = post(
             &url,
@@ -404,7 +486,14 @@ mod tests {
         assert!(stream.contains("\"usage\""));
         assert!(stream.ends_with("data: [DONE]\n\n"));
 
-        let missing = post(&url, "/v1/chat/completions", DEFAULT_TOKEN, json!({"model": "nope", "messages": []})).await.unwrap();
+        let missing = post(
+            &url,
+            "/v1/chat/completions",
+            DEFAULT_TOKEN,
+            json!({"model": "nope", "messages": []}),
+        )
+        .await
+        .unwrap();
         assert_eq!(missing.status(), 404);
     }
 }

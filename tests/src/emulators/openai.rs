@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use super::{Common, Dialect, Emulator, body_json, flagged, json_response, png, stable_hash};
 
-const IMAGE_MODELS: [&str; 2] = ["black-forest-labs/FLUX.1.1-pro", "black-forest-labs/FLUX.1-schnell"];
+const IMAGE_MODELS: [&str; 2] = [
+    "black-forest-labs/FLUX.1.1-pro",
+    "black-forest-labs/FLUX.1-schnell",
+];
 const CHAT_MODELS: [&str; 2] = ["meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo", "gpt-4o-mini"];
 
 pub struct OpenAi {
@@ -25,10 +28,26 @@ pub struct OpenAiDialect;
 impl Dialect for OpenAiDialect {
     fn error_body(status: u16) -> Value {
         let (message, kind, code) = match status {
-            401 => ("Incorrect API key provided", "invalid_request_error", json!("invalid_api_key")),
-            429 => ("Rate limit reached for requests", "requests", json!("rate_limit_exceeded")),
-            503 => ("The engine is currently overloaded, please try again later", "server_error", Value::Null),
-            _ => ("The server had an error while processing your request.", "server_error", Value::Null),
+            401 => (
+                "Incorrect API key provided",
+                "invalid_request_error",
+                json!("invalid_api_key"),
+            ),
+            429 => (
+                "Rate limit reached for requests",
+                "requests",
+                json!("rate_limit_exceeded"),
+            ),
+            503 => (
+                "The engine is currently overloaded, please try again later",
+                "server_error",
+                Value::Null,
+            ),
+            _ => (
+                "The server had an error while processing your request.",
+                "server_error",
+                Value::Null,
+            ),
         };
         json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
     }
@@ -62,7 +81,11 @@ fn unknown_model(model: &str) -> Response {
 
 async fn images(State(state): State<Arc<OpenAi>>, body: Bytes) -> Response {
     let Some(body) = body_json(&body) else {
-        return invalid("We could not parse the JSON body of your request.", "body", Value::Null);
+        return invalid(
+            "We could not parse the JSON body of your request.",
+            "body",
+            Value::Null,
+        );
     };
     let model = body["model"].as_str().unwrap_or_default();
     if !IMAGE_MODELS.contains(&model) {
@@ -85,7 +108,10 @@ async fn images(State(state): State<Arc<OpenAi>>, body: Bytes) -> Response {
             .or_else(|| from_size.and_then(|s| s.parse().ok()))
             .unwrap_or(1024) as u32
     };
-    let (width, height) = (side("width", size.map(|s| s.0)), side("height", size.map(|s| s.1)));
+    let (width, height) = (
+        side("width", size.map(|s| s.0)),
+        side("height", size.map(|s| s.1)),
+    );
     let seed = body["seed"].as_u64().unwrap_or_else(|| stable_hash(prompt));
     let as_url = body["response_format"] == "url";
     let data: Vec<Value> = (0..body["n"].as_u64().unwrap_or(1))
@@ -104,7 +130,11 @@ async fn images(State(state): State<Arc<OpenAi>>, body: Bytes) -> Response {
 
 async fn chat(State(_state): State<Arc<OpenAi>>, body: Bytes) -> Response {
     let Some(body) = body_json(&body) else {
-        return invalid("We could not parse the JSON body of your request.", "body", Value::Null);
+        return invalid(
+            "We could not parse the JSON body of your request.",
+            "body",
+            Value::Null,
+        );
     };
     let model = body["model"].as_str().unwrap_or_default().to_string();
     if !CHAT_MODELS.contains(&model.as_str()) {
@@ -115,9 +145,18 @@ async fn chat(State(_state): State<Arc<OpenAi>>, body: Bytes) -> Response {
     };
     let prompt_tokens: usize = messages
         .iter()
-        .map(|m| m["content"].as_str().unwrap_or_default().split_whitespace().count())
+        .map(|m| {
+            m["content"]
+                .as_str()
+                .unwrap_or_default()
+                .split_whitespace()
+                .count()
+        })
         .sum();
-    let last = messages.last().and_then(|m| m["content"].as_str()).unwrap_or_default();
+    let last = messages
+        .last()
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
     let moderated = flagged(last);
     let max_tokens = body["max_tokens"].as_u64().unwrap_or(256) as usize;
     // Deterministic: the last message's words, reversed, prefixed by "Echo:".
@@ -125,7 +164,11 @@ async fn chat(State(_state): State<Arc<OpenAi>>, body: Bytes) -> Response {
         .chain(last.split_whitespace().rev().map(str::to_string))
         .take(max_tokens)
         .collect();
-    let content = if moderated { String::new() } else { words.join(" ") };
+    let content = if moderated {
+        String::new()
+    } else {
+        words.join(" ")
+    };
     let completion_tokens = if moderated { 0 } else { words.len() };
     let finish_reason = if moderated { "content_filter" } else { "stop" };
     let usage = json!({
@@ -139,16 +182,25 @@ async fn chat(State(_state): State<Arc<OpenAi>>, body: Bytes) -> Response {
             json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
-        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
         if !moderated {
             events.extend(words.iter().enumerate().map(|(i, word)| {
-                let text = if i + 1 < words.len() { format!("{word} ") } else { word.clone() };
+                let text = if i + 1 < words.len() {
+                    format!("{word} ")
+                } else {
+                    word.clone()
+                };
                 chunk(json!({"content": text}), Value::Null)
             }));
         }
         events.push(chunk(json!({}), json!(finish_reason)));
         if body["stream_options"]["include_usage"] == true {
-            events.push(json!({"id": id, "object": "chat.completion.chunk", "choices": [], "usage": usage}));
+            events.push(
+                json!({"id": id, "object": "chat.completion.chunk", "choices": [], "usage": usage}),
+            );
         }
         let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
         text.push_str("data: [DONE]\n\n");

@@ -13,9 +13,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Common, Dialect, Emulator, body_json, flagged, header, json_response, png, stable_hash};
+use super::{
+    Common, Dialect, Emulator, body_json, flagged, header, json_response, png, stable_hash,
+};
 
-const MODELS: [&str; 2] = ["black-forest-labs/flux-1.1-pro", "black-forest-labs/flux-schnell"];
+const MODELS: [&str; 2] = [
+    "black-forest-labs/flux-1.1-pro",
+    "black-forest-labs/flux-schnell",
+];
 
 pub struct Replicate {
     common: Arc<Common>,
@@ -74,7 +79,9 @@ impl Replicate {
             p.error = Some("E005: The input or output was flagged as sensitive. Please try again with different inputs.".into());
         } else {
             let side = |name: &str| p.input[name].as_u64().unwrap_or(1024) as u32;
-            let seed = p.input["seed"].as_u64().unwrap_or_else(|| stable_hash(prompt));
+            let seed = p.input["seed"]
+                .as_u64()
+                .unwrap_or_else(|| stable_hash(prompt));
             let image = png(side("width"), side("height"), seed);
             p.output = Some(self.common.store_file(format!("{id}.png"), image));
             p.status = "succeeded";
@@ -96,10 +103,16 @@ pub struct ReplicateDialect;
 impl Dialect for ReplicateDialect {
     fn error_body(status: u16) -> Value {
         let (title, detail) = match status {
-            401 => ("Unauthenticated", "You did not pass a valid authentication token"),
+            401 => (
+                "Unauthenticated",
+                "You did not pass a valid authentication token",
+            ),
             404 => ("Not found", "The requested resource could not be found."),
             422 => ("Input validation failed", "The input is invalid."),
-            429 => ("Request was throttled.", "Request was throttled. Expected available in 1 second."),
+            429 => (
+                "Request was throttled.",
+                "Request was throttled. Expected available in 1 second.",
+            ),
             _ => ("Internal Server Error", "An unexpected error occurred."),
         };
         json!({"title": title, "detail": detail, "status": status})
@@ -136,7 +149,12 @@ fn invalid(field: &str, kind: &str, description: &str) -> Response {
     )
 }
 
-async fn create(State(state): State<Arc<Replicate>>, Path((owner, name)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+async fn create(
+    State(state): State<Arc<Replicate>>,
+    Path((owner, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let model = format!("{owner}/{name}");
     if !MODELS.contains(&model.as_str()) {
         return json_response(StatusCode::NOT_FOUND, ReplicateDialect::error_body(404));
@@ -152,7 +170,11 @@ async fn create(State(state): State<Arc<Replicate>>, Path((owner, name)): Path<(
         if let Some(value) = input.get(side)
             && !value.as_u64().is_some_and(|v| (256..=1440).contains(&v))
         {
-            return invalid(side, "number.range", &format!("{side} must be between 256 and 1440"));
+            return invalid(
+                side,
+                "number.range",
+                &format!("{side} must be between 256 and 1440"),
+            );
         }
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -167,7 +189,9 @@ async fn create(State(state): State<Arc<Replicate>>, Path((owner, name)): Path<(
         created_at: rfc3339_now(),
     };
     // `Prefer: wait` asks for the finished prediction in this answer.
-    if header(&headers, "prefer").is_some_and(|p| p.starts_with("wait")) && !state.never_finish.load(Ordering::SeqCst) {
+    if header(&headers, "prefer").is_some_and(|p| p.starts_with("wait"))
+        && !state.never_finish.load(Ordering::SeqCst)
+    {
         state.finish(&id, &mut prediction);
     }
     let view = state.view(&id, &prediction);
@@ -180,7 +204,9 @@ async fn fetch(State(state): State<Arc<Replicate>>, Path(id): Path<String>) -> R
     let Some(prediction) = predictions.get_mut(&id) else {
         return json_response(StatusCode::NOT_FOUND, ReplicateDialect::error_body(404));
     };
-    if matches!(prediction.status, "starting" | "processing") && !state.never_finish.load(Ordering::SeqCst) {
+    if matches!(prediction.status, "starting" | "processing")
+        && !state.never_finish.load(Ordering::SeqCst)
+    {
         prediction.polls += 1;
         if prediction.polls >= state.polls_until_done.load(Ordering::SeqCst) {
             state.finish(&id, prediction);

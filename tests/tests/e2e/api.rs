@@ -35,8 +35,16 @@ async fn missing_malformed_wrong_crc_and_unknown_keys_are_unauthorized() {
     // Well formed (CRC matches) but never issued.
     let body = "0".repeat(64);
     let unknown = format!("sk_{body}_{:08x}", crc32(&body));
-    for key in [None, Some("sk_short"), Some(&valid[..75]), Some(wrong_crc.as_str()), Some(unknown.as_str())] {
-        let reply = server.call(Method::GET, "/v1/executions", key, None, &[]).await;
+    for key in [
+        None,
+        Some("sk_short"),
+        Some(&valid[..75]),
+        Some(wrong_crc.as_str()),
+        Some(unknown.as_str()),
+    ] {
+        let reply = server
+            .call(Method::GET, "/v1/executions", key, None, &[])
+            .await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{key:?}");
         assert_eq!(reply.error_code(), "UNAUTHORIZED");
     }
@@ -50,7 +58,11 @@ fn crc32(text: &str) -> u32 {
     for byte in text.bytes() {
         crc ^= byte as u32;
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -75,15 +87,47 @@ async fn bad_bodies_get_validation_errors_with_details_and_nothing_is_stored() {
     assert_eq!(body["error"]["details"][0]["field"], "body");
 
     let cases = [
-        (json!({"model": "no-such-model", "input": flux_input()}), "model", "INVALID_VALUE"),
+        (
+            json!({"model": "no-such-model", "input": flux_input()}),
+            "model",
+            "INVALID_VALUE",
+        ),
         (json!({"input": flux_input()}), "model", "REQUIRED"),
-        (json!({"model": "flux-1.1-pro", "input": "text"}), "input", "INVALID_TYPE"),
-        (json!({"model": "flux-1.1-pro", "input": {"width": 512}}), "input.prompt", "REQUIRED"),
-        (json!({"model": "flux-1.1-pro", "input": {"prompt": "x", "width": "wide"}}), "input.width", "INVALID_TYPE"),
-        (json!({"model": "flux-1.1-pro", "input": {"prompt": "x", "width": 100000}}), "input.width", "OUT_OF_RANGE"),
-        (json!({"model": "flux-1.1-pro", "input": {"prompt": "x", "style": "noir"}}), "input.style", "UNKNOWN_FIELD"),
-        (json!({"model": "flux-1.1-pro", "input": flux_input(), "colour": 1}), "colour", "UNKNOWN_FIELD"),
-        (json!({"model": "flux-1.1-pro", "input": flux_input(), "mode": "LATER"}), "mode", "INVALID_VALUE"),
+        (
+            json!({"model": "flux-1.1-pro", "input": "text"}),
+            "input",
+            "INVALID_TYPE",
+        ),
+        (
+            json!({"model": "flux-1.1-pro", "input": {"width": 512}}),
+            "input.prompt",
+            "REQUIRED",
+        ),
+        (
+            json!({"model": "flux-1.1-pro", "input": {"prompt": "x", "width": "wide"}}),
+            "input.width",
+            "INVALID_TYPE",
+        ),
+        (
+            json!({"model": "flux-1.1-pro", "input": {"prompt": "x", "width": 100000}}),
+            "input.width",
+            "OUT_OF_RANGE",
+        ),
+        (
+            json!({"model": "flux-1.1-pro", "input": {"prompt": "x", "style": "noir"}}),
+            "input.style",
+            "UNKNOWN_FIELD",
+        ),
+        (
+            json!({"model": "flux-1.1-pro", "input": flux_input(), "colour": 1}),
+            "colour",
+            "UNKNOWN_FIELD",
+        ),
+        (
+            json!({"model": "flux-1.1-pro", "input": flux_input(), "mode": "LATER"}),
+            "mode",
+            "INVALID_VALUE",
+        ),
     ];
     for (body, field, code) in cases {
         let reply = server.post("/v1/executions", body.clone()).await;
@@ -91,7 +135,9 @@ async fn bad_bodies_get_validation_errors_with_details_and_nothing_is_stored() {
         assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
         let details = reply.body["error"]["details"].as_array().expect("details");
         assert!(
-            details.iter().any(|d| d["field"] == field && d["code"] == code),
+            details
+                .iter()
+                .any(|d| d["field"] == field && d["code"] == code),
             "{body} → {details:?}"
         );
     }
@@ -104,7 +150,11 @@ async fn bad_bodies_get_validation_errors_with_details_and_nothing_is_stored() {
 #[tokio::test]
 async fn unknown_routes_and_ids_are_not_found_in_the_envelope() {
     let server = server().await;
-    for path in ["/v1/nothing", "/v1/executions/exec_00000000-0000-4000-8000-000000000000", "/v1/files/file_x"] {
+    for path in [
+        "/v1/nothing",
+        "/v1/executions/exec_00000000-0000-4000-8000-000000000000",
+        "/v1/files/file_x",
+    ] {
         let reply = server.get(path).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(reply.error_code(), "NOT_FOUND");
@@ -116,13 +166,31 @@ async fn a_hold_beyond_the_balance_is_refused_and_creates_nothing() {
     let server = server().await;
     let poor = server.new_organization("0.01").await;
     let reply = server
-        .call(Method::POST, "/v1/executions", Some(&poor), Some(json!({"model": "flux-1.1-pro", "input": flux_input()})), &[("Idempotency-Key", "k1")])
+        .call(
+            Method::POST,
+            "/v1/executions",
+            Some(&poor),
+            Some(json!({"model": "flux-1.1-pro", "input": flux_input()})),
+            &[("Idempotency-Key", "k1")],
+        )
         .await;
-    assert_eq!(reply.status, StatusCode::PAYMENT_REQUIRED, "{:?}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYMENT_REQUIRED,
+        "{:?}",
+        reply.body
+    );
     assert_eq!(reply.error_code(), "INSUFFICIENT_BALANCE");
-    let balance = server.call(Method::GET, "/v1/balance", Some(&poor), None, &[]).await;
-    assert_eq!(balance.body, json!({"available": "0.01", "held": "0", "currency": "USD"}));
-    let listed = server.call(Method::GET, "/v1/executions", Some(&poor), None, &[]).await;
+    let balance = server
+        .call(Method::GET, "/v1/balance", Some(&poor), None, &[])
+        .await;
+    assert_eq!(
+        balance.body,
+        json!({"available": "0.01", "held": "0", "currency": "USD"})
+    );
+    let listed = server
+        .call(Method::GET, "/v1/executions", Some(&poor), None, &[])
+        .await;
     assert_eq!(listed.body["data"], json!([]));
 }
 
@@ -131,13 +199,25 @@ async fn the_operator_api_needs_the_operator_token() {
     let server = server().await;
     for token in [None, Some("op_wrong"), Some(server.api_key.as_str())] {
         let reply = server
-            .call(Method::POST, "/admin/v1/organizations", token, Some(json!({"name": "x", "credit_usd": "1"})), &[])
+            .call(
+                Method::POST,
+                "/admin/v1/organizations",
+                token,
+                Some(json!({"name": "x", "credit_usd": "1"})),
+                &[],
+            )
             .await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         assert_eq!(reply.error_code(), "UNAUTHORIZED");
     }
     let reply = server
-        .call(Method::POST, "/admin/v1/organizations", Some(&server.admin_token), Some(json!({"name": "", "credit_usd": "1"})), &[])
+        .call(
+            Method::POST,
+            "/admin/v1/organizations",
+            Some(&server.admin_token),
+            Some(json!({"name": "", "credit_usd": "1"})),
+            &[],
+        )
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }

@@ -12,7 +12,9 @@ use crate::support::{ProviderSpec, Server, flux_input};
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn replicate_emulator() -> Emulator<replicate::Replicate> {
-    replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap()
+    replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap()
 }
 
 async fn openai_emulator() -> Emulator<openai::OpenAi> {
@@ -60,7 +62,13 @@ async fn flux_completes_with_a_real_png_and_the_hold_settles_to_the_cost() {
     let emulator = replicate_emulator().await;
     let server = Server::start(&[replicate_provider(&emulator)]).await;
     let reply = server
-        .call(Method::POST, "/v1/executions", Some(&server.api_key), Some(flux()), &[("Idempotency-Key", "first")])
+        .call(
+            Method::POST,
+            "/v1/executions",
+            Some(&server.api_key),
+            Some(flux()),
+            &[("Idempotency-Key", "first")],
+        )
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
     let accepted = &reply.body;
@@ -72,7 +80,12 @@ async fn flux_completes_with_a_real_png_and_the_hold_settles_to_the_cost() {
 
     let id = accepted["id"].as_str().unwrap();
     let execution = server.wait_terminal(id, WAIT).await;
-    assert_eq!(execution["status"], "COMPLETED", "{execution}\n{}", server.log());
+    assert_eq!(
+        execution["status"],
+        "COMPLETED",
+        "{execution}\n{}",
+        server.log()
+    );
     assert_eq!(execution["cost"], "0.04");
     assert!(execution["latency_ms"].as_i64().unwrap() >= 0);
     assert_no_provider_leak(&execution, &emulator.base_url());
@@ -80,7 +93,14 @@ async fn flux_completes_with_a_real_png_and_the_hold_settles_to_the_cost() {
     let result = server.get(&format!("/v1/executions/{id}/result")).await;
     assert_eq!(result.status, StatusCode::OK);
     let image = &result.body["output"]["images"][0];
-    assert_eq!((image["format"].as_str(), image["width"].as_u64(), image["height"].as_u64()), (Some("png"), Some(512), Some(384)));
+    assert_eq!(
+        (
+            image["format"].as_str(),
+            image["width"].as_u64(),
+            image["height"].as_u64()
+        ),
+        (Some("png"), Some(512), Some(384))
+    );
     let file_id = image["file_id"].as_str().unwrap();
     assert!(file_id.starts_with("file_"));
 
@@ -91,13 +111,25 @@ async fn flux_completes_with_a_real_png_and_the_hold_settles_to_the_cost() {
     assert_eq!((info.width, info.height), (512, 384));
 
     let balance = server.get("/v1/balance").await.body;
-    assert_eq!(balance, json!({"available": "99.96", "held": "0", "currency": "USD"}));
+    assert_eq!(
+        balance,
+        json!({"available": "99.96", "held": "0", "currency": "USD"})
+    );
     let ledger = server.get("/v1/ledger").await.body;
-    let kinds: Vec<&str> = ledger["data"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = ledger["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["deposit", "hold", "settle", "release"]);
 
     // The host, not the client, authenticated to the provider.
-    let created = emulator.requests().into_iter().find(|r| r.path.ends_with("/predictions")).unwrap();
+    let created = emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/predictions"))
+        .unwrap();
     assert_eq!(created.header("authorization"), Some("Bearer emulator-key"));
     assert!(!created.body.contains(&server.api_key));
 }
@@ -110,7 +142,10 @@ async fn the_openai_format_returns_inline_images_and_text() {
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "COMPLETED", "{execution}");
     let image = &execution["result"]["output"]["images"][0];
-    assert_eq!((image["width"].as_u64(), image["height"].as_u64()), (Some(512), Some(384)));
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(512), Some(384))
+    );
     assert_no_provider_leak(&execution, &emulator.base_url());
 
     let reply = server
@@ -119,10 +154,18 @@ async fn the_openai_format_returns_inline_images_and_text() {
             json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC", "input": {"messages": [{"role": "user", "content": "Say hi"}]}}),
         )
         .await;
-    assert_eq!(reply.status, StatusCode::OK, "SYNC answers the terminal execution: {:?}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "SYNC answers the terminal execution: {:?}",
+        reply.body
+    );
     assert_eq!(reply.body["status"], "COMPLETED");
     assert_eq!(reply.body["result"]["output"]["text"], "Echo: hi Say");
-    assert_eq!(reply.body["result"]["output"]["usage"], json!({"input_tokens": 2, "output_tokens": 3}));
+    assert_eq!(
+        reply.body["result"]["output"]["usage"],
+        json!({"input_tokens": 2, "output_tokens": 3})
+    );
 }
 
 #[tokio::test]
@@ -130,12 +173,20 @@ async fn moderation_fails_at_once_without_failover_and_releases_the_hold() {
     let first = replicate_emulator().await;
     let second = openai_emulator().await;
     let server = Server::start(&[replicate_provider(&first), openai_provider(&second)]).await;
-    let id = create(&server, json!({"model": "flux-1.1-pro", "input": {"prompt": "something nsfw"}})).await;
+    let id = create(
+        &server,
+        json!({"model": "flux-1.1-pro", "input": {"prompt": "something nsfw"}}),
+    )
+    .await;
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "FAILED");
     assert_eq!(execution["error"]["code"], "CONTENT_MODERATION_REJECTED");
     assert_eq!(execution["error"]["retryable"], false);
-    assert_eq!(second.count("/v1/"), 0, "a moderation rejection must not fail over");
+    assert_eq!(
+        second.count("/v1/"),
+        0,
+        "a moderation rejection must not fail over"
+    );
     assert_no_provider_leak(&execution, &first.base_url());
     let balance = server.get("/v1/balance").await.body;
     assert_eq!(balance["available"], "100");
@@ -145,7 +196,11 @@ async fn moderation_fails_at_once_without_failover_and_releases_the_hold() {
 #[tokio::test]
 async fn a_failing_provider_fails_over_to_the_next() {
     let broken = replicate_emulator().await;
-    broken.set_always(Some(Fault::Status { status: 500, retry_after: None, body: None }));
+    broken.set_always(Some(Fault::Status {
+        status: 500,
+        retry_after: None,
+        body: None,
+    }));
     let healthy = openai_emulator().await;
     let server = Server::start(&[replicate_provider(&broken), openai_provider(&healthy)]).await;
     let id = create(&server, flux()).await;
@@ -158,9 +213,21 @@ async fn a_failing_provider_fails_over_to_the_next() {
 #[tokio::test]
 async fn transient_faults_are_retried_until_the_provider_answers() {
     for fault in [
-        Fault::Status { status: 429, retry_after: Some(1), body: None },
-        Fault::Status { status: 429, retry_after: None, body: None },
-        Fault::Status { status: 500, retry_after: None, body: None },
+        Fault::Status {
+            status: 429,
+            retry_after: Some(1),
+            body: None,
+        },
+        Fault::Status {
+            status: 429,
+            retry_after: None,
+            body: None,
+        },
+        Fault::Status {
+            status: 500,
+            retry_after: None,
+            body: None,
+        },
         Fault::Reset,
         Fault::Malformed,
     ] {
@@ -170,7 +237,11 @@ async fn transient_faults_are_retried_until_the_provider_answers() {
         let id = create(&server, flux()).await;
         let execution = server.wait_terminal(&id, WAIT).await;
         assert_eq!(execution["status"], "COMPLETED", "{fault:?}: {execution}");
-        assert_eq!(emulator.count("/v1/models/"), 2, "{fault:?}: one failed submit, one retry");
+        assert_eq!(
+            emulator.count("/v1/models/"),
+            2,
+            "{fault:?}: one failed submit, one retry"
+        );
     }
 }
 
@@ -178,7 +249,11 @@ async fn transient_faults_are_retried_until_the_provider_answers() {
 async fn a_silent_provider_times_out_and_the_execution_fails_cleanly() {
     let emulator = replicate_emulator().await;
     emulator.set_always(Some(Fault::Hang));
-    let server = Server::start_with(&[replicate_provider(&emulator)], "max_attempts = 2\nupstream_timeout_ms = 300").await;
+    let server = Server::start_with(
+        &[replicate_provider(&emulator)],
+        "max_attempts = 2\nupstream_timeout_ms = 300",
+    )
+    .await;
     let id = create(&server, flux()).await;
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "FAILED");
@@ -190,7 +265,11 @@ async fn a_silent_provider_times_out_and_the_execution_fails_cleanly() {
 #[tokio::test]
 async fn exhausted_retries_fail_with_the_provider_classification() {
     let emulator = replicate_emulator().await;
-    emulator.set_always(Some(Fault::Status { status: 503, retry_after: None, body: None }));
+    emulator.set_always(Some(Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: None,
+    }));
     let server = Server::start_with(&[replicate_provider(&emulator)], "max_attempts = 3").await;
     let id = create(&server, flux()).await;
     let execution = server.wait_terminal(&id, WAIT).await;
@@ -208,16 +287,28 @@ async fn cancel_stops_a_running_job_releases_the_hold_and_is_idempotent() {
     let id = create(&server, flux()).await;
     wait_status(&server, &id, "AWAITING_WEBHOOK").await;
 
-    let cancelled = server.post(&format!("/v1/executions/{id}/cancel"), json!({})).await;
+    let cancelled = server
+        .post(&format!("/v1/executions/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
     assert_eq!(cancelled.body["status"], "CANCELLED");
-    let again = server.post(&format!("/v1/executions/{id}/cancel"), json!({})).await;
+    let again = server
+        .post(&format!("/v1/executions/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(server.get("/v1/balance").await.body["held"], "0");
     assert_eq!(server.get("/v1/balance").await.body["available"], "100");
     let deadline = std::time::Instant::now() + WAIT;
-    while emulator.count("/v1/predictions/") == 0 || !emulator.requests().iter().any(|r| r.path.ends_with("/cancel")) {
-        assert!(std::time::Instant::now() < deadline, "the provider was never asked to cancel");
+    while emulator.count("/v1/predictions/") == 0
+        || !emulator
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/cancel"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provider was never asked to cancel"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let result = server.get(&format!("/v1/executions/{id}/result")).await;
@@ -227,9 +318,16 @@ async fn cancel_stops_a_running_job_releases_the_hold_and_is_idempotent() {
     let done = create(&server, flux()).await;
     emulator.state.set_never_finish(false);
     server.wait_terminal(&done, WAIT).await;
-    let conflict = server.post(&format!("/v1/executions/{done}/cancel"), json!({})).await;
+    let conflict = server
+        .post(&format!("/v1/executions/{done}/cancel"), json!({}))
+        .await;
     assert_eq!(conflict.status, StatusCode::CONFLICT);
-    assert!(conflict.body["error"]["message"].as_str().unwrap().contains("COMPLETED"));
+    assert!(
+        conflict.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("COMPLETED")
+    );
 }
 
 #[tokio::test]
@@ -247,7 +345,15 @@ async fn a_job_that_never_finishes_expires_and_releases_its_hold() {
 async fn an_idempotency_key_answers_the_same_execution_and_refuses_another_body() {
     let emulator = replicate_emulator().await;
     let server = Server::start(&[replicate_provider(&emulator)]).await;
-    let send = |body: Value| server.call(Method::POST, "/v1/executions", Some(&server.api_key), Some(body), &[("Idempotency-Key", "same")]);
+    let send = |body: Value| {
+        server.call(
+            Method::POST,
+            "/v1/executions",
+            Some(&server.api_key),
+            Some(body),
+            &[("Idempotency-Key", "same")],
+        )
+    };
     let first = send(flux()).await;
     let second = send(flux()).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
@@ -261,8 +367,14 @@ async fn an_idempotency_key_answers_the_same_execution_and_refuses_another_body(
     assert_eq!(other.error_code(), "CONFLICT");
     let listed = server.get("/v1/executions").await;
     assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
-    let balance = server.get("/v1/balance").await.body;
-    assert_eq!(balance["held"].as_str().unwrap().parse::<f64>().unwrap() + balance["available"].as_str().unwrap().parse::<f64>().unwrap() <= 100.0, true);
+    let ledger = server.get("/v1/ledger").await.body;
+    let holds = ledger["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "hold")
+        .count();
+    assert_eq!(holds, 1, "one hold for the one execution");
 }
 
 #[tokio::test]
@@ -271,7 +383,10 @@ async fn another_organization_sees_nothing() {
     let server = Server::start(&[replicate_provider(&emulator)]).await;
     let id = create(&server, flux()).await;
     let execution = server.wait_terminal(&id, WAIT).await;
-    let file = execution["result"]["output"]["images"][0]["file_id"].as_str().unwrap().to_string();
+    let file = execution["result"]["output"]["images"][0]["file_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let other = server.new_organization("5").await;
     for path in [
         format!("/v1/executions/{id}"),
@@ -279,13 +394,25 @@ async fn another_organization_sees_nothing() {
         format!("/v1/files/{file}"),
         format!("/v1/files/{file}/download"),
     ] {
-        let reply = server.call(Method::GET, &path, Some(&other), None, &[]).await;
+        let reply = server
+            .call(Method::GET, &path, Some(&other), None, &[])
+            .await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(reply.error_code(), "NOT_FOUND");
     }
-    let cancel = server.call(Method::POST, &format!("/v1/executions/{id}/cancel"), Some(&other), Some(json!({})), &[]).await;
+    let cancel = server
+        .call(
+            Method::POST,
+            &format!("/v1/executions/{id}/cancel"),
+            Some(&other),
+            Some(json!({})),
+            &[],
+        )
+        .await;
     assert_eq!(cancel.status, StatusCode::NOT_FOUND);
-    let listed = server.call(Method::GET, "/v1/executions", Some(&other), None, &[]).await;
+    let listed = server
+        .call(Method::GET, "/v1/executions", Some(&other), None, &[])
+        .await;
     assert_eq!(listed.body["data"], json!([]));
 }
 
@@ -300,13 +427,24 @@ async fn listing_is_newest_first_with_cursor_pagination_and_filters() {
         ids.push(id);
     }
     let page = server.get("/v1/executions?limit=2").await.body;
-    let first: Vec<&str> = page["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let first: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
     assert_eq!(first, [ids[2].as_str(), ids[1].as_str()]);
     assert_eq!(page["has_more"], true);
-    let rest = server.get(&format!("/v1/executions?limit=2&starting_after={}", ids[1])).await.body;
+    let rest = server
+        .get(&format!("/v1/executions?limit=2&starting_after={}", ids[1]))
+        .await
+        .body;
     assert_eq!(rest["data"][0]["id"], ids[0].as_str());
     assert_eq!(rest["has_more"], false);
-    let completed = server.get("/v1/executions?status=COMPLETED&model=flux-1.1-pro").await.body;
+    let completed = server
+        .get("/v1/executions?status=COMPLETED&model=flux-1.1-pro")
+        .await
+        .body;
     assert_eq!(completed["data"].as_array().unwrap().len(), 3);
     let none = server.get("/v1/executions?status=FAILED").await.body;
     assert_eq!(none["data"], json!([]));
@@ -321,7 +459,10 @@ pub async fn wait_status(server: &Server, id: &str, status: &str) {
         if current["status"] == status {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{id} never reached {status}: {current}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never reached {status}: {current}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

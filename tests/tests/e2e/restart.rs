@@ -13,7 +13,9 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_job_running_at_the_provider_is_polled_again_after_kill_9() {
-    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
     emulator.state.set_never_finish(true);
     let mut server = Server::start(&[ProviderSpec {
         name: "replicate-emulator",
@@ -22,7 +24,12 @@ async fn a_job_running_at_the_provider_is_polled_again_after_kill_9() {
         models: &["flux-1.1-pro"],
     }])
     .await;
-    let reply = server.post("/v1/executions", json!({"model": "flux-1.1-pro", "input": flux_input()})).await;
+    let reply = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-1.1-pro", "input": flux_input()}),
+        )
+        .await;
     let id = reply.body["id"].as_str().unwrap().to_string();
     wait_status(&server, &id, "AWAITING_WEBHOOK").await;
 
@@ -38,12 +45,17 @@ async fn a_job_running_at_the_provider_is_polled_again_after_kill_9() {
         "the provider job was resumed, not submitted again"
     );
     let balance = server.get("/v1/balance").await.body;
-    assert_eq!(balance, json!({"available": "99.96", "held": "0", "currency": "USD"}));
+    assert_eq!(
+        balance,
+        json!({"available": "99.96", "held": "0", "currency": "USD"})
+    );
 }
 
 #[tokio::test]
 async fn executions_cut_at_any_point_all_finish_after_kill_9() {
-    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
     // Slow submits, so the kill lands on executions in every state: queued,
     // mid-submit, waiting for the provider, finished.
     emulator.set_always(Some(Fault::Delay { ms: 150 }));
@@ -57,9 +69,17 @@ async fn executions_cut_at_any_point_all_finish_after_kill_9() {
     let mut ids = Vec::new();
     for i in 0..40 {
         let reply = server
-            .post("/v1/executions", json!({"model": "flux-1.1-pro", "input": {"prompt": format!("picture {i}")}}))
+            .post(
+                "/v1/executions",
+                json!({"model": "flux-1.1-pro", "input": {"prompt": format!("picture {i}")}}),
+            )
             .await;
-        assert_eq!(reply.status, reqwest::StatusCode::ACCEPTED, "{:?}", reply.body);
+        assert_eq!(
+            reply.status,
+            reqwest::StatusCode::ACCEPTED,
+            "{:?}",
+            reply.body
+        );
         ids.push(reply.body["id"].as_str().unwrap().to_string());
     }
     server.kill();
@@ -73,10 +93,15 @@ async fn executions_cut_at_any_point_all_finish_after_kill_9() {
             ["COMPLETED", "FAILED"].contains(&execution["status"].as_str().unwrap()),
             "{execution}"
         );
-        spent += execution["cost"].as_str().map_or(0.0, |c| c.parse::<f64>().unwrap());
+        spent += execution["cost"]
+            .as_str()
+            .map_or(0.0, |c| c.parse::<f64>().unwrap());
     }
     let balance = server.get("/v1/balance").await.body;
     assert_eq!(balance["held"], "0", "no orphan hold");
     let available: f64 = balance["available"].as_str().unwrap().parse().unwrap();
-    assert!((available + spent - 100.0).abs() < 1e-9, "{available} + {spent} != 100");
+    assert!(
+        (available + spent - 100.0).abs() < 1e-9,
+        "{available} + {spent} != 100"
+    );
 }

@@ -172,7 +172,11 @@ impl Server {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("the server exited with {status}; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "the server did not become ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the server did not become ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -198,7 +202,14 @@ impl Server {
         self.launch().await;
     }
 
-    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>, headers: &[(&str, &str)]) -> Reply {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
         if let Some(key) = key {
             request = request.bearer_auth(key);
@@ -221,11 +232,13 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.call(Method::GET, path, Some(&self.api_key), None, &[]).await
+        self.call(Method::GET, path, Some(&self.api_key), None, &[])
+            .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.call(Method::POST, path, Some(&self.api_key), Some(body), &[]).await
+        self.call(Method::POST, path, Some(&self.api_key), Some(body), &[])
+            .await
     }
 
     pub async fn bytes(&self, path: &str) -> (StatusCode, Vec<u8>) {
@@ -236,7 +249,10 @@ impl Server {
             .send()
             .await
             .expect("request");
-        (response.status(), response.bytes().await.expect("body").to_vec())
+        (
+            response.status(),
+            response.bytes().await.expect("body").to_vec(),
+        )
     }
 
     /// Polls until the execution is terminal (or panics after `timeout`).
@@ -245,11 +261,18 @@ impl Server {
         loop {
             let reply = self.get(&format!("/v1/executions/{id}")).await;
             assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-            let status = reply.body["status"].as_str().unwrap_or_default().to_string();
+            let status = reply.body["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if ["COMPLETED", "FAILED", "CANCELLED", "EXPIRED"].contains(&status.as_str()) {
                 return reply.body;
             }
-            assert!(Instant::now() < deadline, "execution {id} still {status}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "execution {id} still {status}; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
