@@ -4,6 +4,9 @@
 SHELL := bash
 CARGO ?= cargo
 PLUGINS := replicate openai
+# Adapters that only tests load (they misbehave on purpose).
+TEST_PLUGINS := hostile
+TEST_DIST := target/test-plugins
 PLUGIN_TARGET := wasm32-wasip2
 PLUGIN_OUT := target/$(PLUGIN_TARGET)/plugin
 DIST := plugins/dist
@@ -16,10 +19,12 @@ setup:
 
 ## Builds every adapter to a WebAssembly component in plugins/dist/.
 plugins: setup
-	$(CARGO) build --profile plugin --target $(PLUGIN_TARGET) $(addprefix -p modelroute-plugin-,$(PLUGINS))
-	@mkdir -p $(DIST)
+	$(CARGO) build --profile plugin --target $(PLUGIN_TARGET) $(addprefix -p modelroute-plugin-,$(PLUGINS)) \
+	  $(addprefix -p modelroute-fixture-,$(TEST_PLUGINS))
+	@mkdir -p $(DIST) $(TEST_DIST)
 	@for p in $(PLUGINS); do cp $(PLUGIN_OUT)/modelroute_plugin_$$p.wasm $(DIST)/$$p.wasm; done
-	@ls -l $(DIST)
+	@for p in $(TEST_PLUGINS); do cp $(PLUGIN_OUT)/modelroute_fixture_$$p.wasm $(TEST_DIST)/$$p.wasm; done
+	@ls -l $(DIST) $(TEST_DIST)
 
 ## The server, the CLI and the provider emulators.
 build: plugins

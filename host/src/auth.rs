@@ -329,6 +329,36 @@ impl OperatorToken {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_rotated_secret_works_for_one_hour_then_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db.redb")).unwrap();
+        let (old, key_id) = store
+            .write(|txn| {
+                let (key, secret) = create_key(txn, "org_a", Scope::Full)?;
+                Ok((secret, key.id))
+            })
+            .await
+            .unwrap();
+        let rotated = store
+            .write(move |txn| rotate_key(txn, "org_a", &key_id))
+            .await
+            .unwrap()
+            .ok()
+            .unwrap();
+        let now = crate::clock::now();
+        let at = |secret: &str, when| {
+            store
+                .read(|txn| authenticate(txn, secret, when))
+                .unwrap()
+                .is_some()
+        };
+        assert!(at(&old, now + chrono::Duration::minutes(59)));
+        assert!(!at(&old, now + chrono::Duration::minutes(61)));
+        assert!(at(&rotated.secret, now + chrono::Duration::days(30)));
+        assert!(rotated.previous_valid_until <= now + ROTATION_GRACE);
+    }
+
     #[test]
     fn generated_secrets_are_well_formed_and_76_chars() {
         for _ in 0..50 {

@@ -101,12 +101,24 @@ pub struct ProviderConfig {
     /// hosts (`host` or `host:port`) requests may go to; defaults to the base URL's
     /// host plus the adapter's manifest hosts
     pub allowed_hosts: Option<Vec<String>>,
+    /// requests in flight to this provider at most (the bulkhead)
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
     pub models: BTreeMap<String, ProviderModelConfig>,
+}
+
+fn default_max_concurrency() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderModelConfig {
+    /// ranking preference: the estimated cost is divided by it (default 1)
+    pub weight: Option<f64>,
+    /// when any provider of a model is pinned, only pinned ones serve it
+    #[serde(default)]
+    pub pinned: bool,
     /// the provider's own model name, when it differs from the adapter's default
     pub provider_model: Option<String>,
     /// unit prices (USD decimal strings) replacing the adapter's defaults

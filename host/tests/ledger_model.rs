@@ -86,6 +86,7 @@ fn execution(org: &str, estimate: Micros) -> Execution {
         webhook_url: None,
         hold_amount: Micros::hold_for(estimate),
         estimated_cost: estimate,
+        usage_estimate: Default::default(),
         cost: None,
         created_at: now,
         started_at: None,

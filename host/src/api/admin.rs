@@ -161,6 +161,15 @@ fn store_account(txn: &redb::WriteTransaction, org_id: &str) -> anyhow::Result<b
     Ok(crate::store::get(&txn.open_table(crate::store::ACCOUNTS)?, org_id)?.unwrap_or_default())
 }
 
+/// `GET /admin/v1/ledger/verify`: balances rebuilt from the entries, compared.
+pub async fn verify_ledger(
+    State(app): State<Arc<App>>,
+    _: Operator,
+) -> Result<Json<Value>, ApiError> {
+    let report = app.executions.verify_ledger()?;
+    Ok(Json(json!(report)))
+}
+
 /// `GET /admin/v1/plugins`: what is loaded.
 pub async fn plugins(State(app): State<Arc<App>>, _: Operator) -> Json<Value> {
     let plugins: Vec<Value> = app

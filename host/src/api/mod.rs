@@ -50,6 +50,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/organizations", post(admin::create_organization))
         .route("/organizations/{id}/credit", post(admin::credit))
         .route("/plugins", get(admin::plugins))
+        .route("/ledger/verify", get(admin::verify_ledger))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

@@ -41,7 +41,7 @@ fn describe(app: &App, slug: &str) -> Option<Value> {
         "description": first.model.description,
         "input_schema": serde_json::from_str::<Value>(&first.model.input_schema).unwrap_or(Value::Null),
         "pricing": pricing(cheapest),
-        "available": candidates.iter().any(|c| c.provider.is_healthy()),
+        "available": candidates.iter().any(|c| c.provider.is_available()),
     }))
 }
 

@@ -10,7 +10,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::model::{Attempt, Execution, JobRecord, Status};
@@ -277,16 +277,27 @@ impl Dispatcher {
     }
 
     async fn start_attempt(&self, execution: &Execution) -> Result<AttemptEnd> {
-        let candidates = self.router.candidates(&execution.model);
-        if candidates.is_empty() {
+        let ranked = self
+            .router
+            .ranked(&execution.model, &execution.usage_estimate);
+        // A retry prefers the best provider not tried yet.
+        let candidate = ranked
+            .iter()
+            .find(|c| {
+                !execution
+                    .attempts
+                    .iter()
+                    .any(|a| a.provider == c.provider.name)
+            })
+            .or(ranked.first())
+            .cloned();
+        let Some(candidate) = candidate else {
             return Ok(AttemptEnd::Failed(failure(
                 wit::ErrorCode::ModelUnavailable,
                 "no loaded adapter serves this model",
                 false,
             )));
-        }
-        // Rotate through the ranked candidates: a retry goes to the next provider.
-        let candidate = candidates[execution.attempts.len() % candidates.len()].clone();
+        };
         let now = clock::now();
         let attempt = Attempt {
             id: new_short_id("att"),
@@ -470,10 +481,27 @@ impl Dispatcher {
             auth: &candidate.plugin.manifest.auth,
             credential: candidate.provider.credential.as_deref(),
         };
-        let response = match self.upstream.send(&target, request).await {
-            Ok(response) => response,
+        let provider = &candidate.provider;
+        if !provider.breaker.try_acquire(Instant::now()) {
+            let open = failure(
+                wit::ErrorCode::ServiceUnavailable,
+                "the provider's circuit breaker is open",
+                true,
+            );
+            return (wit::Outcome::Failed(open), false);
+        }
+        let sent = {
+            let _permit = provider.bulkhead.acquire().await;
+            let started = Instant::now();
+            self.upstream
+                .send(&target, request)
+                .await
+                .map(|r| (r, started.elapsed()))
+        };
+        let (response, latency) = match sent {
+            Ok(sent) => sent,
             Err(error) => {
-                candidate.provider.record_failure();
+                provider.breaker.record(false, None, Instant::now());
                 return (wit::Outcome::Failed(error.failure()), false);
             }
         };
@@ -490,10 +518,11 @@ impl Dispatcher {
             Ok(outcome) => outcome,
             Err(error) => wit::Outcome::Failed(plugin_failure(error)),
         };
-        match &outcome {
-            wit::Outcome::Failed(f) if f.retryable => candidate.provider.record_failure(),
-            _ => candidate.provider.record_success(),
-        }
+        // A provider that answers, even "no" to a bad input, is healthy.
+        let healthy = !matches!(&outcome, wit::Outcome::Failed(f) if f.retryable);
+        provider
+            .breaker
+            .record(healthy, Some(latency), Instant::now());
         (outcome, answered)
     }
 
@@ -509,7 +538,10 @@ impl Dispatcher {
             Ok(stored) => stored,
             Err(failure) => return Ok(Some(failure)),
         };
-        let cost = routing::cost(&candidate.model.price, &completion.usage);
+        let cost = routing::cost(
+            &candidate.model.price,
+            &routing::Units::from(&completion.usage),
+        );
         let file_ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
         let completed = self
             .executions

@@ -88,33 +88,30 @@ impl Executions {
         request: CreateRequest,
         idempotency: Option<(String, String)>,
     ) -> Result<Created, ApiError> {
-        let candidates = self.router.candidates(&request.model);
-        let Some(chosen) = candidates.first() else {
+        let candidates = self
+            .router
+            .ranked(&request.model, &routing::Units::default());
+        let Some(first) = candidates.first() else {
             return Err(ApiError::invalid(
                 "model",
                 DetailCode::InvalidValue,
                 format!("unknown model {:?}; see GET /v1/models", request.model),
             ));
         };
-        self.validate_input(chosen, &request.input)?;
-
-        let input_text = request.input.to_string();
-        let (slug, provider_model) = (
-            chosen.model.slug.clone(),
-            chosen.model.provider_model.clone(),
-        );
-        let usage = chosen
-            .plugin
-            .call_async("estimate", move |adapter, store| {
-                adapter.call_estimate(store, &slug, &provider_model, &input_text)
-            })
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "estimate failed");
-                ApiError::new(Code::InternalError, Code::InternalError.client_message())
-            })?
-            .map_err(|failure| failure_to_api(&failure))?;
-        let estimated_cost = routing::cost(&chosen.model.price, &usage);
+        self.validate_input(first, &request.input)?;
+        // Rank the providers for what this input consumes, then price it with the
+        // adapter of the one that will run it.
+        let mut units = estimate(first, &request.input).await?;
+        let chosen = self
+            .router
+            .ranked(&request.model, &units)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| first.clone());
+        if chosen.plugin.sha256 != first.plugin.sha256 {
+            units = estimate(&chosen, &request.input).await?;
+        }
+        let estimated_cost = routing::cost(&chosen.model.price, &units);
         let hold_amount = Micros::hold_for(estimated_cost);
 
         let now = clock::now();
@@ -129,6 +126,7 @@ impl Executions {
             webhook_url: request.webhook_url,
             hold_amount,
             estimated_cost,
+            usage_estimate: units,
             cost: None,
             created_at: now,
             started_at: None,
@@ -448,6 +446,48 @@ impl Executions {
         .await
     }
 
+    /// Rebuilds every organization's balances from the ledger entries and checks
+    /// them against the stored accounts, and that each organization's held amount is
+    /// exactly the holds of its non-terminal executions (no orphan hold).
+    pub fn verify_ledger(&self) -> Result<LedgerReport> {
+        self.store.read(|txn| {
+            let rebuilt = billing::rebuild_from_entries(txn)?;
+            let executions = txn.open_table(EXECUTIONS)?;
+            let mut open_holds: std::collections::BTreeMap<String, u64> = Default::default();
+            for row in txn.open_table(ACTIVE_EXECUTIONS)?.iter()? {
+                let (id, _) = row?;
+                if let Some(execution) = load(&executions, id.value())? {
+                    *open_holds.entry(execution.organization_id).or_default() +=
+                        execution.hold_amount.0;
+                }
+            }
+            let mut mismatches = Vec::new();
+            for (org, from_entries) in &rebuilt {
+                let stored = billing::account(txn, org)?;
+                if stored != *from_entries {
+                    mismatches.push(format!(
+                        "{org}: stored {stored:?}, entries {from_entries:?}"
+                    ));
+                }
+                if stored.deposits.0 != stored.available.0 + stored.held.0 + stored.spent.0 {
+                    mismatches.push(format!("{org}: deposits != available + held + spent"));
+                }
+                let held = open_holds.get(org).copied().unwrap_or(0);
+                if stored.held.0 != held {
+                    mismatches.push(format!(
+                        "{org}: held {} but open executions hold {held}",
+                        stored.held
+                    ));
+                }
+            }
+            Ok(LedgerReport {
+                organizations: rebuilt.len(),
+                consistent: mismatches.is_empty(),
+                mismatches,
+            })
+        })
+    }
+
     /// Ids of every non-terminal execution with its deadline.
     pub fn active(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
         self.store.read(|txn| {
@@ -460,6 +500,14 @@ impl Executions {
                 .collect()
         })
     }
+}
+
+/// What [`Executions::verify_ledger`] found.
+#[derive(Debug, Serialize)]
+pub struct LedgerReport {
+    pub organizations: usize,
+    pub consistent: bool,
+    pub mismatches: Vec<String>,
 }
 
 /// How an execution ends.
@@ -523,6 +571,30 @@ fn save(txn: &redb::WriteTransaction, execution: &Execution) -> Result<()> {
 /// method, path and the canonical (key-sorted) JSON body.
 pub fn request_hash(method: &str, path: &str, body: &Value) -> String {
     hex::encode(Sha256::digest(format!("{method} {path}\n{body}")))
+}
+
+/// The usage `candidate`'s adapter expects `input` to consume.
+async fn estimate(
+    candidate: &routing::Candidate,
+    input: &Value,
+) -> Result<routing::Units, ApiError> {
+    let input_text = input.to_string();
+    let (slug, provider_model) = (
+        candidate.model.slug.clone(),
+        candidate.model.provider_model.clone(),
+    );
+    let usage = candidate
+        .plugin
+        .call_async("estimate", move |adapter, store| {
+            adapter.call_estimate(store, &slug, &provider_model, &input_text)
+        })
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "estimate failed");
+            ApiError::internal()
+        })?
+        .map_err(|failure| failure_to_api(&failure))?;
+    Ok(routing::Units::from(&usage))
 }
 
 /// A failure an adapter reported before anything ran (e.g. while estimating).

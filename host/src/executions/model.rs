@@ -92,6 +92,9 @@ pub struct Execution {
     pub webhook_url: Option<String>,
     pub hold_amount: Micros,
     pub estimated_cost: Micros,
+    /// what the adapter expects the input to consume (ranks providers on retries)
+    #[serde(default)]
+    pub usage_estimate: crate::routing::Units,
     pub cost: Option<Micros>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

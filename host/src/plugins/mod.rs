@@ -336,12 +336,21 @@ impl LoadedPlugin {
         F: FnOnce(&Guest, &mut Store<CallState>) -> wasmtime::Result<R> + Send + 'static,
     {
         let plugin = self.clone();
-        match tokio::task::spawn_blocking(move || plugin.call(function, f)).await {
-            Ok(result) => result,
-            Err(join) => Err(CallError::Trap {
+        let call = tokio::task::spawn_blocking(move || plugin.call(function, f));
+        // The epoch deadline stops the guest; this outer bound also covers time spent
+        // instantiating or waiting for a blocking thread.
+        let limit_ms = self.runtime.limits.call_timeout_ms;
+        match tokio::time::timeout(Duration::from_millis(limit_ms * 2 + 100), call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(CallError::Trap {
                 plugin: self.name.clone(),
                 function,
                 message: format!("host task failed: {join}"),
+            }),
+            Err(_) => Err(CallError::Timeout {
+                plugin: self.name.clone(),
+                function,
+                limit_ms,
             }),
         }
     }

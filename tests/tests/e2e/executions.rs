@@ -57,6 +57,8 @@ fn assert_no_provider_leak(value: &Value, emulator_url: &str) {
     }
 }
 
+/// Also guards the bug where a completion looked for its attempt in a snapshot
+/// taken before the attempt started, and failed every execution.
 #[tokio::test]
 async fn flux_completes_with_a_real_png_and_the_hold_settles_to_the_cost() {
     let emulator = replicate_emulator().await;
@@ -183,8 +185,8 @@ async fn moderation_fails_at_once_without_failover_and_releases_the_hold() {
     assert_eq!(execution["error"]["code"], "CONTENT_MODERATION_REJECTED");
     assert_eq!(execution["error"]["retryable"], false);
     assert_eq!(
-        second.count("/v1/"),
-        0,
+        first.count("/v1/") + second.count("/v1/"),
+        1,
         "a moderation rejection must not fail over"
     );
     assert_no_provider_leak(&execution, &first.base_url());
@@ -193,21 +195,63 @@ async fn moderation_fails_at_once_without_failover_and_releases_the_hold() {
     assert_eq!(balance["held"], "0");
 }
 
+/// For 512×384 the OpenAI-format provider (priced per megapixel) is cheaper, so it
+/// is ranked first: break it and the execution must move to the other one.
 #[tokio::test]
 async fn a_failing_provider_fails_over_to_the_next() {
-    let broken = replicate_emulator().await;
+    let broken = openai_emulator().await;
     broken.set_always(Some(Fault::Status {
         status: 500,
         retry_after: None,
         body: None,
     }));
-    let healthy = openai_emulator().await;
-    let server = Server::start(&[replicate_provider(&broken), openai_provider(&healthy)]).await;
+    let healthy = replicate_emulator().await;
+    let server = Server::start(&[replicate_provider(&healthy), openai_provider(&broken)]).await;
     let id = create(&server, flux()).await;
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "COMPLETED", "{execution}");
-    assert!(broken.count("/v1/models/") >= 1);
-    assert_eq!(healthy.count("/v1/images/generations"), 1);
+    assert_eq!(
+        broken.count("/v1/images/generations"),
+        1,
+        "the cheaper provider went first"
+    );
+    assert_eq!(healthy.count("/v1/models/"), 1);
+    // The hold was placed for the cheaper provider ($0.01 floor); the dearer one that
+    // ran it costs $0.04, but a settlement never exceeds its hold.
+    assert_eq!(execution["cost"], "0.01");
+    let ledger = server.get("/v1/ledger").await.body;
+    let kinds: Vec<&str> = ledger["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["deposit", "hold", "settle", "absorbed"]);
+}
+
+/// A 503 storm opens the broken provider's breaker: later executions go straight to
+/// the healthy one instead of trying the broken one first.
+#[tokio::test]
+async fn a_503_storm_opens_the_breaker_and_traffic_moves() {
+    let broken = openai_emulator().await;
+    broken.set_always(Some(Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: None,
+    }));
+    let healthy = replicate_emulator().await;
+    let server = Server::start(&[replicate_provider(&healthy), openai_provider(&broken)]).await;
+    for _ in 0..10 {
+        let id = create(&server, flux()).await;
+        let execution = server.wait_terminal(&id, WAIT).await;
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    }
+    let tried = broken.count("/v1/images/generations");
+    assert!(
+        tried <= 6,
+        "the breaker should open after a handful of failures, not {tried}"
+    );
+    assert_eq!(healthy.count("/v1/models/"), 10);
 }
 
 #[tokio::test]
@@ -262,6 +306,7 @@ async fn a_silent_provider_times_out_and_the_execution_fails_cleanly() {
     assert_eq!(server.get("/v1/balance").await.body["available"], "100");
 }
 
+/// Also guards the off-by-one that made one attempt more than `max_attempts`.
 #[tokio::test]
 async fn exhausted_retries_fail_with_the_provider_classification() {
     let emulator = replicate_emulator().await;
@@ -377,6 +422,8 @@ async fn an_idempotency_key_answers_the_same_execution_and_refuses_another_body(
     assert_eq!(holds, 1, "one hold for the one execution");
 }
 
+/// Also guards the bug where a stored file record lost its organization (and every
+/// file read answered 500).
 #[tokio::test]
 async fn another_organization_sees_nothing() {
     let emulator = replicate_emulator().await;

@@ -3,5 +3,7 @@
 
 mod api;
 mod executions;
+mod money;
 mod restart;
+mod sandbox;
 mod support;

@@ -106,12 +106,45 @@ impl Server {
 
     /// Like [`Server::start`], with extra TOML for the `[executions]` table.
     pub async fn start_with(providers: &[ProviderSpec<'_>], executions: &str) -> Server {
+        Self::start_with_plugins(providers, executions, &[]).await
+    }
+
+    /// Like [`Server::start_with`], loading the test-only adapters `extra` (built into
+    /// `target/test-plugins` by `make plugins`) beside the shipped ones.
+    pub async fn start_with_plugins(
+        providers: &[ProviderSpec<'_>],
+        executions: &str,
+        extra: &[&str],
+    ) -> Server {
         let data = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let plugins = if extra.is_empty() {
+            plugins_dir()
+        } else {
+            let dir = data.path().join("plugins");
+            std::fs::create_dir_all(&dir).expect("plugins dir");
+            for entry in std::fs::read_dir(plugins_dir()).expect("plugins") {
+                let path = entry.expect("entry").path();
+                std::fs::copy(&path, dir.join(path.file_name().expect("name")))
+                    .expect("copy plugin");
+            }
+            let test_plugins =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugins");
+            for name in extra {
+                let path = test_plugins.join(format!("{name}.wasm"));
+                assert!(
+                    path.exists(),
+                    "{} is missing: run `make plugins`",
+                    path.display()
+                );
+                std::fs::copy(&path, dir.join(format!("{name}.wasm"))).expect("copy test plugin");
+            }
+            dir
+        };
         let mut config = format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[plugins]\ncache_dir = {:?}\n\n[rate_limits]\nrequests_per_second = 10000\nburst = 10000\n\n[executions]\n{executions}\n",
             data.path().join("state"),
-            plugins_dir(),
+            plugins,
             shared_plugin_cache(),
         );
         for provider in providers {

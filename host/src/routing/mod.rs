@@ -2,21 +2,26 @@
 //!
 //! A provider is an adapter (a plugin, by manifest name) + base URL + credential +
 //! the models it serves, all from the operator's config. Candidates for a slug are
-//! the providers serving it whose adapter is loaded; they are ranked by estimated
-//! cost, providers that have just failed repeatedly going last.
+//! the providers serving it whose adapter is loaded (only the pinned ones, when the
+//! operator pinned some). They are ranked: providers whose circuit breaker is open
+//! go last; then by estimated cost for this input (divided by the operator's weight);
+//! then by observed latency. Each provider also has a bulkhead: a cap on requests in
+//! flight to it.
 
+mod breaker;
+
+pub use breaker::State as BreakerState;
+
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+use tokio::sync::Semaphore;
 
-use crate::config::{Config, PriceOverride, ProviderConfig};
+use crate::config::{Config, PriceOverride, ProviderConfig, ProviderModelConfig};
 use crate::money::Micros;
 use crate::plugins::{LoadedPlugin, Registry, wit};
-
-/// After this many consecutive failures a provider is tried last for a while.
-const FAILURES_BEFORE_BACKOFF: u32 = 3;
-const BACKOFF_MS: u64 = 30_000;
+use breaker::Breaker;
 
 pub struct Provider {
     pub name: String,
@@ -24,10 +29,10 @@ pub struct Provider {
     base_url: Option<String>,
     pub credential: Option<String>,
     allowed_hosts: Option<Vec<String>>,
-    models: HashMap<String, crate::config::ProviderModelConfig>,
-    consecutive_failures: AtomicU32,
-    /// unix ms until which the provider is ranked last
-    backoff_until_ms: AtomicU64,
+    models: HashMap<String, ProviderModelConfig>,
+    pub breaker: Breaker,
+    /// requests in flight to this provider
+    pub bulkhead: Semaphore,
 }
 
 impl Provider {
@@ -39,8 +44,8 @@ impl Provider {
             credential: config.credential(),
             allowed_hosts: config.allowed_hosts.clone(),
             models: config.models.clone().into_iter().collect(),
-            consecutive_failures: AtomicU32::new(0),
-            backoff_until_ms: AtomicU64::new(0),
+            breaker: Breaker::default(),
+            bulkhead: Semaphore::new(config.max_concurrency),
         }
     }
 
@@ -70,29 +75,35 @@ impl Provider {
         hosts
     }
 
-    pub fn record_success(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.backoff_until_ms.store(0, Ordering::Relaxed);
-    }
-
-    pub fn record_failure(&self) {
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= FAILURES_BEFORE_BACKOFF {
-            self.backoff_until_ms
-                .store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
-        }
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.backoff_until_ms.load(Ordering::Relaxed) <= now_ms()
+    /// Whether the breaker lets traffic through (closed or probing).
+    pub fn is_available(&self) -> bool {
+        self.breaker.state(Instant::now()) != BreakerState::Open
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// The quantities an input is expected to consume (a stored copy of the adapter's
+/// estimate), used to price candidates against each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Units {
+    pub requests: u32,
+    pub images: u32,
+    pub megapixels_milli: u64,
+    pub seconds_milli: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl From<&wit::Usage> for Units {
+    fn from(usage: &wit::Usage) -> Units {
+        Units {
+            requests: usage.requests,
+            images: usage.images,
+            megapixels_milli: usage.megapixels_milli,
+            seconds_milli: usage.seconds_milli,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+        }
+    }
 }
 
 /// One way to run a slug: a provider, the plugin version to use, the model entry
@@ -102,6 +113,9 @@ pub struct Candidate {
     pub provider: Arc<Provider>,
     pub plugin: Arc<LoadedPlugin>,
     pub model: wit::Model,
+    /// the operator's preference (cost is divided by it when ranking)
+    weight: f64,
+    pinned: bool,
 }
 
 pub struct Router {
@@ -121,12 +135,8 @@ impl Router {
         }
     }
 
-    pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
-        self.providers.iter().find(|p| p.name == name).cloned()
-    }
-
-    /// Every provider serving `slug` with a loaded adapter, in config order, healthy
-    /// ones first.
+    /// Every provider serving `slug` with a loaded adapter, in config order (only
+    /// the pinned ones when any is pinned).
     pub fn candidates(&self, slug: &str) -> Vec<Candidate> {
         let mut candidates: Vec<Candidate> = self
             .providers
@@ -145,10 +155,32 @@ impl Router {
                     provider: provider.clone(),
                     plugin,
                     model,
+                    weight: overrides.weight.filter(|w| *w > 0.0).unwrap_or(1.0),
+                    pinned: overrides.pinned,
                 })
             })
             .collect();
-        candidates.sort_by_key(|c| !c.provider.is_healthy());
+        if candidates.iter().any(|c| c.pinned) {
+            candidates.retain(|c| c.pinned);
+        }
+        candidates
+    }
+
+    /// [`Router::candidates`], best first for an input expected to consume `units`.
+    pub fn ranked(&self, slug: &str, units: &Units) -> Vec<Candidate> {
+        let mut candidates = self.candidates(slug);
+        let score = |c: &Candidate| {
+            (
+                !c.provider.is_available(),
+                cost(&c.model.price, units).0 as f64 / c.weight,
+                c.provider.breaker.latency_ms().unwrap_or(0.0),
+            )
+        };
+        candidates.sort_by(|a, b| {
+            score(a)
+                .partial_cmp(&score(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         candidates
     }
 
@@ -180,7 +212,7 @@ fn apply_price_override(price: &mut wit::Price, with: &PriceOverride) {
 }
 
 /// What `usage` costs at `price`, rounded up to the micro-dollar.
-pub fn cost(price: &wit::Price, usage: &wit::Usage) -> Micros {
+pub fn cost(price: &wit::Price, usage: &Units) -> Micros {
     let scaled = |unit_price: u64, quantity: u64, per: u64| -> u64 {
         ((unit_price as u128 * quantity as u128).div_ceil(per as u128)).min(u64::MAX as u128) as u64
     };
@@ -220,8 +252,8 @@ mod tests {
         }
     }
 
-    fn usage() -> wit::Usage {
-        wit::Usage {
+    fn usage() -> Units {
+        Units {
             requests: 1,
             images: 0,
             megapixels_milli: 0,
@@ -233,13 +265,13 @@ mod tests {
 
     #[test]
     fn cost_multiplies_usage_by_unit_prices_and_rounds_up() {
-        let one_image = wit::Usage {
+        let one_image = Units {
             images: 1,
             ..usage()
         };
         assert_eq!(cost(&price(), &one_image), Micros(40_000));
         // 10 and 256 tokens at $0.18 per million: 1.8 and 46.08, each rounded up.
-        let tokens = wit::Usage {
+        let tokens = Units {
             input_tokens: 10,
             output_tokens: 256,
             ..usage()

@@ -1,0 +1,169 @@
+//! A per-provider circuit breaker over a sliding window of recent outcomes, and an
+//! exponentially weighted moving average of latency.
+//!
+//! Closed: traffic flows; once the window holds enough outcomes and too many failed,
+//! it opens. Open: the provider is skipped until the cool-down passes. Half-open:
+//! one probe goes through; its success closes the breaker, its failure reopens it.
+//! Time is passed in, so tests drive it.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Outcomes remembered.
+const WINDOW: usize = 20;
+/// Outcomes needed before the breaker may open.
+const MIN_SAMPLES: usize = 5;
+/// Failure ratio that opens the breaker.
+const OPEN_RATIO: f64 = 0.5;
+/// How long an open breaker refuses traffic before a probe.
+pub const COOL_DOWN: Duration = Duration::from_secs(10);
+/// Weight of the newest latency sample.
+const EWMA_ALPHA: f64 = 0.2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+#[derive(Debug)]
+struct Inner {
+    outcomes: VecDeque<bool>,
+    opened_at: Option<Instant>,
+    probe_in_flight: bool,
+    latency_ms: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            inner: Mutex::new(Inner {
+                outcomes: VecDeque::with_capacity(WINDOW),
+                opened_at: None,
+                probe_in_flight: false,
+                latency_ms: None,
+            }),
+        }
+    }
+}
+
+impl Breaker {
+    pub fn state(&self, now: Instant) -> State {
+        let inner = self.inner.lock().expect("breaker poisoned");
+        match inner.opened_at {
+            None => State::Closed,
+            Some(at) if now.duration_since(at) < COOL_DOWN => State::Open,
+            Some(_) => State::HalfOpen,
+        }
+    }
+
+    /// Whether a request may go now. In half-open, only one probe at a time.
+    pub fn try_acquire(&self, now: Instant) -> bool {
+        let state = self.state(now);
+        let mut inner = self.inner.lock().expect("breaker poisoned");
+        match state {
+            State::Closed => true,
+            State::Open => false,
+            State::HalfOpen if inner.probe_in_flight => false,
+            State::HalfOpen => {
+                inner.probe_in_flight = true;
+                true
+            }
+        }
+    }
+
+    pub fn record(&self, success: bool, latency: Option<Duration>, now: Instant) {
+        let state = self.state(now);
+        let mut inner = self.inner.lock().expect("breaker poisoned");
+        if let Some(latency) = latency {
+            let sample = latency.as_secs_f64() * 1000.0;
+            inner.latency_ms = Some(match inner.latency_ms {
+                Some(average) => average + EWMA_ALPHA * (sample - average),
+                None => sample,
+            });
+        }
+        match state {
+            State::HalfOpen | State::Open => {
+                inner.probe_in_flight = false;
+                if success {
+                    inner.opened_at = None;
+                    inner.outcomes.clear();
+                } else {
+                    inner.opened_at = Some(now);
+                }
+            }
+            State::Closed => {
+                if inner.outcomes.len() == WINDOW {
+                    inner.outcomes.pop_front();
+                }
+                inner.outcomes.push_back(success);
+                let failures = inner.outcomes.iter().filter(|ok| !**ok).count();
+                let samples = inner.outcomes.len();
+                if samples >= MIN_SAMPLES && failures as f64 / samples as f64 >= OPEN_RATIO {
+                    inner.opened_at = Some(now);
+                    inner.outcomes.clear();
+                }
+            }
+        }
+    }
+
+    /// Average latency of recent successful exchanges, if any.
+    pub fn latency_ms(&self) -> Option<f64> {
+        self.inner.lock().expect("breaker poisoned").latency_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_storm_opens_then_a_probe_closes_after_the_cool_down() {
+        let breaker = Breaker::default();
+        let start = Instant::now();
+        for _ in 0..4 {
+            breaker.record(false, None, start);
+        }
+        assert_eq!(
+            breaker.state(start),
+            State::Closed,
+            "too few samples to judge"
+        );
+        breaker.record(false, None, start);
+        assert_eq!(breaker.state(start), State::Open);
+        assert!(!breaker.try_acquire(start + Duration::from_secs(1)));
+
+        let later = start + COOL_DOWN;
+        assert_eq!(breaker.state(later), State::HalfOpen);
+        assert!(breaker.try_acquire(later), "one probe");
+        assert!(!breaker.try_acquire(later), "only one probe at a time");
+        breaker.record(false, None, later);
+        assert_eq!(breaker.state(later), State::Open, "a failed probe reopens");
+
+        let again = later + COOL_DOWN;
+        assert!(breaker.try_acquire(again));
+        breaker.record(true, Some(Duration::from_millis(40)), again);
+        assert_eq!(breaker.state(again), State::Closed);
+        assert!(breaker.try_acquire(again));
+    }
+
+    #[test]
+    fn occasional_failures_keep_it_closed_and_latency_is_averaged() {
+        let breaker = Breaker::default();
+        let now = Instant::now();
+        for i in 0..40 {
+            breaker.record(i % 4 != 0, Some(Duration::from_millis(100)), now);
+        }
+        assert_eq!(breaker.state(now), State::Closed);
+        breaker.record(true, Some(Duration::from_millis(200)), now);
+        let average = breaker.latency_ms().unwrap();
+        assert!((average - 120.0).abs() < 1e-6, "{average}");
+    }
+}

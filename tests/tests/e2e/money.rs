@@ -1,0 +1,243 @@
+//! Money and access: no overspend under a race, the ledger rebuilds to the balances
+//! after a crash, keys and scopes behave as SPEC §3 says.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+use modelroute_tests::emulators::{DEFAULT_TOKEN, replicate};
+
+use crate::support::{ProviderSpec, Server, flux_input};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn verify_ledger(server: &Server) -> Value {
+    let reply = server
+        .call(
+            Method::GET,
+            "/admin/v1/ledger/verify",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.body
+}
+
+#[tokio::test]
+async fn a_thousand_parallel_creates_never_overspend_and_survive_kill_9() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let mut server = Server::start(&[ProviderSpec {
+        name: "replicate-emulator",
+        adapter: "replicate",
+        base_url: emulator.base_url(),
+        models: &["flux-1.1-pro"],
+    }])
+    .await;
+    // Each hold is $0.048: the balance covers exactly 100 of the 1,000.
+    let key = server.new_organization("4.8").await;
+    let client = reqwest::Client::new();
+    let body = json!({"model": "flux-1.1-pro", "input": flux_input()});
+    let requests = (0..1000).map(|_| {
+        let request = client
+            .post(format!("{}/v1/executions", server.url))
+            .bearer_auth(&key)
+            .json(&body)
+            .send();
+        async move {
+            let response = request.await.expect("request");
+            let status = response.status();
+            let body: Value = response.json().await.expect("json");
+            (status, body)
+        }
+    });
+    let replies = futures_util::future::join_all(requests).await;
+    let accepted: Vec<String> = replies
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::ACCEPTED)
+        .map(|(_, body)| body["id"].as_str().unwrap().to_string())
+        .collect();
+    for (status, body) in &replies {
+        assert!(
+            *status == StatusCode::ACCEPTED
+                || (*status == StatusCode::PAYMENT_REQUIRED
+                    && body["error"]["code"] == "INSUFFICIENT_BALANCE"),
+            "{status} {body}"
+        );
+    }
+    assert_eq!(accepted.len(), 100, "exactly the holds the balance covers");
+
+    server.kill();
+    server.restart().await;
+    for id in &accepted {
+        let reply = server
+            .call(
+                Method::GET,
+                &format!("/v1/executions/{id}"),
+                Some(&key),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let balance = server
+            .call(Method::GET, "/v1/balance", Some(&key), None, &[])
+            .await
+            .body;
+        if balance["held"] == "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "holds never resolved: {balance}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let verified = verify_ledger(&server).await;
+    assert_eq!(verified["consistent"], true, "{verified}");
+    let listed = server
+        .call(
+            Method::GET,
+            "/v1/executions?limit=100",
+            Some(&key),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    let spent: f64 = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["cost"]
+                .as_str()
+                .map_or(0.0, |c| c.parse::<f64>().unwrap())
+        })
+        .sum();
+    let balance = server
+        .call(Method::GET, "/v1/balance", Some(&key), None, &[])
+        .await
+        .body;
+    let available: f64 = balance["available"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (available + spent - 4.8).abs() < 1e-9,
+        "{available} + {spent} != 4.8"
+    );
+    assert!(available >= 0.0);
+}
+
+#[tokio::test]
+async fn keys_have_scopes_revocation_rotation_and_a_limit() {
+    let server = Server::start(&[]).await;
+    let full = server.api_key.clone();
+    let call = |method: Method, path: &str, key: &str, body: Option<Value>| {
+        let (path, key) = (path.to_string(), key.to_string());
+        let server = &server;
+        async move { server.call(method, &path, Some(&key), body, &[]).await }
+    };
+
+    let created = call(
+        Method::POST,
+        "/v1/api-keys",
+        &full,
+        Some(json!({"scope": "execution", "name": "worker"})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let limited = created.body["key"].as_str().unwrap().to_string();
+    let limited_id = created.body["id"].as_str().unwrap().to_string();
+    assert!(limited.starts_with("sk_") && limited.len() == 76);
+
+    // The execution scope reaches executions and files, nothing else.
+    assert_eq!(
+        call(Method::GET, "/v1/executions", &limited, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for (method, path) in [
+        (Method::GET, "/v1/balance"),
+        (Method::GET, "/v1/ledger"),
+        (Method::GET, "/v1/api-keys"),
+    ] {
+        let reply = call(method, path, &limited, None).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(reply.error_code(), "FORBIDDEN");
+    }
+
+    // Listing never shows a secret or its hash.
+    let listed = call(Method::GET, "/v1/api-keys", &full, None).await;
+    let text = listed.body.to_string();
+    assert!(!text.contains(&limited[3..20]) && !text.contains("secret_hash"));
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 2);
+
+    // Rotation: both secrets work during the grace hour.
+    let rotated = call(
+        Method::POST,
+        &format!("/v1/api-keys/{limited_id}/rotate"),
+        &full,
+        None,
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{:?}", rotated.body);
+    let new_secret = rotated.body["new_key"].as_str().unwrap().to_string();
+    let valid_until = chrono::DateTime::parse_from_rfc3339(
+        rotated.body["previous_key_valid_until"].as_str().unwrap(),
+    )
+    .unwrap();
+    let grace = valid_until.signed_duration_since(chrono::Utc::now());
+    assert!(
+        grace > chrono::Duration::minutes(59) && grace <= chrono::Duration::minutes(60),
+        "{grace}"
+    );
+    assert_eq!(
+        call(Method::GET, "/v1/executions", &limited, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(Method::GET, "/v1/executions", &new_secret, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Revocation is immediate.
+    let new_id = rotated.body["id"].as_str().unwrap();
+    let revoked = call(
+        Method::DELETE,
+        &format!("/v1/api-keys/{new_id}"),
+        &full,
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let refused = call(Method::GET, "/v1/executions", &new_secret, None).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+
+    // Another organization cannot touch these keys.
+    let other = server.new_organization("1").await;
+    for (method, path) in [
+        (Method::DELETE, format!("/v1/api-keys/{limited_id}")),
+        (Method::POST, format!("/v1/api-keys/{limited_id}/rotate")),
+    ] {
+        let reply = call(method, &path, &other, None).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+    }
+
+    // At most 20 active keys: the full key and the one in its grace hour count.
+    for _ in 0..18 {
+        let reply = call(Method::POST, "/v1/api-keys", &full, Some(json!({}))).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    }
+    let over = call(Method::POST, "/v1/api-keys", &full, Some(json!({}))).await;
+    assert_eq!(over.status, StatusCode::CONFLICT, "{:?}", over.body);
+}
