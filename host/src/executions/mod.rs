@@ -131,7 +131,7 @@ impl Executions {
             created_at: now,
             started_at: None,
             completed_at: None,
-            expires_at: now + Duration::seconds(self.settings.expiry_seconds as i64),
+            expires_at: now + self.settings.expiry(&request.model),
             output: None,
             error: None,
             attempts: Vec::new(),

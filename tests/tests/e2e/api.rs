@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{ProviderSpec, Server, flux_input};
+use crate::support::{Options, ProviderSpec, Server, flux_input};
 
 /// A server whose providers point at a port nobody listens on: nothing here runs.
 async fn server() -> Server {
@@ -235,4 +235,43 @@ async fn the_catalogue_lists_models_without_naming_providers() {
     assert_eq!(flux.body["modality"], "image");
     assert_eq!(flux.body["pricing"]["per_image"], "0.04");
     assert!(flux.body["input_schema"]["properties"]["prompt"].is_object());
+}
+
+#[tokio::test]
+async fn each_key_is_rate_limited_with_headers_and_retry_after() {
+    let server = Server::start_with(
+        &[],
+        Options {
+            rate_limit: (1, 3),
+            ..Options::default()
+        },
+    )
+    .await;
+    for remaining in ["2", "1", "0"] {
+        let reply = server.get("/v1/executions").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("x-ratelimit-limit"), Some("3"));
+        assert_eq!(reply.header("x-ratelimit-remaining"), Some(remaining));
+        let reset: u64 = reply.header("x-ratelimit-reset").unwrap().parse().unwrap();
+        assert!(
+            reset
+                >= std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+        );
+    }
+    let limited = server.get("/v1/executions").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.error_code(), "RATE_LIMITED");
+    assert_eq!(limited.body["error"]["retryable"], true);
+    let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+
+    // Another key has its own budget.
+    let other = server.new_organization("1").await;
+    let reply = server
+        .call(Method::GET, "/v1/executions", Some(&other), None, &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
 }

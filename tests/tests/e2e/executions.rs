@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, Fault, openai, replicate};
 
-use crate::support::{ProviderSpec, Server, flux_input};
+use crate::support::{Options, ProviderSpec, Server, flux_input};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -295,7 +295,10 @@ async fn a_silent_provider_times_out_and_the_execution_fails_cleanly() {
     emulator.set_always(Some(Fault::Hang));
     let server = Server::start_with(
         &[replicate_provider(&emulator)],
-        "max_attempts = 2\nupstream_timeout_ms = 300",
+        Options {
+            executions: "max_attempts = 2\nupstream_timeout_ms = 300",
+            ..Options::default()
+        },
     )
     .await;
     let id = create(&server, flux()).await;
@@ -315,7 +318,14 @@ async fn exhausted_retries_fail_with_the_provider_classification() {
         retry_after: None,
         body: None,
     }));
-    let server = Server::start_with(&[replicate_provider(&emulator)], "max_attempts = 3").await;
+    let server = Server::start_with(
+        &[replicate_provider(&emulator)],
+        Options {
+            executions: "max_attempts = 3",
+            ..Options::default()
+        },
+    )
+    .await;
     let id = create(&server, flux()).await;
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "FAILED");
@@ -379,7 +389,14 @@ async fn cancel_stops_a_running_job_releases_the_hold_and_is_idempotent() {
 async fn a_job_that_never_finishes_expires_and_releases_its_hold() {
     let emulator = replicate_emulator().await;
     emulator.state.set_never_finish(true);
-    let server = Server::start_with(&[replicate_provider(&emulator)], "expiry_seconds = 2").await;
+    let server = Server::start_with(
+        &[replicate_provider(&emulator)],
+        Options {
+            executions: "[executions.models.\"flux-1.1-pro\"]\nexpiry_seconds = 2",
+            ..Options::default()
+        },
+    )
+    .await;
     let id = create(&server, flux()).await;
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "EXPIRED");
@@ -424,6 +441,43 @@ async fn an_idempotency_key_answers_the_same_execution_and_refuses_another_body(
 
 /// Also guards the bug where a stored file record lost its organization (and every
 /// file read answered 500).
+#[tokio::test]
+async fn concurrent_duplicates_of_one_key_create_one_execution_and_one_hold() {
+    let emulator = replicate_emulator().await;
+    let server = Server::start(&[replicate_provider(&emulator)]).await;
+    let replies = futures_util::future::join_all((0..20).map(|_| {
+        server.call(
+            Method::POST,
+            "/v1/executions",
+            Some(&server.api_key),
+            Some(flux()),
+            &[("Idempotency-Key", "race")],
+        )
+    }))
+    .await;
+    let ids: std::collections::HashSet<&str> = replies
+        .iter()
+        .map(|reply| {
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+            reply.body["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one execution for one key");
+    let replayed = replies
+        .iter()
+        .filter(|r| r.header("idempotent-replayed") == Some("true"))
+        .count();
+    assert_eq!(replayed, 19);
+    let ledger = server.get("/v1/ledger").await.body;
+    let holds = ledger["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "hold")
+        .count();
+    assert_eq!(holds, 1);
+}
+
 #[tokio::test]
 async fn another_organization_sees_nothing() {
     let emulator = replicate_emulator().await;

@@ -8,20 +8,23 @@ use std::time::{Duration, Instant};
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, openai};
 
-use crate::support::{ProviderSpec, Server};
+use crate::support::{Options, ProviderSpec, Server};
 
 #[tokio::test]
 async fn a_misbehaving_plugin_fails_only_its_own_attempts() {
     let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
-    let server = Server::start_with_plugins(
+    let server = Server::start_with(
         &[ProviderSpec {
             name: "hostile-provider",
             adapter: "hostile",
             base_url: emulator.base_url(),
             models: &["hostile-test"],
         }],
-        "max_attempts = 1",
-        &["hostile"],
+        Options {
+            executions: "max_attempts = 1",
+            extra_plugins: &["hostile"],
+            ..Options::default()
+        },
     )
     .await;
     let run = |prompt: &str| {

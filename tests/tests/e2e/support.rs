@@ -98,24 +98,39 @@ pub struct Server {
     http: Client,
 }
 
+/// What a test server differs in.
+pub struct Options<'a> {
+    /// extra TOML for the `[executions]` table
+    pub executions: &'a str,
+    /// test-only adapters (built into `target/test-plugins` by `make plugins`) to
+    /// load beside the shipped ones
+    pub extra_plugins: &'a [&'a str],
+    /// requests per second and burst per key
+    pub rate_limit: (u32, u32),
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            executions: "",
+            extra_plugins: &[],
+            rate_limit: (10_000, 10_000),
+        }
+    }
+}
+
 impl Server {
     /// Starts a dev-mode server whose providers are `providers`.
     pub async fn start(providers: &[ProviderSpec<'_>]) -> Server {
-        Self::start_with(providers, "").await
+        Self::start_with(providers, Options::default()).await
     }
 
-    /// Like [`Server::start`], with extra TOML for the `[executions]` table.
-    pub async fn start_with(providers: &[ProviderSpec<'_>], executions: &str) -> Server {
-        Self::start_with_plugins(providers, executions, &[]).await
-    }
-
-    /// Like [`Server::start_with`], loading the test-only adapters `extra` (built into
-    /// `target/test-plugins` by `make plugins`) beside the shipped ones.
-    pub async fn start_with_plugins(
-        providers: &[ProviderSpec<'_>],
-        executions: &str,
-        extra: &[&str],
-    ) -> Server {
+    pub async fn start_with(providers: &[ProviderSpec<'_>], options: Options<'_>) -> Server {
+        let Options {
+            executions,
+            extra_plugins: extra,
+            rate_limit: (per_second, burst),
+        } = options;
         let data = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let plugins = if extra.is_empty() {
@@ -142,7 +157,7 @@ impl Server {
             dir
         };
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[plugins]\ncache_dir = {:?}\n\n[rate_limits]\nrequests_per_second = 10000\nburst = 10000\n\n[executions]\n{executions}\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[plugins]\ncache_dir = {:?}\n\n[rate_limits]\nrequests_per_second = {per_second}\nburst = {burst}\n\n[executions]\n{executions}\n",
             data.path().join("state"),
             plugins,
             shared_plugin_cache(),
