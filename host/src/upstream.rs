@@ -80,6 +80,17 @@ impl Upstream {
         target: &Target<'_>,
         request: &wit::HttpRequest,
     ) -> Result<wit::HttpResponse, UpstreamError> {
+        let response = self.open(target, request).await?;
+        read(response).await
+    }
+
+    /// Sends a request an adapter described and returns once the headers arrived;
+    /// the body is the caller's to read (see [`read`]) or stream.
+    pub async fn open(
+        &self,
+        target: &Target<'_>,
+        request: &wit::HttpRequest,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let url = check_url(&request.url, target.allowed_hosts)?;
         let method = match request.method {
             wit::Method::Get => reqwest::Method::GET,
@@ -111,19 +122,7 @@ impl Upstream {
         if let Some(body) = &request.body {
             builder = builder.body(body.clone());
         }
-        let response = builder.send().await.map_err(classify)?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
-            .collect();
-        let body = read_capped(response, MAX_RESPONSE_BYTES).await?;
-        Ok(wit::HttpResponse {
-            status,
-            headers,
-            body: body.to_vec(),
-        })
+        builder.send().await.map_err(classify)
     }
 
     /// Streams the asset at `url` into `path`, at most `max_bytes`.
@@ -166,7 +165,23 @@ impl Upstream {
     }
 }
 
-fn classify(error: reqwest::Error) -> UpstreamError {
+/// Reads a whole response (size-capped) into the boundary's shape.
+pub async fn read(response: reqwest::Response) -> Result<wit::HttpResponse, UpstreamError> {
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let body = read_capped(response, MAX_RESPONSE_BYTES).await?;
+    Ok(wit::HttpResponse {
+        status,
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+pub fn classify(error: reqwest::Error) -> UpstreamError {
     if error.is_timeout() {
         UpstreamError::Timeout
     } else {

@@ -14,7 +14,10 @@ use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::billing;
 use crate::error::{ApiError, Code, Detail, DetailCode};
-use crate::executions::{CreateRequest, Mode, Status, request_hash};
+use crate::executions::{CreateRequest, Execution, Mode, Status, StreamMessage, request_hash};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
 
 /// Longest a `SYNC` request may wait.
 const MAX_WAIT_SECONDS: u64 = 300;
@@ -36,6 +39,9 @@ pub async fn create(
         )
     });
     let created = app.executions.create(&caller, request, idempotency).await?;
+    if let Some(events) = created.events {
+        return Ok(stream(app, caller.org_id, created.execution, events).into_response());
+    }
     let mut execution = created.execution;
     if execution.mode == Mode::Sync && !created.replayed {
         execution = app
@@ -55,6 +61,57 @@ pub async fn create(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// A `STREAMING` answer: server-sent events `execution` (the accepted execution),
+/// `status` (each change), `delta` (output text as the provider produces it) and
+/// finally `done` (the terminal execution object), after which the stream ends.
+fn stream(
+    app: Arc<App>,
+    org_id: String,
+    execution: Execution,
+    events: broadcast::Receiver<StreamMessage>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let first = Event::default()
+        .event("execution")
+        .data(execution.accepted_view().to_string());
+    let id = execution.id.clone();
+    let rest = futures_util::stream::unfold(Some(events), move |events| {
+        let (app, org_id, id) = (app.clone(), org_id.clone(), id.clone());
+        async move {
+            let mut events = events?;
+            loop {
+                match events.recv().await {
+                    Ok(StreamMessage::Delta(text)) => {
+                        let event = Event::default()
+                            .event("delta")
+                            .data(json!({ "text": text }).to_string());
+                        return Some((Ok(event), Some(events)));
+                    }
+                    Ok(StreamMessage::Status(status)) if status.is_terminal() => break,
+                    Ok(StreamMessage::Status(status)) => {
+                        let event = Event::default()
+                            .event("status")
+                            .data(json!({ "id": id, "status": status }).to_string());
+                        return Some((Ok(event), Some(events)));
+                    }
+                    // A slow reader missed some deltas; the final object has the text.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            let done = match app.executions.get(&org_id, &id) {
+                Ok(Some(execution)) => execution.view(),
+                _ => json!({ "id": id }),
+            };
+            Some((
+                Ok(Event::default().event("done").data(done.to_string())),
+                None,
+            ))
+        }
+    });
+    Sse::new(futures_util::stream::once(async move { Ok(first) }).chain(rest))
+        .keep_alive(KeepAlive::default())
 }
 
 /// `Idempotency-Key`: 1–255 printable ASCII characters.
@@ -162,14 +219,7 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
         None | Some(Value::Null) => Mode::Async,
         Some(Value::String(mode)) if mode == "ASYNC" => Mode::Async,
         Some(Value::String(mode)) if mode == "SYNC" => Mode::Sync,
-        Some(Value::String(mode)) if mode == "STREAMING" => {
-            details.push(Detail::new(
-                "mode",
-                DetailCode::InvalidValue,
-                "STREAMING is not available yet; use ASYNC or SYNC",
-            ));
-            Mode::Streaming
-        }
+        Some(Value::String(mode)) if mode == "STREAMING" => Mode::Streaming,
         Some(_) => {
             details.push(Detail::new(
                 "mode",

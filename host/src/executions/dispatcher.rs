@@ -22,7 +22,7 @@ use crate::files::{FileRecord, FileStore};
 use crate::ids::new_short_id;
 use crate::plugins::{CallError, wit};
 use crate::routing::{self, Candidate, Router};
-use crate::upstream::{Target, Upstream};
+use crate::upstream::{self, Target, Upstream};
 
 /// Consecutive failed polls of one job (provider errors, not job failures) before
 /// the attempt is given up.
@@ -340,7 +340,9 @@ impl Dispatcher {
             Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
             Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
         };
-        let (outcome, _) = self.exchange(&candidate, &ctx, None, &request).await;
+        let (outcome, _) = self
+            .exchange(&candidate, &ctx, None, &request, &execution.id)
+            .await;
         match outcome {
             wit::Outcome::Completed(completion) => {
                 Ok(AttemptEnd::Completed(completion, Box::new(candidate)))
@@ -437,7 +439,9 @@ impl Dispatcher {
                 Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
                 Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
             };
-            let (outcome, answered) = self.exchange(candidate, ctx, Some(&job), &request).await;
+            let (outcome, answered) = self
+                .exchange(candidate, ctx, Some(&job), &request, id)
+                .await;
             match outcome {
                 wit::Outcome::Completed(completion) => {
                     return Ok(AttemptEnd::Completed(
@@ -468,12 +472,15 @@ impl Dispatcher {
 
     /// Sends `request` and has the adapter classify the answer. The flag says whether
     /// the provider answered with a success status (so a failure is the job's own).
+    /// When `ctx.stream` is set and the provider answers with an event stream, each
+    /// event goes through the adapter and text deltas reach the client as they come.
     async fn exchange(
         &self,
         candidate: &Candidate,
         ctx: &wit::CallContext,
         job: Option<&wit::Job>,
         request: &wit::HttpRequest,
+        execution_id: &str,
     ) -> (wit::Outcome, bool) {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let target = Target {
@@ -490,40 +497,111 @@ impl Dispatcher {
             );
             return (wit::Outcome::Failed(open), false);
         }
-        let sent = {
-            let _permit = provider.bulkhead.acquire().await;
-            let started = Instant::now();
-            self.upstream
-                .send(&target, request)
-                .await
-                .map(|r| (r, started.elapsed()))
+        let _permit = provider.bulkhead.acquire().await;
+        let started = Instant::now();
+        let result = match self.upstream.open(&target, request).await {
+            Ok(response) => {
+                let answered = response.status().is_success();
+                let streamed = ctx.stream
+                    && answered
+                    && response
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("text/event-stream"));
+                let outcome = if streamed {
+                    Ok(self
+                        .consume_stream(candidate, ctx, execution_id, response)
+                        .await)
+                } else {
+                    match upstream::read(response).await {
+                        Ok(response) => Ok(parse(candidate, ctx, job, response).await),
+                        Err(error) => Err(error),
+                    }
+                };
+                outcome.map(|outcome| (outcome, answered))
+            }
+            Err(error) => Err(error),
         };
-        let (response, latency) = match sent {
-            Ok(sent) => sent,
+        match result {
+            Ok((outcome, answered)) => {
+                // A provider that answers, even "no" to a bad input, is healthy.
+                let healthy = !matches!(&outcome, wit::Outcome::Failed(f) if f.retryable);
+                provider
+                    .breaker
+                    .record(healthy, Some(started.elapsed()), Instant::now());
+                (outcome, answered)
+            }
             Err(error) => {
                 provider.breaker.record(false, None, Instant::now());
-                return (wit::Outcome::Failed(error.failure()), false);
+                (wit::Outcome::Failed(error.failure()), false)
             }
-        };
-        let answered = (200..300).contains(&response.status);
-        let ctx = ctx.clone();
-        let job = job.cloned();
-        let outcome = match candidate
-            .plugin
-            .call_async("parse-response", move |adapter, store| {
-                adapter.call_parse_response(store, &ctx, job.as_ref(), &response)
-            })
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(error) => wit::Outcome::Failed(plugin_failure(error)),
-        };
-        // A provider that answers, even "no" to a bad input, is healthy.
-        let healthy = !matches!(&outcome, wit::Outcome::Failed(f) if f.retryable);
-        provider
-            .breaker
-            .record(healthy, Some(latency), Instant::now());
-        (outcome, answered)
+        }
+    }
+
+    /// Reads a provider's server-sent events through the adapter, forwarding text
+    /// deltas to the client's stream, and ends with the completed text and usage.
+    async fn consume_stream(
+        &self,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        execution_id: &str,
+        response: reqwest::Response,
+    ) -> wit::Outcome {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let mut events = response.bytes_stream().eventsource();
+        let mut text = String::new();
+        let mut usage = None;
+        while let Some(event) = events.next().await {
+            let data = match event {
+                Ok(event) => event.data,
+                Err(error) => {
+                    let message = format!("the provider's stream broke: {error}");
+                    return wit::Outcome::Failed(failure(
+                        wit::ErrorCode::ServiceUnavailable,
+                        message,
+                        true,
+                    ));
+                }
+            };
+            let event_ctx = ctx.clone();
+            let parsed = candidate
+                .plugin
+                .call_async("parse-stream-event", move |adapter, store| {
+                    adapter.call_parse_stream_event(store, &event_ctx, &data)
+                })
+                .await;
+            match parsed {
+                Ok(wit::StreamEvent::Delta(delta)) => {
+                    text.push_str(&delta);
+                    self.executions.publish_delta(execution_id, delta);
+                }
+                Ok(wit::StreamEvent::Done(completion)) => {
+                    if let Some(full) = completion.text {
+                        text = full;
+                    }
+                    usage = Some(completion.usage);
+                }
+                Ok(wit::StreamEvent::Skip) => {}
+                Ok(wit::StreamEvent::Failed(failure)) => return wit::Outcome::Failed(failure),
+                Err(error) => return wit::Outcome::Failed(plugin_failure(error)),
+            }
+        }
+        let usage = usage.unwrap_or(wit::Usage {
+            requests: 1,
+            images: 0,
+            megapixels_milli: 0,
+            seconds_milli: 0,
+            input_tokens: 0,
+            // Four characters a token, when the provider reported no usage.
+            output_tokens: (text.chars().count() as u64).div_ceil(4),
+        });
+        wit::Outcome::Completed(wit::Completion {
+            text: Some(text),
+            assets: Vec::new(),
+            usage,
+        })
     }
 
     /// Stores the outputs and ends the execution `COMPLETED`, settling the hold.
@@ -669,6 +747,27 @@ fn canonical_output(completion: &wit::Completion, entries: Vec<(wit::Modality, V
     Value::Object(output)
 }
 
+/// Has the adapter classify a whole response.
+async fn parse(
+    candidate: &Candidate,
+    ctx: &wit::CallContext,
+    job: Option<&wit::Job>,
+    response: wit::HttpResponse,
+) -> wit::Outcome {
+    let ctx = ctx.clone();
+    let job = job.cloned();
+    match candidate
+        .plugin
+        .call_async("parse-response", move |adapter, store| {
+            adapter.call_parse_response(store, &ctx, job.as_ref(), &response)
+        })
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(error) => wit::Outcome::Failed(plugin_failure(error)),
+    }
+}
+
 fn context(execution: &Execution, candidate: &Candidate, attempt_id: &str) -> wit::CallContext {
     wit::CallContext {
         slug: execution.model.clone(),
@@ -677,7 +776,8 @@ fn context(execution: &Execution, candidate: &Candidate, attempt_id: &str) -> wi
         attempt_id: attempt_id.to_string(),
         callback_url: None,
         files: Vec::new(),
-        stream: false,
+        stream: execution.mode == super::Mode::Streaming
+            && candidate.plugin.manifest.capabilities.streaming,
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::auth::Caller;
 use crate::billing::{self, HoldResult};
@@ -51,7 +51,19 @@ pub struct Created {
     pub execution: Execution,
     /// an earlier request with the same idempotency key created it
     pub replayed: bool,
+    /// status changes and output deltas, for a new `STREAMING` execution
+    pub events: Option<broadcast::Receiver<StreamMessage>>,
 }
+
+/// What a `STREAMING` client is told as the execution runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamMessage {
+    Status(Status),
+    Delta(String),
+}
+
+/// Messages a slow streaming client may fall behind by before it misses some.
+const STREAM_BUFFER: usize = 1024;
 
 pub struct Executions {
     store: Store,
@@ -60,6 +72,8 @@ pub struct Executions {
     validators: Mutex<HashMap<(String, String), Arc<jsonschema::Validator>>>,
     /// the latest status of executions someone is waiting on
     watchers: Mutex<HashMap<String, watch::Sender<Status>>>,
+    /// event streams of running `STREAMING` executions
+    streams: Mutex<HashMap<String, broadcast::Sender<StreamMessage>>>,
     dispatch: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
@@ -76,6 +90,7 @@ impl Executions {
             settings,
             validators: Mutex::default(),
             watchers: Mutex::default(),
+            streams: Mutex::default(),
             dispatch,
         }
     }
@@ -142,15 +157,23 @@ impl Executions {
 
         match outcome {
             CreateOutcome::Created(execution) => {
+                // Subscribe before dispatch, so the stream misses nothing.
+                let events = (execution.mode == Mode::Streaming).then(|| {
+                    let (sender, receiver) = broadcast::channel(STREAM_BUFFER);
+                    self.lock_streams().insert(execution.id.clone(), sender);
+                    receiver
+                });
                 let _ = self.dispatch.send(execution.id.clone());
                 Ok(Created {
                     execution,
                     replayed: false,
+                    events,
                 })
             }
             CreateOutcome::Replayed(execution) => Ok(Created {
                 execution,
                 replayed: true,
+                events: None,
             }),
             CreateOutcome::KeyReused => Err(ApiError::new(
                 Code::Conflict,
@@ -353,8 +376,30 @@ impl Executions {
             .subscribe()
     }
 
+    fn lock_streams(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<StreamMessage>>> {
+        self.streams.lock().expect("streams poisoned")
+    }
+
+    /// Sends a piece of output text to the execution's stream, if it has one.
+    pub fn publish_delta(&self, id: &str, text: String) {
+        if let Some(stream) = self.lock_streams().get(id) {
+            let _ = stream.send(StreamMessage::Delta(text));
+        }
+    }
+
     /// Tells waiters that `execution` changed.
     fn notify(&self, execution: &Execution) {
+        {
+            let mut streams = self.lock_streams();
+            if let Some(stream) = streams.get(&execution.id) {
+                let _ = stream.send(StreamMessage::Status(execution.status));
+                if execution.status.is_terminal() {
+                    streams.remove(&execution.id);
+                }
+            }
+        }
         let mut watchers = self.watchers.lock().expect("watchers poisoned");
         if let Some(sender) = watchers.get(&execution.id) {
             sender.send_replace(execution.status);

@@ -567,3 +567,80 @@ pub async fn wait_status(server: &Server, id: &str, status: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Parses a server-sent event stream into (event, data) pairs.
+fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = Some(name.trim().to_string());
+                } else if let Some(chunk) = line.strip_prefix("data:") {
+                    data.push_str(chunk.trim_start());
+                }
+            }
+            Some((event?, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
+    let emulator = openai_emulator().await;
+    let server = Server::start(&[openai_provider(&emulator)]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/executions", server.url))
+        .bearer_auth(&server.api_key)
+        .json(&json!({"model": "llama-3.1-8b-instruct", "mode": "STREAMING", "input": {"messages": [{"role": "user", "content": "one two three"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = sse_events(&response.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names.first(), Some(&"execution"));
+    assert_eq!(names.last(), Some(&"done"));
+    assert!(names.contains(&"status"));
+    let deltas: String = events
+        .iter()
+        .filter(|(name, _)| name == "delta")
+        .map(|(_, data)| data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, "Echo: three two one");
+    assert!(
+        events.iter().filter(|(name, _)| name == "delta").count() >= 3,
+        "text arrives in pieces"
+    );
+    let done = &events.last().unwrap().1;
+    assert_eq!(done["status"], "COMPLETED");
+    assert_eq!(done["result"]["output"]["text"], "Echo: three two one");
+    assert_eq!(done["result"]["output"]["usage"]["output_tokens"], 4);
+    let sent = emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/chat/completions")
+        .unwrap();
+    assert!(sent.body.contains("\"stream\":true"));
+
+    // A model whose provider does not stream text still streams its status.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/executions", server.url))
+        .bearer_auth(&server.api_key)
+        .json(&json!({"model": "flux-1.1-pro", "mode": "STREAMING", "input": flux_input()}))
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(&response.text().await.unwrap());
+    let done = &events.last().unwrap().1;
+    assert_eq!(events.last().unwrap().0, "done");
+    assert_eq!(done["status"], "COMPLETED");
+    assert!(done["result"]["output"]["images"][0]["file_id"].is_string());
+}
