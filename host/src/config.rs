@@ -58,6 +58,8 @@ pub struct ExecutionSettings {
     pub max_attempts: u32,
     pub upstream_timeout_ms: u64,
     pub max_asset_bytes: u64,
+    /// how often a job whose provider will call back is polled anyway
+    pub callback_fallback_poll_ms: u64,
 }
 
 impl Default for ExecutionSettings {
@@ -68,6 +70,7 @@ impl Default for ExecutionSettings {
             max_attempts: 4,
             upstream_timeout_ms: 60_000,
             max_asset_bytes: 150 * 1024 * 1024,
+            callback_fallback_poll_ms: 10_000,
         }
     }
 }

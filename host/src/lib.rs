@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod billing;
+pub mod callbacks;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -76,12 +77,14 @@ pub async fn serve(config: Config) -> Result<()> {
         config.executions.clone(),
         accepted,
     ));
+    let callbacks = callbacks::CallbackSigner::load(&store, &config.public_url).await?;
     let dispatcher = Dispatcher::new(
         executions.clone(),
         router.clone(),
         upstream,
         files.clone(),
         config.executions.clone(),
+        callbacks,
     );
     if config.dev {
         bootstrap_dev_organization(&store, &data).await?;

@@ -63,6 +63,29 @@ pub async fn create(
     Ok(response)
 }
 
+/// `POST /v1/provider-webhooks/{provider}/{token}`: a provider's callback. Answers
+/// `200` once verified (even when it arrives too late to matter), `404` otherwise.
+pub async fn provider_callback(
+    State(app): State<Arc<App>>,
+    Path((provider, token)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let headers = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    if app
+        .dispatcher
+        .provider_callback(&provider, &token, headers, body.to_vec())
+        .await?
+    {
+        Ok(Json(json!({ "received": true })))
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
 /// A `STREAMING` answer: server-sent events `execution` (the accepted execution),
 /// `status` (each change), `delta` (output text as the provider produces it) and
 /// finally `done` (the terminal execution object), after which the stream ends.

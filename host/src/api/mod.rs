@@ -45,7 +45,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/models/{slug}", get(models::get))
         .route("/balance", get(executions::balance))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .route_layer(middleware::from_fn_with_state(app.clone(), rate_limit));
+        .route_layer(middleware::from_fn_with_state(app.clone(), rate_limit))
+        // Providers, not clients, call this one: no API key, no client rate limit.
+        .route(
+            "/provider-webhooks/{provider}/{token}",
+            post(executions::provider_callback),
+        );
     let admin = Router::new()
         .route("/organizations", post(admin::create_organization))
         .route("/organizations/{id}/credit", post(admin::credit))

@@ -8,13 +8,14 @@
 use anyhow::Result;
 use rand::Rng;
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::model::{Attempt, Execution, JobRecord, Status};
 use super::{Ending, Executions};
+use crate::callbacks::CallbackSigner;
 use crate::clock;
 use crate::config::ExecutionSettings;
 use crate::error::Code;
@@ -36,7 +37,10 @@ pub struct Dispatcher {
     upstream: Upstream,
     files: FileStore,
     settings: ExecutionSettings,
+    callbacks: CallbackSigner,
     running: Mutex<HashSet<String>>,
+    /// wakes the poll loop of an execution whose provider called back
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// How an attempt ended.
@@ -70,6 +74,7 @@ impl Dispatcher {
         upstream: Upstream,
         files: FileStore,
         settings: ExecutionSettings,
+        callbacks: CallbackSigner,
     ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             executions,
@@ -77,8 +82,70 @@ impl Dispatcher {
             upstream,
             files,
             settings,
+            callbacks,
             running: Mutex::default(),
+            wakers: Mutex::default(),
         })
+    }
+
+    fn waker(&self, id: &str) -> Arc<Notify> {
+        self.wakers
+            .lock()
+            .expect("wakers poisoned")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// A provider called back for `provider` with `token`: checks the token, has the
+    /// adapter read the callback, and wakes the attempt's poll loop unless the job is
+    /// still running. `false` when the token does not verify.
+    pub async fn provider_callback(
+        &self,
+        provider: &str,
+        token: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<bool> {
+        let Some(target) = self.callbacks.verify(provider, token) else {
+            return Ok(false);
+        };
+        let Some(execution) = self.executions.store_get(&target.execution_id)? else {
+            return Ok(false);
+        };
+        let attempt = execution
+            .open_attempt()
+            .filter(|a| a.id == target.attempt_id && a.provider == provider)
+            .cloned();
+        let (Some(attempt), Some(candidate)) = (
+            attempt,
+            self.router
+                .candidates(&execution.model)
+                .into_iter()
+                .find(|c| c.provider.name == provider),
+        ) else {
+            tracing::info!(execution = %execution.id, "late provider callback ignored");
+            return Ok(true);
+        };
+        let Some(job) = attempt.job else {
+            // The submit answer has not been recorded yet; polling will follow.
+            return Ok(true);
+        };
+        let ctx = context(&execution, &candidate, &attempt.id, &self.callbacks);
+        let job = wit::Job {
+            id: job.id,
+            state: job.state,
+        };
+        let outcome = candidate
+            .plugin
+            .call_async("parse-webhook", move |adapter, store| {
+                adapter.call_parse_webhook(store, &ctx, &job, &headers, &body)
+            })
+            .await;
+        if !matches!(outcome, Ok(wit::Outcome::Pending(_))) {
+            self.waker(&execution.id).notify_one();
+        }
+        Ok(true)
     }
 
     /// Resumes every non-terminal execution, then serves newly accepted ones, and
@@ -123,6 +190,7 @@ impl Dispatcher {
                 .lock()
                 .expect("running set poisoned")
                 .remove(&id);
+            this.wakers.lock().expect("wakers poisoned").remove(&id);
         });
     }
 
@@ -165,7 +233,7 @@ impl Dispatcher {
         else {
             return;
         };
-        let ctx = context(execution, &candidate, &attempt.id);
+        let ctx = context(execution, &candidate, &attempt.id, &self.callbacks);
         let job = wit::Job {
             id: job.id,
             state: job.state,
@@ -326,7 +394,7 @@ impl Dispatcher {
             return Ok(AttemptEnd::Abandoned);
         }
 
-        let ctx = context(execution, &candidate, &attempt_id);
+        let ctx = context(execution, &candidate, &attempt_id, &self.callbacks);
         let input = execution.input.to_string();
         let submit_ctx = ctx.clone();
         let request = match candidate
@@ -388,7 +456,7 @@ impl Dispatcher {
         match (attempt.job, candidate) {
             (Some(job), Some(candidate)) => {
                 tracing::info!(execution = %execution.id, job = %job.id, "resuming a provider job");
-                let ctx = context(execution, &candidate, &attempt.id);
+                let ctx = context(execution, &candidate, &attempt.id, &self.callbacks);
                 let job = wit::Job {
                     id: job.id,
                     state: job.state,
@@ -420,8 +488,25 @@ impl Dispatcher {
         mut delay_ms: u32,
     ) -> Result<AttemptEnd> {
         let mut errors = 0;
+        let waker = self.waker(id);
+        // A provider that will call back is polled once as asked, then only as a
+        // fallback (a restart polls at once: a callback may have come meanwhile).
+        let fallback = ctx
+            .callback_url
+            .as_ref()
+            .map(|_| self.settings.callback_fallback_poll_ms.min(u32::MAX as u64) as u32);
+        let mut first = true;
         loop {
-            tokio::time::sleep(Duration::from_millis(delay_ms as u64)).await;
+            let wait = match fallback {
+                Some(fallback) if !first => fallback.max(delay_ms),
+                _ => delay_ms,
+            };
+            first = false;
+            let wait = Duration::from_millis(wait as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = waker.notified() => {}
+            }
             match self.executions.store_get(id)? {
                 Some(execution) if !execution.status.is_terminal() => {}
                 _ => return Ok(AttemptEnd::Abandoned),
@@ -768,13 +853,24 @@ async fn parse(
     }
 }
 
-fn context(execution: &Execution, candidate: &Candidate, attempt_id: &str) -> wit::CallContext {
+fn context(
+    execution: &Execution,
+    candidate: &Candidate,
+    attempt_id: &str,
+    callbacks: &CallbackSigner,
+) -> wit::CallContext {
+    let callback_url = candidate
+        .plugin
+        .manifest
+        .capabilities
+        .webhooks
+        .then(|| callbacks.url(&candidate.provider.name, &execution.id, attempt_id));
     wit::CallContext {
         slug: execution.model.clone(),
         provider_model: candidate.model.provider_model.clone(),
         base_url: candidate.provider.base_url(&candidate.plugin),
         attempt_id: attempt_id.to_string(),
-        callback_url: None,
+        callback_url,
         files: Vec::new(),
         stream: execution.mode == super::Mode::Streaming
             && candidate.plugin.manifest.capabilities.streaming,

@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
@@ -29,6 +29,9 @@ pub struct Replicate {
     polls_until_done: AtomicU32,
     /// keep every prediction processing (a job that never finishes)
     never_finish: AtomicBool,
+    /// when non-zero, predictions finish on their own this many ms after creation
+    /// (and call their webhook); polls only report
+    background_ms: AtomicU64,
 }
 
 struct Prediction {
@@ -49,6 +52,11 @@ impl Replicate {
 
     pub fn set_never_finish(&self, never: bool) {
         self.never_finish.store(never, Ordering::SeqCst);
+    }
+
+    /// Predictions finish by themselves `ms` after creation and call their webhook.
+    pub fn complete_in_background(&self, ms: u64) {
+        self.background_ms.store(ms, Ordering::SeqCst);
     }
 
     fn view(&self, id: &str, p: &Prediction) -> Value {
@@ -126,6 +134,7 @@ pub async fn spawn(addr: &str, token: &str) -> std::io::Result<Emulator<Replicat
             predictions: Mutex::default(),
             polls_until_done: AtomicU32::new(1),
             never_finish: AtomicBool::new(false),
+            background_ms: AtomicU64::new(0),
         });
         let api = Router::new()
             .route("/v1/models/{owner}/{name}/predictions", post(create))
@@ -195,7 +204,25 @@ async fn create(
         state.finish(&id, &mut prediction);
     }
     let view = state.view(&id, &prediction);
-    state.predictions.lock().unwrap().insert(id, prediction);
+    state
+        .predictions
+        .lock()
+        .unwrap()
+        .insert(id.clone(), prediction);
+    let background = state.background_ms.load(Ordering::SeqCst);
+    if background > 0 {
+        let state = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(background)).await;
+            let mut predictions = state.predictions.lock().unwrap();
+            if let Some(prediction) = predictions.get_mut(&id)
+                && matches!(prediction.status, "starting" | "processing")
+            {
+                state.finish(&id, prediction);
+                state.deliver_webhook(&id, prediction);
+            }
+        });
+    }
     json_response(StatusCode::CREATED, view)
 }
 
@@ -204,18 +231,17 @@ async fn fetch(State(state): State<Arc<Replicate>>, Path(id): Path<String>) -> R
     let Some(prediction) = predictions.get_mut(&id) else {
         return json_response(StatusCode::NOT_FOUND, ReplicateDialect::error_body(404));
     };
-    if matches!(prediction.status, "starting" | "processing")
-        && !state.never_finish.load(Ordering::SeqCst)
-    {
+    if matches!(prediction.status, "starting" | "processing") {
+        // Never-finishing and self-finishing predictions only report on a poll.
+        let passive = state.never_finish.load(Ordering::SeqCst)
+            || state.background_ms.load(Ordering::SeqCst) > 0;
         prediction.polls += 1;
-        if prediction.polls >= state.polls_until_done.load(Ordering::SeqCst) {
+        if !passive && prediction.polls >= state.polls_until_done.load(Ordering::SeqCst) {
             state.finish(&id, prediction);
             state.deliver_webhook(&id, prediction);
         } else {
             prediction.status = "processing";
         }
-    } else if prediction.status == "starting" {
-        prediction.status = "processing";
     }
     json_response(StatusCode::OK, state.view(&id, prediction))
 }

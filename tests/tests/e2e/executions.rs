@@ -644,3 +644,59 @@ async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
     assert_eq!(done["status"], "COMPLETED");
     assert!(done["result"]["output"]["images"][0]["file_id"].is_string());
 }
+
+/// The provider calls back when it is done (1.5 s in): after the adapter's first poll
+/// (0.5 s) polling is pushed out to a minute, so only the verified callback can wake
+/// the execution in time. A forged one is refused.
+#[tokio::test]
+async fn a_provider_callback_completes_a_job_without_waiting_for_the_next_poll() {
+    let emulator = replicate_emulator().await;
+    emulator.state.complete_in_background(1500);
+    let server = Server::start_with(
+        &[replicate_provider(&emulator)],
+        Options {
+            executions: "callback_fallback_poll_ms = 60000",
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = create(&server, flux()).await;
+    let execution = server.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    let created = emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/predictions"))
+        .unwrap();
+    let body: Value = serde_json::from_str(&created.body).unwrap();
+    let callback = body["webhook"].as_str().expect("a callback URL was given");
+    assert!(callback.starts_with(&format!(
+        "{}/v1/provider-webhooks/replicate-emulator/",
+        server.url
+    )));
+    assert_eq!(body["webhook_events_filter"], json!(["completed"]));
+
+    let forged = format!(
+        "{}/v1/provider-webhooks/replicate-emulator/{id}.att_x.00000000000000000000000000000000",
+        server.url
+    );
+    let response = reqwest::Client::new()
+        .post(forged)
+        .json(&json!({"id": "x", "status": "succeeded"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // A replayed genuine callback after the end is accepted and changes nothing.
+    let replay = reqwest::Client::new()
+        .post(callback)
+        .json(&json!({"id": "x", "status": "failed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+    assert_eq!(
+        server.get(&format!("/v1/executions/{id}")).await.body["status"],
+        "COMPLETED"
+    );
+}
