@@ -170,6 +170,20 @@ pub async fn verify_ledger(
     Ok(Json(json!(report)))
 }
 
+/// `GET /admin/v1/executions/{id}`: the whole record, with every attempt (provider,
+/// plugin version, provider job, outcome). For operators only.
+pub async fn execution(
+    State(app): State<Arc<App>>,
+    _: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let execution = app
+        .executions
+        .store_get(&id)?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!(execution)))
+}
+
 /// `GET /admin/v1/plugins`: what is loaded.
 pub async fn plugins(State(app): State<Arc<App>>, _: Operator) -> Json<Value> {
     let plugins: Vec<Value> = app

@@ -56,6 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/organizations/{id}/credit", post(admin::credit))
         .route("/plugins", get(admin::plugins))
         .route("/ledger/verify", get(admin::verify_ledger))
+        .route("/executions/{id}", get(admin::execution))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

@@ -795,8 +795,8 @@ impl Dispatcher {
 }
 
 impl Executions {
-    /// The execution regardless of organization (the dispatcher's view).
-    pub(crate) fn store_get(&self, id: &str) -> Result<Option<Execution>> {
+    /// The execution regardless of organization (the dispatcher's and operators' view).
+    pub fn store_get(&self, id: &str) -> Result<Option<Execution>> {
         self.store
             .read(|txn| super::load(&txn.open_table(crate::store::EXECUTIONS)?, id))
     }

@@ -105,3 +105,102 @@ async fn executions_cut_at_any_point_all_finish_after_kill_9() {
         "{available} + {spent} != 100"
     );
 }
+
+/// Several hundred executions, the server killed three times at random moments.
+/// Every execution ends; no provider job is counted twice; no attempt's request is
+/// sent twice (each attempt has at most one prediction at the provider); the ledger
+/// rebuilds to the balances with no hold left.
+#[tokio::test]
+async fn random_kills_during_hundreds_of_executions_lose_nothing_and_repeat_nothing() {
+    use rand::Rng;
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    emulator.set_always(Some(Fault::Delay { ms: 20 }));
+    let mut server = Server::start(&[ProviderSpec {
+        name: "replicate-emulator",
+        adapter: "replicate",
+        base_url: emulator.base_url(),
+        models: &["flux-1.1-pro"],
+    }])
+    .await;
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        for i in 0..100 {
+            let prompt = format!("run {round}-{i}");
+            let input = json!({"prompt": prompt, "width": 256, "height": 256});
+            let reply = server
+                .post(
+                    "/v1/executions",
+                    json!({"model": "flux-1.1-pro", "input": input}),
+                )
+                .await;
+            assert_eq!(
+                reply.status,
+                reqwest::StatusCode::ACCEPTED,
+                "{:?}",
+                reply.body
+            );
+            ids.push((reply.body["id"].as_str().unwrap().to_string(), prompt));
+        }
+        let pause = rand::rng().random_range(0..400);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        server.kill();
+        server.restart().await;
+    }
+    emulator.set_always(None);
+
+    let creates = emulator.requests();
+    for (id, prompt) in &ids {
+        let execution = server.wait_terminal(id, WAIT).await;
+        assert!(
+            ["COMPLETED", "FAILED"].contains(&execution["status"].as_str().unwrap()),
+            "{execution}"
+        );
+        let record = server
+            .call(
+                reqwest::Method::GET,
+                &format!("/admin/v1/executions/{id}"),
+                Some(&server.admin_token),
+                None,
+                &[],
+            )
+            .await
+            .body;
+        let attempts = record["attempts"].as_array().unwrap();
+        let sent = creates
+            .iter()
+            .filter(|r| {
+                r.path.ends_with("/predictions") && r.body.contains(&format!("\"{prompt}\""))
+            })
+            .count();
+        assert!(
+            sent <= attempts.len(),
+            "{id}: {sent} submits for {} attempts",
+            attempts.len()
+        );
+        let jobs: Vec<&str> = attempts
+            .iter()
+            .filter_map(|a| a["job"]["id"].as_str())
+            .collect();
+        let unique: std::collections::HashSet<&&str> = jobs.iter().collect();
+        assert_eq!(
+            unique.len(),
+            jobs.len(),
+            "{id}: a provider job recorded twice"
+        );
+        assert!(attempts.iter().all(|a| a["plugin_version"] == "0.1.0"));
+    }
+    let verified = server
+        .call(
+            reqwest::Method::GET,
+            "/admin/v1/ledger/verify",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    assert_eq!(verified["consistent"], true, "{verified}");
+    assert_eq!(server.get("/v1/balance").await.body["held"], "0");
+}
