@@ -52,6 +52,8 @@ lint:
 ## Benchmarks; figures are recorded in the README.
 bench: plugins
 	$(CARGO) bench -p modelroute --bench adapter
+	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
+	target/release/modelroute-loadgen
 
 fmt:
 	$(CARGO) fmt --all

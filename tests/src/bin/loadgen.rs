@@ -1,0 +1,221 @@
+//! `modelroute-loadgen`: measures, in one run on this machine, a provider emulator
+//! called directly against the same calls through ModelRoute in SYNC mode (the
+//! latency ModelRoute adds), and how many ASYNC executions per second ModelRoute
+//! durably accepts. `make bench` runs it against the release build.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use modelroute_tests::emulators::{DEFAULT_TOKEN, openai};
+
+#[derive(Parser)]
+struct Args {
+    /// The `modelroute` binary to measure.
+    #[arg(long, default_value = "target/release/modelroute")]
+    server: PathBuf,
+    /// Requests per latency phase.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Concurrent clients in the latency phases.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Executions in the acceptance phase.
+    #[arg(long, default_value_t = 20000)]
+    accepts: usize,
+    /// Concurrent clients in the acceptance phase.
+    #[arg(long, default_value_t = 128)]
+    accept_concurrency: usize,
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+/// Runs `count` requests built by `make`, `concurrency` at a time; returns each
+/// latency (sorted) and the wall time.
+async fn drive<F, Fut>(
+    count: usize,
+    concurrency: usize,
+    make: F,
+) -> Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let request = make(i);
+            async move {
+                let sent = Instant::now();
+                request.await.map(|_| sent.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<Result<Duration>>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let wall = started.elapsed();
+    latencies.sort();
+    Ok((latencies, wall))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await?;
+    let data = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = data.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = \"plugins/dist\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+             [rate_limits]\nrequests_per_second = 1000000\nburst = 1000000\n\
+             [[providers]]\nname = \"local\"\nadapter = \"openai\"\nbase_url = {:?}\napi_key = \"{DEFAULT_TOKEN}\"\n\
+             [providers.models.\"llama-3.1-8b-instruct\"]\n",
+            data.path().join("state"),
+            emulator.base_url(),
+        ),
+    )?;
+    let _server = Server(
+        Command::new(&args.server)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", args.server.display()))?,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(512)
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = std::fs::read_to_string(data.path().join("state/admin-token"))?
+        .trim()
+        .to_string();
+    let org: Value = client
+        .post(format!("{base}/admin/v1/organizations"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "load", "credit_usd": "1000000"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = org["api_key"].as_str().context("no api key")?.to_string();
+    let messages = json!([{"role": "user", "content": "Say hello to the benchmark"}]);
+
+    // 1. The emulator alone.
+    let direct_url = format!("{}/v1/chat/completions", emulator.base_url());
+    let direct_body = json!({"model": "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo", "messages": messages, "max_tokens": 16});
+    let (direct, _) = drive(args.requests, args.concurrency, |_| {
+        let request = client
+            .post(&direct_url)
+            .bearer_auth(DEFAULT_TOKEN)
+            .json(&direct_body)
+            .send();
+        async move {
+            let response = request.await?;
+            if !response.status().is_success() {
+                bail!("emulator answered {}", response.status());
+            }
+            response.bytes().await?;
+            Ok(())
+        }
+    })
+    .await?;
+
+    // 2. The same calls through ModelRoute, SYNC.
+    let create_url = format!("{base}/v1/executions");
+    let sync_body = json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC", "input": {"messages": messages, "max_tokens": 16}});
+    let (sync, _) = drive(args.requests, args.concurrency, |_| {
+        let request = client
+            .post(&create_url)
+            .bearer_auth(&key)
+            .json(&sync_body)
+            .send();
+        async move {
+            let response = request.await?;
+            let body: Value = response.json().await?;
+            if body["status"] != "COMPLETED" {
+                bail!("not completed: {body}");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+
+    // 3. Durable ASYNC acceptance.
+    let async_body = json!({"model": "llama-3.1-8b-instruct", "input": {"messages": messages, "max_tokens": 16}});
+    let (accepts, wall) = drive(args.accepts, args.accept_concurrency, |_| {
+        let request = client
+            .post(&create_url)
+            .bearer_auth(&key)
+            .json(&async_body)
+            .send();
+        async move {
+            let response = request.await?;
+            if response.status() != reqwest::StatusCode::ACCEPTED {
+                bail!("create answered {}", response.status());
+            }
+            response.bytes().await?;
+            Ok(())
+        }
+    })
+    .await?;
+
+    println!("| measurement | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    println!(
+        "| emulator alone ({} clients) | {:.2} | {:.2} |",
+        args.concurrency,
+        percentile(&direct, 0.5),
+        percentile(&direct, 0.99)
+    );
+    println!(
+        "| through ModelRoute, SYNC | {:.2} | {:.2} |",
+        percentile(&sync, 0.5),
+        percentile(&sync, 0.99)
+    );
+    println!(
+        "| added by ModelRoute | {:.2} | {:.2} |",
+        percentile(&sync, 0.5) - percentile(&direct, 0.5),
+        percentile(&sync, 0.99) - percentile(&direct, 0.99)
+    );
+    println!(
+        "| ASYNC create ({} clients): {} accepted in {:.2} s = {:.0} durable accepts/s | {:.2} | {:.2} |",
+        args.accept_concurrency,
+        args.accepts,
+        wall.as_secs_f64(),
+        args.accepts as f64 / wall.as_secs_f64(),
+        percentile(&accepts, 0.5),
+        percentile(&accepts, 0.99)
+    );
+    Ok(())
+}
