@@ -51,7 +51,7 @@ lint:
 
 ## Benchmarks; figures are recorded in the README.
 bench: plugins
-	$(CARGO) bench -p modelroute --bench adapter
+	$(CARGO) bench -p modelroute --bench adapter --bench accept
 	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
 	target/release/modelroute-loadgen
 

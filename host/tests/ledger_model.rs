@@ -233,3 +233,48 @@ proptest! {
         runtime.block_on(run(ops))?;
     }
 }
+
+/// Completion, cancel and expiry racing for the same execution: exactly one wins,
+/// the hold is resolved once, and the balances still add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_endings_resolve_each_hold_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, executions) = open(&dir.path().join("db.redb"));
+    let executions = Arc::new(executions);
+    store
+        .write(|txn| billing::deposit(txn, "org_a", Micros(100_000_000), "test"))
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        let execution = execution("org_a", Micros(40_000));
+        let id = execution.id.clone();
+        executions.accept(execution, None).await.unwrap();
+        let endings = [
+            Ending::Completed {
+                cost: Micros(40_000),
+                output: json!({}),
+                files: Vec::new(),
+            },
+            Ending::Cancelled,
+            Ending::Expired,
+            Ending::Failed {
+                code: Code::GenerationFailed,
+                detail: "race".into(),
+            },
+        ];
+        let racers = endings.into_iter().map(|ending| {
+            let (executions, id) = (executions.clone(), id.clone());
+            tokio::spawn(async move { executions.finish(&id, ending).await.unwrap().is_some() })
+        });
+        let mut winners = 0;
+        for racer in racers.collect::<Vec<_>>() {
+            winners += racer.await.unwrap() as usize;
+        }
+        assert_eq!(winners, 1, "exactly one ending wins");
+    }
+    let report = executions.verify_ledger().unwrap();
+    assert!(report.consistent, "{:?}", report.mismatches);
+    let account = store.read(|txn| billing::account(txn, "org_a")).unwrap();
+    assert_eq!(account.held, Micros::ZERO);
+    assert_eq!(account.deposits.0, account.available.0 + account.spent.0);
+}

@@ -1,0 +1,109 @@
+//! Durable accepts per second at the store: `Executions::accept` writes the execution,
+//! its hold (two ledger entries' worth of balance), its queue entry and its
+//! idempotency claim in one transaction; concurrent accepts share commits (group
+//! commit), each acknowledged only after its fsync.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modelroute::config::{Config, ExecutionSettings};
+use modelroute::executions::model::Mode;
+use modelroute::executions::{CreateOutcome, Execution, Executions, Status};
+use modelroute::money::Micros;
+use modelroute::plugins::Registry;
+use modelroute::routing::Router;
+use modelroute::store::Store;
+
+const CONCURRENCY: usize = 128;
+const PER_ITERATION: usize = 4096;
+
+fn execution(org: &str) -> Execution {
+    let now = modelroute::clock::now();
+    Execution {
+        id: modelroute::ids::new_id("exec"),
+        organization_id: org.to_string(),
+        model: "llama-3.1-8b-instruct".into(),
+        status: Status::Pending,
+        input: json!({"messages": [{"role": "user", "content": "Say hello to the benchmark"}]}),
+        metadata: json!({}),
+        mode: Mode::Async,
+        webhook_url: None,
+        hold_amount: Micros(10_000),
+        estimated_cost: Micros(50),
+        usage_estimate: Default::default(),
+        cost: None,
+        created_at: now,
+        started_at: None,
+        completed_at: None,
+        expires_at: now + chrono::Duration::hours(1),
+        output: None,
+        error: None,
+        attempts: Vec::new(),
+        transitions: vec![(Status::Pending, now)],
+    }
+}
+
+fn accepts(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("bench.redb")).expect("store");
+    let config = Config::load(None).expect("config");
+    let router = Arc::new(Router::new(&config, Arc::new(Registry::default())));
+    let (dispatch, _queue) = tokio::sync::mpsc::unbounded_channel();
+    let executions = Arc::new(Executions::new(
+        store.clone(),
+        router,
+        ExecutionSettings::default(),
+        dispatch,
+    ));
+    runtime.block_on(async {
+        store
+            .write(|txn| {
+                modelroute::billing::deposit(txn, "org_bench", Micros(u64::MAX / 4), "bench")
+            })
+            .await
+            .expect("deposit");
+    });
+
+    let mut group = c.benchmark_group("durable accepts");
+    group.throughput(Throughput::Elements(PER_ITERATION as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function(format!("{CONCURRENCY} concurrent clients"), |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iterations {
+                    let per_client = PER_ITERATION / CONCURRENCY;
+                    let clients = (0..CONCURRENCY).map(|client| {
+                        let executions = executions.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per_client {
+                                let key = format!("bench-{client}-{i}-{}", uuid_like());
+                                let outcome = executions
+                                    .accept(execution("org_bench"), Some((key, "hash".into())))
+                                    .await
+                                    .expect("accept");
+                                assert!(matches!(outcome, CreateOutcome::Created(_)));
+                            }
+                        })
+                    });
+                    for client in clients.collect::<Vec<_>>() {
+                        client.await.expect("client");
+                    }
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn uuid_like() -> String {
+    modelroute::ids::new_short_id("k")
+}
+
+criterion_group!(benches, accepts);
+criterion_main!(benches);
