@@ -78,6 +78,19 @@ enum AdminCommand {
     },
     /// List loaded plugins.
     Plugins,
+    /// Install or replace a plugin at runtime (validated before it goes live).
+    InstallPlugin {
+        /// The plugin's manifest name.
+        #[arg(long)]
+        name: String,
+        /// The component, e.g. plugins/dist/replicate.wasm
+        file: PathBuf,
+    },
+    /// Restore the version the last install of a plugin replaced.
+    RollbackPlugin {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -129,6 +142,16 @@ async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
             .post(format!("{base}/admin/v1/organizations/{org}/credit"))
             .json(&json!({ "amount_usd": amount_usd, "memo": memo })),
         AdminCommand::Plugins => client.get(format!("{base}/admin/v1/plugins")),
+        AdminCommand::InstallPlugin { name, file } => {
+            let wasm =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            client
+                .put(format!("{base}/admin/v1/plugins/{name}"))
+                .body(wasm)
+        }
+        AdminCommand::RollbackPlugin { name } => {
+            client.post(format!("{base}/admin/v1/plugins/{name}/rollback"))
+        }
     };
     let response = request
         .bearer_auth(token)

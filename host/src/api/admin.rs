@@ -13,6 +13,7 @@ use crate::auth::{self, Scope};
 use crate::billing;
 use crate::error::{ApiError, Code, DetailCode};
 use crate::money::Micros;
+use crate::plugins::LoadedPlugin;
 use crate::store::ORGANIZATIONS;
 use redb::ReadableTable;
 
@@ -184,25 +185,87 @@ pub async fn execution(
     Ok(Json(json!(execution)))
 }
 
-/// `GET /admin/v1/plugins`: what is loaded.
+fn plugin_view(plugin: &LoadedPlugin, state: &str) -> Value {
+    json!({
+        "name": plugin.name,
+        "version": plugin.version,
+        "api_version": plugin.api_version,
+        "sha256": plugin.sha256,
+        "state": state,
+        "loaded_at": plugin.loaded_at,
+        "models": plugin.manifest.models.iter().map(|m| &m.slug).collect::<Vec<_>>(),
+        "calls": plugin.calls(),
+        "traps": plugin.traps(),
+    })
+}
+
+/// `GET /admin/v1/plugins`: the active version of each plugin, and the version a
+/// rollback would restore.
 pub async fn plugins(State(app): State<Arc<App>>, _: Operator) -> Json<Value> {
-    let plugins: Vec<Value> = app
-        .registry
-        .all()
-        .iter()
-        .map(|plugin| {
-            json!({
-                "name": plugin.name,
-                "version": plugin.version,
-                "api_version": plugin.api_version,
-                "sha256": plugin.sha256,
-                "state": "active",
-                "loaded_at": plugin.loaded_at,
-                "models": plugin.manifest.models.iter().map(|m| &m.slug).collect::<Vec<_>>(),
-                "calls": plugin.calls(),
-                "traps": plugin.traps(),
-            })
-        })
-        .collect();
+    let mut plugins = Vec::new();
+    for plugin in app.registry.all() {
+        plugins.push(plugin_view(&plugin, "active"));
+        if let Some(previous) = app.registry.previous(&plugin.name) {
+            plugins.push(plugin_view(&previous, "previous"));
+        }
+    }
     Json(json!({ "data": plugins, "has_more": false }))
+}
+
+/// `PUT /admin/v1/plugins/{name}` with the component's bytes: compiled off the
+/// request path, validated (contract version, manifest, a smoke call per model),
+/// then swapped in atomically. Attempts in flight finish on the version they
+/// started with; the replaced version is kept for rollback. An invalid plugin
+/// changes nothing.
+pub async fn install_plugin(
+    State(app): State<Arc<App>>,
+    _: Operator,
+    Path(name): Path<String>,
+    wasm: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let runtime = app.runtime.clone();
+    let started = std::time::Instant::now();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let plugin = runtime.load(&wasm)?;
+        plugin.validate()?;
+        Ok::<_, anyhow::Error>(plugin)
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    let plugin = loaded.map_err(|error| {
+        ApiError::invalid(
+            "plugin",
+            DetailCode::InvalidValue,
+            format!("the plugin was refused: {error:#}"),
+        )
+    })?;
+    if plugin.name != name {
+        return Err(ApiError::invalid(
+            "plugin",
+            DetailCode::InvalidValue,
+            format!("the plugin calls itself {:?}, not {name:?}", plugin.name),
+        ));
+    }
+    let replaced = app.registry.activate(plugin.clone());
+    tracing::info!(plugin = %name, version = %plugin.version, sha256 = %plugin.sha256, elapsed_ms = started.elapsed().as_millis() as u64, "plugin installed");
+    let mut view = plugin_view(&plugin, "active");
+    view["replaced"] = replaced.map_or(Value::Null, |p| plugin_view(&p, "previous"));
+    Ok(Json(view))
+}
+
+/// `POST /admin/v1/plugins/{name}/rollback`: restores the version the last swap
+/// replaced.
+pub async fn rollback_plugin(
+    State(app): State<Arc<App>>,
+    _: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let restored = app.registry.rollback(&name).ok_or_else(|| {
+        ApiError::new(
+            Code::Conflict,
+            format!("plugin {name:?} has no previous version to roll back to"),
+        )
+    })?;
+    tracing::info!(plugin = %name, version = %restored.version, sha256 = %restored.sha256, "plugin rolled back");
+    Ok(Json(plugin_view(&restored, "active")))
 }

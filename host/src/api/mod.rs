@@ -25,6 +25,8 @@ use crate::ids::new_short_id;
 
 /// Largest JSON body accepted by any endpoint.
 const MAX_JSON_BODY: usize = 1024 * 1024;
+/// Largest plugin an operator may install.
+const MAX_PLUGIN_BYTES: usize = 50 * 1024 * 1024;
 
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
@@ -57,6 +59,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/plugins", get(admin::plugins))
         .route("/ledger/verify", get(admin::verify_ledger))
         .route("/executions/{id}", get(admin::execution))
+        .route(
+            "/plugins/{name}",
+            axum::routing::put(admin::install_plugin)
+                .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+        )
+        .route("/plugins/{name}/rollback", post(admin::rollback_plugin))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

@@ -264,6 +264,58 @@ impl LoadedPlugin {
         self.traps.load(Ordering::Relaxed)
     }
 
+    /// Checks the manifest and smoke-tests every model with its example input:
+    /// each schema compiles and accepts its example, and the adapter estimates and
+    /// builds a submit request for it. Run before a version becomes active.
+    pub fn validate(&self) -> Result<()> {
+        let manifest = &self.manifest;
+        if manifest.version.trim().is_empty() {
+            bail!("the manifest has no version");
+        }
+        if manifest.models.is_empty() {
+            bail!("the manifest serves no models");
+        }
+        for model in &manifest.models {
+            let slug = &model.slug;
+            let schema: serde_json::Value = serde_json::from_str(&model.input_schema)
+                .map_err(|e| anyhow!("model {slug}: the input schema is not JSON: {e}"))?;
+            let validator = jsonschema::validator_for(&schema)
+                .map_err(|e| anyhow!("model {slug}: the input schema is invalid: {e}"))?;
+            let example: serde_json::Value = serde_json::from_str(&model.example_input)
+                .map_err(|e| anyhow!("model {slug}: the example input is not JSON: {e}"))?;
+            if let Some(error) = validator.iter_errors(&example).next() {
+                bail!("model {slug}: the example input breaks the schema: {error}");
+            }
+            let (provider_model, input) =
+                (model.provider_model.clone(), model.example_input.clone());
+            self.call("estimate", |adapter, store| {
+                adapter.call_estimate(store, slug, &provider_model, &input)
+            })
+            .map_err(|e| anyhow!("{e}"))?
+            .map_err(|f| anyhow!("model {slug}: estimating the example failed: {}", f.message))?;
+            let ctx = wit::CallContext {
+                slug: slug.clone(),
+                provider_model: model.provider_model.clone(),
+                base_url: manifest.default_base_url.clone(),
+                attempt_id: "att_validation".into(),
+                callback_url: None,
+                files: Vec::new(),
+                stream: false,
+            };
+            self.call("build-submit", |adapter, store| {
+                adapter.call_build_submit(store, &ctx, &model.example_input)
+            })
+            .map_err(|e| anyhow!("{e}"))?
+            .map_err(|f| {
+                anyhow!(
+                    "model {slug}: building a request for the example failed: {}",
+                    f.message
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn model(&self, slug: &str) -> Option<&wit::Model> {
         self.manifest.models.iter().find(|m| m.slug == slug)
     }
@@ -372,10 +424,13 @@ pub fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Result<Vec<Arc<LoadedPlug
     paths
         .iter()
         .map(|path| {
-            let wasm = std::fs::read(path)?;
-            runtime
-                .load(&wasm)
-                .with_context(|| format!("loading plugin {}", path.display()))
+            let plugin = runtime.load(&std::fs::read(path)?)?;
+            plugin.validate()?;
+            Ok(plugin)
+        })
+        .zip(&paths)
+        .map(|(loaded, path): (Result<Arc<LoadedPlugin>>, _)| {
+            loaded.with_context(|| format!("loading plugin {}", path.display()))
         })
         .collect()
 }

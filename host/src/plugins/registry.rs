@@ -2,15 +2,20 @@
 
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::LoadedPlugin;
 
 /// Active plugins by manifest name. Readers take a snapshot without locking; an
-/// in-flight attempt keeps the `Arc` of the version it started with.
+/// in-flight attempt keeps the `Arc` of the version it started with, so a replaced
+/// version drains as its last attempt ends. The version each swap replaced is kept
+/// for rollback.
 #[derive(Default)]
 pub struct Registry {
     active: ArcSwap<BTreeMap<String, Arc<LoadedPlugin>>>,
+    previous: Mutex<BTreeMap<String, Arc<LoadedPlugin>>>,
+    /// serializes swaps and rollbacks, so `previous` always matches `active`
+    swapping: Mutex<()>,
 }
 
 impl Registry {
@@ -22,8 +27,48 @@ impl Registry {
         self.active.load().values().cloned().collect()
     }
 
-    /// Makes `plugin` the active version of its name; returns the one it replaced.
+    /// The version a rollback of `name` would restore.
+    pub fn previous(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.previous
+            .lock()
+            .expect("registry poisoned")
+            .get(name)
+            .cloned()
+    }
+
+    /// Makes `plugin` the active version of its name; returns the one it replaced,
+    /// which becomes the rollback target.
     pub fn activate(&self, plugin: Arc<LoadedPlugin>) -> Option<Arc<LoadedPlugin>> {
+        let _swap = self.swapping.lock().expect("registry poisoned");
+        let replaced = self.swap(plugin);
+        if let Some(replaced) = &replaced {
+            self.previous
+                .lock()
+                .expect("registry poisoned")
+                .insert(replaced.name.clone(), replaced.clone());
+        }
+        replaced
+    }
+
+    /// Restores the version the last swap of `name` replaced (the replaced one
+    /// becomes the rollback target in turn). Returns the now active version.
+    pub fn rollback(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        let _swap = self.swapping.lock().expect("registry poisoned");
+        let restored = self
+            .previous
+            .lock()
+            .expect("registry poisoned")
+            .remove(name)?;
+        if let Some(replaced) = self.swap(restored.clone()) {
+            self.previous
+                .lock()
+                .expect("registry poisoned")
+                .insert(name.to_string(), replaced);
+        }
+        Some(restored)
+    }
+
+    fn swap(&self, plugin: Arc<LoadedPlugin>) -> Option<Arc<LoadedPlugin>> {
         let mut replaced = None;
         self.active.rcu(|current| {
             let mut next = BTreeMap::clone(current);

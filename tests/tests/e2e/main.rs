@@ -4,6 +4,7 @@
 mod api;
 mod executions;
 mod money;
+mod plugins;
 mod restart;
 mod sandbox;
 mod support;

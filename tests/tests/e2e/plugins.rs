@@ -1,0 +1,219 @@
+//! Adapters replaced and rolled back at runtime, under load, without a restart.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+
+use modelroute_tests::emulators::{DEFAULT_TOKEN, openai};
+
+use crate::support::{ProviderSpec, Server};
+
+fn shipped(name: &str) -> Vec<u8> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../plugins/dist/{name}.wasm"));
+    std::fs::read(path).expect("run `make plugins`")
+}
+
+/// The same component with a custom section appended: valid, and a new sha256.
+fn rebuilt(wasm: &[u8], marker: u8) -> Vec<u8> {
+    let name = b"modelroute:test-build";
+    let mut bytes = wasm.to_vec();
+    bytes.extend_from_slice(&[0x00, (1 + name.len() + 1) as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.push(marker);
+    bytes
+}
+
+async fn listed_sha(server: &Server) -> String {
+    let listed = server
+        .call(
+            Method::GET,
+            "/admin/v1/plugins",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "openai" && p["state"] == "active")
+        .map(|p| p["sha256"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+async fn install(server: &Server, name: &str, wasm: Vec<u8>) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .put(format!("{}/admin/v1/plugins/{name}", server.url))
+        .bearer_auth(&server.admin_token)
+        .body(wasm)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn swapping_and_rolling_back_under_load_fails_no_execution() {
+    let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let server = Server::start(&[ProviderSpec {
+        name: "openai-emulator",
+        adapter: "openai",
+        base_url: emulator.base_url(),
+        models: &["llama-3.1-8b-instruct"],
+    }])
+    .await;
+    let original = shipped("openai");
+    let original_sha = listed_sha(&server).await;
+    let swapping = std::sync::atomic::AtomicBool::new(true);
+
+    // Executions run back to back for as long as the swaps go on.
+    let load = async {
+        let mut ids = Vec::new();
+        let mut i = 0;
+        while swapping.load(std::sync::atomic::Ordering::SeqCst) || i < 20 {
+            i += 1;
+            let body = json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC", "input": {"messages": [{"role": "user", "content": format!("swap {i}")}]}});
+            let reply = server.post("/v1/executions", body).await;
+            assert!(reply.status.is_success(), "{:?}", reply.body);
+            ids.push(reply.body["id"].as_str().unwrap().to_string());
+        }
+        ids
+    };
+    let swaps = async {
+        let mut hashes = Vec::new();
+        for marker in 1..=5u8 {
+            let (status, body) = install(&server, "openai", rebuilt(&original, marker)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["state"], "active");
+            hashes.push(body["sha256"].as_str().unwrap().to_string());
+        }
+        let rolled = server
+            .call(
+                Method::POST,
+                "/admin/v1/plugins/openai/rollback",
+                Some(&server.admin_token),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(rolled.status, StatusCode::OK, "{:?}", rolled.body);
+        assert_eq!(
+            rolled.body["sha256"],
+            hashes[3].as_str(),
+            "back to the version before the last swap"
+        );
+        swapping.store(false, std::sync::atomic::Ordering::SeqCst);
+        hashes
+    };
+    let (ids, hashes) = tokio::join!(load, swaps);
+
+    let mut used = HashSet::new();
+    for id in &ids {
+        let execution = server
+            .wait_terminal(id, std::time::Duration::from_secs(30))
+            .await;
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+        let record = server
+            .call(
+                Method::GET,
+                &format!("/admin/v1/executions/{id}"),
+                Some(&server.admin_token),
+                None,
+                &[],
+            )
+            .await
+            .body;
+        for attempt in record["attempts"].as_array().unwrap() {
+            used.insert(attempt["plugin_sha256"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(
+        used.iter()
+            .all(|sha| *sha == original_sha || hashes.contains(sha)),
+        "{used:?}"
+    );
+    assert!(
+        used.len() >= 2,
+        "executions ran on several versions: {used:?}"
+    );
+    let listed = server
+        .call(
+            Method::GET,
+            "/admin/v1/plugins",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    let states: Vec<(String, String)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "openai")
+        .map(|p| {
+            (
+                p["state"].as_str().unwrap().to_string(),
+                p["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("active".to_string(), hashes[3].clone()),
+            ("previous".to_string(), hashes[4].clone())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_plugin_is_refused_with_a_reason_and_changes_nothing() {
+    let server = Server::start(&[]).await;
+    let before = server
+        .call(
+            Method::GET,
+            "/admin/v1/plugins",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    for (name, wasm, reason) in [
+        ("openai", b"not wasm at all".to_vec(), "WebAssembly"),
+        ("openai", shipped("replicate"), "calls itself"),
+        ("openai", shipped("openai")[..1000].to_vec(), "refused"),
+    ] {
+        let (status, body) = install(&server, name, wasm).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "INPUT_VALIDATION_ERROR");
+        let message = body["error"]["details"][0]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{message}");
+    }
+    let after = server
+        .call(
+            Method::GET,
+            "/admin/v1/plugins",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    assert_eq!(before, after);
+    let rollback = server
+        .call(
+            Method::POST,
+            "/admin/v1/plugins/openai/rollback",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(rollback.status, StatusCode::CONFLICT);
+}
