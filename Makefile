@@ -4,8 +4,8 @@
 SHELL := bash
 CARGO ?= cargo
 PLUGINS := replicate openai
-# Adapters that only tests load (they misbehave on purpose).
-TEST_PLUGINS := hostile
+# Adapters only tests load (target/test-plugins): one misbehaves on purpose; the
+# SDK's template must pass the conformance kit.
 TEST_DIST := target/test-plugins
 PLUGIN_TARGET := wasm32-wasip2
 PLUGIN_OUT := target/$(PLUGIN_TARGET)/plugin
@@ -20,10 +20,11 @@ setup:
 ## Builds every adapter to a WebAssembly component in plugins/dist/.
 plugins: setup
 	$(CARGO) build --profile plugin --target $(PLUGIN_TARGET) $(addprefix -p modelroute-plugin-,$(PLUGINS)) \
-	  $(addprefix -p modelroute-fixture-,$(TEST_PLUGINS))
+	  -p modelroute-fixture-hostile -p modelroute-template
 	@mkdir -p $(DIST) $(TEST_DIST)
 	@for p in $(PLUGINS); do cp $(PLUGIN_OUT)/modelroute_plugin_$$p.wasm $(DIST)/$$p.wasm; done
-	@for p in $(TEST_PLUGINS); do cp $(PLUGIN_OUT)/modelroute_fixture_$$p.wasm $(TEST_DIST)/$$p.wasm; done
+	@cp $(PLUGIN_OUT)/modelroute_fixture_hostile.wasm $(TEST_DIST)/hostile.wasm
+	@cp $(PLUGIN_OUT)/modelroute_template.wasm $(TEST_DIST)/template.wasm
 	@ls -l $(DIST) $(TEST_DIST)
 
 ## The server, the CLI and the provider emulators.

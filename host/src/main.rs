@@ -27,12 +27,30 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Tools for plugin authors.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Operator commands, through the admin API of a running server.
     Admin {
         #[command(flatten)]
         connection: Connection,
         #[command(subcommand)]
         command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check a plugin as the server would load it, then against fixtures: the kit's
+    /// own (common provider failures) and yours (`--fixtures file.json`).
+    Check {
+        /// The component, e.g. target/wasm32-wasip2/release/my_adapter.wasm
+        file: PathBuf,
+        /// JSON files of recorded exchanges and expected outcomes.
+        #[arg(long)]
+        fixtures: Vec<PathBuf>,
     },
 }
 
@@ -113,7 +131,44 @@ fn main() -> Result<()> {
             connection,
             command,
         } => runtime.block_on(admin(connection, command)),
+        Command::Plugin {
+            command: PluginCommand::Check { file, fixtures },
+        } => runtime.block_on(check_plugin(file, fixtures)),
     }
+}
+
+async fn check_plugin(file: PathBuf, fixture_files: Vec<PathBuf>) -> Result<()> {
+    use modelroute::plugins::{Runtime, conformance};
+    let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let mut fixtures = Vec::new();
+    for path in &fixture_files {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let parsed: Vec<conformance::Fixture> = serde_json::from_str(&text)
+            .with_context(|| format!("parsing fixtures {}", path.display()))?;
+        fixtures.extend(parsed);
+    }
+    // Compiled artifacts go to a private scratch directory, removed afterwards.
+    let cache = std::env::temp_dir().join(format!("modelroute-check-{}", std::process::id()));
+    let runtime = Runtime::new(Default::default(), cache.clone())?;
+    let checks =
+        tokio::task::spawn_blocking(move || conformance::check(&runtime, &wasm, &fixtures)).await?;
+    let _ = std::fs::remove_dir_all(&cache);
+    let mut failed = 0;
+    for check in &checks {
+        match &check.failure {
+            None => println!("PASS  {}", check.name),
+            Some(why) => {
+                failed += 1;
+                println!("FAIL  {}: {why}", check.name);
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", checks.len() - failed);
+    if failed > 0 {
+        bail!("{} does not conform", file.display());
+    }
+    Ok(())
 }
 
 async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {

@@ -6,6 +6,7 @@
 //! blocking pool, and is dropped afterwards (a trap poisons a store). The
 //! [`Registry`] swaps plugins atomically: an attempt holds the `Arc` it started with.
 
+pub mod conformance;
 mod registry;
 
 pub use registry::Registry;

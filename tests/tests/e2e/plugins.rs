@@ -217,3 +217,60 @@ async fn an_invalid_plugin_is_refused_with_a_reason_and_changes_nothing() {
         .await;
     assert_eq!(rollback.status, StatusCode::CONFLICT);
 }
+
+/// `modelroute plugin check`: the shipped adapters pass with their recorded fixtures,
+/// so does the SDK's template (under 100 lines), and the hostile one fails.
+#[test]
+fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let check = |wasm: &str, fixtures: Option<&str>| {
+        let mut command = std::process::Command::new(crate::support::binary());
+        command.current_dir(&root).args(["plugin", "check", wasm]);
+        if let Some(fixtures) = fixtures {
+            command.args(["--fixtures", fixtures]);
+        }
+        let output = command
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run modelroute");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    for (wasm, fixtures, checks) in [
+        (
+            "plugins/dist/replicate.wasm",
+            Some("plugins/replicate/fixtures.json"),
+            13,
+        ),
+        (
+            "plugins/dist/openai.wasm",
+            Some("plugins/openai/fixtures.json"),
+            19,
+        ),
+        ("target/test-plugins/template.wasm", None, 8),
+    ] {
+        let (passed, report) = check(wasm, fixtures);
+        assert!(passed, "{wasm}:\n{report}");
+        assert!(
+            report.contains(&format!("{checks} passed, 0 failed")),
+            "{wasm}:\n{report}"
+        );
+    }
+    let template = std::fs::read_to_string(root.join("sdk/template/src/lib.rs")).unwrap();
+    assert!(template.lines().count() < 100);
+
+    let (passed, report) = check("target/test-plugins/hostile.wasm", None);
+    assert!(!passed);
+    assert!(
+        report.contains("FAIL  hostile-test: 429 is a retryable failure"),
+        "{report}"
+    );
+    let (passed, report) = check("Cargo.toml", None);
+    assert!(!passed);
+    assert!(
+        report.contains("FAIL  contract version and manifest"),
+        "{report}"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// The `modelroute` binary next to this test binary (`cargo build --bins` puts it
 /// there; `make test` does that first). `MODELROUTE_BIN` overrides.
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     if let Ok(path) = std::env::var("MODELROUTE_BIN") {
         return path.into();
     }
