@@ -37,6 +37,8 @@ pub struct PluginLimits {
     pub memory_limit_mb: u64,
     /// compiled components (default `$DATA/plugin-cache`); safe to share
     pub cache_dir: Option<PathBuf>,
+    /// a swapped-in version that traps this often is rolled back (0: never)
+    pub rollback_after_traps: u64,
 }
 
 impl Default for PluginLimits {
@@ -45,6 +47,7 @@ impl Default for PluginLimits {
             call_timeout_ms: 1000,
             memory_limit_mb: 64,
             cache_dir: None,
+            rollback_after_traps: 10,
         }
     }
 }

@@ -106,6 +106,16 @@ pub async fn serve(config: Config) -> Result<()> {
         operator_token,
         limits: ratelimit::Limits::new(&config.rate_limits),
     });
+    let threshold = config.plugins.rollback_after_traps;
+    if threshold > 0 {
+        let registry = app.registry.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                registry.roll_back_trapping(threshold);
+            }
+        });
+    }
     let pruned = app.clone();
     tokio::spawn(async move {
         loop {

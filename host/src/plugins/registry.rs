@@ -68,6 +68,23 @@ impl Registry {
         Some(restored)
     }
 
+    /// Rolls back every swapped-in version that has trapped `threshold` times or
+    /// more; returns the names rolled back.
+    pub fn roll_back_trapping(&self, threshold: u64) -> Vec<String> {
+        let trapping: Vec<String> = self
+            .all()
+            .into_iter()
+            .filter(|plugin| plugin.traps() >= threshold && self.previous(&plugin.name).is_some())
+            .map(|plugin| plugin.name.clone())
+            .collect();
+        for name in &trapping {
+            if let Some(restored) = self.rollback(name) {
+                tracing::warn!(plugin = %name, version = %restored.version, sha256 = %restored.sha256, threshold, "a swapped-in version kept trapping: rolled back");
+            }
+        }
+        trapping
+    }
+
     fn swap(&self, plugin: Arc<LoadedPlugin>) -> Option<Arc<LoadedPlugin>> {
         let mut replaced = None;
         self.active.rcu(|current| {

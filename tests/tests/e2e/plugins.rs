@@ -44,6 +44,31 @@ async fn listed_sha(server: &Server) -> String {
         .unwrap()
 }
 
+/// (state, sha256) of every listed version of `name`, the active one first.
+async fn plugin_states(server: &Server, name: &str) -> Vec<(String, String)> {
+    server
+        .call(
+            Method::GET,
+            "/admin/v1/plugins",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await
+        .body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == name)
+        .map(|p| {
+            (
+                p["state"].as_str().unwrap().to_string(),
+                p["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 async fn install(server: &Server, name: &str, wasm: Vec<u8>) -> (StatusCode, Value) {
     let response = reqwest::Client::new()
         .put(format!("{}/admin/v1/plugins/{name}", server.url))
@@ -273,4 +298,61 @@ fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
         report.contains("FAIL  contract version and manifest"),
         "{report}"
     );
+}
+
+/// A version swapped in that keeps trapping is rolled back by itself once it reaches
+/// the operator's threshold.
+#[tokio::test]
+async fn a_trapping_new_version_is_rolled_back_automatically() {
+    let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let server = crate::support::Server::start_with(
+        &[ProviderSpec {
+            name: "hostile-provider",
+            adapter: "hostile",
+            base_url: emulator.base_url(),
+            models: &["hostile-test"],
+        }],
+        crate::support::Options {
+            executions: "max_attempts = 1",
+            extra_plugins: &["hostile"],
+            plugins: "rollback_after_traps = 3",
+            ..Default::default()
+        },
+    )
+    .await;
+    let hostile = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/test-plugins/hostile.wasm"),
+    )
+    .unwrap();
+    let original = plugin_states(&server, "hostile").await[0].1.clone();
+    let (status, body) = install(&server, "hostile", rebuilt(&hostile, 9)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let swapped = body["sha256"].as_str().unwrap().to_string();
+
+    for _ in 0..3 {
+        let reply = server
+            .post(
+                "/v1/executions",
+                json!({"model": "hostile-test", "input": {"prompt": "panic"}}),
+            )
+            .await;
+        let id = reply.body["id"].as_str().unwrap().to_string();
+        server
+            .wait_terminal(&id, std::time::Duration::from_secs(20))
+            .await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let states = plugin_states(&server, "hostile").await;
+        if states.first().map(|s| &s.1) == Some(&original) {
+            assert_eq!(states[1], ("previous".to_string(), swapped));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no automatic rollback: {states:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

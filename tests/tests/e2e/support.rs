@@ -107,6 +107,8 @@ pub struct Options<'a> {
     pub extra_plugins: &'a [&'a str],
     /// requests per second and burst per key
     pub rate_limit: (u32, u32),
+    /// extra TOML for the `[plugins]` table
+    pub plugins: &'a str,
 }
 
 impl Default for Options<'_> {
@@ -115,6 +117,7 @@ impl Default for Options<'_> {
             executions: "",
             extra_plugins: &[],
             rate_limit: (10_000, 10_000),
+            plugins: "",
         }
     }
 }
@@ -130,6 +133,7 @@ impl Server {
             executions,
             extra_plugins: extra,
             rate_limit: (per_second, burst),
+            plugins: plugin_settings,
         } = options;
         let data = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -157,7 +161,7 @@ impl Server {
             dir
         };
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[plugins]\ncache_dir = {:?}\n\n[rate_limits]\nrequests_per_second = {per_second}\nburst = {burst}\n\n[executions]\n{executions}\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[plugins]\ncache_dir = {:?}\n{plugin_settings}\n\n[rate_limits]\nrequests_per_second = {per_second}\nburst = {burst}\n\n[executions]\n{executions}\n",
             data.path().join("state"),
             plugins,
             shared_plugin_cache(),
