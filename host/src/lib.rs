@@ -67,6 +67,11 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::info!(plugin = %plugin.name, version = %plugin.version, sha256 = %plugin.sha256, "plugin loaded");
         registry.activate(plugin);
     }
+    plugins::watch_dir(
+        runtime.clone(),
+        registry.clone(),
+        config.plugins_dir.clone(),
+    );
     let router = Arc::new(Router::new(&config, registry.clone()));
     let files = FileStore::new(data.join("files"))?;
     let upstream =

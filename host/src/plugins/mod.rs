@@ -435,3 +435,64 @@ pub fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Result<Vec<Arc<LoadedPlug
         })
         .collect()
 }
+
+/// How often the plugins directory is looked at for new or changed components.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Watches `dir`: a `*.wasm` file that appears or changes is loaded, validated and
+/// swapped in like an install through the admin API (the replaced version is kept
+/// for rollback). A file that does not load is logged and left alone.
+pub fn watch_dir(runtime: Arc<Runtime>, registry: Arc<Registry>, dir: PathBuf) {
+    type Seen = std::collections::HashMap<PathBuf, (std::time::SystemTime, u64)>;
+    fn scan(dir: &Path) -> Seen {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                if path.extension()? != "wasm" {
+                    return None;
+                }
+                let meta = std::fs::metadata(&path).ok()?;
+                Some((path, (meta.modified().ok()?, meta.len())))
+            })
+            .collect()
+    }
+    tokio::spawn(async move {
+        let mut seen = scan(&dir);
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            let now = scan(&dir);
+            for (path, stamp) in &now {
+                if seen.get(path) == Some(stamp) {
+                    continue;
+                }
+                let runtime = runtime.clone();
+                let file = path.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let plugin = runtime.load(&std::fs::read(&file)?)?;
+                    plugin.validate()?;
+                    Ok::<_, anyhow::Error>(plugin)
+                })
+                .await;
+                match loaded {
+                    Ok(Ok(plugin))
+                        if registry
+                            .get(&plugin.name)
+                            .is_some_and(|p| p.sha256 == plugin.sha256) => {}
+                    Ok(Ok(plugin)) => {
+                        tracing::info!(plugin = %plugin.name, version = %plugin.version, sha256 = %plugin.sha256, path = %path.display(), "plugin changed on disk: swapped in");
+                        registry.activate(plugin);
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(path = %path.display(), error = format!("{error:#}"), "plugin on disk refused")
+                    }
+                    Err(error) => {
+                        tracing::error!(path = %path.display(), %error, "plugin load task failed")
+                    }
+                }
+            }
+            seen = now;
+        }
+    });
+}

@@ -356,3 +356,35 @@ async fn a_trapping_new_version_is_rolled_back_automatically() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Dropping a new build into the plugins directory swaps it in, like an install.
+#[tokio::test]
+async fn a_component_written_to_the_plugins_directory_is_swapped_in() {
+    let server = crate::support::Server::start_with(
+        &[],
+        crate::support::Options {
+            extra_plugins: &["template"],
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = server.data.path().join("plugins");
+    let before = plugin_states(&server, "template").await;
+    let template = std::fs::read(dir.join("template.wasm")).unwrap();
+    std::fs::write(dir.join("template.wasm.partial"), rebuilt(&template, 7)).unwrap();
+    std::fs::rename(dir.join("template.wasm.partial"), dir.join("template.wasm")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let states = plugin_states(&server, "template").await;
+        if states.len() == 2 {
+            assert_eq!(states[1], ("previous".to_string(), before[0].1.clone()));
+            assert_ne!(states[0].1, before[0].1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not swapped in: {states:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
