@@ -28,6 +28,8 @@ use crate::upstream::{self, Target, Upstream};
 /// Consecutive failed polls of one job (provider errors, not job failures) before
 /// the attempt is given up.
 const MAX_POLL_ERRORS: u32 = 5;
+/// Largest text output kept in an execution (larger ones fail the attempt).
+const MAX_TEXT_OUTPUT: usize = 1024 * 1024;
 /// How often the expiry sweeper looks for executions past their deadline.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
@@ -697,6 +699,18 @@ impl Dispatcher {
         candidate: &Candidate,
         completion: wit::Completion,
     ) -> Result<Option<wit::Failure>> {
+        if completion
+            .text
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_TEXT_OUTPUT)
+        {
+            let message = format!("the text output exceeds {MAX_TEXT_OUTPUT} bytes");
+            return Ok(Some(failure(
+                wit::ErrorCode::GenerationFailed,
+                message,
+                false,
+            )));
+        }
         let (output, records) = match self.store_outputs(execution, candidate, &completion).await {
             Ok(stored) => stored,
             Err(failure) => return Ok(Some(failure)),

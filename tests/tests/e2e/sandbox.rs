@@ -48,6 +48,7 @@ async fn a_misbehaving_plugin_fails_only_its_own_attempts() {
         ("memory", "INTERNAL_ERROR"),
         ("foreign-host", "INTERNAL_ERROR"),
         ("garbage-asset", "GENERATION_FAILED"),
+        ("huge-output", "GENERATION_FAILED"),
     ] {
         let started = Instant::now();
         let execution = run(prompt).await;
@@ -68,8 +69,8 @@ async fn a_misbehaving_plugin_fails_only_its_own_attempts() {
     }
     assert_eq!(
         emulator.count("/v1/chat/completions"),
-        6,
-        "only the garbage-asset and healthy calls reached a provider"
+        8,
+        "only the garbage-asset, huge-output and healthy calls reached a provider"
     );
 
     let plugins = server
