@@ -171,6 +171,46 @@ async fn main() -> Result<()> {
     })
     .await?;
 
+    // 2b. The same, while the adapter is replaced (compile + validate + activate).
+    let openai_wasm = std::fs::read("plugins/dist/openai.wasm").context("run `make plugins`")?;
+    let install_url = format!("{base}/admin/v1/plugins/openai");
+    let swaps = async {
+        let mut times = Vec::new();
+        for marker in 0..3u8 {
+            // A trailing custom section: the same adapter, a new hash, so a cold compile.
+            let mut wasm = openai_wasm.clone();
+            wasm.extend_from_slice(&[0x00, 6, 4, b'b', b'e', b'n', b'c', marker]);
+            let started = Instant::now();
+            let response = client
+                .put(&install_url)
+                .bearer_auth(&token)
+                .body(wasm)
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                bail!("install answered {}", response.status());
+            }
+            times.push(started.elapsed());
+        }
+        Ok::<_, anyhow::Error>(times)
+    };
+    let during = drive(args.requests, args.concurrency, |_| {
+        let request = client
+            .post(&create_url)
+            .bearer_auth(&key)
+            .json(&sync_body)
+            .send();
+        async move {
+            let body: Value = request.await?.json().await?;
+            if body["status"] != "COMPLETED" {
+                bail!("not completed during a swap: {body}");
+            }
+            Ok(())
+        }
+    });
+    let (swap_times, during) = tokio::join!(swaps, during);
+    let (swap_times, (during, _)) = (swap_times?, during?);
+
     // 3. Durable ASYNC acceptance.
     let async_body = json!({"model": "llama-3.1-8b-instruct", "input": {"messages": messages, "max_tokens": 16}});
     let (accepts, wall) = drive(args.accepts, args.accept_concurrency, |_| {
@@ -207,6 +247,19 @@ async fn main() -> Result<()> {
         "| added by ModelRoute | {:.2} | {:.2} |",
         percentile(&sync, 0.5) - percentile(&direct, 0.5),
         percentile(&sync, 0.99) - percentile(&direct, 0.99)
+    );
+    println!(
+        "| through ModelRoute, SYNC, during 3 adapter swaps | {:.2} | {:.2} |",
+        percentile(&during, 0.5),
+        percentile(&during, 0.99)
+    );
+    let swap_ms: Vec<String> = swap_times
+        .iter()
+        .map(|t| format!("{:.0}", t.as_secs_f64() * 1000.0))
+        .collect();
+    println!(
+        "| adapter swap (compile + validate + activate), ms | {} | |",
+        swap_ms.join(", ")
     );
     println!(
         "| ASYNC create ({} clients): {} accepted in {:.2} s = {:.0} durable accepts/s | {:.2} | {:.2} |",
