@@ -3,7 +3,7 @@
 
 SHELL := bash
 CARGO ?= cargo
-PLUGINS := replicate openai
+PLUGINS := replicate openai bfl
 # Adapters only tests load (target/test-plugins): one misbehaves on purpose; the
 # SDK's template must pass the conformance kit.
 TEST_DIST := target/test-plugins

@@ -3,7 +3,7 @@
 //! `curl -X POST 127.0.0.1:9101/__emulator/faults -d '{"kind":"status","status":503}'`.
 
 use clap::Parser;
-use modelroute_tests::emulators::{DEFAULT_TOKEN, openai, replicate};
+use modelroute_tests::emulators::{DEFAULT_TOKEN, bfl, openai, replicate};
 
 #[derive(Parser)]
 #[command(about = "Emulated AI providers on loopback")]
@@ -14,6 +14,9 @@ struct Args {
     /// Address of the OpenAI-format emulator.
     #[arg(long, default_value = "127.0.0.1:9102")]
     openai: String,
+    /// Address of the Black Forest Labs emulator.
+    #[arg(long, default_value = "127.0.0.1:9103")]
+    bfl: String,
     /// The credential the emulators expect.
     #[arg(long, env = "MODELROUTE_EMULATOR_TOKEN", default_value = DEFAULT_TOKEN)]
     token: String,
@@ -31,7 +34,9 @@ async fn main() -> anyhow::Result<()> {
     let replicate = replicate::spawn(&args.replicate, &args.token).await?;
     let openai = openai::spawn(&args.openai, &args.token).await?;
     tracing::info!(url = %replicate.base_url(), "Replicate-format emulator");
+    let bfl = bfl::spawn(&args.bfl, &args.token).await?;
     tracing::info!(url = %openai.base_url(), "OpenAI-format emulator");
+    tracing::info!(url = %bfl.base_url(), "Black Forest Labs emulator");
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Provider emulators: real HTTP servers on loopback that speak each provider's
 //! documented wire format, with deterministic outputs and injectable faults.
 
+pub mod bfl;
 pub mod openai;
 pub mod replicate;
 
@@ -85,9 +86,14 @@ impl Common {
     }
 }
 
-/// What differs between providers: their error bodies.
+/// What differs between providers: their error bodies and where the key goes.
 pub trait Dialect: Send + Sync + 'static {
     fn error_body(status: u16) -> serde_json::Value;
+
+    /// Whether the request carries the expected credential (`Authorization: Bearer`).
+    fn authorized(headers: &HeaderMap, token: &str) -> bool {
+        header(headers, "authorization") == Some(format!("Bearer {token}").as_str())
+    }
 }
 
 /// A running emulator. Stops when dropped.
@@ -231,13 +237,7 @@ async fn guard<D: Dialect>(
         }
         None => {}
     }
-    let expected = format!("Bearer {}", common.token);
-    if parts
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
+    if !D::authorized(&parts.headers, &common.token) {
         return (StatusCode::UNAUTHORIZED, axum::Json(D::error_body(401))).into_response();
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))

@@ -700,3 +700,47 @@ async fn a_provider_callback_completes_a_job_without_waiting_for_the_next_poll()
         "COMPLETED"
     );
 }
+
+/// Black Forest Labs' format: the key in `x-key`, a task polled at its
+/// `polling_url`, moderation as a task status.
+#[tokio::test]
+async fn the_bfl_format_polls_its_task_and_reports_moderation() {
+    let emulator = modelroute_tests::emulators::bfl::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start(&[ProviderSpec {
+        name: "bfl-emulator",
+        adapter: "bfl",
+        base_url: emulator.base_url(),
+        models: &["flux-1.1-pro"],
+    }])
+    .await;
+    let id = create(&server, flux()).await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    let image = &execution["result"]["output"]["images"][0];
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(512), Some(384))
+    );
+    assert_eq!(execution["cost"], "0.04");
+    let submitted = emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/flux-pro-1.1")
+        .unwrap();
+    assert_eq!(submitted.header("x-key"), Some(DEFAULT_TOKEN));
+    assert_eq!(submitted.header("authorization"), None);
+    assert!(
+        emulator.count("/v1/get_result") >= 2,
+        "the task was polled until ready"
+    );
+
+    let id = create(
+        &server,
+        json!({"model": "flux-1.1-pro", "input": {"prompt": "nsfw please"}}),
+    )
+    .await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["error"]["code"], "CONTENT_MODERATION_REJECTED");
+}

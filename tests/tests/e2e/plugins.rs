@@ -274,6 +274,7 @@ fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
             Some("plugins/openai/fixtures.json"),
             19,
         ),
+        ("plugins/dist/bfl.wasm", None, 8),
         ("target/test-plugins/template.wasm", None, 8),
     ] {
         let (passed, report) = check(wasm, fixtures);

@@ -1,0 +1,261 @@
+//! Black Forest Labs' API: `POST /v1/{model}` answers `{id, polling_url}`; polling
+//! `polling_url` answers `status` Pending / Ready (with `result.sample`, a URL) /
+//! Error / Content Moderated / Request Moderated / Task not found. The key goes in
+//! the `x-key` header.
+
+use modelroute_sdk::*;
+
+#[derive(Default)]
+struct Bfl;
+
+const FLUX_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["prompt"],
+  "properties": {
+    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
+    "width": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
+    "height": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
+    "seed": {"type": "integer", "minimum": 0}
+  }
+}"#;
+
+fn dimensions(input: &Value) -> (u64, u64) {
+    let side = |name| input[name].as_u64().unwrap_or(1024);
+    (side("width"), side("height"))
+}
+
+impl Adapter for Bfl {
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            name: "bfl".into(),
+            version: "0.1.0".into(),
+            default_base_url: "https://api.bfl.ai".into(),
+            allowed_hosts: vec![
+                "api.bfl.ai".into(),
+                "api.us1.bfl.ai".into(),
+                "api.eu1.bfl.ai".into(),
+                "delivery-us1.bfl.ai".into(),
+                "delivery-eu1.bfl.ai".into(),
+            ],
+            auth: AuthScheme::Header(HeaderAuth {
+                name: "x-key".into(),
+                prefix: String::new(),
+            }),
+            capabilities: Capabilities {
+                cancel: false,
+                webhooks: false,
+                streaming: false,
+                inline_files: false,
+            },
+            models: vec![Model {
+                slug: "flux-1.1-pro".into(),
+                provider_model: "flux-pro-1.1".into(),
+                modality: Modality::Image,
+                description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
+                input_schema: FLUX_SCHEMA.into(),
+                example_input: r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#
+                    .into(),
+                price: Price {
+                    per_image: 40_000,
+                    ..Price::default()
+                },
+            }],
+        }
+    }
+
+    fn estimate(&self, _model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
+        let (width, height) = dimensions(input);
+        Ok(Usage::images(1, width, height))
+    }
+
+    fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure> {
+        let Some(prompt) = input["prompt"].as_str() else {
+            return Err(Failure::new(
+                ErrorCode::InputValidationError,
+                "prompt is required",
+            ));
+        };
+        let (width, height) = dimensions(input);
+        let mut body =
+            json!({"prompt": prompt, "width": width, "height": height, "output_format": "png"});
+        if let Some(seed) = input.get("seed") {
+            body["seed"] = seed.clone();
+        }
+        Ok(HttpRequest::post_json(
+            ctx.url(&format!("/v1/{}", ctx.provider_model)),
+            &body,
+        ))
+    }
+
+    fn parse_response(
+        &self,
+        _ctx: &CallContext,
+        job: Option<&Job>,
+        response: &HttpResponse,
+    ) -> Outcome {
+        if !response.is_success() {
+            return Outcome::Failed(error(response));
+        }
+        let body = match response.json() {
+            Ok(body) => body,
+            Err(failure) => return Outcome::Failed(failure),
+        };
+        if job.is_none() {
+            // The submit answer: a task to poll.
+            return match (body["id"].as_str(), body["polling_url"].as_str()) {
+                (Some(id), Some(url)) => Outcome::pending(id, url, 500),
+                _ => Outcome::failed(
+                    ErrorCode::GenerationFailed,
+                    "the answer has no id or polling_url",
+                ),
+            };
+        }
+        let id = body["id"].as_str().unwrap_or_default();
+        match body["status"].as_str().unwrap_or_default() {
+            "Ready" => match body["result"]["sample"].as_str() {
+                Some(url) => Outcome::Completed(Completion::assets(
+                    Modality::Image,
+                    [url.to_string()],
+                    Usage {
+                        images: 1,
+                        ..Usage::default()
+                    },
+                )),
+                None => {
+                    Outcome::failed(ErrorCode::GenerationFailed, "a ready task without a sample")
+                }
+            },
+            "Pending" | "Queued" => {
+                Outcome::pending(id, job.map(|j| j.state.clone()).unwrap_or_default(), 1000)
+            }
+            "Content Moderated" | "Request Moderated" => Outcome::failed(
+                ErrorCode::ContentModerationRejected,
+                "moderated by the provider",
+            ),
+            "Task not found" => {
+                Outcome::failed(ErrorCode::GenerationFailed, "the provider lost the task")
+            }
+            other => Outcome::failed(
+                ErrorCode::GenerationFailed,
+                format!("task status {other:?}"),
+            ),
+        }
+    }
+
+    fn build_poll(&self, _ctx: &CallContext, job: &Job) -> Result<HttpRequest, Failure> {
+        Ok(HttpRequest::get(job.state.clone()))
+    }
+}
+
+/// BFL's errors: FastAPI `{"detail": ...}`; 402 means our account is out of credit.
+fn error(response: &HttpResponse) -> Failure {
+    let detail = response
+        .json()
+        .map(|body| body["detail"].to_string())
+        .unwrap_or_else(|_| response.text());
+    if response.status == 402 {
+        return Failure::new(
+            ErrorCode::ServiceUnavailable,
+            format!("insufficient credits: {detail}"),
+        );
+    }
+    Failure::from_status(response, detail)
+}
+
+export_adapter!(Bfl);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> CallContext {
+        CallContext {
+            slug: "flux-1.1-pro".into(),
+            provider_model: "flux-pro-1.1".into(),
+            base_url: "https://api.bfl.ai".into(),
+            attempt_id: "att_1".into(),
+            callback_url: None,
+            files: Vec::new(),
+            stream: false,
+        }
+    }
+
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn submit_then_poll_the_polling_url_until_ready() {
+        let request = Bfl
+            .build_submit(&ctx(), &json!({"prompt": "a cat", "width": 512}))
+            .unwrap();
+        assert_eq!(request.url, "https://api.bfl.ai/v1/flux-pro-1.1");
+        let submitted = r#"{"id":"t1","polling_url":"https://api.us1.bfl.ai/v1/get_result?id=t1"}"#;
+        let Outcome::Pending(pending) = Bfl.parse_response(&ctx(), None, &response(200, submitted))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            Bfl.build_poll(&ctx(), &pending.job).unwrap().url,
+            "https://api.us1.bfl.ai/v1/get_result?id=t1"
+        );
+        let waiting = r#"{"id":"t1","status":"Pending","result":null,"progress":0.4}"#;
+        assert!(matches!(
+            Bfl.parse_response(&ctx(), Some(&pending.job), &response(200, waiting)),
+            Outcome::Pending(_)
+        ));
+        let ready = r#"{"id":"t1","status":"Ready","result":{"sample":"https://delivery-us1.bfl.ai/results/t1/sample.png","prompt":"a cat"}}"#;
+        let Outcome::Completed(done) =
+            Bfl.parse_response(&ctx(), Some(&pending.job), &response(200, ready))
+        else {
+            panic!()
+        };
+        assert_eq!(done.usage.images, 1);
+    }
+
+    #[test]
+    fn moderation_and_errors_are_classified() {
+        let job = Job {
+            id: "t1".into(),
+            state: "https://api.bfl.ai/v1/get_result?id=t1".into(),
+        };
+        for status in ["Content Moderated", "Request Moderated"] {
+            let body = format!(r#"{{"id":"t1","status":"{status}","result":null}}"#);
+            let Outcome::Failed(f) = Bfl.parse_response(&ctx(), Some(&job), &response(200, &body))
+            else {
+                panic!()
+            };
+            assert_eq!(f.code, ErrorCode::ContentModerationRejected);
+        }
+        for (status, body, code) in [
+            (
+                422,
+                r#"{"detail":[{"loc":["body","width"],"msg":"too large","type":"value_error"}]}"#,
+                ErrorCode::InputValidationError,
+            ),
+            (
+                429,
+                r#"{"detail":"You have exceeded the number of active tasks."}"#,
+                ErrorCode::RateLimited,
+            ),
+            (
+                402,
+                r#"{"detail":"Insufficient credits"}"#,
+                ErrorCode::ServiceUnavailable,
+            ),
+            (200, "{oops", ErrorCode::GenerationFailed),
+        ] {
+            let Outcome::Failed(f) = Bfl.parse_response(&ctx(), None, &response(status, body))
+            else {
+                panic!("{status}")
+            };
+            assert_eq!(f.code, code, "{status}");
+        }
+    }
+}
