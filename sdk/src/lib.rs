@@ -26,6 +26,7 @@ mod bindings {
     });
 }
 
+pub mod canonical;
 mod helpers;
 pub use helpers::approx_tokens;
 

@@ -3,56 +3,15 @@
 //! answer synchronously; chat completions can stream server-sent events.
 
 use base64::Engine;
+use modelroute_sdk::canonical;
 use modelroute_sdk::*;
 
 #[derive(Default)]
 struct OpenAi;
 
-const FLUX_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["prompt"],
-  "properties": {
-    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
-    "width": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
-    "height": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
-    "seed": {"type": "integer", "minimum": 0}
-  }
-}"#;
-
-const CHAT_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["messages"],
-  "properties": {
-    "messages": {
-      "type": "array",
-      "minItems": 1,
-      "items": {
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["role", "content"],
-        "properties": {
-          "role": {"enum": ["system", "user", "assistant"]},
-          "content": {"type": "string"}
-        }
-      }
-    },
-    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 256},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2}
-  }
-}"#;
-
 const FLUX: &str = "flux-1.1-pro";
 const LLAMA: &str = "llama-3.1-8b-instruct";
 const DEFAULT_MAX_TOKENS: u64 = 256;
-
-fn dimensions(input: &Value) -> (u64, u64) {
-    let side = |name| input[name].as_u64().unwrap_or(1024);
-    (side("width"), side("height"))
-}
 
 fn is_chat(slug: &str) -> bool {
     slug == LLAMA
@@ -78,9 +37,8 @@ impl Adapter for OpenAi {
                     provider_model: "black-forest-labs/FLUX.1.1-pro".into(),
                     modality: Modality::Image,
                     description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
-                    input_schema: FLUX_SCHEMA.into(),
-                    example_input: r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#
-                        .into(),
+                    input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
+                    example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
                     price: Price {
                         per_megapixel: 38_000,
                         ..Price::default()
@@ -91,7 +49,7 @@ impl Adapter for OpenAi {
                     provider_model: "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo".into(),
                     modality: Modality::Text,
                     description: "Llama 3.1 8B Instruct: a small, fast chat model.".into(),
-                    input_schema: CHAT_SCHEMA.into(),
+                    input_schema: canonical::CHAT_SCHEMA.into(),
                     example_input: r#"{"messages":[{"role":"user","content":"Say hello"}]}"#.into(),
                     price: Price {
                         per_million_input_tokens: 180_000,
@@ -113,7 +71,7 @@ impl Adapter for OpenAi {
             let max_tokens = input["max_tokens"].as_u64().unwrap_or(DEFAULT_MAX_TOKENS);
             Ok(Usage::tokens(prompt, max_tokens))
         } else {
-            let (width, height) = dimensions(input);
+            let (width, height) = canonical::image_size(input);
             Ok(Usage::images(1, width, height))
         }
     }
@@ -143,7 +101,7 @@ impl Adapter for OpenAi {
                 "prompt is required",
             ));
         };
-        let (width, height) = dimensions(input);
+        let (width, height) = canonical::image_size(input);
         let mut body = json!({
             "model": ctx.provider_model,
             "prompt": prompt,

@@ -1,28 +1,11 @@
 //! Replicate's predictions API: create a prediction, poll `urls.get`, cancel with
 //! `urls.cancel`; `status` is starting / processing / succeeded / failed / canceled.
 
+use modelroute_sdk::canonical;
 use modelroute_sdk::*;
 
 #[derive(Default)]
 struct Replicate;
-
-const FLUX_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["prompt"],
-  "properties": {
-    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
-    "width": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
-    "height": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
-    "seed": {"type": "integer", "minimum": 0}
-  }
-}"#;
-
-fn dimensions(input: &Value) -> (u64, u64) {
-    let side = |name| input[name].as_u64().unwrap_or(1024);
-    (side("width"), side("height"))
-}
 
 impl Adapter for Replicate {
     fn manifest(&self) -> Manifest {
@@ -43,9 +26,8 @@ impl Adapter for Replicate {
                 provider_model: "black-forest-labs/flux-1.1-pro".into(),
                 modality: Modality::Image,
                 description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
-                input_schema: FLUX_SCHEMA.into(),
-                example_input: r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#
-                    .into(),
+                input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
+                example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
                 price: Price {
                     per_image: 40_000,
                     ..Price::default()
@@ -55,7 +37,7 @@ impl Adapter for Replicate {
     }
 
     fn estimate(&self, _model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
-        let (width, height) = dimensions(input);
+        let (width, height) = canonical::image_size(input);
         Ok(Usage::images(1, width, height))
     }
 
@@ -66,7 +48,7 @@ impl Adapter for Replicate {
                 "prompt is required",
             ));
         };
-        let (width, height) = dimensions(input);
+        let (width, height) = canonical::image_size(input);
         let mut model_input = json!({
             "prompt": prompt,
             "width": width,

@@ -1,0 +1,53 @@
+//! Canonical inputs shared by every adapter that serves a model: the same slug takes
+//! the same input whichever provider runs it.
+
+use serde_json::Value;
+
+/// Text to image (`flux-1.1-pro` and kin): a prompt, optional size and seed.
+pub const TEXT_TO_IMAGE_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["prompt"],
+  "properties": {
+    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
+    "width": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
+    "height": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
+    "seed": {"type": "integer", "minimum": 0}
+  }
+}"#;
+
+/// A valid [`TEXT_TO_IMAGE_SCHEMA`] input.
+pub const TEXT_TO_IMAGE_EXAMPLE: &str =
+    r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#;
+
+/// Chat: messages, an optional output budget and temperature.
+pub const CHAT_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["messages"],
+  "properties": {
+    "messages": {
+      "type": "array",
+      "minItems": 1,
+      "items": {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["role", "content"],
+        "properties": {
+          "role": {"enum": ["system", "user", "assistant"]},
+          "content": {"type": "string"}
+        }
+      }
+    },
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 256},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2}
+  }
+}"#;
+
+/// Width and height of a text-to-image input, with the schema's defaults.
+pub fn image_size(input: &Value) -> (u64, u64) {
+    let side = |name: &str| input[name].as_u64().unwrap_or(1024);
+    (side("width"), side("height"))
+}
