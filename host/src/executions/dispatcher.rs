@@ -212,13 +212,8 @@ impl Dispatcher {
         let Some(execution) = self.executions.get(org_id, id)? else {
             return Ok(None);
         };
-        if let Some(before) = cancelled.filter(|e| e.status == Status::Cancelled)
-            && let Some(attempt) = before.attempts.last()
-            && let Some(job) = attempt.job.clone()
-        {
-            let this = self.clone();
-            let attempt = attempt.clone();
-            tokio::spawn(async move { this.cancel_at_provider(&before, &attempt, job).await });
+        if let Some(ended) = cancelled.filter(|e| e.status == Status::Cancelled) {
+            self.stop_provider_job(ended);
         }
         Ok(Some(match execution.status {
             Status::Cancelled => Ok(execution),
@@ -270,14 +265,25 @@ impl Dispatcher {
         }
     }
 
-    async fn expire_overdue(&self) -> Result<()> {
+    /// Asks the provider, best effort and in the background, to stop the job of an
+    /// execution that just ended early (cancelled or expired).
+    fn stop_provider_job(self: &Arc<Self>, ended: Execution) {
+        if let Some(attempt) = ended.attempts.last().cloned()
+            && let Some(job) = attempt.job.clone()
+        {
+            let this = self.clone();
+            tokio::spawn(async move { this.cancel_at_provider(&ended, &attempt, job).await });
+        }
+    }
+
+    async fn expire_overdue(self: &Arc<Self>) -> Result<()> {
         let now = clock::now();
         for (id, expires_at) in self.executions.active()? {
-            if expires_at <= now {
-                let expired = self.executions.finish(&id, Ending::Expired).await?;
-                if expired.is_some() {
-                    tracing::info!(execution = %id, "expired");
-                }
+            if expires_at <= now
+                && let Some(expired) = self.executions.finish(&id, Ending::Expired).await?
+            {
+                tracing::info!(execution = %id, "expired");
+                self.stop_provider_job(expired);
             }
         }
         Ok(())

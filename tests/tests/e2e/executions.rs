@@ -401,6 +401,18 @@ async fn a_job_that_never_finishes_expires_and_releases_its_hold() {
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "EXPIRED");
     assert_eq!(server.get("/v1/balance").await.body["available"], "100");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !emulator
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with("/cancel"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provider job was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
