@@ -3,7 +3,7 @@
 
 SHELL := bash
 CARGO ?= cargo
-PLUGINS := replicate openai bfl
+PLUGINS := replicate openai bfl fal
 # Adapters only tests load (target/test-plugins): one misbehaves on purpose; the
 # SDK's template must pass the conformance kit.
 TEST_DIST := target/test-plugins

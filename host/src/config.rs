@@ -226,7 +226,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_defaults_parse_and_serve_flux_three_times_and_one_text_model() {
+    fn embedded_defaults_serve_flux_four_times_a_text_and_a_video_model() {
         let config: Config = toml::from_str(EMBEDDED).unwrap();
         config.validate().unwrap();
         let serving = |slug: &str| {
@@ -236,7 +236,8 @@ mod tests {
                 .filter(|p| p.models.contains_key(slug))
                 .count()
         };
-        assert_eq!(serving("flux-1.1-pro"), 3);
+        assert_eq!(serving("flux-1.1-pro"), 4);
+        assert_eq!(serving("kling-video"), 1);
         assert_eq!(serving("llama-3.1-8b-instruct"), 1);
     }
 

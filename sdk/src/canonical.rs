@@ -51,3 +51,23 @@ pub fn image_size(input: &Value) -> (u64, u64) {
     let side = |name: &str| input[name].as_u64().unwrap_or(1024);
     (side("width"), side("height"))
 }
+
+/// Text to video: a prompt and a length in seconds.
+pub const TEXT_TO_VIDEO_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["prompt"],
+  "properties": {
+    "prompt": {"type": "string", "minLength": 1, "maxLength": 2500},
+    "duration": {"enum": [5, 10], "default": 5}
+  }
+}"#;
+
+/// A valid [`TEXT_TO_VIDEO_SCHEMA`] input.
+pub const TEXT_TO_VIDEO_EXAMPLE: &str = r#"{"prompt":"waves at dusk","duration":5}"#;
+
+/// Seconds of video a text-to-video input asks for, with the schema's default.
+pub fn video_seconds(input: &Value) -> u64 {
+    input["duration"].as_u64().unwrap_or(5)
+}

@@ -3,7 +3,7 @@
 //! `curl -X POST 127.0.0.1:9101/__emulator/faults -d '{"kind":"status","status":503}'`.
 
 use clap::Parser;
-use modelroute_tests::emulators::{DEFAULT_TOKEN, bfl, openai, replicate};
+use modelroute_tests::emulators::{DEFAULT_TOKEN, bfl, fal, openai, replicate};
 
 #[derive(Parser)]
 #[command(about = "Emulated AI providers on loopback")]
@@ -17,6 +17,9 @@ struct Args {
     /// Address of the Black Forest Labs emulator.
     #[arg(long, default_value = "127.0.0.1:9103")]
     bfl: String,
+    /// Address of the fal emulator.
+    #[arg(long, default_value = "127.0.0.1:9104")]
+    fal: String,
     /// The credential the emulators expect.
     #[arg(long, env = "MODELROUTE_EMULATOR_TOKEN", default_value = DEFAULT_TOKEN)]
     token: String,
@@ -36,7 +39,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(url = %replicate.base_url(), "Replicate-format emulator");
     let bfl = bfl::spawn(&args.bfl, &args.token).await?;
     tracing::info!(url = %openai.base_url(), "OpenAI-format emulator");
+    let fal = fal::spawn(&args.fal, &args.token).await?;
     tracing::info!(url = %bfl.base_url(), "Black Forest Labs emulator");
+    tracing::info!(url = %fal.base_url(), "fal emulator");
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -503,13 +503,16 @@ impl Dispatcher {
             .callback_url
             .as_ref()
             .map(|_| self.settings.callback_fallback_poll_ms.min(u32::MAX as u64) as u32);
-        let mut first = true;
+        // The job as last seen; `None` before the first poll. A job that moved on
+        // (new state, e.g. "fetch the result now") is polled when the adapter asks.
+        let mut polled: Option<String> = None;
         loop {
             let wait = match fallback {
-                Some(fallback) if !first => fallback.max(delay_ms),
+                Some(fallback) if polled.as_deref() == Some(job.state.as_str()) => {
+                    fallback.max(delay_ms)
+                }
                 _ => delay_ms,
             };
-            first = false;
             let wait = Duration::from_millis(wait as u64);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -545,6 +548,7 @@ impl Dispatcher {
                 wit::Outcome::Pending(pending) => {
                     errors = 0;
                     delay_ms = pending.poll_after_ms;
+                    polled = Some(job.state.clone());
                     job = pending.job;
                 }
                 // The provider answered that the job itself failed.
@@ -721,10 +725,18 @@ impl Dispatcher {
             Ok(stored) => stored,
             Err(failure) => return Ok(Some(failure)),
         };
-        let cost = routing::cost(
-            &candidate.model.price,
-            &routing::Units::from(&completion.usage),
-        );
+        // An adapter that reports nothing billable beyond the request itself (a
+        // provider that does not report usage) is charged the estimate.
+        let mut units = routing::Units::from(&completion.usage);
+        if units.images == 0
+            && units.megapixels_milli == 0
+            && units.seconds_milli == 0
+            && units.input_tokens == 0
+            && units.output_tokens == 0
+        {
+            units = execution.usage_estimate.max_requests(units.requests);
+        }
+        let cost = routing::cost(&candidate.model.price, &units);
         let file_ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
         let completed = self
             .executions
@@ -801,11 +813,16 @@ impl Dispatcher {
                     "width": inspected.dimensions.map(|d| d.0),
                     "height": inspected.dimensions.map(|d| d.1),
                 }),
-                wit::Modality::Video | wit::Modality::Audio | wit::Modality::Text => json!({
-                    "file_id": inspected.record.file_id,
-                    "format": inspected.format,
-                    "duration_s": asset.duration_ms.map(|ms| ms as f64 / 1000.0),
-                }),
+                wit::Modality::Video | wit::Modality::Audio | wit::Modality::Text => {
+                    // Providers that do not report a length produced what was asked.
+                    let requested = execution.usage_estimate.seconds_milli;
+                    let duration_ms = asset.duration_ms.or((requested > 0).then_some(requested));
+                    json!({
+                        "file_id": inspected.record.file_id,
+                        "format": inspected.format,
+                        "duration_s": duration_ms.map(|ms| ms as f64 / 1000.0),
+                    })
+                }
             };
             entries.push((asset.modality, entry));
             records.push(inspected.record);

@@ -93,6 +93,16 @@ pub struct Units {
     pub output_tokens: u64,
 }
 
+impl Units {
+    /// These units with at least `requests` requests.
+    pub fn max_requests(self, requests: u32) -> Units {
+        Units {
+            requests: self.requests.max(requests),
+            ..self
+        }
+    }
+}
+
 impl From<&wit::Usage> for Units {
     fn from(usage: &wit::Usage) -> Units {
         Units {

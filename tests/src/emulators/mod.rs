@@ -2,6 +2,7 @@
 //! documented wire format, with deterministic outputs and injectable faults.
 
 pub mod bfl;
+pub mod fal;
 pub mod openai;
 pub mod replicate;
 
@@ -249,7 +250,14 @@ async fn file(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Response {
     match common.files.lock().unwrap().get(&name) {
-        Some(bytes) => ([("content-type", "image/png")], bytes.clone()).into_response(),
+        Some(bytes) => {
+            let kind = if name.ends_with(".mp4") {
+                "video/mp4"
+            } else {
+                "image/png"
+            };
+            ([("content-type", kind)], bytes.clone()).into_response()
+        }
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -756,3 +756,66 @@ async fn the_bfl_format_polls_its_task_and_reports_moderation() {
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["error"]["code"], "CONTENT_MODERATION_REJECTED");
 }
+
+/// fal's queue format: submit, status until COMPLETED, then the result; the key in
+/// `Authorization: Key`; a video model whose output is stored and described.
+#[tokio::test]
+async fn the_fal_queue_format_serves_images_and_video() {
+    let emulator = modelroute_tests::emulators::fal::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start(&[ProviderSpec {
+        name: "fal-emulator",
+        adapter: "fal",
+        base_url: emulator.base_url(),
+        models: &["flux-1.1-pro", "kling-video"],
+    }])
+    .await;
+    let id = create(&server, flux()).await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    let image = &execution["result"]["output"]["images"][0];
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(512), Some(384))
+    );
+    let submitted = emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .unwrap();
+    assert_eq!(submitted.header("authorization"), Some("Key emulator-key"));
+    assert!(submitted.path.starts_with("/fal-ai/flux-pro/v1.1"));
+
+    let id = create(
+        &server,
+        json!({"model": "kling-video", "input": {"prompt": "waves at dusk", "duration": 10}}),
+    )
+    .await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    let video = &execution["result"]["output"]["videos"][0];
+    assert_eq!(video["format"], "mp4");
+    assert_eq!(video["duration_s"], 10.0);
+    assert_eq!(execution["cost"], "0.5", "10 s at $0.05 a second");
+    let (status, bytes) = server
+        .bytes(&format!(
+            "/v1/files/{}/download",
+            video["file_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&bytes[4..8], b"ftyp");
+
+    let id = create(
+        &server,
+        json!({"model": "flux-1.1-pro", "input": {"prompt": "nsfw again"}}),
+    )
+    .await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["error"]["code"], "CONTENT_MODERATION_REJECTED");
+
+    let models = server.get("/v1/models/kling-video").await.body;
+    assert_eq!(models["modality"], "video");
+    assert_eq!(models["pricing"]["per_second"], "0.05");
+}

@@ -275,6 +275,7 @@ fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
             19,
         ),
         ("plugins/dist/bfl.wasm", None, 8),
+        ("plugins/dist/fal.wasm", None, 14),
         ("target/test-plugins/template.wasm", None, 8),
     ] {
         let (passed, report) = check(wasm, fixtures);
