@@ -4,8 +4,8 @@
 SHELL := bash
 CARGO ?= cargo
 PLUGINS := replicate openai bfl fal
-# Adapters only tests load (target/test-plugins): one misbehaves on purpose; the
-# SDK's template must pass the conformance kit.
+# Adapters only tests load (target/test-plugins): one misbehaves on purpose, one
+# has a lying manifest; the SDK's template must pass the conformance kit.
 TEST_DIST := target/test-plugins
 PLUGIN_TARGET := wasm32-wasip2
 PLUGIN_OUT := target/$(PLUGIN_TARGET)/plugin
@@ -20,10 +20,11 @@ setup:
 ## Builds every adapter to a WebAssembly component in plugins/dist/.
 plugins: setup
 	$(CARGO) build --profile plugin --target $(PLUGIN_TARGET) $(addprefix -p modelroute-plugin-,$(PLUGINS)) \
-	  -p modelroute-fixture-hostile -p modelroute-template
+	  -p modelroute-fixture-hostile -p modelroute-fixture-liar -p modelroute-template
 	@mkdir -p $(DIST) $(TEST_DIST)
 	@for p in $(PLUGINS); do cp $(PLUGIN_OUT)/modelroute_plugin_$$p.wasm $(DIST)/$$p.wasm; done
 	@cp $(PLUGIN_OUT)/modelroute_fixture_hostile.wasm $(TEST_DIST)/hostile.wasm
+	@cp $(PLUGIN_OUT)/modelroute_fixture_liar.wasm $(TEST_DIST)/liar.wasm
 	@cp $(PLUGIN_OUT)/modelroute_template.wasm $(TEST_DIST)/template.wasm
 	@ls -l $(DIST) $(TEST_DIST)
 

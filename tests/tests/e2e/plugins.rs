@@ -209,7 +209,13 @@ async fn an_invalid_plugin_is_refused_with_a_reason_and_changes_nothing() {
         )
         .await
         .body;
+    let liar = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/test-plugins/liar.wasm"),
+    )
+    .expect("run `make plugins`");
     for (name, wasm, reason) in [
+        ("openai", liar, "the example input breaks the schema"),
         ("openai", b"not wasm at all".to_vec(), "WebAssembly"),
         ("openai", shipped("replicate"), "calls itself"),
         ("openai", shipped("openai")[..1000].to_vec(), "refused"),
