@@ -1,7 +1,8 @@
 //! `modelroute-emulators`: the provider emulators on fixed loopback ports, for
-//! `make run` and manual testing. Faults can be injected over HTTP:
-//! `curl -X POST 127.0.0.1:9101/__emulator/faults -d '{"kind":"status","status":503}'`.
+//! `make run` and manual testing, until Ctrl-C or SIGTERM. Faults can be injected over
+//! HTTP: `curl -X POST 127.0.0.1:9101/__emulator/faults -d '{"kind":"status","status":503}'`.
 
+use anyhow::Context;
 use clap::Parser;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, bfl, fal, openai, replicate};
 
@@ -34,14 +35,38 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let replicate = replicate::spawn(&args.replicate, &args.token).await?;
-    let openai = openai::spawn(&args.openai, &args.token).await?;
-    tracing::info!(url = %replicate.base_url(), "Replicate-format emulator");
-    let bfl = bfl::spawn(&args.bfl, &args.token).await?;
-    tracing::info!(url = %openai.base_url(), "OpenAI-format emulator");
-    let fal = fal::spawn(&args.fal, &args.token).await?;
-    tracing::info!(url = %bfl.base_url(), "Black Forest Labs emulator");
-    tracing::info!(url = %fal.base_url(), "fal emulator");
-    tokio::signal::ctrl_c().await?;
+    let bind = |addr: &str| format!("cannot listen on {addr}");
+    let replicate = replicate::spawn(&args.replicate, &args.token)
+        .await
+        .with_context(|| bind(&args.replicate))?;
+    let openai = openai::spawn(&args.openai, &args.token)
+        .await
+        .with_context(|| bind(&args.openai))?;
+    let bfl = bfl::spawn(&args.bfl, &args.token)
+        .await
+        .with_context(|| bind(&args.bfl))?;
+    let fal = fal::spawn(&args.fal, &args.token)
+        .await
+        .with_context(|| bind(&args.fal))?;
+    println!("Replicate-format emulator: {}", replicate.base_url());
+    println!("OpenAI-format emulator: {}", openai.base_url());
+    println!("Black Forest Labs emulator: {}", bfl.base_url());
+    println!("fal emulator: {}", fal.base_url());
+    stop_signal().await?;
+    tracing::info!("stopping");
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there are signals.
+async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
 }

@@ -27,7 +27,7 @@ struct Task {
     polls: u32,
 }
 
-pub struct BflDialect;
+pub(crate) struct BflDialect;
 
 impl Dialect for BflDialect {
     fn error_body(status: u16) -> Value {

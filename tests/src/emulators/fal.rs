@@ -34,7 +34,7 @@ struct Job {
 /// How long a request runs before fal finishes it (and calls its webhook).
 const RUN_MS: u64 = 200;
 
-pub struct FalDialect;
+pub(crate) struct FalDialect;
 
 impl Dialect for FalDialect {
     fn error_body(status: u16) -> Value {

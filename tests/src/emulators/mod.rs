@@ -1,5 +1,15 @@
 //! Provider emulators: real HTTP servers on loopback that speak each provider's
 //! documented wire format, with deterministic outputs and injectable faults.
+//!
+//! Each provider module has `spawn(addr, token)`, which binds `addr` (`127.0.0.1:0` for
+//! an ephemeral port) and answers `Emulator<State>`: its URL, its [`Faults`], the log of
+//! the requests it received, and the provider's own knobs in `state`. Every emulator
+//! also serves, without credential or faults:
+//! * `GET /files/{name}`: the outputs it produced (as a provider's CDN would);
+//! * `POST /__emulator/faults` (a [`Fault`] as JSON) queues a fault,
+//!   `PUT /__emulator/faults/always` (a fault or `null`) sets or clears the sticky one,
+//!   `DELETE /__emulator/faults` clears both;
+//! * `GET /__emulator/requests`: the request log.
 
 pub mod bfl;
 pub mod fal;
@@ -8,25 +18,30 @@ pub mod replicate;
 
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The credential every emulator expects unless told otherwise.
 pub const DEFAULT_TOKEN: &str = "emulator-key";
 
-/// A fault applied to one incoming API request (asset downloads are never faulted).
+/// A fault applied to one incoming API request (output downloads are never faulted).
+/// As JSON: `{"kind": "status", "status": 503, "retry_after": 2}`, `{"kind": "delay",
+/// "ms": 100}`, `{"kind": "hang"}`, `{"kind": "reset"}`, `{"kind": "malformed"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
-    /// Answer `status` with the provider's own error body (or `body`).
+    /// Answer `status` with `body`, by default the provider's own error body for it,
+    /// and a `Retry-After` header when `retry_after` (seconds) is set.
     Status {
         status: u16,
         #[serde(default)]
@@ -36,24 +51,59 @@ pub enum Fault {
     },
     /// Wait, then answer normally.
     Delay { ms: u64 },
-    /// Never answer.
+    /// Never answer: the connection stays open until the client gives up.
     Hang,
-    /// Drop the connection without an HTTP response.
+    /// Close the connection without an HTTP response.
     Reset,
-    /// `200` with a body that is not valid JSON.
+    /// `200` with a truncated JSON body.
     Malformed,
 }
 
-/// A request the emulator received.
+/// The faults of one emulator: a queue consumed one per API request, in order, then
+/// an optional sticky fault for every request until cleared. Clones share the plan.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<Mutex<FaultPlan>>);
+
+#[derive(Default)]
+struct FaultPlan {
+    queued: VecDeque<Fault>,
+    always: Option<Fault>,
+}
+
+impl Faults {
+    /// Queues a fault for the next API request without one.
+    pub fn push(&self, fault: Fault) {
+        self.0.lock().unwrap().queued.push_back(fault);
+    }
+
+    /// A fault for every request once the queue is empty (`None` clears it).
+    pub fn set_always(&self, fault: Option<Fault>) {
+        self.0.lock().unwrap().always = fault;
+    }
+
+    /// Empties the queue and clears the sticky fault.
+    pub fn clear(&self) {
+        *self.0.lock().unwrap() = FaultPlan::default();
+    }
+
+    fn next(&self) -> Option<Fault> {
+        let mut plan = self.0.lock().unwrap();
+        plan.queued.pop_front().or_else(|| plan.always.clone())
+    }
+}
+
+/// A request the emulator received (API requests only, faulted or not).
 #[derive(Debug, Clone, Serialize)]
 pub struct Recorded {
     pub method: String,
+    /// The path, without the query string.
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl Recorded {
+    /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -62,43 +112,59 @@ impl Recorded {
     }
 }
 
-/// State every emulator shares: credential, faults, request log, stored files.
-pub struct Common {
-    pub base_url: String,
+/// State every emulator shares: credential, faults, request log, stored outputs.
+pub(crate) struct Common {
+    pub(crate) base_url: String,
     token: String,
-    queued: Mutex<VecDeque<Fault>>,
-    always: Mutex<Option<Fault>>,
+    faults: Faults,
     requests: Mutex<Vec<Recorded>>,
     files: Mutex<HashMap<String, Vec<u8>>>,
+    /// Turns `true` once the emulator is shut down.
+    stopped: watch::Sender<bool>,
 }
 
 impl Common {
-    fn next_fault(&self) -> Option<Fault> {
-        if let Some(fault) = self.queued.lock().unwrap().pop_front() {
-            return Some(fault);
-        }
-        self.always.lock().unwrap().clone()
-    }
-
-    pub fn store_file(&self, name: String, bytes: Vec<u8>) -> String {
+    /// Keeps `bytes` as `/files/{name}` and answers its URL.
+    pub(crate) fn store_file(&self, name: String, bytes: Vec<u8>) -> String {
         let url = format!("{}/files/{name}", self.base_url);
         self.files.lock().unwrap().insert(name, bytes);
         url
     }
+
+    /// Resolves once the emulator is shut down.
+    async fn stopped(&self) {
+        let _ = self.stopped.subscribe().wait_for(|stopped| *stopped).await;
+    }
 }
 
 /// What differs between providers: their error bodies and where the key goes.
-pub trait Dialect: Send + Sync + 'static {
+pub(crate) trait Dialect: Send + Sync + 'static {
+    /// The `Content-Type` of error answers.
+    const ERROR_CONTENT_TYPE: &'static str = "application/json";
+
+    /// The provider's error body for `status`.
     fn error_body(status: u16) -> serde_json::Value;
 
     /// Whether the request carries the expected credential (`Authorization: Bearer`).
     fn authorized(headers: &HeaderMap, token: &str) -> bool {
         header(headers, "authorization") == Some(format!("Bearer {token}").as_str())
     }
+
+    /// An error answer with the given body.
+    fn error_with(status: u16, body: String) -> Response {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, [("content-type", Self::ERROR_CONTENT_TYPE)], body).into_response()
+    }
+
+    /// The provider's error answer for `status`.
+    fn error(status: u16) -> Response {
+        Self::error_with(status, Self::error_body(status).to_string())
+    }
 }
 
-/// A running emulator. Stops when dropped.
+/// A running emulator. Shuts down when dropped.
 pub struct Emulator<S> {
+    /// The provider-specific state and knobs.
     pub state: Arc<S>,
     common: Arc<Common>,
     addr: SocketAddr,
@@ -106,41 +172,58 @@ pub struct Emulator<S> {
 }
 
 impl<S> Emulator<S> {
+    /// `http://127.0.0.1:{port}`, without a trailing slash.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Faults for the next requests, one each, in order.
+    /// The emulator's faults (a handle that can be cloned and kept).
+    pub fn faults(&self) -> Faults {
+        self.common.faults.clone()
+    }
+
+    /// Shorthand for `faults().push(fault)`.
     pub fn push_fault(&self, fault: Fault) {
-        self.common.queued.lock().unwrap().push_back(fault);
+        self.common.faults.push(fault);
     }
 
-    /// A fault for every request (after the queued ones) until cleared with `None`.
+    /// Shorthand for `faults().set_always(fault)`.
     pub fn set_always(&self, fault: Option<Fault>) {
-        *self.common.always.lock().unwrap() = fault;
+        self.common.faults.set_always(fault);
     }
 
+    /// Every API request received so far, oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
         self.common.requests.lock().unwrap().clone()
     }
 
-    /// API requests whose path starts with `prefix`.
+    /// How many API requests had a path starting with `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
-        self.requests()
+        self.common
+            .requests
+            .lock()
+            .unwrap()
             .iter()
             .filter(|r| r.path.starts_with(prefix))
             .count()
+    }
+
+    /// Stops accepting connections, closes idle ones and drops those held by `Hang`
+    /// or `Delay`; returns when answers in progress are done and the port is free.
+    pub async fn shutdown(mut self) {
+        self.common.stopped.send_replace(true);
+        let _ = (&mut self.task).await;
     }
 }
 
 impl<S> Drop for Emulator<S> {
     fn drop(&mut self) {
-        self.task.abort();
+        self.common.stopped.send_replace(true);
     }
 }
 
-/// Binds `addr` (port 0 for any) and serves `api` with the shared middleware:
-/// request log, faults, bearer check; plus `/files/*` and `/__emulator/*`.
+/// Binds `addr` and serves `api` behind the shared middleware (request log, faults,
+/// credential), plus the routes every emulator has.
 async fn serve<S: Send + Sync + 'static, D: Dialect>(
     addr: &str,
     token: &str,
@@ -151,29 +234,30 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
     let common = Arc::new(Common {
         base_url: format!("http://{addr}"),
         token: token.to_string(),
-        queued: Mutex::default(),
-        always: Mutex::default(),
+        faults: Faults::default(),
         requests: Mutex::default(),
         files: Mutex::default(),
+        stopped: watch::Sender::new(false),
     });
     let (state, api) = make(common.clone());
     let control = Router::new()
-        .route("/files/{name}", axum::routing::get(file))
-        .route(
-            "/__emulator/faults",
-            axum::routing::post(push_fault).delete(clear_faults),
-        )
-        .route("/__emulator/requests", axum::routing::get(requests))
+        .route("/files/{name}", get(file))
+        .route("/__emulator/faults", post(push_fault).delete(clear_faults))
+        .route("/__emulator/faults/always", put(set_always))
+        .route("/__emulator/requests", get(requests))
         .with_state(common.clone());
     let app = api
         .layer(middleware::from_fn_with_state(common.clone(), guard::<D>))
         .merge(control);
+    let stopped = common.clone();
     let task = tokio::spawn(async move {
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.stopped().await })
+            .await;
     });
     Ok(Emulator {
         state,
@@ -201,33 +285,32 @@ async fn guard<D: Dialect>(
             .collect(),
         body: String::from_utf8_lossy(&bytes).into_owned(),
     });
-    match common.next_fault() {
+    let fault = common.faults.next();
+    tracing::info!(method = %parts.method, path = %parts.uri.path(), ?fault, "request");
+    match fault {
         Some(Fault::Status {
             status,
             retry_after,
             body,
         }) => {
             let body = body.unwrap_or_else(|| D::error_body(status).to_string());
-            let mut response = (
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                body,
-            )
-                .into_response();
-            response
-                .headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
+            let mut response = D::error_with(status, body);
             if let Some(seconds) = retry_after {
-                response
-                    .headers_mut()
-                    .insert("retry-after", HeaderValue::from(seconds));
+                response.headers_mut().insert("retry-after", seconds.into());
             }
             return response;
         }
-        Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
-        Some(Fault::Hang) => std::future::pending::<()>().await,
-        // Unwinding the connection's task drops the socket with no response;
-        // `resume_unwind` skips the panic hook, so nothing is printed.
-        Some(Fault::Reset) => std::panic::resume_unwind(Box::new("emulated connection reset")),
+        Some(Fault::Delay { ms }) => {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                _ = common.stopped() => reset(),
+            }
+        }
+        Some(Fault::Hang) => {
+            common.stopped().await;
+            reset();
+        }
+        Some(Fault::Reset) => reset(),
         Some(Fault::Malformed) => {
             return (
                 StatusCode::OK,
@@ -239,16 +322,19 @@ async fn guard<D: Dialect>(
         None => {}
     }
     if !D::authorized(&parts.headers, &common.token) {
-        return (StatusCode::UNAUTHORIZED, axum::Json(D::error_body(401))).into_response();
+        return D::error(401);
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
 
-async fn file(
-    State(common): State<Arc<Common>>,
-    axum::extract::Path(name): axum::extract::Path<String>,
-) -> Response {
+/// Drops the connection with no response: unwinding ends the connection's task, which
+/// closes the socket. `resume_unwind` skips the panic hook, so nothing is printed.
+fn reset() -> ! {
+    std::panic::resume_unwind(Box::new("emulated connection reset"))
+}
+
+async fn file(State(common): State<Arc<Common>>, Path(name): Path<String>) -> Response {
     match common.files.lock().unwrap().get(&name) {
         Some(bytes) => {
             let kind = if name.ends_with(".mp4") {
@@ -266,13 +352,20 @@ async fn push_fault(
     State(common): State<Arc<Common>>,
     axum::Json(fault): axum::Json<Fault>,
 ) -> StatusCode {
-    common.queued.lock().unwrap().push_back(fault);
+    common.faults.push(fault);
+    StatusCode::NO_CONTENT
+}
+
+async fn set_always(
+    State(common): State<Arc<Common>>,
+    axum::Json(fault): axum::Json<Option<Fault>>,
+) -> StatusCode {
+    common.faults.set_always(fault);
     StatusCode::NO_CONTENT
 }
 
 async fn clear_faults(State(common): State<Arc<Common>>) -> StatusCode {
-    common.queued.lock().unwrap().clear();
-    *common.always.lock().unwrap() = None;
+    common.faults.clear();
     StatusCode::NO_CONTENT
 }
 
@@ -329,179 +422,375 @@ fn body_json(bytes: &Bytes) -> Option<serde_json::Value> {
     serde_json::from_slice(bytes).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
-    async fn post(
-        emulator_url: &str,
-        path: &str,
-        token: &str,
-        body: serde_json::Value,
-    ) -> reqwest::Result<reqwest::Response> {
-        reqwest::Client::builder()
-            .timeout(Duration::from_millis(500))
-            .build()?
-            .post(format!("{emulator_url}{path}"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Helpers for the emulators' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use serde_json::Value;
+    use std::sync::LazyLock;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    /// A client that gives up after `timeout`.
+    pub fn client(timeout: Duration) -> reqwest::Client {
+        reqwest::Client::builder().timeout(timeout).build().unwrap()
     }
 
-    #[tokio::test]
-    async fn faults_apply_in_order_and_reset_and_hang_fail_the_client() {
+    /// `method url` with an optional bearer token and JSON body.
+    pub async fn send(
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> reqwest::Result<reqwest::Response> {
+        // One client for every test (building one costs tens of ms); without idle
+        // connections, as each test has its own runtime.
+        static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap()
+        });
+        let mut request = CLIENT.request(method, url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await
+    }
+
+    /// POSTs `body` with `token`; answers the status and the JSON body (`null` if none).
+    pub async fn post(url: &str, token: &str, body: Value) -> (u16, Value) {
+        let response = send(reqwest::Method::POST, url, Some(token), Some(&body))
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// GETs `url` with `token`; answers the status and the JSON body.
+    pub async fn get(url: &str, token: &str) -> (u16, Value) {
+        let response = send(reqwest::Method::GET, url, Some(token), None)
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// The bytes at `url`, fetched without a credential.
+    pub async fn download(url: &str) -> Vec<u8> {
+        let response = send(reqwest::Method::GET, url, None, None).await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        response.bytes().await.unwrap().to_vec()
+    }
+
+    /// The dimensions of a PNG (decoding all of it).
+    pub fn png_size(bytes: &[u8]) -> (u32, u32) {
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut pixels).unwrap();
+        (frame.width, frame.height)
+    }
+
+    /// A webhook receiver on loopback: its URL and the JSON bodies posted to it.
+    pub async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<Value>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
+                let _ = sender.send(body);
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, receiver)
+    }
+
+    /// The next webhook body, or a panic after a few seconds.
+    pub async fn next_webhook(receiver: &mut mpsc::UnboundedReceiver<Value>) -> Value {
+        tokio::time::timeout(Duration::from_secs(5), receiver.recv())
+            .await
+            .expect("a webhook within 5 s")
+            .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{client, png_size, post, send};
+    use super::*;
+    use serde_json::{Value, json};
+    use std::time::Instant;
+
+    const FLUX: &str = "/v1/models/black-forest-labs/flux-1.1-pro/predictions";
+
+    fn prompt() -> Value {
+        json!({"input": {"prompt": "a cat", "width": 256, "height": 256}})
+    }
+
+    async fn replicate() -> (Emulator<replicate::Replicate>, String) {
         let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
             .await
             .unwrap();
-        let url = emulator.base_url();
-        let path = "/v1/models/black-forest-labs/flux-1.1-pro/predictions";
-        let body = json!({"input": {"prompt": "x"}});
-        emulator.push_fault(Fault::Status {
+        let url = format!("{}{FLUX}", emulator.base_url());
+        (emulator, url)
+    }
+
+    #[tokio::test]
+    async fn queued_faults_apply_one_per_request_in_order() {
+        let (emulator, url) = replicate().await;
+        let faults = emulator.faults();
+        faults.push(Fault::Status {
             status: 429,
             retry_after: Some(2),
             body: None,
         });
-        emulator.push_fault(Fault::Reset);
-        emulator.push_fault(Fault::Hang);
-        emulator.push_fault(Fault::Malformed);
+        faults.push(Fault::Status {
+            status: 503,
+            retry_after: None,
+            body: Some("upstream down".into()),
+        });
+        faults.push(Fault::Malformed);
+        faults.push(Fault::Delay { ms: 30 });
 
-        let throttled = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap();
+        let throttled = send(
+            reqwest::Method::POST,
+            &url,
+            Some(DEFAULT_TOKEN),
+            Some(&prompt()),
+        )
+        .await
+        .unwrap();
         assert_eq!(throttled.status(), 429);
         assert_eq!(throttled.headers()["retry-after"], "2");
         assert_eq!(
-            throttled.json::<serde_json::Value>().await.unwrap()["status"],
-            429
+            throttled.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert_eq!(
+            throttled.json::<Value>().await.unwrap(),
+            json!({"title": "Request was throttled.", "detail": "Request was throttled. Expected available in 1 second.", "status": 429})
         );
 
-        let reset = post(&url, path, DEFAULT_TOKEN, body.clone())
-            .await
-            .unwrap_err();
-        assert!(
-            !reset.is_timeout(),
-            "a reset is a connection error: {reset}"
-        );
-        let hang = post(&url, path, DEFAULT_TOKEN, body.clone())
-            .await
-            .unwrap_err();
-        assert!(hang.is_timeout(), "{hang}");
-        let malformed = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap();
-        assert!(malformed.json::<serde_json::Value>().await.is_err());
+        let custom = send(
+            reqwest::Method::POST,
+            &url,
+            Some(DEFAULT_TOKEN),
+            Some(&prompt()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(custom.status(), 503);
+        assert!(custom.headers().get("retry-after").is_none());
+        assert_eq!(custom.text().await.unwrap(), "upstream down");
 
-        let created = post(&url, path, DEFAULT_TOKEN, body.clone()).await.unwrap();
-        assert_eq!(created.status(), 201);
-        let unauthorized = post(&url, path, "wrong", body).await.unwrap();
-        assert_eq!(unauthorized.status(), 401);
-        assert_eq!(emulator.count("/v1/models/"), 6);
+        let malformed = send(
+            reqwest::Method::POST,
+            &url,
+            Some(DEFAULT_TOKEN),
+            Some(&prompt()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(malformed.status(), 200);
+        assert!(malformed.json::<Value>().await.is_err());
+
+        let started = Instant::now();
+        let (status, _) = post(&url, DEFAULT_TOKEN, prompt()).await;
+        assert_eq!(status, 201, "a delayed request is then answered normally");
+        assert!(started.elapsed() >= Duration::from_millis(30));
+
+        assert_eq!(post(&url, DEFAULT_TOKEN, prompt()).await.0, 201);
+        assert_eq!(
+            emulator.count("/v1/models/"),
+            5,
+            "faulted requests are logged"
+        );
     }
 
     #[tokio::test]
-    async fn replicate_predictions_progress_to_a_png_of_the_requested_size() {
-        let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
-            .await
-            .unwrap();
-        let url = emulator.base_url();
-        let created: serde_json::Value = post(
-            &url,
-            "/v1/models/black-forest-labs/flux-1.1-pro/predictions",
-            DEFAULT_TOKEN,
-            json!({"input": {"prompt": "a cat", "width": 320, "height": 256}}),
+    async fn reset_is_a_connection_error_and_hang_times_the_client_out() {
+        let (emulator, url) = replicate().await;
+        emulator.push_fault(Fault::Reset);
+        emulator.push_fault(Fault::Hang);
+        let patient = client(Duration::from_secs(10));
+        let impatient = client(Duration::from_millis(200));
+        let attempt = |client: &reqwest::Client| {
+            client
+                .post(&url)
+                .bearer_auth(DEFAULT_TOKEN)
+                .json(&prompt())
+                .send()
+        };
+
+        let reset = attempt(&patient).await.unwrap_err();
+        assert!(!reset.is_timeout() && reset.is_request(), "{reset:?}");
+        assert!(
+            format!("{reset:?}").contains("IncompleteMessage"),
+            "the connection closed without a response: {reset:?}"
+        );
+
+        let hang = attempt(&impatient).await.unwrap_err();
+        assert!(hang.is_timeout(), "{hang:?}");
+
+        assert_eq!(attempt(&patient).await.unwrap().status(), 201);
+    }
+
+    #[tokio::test]
+    async fn a_sticky_fault_follows_the_queue_until_cleared() {
+        let (emulator, url) = replicate().await;
+        let storm = Fault::Status {
+            status: 503,
+            retry_after: None,
+            body: None,
+        };
+        emulator.set_always(Some(storm));
+        emulator.push_fault(Fault::Status {
+            status: 500,
+            retry_after: None,
+            body: None,
+        });
+        let (status, body) = post(&url, DEFAULT_TOKEN, prompt()).await;
+        assert_eq!(
+            (status, body["title"].as_str()),
+            (500, Some("Internal Server Error"))
+        );
+        for _ in 0..3 {
+            assert_eq!(post(&url, DEFAULT_TOKEN, prompt()).await.0, 503);
+        }
+        emulator.set_always(None);
+        assert_eq!(post(&url, DEFAULT_TOKEN, prompt()).await.0, 201);
+    }
+
+    #[tokio::test]
+    async fn faults_and_the_request_log_are_controlled_over_http() {
+        let (emulator, url) = replicate().await;
+        let base = emulator.base_url();
+        let control = |method, path: &str, body: Option<Value>| {
+            let url = format!("{base}{path}");
+            async move { send(method, &url, None, body.as_ref()).await.unwrap() }
+        };
+        let queued = control(
+            reqwest::Method::POST,
+            "/__emulator/faults",
+            Some(json!({"kind": "status", "status": 429, "retry_after": 1})),
         )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        assert_eq!(created["status"], "starting");
-        let client = reqwest::Client::new();
-        let polled: serde_json::Value = client
-            .get(created["urls"]["get"].as_str().unwrap())
-            .bearer_auth(DEFAULT_TOKEN)
-            .send()
+        .await;
+        assert_eq!(queued.status(), 204);
+        let sticky = json!({"kind": "status", "status": 503});
+        let set = control(
+            reqwest::Method::PUT,
+            "/__emulator/faults/always",
+            Some(sticky),
+        )
+        .await;
+        assert_eq!(set.status(), 204);
+
+        assert_eq!(post(&url, DEFAULT_TOKEN, prompt()).await.0, 429);
+        assert_eq!(post(&url, DEFAULT_TOKEN, prompt()).await.0, 503);
+        control(reqwest::Method::DELETE, "/__emulator/faults", None).await;
+        assert_eq!(post(&url, DEFAULT_TOKEN, prompt()).await.0, 201);
+
+        let log: Value = control(reqwest::Method::GET, "/__emulator/requests", None)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
-        assert_eq!(polled["status"], "succeeded");
-        let image = client
-            .get(polled["output"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let decoder = png::Decoder::new(std::io::Cursor::new(image.to_vec()));
-        let info = decoder.read_info().unwrap().info().clone();
-        assert_eq!((info.width, info.height), (320, 256));
-        assert_eq!(png(8, 8, 1), png(8, 8, 1), "outputs are deterministic");
+        assert_eq!(
+            log.as_array().unwrap().len(),
+            3,
+            "control calls are not logged"
+        );
+        assert_eq!(log[2]["method"], "POST");
+        assert_eq!(log[2]["path"], FLUX);
+        assert_eq!(
+            serde_json::from_str::<Value>(log[2]["body"].as_str().unwrap()).unwrap(),
+            prompt()
+        );
+        let recorded = &emulator.requests()[2];
+        assert_eq!(
+            recorded.header("Authorization"),
+            Some("Bearer emulator-key")
+        );
     }
 
     #[tokio::test]
-    async fn openai_images_and_chat_follow_the_documented_shapes() {
-        let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
-        let url = emulator.base_url();
-        let images: serde_json::Value = post(
-            &url,
-            "/v1/images/generations",
-            DEFAULT_TOKEN,
-            json!({"model": "black-forest-labs/FLUX.1.1-pro", "prompt": "a cat", "size": "256x320", "response_format": "b64_json"}),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(images["data"][0]["b64_json"].as_str().unwrap())
+    async fn requests_without_the_token_get_the_providers_401() {
+        let (emulator, url) = replicate().await;
+        let missing = send(reqwest::Method::POST, &url, None, Some(&prompt()))
+            .await
             .unwrap();
-        let info = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .unwrap()
-            .info()
-            .clone();
-        assert_eq!((info.width, info.height), (256, 320));
-
-        let moderated = post(
-            &url,
-            "/v1/images/generations",
-            DEFAULT_TOKEN,
-            json!({"model": "black-forest-labs/FLUX.1.1-pro", "prompt": "nsfw"}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(moderated.status(), 400);
+        assert_eq!(missing.status(), 401);
         assert_eq!(
-            moderated.json::<serde_json::Value>().await.unwrap()["error"]["code"],
-            "content_policy_violation"
+            missing.json::<Value>().await.unwrap(),
+            json!({"title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401})
+        );
+        assert_eq!(post(&url, "wrong", prompt()).await.0, 401);
+        assert_eq!(
+            emulator.requests()[1].header("authorization"),
+            Some("Bearer wrong")
         );
 
-        let stream = post(
-            &url,
-            "/v1/chat/completions",
-            DEFAULT_TOKEN,
-            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two"}], "stream": true, "stream_options": {"include_usage": true}}),
-        )
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-        assert!(stream.contains("\"content\":\"Echo: \""));
-        assert!(stream.contains("\"usage\""));
-        assert!(stream.ends_with("data: [DONE]\n\n"));
+        let openai = openai::spawn("127.0.0.1:0", "other-key").await.unwrap();
+        let chat = format!("{}/v1/chat/completions", openai.base_url());
+        let (status, body) = post(&chat, DEFAULT_TOKEN, json!({})).await;
+        assert_eq!(status, 401);
+        assert_eq!(
+            body,
+            json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+        );
+    }
 
-        let missing = post(
-            &url,
-            "/v1/chat/completions",
-            DEFAULT_TOKEN,
-            json!({"model": "nope", "messages": []}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(missing.status(), 404);
+    #[tokio::test]
+    async fn shutdown_drops_hanging_connections_and_frees_the_port() {
+        let (emulator, url) = replicate().await;
+        let addr = emulator
+            .base_url()
+            .trim_start_matches("http://")
+            .to_string();
+        emulator.set_always(Some(Fault::Hang));
+        let client = client(Duration::from_secs(10));
+        let hanging = tokio::spawn({
+            let request = client.post(&url).bearer_auth(DEFAULT_TOKEN).json(&prompt());
+            async move { request.send().await }
+        });
+        while emulator.count("/v1/") == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let started = Instant::now();
+        emulator.shutdown().await;
+        let error = hanging.await.unwrap().unwrap_err();
+        assert!(!error.is_timeout(), "{error:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[test]
+    fn pngs_are_deterministic_and_keyed_by_the_seed() {
+        assert_eq!(png(16, 8, 7), png(16, 8, 7));
+        assert_ne!(png(16, 8, 7), png(16, 8, 8));
+        assert_eq!(png_size(&png(16, 8, 7)), (16, 8));
+        assert_eq!(stable_hash("a cat"), stable_hash("a cat"));
+        assert!(flagged("an NSFW scene") && !flagged("a cat"));
     }
 }
