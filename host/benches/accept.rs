@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use modelroute::config::{Config, ExecutionSettings};
 use modelroute::executions::model::Mode;
 use modelroute::executions::{CreateOutcome, Execution, Executions, Status};
+use modelroute::files::Files;
+use modelroute::files::storage::LocalDisk;
 use modelroute::money::Micros;
 use modelroute::plugins::Registry;
 use modelroute::routing::Router;
@@ -52,11 +54,21 @@ fn accepts(c: &mut Criterion) {
     let config = Config::load(None).expect("config");
     let router = Arc::new(Router::new(&config, Arc::new(Registry::default())));
     let (dispatch, _queue) = tokio::sync::mpsc::unbounded_channel();
+    let storage = LocalDisk::open(&dir.path().join("files")).expect("file storage");
+    let files = Files::new(
+        store.clone(),
+        Arc::new(storage),
+        config.files.clone(),
+        &config.public_url,
+        vec![7; 32],
+    );
     let executions = Arc::new(Executions::new(
         store.clone(),
         router,
         ExecutionSettings::default(),
+        Arc::new(files),
         dispatch,
+        Arc::new(tokio::sync::Notify::new()),
     ));
     runtime.block_on(async {
         store

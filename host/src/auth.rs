@@ -26,6 +26,17 @@ pub struct Organization {
     pub id: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// how long its files live when an upload does not say (1–365; operator-set)
+    #[serde(default)]
+    pub file_ttl_days: Option<u32>,
+}
+
+/// The organization `id`, if it exists.
+pub fn organization(
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<Organization>> {
+    store::get(table, id)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +114,7 @@ pub fn create_organization(txn: &WriteTransaction, name: &str) -> Result<Organiz
         id: new_short_id("org"),
         name: name.to_string(),
         created_at: crate::clock::now(),
+        file_ttl_days: None,
     };
     txn.open_table(ORGANIZATIONS)?
         .insert(org.id.as_str(), store::encode(&org)?.as_slice())?;

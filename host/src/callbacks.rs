@@ -7,11 +7,10 @@
 //! poll loop: the provider's answer to that poll stays the source of truth.
 
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::store::{self, META, Store};
+use crate::store::{self, Store};
 
 /// Hex characters of the MAC kept in a token (128 bits).
 const MAC_HEX: usize = 32;
@@ -31,21 +30,7 @@ pub struct CallbackTarget {
 impl CallbackSigner {
     /// Loads the signing key, creating it on first start.
     pub async fn load(store: &Store, public_url: &str) -> anyhow::Result<CallbackSigner> {
-        let key = store
-            .write(|txn| {
-                let mut meta = txn.open_table(META)?;
-                if let Some(key) = store::get::<String>(&meta, "provider-callback-key")? {
-                    return Ok(hex::decode(key)?);
-                }
-                let mut key = vec![0u8; 32];
-                rand::rng().fill_bytes(&mut key);
-                meta.insert(
-                    "provider-callback-key",
-                    store::encode(&hex::encode(&key))?.as_slice(),
-                )?;
-                Ok(key)
-            })
-            .await?;
+        let key = store::signing_key(store, "provider-callback-key").await?;
         Ok(CallbackSigner {
             key,
             public_url: public_url.to_string(),

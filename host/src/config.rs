@@ -24,6 +24,12 @@ pub struct Config {
     #[serde(default)]
     pub rate_limits: RateLimitSettings,
     #[serde(default)]
+    pub files: FileSettings,
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
+    #[serde(default)]
+    pub testing: TestingSettings,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     /// Development conveniences (`--dev`): a bootstrap organization and key.
     #[serde(skip)]
@@ -93,6 +99,66 @@ impl ExecutionSettings {
             .map_or(self.expiry_seconds, |m| m.expiry_seconds);
         chrono::Duration::seconds(seconds.min(i64::MAX as u64) as i64)
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSettings {
+    /// largest upload, enforced while the bytes stream in
+    pub max_upload_bytes: u64,
+    /// how long files live unless the organization or the upload says otherwise
+    pub default_ttl_days: u32,
+    /// lifetime of signed upload and download URLs
+    pub signed_url_seconds: u64,
+    /// lifetime of the URL a provider gets for one input file of one attempt
+    pub grant_seconds: u64,
+    /// largest input file handed to an adapter as bytes (`inline-files`)
+    pub max_inline_bytes: u64,
+    /// how often expired files are deleted
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        FileSettings {
+            max_upload_bytes: 150 * 1024 * 1024,
+            default_ttl_days: 30,
+            signed_url_seconds: 3600,
+            grant_seconds: 600,
+            max_inline_bytes: 20 * 1024 * 1024,
+            sweep_interval_seconds: 60,
+        }
+    }
+}
+
+/// Outbound webhook deliveries. `allow_http` and `allow_loopback` default to off,
+/// and to on under `--dev`; private, link-local and metadata addresses are refused
+/// whatever is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    pub allow_http: Option<bool>,
+    pub allow_loopback: Option<bool>,
+    /// a receiver that has not answered in this time has failed the attempt
+    pub timeout_seconds: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            allow_http: None,
+            allow_loopback: None,
+            timeout_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingSettings {
+    /// `POST /admin/v1/clock/advance` moves the service's clock forward (tests of
+    /// retry schedules and TTLs); never enable it in production
+    pub clock_control: bool,
 }
 
 /// Per API key: a sustained rate and the burst allowed above it.
@@ -203,10 +269,24 @@ impl Config {
                 bail!("provider {:?} serves no models", provider.name);
             }
         }
+        if !(1..=365).contains(&self.files.default_ttl_days) {
+            bail!("files.default_ttl_days must be between 1 and 365");
+        }
         if self.executions.max_attempts == 0 {
             bail!("executions.max_attempts must be at least 1");
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Where webhooks may be delivered: `--dev` allows `http` and loopback unless
+    /// the config says otherwise.
+    pub fn webhook_policy(&self) -> crate::netguard::Policy {
+        crate::netguard::Policy {
+            allow_http: self.webhooks.allow_http.unwrap_or(self.dev),
+            allow_loopback: self.webhooks.allow_loopback.unwrap_or(self.dev),
+        }
     }
 }
 

@@ -12,11 +12,13 @@ pub mod executions;
 pub mod files;
 pub mod ids;
 pub mod money;
+pub mod netguard;
 pub mod plugins;
 pub mod ratelimit;
 pub mod routing;
 pub mod store;
 pub mod upstream;
+pub mod webhooks;
 
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -27,7 +29,7 @@ use auth::{OperatorToken, Scope};
 use config::Config;
 use executions::Executions;
 use executions::dispatcher::Dispatcher;
-use files::FileStore;
+use files::Files;
 use money::Micros;
 use plugins::{Registry, Runtime};
 use routing::Router;
@@ -41,7 +43,9 @@ pub struct App {
     pub router: Arc<Router>,
     pub registry: Arc<Registry>,
     pub runtime: Arc<Runtime>,
-    pub files: FileStore,
+    pub files: Arc<Files>,
+    pub webhooks: Arc<webhooks::delivery::Webhooks>,
+    pub config: Config,
     pub operator_token: OperatorToken,
     pub limits: ratelimit::Limits,
 }
@@ -73,15 +77,40 @@ pub async fn serve(config: Config) -> Result<()> {
         config.plugins_dir.clone(),
     );
     let router = Arc::new(Router::new(&config, registry.clone()));
-    let files = FileStore::new(data.join("files"))?;
+    let storage = files::storage::LocalDisk::open(&data.join("files"))
+        .with_context(|| format!("opening {}", data.join("files").display()))?;
+    let files = Arc::new(Files::new(
+        store.clone(),
+        Arc::new(storage),
+        config.files.clone(),
+        &config.public_url,
+        store::signing_key(&store, files::FILE_URL_KEY).await?,
+    ));
     let upstream =
         upstream::Upstream::new(Duration::from_millis(config.executions.upstream_timeout_ms))?;
+    let outbox = Arc::new(tokio::sync::Notify::new());
+    let policy = config.webhook_policy();
+    if config.dev && (policy.allow_http || policy.allow_loopback) {
+        tracing::warn!(
+            allow_http = policy.allow_http,
+            allow_loopback = policy.allow_loopback,
+            "development mode: webhooks may go to plain http and loopback addresses (private, link-local and metadata addresses stay refused)"
+        );
+    }
+    let webhooks = webhooks::delivery::Webhooks::new(
+        store.clone(),
+        policy,
+        Duration::from_secs(config.webhooks.timeout_seconds),
+        outbox.clone(),
+    )?;
     let (accepted, queue) = tokio::sync::mpsc::unbounded_channel();
     let executions = Arc::new(Executions::new(
         store.clone(),
         router.clone(),
         config.executions.clone(),
+        files.clone(),
         accepted,
+        outbox,
     ));
     let callbacks = callbacks::CallbackSigner::load(&store, &config.public_url).await?;
     let dispatcher = Dispatcher::new(
@@ -100,6 +129,8 @@ pub async fn serve(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     dispatcher.start(queue)?;
+    files.start_sweeper();
+    webhooks.start();
     let app = Arc::new(App {
         store,
         executions,
@@ -108,8 +139,10 @@ pub async fn serve(config: Config) -> Result<()> {
         registry,
         runtime,
         files,
+        webhooks,
         operator_token,
         limits: ratelimit::Limits::new(&config.rate_limits),
+        config: config.clone(),
     });
     let threshold = config.plugins.rollback_after_traps;
     if threshold > 0 {
@@ -133,7 +166,8 @@ pub async fn serve(config: Config) -> Result<()> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, api::router(app))
+    let service = api::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())

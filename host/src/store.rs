@@ -33,8 +33,21 @@ pub const IDEMPOTENCY: JsonTable = TableDefinition::new("idempotency");
 /// execution ids that are not terminal: the dispatcher's durable queue
 pub const ACTIVE_EXECUTIONS: JsonTable = TableDefinition::new("active_executions");
 pub const FILES: JsonTable = TableDefinition::new("files");
-/// `{org}/{file}` → empty
+/// `{org}/{newest-first sort key}/{file}` → empty
 pub const FILES_BY_ORG: JsonTable = TableDefinition::new("files_by_org");
+/// `{expires_at ms:020}/{file}` → empty: the expiry sweeper's queue
+pub const FILES_BY_EXPIRY: JsonTable = TableDefinition::new("files_by_expiry");
+/// `{file}/{µs:020}/{nonce}` → audit entry
+pub const FILE_AUDIT: JsonTable = TableDefinition::new("file_audit");
+pub const WEBHOOK_ENDPOINTS: JsonTable = TableDefinition::new("webhook_endpoints");
+/// `{org}/{newest-first sort key}/{endpoint}` → empty
+pub const WEBHOOK_ENDPOINTS_BY_ORG: JsonTable = TableDefinition::new("webhook_endpoints_by_org");
+/// `evt_…` → the event's exact body, kept for redeliveries
+pub const WEBHOOK_EVENTS: JsonTable = TableDefinition::new("webhook_events");
+/// `dlv_…` → one event's delivery to one URL
+pub const WEBHOOK_DELIVERIES: JsonTable = TableDefinition::new("webhook_deliveries");
+/// `{next attempt ms:020}/{delivery}` → empty: the durable outbox
+pub const WEBHOOK_DUE: JsonTable = TableDefinition::new("webhook_due");
 /// counters and singletons
 pub const META: JsonTable = TableDefinition::new("meta");
 
@@ -67,6 +80,13 @@ impl Store {
             ACTIVE_EXECUTIONS,
             FILES,
             FILES_BY_ORG,
+            FILES_BY_EXPIRY,
+            FILE_AUDIT,
+            WEBHOOK_ENDPOINTS,
+            WEBHOOK_ENDPOINTS_BY_ORG,
+            WEBHOOK_EVENTS,
+            WEBHOOK_DELIVERIES,
+            WEBHOOK_DUE,
             META,
         ] {
             txn.open_table(table)?;
@@ -175,6 +195,23 @@ pub fn get<T: DeserializeOwned>(
         Some(guard) => Ok(Some(decode(guard.value())?)),
         None => Ok(None),
     }
+}
+
+/// The server's secret key `name` (32 random bytes made on first use and kept in
+/// the store, so signed URLs and tokens survive restarts).
+pub async fn signing_key(store: &Store, name: &'static str) -> Result<Vec<u8>> {
+    store
+        .write(move |txn| {
+            let mut meta = txn.open_table(META)?;
+            if let Some(key) = get::<String>(&meta, name)? {
+                return Ok(hex::decode(key)?);
+            }
+            let mut key = vec![0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+            meta.insert(name, encode(&hex::encode(&key))?.as_slice())?;
+            Ok(key)
+        })
+        .await
 }
 
 /// Next value of a named counter (inside a write transaction).

@@ -4,9 +4,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use std::path::Path;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 use crate::plugins::wit;
 
@@ -25,8 +23,6 @@ pub enum UpstreamError {
     Connection(String),
     #[error("the response is larger than {0} bytes")]
     TooLarge(u64),
-    #[error("writing the asset failed: {0}")]
-    Storage(#[from] std::io::Error),
 }
 
 impl UpstreamError {
@@ -36,15 +32,15 @@ impl UpstreamError {
             UpstreamError::Timeout => wit::ErrorCode::GenerationTimeout,
             UpstreamError::Connection(_) => wit::ErrorCode::ServiceUnavailable,
             UpstreamError::TooLarge(_) => wit::ErrorCode::GenerationFailed,
-            UpstreamError::HostNotAllowed(_)
-            | UpstreamError::BadUrl(_)
-            | UpstreamError::Storage(_) => wit::ErrorCode::InternalError,
+            UpstreamError::HostNotAllowed(_) | UpstreamError::BadUrl(_) => {
+                wit::ErrorCode::InternalError
+            }
         };
         wit::Failure {
             code,
             message: self.to_string(),
             // Another attempt (possibly at another provider) may do better.
-            retryable: !matches!(self, UpstreamError::Storage(_)),
+            retryable: true,
             retry_after_ms: None,
         }
     }
@@ -125,14 +121,13 @@ impl Upstream {
         builder.send().await.map_err(classify)
     }
 
-    /// Streams the asset at `url` into `path`, at most `max_bytes`.
-    pub async fn fetch_to_file(
+    /// Starts downloading the asset at `url` (an allowed host, no redirects); the
+    /// body is the caller's to stream.
+    pub async fn fetch(
         &self,
         allowed_hosts: &[String],
         url: &str,
-        path: &Path,
-        max_bytes: u64,
-    ) -> Result<u64, UpstreamError> {
+    ) -> Result<reqwest::Response, UpstreamError> {
         let url = check_url(url, allowed_hosts)?;
         let response = self
             .client
@@ -147,21 +142,7 @@ impl Upstream {
                 response.status()
             )));
         }
-        let mut file = tokio::fs::File::create(path).await?;
-        let mut written = 0u64;
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(classify)?;
-            written += chunk.len() as u64;
-            if written > max_bytes {
-                drop(file);
-                let _ = tokio::fs::remove_file(path).await;
-                return Err(UpstreamError::TooLarge(max_bytes));
-            }
-            file.write_all(&chunk).await?;
-        }
-        file.sync_all().await?;
-        Ok(written)
+        Ok(response)
     }
 }
 

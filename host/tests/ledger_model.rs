@@ -15,6 +15,8 @@ use modelroute::config::{Config, ExecutionSettings};
 use modelroute::error::Code;
 use modelroute::executions::model::Mode;
 use modelroute::executions::{CreateOutcome, Ending, Execution, Executions, Status};
+use modelroute::files::Files;
+use modelroute::files::storage::LocalDisk;
 use modelroute::money::Micros;
 use modelroute::plugins::Registry;
 use modelroute::routing::Router;
@@ -64,11 +66,22 @@ fn open(path: &Path) -> (Store, Executions) {
     let config = Config::load(None).expect("embedded config");
     let router = Arc::new(Router::new(&config, Arc::new(Registry::default())));
     let (dispatch, _) = tokio::sync::mpsc::unbounded_channel();
+    let files_dir = path.with_extension("files");
+    let storage = LocalDisk::open(&files_dir).expect("file storage");
+    let files = Files::new(
+        store.clone(),
+        Arc::new(storage),
+        config.files.clone(),
+        &config.public_url,
+        vec![7; 32],
+    );
     let executions = Executions::new(
         store.clone(),
         router,
         ExecutionSettings::default(),
+        Arc::new(files),
         dispatch,
+        Arc::new(tokio::sync::Notify::new()),
     );
     (store, executions)
 }

@@ -117,6 +117,55 @@ pub async fn create_organization(
     ))
 }
 
+/// `PATCH /admin/v1/organizations/{id} {file_ttl_days}`: how long the
+/// organization's files live when an upload does not say (1–365, or null for the
+/// server's default). Files already stored keep their expiry.
+pub async fn update_organization(
+    State(app): State<Arc<App>>,
+    _: Operator,
+    Path(org_id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let ttl = match body.get("file_ttl_days") {
+        Some(Value::Null) => None,
+        Some(value) => match value.as_u64() {
+            Some(days @ 1..=365) => Some(days as u32),
+            _ => {
+                return Err(ApiError::invalid(
+                    "file_ttl_days",
+                    DetailCode::OutOfRange,
+                    "file_ttl_days must be an integer between 1 and 365, or null",
+                ));
+            }
+        },
+        None => {
+            return Err(ApiError::invalid(
+                "file_ttl_days",
+                DetailCode::Required,
+                "file_ttl_days is required",
+            ));
+        }
+    };
+    let org = app
+        .store
+        .write(move |txn| {
+            let mut table = txn.open_table(ORGANIZATIONS)?;
+            let Some(mut org) = auth::organization(&table, &org_id)? else {
+                return Ok(None);
+            };
+            org.file_ttl_days = ttl;
+            table.insert(org.id.as_str(), crate::store::encode(&org)?.as_slice())?;
+            Ok(Some(org))
+        })
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!({
+        "organization_id": org.id,
+        "name": org.name,
+        "file_ttl_days": org.file_ttl_days,
+    })))
+}
+
 /// `POST /admin/v1/organizations/{id}/credit {amount_usd, memo?}`
 pub async fn credit(
     State(app): State<Arc<App>>,
@@ -183,6 +232,42 @@ pub async fn execution(
         .store_get(&id)?
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(json!(execution)))
+}
+
+/// `GET /admin/v1/files/{id}/audit`: every upload, download, grant and delete of
+/// a file, oldest first (kept after the file is gone).
+pub async fn file_audit(
+    State(app): State<Arc<App>>,
+    _: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entries = app
+        .store
+        .read(|txn| crate::files::audit::for_file(txn, &id))?;
+    Ok(Json(json!({ "data": entries, "has_more": false })))
+}
+
+/// `POST /admin/v1/clock/advance {seconds}`: moves the service clock forward, for
+/// tests of schedules in minutes and days. Only with `[testing] clock_control`.
+pub async fn advance_clock(
+    State(app): State<Arc<App>>,
+    _: Operator,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    if !app.config.testing.clock_control {
+        return Err(ApiError::not_found());
+    }
+    let Some(seconds) = body.get("seconds").and_then(Value::as_u64) else {
+        return Err(ApiError::invalid(
+            "seconds",
+            DetailCode::Required,
+            "seconds (a positive integer) is required",
+        ));
+    };
+    crate::clock::advance(chrono::Duration::seconds(
+        seconds.min(10 * 365 * 86_400) as i64
+    ));
+    Ok(Json(json!({ "now": crate::clock::now() })))
 }
 
 fn plugin_view(plugin: &LoadedPlugin, state: &str) -> Value {

@@ -31,7 +31,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let idempotency_key = idempotency_key(&headers)?;
-    let (request, wait) = parse_create(&body)?;
+    let (mut request, wait) = parse_create(&body)?;
+    if let Some(url) = request.webhook_url.take() {
+        let url = super::webhooks::checked_url(&app, "webhook_url", &json!(url)).await?;
+        request.webhook_url = Some(url);
+    }
     let idempotency = idempotency_key.map(|key| {
         (
             key,

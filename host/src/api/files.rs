@@ -1,25 +1,148 @@
-//! `/v1/files`.
+//! `/v1/files` (execution scope suffices) and the platform-served signed URLs
+//! (`/files/upload/{id}`, `/files/download/{id}`, `/files/grant/{id}`), which carry
+//! their own authorization.
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::header;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::require;
+use super::{JsonObject, Page, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
-use crate::error::ApiError;
-use crate::files::{self, FileRecord};
+use crate::error::{ApiError, DetailCode};
+use crate::files::grants::GrantQuery;
+use crate::files::storage::ByteStream;
+use crate::files::{FileRecord, Origin, Signature};
 
-fn find(app: &App, caller: &Caller, id: &str) -> Result<FileRecord, ApiError> {
-    require(caller, Scope::Execution)?;
-    let now = crate::clock::now();
-    app.store
-        .read(|txn| files::get(txn, &caller.org_id, id, now))?
-        .ok_or_else(ApiError::not_found)
+/// `POST /v1/files/upload {purpose, ttl_days?}` → `{file_id, upload_url, expires_at}`.
+/// `filename`, `content_type` and `size_bytes` from older clients are accepted and
+/// ignored: what a file is gets measured, never taken on trust.
+pub async fn create_upload(
+    State(app): State<Arc<App>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    JsonObject(body): JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require(&caller, Scope::Execution)?;
+    let known = [
+        "purpose",
+        "ttl_days",
+        "filename",
+        "content_type",
+        "size_bytes",
+    ];
+    if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            unknown,
+            DetailCode::UnknownField,
+            format!("unknown field {unknown}"),
+        ));
+    }
+    let purpose = match body.get("purpose").and_then(Value::as_str) {
+        Some(purpose @ ("INPUT" | "UPLOAD")) => purpose.to_string(),
+        None if body.get("purpose").is_none_or(Value::is_null) => {
+            return Err(ApiError::invalid(
+                "purpose",
+                DetailCode::Required,
+                "purpose is required: \"INPUT\" or \"UPLOAD\"",
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "purpose",
+                DetailCode::InvalidValue,
+                "purpose must be \"INPUT\" or \"UPLOAD\"",
+            ));
+        }
+    };
+    let ttl_days = match body.get("ttl_days") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_u64() {
+            Some(days @ 1..=365) => Some(days as u32),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "ttl_days",
+                    DetailCode::OutOfRange,
+                    "ttl_days must be between 1 and 365",
+                ));
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "ttl_days",
+                    DetailCode::InvalidType,
+                    "ttl_days must be an integer",
+                ));
+            }
+        },
+    };
+    let origin = Origin::caller(&caller, Some(address));
+    let ticket = app
+        .files
+        .create_upload(&caller, purpose, ttl_days, origin)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "file_id": ticket.record.file_id,
+            "upload_url": ticket.upload_url,
+            "expires_at": ticket.expires_at,
+        })),
+    ))
+}
+
+/// `PUT {upload_url}` with the raw bytes.
+pub async fn receive_upload(
+    State(app): State<Arc<App>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    signature: Result<Query<Signature>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let signature = signed_query(signature)?;
+    let record = app
+        .files
+        .receive_upload(
+            &id,
+            &signature,
+            declared,
+            body.into_data_stream(),
+            Some(address.ip().to_string()),
+        )
+        .await?;
+    Ok(Json(record.view()))
+}
+
+/// `POST /v1/files/confirm {file_id}` → the file object.
+pub async fn confirm(
+    State(app): State<Arc<App>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let Some(file_id) = body.get("file_id").and_then(Value::as_str) else {
+        return Err(ApiError::invalid(
+            "file_id",
+            DetailCode::Required,
+            "file_id is required",
+        ));
+    };
+    let origin = Origin::caller(&caller, Some(address));
+    Ok(Json(
+        app.files.confirm(&caller, file_id, origin).await?.view(),
+    ))
 }
 
 pub async fn get(
@@ -27,26 +150,122 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(find(&app, &caller, &id)?.view()))
+    require(&caller, Scope::Execution)?;
+    Ok(Json(app.files.get(&caller, &id)?.view()))
+}
+
+/// `GET /v1/files?limit&starting_after`, newest first.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let page = Page::from_query(&query)?;
+    let (records, has_more) =
+        app.files
+            .list(&caller, page.limit, page.starting_after.as_deref())?;
+    Ok(list_body(
+        records.iter().map(FileRecord::view).collect(),
+        has_more,
+    ))
 }
 
 /// The bytes, streamed from storage.
 pub async fn download(
     State(app): State<Arc<App>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = find(&app, &caller, &id)?;
-    let file = tokio::fs::File::open(app.files.path(&record.file_id))
-        .await
-        .map_err(anyhow::Error::from)?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    Ok((
+    require(&caller, Scope::Execution)?;
+    let origin = Origin::caller(&caller, Some(address));
+    let (record, stream) = app.files.download(&caller, &id, origin).await?;
+    Ok(bytes_response(&record, stream))
+}
+
+/// `GET /v1/files/{id}/url` → `{url, expires_at, content_type, size_bytes}`.
+pub async fn url(
+    State(app): State<Arc<App>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let origin = Origin::caller(&caller, Some(address));
+    let (record, url, expires_at) = app.files.download_url(&caller, &id, origin).await?;
+    Ok(Json(json!({
+        "url": url,
+        "expires_at": expires_at,
+        "content_type": record.content_type,
+        "size_bytes": record.size_bytes,
+    })))
+}
+
+/// `DELETE /v1/files/{id}` → `{file_id, deleted: true}`.
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let origin = Origin::caller(&caller, Some(address));
+    let record = app.files.delete(&caller, &id, origin).await?;
+    Ok(Json(
+        json!({"file_id": record.file_id, "object": "file", "deleted": true}),
+    ))
+}
+
+/// `GET` of a signed download URL.
+pub async fn signed_download(
+    State(app): State<Arc<App>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    signature: Result<Query<Signature>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let signature = signed_query(signature)?;
+    let (record, stream) = app
+        .files
+        .signed_download(&id, &signature, Some(address.ip().to_string()))
+        .await?;
+    Ok(bytes_response(&record, stream))
+}
+
+/// A provider's `GET` of a grant minted for one attempt.
+pub async fn grant(
+    State(app): State<Arc<App>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    query: Result<Query<GrantQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let query = signed_query(query)?;
+    let execution = app.executions.store_get(&query.execution)?;
+    let (record, stream) = app
+        .files
+        .serve_grant(&id, &query, execution, Some(address.ip().to_string()))
+        .await?;
+    Ok(bytes_response(&record, stream))
+}
+
+/// A signed URL whose query is not even well-formed is refused like a forged one.
+fn signed_query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(query)| query).map_err(|_| {
+        ApiError::new(
+            crate::error::Code::Unauthorized,
+            "The signed URL is invalid or expired.",
+        )
+    })
+}
+
+fn bytes_response(record: &FileRecord, stream: ByteStream) -> Response {
+    (
         [
-            (header::CONTENT_TYPE, record.content_type),
+            (header::CONTENT_TYPE, record.content_type.clone()),
             (header::CONTENT_LENGTH, record.size_bytes.to_string()),
+            (header::CACHE_CONTROL, "private, no-store".to_string()),
         ],
-        body,
+        Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }

@@ -5,6 +5,7 @@ mod executions;
 mod files;
 mod keys;
 mod models;
+mod webhooks;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
@@ -41,8 +42,24 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api-keys", post(keys::create).get(keys::list))
         .route("/api-keys/{id}", axum::routing::delete(keys::revoke))
         .route("/api-keys/{id}/rotate", post(keys::rotate))
-        .route("/files/{id}", get(files::get))
+        .route("/files", get(files::list))
+        .route("/files/upload", post(files::create_upload))
+        .route("/files/confirm", post(files::confirm))
+        .route("/files/{id}", get(files::get).delete(files::delete))
         .route("/files/{id}/download", get(files::download))
+        .route("/files/{id}/url", get(files::url))
+        .route(
+            "/webhooks/endpoints",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/webhooks/endpoints/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/webhooks/endpoints/{id}/test", post(webhooks::test))
+        .route("/webhooks/default-secret", get(webhooks::default_secret))
         .route("/models", get(models::list))
         .route("/models/{slug}", get(models::get))
         .route("/balance", get(executions::balance))
@@ -55,10 +72,16 @@ pub fn router(app: Arc<App>) -> Router {
         );
     let admin = Router::new()
         .route("/organizations", post(admin::create_organization))
+        .route(
+            "/organizations/{id}",
+            axum::routing::patch(admin::update_organization),
+        )
         .route("/organizations/{id}/credit", post(admin::credit))
         .route("/plugins", get(admin::plugins))
         .route("/ledger/verify", get(admin::verify_ledger))
         .route("/executions/{id}", get(admin::execution))
+        .route("/files/{id}/audit", get(admin::file_audit))
+        .route("/clock/advance", post(admin::advance_clock))
         .route(
             "/plugins/{name}",
             axum::routing::put(admin::install_plugin)
@@ -66,8 +89,17 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/plugins/{name}/rollback", post(admin::rollback_plugin))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    // Signed URLs carry their own authorization (no API key, no key rate limit).
+    let signed = Router::new()
+        .route(
+            "/upload/{id}",
+            axum::routing::put(files::receive_upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/download/{id}", get(files::signed_download))
+        .route("/grant/{id}", get(files::grant));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .nest("/files", signed)
         .nest("/v1", v1)
         .nest("/admin/v1", admin)
         .fallback(|| async { ApiError::not_found() })

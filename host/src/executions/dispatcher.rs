@@ -19,7 +19,7 @@ use crate::callbacks::CallbackSigner;
 use crate::clock;
 use crate::config::ExecutionSettings;
 use crate::error::Code;
-use crate::files::{FileRecord, FileStore};
+use crate::files::{FileRecord, Files};
 use crate::ids::new_short_id;
 use crate::plugins::{CallError, wit};
 use crate::routing::{self, Candidate, Router};
@@ -37,7 +37,7 @@ pub struct Dispatcher {
     executions: Arc<Executions>,
     router: Arc<Router>,
     upstream: Upstream,
-    files: FileStore,
+    files: Arc<Files>,
     settings: ExecutionSettings,
     callbacks: CallbackSigner,
     running: Mutex<HashSet<String>>,
@@ -74,7 +74,7 @@ impl Dispatcher {
         executions: Arc<Executions>,
         router: Arc<Router>,
         upstream: Upstream,
-        files: FileStore,
+        files: Arc<Files>,
         settings: ExecutionSettings,
         callbacks: CallbackSigner,
     ) -> Arc<Dispatcher> {
@@ -402,7 +402,19 @@ impl Dispatcher {
             return Ok(AttemptEnd::Abandoned);
         }
 
-        let ctx = context(execution, &candidate, &attempt_id, &self.callbacks);
+        let mut ctx = context(execution, &candidate, &attempt_id, &self.callbacks);
+        let inline = candidate.plugin.manifest.capabilities.inline_files;
+        ctx.files = match self.files.mint_grants(execution, &attempt_id, inline).await {
+            Ok(grants) => grants,
+            Err(error) => {
+                let message = format!("preparing the input files failed: {error:#}");
+                return Ok(AttemptEnd::Failed(failure(
+                    wit::ErrorCode::InternalError,
+                    message,
+                    false,
+                )));
+            }
+        };
         let input = execution.input.to_string();
         let submit_ctx = ctx.clone();
         let request = match candidate
@@ -416,6 +428,10 @@ impl Dispatcher {
             Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
             Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
         };
+        // Inline bytes were for building the request only.
+        for grant in &mut ctx.files {
+            grant.bytes = None;
+        }
         let (outcome, _) = self
             .exchange(&candidate, &ctx, None, &request, &execution.id)
             .await;
@@ -751,9 +767,7 @@ impl Dispatcher {
             .await?;
         if completed.is_none() {
             tracing::info!(execution = %execution.id, "late provider result discarded: the execution had already ended");
-            for id in file_ids {
-                self.files.remove_blob(&id).await;
-            }
+            self.files.discard(file_ids).await;
         }
         Ok(None)
     }
@@ -770,35 +784,32 @@ impl Dispatcher {
         let mut records: Vec<FileRecord> = Vec::new();
         let mut entries: Vec<(wit::Modality, Value)> = Vec::new();
         for asset in &completion.assets {
+            let org = &execution.organization_id;
+            let max = self.settings.max_asset_bytes;
             let stored = match &asset.source {
-                wit::AssetSource::Inline(bytes) => self
-                    .files
-                    .write_blob(bytes)
-                    .await
-                    .map_err(|e| e.to_string()),
-                wit::AssetSource::Url(url) => {
-                    let (id, path) = self.files.reserve();
-                    self.upstream
-                        .fetch_to_file(&allowed, url, &path, self.settings.max_asset_bytes)
+                wit::AssetSource::Inline(bytes) => {
+                    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                        bytes::Bytes::copy_from_slice(bytes),
+                    )]);
+                    self.files
+                        .ingest_output(org, body, max)
                         .await
-                        .map(|_| id)
                         .map_err(|e| e.to_string())
                 }
+                wit::AssetSource::Url(url) => match self.upstream.fetch(&allowed, url).await {
+                    Ok(response) => self
+                        .files
+                        .ingest_output(org, response.bytes_stream(), max)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(error) => Err(error.to_string()),
+                },
             };
-            let inspected = match stored {
-                Ok(id) => self
-                    .files
-                    .inspect(&id, &execution.organization_id, "OUTPUT")
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(error) => Err(error),
-            };
-            let inspected = match inspected {
-                Ok(inspected) => inspected,
+            let (record, ingested) = match stored {
+                Ok(stored) => stored,
                 Err(error) => {
-                    for record in &records {
-                        self.files.remove_blob(&record.file_id).await;
-                    }
+                    let ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
+                    self.files.discard(ids).await;
                     return Err(failure(
                         wit::ErrorCode::GenerationFailed,
                         format!("storing an output failed: {error}"),
@@ -808,24 +819,24 @@ impl Dispatcher {
             };
             let entry = match asset.modality {
                 wit::Modality::Image => json!({
-                    "file_id": inspected.record.file_id,
-                    "format": inspected.format,
-                    "width": inspected.dimensions.map(|d| d.0),
-                    "height": inspected.dimensions.map(|d| d.1),
+                    "file_id": record.file_id,
+                    "format": ingested.format,
+                    "width": ingested.dimensions.map(|d| d.0),
+                    "height": ingested.dimensions.map(|d| d.1),
                 }),
                 wit::Modality::Video | wit::Modality::Audio | wit::Modality::Text => {
                     // Providers that do not report a length produced what was asked.
                     let requested = execution.usage_estimate.seconds_milli;
                     let duration_ms = asset.duration_ms.or((requested > 0).then_some(requested));
                     json!({
-                        "file_id": inspected.record.file_id,
-                        "format": inspected.format,
+                        "file_id": record.file_id,
+                        "format": ingested.format,
                         "duration_s": duration_ms.map(|ms| ms as f64 / 1000.0),
                     })
                 }
             };
             entries.push((asset.modality, entry));
-            records.push(inspected.record);
+            records.push(record);
         }
         Ok((canonical_output(completion, entries), records))
     }

@@ -19,11 +19,14 @@ use crate::billing::{self, HoldResult};
 use crate::clock;
 use crate::config::ExecutionSettings;
 use crate::error::{ApiError, Code, Detail, DetailCode};
+use crate::files::Files;
+use crate::files::grants::{FileField, file_fields};
 use crate::ids::new_id;
 use crate::money::Micros;
 use crate::plugins::wit;
 use crate::routing::{self, Router};
 use crate::store::{self, ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG, IDEMPOTENCY, Store};
+use crate::webhooks;
 pub use model::{Execution, Mode, Status};
 
 /// A validated `POST /v1/executions` body.
@@ -69,12 +72,16 @@ pub struct Executions {
     store: Store,
     router: Arc<Router>,
     settings: ExecutionSettings,
-    validators: Mutex<HashMap<(String, String), Arc<jsonschema::Validator>>>,
+    files: Arc<Files>,
+    /// per (plugin sha256, slug): the input schema's validator and file properties
+    validators: Mutex<HashMap<(String, String), Arc<InputRules>>>,
     /// the latest status of executions someone is waiting on
     watchers: Mutex<HashMap<String, watch::Sender<Status>>>,
     /// event streams of running `STREAMING` executions
     streams: Mutex<HashMap<String, broadcast::Sender<StreamMessage>>>,
     dispatch: tokio::sync::mpsc::UnboundedSender<String>,
+    /// wakes the webhook delivery worker
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl Executions {
@@ -82,16 +89,20 @@ impl Executions {
         store: Store,
         router: Arc<Router>,
         settings: ExecutionSettings,
+        files: Arc<Files>,
         dispatch: tokio::sync::mpsc::UnboundedSender<String>,
+        outbox: Arc<tokio::sync::Notify>,
     ) -> Executions {
         Executions {
             store,
             router,
             settings,
+            files,
             validators: Mutex::default(),
             watchers: Mutex::default(),
             streams: Mutex::default(),
             dispatch,
+            outbox,
         }
     }
 
@@ -113,7 +124,10 @@ impl Executions {
                 format!("unknown model {:?}; see GET /v1/models", request.model),
             ));
         };
-        self.validate_input(first, &request.input)?;
+        let rules = self.input_rules(first)?;
+        rules.validate(&request.input)?;
+        self.files
+            .check_input_files(&caller.org_id, &rules.files, &request.input)?;
         // Rank the providers for what this input consumes, then price it with the
         // adapter of the one that will run it.
         let mut units = estimate(first, &request.input).await?;
@@ -242,41 +256,30 @@ impl Executions {
             .await
     }
 
-    fn validate_input(
-        &self,
-        candidate: &routing::Candidate,
-        input: &Value,
-    ) -> Result<(), ApiError> {
+    /// What `candidate`'s schema demands of an input (compiled once per version).
+    fn input_rules(&self, candidate: &routing::Candidate) -> Result<Arc<InputRules>, ApiError> {
         let key = (
             candidate.plugin.sha256.clone(),
             candidate.model.slug.clone(),
         );
-        let validator = {
-            let mut cache = self.validators.lock().expect("validator cache poisoned");
-            match cache.get(&key) {
-                Some(validator) => validator.clone(),
-                None => {
-                    let schema: Value = serde_json::from_str(&candidate.model.input_schema)
-                        .map_err(|e| {
-                            anyhow::anyhow!("model {} has an invalid schema: {e}", key.1)
-                        })?;
-                    let validator = Arc::new(jsonschema::validator_for(&schema).map_err(|e| {
-                        anyhow::anyhow!("model {} has an invalid schema: {e}", key.1)
-                    })?);
-                    cache.insert(key, validator.clone());
-                    validator
-                }
-            }
-        };
-        let details: Vec<Detail> = validator
-            .iter_errors(input)
-            .flat_map(schema_details)
-            .collect();
-        if details.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::validation(details))
+        let mut cache = self.validators.lock().expect("validator cache poisoned");
+        if let Some(rules) = cache.get(&key) {
+            return Ok(rules.clone());
         }
+        let invalid = |e: &dyn std::fmt::Display| {
+            ApiError::from(anyhow::anyhow!(
+                "model {} has an invalid schema: {e}",
+                key.1
+            ))
+        };
+        let schema: Value =
+            serde_json::from_str(&candidate.model.input_schema).map_err(|e| invalid(&e))?;
+        let rules = Arc::new(InputRules {
+            validator: jsonschema::validator_for(&schema).map_err(|e| invalid(&e))?,
+            files: file_fields(&schema),
+        });
+        cache.insert(key, rules.clone());
+        Ok(rules)
     }
 
     /// The execution `id` of `org_id` (another organization's is not found).
@@ -410,8 +413,9 @@ impl Executions {
     }
 
     /// Applies `change` to a non-terminal execution in one transaction (a
-    /// compare-and-set: a terminal execution never changes again). Leaving the
-    /// execution terminal removes it from the dispatcher's queue. Returns the new
+    /// compare-and-set: a terminal execution never changes again), with the webhook
+    /// events the change causes. Leaving the execution terminal removes it from the
+    /// dispatcher's queue. Returns the new
     /// state, or `None` when the execution was already terminal.
     pub async fn update<F>(&self, id: &str, change: F) -> Result<Option<Execution>>
     where
@@ -427,15 +431,24 @@ impl Executions {
                 if execution.status.is_terminal() {
                     return Ok(None);
                 }
+                let was_started = execution.started_at.is_some();
                 change(&mut execution, txn)?;
+                let queued = match webhooks::lifecycle_event(was_started, &execution) {
+                    Some(event) => webhooks::enqueue(txn, &execution, event)?,
+                    None => false,
+                };
                 save(txn, &execution)?;
-                Ok(Some(execution))
+                Ok(Some((execution, queued)))
             })
             .await?;
-        if let Some(execution) = &updated {
-            self.notify(execution);
+        let Some((execution, queued)) = updated else {
+            return Ok(None);
+        };
+        if queued {
+            self.outbox.notify_one();
         }
-        Ok(updated)
+        self.notify(&execution);
+        Ok(Some(execution))
     }
 
     /// Moves a non-terminal execution to a terminal state and resolves its hold,
@@ -544,6 +557,28 @@ impl Executions {
                 })
                 .collect()
         })
+    }
+}
+
+/// An input schema, compiled.
+struct InputRules {
+    validator: jsonschema::Validator,
+    /// properties that name files
+    files: Vec<FileField>,
+}
+
+impl InputRules {
+    fn validate(&self, input: &Value) -> Result<(), ApiError> {
+        let details: Vec<Detail> = self
+            .validator
+            .iter_errors(input)
+            .flat_map(schema_details)
+            .collect();
+        if details.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(details))
+        }
     }
 }
 

@@ -3,8 +3,11 @@
 
 mod api;
 mod executions;
+// mod files;
 mod money;
 mod plugins;
+mod receiver;
 mod restart;
 mod sandbox;
 mod support;
+mod webhooks;

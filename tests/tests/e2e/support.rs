@@ -109,6 +109,8 @@ pub struct Options<'a> {
     pub rate_limit: (u32, u32),
     /// extra TOML for the `[plugins]` table
     pub plugins: &'a str,
+    /// extra top-level tables (`[webhooks]`, `[files]`, `[testing]`, …)
+    pub config: &'a str,
 }
 
 impl Default for Options<'_> {
@@ -118,6 +120,7 @@ impl Default for Options<'_> {
             extra_plugins: &[],
             rate_limit: (10_000, 10_000),
             plugins: "",
+            config: "",
         }
     }
 }
@@ -134,6 +137,7 @@ impl Server {
             extra_plugins: extra,
             rate_limit: (per_second, burst),
             plugins: plugin_settings,
+            config: extra_config,
         } = options;
         let data = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -175,6 +179,7 @@ impl Server {
                 config.push_str(&format!("[providers.models.{model:?}]\n"));
             }
         }
+        config.push_str(extra_config);
         let path = data.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
         let mut server = Server {
@@ -231,6 +236,25 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
+    /// Moves the server's clock forward (it must run with `[testing] clock_control`).
+    pub async fn advance_clock(&self, seconds: u64) {
+        let reply = self
+            .call(
+                Method::POST,
+                "/admin/v1/clock/advance",
+                Some(&self.admin_token),
+                Some(json!({ "seconds": seconds })),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -1,0 +1,374 @@
+//! `/v1/webhooks` (full scope): endpoints, their test event, and the organization's
+//! default secret.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::{JsonObject, Page, list_body, require};
+use crate::App;
+use crate::auth::{Caller, Scope};
+use crate::clock;
+use crate::error::{ApiError, DetailCode};
+use crate::ids::new_id;
+use crate::store::WEBHOOK_ENDPOINTS;
+use crate::webhooks::{self, EVENT_TYPES, Endpoint, RESERVED_HEADERS};
+
+/// Most custom headers an endpoint may carry.
+const MAX_HEADERS: usize = 20;
+
+/// `POST /v1/webhooks/endpoints {url, description?, events?, headers?}` → `201`
+/// with the secret, shown this once.
+pub async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    JsonObject(body): JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require(&caller, Scope::Full)?;
+    known_fields(&body, &["url", "description", "events", "headers"])?;
+    let Some(url) = body.get("url") else {
+        return Err(ApiError::invalid(
+            "url",
+            DetailCode::Required,
+            "url is required",
+        ));
+    };
+    let endpoint = Endpoint {
+        id: new_id("wh"),
+        organization_id: caller.org_id.clone(),
+        url: checked_url(&app, "url", url).await?,
+        description: description(body.get("description"))?,
+        events: events(body.get("events"))?,
+        headers: headers(body.get("headers"))?,
+        secret: webhooks::new_secret(),
+        is_active: true,
+        created_at: clock::now(),
+        failure_count: 0,
+        last_success: None,
+        last_failure: None,
+    };
+    let stored = endpoint.clone();
+    app.store
+        .write(move |txn| webhooks::insert_endpoint(txn, &stored))
+        .await?;
+    Ok((StatusCode::CREATED, Json(endpoint.view(true))))
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let page = Page::from_query(&query)?;
+    let after = match &page.starting_after {
+        Some(id) => Some(find(&app, &caller, id).map_err(|_| {
+            ApiError::invalid(
+                "starting_after",
+                DetailCode::InvalidValue,
+                "no such webhook endpoint",
+            )
+        })?),
+        None => None,
+    };
+    let (endpoints, has_more) = app
+        .store
+        .read(|txn| webhooks::list_endpoints(txn, &caller.org_id, page.limit, after.as_ref()))?;
+    Ok(list_body(
+        endpoints.iter().map(|e| e.view(false)).collect(),
+        has_more,
+    ))
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    Ok(Json(find(&app, &caller, &id)?.view(false)))
+}
+
+/// `PATCH /v1/webhooks/endpoints/{id} {url?, description?, events?, headers?,
+/// is_active?}`. Reactivating an endpoint clears its failure count.
+pub async fn update(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    known_fields(
+        &body,
+        &["url", "description", "events", "headers", "is_active"],
+    )?;
+    find(&app, &caller, &id)?;
+    let url = match body.get("url") {
+        Some(url) => Some(checked_url(&app, "url", url).await?),
+        None => None,
+    };
+    let description = body
+        .contains_key("description")
+        .then(|| description(body.get("description")))
+        .transpose()?;
+    let events = body
+        .contains_key("events")
+        .then(|| events(body.get("events")))
+        .transpose()?;
+    let headers = body
+        .contains_key("headers")
+        .then(|| headers(body.get("headers")))
+        .transpose()?;
+    let is_active = match body.get("is_active") {
+        None => None,
+        Some(Value::Bool(active)) => Some(*active),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "is_active",
+                DetailCode::InvalidType,
+                "is_active must be a boolean",
+            ));
+        }
+    };
+    let org = caller.org_id.clone();
+    let updated = app
+        .store
+        .write(move |txn| {
+            let Some(mut endpoint) =
+                webhooks::endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &org, &id)?
+            else {
+                return Ok(None);
+            };
+            if let Some(url) = url {
+                endpoint.url = url;
+            }
+            if let Some(description) = description {
+                endpoint.description = description;
+            }
+            if let Some(events) = events {
+                endpoint.events = events;
+            }
+            if let Some(headers) = headers {
+                endpoint.headers = headers;
+            }
+            if let Some(active) = is_active {
+                if active && !endpoint.is_active {
+                    endpoint.failure_count = 0;
+                }
+                endpoint.is_active = active;
+            }
+            webhooks::save_endpoint(txn, &endpoint)?;
+            Ok(Some(endpoint))
+        })
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(updated.view(false)))
+}
+
+/// `DELETE /v1/webhooks/endpoints/{id}`; its undelivered events are dropped.
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let org = caller.org_id.clone();
+    let removed = app
+        .store
+        .write(move |txn| {
+            let endpoint = webhooks::endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &org, &id)?;
+            if let Some(endpoint) = &endpoint {
+                webhooks::remove_endpoint(txn, endpoint)?;
+            }
+            Ok(endpoint)
+        })
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(
+        json!({"id": removed.id, "object": "webhook_endpoint", "deleted": true}),
+    ))
+}
+
+/// `POST /v1/webhooks/endpoints/{id}/test`: sends a signed `test` event now and
+/// reports what the receiver answered. Test sends are not retried and do not count
+/// toward deactivation.
+pub async fn test(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let endpoint = find(&app, &caller, &id)?;
+    let event_id = new_id("evt");
+    let body = json!({
+        "id": event_id,
+        "event_type": "test",
+        "timestamp": clock::now(),
+        "version": "1.0",
+        "organization_id": caller.org_id,
+        "execution_id": null,
+        "data": {"message": "A test event from ModelRoute."},
+    })
+    .to_string();
+    let result = app
+        .webhooks
+        .send(&endpoint.url, &endpoint.secret, &endpoint.headers, &body)
+        .await;
+    Ok(Json(json!({
+        "id": event_id,
+        "event_type": "test",
+        "delivered": result.succeeded(),
+        "response_status": result.status,
+        "error": result.error,
+    })))
+}
+
+/// `GET /v1/webhooks/default-secret` → `{secret}`: what signs deliveries to
+/// per-execution `webhook_url`s.
+pub async fn default_secret(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    require(&caller, Scope::Full)?;
+    let org = caller.org_id.clone();
+    let secret = app
+        .store
+        .write(move |txn| webhooks::default_secret(txn, &org))
+        .await?;
+    Ok(Json(json!({ "secret": secret })))
+}
+
+fn find(app: &App, caller: &Caller, id: &str) -> Result<Endpoint, ApiError> {
+    app.store
+        .read(|txn| webhooks::endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &caller.org_id, id))?
+        .ok_or_else(ApiError::not_found)
+}
+
+fn known_fields(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    match body.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::invalid(
+            unknown,
+            DetailCode::UnknownField,
+            format!("unknown field {unknown}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A URL deliveries may go to under the operator's policy (scheme, and every
+/// address it resolves to).
+pub async fn checked_url(app: &App, field: &str, url: &Value) -> Result<String, ApiError> {
+    let Some(url) = url.as_str() else {
+        return Err(ApiError::invalid(
+            field,
+            DetailCode::InvalidType,
+            format!("{field} must be a string"),
+        ));
+    };
+    match app.webhooks.policy().check(url).await {
+        Ok(parsed) => Ok(parsed.to_string()),
+        Err(refusal) => Err(ApiError::invalid(
+            field,
+            DetailCode::InvalidValue,
+            refusal.to_string(),
+        )),
+    }
+}
+
+fn description(value: Option<&Value>) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.len() <= 500 => Ok(Some(text.clone())),
+        Some(_) => Err(ApiError::invalid(
+            "description",
+            DetailCode::InvalidValue,
+            "description must be a string of at most 500 characters",
+        )),
+    }
+}
+
+fn events(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "events",
+                DetailCode::InvalidType,
+                "events must be an array of event types",
+            ));
+        }
+    };
+    let mut events = Vec::new();
+    for item in items {
+        match item.as_str() {
+            Some(event) if EVENT_TYPES.contains(&event) => {
+                if !events.iter().any(|e| e == event) {
+                    events.push(event.to_string());
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "events",
+                    DetailCode::InvalidValue,
+                    format!(
+                        "unknown event type {item}; one of {}",
+                        EVENT_TYPES.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn headers(value: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let map = match value {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "headers",
+                DetailCode::InvalidType,
+                "headers must be an object of header names to string values",
+            ));
+        }
+    };
+    if map.len() > MAX_HEADERS {
+        return Err(ApiError::invalid(
+            "headers",
+            DetailCode::OutOfRange,
+            format!("at most {MAX_HEADERS} headers"),
+        ));
+    }
+    let mut headers = BTreeMap::new();
+    for (name, value) in map {
+        let field = format!("headers.{name}");
+        let lower = name.to_ascii_lowercase();
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || RESERVED_HEADERS.contains(&lower.as_str())
+        {
+            return Err(ApiError::invalid(
+                &field,
+                DetailCode::InvalidValue,
+                format!("{name:?} is not a header an endpoint may set"),
+            ));
+        }
+        match value.as_str() {
+            Some(text) if axum::http::HeaderValue::from_str(text).is_ok() => {
+                headers.insert(name.clone(), text.to_string());
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    &field,
+                    DetailCode::InvalidValue,
+                    "header values must be strings of visible ASCII",
+                ));
+            }
+        }
+    }
+    Ok(headers)
+}

@@ -1,0 +1,79 @@
+//! The audit trail of files: every upload, download, grant and delete, with who
+//! (an API key id, `signed-url`, a provider attempt, `expiry`), when, and from which
+//! address. Kept with the store's other state and read by operators
+//! (`GET /admin/v1/files/{id}/audit`).
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use redb::{ReadTransaction, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::{FileRecord, Origin};
+use crate::clock;
+use crate::store::{self, FILE_AUDIT};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    UploadUrl,
+    Upload,
+    Confirm,
+    DownloadUrl,
+    Download,
+    /// a URL minted for one provider attempt
+    Grant,
+    /// a provider fetched a grant
+    GrantFetch,
+    Delete,
+    Expire,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub organization_id: String,
+    pub file_id: String,
+    pub action: Action,
+    pub actor: String,
+    pub address: Option<String>,
+}
+
+impl AuditEntry {
+    pub fn new(record: &FileRecord, action: Action, origin: &Origin) -> AuditEntry {
+        AuditEntry {
+            at: clock::now(),
+            organization_id: record.organization_id.clone(),
+            file_id: record.file_id.clone(),
+            action,
+            actor: origin.actor.clone(),
+            address: origin.address.clone(),
+        }
+    }
+}
+
+/// Appends `entry` (inside a write transaction). Keys sort by file, then time.
+pub fn record(txn: &WriteTransaction, entry: &AuditEntry) -> Result<()> {
+    let key = format!(
+        "{}/{:020}/{}",
+        entry.file_id,
+        entry.at.timestamp_micros().max(0),
+        uuid::Uuid::new_v4().simple()
+    );
+    txn.open_table(FILE_AUDIT)?
+        .insert(key.as_str(), store::encode(entry)?.as_slice())?;
+    Ok(())
+}
+
+/// Every entry of `file_id`, oldest first (they outlive the file).
+pub fn for_file(txn: &ReadTransaction, file_id: &str) -> Result<Vec<AuditEntry>> {
+    let prefix = format!("{file_id}/");
+    let mut entries = Vec::new();
+    for row in txn.open_table(FILE_AUDIT)?.range(prefix.as_str()..)? {
+        let (key, value) = row?;
+        if !key.value().starts_with(&prefix) {
+            break;
+        }
+        entries.push(store::decode(value.value())?);
+    }
+    Ok(entries)
+}

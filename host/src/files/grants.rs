@@ -1,0 +1,242 @@
+//! Provider isolation: a provider never sees a client's file id, storage or other
+//! files. Each attempt gets, per input file, a URL minted for that attempt alone
+//! (signed, lapsing within minutes, and refused as soon as the attempt is no longer
+//! the execution's running one), or the bytes inline where the adapter asks.
+
+use anyhow::Result;
+use chrono::Duration;
+use serde::Deserialize;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use super::audit::{self, Action, AuditEntry};
+use super::storage::{self, ByteStream};
+use super::{FileRecord, Files, Origin};
+use crate::clock;
+use crate::error::{ApiError, Code};
+use crate::executions::Execution;
+use crate::ids::has_prefix;
+use crate::plugins::wit;
+
+/// The query of a grant URL.
+#[derive(Debug, Deserialize)]
+pub struct GrantQuery {
+    pub execution: String,
+    pub attempt: String,
+    pub expires: i64,
+    pub signature: String,
+}
+
+impl Files {
+    /// Grants for every ready file of the execution's organization its input names,
+    /// for attempt `attempt_id`; with the bytes when `inline`.
+    pub async fn mint_grants(
+        &self,
+        execution: &Execution,
+        attempt_id: &str,
+        inline: bool,
+    ) -> Result<Vec<wit::FileGrant>> {
+        let mut ids = Vec::new();
+        file_ids(&execution.input, &mut ids);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = clock::now();
+        let records: Vec<FileRecord> = self.store.read(|txn| {
+            ids.iter()
+                .filter_map(|id| super::get(txn, &execution.organization_id, id, now).transpose())
+                .collect()
+        })?;
+        let expires = (now + Duration::seconds(self.settings.grant_seconds as i64)).timestamp();
+        let mut grants = Vec::with_capacity(records.len());
+        for record in &records {
+            let bytes = if inline {
+                let max = self.settings.max_inline_bytes;
+                Some(storage::read_all(self.storage(), &record.file_id, max).await?)
+            } else {
+                None
+            };
+            let signature = self.mac(&grant_message(
+                &record.file_id,
+                &execution.id,
+                attempt_id,
+                expires,
+            ));
+            grants.push(wit::FileGrant {
+                file_id: record.file_id.clone(),
+                url: format!(
+                    "{}/files/grant/{}?execution={}&attempt={attempt_id}&expires={expires}&signature={signature}",
+                    self.public_url, record.file_id, execution.id
+                ),
+                content_type: record.content_type.clone(),
+                bytes,
+            });
+        }
+        let origin = Origin {
+            actor: format!("attempt {attempt_id} of {}", execution.id),
+            address: None,
+        };
+        self.store
+            .write(move |txn| {
+                for record in &records {
+                    audit::record(txn, &AuditEntry::new(record, Action::Grant, &origin))?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(grants)
+    }
+
+    /// A provider's `GET` of a grant URL: the bytes, while the signature holds, the
+    /// grant has not lapsed and its attempt is still the execution's running one.
+    pub async fn serve_grant(
+        &self,
+        file_id: &str,
+        query: &GrantQuery,
+        execution: Option<Execution>,
+        address: Option<String>,
+    ) -> Result<(FileRecord, ByteStream), ApiError> {
+        let refused = || ApiError::new(Code::NotFound, "This file grant is not valid (any more).");
+        let expected = self.mac(&grant_message(
+            file_id,
+            &query.execution,
+            &query.attempt,
+            query.expires,
+        ));
+        let signed: bool = expected.as_bytes().ct_eq(query.signature.as_bytes()).into();
+        let now = clock::now();
+        if !signed || query.expires < now.timestamp() {
+            return Err(refused());
+        }
+        let Some(execution) = execution.filter(|e| {
+            !e.status.is_terminal() && e.open_attempt().is_some_and(|a| a.id == query.attempt)
+        }) else {
+            return Err(refused());
+        };
+        let record = self
+            .store
+            .read(|txn| super::get(txn, &execution.organization_id, file_id, now))?
+            .ok_or_else(refused)?;
+        let origin = Origin {
+            actor: format!("attempt {} of {}", query.attempt, execution.id),
+            address,
+        };
+        self.open_audited(record, Action::GrantFetch, origin).await
+    }
+}
+
+fn grant_message(file_id: &str, execution_id: &str, attempt_id: &str, expires: i64) -> String {
+    format!("grant\n{file_id}\n{execution_id}\n{attempt_id}\n{expires}")
+}
+
+/// Every distinct `file_…` id among the strings of `value`.
+fn file_ids(value: &Value, ids: &mut Vec<String>) {
+    match value {
+        Value::String(s) if has_prefix(s, "file") && !ids.contains(s) => ids.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| file_ids(v, ids)),
+        Value::Object(map) => map.values().for_each(|v| file_ids(v, ids)),
+        _ => {}
+    }
+}
+
+/// An input property a model's schema marks as a file reference with the
+/// `x-file-types` keyword (a list of accepted MIME types).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileField {
+    pub name: String,
+    pub types: Vec<String>,
+}
+
+/// The file properties of an input schema (top-level properties only).
+pub fn file_fields(schema: &Value) -> Vec<FileField> {
+    let Some(properties) = schema["properties"].as_object() else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .filter_map(|(name, property)| {
+            let types = property.get("x-file-types")?.as_array()?;
+            Some(FileField {
+                name: name.clone(),
+                types: types
+                    .iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+impl Files {
+    /// Checks the files an input names before anything is held: each must be a
+    /// ready file of `org_id` (else `FILE_NOT_FOUND`) of a type the model accepts
+    /// (else `FILE_FORMAT_UNSUPPORTED`).
+    pub fn check_input_files(
+        &self,
+        org_id: &str,
+        fields: &[FileField],
+        input: &Value,
+    ) -> Result<(), ApiError> {
+        let now = clock::now();
+        for field in fields {
+            let Some(file_id) = input.get(&field.name).and_then(Value::as_str) else {
+                continue;
+            };
+            let record = if has_prefix(file_id, "file") {
+                self.store
+                    .read(|txn| super::get(txn, org_id, file_id, now))?
+            } else {
+                None
+            };
+            let Some(record) = record else {
+                return Err(ApiError::new(
+                    Code::FileNotFound,
+                    format!("input.{}: file {file_id:?} was not found", field.name),
+                ));
+            };
+            if !field.types.contains(&record.content_type) {
+                return Err(ApiError::new(
+                    Code::FileFormatUnsupported,
+                    format!(
+                        "input.{}: the file is {}; this model accepts {}",
+                        field.name,
+                        record.content_type,
+                        field.types.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn file_fields_are_the_properties_marked_with_x_file_types() {
+        let schema = json!({"properties": {
+            "prompt": {"type": "string"},
+            "image": {"type": "string", "x-file-types": ["image/png", "image/jpeg"]}
+        }});
+        assert_eq!(
+            file_fields(&schema),
+            vec![FileField {
+                name: "image".into(),
+                types: vec!["image/png".into(), "image/jpeg".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn every_distinct_file_id_in_an_input_is_found() {
+        let a = crate::ids::new_id("file");
+        let b = crate::ids::new_id("file");
+        let input = json!({"image": a, "more": [b, a, "file_not-an-id"], "n": 1});
+        let mut ids = Vec::new();
+        file_ids(&input, &mut ids);
+        assert_eq!(ids, vec![a, b]);
+    }
+}

@@ -1,0 +1,821 @@
+//! Files of organizations: client uploads and copies of provider outputs.
+//!
+//! Zero trust: bytes stream into [`storage`] with the size cap enforced while they
+//! arrive; the type comes from magic bytes, the size is measured and the SHA-256
+//! computed on the way; what a client claims about a file is never stored. Files
+//! leave the platform only as a stream to their owner, through a signed URL, or
+//! through a grant minted for one execution attempt ([`grants`]). Every upload,
+//! download, grant and delete is audited ([`audit`]); expired files are deleted by
+//! [`Files::sweep`].
+
+pub mod audit;
+pub mod grants;
+pub mod storage;
+
+use anyhow::Result;
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+use futures_util::{Stream, StreamExt};
+use hmac::{Hmac, Mac};
+use redb::{ReadTransaction, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+use crate::auth::{self, Caller};
+use crate::clock;
+use crate::config::FileSettings;
+use crate::error::{ApiError, Code, DetailCode};
+use crate::ids::{has_prefix, new_id};
+use crate::store::{self, FILES, FILES_BY_EXPIRY, FILES_BY_ORG, ORGANIZATIONS, Store};
+use audit::{Action, AuditEntry};
+use storage::{ByteStream, Storage};
+
+/// The store's name for the key that signs file URLs.
+pub const FILE_URL_KEY: &str = "file-url-key";
+
+/// Bytes of a file's head read for magic bytes and image dimensions.
+const SNIFF_BYTES: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FileStatus {
+    /// an upload URL was handed out; no bytes yet
+    AwaitingUpload,
+    /// bytes arrived; the client has not confirmed them
+    Uploaded,
+    /// usable (confirmed uploads, provider outputs)
+    Ready,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub file_id: String,
+    pub organization_id: String,
+    pub status: FileStatus,
+    /// from magic bytes; empty until bytes arrived
+    pub content_type: String,
+    pub size_bytes: u64,
+    /// `INPUT`, `UPLOAD` or `OUTPUT`
+    pub purpose: String,
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+    /// when the sweeper deletes it (for an unconfirmed upload: when its URL lapses)
+    pub expires_at: DateTime<Utc>,
+    /// lifetime once ready
+    pub ttl_days: u32,
+    /// the API key that created it, for the audit trail
+    pub created_by: Option<String>,
+}
+
+impl FileRecord {
+    /// The file object of SPEC §8 (`status` added: uploads are usable once `READY`).
+    pub fn view(&self) -> serde_json::Value {
+        let uploaded = self.status != FileStatus::AwaitingUpload;
+        serde_json::json!({
+            "file_id": self.file_id,
+            "object": "file",
+            "status": self.status,
+            "content_type": uploaded.then_some(&self.content_type),
+            "size_bytes": uploaded.then_some(self.size_bytes),
+            "sha256": uploaded.then_some(&self.sha256),
+            "purpose": self.purpose,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        })
+    }
+}
+
+/// What was learned while bytes streamed in.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    pub content_type: String,
+    /// `png`, `jpeg`, `webp`, `mp4`, … (`bin` when unknown)
+    pub format: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub dimensions: Option<(u64, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the file exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("reading the bytes failed: {0}")]
+    Source(String),
+    #[error("storing the bytes failed: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+/// Where a new upload's bytes go, as handed to the client.
+pub struct UploadTicket {
+    pub record: FileRecord,
+    pub upload_url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A request's origin, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub actor: String,
+    pub address: Option<String>,
+}
+
+impl Origin {
+    pub fn caller(caller: &Caller, address: Option<std::net::SocketAddr>) -> Origin {
+        Origin {
+            actor: caller.key_id.clone(),
+            address: address.map(|a| a.ip().to_string()),
+        }
+    }
+}
+
+pub struct Files {
+    store: Store,
+    storage: Arc<dyn Storage>,
+    settings: FileSettings,
+    url_key: Vec<u8>,
+    public_url: String,
+}
+
+impl Files {
+    /// `url_key` signs upload, download and grant URLs: keep it across restarts
+    /// (`store::signing_key(store, FILE_URL_KEY)`).
+    pub fn new(
+        store: Store,
+        storage: Arc<dyn Storage>,
+        settings: FileSettings,
+        public_url: &str,
+        url_key: Vec<u8>,
+    ) -> Files {
+        Files {
+            store,
+            storage,
+            settings,
+            url_key,
+            public_url: public_url.to_string(),
+        }
+    }
+
+    pub fn settings(&self) -> &FileSettings {
+        &self.settings
+    }
+
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    /// Streams `body` into a new object `key`: at most `max` bytes, typed by magic
+    /// bytes, measured and hashed. On any error nothing is kept.
+    pub async fn ingest<S, E>(&self, key: &str, body: S, max: u64) -> Result<Ingested, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut body = body;
+        let mut writer = self.storage.create(key).await?;
+        let mut hasher = Sha256::new();
+        let mut head = Vec::with_capacity(SNIFF_BYTES);
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| IngestError::Source(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > max {
+                // The writer is dropped unfinished: the partial object goes with it.
+                return Err(IngestError::TooLarge(max));
+            }
+            if head.len() < SNIFF_BYTES {
+                let take = chunk.len().min(SNIFF_BYTES - head.len());
+                head.extend_from_slice(&chunk[..take]);
+            }
+            hasher.update(&chunk);
+            writer.write(&chunk).await?;
+        }
+        writer.commit().await?;
+        let (content_type, format) = sniff(&head);
+        Ok(Ingested {
+            content_type,
+            format,
+            size_bytes: size,
+            sha256: hex::encode(hasher.finalize()),
+            dimensions: imagesize::blob_size(&head)
+                .ok()
+                .map(|size| (size.width as u64, size.height as u64)),
+        })
+    }
+
+    /// Stores a provider's output as a new ready file of `org_id`. The record is the
+    /// caller's to insert (with the execution's completion, in one transaction).
+    pub async fn ingest_output<S, E>(
+        &self,
+        org_id: &str,
+        body: S,
+        max: u64,
+    ) -> Result<(FileRecord, Ingested), IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let file_id = new_id("file");
+        let ingested = self.ingest(&file_id, body, max).await?;
+        let now = clock::now();
+        let ttl_days = self.ttl_days_of(org_id).map_err(std::io::Error::other)?;
+        let record = FileRecord {
+            file_id,
+            organization_id: org_id.to_string(),
+            status: FileStatus::Ready,
+            content_type: ingested.content_type.clone(),
+            size_bytes: ingested.size_bytes,
+            purpose: "OUTPUT".into(),
+            sha256: ingested.sha256.clone(),
+            created_at: now,
+            expires_at: now + Duration::days(ttl_days.into()),
+            ttl_days,
+            created_by: None,
+        };
+        Ok((record, ingested))
+    }
+
+    /// Removes objects whose records were never stored (a failed completion).
+    pub async fn discard(&self, file_ids: impl IntoIterator<Item = String>) {
+        for id in file_ids {
+            if let Err(error) = self.storage.delete(&id).await {
+                tracing::warn!(file = %id, %error, "removing an unused object failed");
+            }
+        }
+    }
+
+    /// `POST /v1/files/upload`: a pending file and the signed URL its bytes go to.
+    pub async fn create_upload(
+        &self,
+        caller: &Caller,
+        purpose: String,
+        ttl_days: Option<u32>,
+        origin: Origin,
+    ) -> Result<UploadTicket, ApiError> {
+        let now = clock::now();
+        let url_expires = now + self.signed_url_lifetime();
+        let ttl_days = match ttl_days {
+            Some(days) => days,
+            None => self.ttl_days_of(&caller.org_id)?,
+        };
+        let record = FileRecord {
+            file_id: new_id("file"),
+            organization_id: caller.org_id.clone(),
+            status: FileStatus::AwaitingUpload,
+            content_type: String::new(),
+            size_bytes: 0,
+            purpose,
+            sha256: String::new(),
+            created_at: now,
+            expires_at: url_expires,
+            ttl_days,
+            created_by: Some(caller.key_id.clone()),
+        };
+        let stored = record.clone();
+        self.store
+            .write(move |txn| {
+                insert(txn, &stored)?;
+                audit::record(txn, &AuditEntry::new(&stored, Action::UploadUrl, &origin))
+            })
+            .await?;
+        let upload_url = self.signed("upload", &record, url_expires);
+        Ok(UploadTicket {
+            record,
+            upload_url,
+            expires_at: url_expires,
+        })
+    }
+
+    /// `PUT` to an upload URL: the bytes, streamed to storage.
+    pub async fn receive_upload<S, E>(
+        &self,
+        file_id: &str,
+        signature: &Signature,
+        declared_length: Option<u64>,
+        body: S,
+        address: Option<String>,
+    ) -> Result<FileRecord, ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let record = self.verify_signed("upload", file_id, signature)?;
+        if record.status == FileStatus::Ready {
+            return Err(ApiError::new(
+                Code::Conflict,
+                "this file was already confirmed; request a new upload URL",
+            ));
+        }
+        let max = self.settings.max_upload_bytes;
+        if declared_length.is_some_and(|length| length > max) {
+            return Err(too_large(max));
+        }
+        let ingested = match self.ingest(file_id, body, max).await {
+            Ok(ingested) => ingested,
+            Err(IngestError::TooLarge(max)) => return Err(too_large(max)),
+            Err(IngestError::Source(error)) => {
+                return Err(ApiError::new(
+                    Code::InputValidationError,
+                    format!("the upload was interrupted: {error}"),
+                ));
+            }
+            Err(IngestError::Storage(error)) => return Err(anyhow::Error::from(error).into()),
+        };
+        let id = file_id.to_string();
+        let origin = Origin {
+            actor: record.created_by.clone().unwrap_or_default(),
+            address,
+        };
+        let updated = self
+            .store
+            .write(move |txn| {
+                let Some(mut record) = store::get::<FileRecord>(&txn.open_table(FILES)?, &id)?
+                else {
+                    return Ok(None);
+                };
+                if record.status == FileStatus::Ready {
+                    return Ok(None);
+                }
+                record.status = FileStatus::Uploaded;
+                record.content_type = ingested.content_type;
+                record.size_bytes = ingested.size_bytes;
+                record.sha256 = ingested.sha256;
+                save(txn, &record)?;
+                audit::record(txn, &AuditEntry::new(&record, Action::Upload, &origin))?;
+                Ok(Some(record))
+            })
+            .await?;
+        updated.ok_or_else(|| {
+            ApiError::new(
+                Code::Conflict,
+                "the file was confirmed or deleted meanwhile",
+            )
+        })
+    }
+
+    /// `POST /v1/files/confirm`: an uploaded file becomes usable, with its TTL.
+    pub async fn confirm(
+        &self,
+        caller: &Caller,
+        file_id: &str,
+        origin: Origin,
+    ) -> Result<FileRecord, ApiError> {
+        let org = caller.org_id.clone();
+        let id = file_id.to_string();
+        let now = clock::now();
+        self.store
+            .write(move |txn| {
+                let Some(mut record) = get_any(txn, &org, &id, now)? else {
+                    return Ok(Err(ApiError::not_found()));
+                };
+                match record.status {
+                    FileStatus::AwaitingUpload => {
+                        return Ok(Err(ApiError::new(
+                            Code::Conflict,
+                            "no bytes were uploaded for this file yet",
+                        )));
+                    }
+                    FileStatus::Ready => return Ok(Ok(record)),
+                    FileStatus::Uploaded => {}
+                }
+                remove_expiry(txn, &record)?;
+                record.status = FileStatus::Ready;
+                record.expires_at = now + Duration::days(record.ttl_days.into());
+                save(txn, &record)?;
+                audit::record(txn, &AuditEntry::new(&record, Action::Confirm, &origin))?;
+                Ok(Ok(record))
+            })
+            .await?
+    }
+
+    /// A live file of the caller's organization, in any state.
+    pub fn get(&self, caller: &Caller, file_id: &str) -> Result<FileRecord, ApiError> {
+        let now = clock::now();
+        self.store
+            .read(|txn| get_any(txn, &caller.org_id, file_id, now))?
+            .ok_or_else(ApiError::not_found)
+    }
+
+    /// A ready file of the caller's organization.
+    fn get_ready(&self, caller: &Caller, file_id: &str) -> Result<FileRecord, ApiError> {
+        let record = self.get(caller, file_id)?;
+        if record.status != FileStatus::Ready {
+            return Err(ApiError::new(
+                Code::Conflict,
+                "the file is not confirmed yet (POST /v1/files/confirm)",
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Newest first, after `starting_after`.
+    pub fn list(
+        &self,
+        caller: &Caller,
+        limit: usize,
+        starting_after: Option<&str>,
+    ) -> Result<(Vec<FileRecord>, bool), ApiError> {
+        let now = clock::now();
+        let org = caller.org_id.as_str();
+        self.store
+            .read(|txn| {
+                let records = txn.open_table(FILES)?;
+                let index = txn.open_table(FILES_BY_ORG)?;
+                let prefix = format!("{org}/");
+                let start = match starting_after {
+                    None => prefix.clone(),
+                    Some(cursor) => match get_any(txn, org, cursor, now)? {
+                        Some(after) => by_org_key(&after) + "\u{0}",
+                        None => {
+                            return Ok(Err(ApiError::invalid(
+                                "starting_after",
+                                DetailCode::InvalidValue,
+                                "no such file",
+                            )));
+                        }
+                    },
+                };
+                let mut page = Vec::new();
+                let mut has_more = false;
+                for row in index.range(start.as_str()..)? {
+                    let (key, _) = row?;
+                    let key = key.value();
+                    if !key.starts_with(&prefix) {
+                        break;
+                    }
+                    let id = key.rsplit('/').next().unwrap_or_default();
+                    let Some(record) = store::get::<FileRecord>(&records, id)? else {
+                        continue;
+                    };
+                    if record.expires_at <= now {
+                        continue;
+                    }
+                    if page.len() == limit {
+                        has_more = true;
+                        break;
+                    }
+                    page.push(record);
+                }
+                Ok(Ok((page, has_more)))
+            })
+            .map_err(ApiError::from)?
+    }
+
+    /// The bytes of a ready file of the caller's organization.
+    pub async fn download(
+        &self,
+        caller: &Caller,
+        file_id: &str,
+        origin: Origin,
+    ) -> Result<(FileRecord, ByteStream), ApiError> {
+        let record = self.get_ready(caller, file_id)?;
+        self.open_audited(record, Action::Download, origin).await
+    }
+
+    /// `GET /v1/files/{id}/url`: a signed download URL and when it lapses.
+    pub async fn download_url(
+        &self,
+        caller: &Caller,
+        file_id: &str,
+        origin: Origin,
+    ) -> Result<(FileRecord, String, DateTime<Utc>), ApiError> {
+        let record = self.get_ready(caller, file_id)?;
+        let expires = clock::now() + self.signed_url_lifetime();
+        let entry = AuditEntry::new(&record, Action::DownloadUrl, &origin);
+        self.store
+            .write(move |txn| audit::record(txn, &entry))
+            .await?;
+        let url = self.signed("download", &record, expires);
+        Ok((record, url, expires))
+    }
+
+    /// A `GET` of a signed download URL.
+    pub async fn signed_download(
+        &self,
+        file_id: &str,
+        signature: &Signature,
+        address: Option<String>,
+    ) -> Result<(FileRecord, ByteStream), ApiError> {
+        let record = self.verify_signed("download", file_id, signature)?;
+        if record.status != FileStatus::Ready {
+            return Err(ApiError::not_found());
+        }
+        let origin = Origin {
+            actor: "signed-url".into(),
+            address,
+        };
+        self.open_audited(record, Action::Download, origin).await
+    }
+
+    async fn open_audited(
+        &self,
+        record: FileRecord,
+        action: Action,
+        origin: Origin,
+    ) -> Result<(FileRecord, ByteStream), ApiError> {
+        let stream = self
+            .storage
+            .open(&record.file_id)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let entry = AuditEntry::new(&record, action, &origin);
+        self.store
+            .write(move |txn| audit::record(txn, &entry))
+            .await?;
+        Ok((record, stream))
+    }
+
+    /// `DELETE /v1/files/{id}`: the record goes first (nothing can reach the file
+    /// any more), then its bytes.
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        file_id: &str,
+        origin: Origin,
+    ) -> Result<FileRecord, ApiError> {
+        let org = caller.org_id.clone();
+        let id = file_id.to_string();
+        let now = clock::now();
+        let record = self
+            .store
+            .write(move |txn| {
+                let Some(record) = get_any(txn, &org, &id, now)? else {
+                    return Ok(None);
+                };
+                remove(txn, &record)?;
+                audit::record(txn, &AuditEntry::new(&record, Action::Delete, &origin))?;
+                Ok(Some(record))
+            })
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+        self.discard([record.file_id.clone()]).await;
+        Ok(record)
+    }
+
+    /// Deletes every file whose time has come (bytes first: a crash in between
+    /// leaves an expired record the next sweep removes). Returns how many.
+    pub async fn sweep(&self) -> Result<usize> {
+        let now = clock::now();
+        let due_before = expiry_key_prefix(now);
+        let expired: Vec<FileRecord> = self.store.read(|txn| {
+            let records = txn.open_table(FILES)?;
+            let mut expired = Vec::new();
+            for row in txn
+                .open_table(FILES_BY_EXPIRY)?
+                .range(..due_before.as_str())?
+                .take(1000)
+            {
+                let (key, _) = row?;
+                let id = key.value().rsplit('/').next().unwrap_or_default();
+                if let Some(record) = store::get::<FileRecord>(&records, id)? {
+                    expired.push(record);
+                }
+            }
+            Ok(expired)
+        })?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = expired.iter().map(|r| r.file_id.clone()).collect();
+        self.discard(ids).await;
+        let count = expired.len();
+        self.store
+            .write(move |txn| {
+                let origin = Origin {
+                    actor: "expiry".into(),
+                    address: None,
+                };
+                for record in &expired {
+                    remove(txn, record)?;
+                    audit::record(txn, &AuditEntry::new(record, Action::Expire, &origin))?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(count)
+    }
+
+    /// Runs [`Files::sweep`] every `sweep_interval_seconds` (of the service clock).
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let files = self.clone();
+        let interval = Duration::seconds(self.settings.sweep_interval_seconds.max(1) as i64);
+        tokio::spawn(async move {
+            loop {
+                match files.sweep().await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "expired files deleted"),
+                    Err(error) => {
+                        tracing::error!(error = format!("{error:#}"), "file sweep failed")
+                    }
+                }
+                clock::sleep_until(
+                    clock::now() + interval,
+                    std::time::Duration::from_secs(3600),
+                )
+                .await;
+            }
+        });
+    }
+
+    /// The organization's file lifetime, else the server's default.
+    fn ttl_days_of(&self, org_id: &str) -> Result<u32> {
+        let org = self
+            .store
+            .read(|txn| auth::organization(&txn.open_table(ORGANIZATIONS)?, org_id))?;
+        Ok(org
+            .and_then(|o| o.file_ttl_days)
+            .unwrap_or(self.settings.default_ttl_days))
+    }
+
+    fn signed_url_lifetime(&self) -> Duration {
+        Duration::seconds(self.settings.signed_url_seconds as i64)
+    }
+
+    fn mac(&self, message: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("any key length");
+        mac.update(message.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// `{public}/files/{kind}/{id}?expires=…&signature=…`, bound to the file, its
+    /// organization, the kind of access and the expiry.
+    fn signed(&self, kind: &str, record: &FileRecord, expires: DateTime<Utc>) -> String {
+        let expires = expires.timestamp();
+        let signature = self.mac(&format!(
+            "{kind}\n{}\n{}\n{expires}",
+            record.file_id, record.organization_id
+        ));
+        format!(
+            "{}/files/{kind}/{}?expires={expires}&signature={signature}",
+            self.public_url, record.file_id
+        )
+    }
+
+    /// The live file a signed URL names, when the signature holds and has not lapsed.
+    fn verify_signed(
+        &self,
+        kind: &str,
+        file_id: &str,
+        signature: &Signature,
+    ) -> Result<FileRecord, ApiError> {
+        let refused = || ApiError::new(Code::Unauthorized, "The signed URL is invalid or expired.");
+        let now = clock::now();
+        if signature.expires < now.timestamp() || !has_prefix(file_id, "file") {
+            return Err(refused());
+        }
+        let record: Option<FileRecord> = self
+            .store
+            .read(|txn| store::get(&txn.open_table(FILES)?, file_id))?;
+        let Some(record) = record.filter(|r| r.expires_at > now) else {
+            return Err(refused());
+        };
+        let expected = self.mac(&format!(
+            "{kind}\n{}\n{}\n{}",
+            record.file_id, record.organization_id, signature.expires
+        ));
+        if bool::from(expected.as_bytes().ct_eq(signature.signature.as_bytes())) {
+            Ok(record)
+        } else {
+            Err(refused())
+        }
+    }
+}
+
+/// The query of a signed URL.
+#[derive(Debug, Deserialize)]
+pub struct Signature {
+    pub expires: i64,
+    pub signature: String,
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        Code::PayloadTooLarge,
+        format!("files may be at most {max} bytes; nothing was kept"),
+    )
+}
+
+/// Content type and format from magic bytes.
+fn sniff(head: &[u8]) -> (String, String) {
+    match infer::get(head) {
+        Some(kind) => {
+            let format = match kind.extension() {
+                "jpg" => "jpeg",
+                other => other,
+            };
+            (kind.mime_type().to_string(), format.to_string())
+        }
+        None => ("application/octet-stream".into(), "bin".into()),
+    }
+}
+
+/// `{org}/{newest-first key}/{file}`.
+fn by_org_key(record: &FileRecord) -> String {
+    let inverted = i64::MAX - record.created_at.timestamp_micros();
+    format!(
+        "{}/{inverted:020}/{}",
+        record.organization_id, record.file_id
+    )
+}
+
+fn expiry_key_prefix(at: DateTime<Utc>) -> String {
+    format!("{:020}", at.timestamp_millis().max(0))
+}
+
+fn expiry_key(record: &FileRecord) -> String {
+    format!(
+        "{}/{}",
+        expiry_key_prefix(record.expires_at),
+        record.file_id
+    )
+}
+
+/// Stores a new file record with its indexes (inside a write transaction).
+pub fn insert(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
+    save(txn, record)?;
+    txn.open_table(FILES_BY_ORG)?
+        .insert(by_org_key(record).as_str(), [].as_slice())?;
+    Ok(())
+}
+
+/// Writes the record and its expiry index entry.
+fn save(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
+    txn.open_table(FILES)?
+        .insert(record.file_id.as_str(), store::encode(record)?.as_slice())?;
+    txn.open_table(FILES_BY_EXPIRY)?
+        .insert(expiry_key(record).as_str(), [].as_slice())?;
+    Ok(())
+}
+
+fn remove_expiry(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
+    txn.open_table(FILES_BY_EXPIRY)?
+        .remove(expiry_key(record).as_str())?;
+    Ok(())
+}
+
+fn remove(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
+    txn.open_table(FILES)?.remove(record.file_id.as_str())?;
+    txn.open_table(FILES_BY_ORG)?
+        .remove(by_org_key(record).as_str())?;
+    remove_expiry(txn, record)
+}
+
+/// The live file `file_id` of `org_id` in any state; another organization's or an
+/// expired file is indistinguishable from a missing one.
+fn get_any(
+    txn: &impl ReadTables,
+    org_id: &str,
+    file_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<FileRecord>> {
+    let record = txn.file(file_id)?;
+    Ok(record.filter(|r| r.organization_id == org_id && r.expires_at > now))
+}
+
+/// The live, ready file `file_id` of `org_id` (what executions may use).
+pub fn get(
+    txn: &ReadTransaction,
+    org_id: &str,
+    file_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<FileRecord>> {
+    Ok(get_any(txn, org_id, file_id, now)?.filter(|r| r.status == FileStatus::Ready))
+}
+
+/// File lookups inside either kind of transaction.
+trait ReadTables {
+    fn file(&self, file_id: &str) -> Result<Option<FileRecord>>;
+}
+
+impl ReadTables for ReadTransaction {
+    fn file(&self, file_id: &str) -> Result<Option<FileRecord>> {
+        store::get(&self.open_table(FILES)?, file_id)
+    }
+}
+
+impl ReadTables for WriteTransaction {
+    fn file(&self, file_id: &str) -> Result<Option<FileRecord>> {
+        store::get(&self.open_table(FILES)?, file_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magic_bytes_decide_the_type_whatever_the_name() {
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x08\x08\x02\0\0\0";
+        assert_eq!(sniff(png), ("image/png".into(), "png".into()));
+        assert_eq!(
+            sniff(b"\xff\xd8\xff\xe0\0\x10JFIF"),
+            ("image/jpeg".into(), "jpeg".into())
+        );
+        assert_eq!(
+            sniff(b"just text"),
+            ("application/octet-stream".into(), "bin".into())
+        );
+    }
+}

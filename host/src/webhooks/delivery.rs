@@ -1,0 +1,366 @@
+//! The delivery worker: sends due deliveries from the outbox, signs each attempt,
+//! and reschedules failures 2, 4, 8, 16 and 30 minutes later (by the service
+//! clock), giving up after those five retries or 24 hours. Ten failed attempts in a
+//! row deactivate an endpoint. Every attempt re-checks the URL against the SSRF
+//! policy (the guarded client checks resolved addresses at connect time).
+
+use anyhow::Result;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, Semaphore};
+
+use super::{
+    Delivery, DeliveryState, Endpoint, StoredEvent, Target, default_secret, save_delivery,
+    save_endpoint,
+};
+use crate::clock;
+use crate::netguard::Policy;
+use crate::store::{
+    self, Store, WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_ENDPOINTS, WEBHOOK_EVENTS,
+};
+use redb::ReadableTable;
+
+/// Waits before each retry: five retries after the first attempt.
+pub const RETRY_SCHEDULE_MINUTES: [i64; 5] = [2, 4, 8, 16, 30];
+/// Nothing is delivered later than this after the event.
+const GIVE_UP_AFTER_HOURS: i64 = 24;
+/// Failed attempts in a row that deactivate an endpoint.
+pub const DEACTIVATE_AFTER_FAILURES: u32 = 10;
+/// Deliveries in flight at once.
+const CONCURRENCY: usize = 32;
+const USER_AGENT: &str = "ModelRoute-Webhooks/1.0";
+
+pub struct Webhooks {
+    store: Store,
+    policy: Policy,
+    client: reqwest::Client,
+    /// rung after a commit that queued events, and when a delivery finishes
+    wake: Arc<Notify>,
+    in_flight: Mutex<HashSet<String>>,
+    permits: Arc<Semaphore>,
+}
+
+/// How an attempt ended.
+enum Attempted {
+    Sent(SendResult),
+    /// nothing was sent: the delivery can never be made
+    Abandoned(&'static str),
+}
+
+/// What one send achieved.
+#[derive(Debug)]
+pub struct SendResult {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+impl SendResult {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+impl Webhooks {
+    pub fn new(
+        store: Store,
+        policy: Policy,
+        timeout: std::time::Duration,
+        wake: Arc<Notify>,
+    ) -> Result<Arc<Webhooks>> {
+        Ok(Arc::new(Webhooks {
+            store,
+            policy,
+            client: policy.client(timeout, USER_AGENT)?,
+            wake,
+            in_flight: Mutex::default(),
+            permits: Arc::new(Semaphore::new(CONCURRENCY)),
+        }))
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Starts the worker: it first picks up whatever a previous run left due.
+    pub fn start(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = match this.dispatch_due().await {
+                    Ok(next) => next,
+                    Err(error) => {
+                        tracing::error!(error = format!("{error:#}"), "webhook outbox read failed");
+                        Some(clock::now() + Duration::seconds(1))
+                    }
+                };
+                let deadline = next.unwrap_or_else(|| clock::now() + Duration::hours(1));
+                tokio::select! {
+                    _ = this.wake.notified() => {}
+                    _ = clock::sleep_until(deadline, std::time::Duration::from_secs(60)) => {}
+                }
+            }
+        });
+    }
+
+    /// Starts every due delivery not already in flight; returns when the next
+    /// pending one is due.
+    async fn dispatch_due(self: &Arc<Self>) -> Result<Option<DateTime<Utc>>> {
+        let now = clock::now();
+        let horizon = format!("{:020}/~", now.timestamp_millis().max(0));
+        let (due, next) = self.store.read(|txn| {
+            let table = txn.open_table(WEBHOOK_DUE)?;
+            let in_flight = self.in_flight.lock().expect("in-flight poisoned");
+            let mut due = Vec::new();
+            let mut next = None;
+            for row in table.iter()? {
+                let (key, _) = row?;
+                let key = key.value();
+                let (at, id) = key.split_once('/').unwrap_or_default();
+                if in_flight.contains(id) {
+                    continue;
+                }
+                if key > horizon.as_str() {
+                    next = at
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(DateTime::<Utc>::from_timestamp_millis);
+                    break;
+                }
+                due.push(id.to_string());
+                if due.len() >= CONCURRENCY * 4 {
+                    break;
+                }
+            }
+            Ok((due, next))
+        })?;
+        for id in due {
+            let permit = self.permits.clone().acquire_owned().await?;
+            self.in_flight
+                .lock()
+                .expect("in-flight poisoned")
+                .insert(id.clone());
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = this.attempt(&id).await {
+                    tracing::error!(delivery = %id, error = format!("{error:#}"), "webhook delivery failed to record");
+                }
+                this.in_flight
+                    .lock()
+                    .expect("in-flight poisoned")
+                    .remove(&id);
+                drop(permit);
+                this.wake.notify_one();
+            });
+        }
+        Ok(next)
+    }
+
+    /// One attempt of delivery `id`, and its outcome recorded.
+    async fn attempt(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        let loaded = {
+            let id = id.clone();
+            self.store
+                .write(move |txn| {
+                    let Some(delivery) =
+                        store::get::<Delivery>(&txn.open_table(WEBHOOK_DELIVERIES)?, &id)?
+                    else {
+                        return Ok(None);
+                    };
+                    let event: Option<StoredEvent> =
+                        store::get(&txn.open_table(WEBHOOK_EVENTS)?, &delivery.event_id)?;
+                    let (url, secret, headers) = match &delivery.target {
+                        Target::Url(url) => (
+                            Some(url.clone()),
+                            default_secret(txn, &delivery.organization_id)?,
+                            Default::default(),
+                        ),
+                        Target::Endpoint(endpoint_id) => {
+                            let endpoint: Option<Endpoint> =
+                                store::get(&txn.open_table(WEBHOOK_ENDPOINTS)?, endpoint_id)?;
+                            match endpoint.filter(|e| e.is_active) {
+                                Some(e) => (Some(e.url), e.secret, e.headers),
+                                None => (None, String::new(), Default::default()),
+                            }
+                        }
+                    };
+                    Ok(Some((delivery, event, url, secret, headers)))
+                })
+                .await?
+        };
+        let Some((delivery, event, url, secret, headers)) = loaded else {
+            return Ok(());
+        };
+        let now = clock::now();
+        let expired = now > delivery.created_at + Duration::hours(GIVE_UP_AFTER_HOURS);
+        let (Some(event), Some(url), false) = (event, url, expired) else {
+            let reason = if expired {
+                "undelivered after 24 hours"
+            } else {
+                "the endpoint was deleted or deactivated"
+            };
+            return self.record(delivery, Attempted::Abandoned(reason)).await;
+        };
+        if delivery.state != DeliveryState::Pending {
+            return Ok(());
+        }
+        let result = self.send(&url, &secret, &headers, &event.body).await;
+        self.record(delivery, Attempted::Sent(result)).await
+    }
+
+    /// Sends one signed POST of `body` to `url` (after the SSRF checks).
+    pub async fn send(
+        &self,
+        url: &str,
+        secret: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        body: &str,
+    ) -> SendResult {
+        let url = match self.policy.check_url(url) {
+            Ok(url) => url,
+            Err(refusal) => {
+                return SendResult {
+                    status: None,
+                    error: Some(format!("refused: {refusal}")),
+                };
+            }
+        };
+        let timestamp = clock::now().timestamp();
+        let mut request = self.client.post(url);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .header("content-type", "application/json")
+            .header("x-signature-timestamp", timestamp.to_string())
+            .header("x-signature", sign(secret, timestamp, body))
+            .body(body.to_string());
+        match request.send().await {
+            Ok(response) => SendResult {
+                status: Some(response.status().as_u16()),
+                error: (!response.status().is_success())
+                    .then(|| format!("the receiver answered {}", response.status())),
+            },
+            Err(error) => SendResult {
+                status: None,
+                error: Some(describe(&error)),
+            },
+        }
+    }
+
+    /// Records an attempt's outcome: delivered, rescheduled, or dead; and the
+    /// endpoint's health.
+    async fn record(&self, delivery: Delivery, attempted: Attempted) -> Result<()> {
+        let (sent, status, error) = match attempted {
+            Attempted::Sent(result) => (true, result.status, result.error),
+            Attempted::Abandoned(reason) => (false, None, Some(reason.to_string())),
+        };
+        let now = clock::now();
+        self.store
+            .write(move |txn| {
+                // Re-read: only a still-pending delivery with the same count changes.
+                let Some(mut current) =
+                    store::get::<Delivery>(&txn.open_table(WEBHOOK_DELIVERIES)?, &delivery.id)?
+                else {
+                    return Ok(());
+                };
+                if current.state != DeliveryState::Pending || current.attempts != delivery.attempts
+                {
+                    return Ok(());
+                }
+                let previous_due = current.next_attempt_at;
+                let delivered = status.is_some_and(|s| (200..300).contains(&s));
+                if sent {
+                    current.attempts += 1;
+                    current.last_attempt_at = Some(now);
+                    current.last_status = status;
+                }
+                current.last_error = error.clone();
+                if delivered {
+                    current.state = DeliveryState::Delivered;
+                    current.next_attempt_at = None;
+                } else {
+                    let retry = sent
+                        .then(|| RETRY_SCHEDULE_MINUTES.get(current.attempts as usize - 1))
+                        .flatten()
+                        .map(|minutes| now + Duration::minutes(*minutes))
+                        .filter(|at| {
+                            *at <= current.created_at + Duration::hours(GIVE_UP_AFTER_HOURS)
+                        });
+                    match retry {
+                        Some(at) => current.next_attempt_at = Some(at),
+                        None => {
+                            current.state = DeliveryState::Dead;
+                            current.next_attempt_at = None;
+                        }
+                    }
+                }
+                save_delivery(txn, &current, previous_due)?;
+                if let (true, Target::Endpoint(endpoint_id)) = (sent, &current.target) {
+                    let endpoint: Option<Endpoint> =
+                        store::get(&txn.open_table(WEBHOOK_ENDPOINTS)?, endpoint_id)?;
+                    if let Some(mut endpoint) = endpoint {
+                        if delivered {
+                            endpoint.failure_count = 0;
+                            endpoint.last_success = Some(now);
+                        } else {
+                            endpoint.failure_count += 1;
+                            endpoint.last_failure = Some(now);
+                            if endpoint.failure_count >= DEACTIVATE_AFTER_FAILURES
+                                && endpoint.is_active
+                            {
+                                endpoint.is_active = false;
+                                tracing::warn!(endpoint = %endpoint.id, "webhook endpoint deactivated after repeated failures");
+                            }
+                        }
+                        save_endpoint(txn, &endpoint)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+}
+
+/// `hex(HMAC-SHA256(secret, "{timestamp}.{body}"))`
+pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A transport error in words a client can act on (with the guard's refusal, when
+/// that was the cause).
+fn describe(error: &reqwest::Error) -> String {
+    let mut message = if error.is_timeout() {
+        "no answer within the timeout".to_string()
+    } else if error.is_connect() {
+        "could not connect".to_string()
+    } else {
+        "the request failed".to_string()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_cover_the_timestamp_and_the_exact_body() {
+        let signature = sign("whsec_test", 1_700_000_000, r#"{"a":1}"#);
+        assert_eq!(signature.len(), 64);
+        assert_eq!(signature, sign("whsec_test", 1_700_000_000, r#"{"a":1}"#));
+        assert_ne!(signature, sign("whsec_test", 1_700_000_001, r#"{"a":1}"#));
+        assert_ne!(signature, sign("whsec_test", 1_700_000_000, r#"{"a": 1}"#));
+        assert_ne!(signature, sign("whsec_other", 1_700_000_000, r#"{"a":1}"#));
+    }
+}

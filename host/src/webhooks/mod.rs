@@ -1,0 +1,353 @@
+//! Webhooks to clients (SPEC §9): endpoints, the durable outbox and its delivery.
+//!
+//! An event is written by [`enqueue`] in the same store transaction as the
+//! execution change that causes it, one delivery per receiving URL, so a committed
+//! change always has its events and an aborted one never does. The delivery worker
+//! ([`delivery`]) sends what is due, signs every attempt, and reschedules failures;
+//! a redelivery sends the same stored body with the same `evt_` id.
+
+pub mod delivery;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use crate::clock;
+use crate::executions::{Execution, Status};
+use crate::ids::{has_prefix, new_id, new_short_id};
+use crate::store::{
+    self, META, WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_ENDPOINTS, WEBHOOK_ENDPOINTS_BY_ORG,
+    WEBHOOK_EVENTS,
+};
+
+pub const EVENT_TYPES: [&str; 5] = [
+    "execution.started",
+    "execution.completed",
+    "execution.failed",
+    "execution.cancelled",
+    "execution.expired",
+];
+
+/// Headers the platform sets on every delivery; an endpoint's own headers may not.
+pub const RESERVED_HEADERS: [&str; 7] = [
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "x-signature",
+    "x-signature-timestamp",
+    "transfer-encoding",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub organization_id: String,
+    pub url: String,
+    pub description: Option<String>,
+    /// empty: every event
+    pub events: Vec<String>,
+    pub headers: BTreeMap<String, String>,
+    pub secret: String,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    /// failed attempts in a row (10 deactivate the endpoint)
+    pub failure_count: u32,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_failure: Option<DateTime<Utc>>,
+}
+
+impl Endpoint {
+    /// The endpoint object; the secret only when it was just created.
+    pub fn view(&self, with_secret: bool) -> Value {
+        let mut view = json!({
+            "id": self.id,
+            "object": "webhook_endpoint",
+            "url": self.url,
+            "description": self.description,
+            "events": self.events,
+            "headers": self.headers,
+            "is_active": self.is_active,
+            "created_at": self.created_at,
+            "failure_count": self.failure_count,
+            "last_success": self.last_success,
+            "last_failure": self.last_failure,
+        });
+        if with_secret {
+            view["secret"] = json!(self.secret);
+        }
+        view
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        self.is_active && (self.events.is_empty() || self.events.iter().any(|e| e == event_type))
+    }
+}
+
+/// A signing secret: `whsec_` and 40 alphanumerics.
+pub fn new_secret() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    let tail: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    format!("whsec_{tail}")
+}
+
+/// Where one delivery goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Endpoint(String),
+    /// an execution's own `webhook_url`, signed with the organization's default secret
+    Url(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    /// given up: retries exhausted, 24 hours passed, or the endpoint is gone
+    Dead,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub event_id: String,
+    pub organization_id: String,
+    pub target: Target,
+    pub state: DeliveryState,
+    /// sends so far
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// A stored event: its exact body, so every redelivery is byte-identical.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub organization_id: String,
+    pub event_type: String,
+    pub body: String,
+}
+
+/// The event an execution change causes: `started` when it first starts running,
+/// one per terminal status.
+pub fn lifecycle_event(was_started: bool, execution: &Execution) -> Option<&'static str> {
+    match execution.status {
+        Status::Completed => Some("execution.completed"),
+        Status::Failed => Some("execution.failed"),
+        Status::Cancelled => Some("execution.cancelled"),
+        Status::Expired => Some("execution.expired"),
+        Status::Processing | Status::AwaitingWebhook
+            if !was_started && execution.started_at.is_some() =>
+        {
+            Some("execution.started")
+        }
+        _ => None,
+    }
+}
+
+/// Writes `event_type` for `execution` into the outbox (inside the transaction that
+/// makes the change): one delivery per active endpoint that wants it, and one to
+/// the execution's `webhook_url`. Returns whether anything was queued.
+pub fn enqueue(txn: &WriteTransaction, execution: &Execution, event_type: &str) -> Result<bool> {
+    let org = &execution.organization_id;
+    let mut targets: Vec<Target> = endpoints_of(txn, org)?
+        .into_iter()
+        .filter(|e| e.wants(event_type))
+        .map(|e| Target::Endpoint(e.id))
+        .collect();
+    if let Some(url) = &execution.webhook_url {
+        targets.push(Target::Url(url.clone()));
+    }
+    if targets.is_empty() {
+        return Ok(false);
+    }
+    let now = clock::now();
+    let event_id = new_id("evt");
+    let body = json!({
+        "id": event_id,
+        "event_type": event_type,
+        "timestamp": now,
+        "version": "1.0",
+        "organization_id": org,
+        "execution_id": execution.id,
+        "data": execution.view(),
+    });
+    let event = StoredEvent {
+        organization_id: org.clone(),
+        event_type: event_type.to_string(),
+        body: body.to_string(),
+    };
+    txn.open_table(WEBHOOK_EVENTS)?
+        .insert(event_id.as_str(), store::encode(&event)?.as_slice())?;
+    for target in targets {
+        let delivery = Delivery {
+            id: new_short_id("dlv"),
+            event_id: event_id.clone(),
+            organization_id: org.clone(),
+            target,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            created_at: now,
+            next_attempt_at: Some(now),
+            last_attempt_at: None,
+            last_status: None,
+            last_error: None,
+        };
+        save_delivery(txn, &delivery, None)?;
+    }
+    Ok(true)
+}
+
+/// Writes a delivery and keeps the due index in step (`previous_due`: the time it
+/// was due before this change).
+fn save_delivery(
+    txn: &WriteTransaction,
+    delivery: &Delivery,
+    previous_due: Option<DateTime<Utc>>,
+) -> Result<()> {
+    let mut due = txn.open_table(WEBHOOK_DUE)?;
+    if let Some(previous) = previous_due {
+        due.remove(due_key(previous, &delivery.id).as_str())?;
+    }
+    if let (DeliveryState::Pending, Some(next)) = (delivery.state, delivery.next_attempt_at) {
+        due.insert(due_key(next, &delivery.id).as_str(), [].as_slice())?;
+    }
+    txn.open_table(WEBHOOK_DELIVERIES)?
+        .insert(delivery.id.as_str(), store::encode(delivery)?.as_slice())?;
+    Ok(())
+}
+
+fn due_key(at: DateTime<Utc>, delivery_id: &str) -> String {
+    format!("{:020}/{delivery_id}", at.timestamp_millis().max(0))
+}
+
+/// `{org}/{newest-first key}/{endpoint}`.
+fn by_org_key(endpoint: &Endpoint) -> String {
+    let inverted = i64::MAX - endpoint.created_at.timestamp_micros();
+    format!(
+        "{}/{inverted:020}/{}",
+        endpoint.organization_id, endpoint.id
+    )
+}
+
+fn endpoints_of(txn: &WriteTransaction, org_id: &str) -> Result<Vec<Endpoint>> {
+    let endpoints = txn.open_table(WEBHOOK_ENDPOINTS)?;
+    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
+    let prefix = format!("{org_id}/");
+    let mut found = Vec::new();
+    for row in index.range(prefix.as_str()..)? {
+        let (key, _) = row?;
+        let key = key.value();
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let id = key.rsplit('/').next().unwrap_or_default();
+        if let Some(endpoint) = store::get::<Endpoint>(&endpoints, id)? {
+            found.push(endpoint);
+        }
+    }
+    Ok(found)
+}
+
+/// The organization's default secret, which signs deliveries to per-execution
+/// `webhook_url`s; made on first use.
+pub fn default_secret(txn: &WriteTransaction, org_id: &str) -> Result<String> {
+    let name = format!("webhook-secret/{org_id}");
+    let mut meta = txn.open_table(META)?;
+    if let Some(secret) = store::get::<String>(&meta, &name)? {
+        return Ok(secret);
+    }
+    let secret = new_secret();
+    meta.insert(name.as_str(), store::encode(&secret)?.as_slice())?;
+    Ok(secret)
+}
+
+pub fn insert_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
+    save_endpoint(txn, endpoint)?;
+    txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?
+        .insert(by_org_key(endpoint).as_str(), [].as_slice())?;
+    Ok(())
+}
+
+pub fn save_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
+    txn.open_table(WEBHOOK_ENDPOINTS)?
+        .insert(endpoint.id.as_str(), store::encode(endpoint)?.as_slice())?;
+    Ok(())
+}
+
+pub fn remove_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
+    txn.open_table(WEBHOOK_ENDPOINTS)?
+        .remove(endpoint.id.as_str())?;
+    txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?
+        .remove(by_org_key(endpoint).as_str())?;
+    Ok(())
+}
+
+/// The endpoint `id` of `org_id` (another organization's is not found).
+pub fn endpoint(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<Endpoint>> {
+    if !has_prefix(id, "wh") {
+        return Ok(None);
+    }
+    let endpoint: Option<Endpoint> = store::get(table, id)?;
+    Ok(endpoint.filter(|e| e.organization_id == org_id))
+}
+
+/// Newest first, after `starting_after`.
+pub fn list_endpoints(
+    txn: &ReadTransaction,
+    org_id: &str,
+    limit: usize,
+    starting_after: Option<&Endpoint>,
+) -> Result<(Vec<Endpoint>, bool)> {
+    let endpoints = txn.open_table(WEBHOOK_ENDPOINTS)?;
+    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
+    let prefix = format!("{org_id}/");
+    let start = starting_after.map_or(prefix.clone(), |after| by_org_key(after) + "\u{0}");
+    let mut page = Vec::new();
+    for row in index.range(start.as_str()..)? {
+        let (key, _) = row?;
+        let key = key.value();
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let id = key.rsplit('/').next().unwrap_or_default();
+        if let Some(endpoint) = store::get::<Endpoint>(&endpoints, id)? {
+            if page.len() == limit {
+                return Ok((page, true));
+            }
+            page.push(endpoint);
+        }
+    }
+    Ok((page, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_whsec_and_40_alphanumerics() {
+        let secret = new_secret();
+        let tail = secret.strip_prefix("whsec_").unwrap();
+        assert_eq!(tail.len(), 40);
+        assert!(tail.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(secret, new_secret());
+    }
+}

@@ -1,0 +1,420 @@
+//! Webhooks (SPEC §9): endpoints, signed deliveries from the durable outbox, the
+//! retry schedule on a driven clock, deactivation, kill -9, and the SSRF guard.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
+
+use crate::receiver::Receiver;
+use crate::support::{Options, ProviderSpec, Server, flux_input};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Lets a server's clock be driven (`POST /admin/v1/clock/advance`).
+const CLOCK_CONTROL: &str = "\n[testing]\nclock_control = true\n";
+
+async fn server_with(emulator: &Emulator<replicate::Replicate>, config: &str) -> Server {
+    Server::start_with(
+        &[ProviderSpec {
+            name: "replicate-emulator",
+            adapter: "replicate",
+            base_url: emulator.base_url(),
+            models: &["flux-1.1-pro"],
+        }],
+        Options {
+            config,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+async fn create_endpoint(server: &Server, body: Value) -> Value {
+    let reply = server.post("/v1/webhooks/endpoints", body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.body
+}
+
+async fn run_execution(server: &Server, extra: Value) -> String {
+    let mut body = json!({"model": "flux-1.1-pro", "input": flux_input()});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let reply = server.post("/v1/executions", body).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    let id = reply.body["id"].as_str().unwrap().to_string();
+    server.wait_terminal(&id, WAIT).await;
+    id
+}
+
+#[tokio::test]
+async fn endpoints_get_signed_lifecycle_events_and_the_secret_is_shown_once() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = server_with(&emulator, "").await;
+    let receiver = Receiver::start().await;
+    let endpoint = create_endpoint(
+        &server,
+        json!({"url": receiver.url, "description": "all events", "headers": {"X-Team": "imaging"}}),
+    )
+    .await;
+    let secret = endpoint["secret"].as_str().unwrap().to_string();
+    assert!(
+        secret.starts_with("whsec_") && secret.len() >= 46,
+        "{secret}"
+    );
+    assert!(endpoint["id"].as_str().unwrap().starts_with("wh_"));
+    assert_eq!(endpoint["events"], json!([]));
+    assert_eq!(endpoint["is_active"], json!(true));
+    let id = endpoint["id"].as_str().unwrap();
+
+    let listed = server.get("/v1/webhooks/endpoints").await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.body["data"][0]["id"], endpoint["id"]);
+    assert!(
+        listed.body["data"][0].get("secret").is_none(),
+        "secret shown again"
+    );
+    assert_eq!(listed.body["data"][0]["failure_count"], json!(0));
+
+    // The test event is signed and sent now.
+    let tested = server
+        .post(&format!("/v1/webhooks/endpoints/{id}/test"), json!({}))
+        .await;
+    assert_eq!(tested.status, StatusCode::OK, "{:?}", tested.body);
+    assert_eq!(tested.body["delivered"], json!(true));
+    let first = receiver.wait_for(1, WAIT).await.remove(0);
+    assert!(first.signed_by(&secret));
+    assert_eq!(first.json()["event_type"], "test");
+    assert_eq!(first.user_agent, "ModelRoute-Webhooks/1.0");
+    assert_eq!(first.headers["x-team"], "imaging");
+    assert_eq!(first.headers["content-type"], "application/json");
+
+    // An execution's per-execution URL and the endpoint both hear about it.
+    let own = Receiver::start().await;
+    let execution = run_execution(&server, json!({"webhook_url": own.url})).await;
+    let received = receiver.wait_for(3, WAIT).await;
+    let events: Vec<Value> = received[1..].iter().map(|r| r.json()).collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["execution.started", "execution.completed"]);
+    for (event, delivery) in events.iter().zip(&received[1..]) {
+        assert!(delivery.signed_by(&secret), "bad signature on {event}");
+        assert!(event["id"].as_str().unwrap().starts_with("evt_"));
+        assert_eq!(event["version"], "1.0");
+        assert_eq!(event["execution_id"], json!(execution));
+        assert_eq!(event["data"]["id"], json!(execution));
+        assert!(
+            event["organization_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("org_")
+        );
+        assert!(event["timestamp"].is_string());
+    }
+    assert_eq!(events[1]["data"]["status"], "COMPLETED");
+    assert!(
+        !received[2].body.contains("127.0.0.1:"),
+        "a provider URL leaked: {}",
+        received[2].body
+    );
+
+    let default_secret = server.get("/v1/webhooks/default-secret").await;
+    let default_secret = default_secret.body["secret"].as_str().unwrap().to_string();
+    let own_events = own.wait_for(2, WAIT).await;
+    assert!(own_events.iter().all(|r| r.signed_by(&default_secret)));
+    assert_eq!(own_events[1].json()["event_type"], "execution.completed");
+
+    // Filters, updates and delete.
+    let patched = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/webhooks/endpoints/{id}"),
+            Some(&server.api_key),
+            Some(json!({"events": ["execution.failed"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{:?}", patched.body);
+    assert_eq!(patched.body["events"], json!(["execution.failed"]));
+    run_execution(&server, json!({})).await;
+    let bad_event = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/webhooks/endpoints/{id}"),
+            Some(&server.api_key),
+            Some(json!({"events": ["execution.exploded"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(bad_event.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_event.error_code(), "INPUT_VALIDATION_ERROR");
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/webhooks/endpoints/{id}"),
+            Some(&server.api_key),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(
+        receiver.received().len(),
+        3,
+        "a filtered-out event was delivered"
+    );
+    let gone = server.get(&format!("/v1/webhooks/endpoints/{id}")).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+
+    // Another organization sees none of it; an execution-scope key may not manage webhooks.
+    let other = server.new_organization("1.00").await;
+    let foreign = server
+        .call(
+            Method::GET,
+            "/v1/webhooks/endpoints",
+            Some(&other),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(foreign.body["data"], json!([]));
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_the_exact_retry_schedule_on_a_driven_clock() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = server_with(&emulator, CLOCK_CONTROL).await;
+    let receiver = Receiver::start().await;
+    receiver.answer_with(500);
+    let endpoint = create_endpoint(
+        &server,
+        json!({"url": receiver.url, "events": ["execution.completed"]}),
+    )
+    .await;
+    run_execution(&server, json!({})).await;
+    receiver.wait_for(1, WAIT).await;
+    // Each retry is due 2, 4, 8, 16 and 30 minutes after the previous attempt:
+    // a minute short of it, nothing comes; at it, the retry does.
+    for (retry, minutes) in [2u64, 4, 8, 16, 30].into_iter().enumerate() {
+        server.advance_clock(minutes * 60 - 60).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            receiver.received().len(),
+            retry + 1,
+            "retry {} came early",
+            retry + 1
+        );
+        server.advance_clock(60).await;
+        receiver.wait_for(retry + 2, WAIT).await;
+    }
+    let received = receiver.received();
+    assert_eq!(received.len(), 6);
+    let gaps: Vec<i64> = received
+        .windows(2)
+        .map(|w| w[1].timestamp - w[0].timestamp)
+        .collect();
+    for (gap, minutes) in gaps.iter().zip([2i64, 4, 8, 16, 30]) {
+        assert!(
+            (minutes * 60..minutes * 60 + 5).contains(gap),
+            "retry after {gap} s, expected {} s",
+            minutes * 60
+        );
+    }
+    // Every attempt is the same event, re-signed.
+    let secret = endpoint["secret"].as_str().unwrap();
+    let first_id = received[0].json()["id"].clone();
+    assert!(
+        received
+            .iter()
+            .all(|r| r.json()["id"] == first_id && r.signed_by(secret))
+    );
+    // After five retries the delivery is dead.
+    server.advance_clock(3600).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 6);
+    let listed = server.get("/v1/webhooks/endpoints").await;
+    assert_eq!(listed.body["data"][0]["failure_count"], json!(6));
+    assert_eq!(listed.body["data"][0]["is_active"], json!(true));
+}
+
+#[tokio::test]
+async fn ten_failures_in_a_row_deactivate_an_endpoint() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = server_with(&emulator, "").await;
+    let receiver = Receiver::start().await;
+    receiver.answer_with(503);
+    create_endpoint(
+        &server,
+        json!({"url": receiver.url, "events": ["execution.completed"]}),
+    )
+    .await;
+    for _ in 0..10 {
+        run_execution(&server, json!({})).await;
+    }
+    receiver.wait_for(10, WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let listed = server.get("/v1/webhooks/endpoints").await;
+        let endpoint = &listed.body["data"][0];
+        if endpoint["is_active"] == json!(false) {
+            assert_eq!(endpoint["failure_count"], json!(10));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not deactivated: {endpoint}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A deactivated endpoint gets nothing more.
+    receiver.answer_with(200);
+    run_execution(&server, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 10);
+}
+
+#[tokio::test]
+async fn undelivered_events_survive_kill_9_and_are_all_delivered_after_restart() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let mut server = server_with(&emulator, CLOCK_CONTROL).await;
+    let receiver = Receiver::start().await;
+    receiver.answer_with(500);
+    let endpoint = create_endpoint(
+        &server,
+        json!({"url": receiver.url, "events": ["execution.completed"]}),
+    )
+    .await;
+    let mut executions = Vec::new();
+    for _ in 0..5 {
+        executions.push(run_execution(&server, json!({})).await);
+    }
+    receiver.wait_for(5, WAIT).await;
+    server.kill();
+    receiver.answer_with(200);
+    server.restart().await;
+    // The clock is the system's again after a restart: the retries are still 2
+    // minutes away.
+    server.advance_clock(120).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let secret = endpoint["secret"].as_str().unwrap();
+    loop {
+        let delivered: Vec<Value> = receiver.received()[5..]
+            .iter()
+            .filter(|r| r.signed_by(secret))
+            .map(|r| r.json()["execution_id"].clone())
+            .collect();
+        if executions.iter().all(|id| delivered.contains(&json!(id))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivered after restart: {delivered:?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each event kept its id across the restart.
+    let before: Vec<Value> = receiver.received()[..5]
+        .iter()
+        .map(|r| r.json()["id"].clone())
+        .collect();
+    let after: Vec<Value> = receiver.received()[5..]
+        .iter()
+        .map(|r| r.json()["id"].clone())
+        .collect();
+    for id in &before {
+        assert!(after.contains(id), "{id} was redelivered under another id");
+    }
+}
+
+#[tokio::test]
+async fn the_ssrf_matrix_is_refused_when_loopback_is_not_allowed() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = server_with(
+        &emulator,
+        "\n[webhooks]\nallow_http = true\nallow_loopback = false\n",
+    )
+    .await;
+    for url in [
+        "http://127.0.0.1/hook",
+        "http://127.1.2.3:8080/hook",
+        "http://[::1]/hook",
+        "http://10.0.0.1/hook",
+        "http://172.16.5.4/hook",
+        "http://172.31.255.255/hook",
+        "http://192.168.1.1/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fc00::1]/hook",
+        "http://[fd12:3456::1]/hook",
+        "http://0.0.0.0/hook",
+        "http://localhost/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://2130706433/hook",
+        "ftp://example.com/hook",
+    ] {
+        let reply = server
+            .post("/v1/webhooks/endpoints", json!({"url": url}))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{url} was accepted");
+        assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
+        assert_eq!(reply.body["error"]["details"][0]["field"], "url", "{url}");
+        let execution = server
+            .post(
+                "/v1/executions",
+                json!({"model": "flux-1.1-pro", "input": flux_input(), "webhook_url": url}),
+            )
+            .await;
+        assert_eq!(
+            execution.status,
+            StatusCode::BAD_REQUEST,
+            "{url} accepted as webhook_url"
+        );
+    }
+    // Nothing was held for the refused executions.
+    let balance = server.get("/v1/balance").await;
+    assert_eq!(balance.body["held"], "0");
+}
+
+#[tokio::test]
+async fn dev_mode_allows_http_and_loopback_but_never_private_or_metadata_addresses() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = server_with(&emulator, "").await;
+    assert!(
+        server
+            .log()
+            .contains("webhooks may go to plain http and loopback"),
+        "dev mode does not say what it allows"
+    );
+    let receiver = Receiver::start().await;
+    create_endpoint(&server, json!({"url": receiver.url})).await;
+    for url in [
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/",
+        "http://[fe80::1]/hook",
+    ] {
+        let reply = server
+            .post("/v1/webhooks/endpoints", json!({"url": url}))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{url} was accepted in dev mode"
+        );
+    }
+}
