@@ -306,7 +306,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_defaults_serve_flux_four_times_a_text_and_a_video_model() {
+    fn embedded_defaults_serve_flux_four_times_an_editor_a_text_and_a_video_model() {
         let config: Config = toml::from_str(EMBEDDED).unwrap();
         config.validate().unwrap();
         let serving = |slug: &str| {
@@ -319,6 +319,7 @@ mod tests {
         assert_eq!(serving("flux-1.1-pro"), 4);
         assert_eq!(serving("kling-video"), 1);
         assert_eq!(serving("llama-3.1-8b-instruct"), 1);
+        assert_eq!(serving("flux-kontext-pro"), 2);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! classifying HTTP failures, counting usage.
 
 use crate::{
-    Asset, AssetSource, CallContext, Completion, ErrorCode, Failure, HttpRequest, HttpResponse,
-    Job, Method, Modality, Outcome, Pending, Price, Usage,
+    Asset, AssetSource, CallContext, Completion, ErrorCode, Failure, FileGrant, HttpRequest,
+    HttpResponse, Job, Method, Modality, Outcome, Pending, Price, Usage,
 };
 use serde_json::Value;
 
@@ -154,6 +154,24 @@ impl CallContext {
     /// `base_url` joined with `path` (which starts with `/`).
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url.trim_end_matches('/'), path)
+    }
+
+    /// The grant the host gave this attempt for `file_id`, if any.
+    pub fn grant(&self, file_id: &str) -> Option<&FileGrant> {
+        self.files.iter().find(|g| g.file_id == file_id)
+    }
+
+    /// The grant for `file_id`, which the input names in a file property (one marked
+    /// with [`crate::canonical::FILE_TYPES_KEYWORD`]). The host grants every file it accepted
+    /// (and placeholders for a model's example input when it checks a plugin), so a
+    /// missing grant means the file went away since: `FILE_NOT_FOUND`, not retryable.
+    pub fn file_grant(&self, file_id: &str) -> Result<&FileGrant, Failure> {
+        self.grant(file_id).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::FileNotFound,
+                format!("no grant for input file {file_id:?}"),
+            )
+        })
     }
 
     /// Replaces every string in `input` that is a granted `file_…` id by its grant URL.

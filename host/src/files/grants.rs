@@ -36,8 +36,7 @@ impl Files {
         attempt_id: &str,
         inline: bool,
     ) -> Result<Vec<wit::FileGrant>> {
-        let mut ids = Vec::new();
-        file_ids(&execution.input, &mut ids);
+        let ids = file_ids(&execution.input);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -130,13 +129,18 @@ fn grant_message(file_id: &str, execution_id: &str, attempt_id: &str, expires: i
 }
 
 /// Every distinct `file_…` id among the strings of `value`.
-fn file_ids(value: &Value, ids: &mut Vec<String>) {
-    match value {
-        Value::String(s) if has_prefix(s, "file") && !ids.contains(s) => ids.push(s.clone()),
-        Value::Array(items) => items.iter().for_each(|v| file_ids(v, ids)),
-        Value::Object(map) => map.values().for_each(|v| file_ids(v, ids)),
-        _ => {}
+pub fn file_ids(value: &Value) -> Vec<String> {
+    fn walk(value: &Value, ids: &mut Vec<String>) {
+        match value {
+            Value::String(s) if has_prefix(s, "file") && !ids.contains(s) => ids.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, ids)),
+            Value::Object(map) => map.values().for_each(|v| walk(v, ids)),
+            _ => {}
+        }
     }
+    let mut ids = Vec::new();
+    walk(value, &mut ids);
+    ids
 }
 
 /// An input property a model's schema marks as a file reference with the
@@ -235,8 +239,6 @@ mod tests {
         let a = crate::ids::new_id("file");
         let b = crate::ids::new_id("file");
         let input = json!({"image": a, "more": [b, a, "file_not-an-id"], "n": 1});
-        let mut ids = Vec::new();
-        file_ids(&input, &mut ids);
-        assert_eq!(ids, vec![a, b]);
+        assert_eq!(file_ids(&input), vec![a, b]);
     }
 }

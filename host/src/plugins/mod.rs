@@ -300,7 +300,7 @@ impl LoadedPlugin {
                 base_url: manifest.default_base_url.clone(),
                 attempt_id: "att_validation".into(),
                 callback_url: None,
-                files: Vec::new(),
+                files: example_grants(&example, manifest.capabilities.inline_files),
                 stream: false,
             };
             self.call("build-submit", |adapter, store| {
@@ -495,4 +495,18 @@ pub fn watch_dir(runtime: Arc<Runtime>, registry: Arc<Registry>, dir: PathBuf) {
             seen = now;
         }
     });
+}
+
+/// Placeholder grants for the files an example input names, as an attempt would
+/// get them (an unroutable URL; bytes when the adapter asks for them inline).
+fn example_grants(example: &serde_json::Value, inline: bool) -> Vec<wit::FileGrant> {
+    crate::files::grants::file_ids(example)
+        .into_iter()
+        .map(|file_id| wit::FileGrant {
+            url: format!("https://example.invalid/files/grant/{file_id}"),
+            file_id,
+            content_type: "image/png".into(),
+            bytes: inline.then(|| b"\x89PNG\r\n\x1a\nexample".to_vec()),
+        })
+        .collect()
 }

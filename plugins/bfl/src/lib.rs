@@ -2,12 +2,20 @@
 //! `polling_url` answers `status` Pending / Ready (with `result.sample`, a URL) /
 //! Error / Content Moderated / Request Moderated / Task not found. The key goes in
 //! the `x-key` header.
+//!
+//! Image editing (`flux-kontext-pro`) sends the input image inline, base64-encoded in
+//! `input_image`: the manifest asks the host for file bytes (`inline_files`).
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use modelroute_sdk::canonical;
 use modelroute_sdk::*;
 
 #[derive(Default)]
 struct Bfl;
+
+/// Image editing; the other models are text to image.
+const KONTEXT: &str = "flux-kontext-pro";
 
 impl Adapter for Bfl {
     fn manifest(&self) -> Manifest {
@@ -30,24 +38,42 @@ impl Adapter for Bfl {
                 cancel: false,
                 webhooks: false,
                 streaming: false,
-                inline_files: false,
+                inline_files: true,
             },
-            models: vec![Model {
-                slug: "flux-1.1-pro".into(),
-                provider_model: "flux-pro-1.1".into(),
-                modality: Modality::Image,
-                description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
-                input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
-                example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
-                price: Price {
-                    per_image: 40_000,
-                    ..Price::default()
+            models: vec![
+                Model {
+                    slug: "flux-1.1-pro".into(),
+                    provider_model: "flux-pro-1.1".into(),
+                    modality: Modality::Image,
+                    description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
+                    input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
+                    example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
+                    price: Price {
+                        per_image: 40_000,
+                        ..Price::default()
+                    },
                 },
-            }],
+                Model {
+                    slug: KONTEXT.into(),
+                    provider_model: "flux-kontext-pro".into(),
+                    modality: Modality::Image,
+                    description: "FLUX.1 Kontext [pro]: edits an image following a prompt.".into(),
+                    input_schema: canonical::IMAGE_EDIT_SCHEMA.into(),
+                    example_input: canonical::IMAGE_EDIT_EXAMPLE.into(),
+                    price: Price {
+                        per_image: 40_000,
+                        ..Price::default()
+                    },
+                },
+            ],
         }
     }
 
-    fn estimate(&self, _model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
+    fn estimate(&self, model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
+        if model.slug == KONTEXT {
+            // One image of about a megapixel, whatever the input's size.
+            return Ok(Usage::images(1, 1024, 1024));
+        }
         let (width, height) = canonical::image_size(input);
         Ok(Usage::images(1, width, height))
     }
@@ -59,9 +85,12 @@ impl Adapter for Bfl {
                 "prompt is required",
             ));
         };
-        let (width, height) = canonical::image_size(input);
-        let mut body =
-            json!({"prompt": prompt, "width": width, "height": height, "output_format": "png"});
+        let mut body = if ctx.slug == KONTEXT {
+            edit_body(ctx, prompt, input)?
+        } else {
+            let (width, height) = canonical::image_size(input);
+            json!({"prompt": prompt, "width": width, "height": height, "output_format": "png"})
+        };
         if let Some(seed) = input.get("seed") {
             body["seed"] = seed.clone();
         }
@@ -129,6 +158,27 @@ impl Adapter for Bfl {
     fn build_poll(&self, _ctx: &CallContext, job: &Job) -> Result<HttpRequest, Failure> {
         Ok(HttpRequest::get(job.state.clone()))
     }
+}
+
+/// Image editing: `input_image` is the image's bytes in base64 (or, should the host
+/// have sent no bytes, the grant's URL, which BFL accepts too).
+fn edit_body(ctx: &CallContext, prompt: &str, input: &Value) -> Result<Value, Failure> {
+    let Some(file_id) = input["image"].as_str() else {
+        return Err(Failure::new(
+            ErrorCode::InputValidationError,
+            "image is required",
+        ));
+    };
+    let grant = ctx.file_grant(file_id)?;
+    let image = match &grant.bytes {
+        Some(bytes) => BASE64.encode(bytes),
+        None => grant.url.clone(),
+    };
+    let mut body = json!({"prompt": prompt, "input_image": image, "output_format": "png"});
+    if let Some(ratio) = input["aspect_ratio"].as_str() {
+        body["aspect_ratio"] = json!(ratio);
+    }
+    Ok(body)
 }
 
 /// BFL's errors: FastAPI `{"detail": ...}`; 402 means our account is out of credit.
@@ -199,6 +249,79 @@ mod tests {
             panic!()
         };
         assert_eq!(done.usage.images, 1);
+    }
+
+    const FILE: &str = "file_3f2b8c1e-6a4d-4b7e-9c1a-2d5e8f0a1b2c";
+
+    fn kontext_ctx(bytes: Option<Vec<u8>>) -> CallContext {
+        CallContext {
+            slug: KONTEXT.into(),
+            provider_model: "flux-kontext-pro".into(),
+            files: vec![FileGrant {
+                file_id: FILE.into(),
+                url: "https://modelroute.example/files/grant/x?signature=s".into(),
+                content_type: "image/png".into(),
+                bytes,
+            }],
+            ..ctx()
+        }
+    }
+
+    fn sent(request: &HttpRequest) -> Value {
+        serde_json::from_slice(request.body.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_manifest_asks_for_inline_files() {
+        let manifest = Bfl.manifest();
+        assert!(manifest.capabilities.inline_files);
+        assert!(manifest.models.iter().any(|m| m.slug == KONTEXT));
+    }
+
+    #[test]
+    fn an_edit_sends_the_bytes_in_base64() {
+        let bytes = b"\x89PNG\r\n\x1a\n not really".to_vec();
+        let input =
+            json!({"prompt": "make it night", "image": FILE, "aspect_ratio": "4:3", "seed": 9});
+        let request = Bfl
+            .build_submit(&kontext_ctx(Some(bytes.clone())), &input)
+            .unwrap();
+        assert_eq!(request.url, "https://api.bfl.ai/v1/flux-kontext-pro");
+        assert_eq!(
+            sent(&request),
+            json!({
+                "prompt": "make it night",
+                "input_image": BASE64.encode(&bytes),
+                "aspect_ratio": "4:3",
+                "seed": 9,
+                "output_format": "png",
+            })
+        );
+        assert!(!sent(&request).to_string().contains(FILE));
+    }
+
+    #[test]
+    fn an_edit_without_bytes_sends_the_grant_url() {
+        let input = json!({"prompt": "make it night", "image": FILE});
+        let request = Bfl.build_submit(&kontext_ctx(None), &input).unwrap();
+        let body = sent(&request);
+        assert_eq!(
+            body["input_image"],
+            "https://modelroute.example/files/grant/x?signature=s"
+        );
+        assert!(body.get("aspect_ratio").is_none());
+    }
+
+    #[test]
+    fn an_edit_without_a_grant_is_file_not_found() {
+        let ctx = CallContext {
+            files: Vec::new(),
+            ..kontext_ctx(None)
+        };
+        let input = json!({"prompt": "make it night", "image": FILE});
+        let failure = Bfl.build_submit(&ctx, &input).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::FileNotFound);
+        assert!(!failure.retryable);
     }
 
     #[test]

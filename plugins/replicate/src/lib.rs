@@ -7,6 +7,9 @@ use modelroute_sdk::*;
 #[derive(Default)]
 struct Replicate;
 
+/// Image editing; the other models are text to image.
+const KONTEXT: &str = "flux-kontext-pro";
+
 impl Adapter for Replicate {
     fn manifest(&self) -> Manifest {
         Manifest {
@@ -21,22 +24,40 @@ impl Adapter for Replicate {
                 streaming: false,
                 inline_files: false,
             },
-            models: vec![Model {
-                slug: "flux-1.1-pro".into(),
-                provider_model: "black-forest-labs/flux-1.1-pro".into(),
-                modality: Modality::Image,
-                description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
-                input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
-                example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
-                price: Price {
-                    per_image: 40_000,
-                    ..Price::default()
+            models: vec![
+                Model {
+                    slug: "flux-1.1-pro".into(),
+                    provider_model: "black-forest-labs/flux-1.1-pro".into(),
+                    modality: Modality::Image,
+                    description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
+                    input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
+                    example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
+                    price: Price {
+                        per_image: 40_000,
+                        ..Price::default()
+                    },
                 },
-            }],
+                Model {
+                    slug: KONTEXT.into(),
+                    provider_model: "black-forest-labs/flux-kontext-pro".into(),
+                    modality: Modality::Image,
+                    description: "FLUX.1 Kontext [pro]: edits an image following a prompt.".into(),
+                    input_schema: canonical::IMAGE_EDIT_SCHEMA.into(),
+                    example_input: canonical::IMAGE_EDIT_EXAMPLE.into(),
+                    price: Price {
+                        per_image: 40_000,
+                        ..Price::default()
+                    },
+                },
+            ],
         }
     }
 
-    fn estimate(&self, _model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
+    fn estimate(&self, model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
+        if model.slug == KONTEXT {
+            // One image of about a megapixel, whatever the input's size.
+            return Ok(Usage::images(1, 1024, 1024));
+        }
         let (width, height) = canonical::image_size(input);
         Ok(Usage::images(1, width, height))
     }
@@ -48,14 +69,18 @@ impl Adapter for Replicate {
                 "prompt is required",
             ));
         };
-        let (width, height) = canonical::image_size(input);
-        let mut model_input = json!({
-            "prompt": prompt,
-            "width": width,
-            "height": height,
-            "aspect_ratio": "custom",
-            "output_format": "png",
-        });
+        let mut model_input = if ctx.slug == KONTEXT {
+            edit_input(ctx, prompt, input)?
+        } else {
+            let (width, height) = canonical::image_size(input);
+            json!({
+                "prompt": prompt,
+                "width": width,
+                "height": height,
+                "aspect_ratio": "custom",
+                "output_format": "png",
+            })
+        };
         if let Some(seed) = input.get("seed") {
             model_input["seed"] = seed.clone();
         }
@@ -113,6 +138,24 @@ impl Adapter for Replicate {
     }
 }
 
+/// Image editing: the image goes to Replicate as the URL of this attempt's grant,
+/// which Replicate downloads when the prediction is created.
+fn edit_input(ctx: &CallContext, prompt: &str, input: &Value) -> Result<Value, Failure> {
+    let Some(file_id) = input["image"].as_str() else {
+        return Err(Failure::new(
+            ErrorCode::InputValidationError,
+            "image is required",
+        ));
+    };
+    let grant = ctx.file_grant(file_id)?;
+    Ok(json!({
+        "prompt": prompt,
+        "input_image": grant.url,
+        "aspect_ratio": input["aspect_ratio"].as_str().unwrap_or("match_input_image"),
+        "output_format": "png",
+    }))
+}
+
 /// The job state keeps the prediction's `urls`.
 fn job_url(state: &str, which: &str) -> Option<String> {
     let urls: Value = serde_json::from_str(state).ok()?;
@@ -148,7 +191,7 @@ fn classify(prediction: &Value) -> Outcome {
                     "the prediction succeeded without output",
                 );
             }
-            // flux-1.1-pro is billed per image.
+            // Both models are billed per image.
             let usage = Usage {
                 images: urls.len() as u32,
                 ..Usage::default()
@@ -163,6 +206,8 @@ fn classify(prediction: &Value) -> Outcome {
             let flagged = ["nsfw", "sensitive", "flagged", "e005"]
                 .iter()
                 .any(|w| lowered.contains(w));
+            // Anything else, a failed download of an input file included, is a
+            // retryable generation failure: the next attempt gets a fresh grant.
             let code = if flagged {
                 ErrorCode::ContentModerationRejected
             } else {
@@ -237,6 +282,79 @@ mod tests {
         assert_eq!(body["input"]["height"], 1024);
         assert_eq!(body["input"]["seed"], 7);
         assert!(body.get("webhook").is_none());
+    }
+
+    fn kontext_ctx(files: Vec<FileGrant>) -> CallContext {
+        CallContext {
+            slug: KONTEXT.into(),
+            provider_model: "black-forest-labs/flux-kontext-pro".into(),
+            files,
+            ..ctx()
+        }
+    }
+
+    const FILE: &str = "file_3f2b8c1e-6a4d-4b7e-9c1a-2d5e8f0a1b2c";
+
+    fn grant() -> FileGrant {
+        FileGrant {
+            file_id: FILE.into(),
+            url: "https://modelroute.example/files/grant/x?attempt=att_1&signature=s".into(),
+            content_type: "image/png".into(),
+            bytes: None,
+        }
+    }
+
+    #[test]
+    fn an_edit_sends_the_grant_url_never_the_file_id() {
+        let input = json!({"prompt": "make it night", "image": FILE, "seed": 3});
+        let request = Replicate
+            .build_submit(&kontext_ctx(vec![grant()]), &input)
+            .unwrap();
+        assert_eq!(
+            request.url,
+            "https://api.replicate.com/v1/models/black-forest-labs/flux-kontext-pro/predictions"
+        );
+        let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            body["input"],
+            json!({
+                "prompt": "make it night",
+                "input_image": grant().url,
+                "aspect_ratio": "match_input_image",
+                "output_format": "png",
+                "seed": 3,
+            })
+        );
+        assert!(!body.to_string().contains(FILE));
+
+        let input = json!({"prompt": "x", "image": FILE, "aspect_ratio": "16:9"});
+        let request = Replicate
+            .build_submit(&kontext_ctx(vec![grant()]), &input)
+            .unwrap();
+        let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["input"]["aspect_ratio"], "16:9");
+    }
+
+    #[test]
+    fn an_edit_without_a_grant_is_file_not_found() {
+        let input = json!({"prompt": "make it night", "image": FILE});
+        let failure = Replicate
+            .build_submit(&kontext_ctx(Vec::new()), &input)
+            .unwrap_err();
+        assert_eq!(failure.code, ErrorCode::FileNotFound);
+        assert!(!failure.retryable);
+    }
+
+    #[test]
+    fn a_failed_input_download_is_a_retryable_generation_failure() {
+        let body = r#"{"id":"p1","status":"failed","output":null,"error":"Prediction failed: could not download input_image (HTTP 404)","urls":{}}"#;
+        let Outcome::Failed(failure) =
+            Replicate.parse_response(&kontext_ctx(Vec::new()), None, &response(200, body))
+        else {
+            panic!("expected a failure");
+        };
+        assert_eq!(failure.code, ErrorCode::GenerationFailed);
+        assert!(failure.retryable);
     }
 
     #[test]

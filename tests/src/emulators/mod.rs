@@ -9,7 +9,9 @@
 //! * `POST /__emulator/faults` (a [`Fault`] as JSON) queues a fault,
 //!   `PUT /__emulator/faults/always` (a fault or `null`) sets or clears the sticky one,
 //!   `DELETE /__emulator/faults` clears both;
-//! * `GET /__emulator/requests`: the request log.
+//! * `GET /__emulator/requests`: the request log;
+//! * `GET /__emulator/fetched`: the input files the provider downloaded or was sent
+//!   inline ([`Fetched`]).
 
 pub mod bfl;
 pub mod fal;
@@ -26,7 +28,7 @@ use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -112,12 +114,47 @@ impl Recorded {
     }
 }
 
+/// An input file the provider got: downloaded from a URL in the input (as the
+/// provider's workers would) or decoded from inline base64 (`url` is `"inline"`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fetched {
+    pub url: String,
+    /// the HTTP status of the download (200 for inline bytes; 0 when no answer came)
+    pub status: u16,
+    /// hex SHA-256 of the bytes received
+    pub sha256: String,
+    pub bytes: usize,
+}
+
+impl Fetched {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Downloads input files, for every emulator. No idle connections: emulators may run
+/// on different runtimes.
+static DOWNLOADS: LazyLock<reqwest::Client> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("an HTTP client")
+});
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// State every emulator shares: credential, faults, request log, stored outputs.
 pub(crate) struct Common {
     pub(crate) base_url: String,
     token: String,
     faults: Faults,
     requests: Mutex<Vec<Recorded>>,
+    fetched: Mutex<Vec<Fetched>>,
     files: Mutex<HashMap<String, Vec<u8>>>,
     /// Turns `true` once the emulator is shut down.
     stopped: watch::Sender<bool>,
@@ -129,6 +166,54 @@ impl Common {
         let url = format!("{}/files/{name}", self.base_url);
         self.files.lock().unwrap().insert(name, bytes);
         url
+    }
+
+    /// Downloads `url` (10 s at most), records it and answers the bytes, or `None`
+    /// when the download failed (an error or a status other than 2xx).
+    pub(crate) async fn download(&self, url: &str) -> Option<Vec<u8>> {
+        let (status, body) = match DOWNLOADS.get(url).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Ok(bytes) => (status, Some(bytes.to_vec())),
+                    Err(error) => {
+                        tracing::debug!(%url, %error, "input download cut short");
+                        (status, None)
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%url, %error, "input download failed");
+                (error.status().map_or(0, |s| s.as_u16()), None)
+            }
+        };
+        let complete = body.is_some();
+        let bytes = body.unwrap_or_default();
+        let fetched = Fetched {
+            url: url.to_string(),
+            status,
+            sha256: sha256_hex(&bytes),
+            bytes: bytes.len(),
+        };
+        let ok = complete && fetched.ok();
+        tracing::info!(%url, status, bytes = bytes.len(), "input fetched");
+        self.fetched.lock().unwrap().push(fetched);
+        ok.then_some(bytes)
+    }
+
+    /// Records input bytes the provider was sent inline.
+    pub(crate) fn record_inline(&self, bytes: &[u8]) {
+        self.fetched.lock().unwrap().push(Fetched {
+            url: "inline".into(),
+            status: 200,
+            sha256: sha256_hex(bytes),
+            bytes: bytes.len(),
+        });
+    }
+
+    /// Every input file received so far, oldest first.
+    pub(crate) fn fetched(&self) -> Vec<Fetched> {
+        self.fetched.lock().unwrap().clone()
     }
 
     /// Resolves once the emulator is shut down.
@@ -197,6 +282,11 @@ impl<S> Emulator<S> {
         self.common.requests.lock().unwrap().clone()
     }
 
+    /// Every input file the provider downloaded or was sent inline, oldest first.
+    pub fn fetched(&self) -> Vec<Fetched> {
+        self.common.fetched()
+    }
+
     /// How many API requests had a path starting with `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
         self.common
@@ -236,6 +326,7 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
         token: token.to_string(),
         faults: Faults::default(),
         requests: Mutex::default(),
+        fetched: Mutex::default(),
         files: Mutex::default(),
         stopped: watch::Sender::new(false),
     });
@@ -245,6 +336,7 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
         .route("/__emulator/faults", post(push_fault).delete(clear_faults))
         .route("/__emulator/faults/always", put(set_always))
         .route("/__emulator/requests", get(requests))
+        .route("/__emulator/fetched", get(fetched))
         .with_state(common.clone());
     let app = api
         .layer(middleware::from_fn_with_state(common.clone(), guard::<D>))
@@ -371,6 +463,32 @@ async fn clear_faults(State(common): State<Arc<Common>>) -> StatusCode {
 
 async fn requests(State(common): State<Arc<Common>>) -> axum::Json<Vec<Recorded>> {
     axum::Json(common.requests.lock().unwrap().clone())
+}
+
+async fn fetched(State(common): State<Arc<Common>>) -> axum::Json<Vec<Fetched>> {
+    axum::Json(common.fetched())
+}
+
+/// The width and height in a PNG's header, if `bytes` starts like a PNG.
+pub fn png_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || &bytes[..8] != b"\x89PNG\r\n\x1a\n" || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    Some((word(16), word(20)))
+}
+
+/// The size of an image of about a megapixel with aspect ratio `ratio` (`"16:9"`),
+/// sides multiples of 16; `None` if `ratio` is not `W:H` with W/H within 1:4..4:1.
+pub fn aspect_size(ratio: &str) -> Option<(u32, u32)> {
+    let (w, h) = ratio.split_once(':')?;
+    let (w, h): (f64, f64) = (w.trim().parse().ok()?, h.trim().parse().ok()?);
+    if !(w > 0.0 && h > 0.0 && (0.25..=4.0).contains(&(w / h))) {
+        return None;
+    }
+    let scale = (1024.0 * 1024.0 / (w * h)).sqrt();
+    let side = |x: f64| (((x * scale) / 16.0).round() as u32).max(1) * 16;
+    Some((side(w), side(h)))
 }
 
 /// Whether a prompt should be refused as unsafe (the emulators' moderation rule).

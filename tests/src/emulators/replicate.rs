@@ -5,6 +5,11 @@
 //! A prediction answers `starting` when created, `processing` on polls, and ends on the
 //! poll that reaches `polls_until_done`: `succeeded` with one PNG URL, or `failed` with
 //! E005 for a flagged prompt. With a `webhook`, the final prediction is posted to it.
+//!
+//! Like Replicate's workers, the emulator downloads every input that is an `http(s)`
+//! URL (`input_image` of `flux-kontext-pro`) when the prediction is created, before
+//! answering; downloads are recorded ([`Replicate::fetched`]). A failed download still
+//! creates the prediction, which then ends `failed` ("could not download …").
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,13 +24,35 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use super::{
-    Common, Dialect, Emulator, body_json, flagged, header, json_response, png, rfc3339_now,
-    stable_hash,
+    Common, Dialect, Emulator, Fetched, aspect_size, body_json, flagged, header, json_response,
+    png, png_dimensions, rfc3339_now, stable_hash,
 };
 
-const MODELS: [&str; 2] = [
+const MODELS: [&str; 3] = [
     "black-forest-labs/flux-1.1-pro",
     "black-forest-labs/flux-schnell",
+    KONTEXT,
+];
+
+/// Image editing: `input_image` (a URL) and an `aspect_ratio`, by default
+/// `match_input_image`.
+const KONTEXT: &str = "black-forest-labs/flux-kontext-pro";
+
+const ASPECT_RATIOS: [&str; 14] = [
+    "match_input_image",
+    "1:1",
+    "16:9",
+    "9:16",
+    "4:3",
+    "3:4",
+    "3:2",
+    "2:3",
+    "4:5",
+    "5:4",
+    "21:9",
+    "9:21",
+    "2:1",
+    "1:2",
 ];
 
 /// Delivers webhooks, for every emulator (a client is costly to build). It keeps no
@@ -56,6 +83,10 @@ struct Prediction {
     polls: u32,
     output: Option<String>,
     error: Option<String>,
+    /// The size of the image it produces.
+    size: (u32, u32),
+    /// Why an input could not be downloaded: the prediction will fail with it.
+    download_error: Option<String>,
     /// Where to post the final prediction (absent when the events filter leaves out
     /// `completed`).
     webhook: Option<String>,
@@ -75,6 +106,11 @@ impl Replicate {
     /// answer `processing`; 0 ends predictions as they are created.
     pub fn set_polls_until_done(&self, polls: u32) {
         self.polls_until_done.store(polls, Ordering::SeqCst);
+    }
+
+    /// Every input the emulator downloaded, oldest first.
+    pub fn fetched(&self) -> Vec<Fetched> {
+        self.common.fetched()
     }
 
     /// Keeps every prediction `processing` (a job that never finishes) until turned off.
@@ -124,15 +160,17 @@ impl Replicate {
             return;
         }
         let prompt = p.input["prompt"].as_str().unwrap_or_default();
-        if flagged(prompt) {
+        if let Some(error) = p.download_error.clone() {
+            p.error = Some(error);
+            self.end(id, p, "failed");
+        } else if flagged(prompt) {
             p.error = Some(MODERATED.into());
             self.end(id, p, "failed");
         } else {
-            let side = |name: &str| p.input[name].as_u64().unwrap_or(1024) as u32;
             let seed = p.input["seed"]
                 .as_u64()
                 .unwrap_or_else(|| stable_hash(prompt));
-            let image = png(side("width"), side("height"), seed);
+            let image = png(p.size.0, p.size.1, seed);
             p.output = Some(self.common.store_file(format!("{id}.png"), image));
             self.end(id, p, "succeeded");
         }
@@ -220,12 +258,33 @@ fn invalid(field: &str, kind: &str, description: &str) -> Response {
 }
 
 /// The reason `input` is refused, if it is.
-fn validate(input: &Value) -> Option<Response> {
+fn validate(model: &str, input: &Value) -> Option<Response> {
     if !input.is_object() {
         return Some(invalid("input", "required", "input is required"));
     }
     if !input["prompt"].is_string() {
         return Some(invalid("prompt", "required", "prompt is required"));
+    }
+    if model == KONTEXT {
+        if let Some(image) = input.get("input_image")
+            && !image.as_str().is_some_and(is_url)
+        {
+            return Some(invalid(
+                "input_image",
+                "format",
+                "Does not match format 'uri'",
+            ));
+        }
+        if let Some(ratio) = input.get("aspect_ratio")
+            && !ratio.as_str().is_some_and(|r| ASPECT_RATIOS.contains(&r))
+        {
+            return Some(invalid(
+                "aspect_ratio",
+                "enum",
+                &format!("aspect_ratio must be one of: {}", ASPECT_RATIOS.join(", ")),
+            ));
+        }
+        return None;
     }
     ["width", "height"].into_iter().find_map(|side| {
         let value = input.get(side)?;
@@ -251,9 +310,49 @@ async fn create(
         return ReplicateDialect::error(404);
     }
     let body = body_json(&body).unwrap_or_default();
-    if let Some(refusal) = validate(&body["input"]) {
+    if let Some(refusal) = validate(&model, &body["input"]) {
         return refusal;
     }
+    let input = &body["input"];
+    // Replicate's workers download URL inputs before the model runs.
+    let mut download_error = None;
+    let mut input_image = None;
+    let urls = input
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(field, value)| {
+            value
+                .as_str()
+                .filter(|v| is_url(v))
+                .map(|url| (field.clone(), url.to_string()))
+        });
+    for (field, url) in urls.collect::<Vec<_>>() {
+        match state.common.download(&url).await {
+            Some(bytes) if field == "input_image" => input_image = Some(bytes),
+            Some(_) => {}
+            None => {
+                download_error.get_or_insert_with(|| {
+                    format!("Prediction failed: could not download {field} from the given URL")
+                });
+            }
+        }
+    }
+    let size = if model == KONTEXT {
+        match input["aspect_ratio"]
+            .as_str()
+            .unwrap_or("match_input_image")
+        {
+            "match_input_image" => input_image
+                .as_deref()
+                .and_then(png_dimensions)
+                .unwrap_or((1024, 1024)),
+            ratio => aspect_size(ratio).unwrap_or((1024, 1024)),
+        }
+    } else {
+        let side = |name: &str| input[name].as_u64().unwrap_or(1024) as u32;
+        (side("width"), side("height"))
+    };
     let wants_completed = body["webhook_events_filter"]
         .as_array()
         .is_none_or(|events| events.iter().any(|e| e == "completed"));
@@ -265,6 +364,8 @@ async fn create(
         polls: 0,
         output: None,
         error: None,
+        size,
+        download_error,
         webhook: body["webhook"]
             .as_str()
             .filter(|_| wants_completed)
@@ -299,6 +400,11 @@ async fn create(
         });
     }
     json_response(StatusCode::CREATED, view)
+}
+
+/// Whether `value` is a URL the workers would download.
+fn is_url(value: &str) -> bool {
+    value.starts_with("http://") || value.starts_with("https://")
 }
 
 async fn fetch(State(state): State<Arc<Replicate>>, Path(id): Path<String>) -> Response {
@@ -485,6 +591,121 @@ mod tests {
         );
         let missing = format!("{}/v1/predictions/nope", emulator.base_url());
         assert_eq!(get(&missing, DEFAULT_TOKEN).await.0, 404);
+    }
+
+    const KONTEXT_PATH: &str = "/v1/models/black-forest-labs/flux-kontext-pro/predictions";
+
+    async fn edit(emulator: &Emulator<Replicate>, input: Value) -> (u16, Value) {
+        let url = format!("{}{KONTEXT_PATH}", emulator.base_url());
+        post(&url, DEFAULT_TOKEN, json!({ "input": input })).await
+    }
+
+    #[tokio::test]
+    async fn an_edit_downloads_its_input_image_before_answering() {
+        let emulator = emulator().await;
+        let image = png(48, 32, 5);
+        let url = emulator
+            .common
+            .store_file("input.png".into(), image.clone());
+        let (status, created) = edit(
+            &emulator,
+            json!({"prompt": "make it night", "input_image": url, "output_format": "png"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["model"], KONTEXT);
+        // Fetched before the answer, once.
+        let fetched = emulator.state.fetched();
+        assert_eq!(
+            fetched,
+            vec![Fetched {
+                url: url.clone(),
+                status: 200,
+                sha256: super::super::sha256_hex(&image),
+                bytes: image.len(),
+            }]
+        );
+        let done = poll(&created).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        let output = download(done["output"].as_str().unwrap()).await;
+        assert_eq!(
+            png_size(&output),
+            (48, 32),
+            "the input image's aspect ratio"
+        );
+
+        let (_, wide) = edit(
+            &emulator,
+            json!({"prompt": "x", "input_image": url, "aspect_ratio": "16:9"}),
+        )
+        .await;
+        let wide = poll(&wide).await;
+        let (width, height) = png_size(&download(wide["output"].as_str().unwrap()).await);
+        assert!(width > height, "{width}x{height}");
+        assert_eq!(emulator.fetched().len(), 2);
+
+        let log: Value = reqwest::get(format!("{}/__emulator/fetched", emulator.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(log[0]["url"], url);
+        assert_eq!(log[0]["status"], 200);
+        assert_eq!(log[0]["sha256"], super::super::sha256_hex(&image));
+        assert_eq!(log[0]["bytes"], image.len());
+    }
+
+    #[tokio::test]
+    async fn a_failed_input_download_fails_the_prediction() {
+        let emulator = emulator().await;
+        let missing = format!("{}/files/missing.png", emulator.base_url());
+        let (status, created) = edit(
+            &emulator,
+            json!({"prompt": "make it night", "input_image": missing}),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let fetched = emulator.state.fetched();
+        assert_eq!(fetched.len(), 1);
+        assert_eq!((fetched[0].status, fetched[0].bytes), (404, 0));
+        let failed = poll(&created).await;
+        assert_eq!(failed["status"], "failed");
+        assert_eq!(failed["output"], Value::Null);
+        let error = failed["error"].as_str().unwrap();
+        assert!(error.contains("could not download input_image"), "{error}");
+
+        // A closed port: no answer at all.
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/x.png", listener.local_addr().unwrap())
+        };
+        let (_, created) = edit(&emulator, json!({"prompt": "x", "input_image": closed})).await;
+        assert_eq!(emulator.state.fetched()[1].status, 0);
+        assert_eq!(poll(&created).await["status"], "failed");
+    }
+
+    #[tokio::test]
+    async fn an_edit_input_that_is_no_url_is_refused() {
+        let emulator = emulator().await;
+        for (input, field) in [
+            (
+                json!({"prompt": "x", "input_image": "file_abc"}),
+                "input_image",
+            ),
+            (
+                json!({"prompt": "x", "input_image": "https://x.invalid/a.png", "aspect_ratio": "7:1"}),
+                "aspect_ratio",
+            ),
+        ] {
+            let (status, body) = edit(&emulator, input).await;
+            assert_eq!(status, 422, "{body}");
+            assert_eq!(body["invalid_fields"][0]["field"], field);
+        }
+        assert!(
+            emulator.state.fetched().is_empty(),
+            "nothing was downloaded"
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 mod api;
 mod executions;
-// mod files;
+mod files;
 mod money;
 mod plugins;
 mod receiver;

@@ -273,14 +273,14 @@ fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
         (
             "plugins/dist/replicate.wasm",
             Some("plugins/replicate/fixtures.json"),
-            13,
+            21,
         ),
         (
             "plugins/dist/openai.wasm",
             Some("plugins/openai/fixtures.json"),
             19,
         ),
-        ("plugins/dist/bfl.wasm", None, 8),
+        ("plugins/dist/bfl.wasm", None, 14),
         ("plugins/dist/fal.wasm", None, 14),
         ("target/test-plugins/template.wasm", None, 8),
     ] {

@@ -1,0 +1,444 @@
+//! Files (SPEC §8): uploads through signed URLs, provider isolation through
+//! per-attempt grants, re-hosted outputs, the size cap while streaming, TTLs.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, bfl, png, replicate};
+
+use crate::support::{Options, ProviderSpec, Server};
+
+const WAIT: Duration = Duration::from_secs(60);
+const MAX_UPLOAD: u64 = 150 * 1024 * 1024;
+
+fn replicate_spec(emulator: &Emulator<replicate::Replicate>) -> ProviderSpec<'static> {
+    ProviderSpec {
+        name: "replicate-emulator",
+        adapter: "replicate",
+        base_url: emulator.base_url(),
+        models: &["flux-1.1-pro", "flux-kontext-pro"],
+    }
+}
+
+/// Upload → PUT → confirm; returns the confirmed file object.
+async fn upload(server: &Server, key: &str, bytes: Vec<u8>) -> Value {
+    let ticket = server
+        .call(
+            Method::POST,
+            "/v1/files/upload",
+            Some(key),
+            Some(json!({"purpose": "INPUT", "filename": "cat.png", "content_type": "image/gif"})),
+            &[],
+        )
+        .await;
+    assert_eq!(ticket.status, StatusCode::CREATED, "{:?}", ticket.body);
+    let file_id = ticket.body["file_id"].as_str().unwrap().to_string();
+    assert!(ticket.body["expires_at"].is_string());
+    let url = ticket.body["upload_url"].as_str().unwrap();
+    assert!(url.starts_with(&server.url), "{url}");
+    let put = reqwest::Client::new()
+        .put(url)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK, "{:?}", put.text().await);
+    let confirmed = server
+        .call(
+            Method::POST,
+            "/v1/files/confirm",
+            Some(key),
+            Some(json!({ "file_id": file_id })),
+            &[],
+        )
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
+    confirmed.body
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[tokio::test]
+async fn an_upload_reaches_the_provider_only_through_a_grant_for_one_attempt() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let image = png(64, 48, 7);
+    let file = upload(&server, &server.api_key, image.clone()).await;
+    let file_id = file["file_id"].as_str().unwrap();
+    assert!(file_id.starts_with("file_"));
+    // Measured, never trusted: the client said GIF and cat.png.
+    assert_eq!(file["content_type"], "image/png");
+    assert_eq!(file["size_bytes"], json!(image.len()));
+    assert_eq!(file["sha256"], json!(sha256(&image)));
+    assert_eq!(file["purpose"], "INPUT");
+    assert!(!file.to_string().contains("cat.png"));
+
+    let created = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-kontext-pro", "input": {"prompt": "make it night", "image": file_id}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap();
+    let done = server.wait_terminal(id, WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", server.log());
+
+    // The provider fetched the bytes through a grant, not the client's id.
+    let fetched = emulator.state.fetched();
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    assert_eq!(fetched[0].status, 200);
+    assert_eq!(fetched[0].sha256, sha256(&image));
+    assert!(fetched[0].url.contains("/files/grant/"));
+    let submitted = emulator.requests();
+    assert!(
+        submitted.iter().all(|r| !r.body.contains(&server.api_key)),
+        "the client's key reached the provider"
+    );
+    // Once the execution ended the grant is dead.
+    let again = reqwest::get(&fetched[0].url).await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+
+    // The output is a file of the organization, downloadable by its owner only.
+    let output_id = done["result"]["output"]["images"][0]["file_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!done.to_string().contains(&emulator.base_url()));
+    let (status, bytes) = server
+        .bytes(&format!("/v1/files/{output_id}/download"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let other = server.new_organization("1.00").await;
+    for path in [
+        format!("/v1/files/{output_id}"),
+        format!("/v1/files/{output_id}/download"),
+        format!("/v1/files/{file_id}"),
+    ] {
+        let reply = server
+            .call(Method::GET, &path, Some(&other), None, &[])
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply.error_code(), "NOT_FOUND");
+    }
+    // …and another organization's file in an input is FILE_NOT_FOUND, with no hold.
+    let foreign = server
+        .call(
+            Method::POST,
+            "/v1/executions",
+            Some(&other),
+            Some(json!({"model": "flux-kontext-pro", "input": {"prompt": "x", "image": file_id}})),
+            &[],
+        )
+        .await;
+    assert_eq!(foreign.status, StatusCode::BAD_REQUEST);
+    assert_eq!(foreign.error_code(), "FILE_NOT_FOUND");
+    let balance = server
+        .call(Method::GET, "/v1/balance", Some(&other), None, &[])
+        .await;
+    assert_eq!(balance.body["held"], "0");
+
+    // Every upload, grant and fetch is in the audit trail.
+    let audit = server
+        .call(
+            Method::GET,
+            &format!("/admin/v1/files/{file_id}/audit"),
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await;
+    let actions: Vec<&str> = audit.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["upload_url", "upload", "confirm", "grant", "grant_fetch"],
+        "{}",
+        audit.body
+    );
+    assert!(audit.body["data"][1]["address"].as_str().is_some());
+    assert!(
+        audit.body["data"][0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("key_")
+    );
+}
+
+#[tokio::test]
+async fn an_adapter_that_asks_for_inline_bytes_gets_them() {
+    let emulator = bfl::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let server = Server::start(&[ProviderSpec {
+        name: "bfl-emulator",
+        adapter: "bfl",
+        base_url: emulator.base_url(),
+        models: &["flux-kontext-pro"],
+    }])
+    .await;
+    let image = png(32, 32, 3);
+    let file = upload(&server, &server.api_key, image.clone()).await;
+    let created = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-kontext-pro", "input": {"prompt": "snow", "image": file["file_id"]}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
+    let done = server
+        .wait_terminal(created.body["id"].as_str().unwrap(), WAIT)
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let fetched = emulator.state.fetched();
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].sha256, sha256(&image));
+}
+
+#[tokio::test]
+async fn wrong_magic_bytes_or_missing_files_are_refused_before_any_hold() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    // A PDF named like a PNG.
+    let file = upload(&server, &server.api_key, b"%PDF-1.7\n%binary".to_vec()).await;
+    assert_eq!(file["content_type"], "application/pdf");
+    let cases = [
+        (file["file_id"].clone(), "FILE_FORMAT_UNSUPPORTED"),
+        (
+            json!(format!("file_{}", uuid::Uuid::new_v4())),
+            "FILE_NOT_FOUND",
+        ),
+    ];
+    for (image, code) in cases {
+        let reply = server
+            .post(
+                "/v1/executions",
+                json!({"model": "flux-kontext-pro", "input": {"prompt": "x", "image": image}}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+        assert_eq!(reply.error_code(), code);
+    }
+    let balance = server.get("/v1/balance").await;
+    assert_eq!(balance.body["held"], "0");
+    assert_eq!(emulator.count("/v1/models"), 0, "a provider was called");
+}
+
+#[tokio::test]
+async fn an_upload_over_150_mb_is_refused_while_streaming_and_nothing_is_kept() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let ticket = server
+        .post("/v1/files/upload", json!({"purpose": "UPLOAD"}))
+        .await;
+    let file_id = ticket.body["file_id"].as_str().unwrap().to_string();
+    let url = ticket.body["upload_url"].as_str().unwrap().to_string();
+    let peak_before = peak_rss_kib(server.pid());
+
+    // With no Content-Length to trust: the cap holds while the bytes stream in.
+    let response = reqwest::Client::new()
+        .put(&url)
+        .body(reqwest::Body::wrap_stream(over_the_cap()))
+        .send()
+        .await;
+    let response = response.expect("the server answers before the client finishes");
+    {
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE");
+    }
+    // The server never held the body: its peak memory grew far less than 150 MB.
+    let grown_mib = (peak_rss_kib(server.pid()) - peak_before) / 1024;
+    assert!(grown_mib < 64, "peak RSS grew by {grown_mib} MiB");
+    // Nothing was kept, and the file still awaits its bytes.
+    let state = server.data.path().join("state/files");
+    assert!(!state.join("objects").join(&file_id).exists());
+    assert_eq!(std::fs::read_dir(state.join("partial")).unwrap().count(), 0);
+    let object = server.get(&format!("/v1/files/{file_id}")).await;
+    assert_eq!(object.body["status"], "AWAITING_UPLOAD");
+    let confirm = server
+        .post("/v1/files/confirm", json!({"file_id": file_id}))
+        .await;
+    assert_eq!(confirm.status, StatusCode::CONFLICT);
+
+    // A declared length over the cap is refused before the body is read.
+    let declared = reqwest::Client::new()
+        .put(&url)
+        .header("content-length", (MAX_UPLOAD + 1).to_string())
+        .body(reqwest::Body::wrap_stream(over_the_cap()))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// 150 MB + 1 byte in 1 MiB chunks, made as they are sent.
+fn over_the_cap() -> impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> {
+    let chunk = axum::body::Bytes::from(vec![0x42u8; 1024 * 1024]);
+    let chunks = (MAX_UPLOAD / chunk.len() as u64) as usize;
+    futures_util::stream::iter(
+        std::iter::repeat_n(chunk, chunks)
+            .chain([axum::body::Bytes::from_static(b"!")])
+            .map(Ok),
+    )
+}
+
+/// The process's peak resident set (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test]
+async fn signed_urls_list_delete_and_ttl_expiry() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start_with(
+        &[replicate_spec(&emulator)],
+        Options {
+            config: "\n[files]\nsweep_interval_seconds = 1\n\n[testing]\nclock_control = true\n",
+            ..Options::default()
+        },
+    )
+    .await;
+    let image = png(16, 16, 1);
+    let kept = upload(&server, &server.api_key, image.clone()).await;
+    let kept_id = kept["file_id"].as_str().unwrap();
+    let ticket = server
+        .post(
+            "/v1/files/upload",
+            json!({"purpose": "UPLOAD", "ttl_days": 1}),
+        )
+        .await;
+    let short_id = ticket.body["file_id"].as_str().unwrap().to_string();
+    reqwest::Client::new()
+        .put(ticket.body["upload_url"].as_str().unwrap())
+        .body(image.clone())
+        .send()
+        .await
+        .unwrap();
+    server
+        .post("/v1/files/confirm", json!({"file_id": short_id}))
+        .await;
+
+    // A signed download URL works without a key; a tampered one does not.
+    let url = server.get(&format!("/v1/files/{kept_id}/url")).await;
+    assert_eq!(url.status, StatusCode::OK, "{:?}", url.body);
+    assert_eq!(url.body["content_type"], "image/png");
+    assert_eq!(url.body["size_bytes"], json!(image.len()));
+    let signed = url.body["url"].as_str().unwrap();
+    let fetched = reqwest::get(signed).await.unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(fetched.bytes().await.unwrap().to_vec(), image);
+    let tampered = reqwest::get(signed.replace(kept_id, &short_id))
+        .await
+        .unwrap();
+    assert_eq!(tampered.status(), StatusCode::UNAUTHORIZED);
+
+    // Newest first, paginated.
+    let page = server.get("/v1/files?limit=1").await;
+    assert_eq!(page.body["data"][0]["file_id"], json!(short_id));
+    assert_eq!(page.body["has_more"], json!(true));
+    let next = server
+        .get(&format!("/v1/files?limit=1&starting_after={short_id}"))
+        .await;
+    assert_eq!(next.body["data"][0]["file_id"], json!(kept_id));
+    assert_eq!(next.body["has_more"], json!(false));
+
+    // An organization's TTL applies when an upload does not say.
+    let org = server
+        .call(
+            Method::POST,
+            "/admin/v1/organizations",
+            Some(&server.admin_token),
+            Some(json!({"name": "Short-lived"})),
+            &[],
+        )
+        .await;
+    let (org_id, org_key) = (
+        org.body["organization_id"].as_str().unwrap(),
+        org.body["api_key"].as_str().unwrap(),
+    );
+    let ttl = server
+        .call(
+            Method::PATCH,
+            &format!("/admin/v1/organizations/{org_id}"),
+            Some(&server.admin_token),
+            Some(json!({"file_ttl_days": 3})),
+            &[],
+        )
+        .await;
+    assert_eq!(ttl.status, StatusCode::OK, "{:?}", ttl.body);
+    let three_days = upload(&server, org_key, image.clone()).await;
+    let lifetime = chrono::DateTime::parse_from_rfc3339(three_days["expires_at"].as_str().unwrap())
+        .unwrap()
+        - chrono::DateTime::parse_from_rfc3339(three_days["created_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (lifetime - chrono::Duration::days(3)).num_seconds().abs() < 60,
+        "{three_days}"
+    );
+
+    // Two days later the one-day file is gone, bytes and all; the other stays.
+    server.advance_clock(2 * 86_400).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.get(&format!("/v1/files/{short_id}")).await.status != StatusCode::NOT_FOUND {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let objects = server.data.path().join("state/files/objects");
+    let deadline = std::time::Instant::now() + WAIT;
+    while objects.join(&short_id).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bytes were not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.get(&format!("/v1/files/{kept_id}")).await.status,
+        StatusCode::OK
+    );
+
+    // Delete: the record, the bytes and the signed URL go together.
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/files/{kept_id}"),
+            Some(&server.api_key),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(deleted.body["deleted"], json!(true));
+    assert_eq!(
+        server.get(&format!("/v1/files/{kept_id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(!objects.join(kept_id).exists());
+    assert_eq!(
+        reqwest::get(signed).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
