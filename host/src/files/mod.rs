@@ -168,12 +168,16 @@ impl Files {
 
     /// Streams `body` into a new object `key`: at most `max` bytes, typed by magic
     /// bytes, measured and hashed. On any error nothing is kept.
-    pub async fn ingest<S, E>(&self, key: &str, body: S, max: u64) -> Result<Ingested, IngestError>
+    pub async fn ingest<S, E>(
+        &self,
+        key: &str,
+        body: &mut S,
+        max: u64,
+    ) -> Result<Ingested, IngestError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut body = body;
         let mut writer = self.storage.create(key).await?;
         let mut hasher = Sha256::new();
         let mut head = Vec::with_capacity(SNIFF_BYTES);
@@ -218,7 +222,8 @@ impl Files {
         E: std::fmt::Display,
     {
         let file_id = new_id("file");
-        let ingested = self.ingest(&file_id, body, max).await?;
+        let mut body = body;
+        let ingested = self.ingest(&file_id, &mut body, max).await?;
         let now = clock::now();
         let ttl_days = self.ttl_days_of(org_id).map_err(std::io::Error::other)?;
         let record = FileRecord {
@@ -312,9 +317,13 @@ impl Files {
         if declared_length.is_some_and(|length| length > max) {
             return Err(too_large(max));
         }
-        let ingested = match self.ingest(file_id, body, max).await {
+        let mut body = body;
+        let ingested = match self.ingest(file_id, &mut body, max).await {
             Ok(ingested) => ingested,
-            Err(IngestError::TooLarge(max)) => return Err(too_large(max)),
+            Err(IngestError::TooLarge(max)) => {
+                linger(&mut body).await;
+                return Err(too_large(max));
+            }
             Err(IngestError::Source(error)) => {
                 return Err(ApiError::new(
                     Code::InputValidationError,
@@ -688,6 +697,26 @@ impl Files {
 pub struct Signature {
     pub expires: i64,
     pub signature: String,
+}
+
+/// Reads (and drops) a little more of a refused body, so that closing the
+/// connection with unread bytes does not reset it before the client has read the
+/// `413` (a "lingering close").
+async fn linger<S, E>(body: &mut S)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    const LINGER_BYTES: usize = 1024 * 1024;
+    let drain = async {
+        let mut drained = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            drained += chunk.len();
+            if drained > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), drain).await;
 }
 
 fn too_large(max: u64) -> ApiError {

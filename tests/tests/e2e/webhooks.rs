@@ -95,7 +95,9 @@ async fn endpoints_get_signed_lifecycle_events_and_the_secret_is_shown_once() {
     // An execution's per-execution URL and the endpoint both hear about it.
     let own = Receiver::start().await;
     let execution = run_execution(&server, json!({"webhook_url": own.url})).await;
-    let received = receiver.wait_for(3, WAIT).await;
+    // Deliveries run concurrently: order them by when the event happened.
+    let mut received = receiver.wait_for(3, WAIT).await;
+    received[1..].sort_by_key(|r| r.json()["event_type"] != "execution.started");
     let events: Vec<Value> = received[1..].iter().map(|r| r.json()).collect();
     let types: Vec<&str> = events
         .iter()
@@ -127,7 +129,15 @@ async fn endpoints_get_signed_lifecycle_events_and_the_secret_is_shown_once() {
     let default_secret = default_secret.body["secret"].as_str().unwrap().to_string();
     let own_events = own.wait_for(2, WAIT).await;
     assert!(own_events.iter().all(|r| r.signed_by(&default_secret)));
-    assert_eq!(own_events[1].json()["event_type"], "execution.completed");
+    let mut own_types: Vec<Value> = own_events
+        .iter()
+        .map(|r| r.json()["event_type"].clone())
+        .collect();
+    own_types.sort_by_key(|t| t.to_string());
+    assert_eq!(
+        own_types,
+        [json!("execution.completed"), json!("execution.started")]
+    );
 
     // Filters, updates and delete.
     let patched = server
@@ -200,9 +210,13 @@ async fn a_failing_receiver_gets_the_exact_retry_schedule_on_a_driven_clock() {
     .await;
     run_execution(&server, json!({})).await;
     receiver.wait_for(1, WAIT).await;
+    let id = endpoint["id"].as_str().unwrap();
     // Each retry is due 2, 4, 8, 16 and 30 minutes after the previous attempt:
     // a minute short of it, nothing comes; at it, the retry does.
     for (retry, minutes) in [2u64, 4, 8, 16, 30].into_iter().enumerate() {
+        // The clock moves only once the server has recorded the failed attempt
+        // (and with it when the next one is due).
+        wait_for_failures(&server, id, retry as u64 + 1).await;
         server.advance_clock(minutes * 60 - 60).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
@@ -242,6 +256,23 @@ async fn a_failing_receiver_gets_the_exact_retry_schedule_on_a_driven_clock() {
     let listed = server.get("/v1/webhooks/endpoints").await;
     assert_eq!(listed.body["data"][0]["failure_count"], json!(6));
     assert_eq!(listed.body["data"][0]["is_active"], json!(true));
+}
+
+/// Waits until endpoint `id` has counted `failures` failed attempts.
+async fn wait_for_failures(server: &Server, id: &str, failures: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let endpoint = server.get(&format!("/v1/webhooks/endpoints/{id}")).await;
+        if endpoint.body["failure_count"] == json!(failures) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{failures} failures not recorded: {}",
+            endpoint.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
