@@ -18,7 +18,11 @@ use modelroute::plugins::Registry;
 use modelroute::routing::Router;
 use modelroute::store::Store;
 
-const CONCURRENCY: usize = 128;
+/// The allocator of the `modelroute` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CONCURRENCY: usize = 512;
 const PER_ITERATION: usize = 4096;
 
 fn execution(org: &str) -> Execution {

@@ -30,7 +30,8 @@ pub const EXECUTIONS: JsonTable = TableDefinition::new("executions");
 pub const EXECUTIONS_BY_ORG: JsonTable = TableDefinition::new("executions_by_org");
 /// `{org}/{idempotency key}` → claim
 pub const IDEMPOTENCY: JsonTable = TableDefinition::new("idempotency");
-/// execution ids that are not terminal: the dispatcher's durable queue
+/// `{expires_at ms}/{execution}` of every execution that is not terminal: the
+/// dispatcher's durable queue
 pub const ACTIVE_EXECUTIONS: JsonTable = TableDefinition::new("active_executions");
 pub const FILES: JsonTable = TableDefinition::new("files");
 /// `{org}/{newest-first sort key}/{file}` → empty

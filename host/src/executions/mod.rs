@@ -240,6 +240,8 @@ impl Executions {
                     HoldResult::Placed => {}
                 }
                 save(txn, &execution)?;
+                txn.open_table(ACTIVE_EXECUTIONS)?
+                    .insert(active_key(&execution).as_str(), [].as_slice())?;
                 txn.open_table(EXECUTIONS_BY_ORG)?
                     .insert(by_org_key(&execution).as_str(), [].as_slice())?;
                 if let (Some(claim_key), Some((_, request_hash))) = (claim_key, idempotency) {
@@ -513,8 +515,11 @@ impl Executions {
             let executions = txn.open_table(EXECUTIONS)?;
             let mut open_holds: std::collections::BTreeMap<String, u64> = Default::default();
             for row in txn.open_table(ACTIVE_EXECUTIONS)?.iter()? {
-                let (id, _) = row?;
-                if let Some(execution) = load(&executions, id.value())? {
+                let (key, _) = row?;
+                let Some((id, _)) = parse_active_key(key.value()) else {
+                    continue;
+                };
+                if let Some(execution) = load(&executions, &id)? {
                     *open_holds.entry(execution.organization_id).or_default() +=
                         execution.hold_amount.0;
                 }
@@ -546,16 +551,15 @@ impl Executions {
         })
     }
 
-    /// Ids of every non-terminal execution with its deadline.
+    /// Ids of every non-terminal execution with its deadline, soonest first.
     pub fn active(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
         self.store.read(|txn| {
-            txn.open_table(ACTIVE_EXECUTIONS)?
-                .iter()?
-                .map(|row| {
-                    let (id, expires) = row?;
-                    Ok((id.value().to_string(), store::decode(expires.value())?))
-                })
-                .collect()
+            let mut active = Vec::new();
+            for row in txn.open_table(ACTIVE_EXECUTIONS)?.iter()? {
+                let (key, _) = row?;
+                active.extend(parse_active_key(key.value()));
+            }
+            Ok(active)
         })
     }
 }
@@ -631,20 +635,33 @@ fn load(
     store::get(table, id)
 }
 
-/// Writes the record and keeps the active queue in step with its status.
+/// Writes the record; a terminal execution leaves the active queue.
 fn save(txn: &redb::WriteTransaction, execution: &Execution) -> Result<()> {
     txn.open_table(EXECUTIONS)?
         .insert(execution.id.as_str(), store::encode(execution)?.as_slice())?;
-    let mut active = txn.open_table(ACTIVE_EXECUTIONS)?;
     if execution.status.is_terminal() {
-        active.remove(execution.id.as_str())?;
-    } else {
-        active.insert(
-            execution.id.as_str(),
-            store::encode(&execution.expires_at)?.as_slice(),
-        )?;
+        txn.open_table(ACTIVE_EXECUTIONS)?
+            .remove(active_key(execution).as_str())?;
     }
     Ok(())
+}
+
+/// `{expires_at ms:020}/{id}`: new entries append (ids are random, deadlines are
+/// not), which keeps a batch of accepts on few pages, and the queue reads in
+/// deadline order.
+fn active_key(execution: &Execution) -> String {
+    format!(
+        "{:020}/{}",
+        execution.expires_at.timestamp_millis().max(0),
+        execution.id
+    )
+}
+
+/// Parses an [`active_key`].
+fn parse_active_key(key: &str) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
+    let (millis, id) = key.split_once('/')?;
+    let expires = chrono::DateTime::from_timestamp_millis(millis.parse().ok()?)?;
+    Some((id.to_string(), expires))
 }
 
 /// The hash that tells "same request" from "different request" for idempotency:

@@ -80,6 +80,8 @@ pub struct Attempt {
     pub outcome: Option<String>,
 }
 
+/// Stored as JSON; absent optional fields are left out (the record is rewritten
+/// on every transition, and its size is most of an accept's write).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Execution {
     pub id: String,
@@ -89,19 +91,26 @@ pub struct Execution {
     pub input: Value,
     pub metadata: Value,
     pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     pub hold_amount: Micros,
     pub estimated_cost: Micros,
     /// what the adapter expects the input to consume (ranks providers on retries)
     #[serde(default)]
     pub usage_estimate: crate::routing::Units,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<Micros>,
     pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
     pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ExecutionError>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
     /// when each status was entered
     pub transitions: Vec<(Status, DateTime<Utc>)>,
