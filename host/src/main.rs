@@ -97,6 +97,19 @@ enum AdminCommand {
         #[arg(long)]
         memo: Option<String>,
     },
+    /// Set how long an organization's files live when an upload does not say.
+    FileTtl {
+        #[arg(long)]
+        org: String,
+        /// 1 to 365
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
+        days: u32,
+    },
+    /// Every upload, download, grant and delete of a file.
+    FileAudit {
+        #[arg(long)]
+        file: String,
+    },
     /// List loaded plugins.
     Plugins,
     /// Install or replace a plugin at runtime (validated before it goes live).
@@ -199,6 +212,12 @@ async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
         } => client
             .post(format!("{base}/admin/v1/organizations/{org}/credit"))
             .json(&json!({ "amount_usd": amount_usd, "memo": memo })),
+        AdminCommand::FileTtl { org, days } => client
+            .patch(format!("{base}/admin/v1/organizations/{org}"))
+            .json(&json!({ "file_ttl_days": days })),
+        AdminCommand::FileAudit { file } => {
+            client.get(format!("{base}/admin/v1/files/{file}/audit"))
+        }
         AdminCommand::Plugins => client.get(format!("{base}/admin/v1/plugins")),
         AdminCommand::InstallPlugin { name, file } => {
             let wasm =

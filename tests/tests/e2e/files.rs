@@ -388,16 +388,25 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         org.body["organization_id"].as_str().unwrap(),
         org.body["api_key"].as_str().unwrap(),
     );
-    let ttl = server
-        .call(
-            Method::PATCH,
-            &format!("/admin/v1/organizations/{org_id}"),
-            Some(&server.admin_token),
-            Some(json!({"file_ttl_days": 3})),
-            &[],
-        )
-        .await;
-    assert_eq!(ttl.status, StatusCode::OK, "{:?}", ttl.body);
+    // (set by the operator's CLI, which calls the admin API)
+    let ttl = std::process::Command::new(crate::support::binary())
+        .args([
+            "admin",
+            "--url",
+            &server.url,
+            "--token",
+            &server.admin_token,
+        ])
+        .args(["file-ttl", "--org", org_id, "--days", "3"])
+        .output()
+        .expect("run modelroute admin");
+    assert!(
+        ttl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ttl.stderr)
+    );
+    let ttl: Value = serde_json::from_slice(&ttl.stdout).unwrap();
+    assert_eq!(ttl["file_ttl_days"], json!(3));
     let three_days = upload(&server, org_key, image.clone()).await;
     let lifetime = chrono::DateTime::parse_from_rfc3339(three_days["expires_at"].as_str().unwrap())
         .unwrap()
