@@ -215,6 +215,39 @@ pub async fn signing_key(store: &Store, name: &'static str) -> Result<Vec<u8>> {
         .await
 }
 
+/// One page of a list: walks `index` (keys `{prefix}…/{id}`, empty values) from
+/// `start`, loads each id from `records`, keeps what `keep` accepts, and stops at
+/// `limit`. Returns the page and whether more follow.
+pub fn page<T: DeserializeOwned>(
+    index: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    records: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+    start: &str,
+    limit: usize,
+    mut keep: impl FnMut(&T) -> bool,
+) -> Result<(Vec<T>, bool)> {
+    let mut page = Vec::new();
+    for row in index.range(start..)? {
+        let (key, _) = row?;
+        let key = key.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let id = key.rsplit('/').next().unwrap_or_default();
+        let Some(record) = get::<T>(records, id)? else {
+            continue;
+        };
+        if !keep(&record) {
+            continue;
+        }
+        if page.len() == limit {
+            return Ok((page, true));
+        }
+        page.push(record);
+    }
+    Ok((page, false))
+}
+
 /// Next value of a named counter (inside a write transaction).
 pub fn next_sequence(txn: &WriteTransaction, name: &str) -> Result<u64> {
     let mut meta = txn.open_table(META)?;

@@ -321,30 +321,17 @@ impl Executions {
                     }
                     None => prefix.clone(),
                 };
-                let mut page = Vec::new();
-                let mut has_more = false;
-                for row in index.range(start.as_str()..)? {
-                    let (key, _) = row?;
-                    let key = key.value();
-                    if !key.starts_with(&prefix) {
-                        break;
-                    }
-                    let id = key.rsplit('/').next().unwrap_or_default();
-                    let Some(execution) = load(&executions, id)? else {
-                        continue;
-                    };
-                    if status.is_some_and(|s| s != execution.status)
-                        || model.is_some_and(|m| m != execution.model)
-                    {
-                        continue;
-                    }
-                    if page.len() == limit {
-                        has_more = true;
-                        break;
-                    }
-                    page.push(execution);
-                }
-                Ok(Ok((page, has_more)))
+                let page = store::page(
+                    &index,
+                    &executions,
+                    &prefix,
+                    &start,
+                    limit,
+                    |e: &Execution| {
+                        status.is_none_or(|s| s == e.status) && model.is_none_or(|m| m == e.model)
+                    },
+                )?;
+                Ok(Ok(page))
             })
             .map_err(ApiError::from)?
     }

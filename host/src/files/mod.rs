@@ -446,28 +446,15 @@ impl Files {
                         }
                     },
                 };
-                let mut page = Vec::new();
-                let mut has_more = false;
-                for row in index.range(start.as_str()..)? {
-                    let (key, _) = row?;
-                    let key = key.value();
-                    if !key.starts_with(&prefix) {
-                        break;
-                    }
-                    let id = key.rsplit('/').next().unwrap_or_default();
-                    let Some(record) = store::get::<FileRecord>(&records, id)? else {
-                        continue;
-                    };
-                    if record.expires_at <= now {
-                        continue;
-                    }
-                    if page.len() == limit {
-                        has_more = true;
-                        break;
-                    }
-                    page.push(record);
-                }
-                Ok(Ok((page, has_more)))
+                let page = store::page(
+                    &index,
+                    &records,
+                    &prefix,
+                    &start,
+                    limit,
+                    |r: &FileRecord| r.expires_at > now,
+                )?;
+                Ok(Ok(page))
             })
             .map_err(ApiError::from)?
     }

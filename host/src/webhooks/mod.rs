@@ -247,19 +247,15 @@ fn endpoints_of(txn: &WriteTransaction, org_id: &str) -> Result<Vec<Endpoint>> {
     let endpoints = txn.open_table(WEBHOOK_ENDPOINTS)?;
     let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
     let prefix = format!("{org_id}/");
-    let mut found = Vec::new();
-    for row in index.range(prefix.as_str()..)? {
-        let (key, _) = row?;
-        let key = key.value();
-        if !key.starts_with(&prefix) {
-            break;
-        }
-        let id = key.rsplit('/').next().unwrap_or_default();
-        if let Some(endpoint) = store::get::<Endpoint>(&endpoints, id)? {
-            found.push(endpoint);
-        }
-    }
-    Ok(found)
+    let (all, _) = store::page(
+        &index,
+        &endpoints,
+        &prefix,
+        &prefix,
+        usize::MAX,
+        |_: &Endpoint| true,
+    )?;
+    Ok(all)
 }
 
 /// The organization's default secret, which signs deliveries to per-execution
@@ -320,22 +316,14 @@ pub fn list_endpoints(
     let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
     let prefix = format!("{org_id}/");
     let start = starting_after.map_or(prefix.clone(), |after| by_org_key(after) + "\u{0}");
-    let mut page = Vec::new();
-    for row in index.range(start.as_str()..)? {
-        let (key, _) = row?;
-        let key = key.value();
-        if !key.starts_with(&prefix) {
-            break;
-        }
-        let id = key.rsplit('/').next().unwrap_or_default();
-        if let Some(endpoint) = store::get::<Endpoint>(&endpoints, id)? {
-            if page.len() == limit {
-                return Ok((page, true));
-            }
-            page.push(endpoint);
-        }
-    }
-    Ok((page, false))
+    store::page(
+        &index,
+        &endpoints,
+        &prefix,
+        &start,
+        limit,
+        |_: &Endpoint| true,
+    )
 }
 
 #[cfg(test)]
