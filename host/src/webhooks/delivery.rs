@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
 use super::{
-    Delivery, DeliveryState, Endpoint, StoredEvent, Target, default_secret, save_delivery,
-    save_endpoint,
+    Delivery, DeliveryState, Endpoint, StoredEvent, Target, default_secret, retire_delivery,
+    save_delivery, save_endpoint,
 };
 use crate::clock;
 use crate::netguard::Policy;
@@ -298,7 +298,14 @@ impl Webhooks {
                         }
                     }
                 }
-                save_delivery(txn, &current, previous_due)?;
+                match current.state {
+                    DeliveryState::Pending => save_delivery(txn, &current, previous_due)?,
+                    DeliveryState::Delivered => retire_delivery(txn, &current, previous_due)?,
+                    DeliveryState::Dead => {
+                        tracing::warn!(delivery = %current.id, event = %current.event_id, attempts = current.attempts, error = ?current.last_error, "webhook delivery given up");
+                        retire_delivery(txn, &current, previous_due)?;
+                    }
+                }
                 if let (true, Target::Endpoint(endpoint_id)) = (sent, &current.target) {
                     let endpoint: Option<Endpoint> =
                         store::get(&txn.open_table(WEBHOOK_ENDPOINTS)?, endpoint_id)?;

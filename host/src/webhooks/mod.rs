@@ -133,12 +133,15 @@ pub struct Delivery {
     pub last_error: Option<String>,
 }
 
-/// A stored event: its exact body, so every redelivery is byte-identical.
+/// A stored event: its exact body, so every redelivery is byte-identical. It is
+/// kept while any of its deliveries is pending.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredEvent {
     pub organization_id: String,
     pub event_type: String,
     pub body: String,
+    /// deliveries not yet delivered or dead
+    pub pending: u32,
 }
 
 /// The event an execution change causes: `started` when it first starts running,
@@ -189,6 +192,7 @@ pub fn enqueue(txn: &WriteTransaction, execution: &Execution, event_type: &str) 
         organization_id: org.clone(),
         event_type: event_type.to_string(),
         body: body.to_string(),
+        pending: targets.len() as u32,
     };
     txn.open_table(WEBHOOK_EVENTS)?
         .insert(event_id.as_str(), store::encode(&event)?.as_slice())?;
@@ -227,6 +231,36 @@ fn save_delivery(
     }
     txn.open_table(WEBHOOK_DELIVERIES)?
         .insert(delivery.id.as_str(), store::encode(delivery)?.as_slice())?;
+    Ok(())
+}
+
+/// Removes a delivery that reached its end (delivered or dead) from the outbox, and
+/// its event once no delivery of it is pending: the outbox holds only work to do.
+fn retire_delivery(
+    txn: &WriteTransaction,
+    delivery: &Delivery,
+    previous_due: Option<DateTime<Utc>>,
+) -> Result<()> {
+    if let Some(previous) = previous_due {
+        txn.open_table(WEBHOOK_DUE)?
+            .remove(due_key(previous, &delivery.id).as_str())?;
+    }
+    txn.open_table(WEBHOOK_DELIVERIES)?
+        .remove(delivery.id.as_str())?;
+    let mut events = txn.open_table(WEBHOOK_EVENTS)?;
+    let event: Option<StoredEvent> = store::get(&events, &delivery.event_id)?;
+    match event {
+        Some(mut event) if event.pending > 1 => {
+            event.pending -= 1;
+            events.insert(
+                delivery.event_id.as_str(),
+                store::encode(&event)?.as_slice(),
+            )?;
+        }
+        _ => {
+            events.remove(delivery.event_id.as_str())?;
+        }
+    }
     Ok(())
 }
 
@@ -329,6 +363,71 @@ pub fn list_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
+    use redb::ReadableTableMetadata;
+
+    fn execution(status: &str) -> Execution {
+        serde_json::from_value(json!({
+            "id": "exec_1", "organization_id": "org_1", "model": "flux-1.1-pro",
+            "status": status, "input": {}, "metadata": {}, "mode": "ASYNC",
+            "webhook_url": "https://hooks.example/a", "hold_amount": "0.01",
+            "estimated_cost": "0.01", "created_at": "2026-11-24T10:00:00Z",
+            "expires_at": "2026-11-24T11:00:00Z", "transitions": []
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_only_pending_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let queued = store
+            .write(|txn| enqueue(txn, &execution("COMPLETED"), "execution.completed"))
+            .await
+            .unwrap();
+        assert!(queued);
+        let count = |table| store.read(|txn| Ok(txn.open_table(table)?.len()?)).unwrap();
+        assert_eq!(
+            (
+                count(WEBHOOK_EVENTS),
+                count(WEBHOOK_DELIVERIES),
+                count(WEBHOOK_DUE)
+            ),
+            (1, 1, 1)
+        );
+        let delivery: Delivery = store
+            .read(|txn| {
+                let table = txn.open_table(WEBHOOK_DELIVERIES)?;
+                let (_, value) = table.first()?.unwrap();
+                store::decode(value.value())
+            })
+            .unwrap();
+        store
+            .write(move |txn| retire_delivery(txn, &delivery, delivery.next_attempt_at))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                count(WEBHOOK_EVENTS),
+                count(WEBHOOK_DELIVERIES),
+                count(WEBHOOK_DUE)
+            ),
+            (0, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_queued_without_a_receiver() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let mut quiet = execution("FAILED");
+        quiet.webhook_url = None;
+        let queued = store
+            .write(move |txn| enqueue(txn, &quiet, "execution.failed"))
+            .await
+            .unwrap();
+        assert!(!queued);
+    }
 
     #[test]
     fn secrets_are_whsec_and_40_alphanumerics() {
