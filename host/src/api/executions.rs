@@ -161,25 +161,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Reads `{model, input, webhook_url?, metadata?, mode?, wait_seconds?}`, reporting
 /// every problem at once.
 fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), ApiError> {
-    let mut details = Vec::new();
-    for field in body.keys() {
-        if ![
+    let mut details = super::unknown_fields(
+        body,
+        &[
             "model",
             "input",
             "webhook_url",
             "metadata",
             "mode",
             "wait_seconds",
-        ]
-        .contains(&field.as_str())
-        {
-            details.push(Detail::new(
-                field,
-                DetailCode::UnknownField,
-                format!("unknown field {field}"),
-            ));
-        }
-    }
+        ],
+    );
     let model = match body.get("model") {
         Some(Value::String(model)) if !model.is_empty() => model.clone(),
         Some(Value::String(_)) | None => {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{JsonObject, Page, list_body, require};
+use super::{JsonObject, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, DetailCode};
@@ -31,20 +31,16 @@ pub async fn create_upload(
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&caller, Scope::Execution)?;
-    let known = [
-        "purpose",
-        "ttl_days",
-        "filename",
-        "content_type",
-        "size_bytes",
-    ];
-    if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            unknown,
-            DetailCode::UnknownField,
-            format!("unknown field {unknown}"),
-        ));
-    }
+    known_fields(
+        &body,
+        &[
+            "purpose",
+            "ttl_days",
+            "filename",
+            "content_type",
+            "size_bytes",
+        ],
+    )?;
     let purpose = match body.get("purpose").and_then(Value::as_str) {
         Some(purpose @ ("INPUT" | "UPLOAD")) => purpose.to_string(),
         None if body.get("purpose").is_none_or(Value::is_null) => {

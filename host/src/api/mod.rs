@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::App;
 use crate::auth::{self, Caller, Scope};
-use crate::error::{ApiError, Code, DetailCode};
+use crate::error::{ApiError, Code, Detail, DetailCode};
 use crate::ids::new_short_id;
 
 /// Largest JSON body accepted by any endpoint.
@@ -249,6 +249,30 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 format!("malformed JSON: {error}"),
             )),
         }
+    }
+}
+
+/// A `details` entry for every field of `body` not in `known`.
+pub fn unknown_fields(body: &serde_json::Map<String, Value>, known: &[&str]) -> Vec<Detail> {
+    body.keys()
+        .filter(|field| !known.contains(&field.as_str()))
+        .map(|field| {
+            Detail::new(
+                field,
+                DetailCode::UnknownField,
+                format!("unknown field {field}"),
+            )
+        })
+        .collect()
+}
+
+/// Refuses a body with fields outside `known`.
+pub fn known_fields(body: &serde_json::Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    let details = unknown_fields(body, known);
+    if details.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(details))
     }
 }
 

@@ -4,11 +4,11 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::{JsonObject, Page, list_body, require};
+use super::{JsonObject, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::clock;
@@ -245,17 +245,6 @@ fn find(app: &App, caller: &Caller, id: &str) -> Result<Endpoint, ApiError> {
     app.store
         .read(|txn| webhooks::endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &caller.org_id, id))?
         .ok_or_else(ApiError::not_found)
-}
-
-fn known_fields(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
-    match body.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(unknown) => Err(ApiError::invalid(
-            unknown,
-            DetailCode::UnknownField,
-            format!("unknown field {unknown}"),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// A URL deliveries may go to under the operator's policy (scheme, and every

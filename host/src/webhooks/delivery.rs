@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
 use super::{
-    Delivery, DeliveryState, Endpoint, StoredEvent, Target, default_secret, retire_delivery,
-    save_delivery, save_endpoint,
+    Delivery, Endpoint, StoredEvent, Target, default_secret, retire_delivery, save_delivery,
+    save_endpoint,
 };
 use crate::clock;
 use crate::netguard::Policy;
@@ -204,9 +204,6 @@ impl Webhooks {
             };
             return self.record(delivery, Attempted::Abandoned(reason)).await;
         };
-        if delivery.state != DeliveryState::Pending {
-            return Ok(());
-        }
         let result = self.send(&url, &secret, &headers, &event.body).await;
         self.record(delivery, Attempted::Sent(result)).await
     }
@@ -267,11 +264,9 @@ impl Webhooks {
                 else {
                     return Ok(());
                 };
-                if current.state != DeliveryState::Pending || current.attempts != delivery.attempts
-                {
+                if current.attempts != delivery.attempts {
                     return Ok(());
                 }
-                let previous_due = current.next_attempt_at;
                 let delivered = status.is_some_and(|s| (200..300).contains(&s));
                 if sent {
                     current.attempts += 1;
@@ -279,31 +274,21 @@ impl Webhooks {
                     current.last_status = status;
                 }
                 current.last_error = error.clone();
-                if delivered {
-                    current.state = DeliveryState::Delivered;
-                    current.next_attempt_at = None;
-                } else {
-                    let retry = sent
-                        .then(|| RETRY_SCHEDULE_MINUTES.get(current.attempts as usize - 1))
-                        .flatten()
-                        .map(|minutes| now + Duration::minutes(*minutes))
-                        .filter(|at| {
-                            *at <= current.created_at + Duration::hours(GIVE_UP_AFTER_HOURS)
-                        });
-                    match retry {
-                        Some(at) => current.next_attempt_at = Some(at),
-                        None => {
-                            current.state = DeliveryState::Dead;
-                            current.next_attempt_at = None;
-                        }
+                let retry = (sent && !delivered)
+                    .then(|| RETRY_SCHEDULE_MINUTES.get(current.attempts as usize - 1))
+                    .flatten()
+                    .map(|minutes| now + Duration::minutes(*minutes))
+                    .filter(|at| *at <= current.created_at + Duration::hours(GIVE_UP_AFTER_HOURS));
+                match retry {
+                    Some(at) => {
+                        let previous_due = std::mem::replace(&mut current.next_attempt_at, at);
+                        save_delivery(txn, &current, Some(previous_due))?;
                     }
-                }
-                match current.state {
-                    DeliveryState::Pending => save_delivery(txn, &current, previous_due)?,
-                    DeliveryState::Delivered => retire_delivery(txn, &current, previous_due)?,
-                    DeliveryState::Dead => {
-                        tracing::warn!(delivery = %current.id, event = %current.event_id, attempts = current.attempts, error = ?current.last_error, "webhook delivery given up");
-                        retire_delivery(txn, &current, previous_due)?;
+                    None => {
+                        if !delivered {
+                            tracing::warn!(delivery = %current.id, event = %current.event_id, attempts = current.attempts, error = ?current.last_error, "webhook delivery given up");
+                        }
+                        retire_delivery(txn, &current)?;
                     }
                 }
                 if let (true, Target::Endpoint(endpoint_id)) = (sent, &current.target) {

@@ -108,26 +108,18 @@ pub enum Target {
     Url(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum DeliveryState {
-    Pending,
-    Delivered,
-    /// given up: retries exhausted, 24 hours passed, or the endpoint is gone
-    Dead,
-}
-
+/// One event's pending delivery to one URL. Delivered and given-up deliveries
+/// leave the store ([`retire_delivery`]), so every stored one has work to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delivery {
     pub id: String,
     pub event_id: String,
     pub organization_id: String,
     pub target: Target,
-    pub state: DeliveryState,
     /// sends so far
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
-    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: DateTime<Utc>,
     pub last_attempt_at: Option<DateTime<Utc>>,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
@@ -202,10 +194,9 @@ pub fn enqueue(txn: &WriteTransaction, execution: &Execution, event_type: &str) 
             event_id: event_id.clone(),
             organization_id: org.clone(),
             target,
-            state: DeliveryState::Pending,
             attempts: 0,
             created_at: now,
-            next_attempt_at: Some(now),
+            next_attempt_at: now,
             last_attempt_at: None,
             last_status: None,
             last_error: None,
@@ -226,9 +217,10 @@ fn save_delivery(
     if let Some(previous) = previous_due {
         due.remove(due_key(previous, &delivery.id).as_str())?;
     }
-    if let (DeliveryState::Pending, Some(next)) = (delivery.state, delivery.next_attempt_at) {
-        due.insert(due_key(next, &delivery.id).as_str(), [].as_slice())?;
-    }
+    due.insert(
+        due_key(delivery.next_attempt_at, &delivery.id).as_str(),
+        [].as_slice(),
+    )?;
     txn.open_table(WEBHOOK_DELIVERIES)?
         .insert(delivery.id.as_str(), store::encode(delivery)?.as_slice())?;
     Ok(())
@@ -236,15 +228,9 @@ fn save_delivery(
 
 /// Removes a delivery that reached its end (delivered or dead) from the outbox, and
 /// its event once no delivery of it is pending: the outbox holds only work to do.
-fn retire_delivery(
-    txn: &WriteTransaction,
-    delivery: &Delivery,
-    previous_due: Option<DateTime<Utc>>,
-) -> Result<()> {
-    if let Some(previous) = previous_due {
-        txn.open_table(WEBHOOK_DUE)?
-            .remove(due_key(previous, &delivery.id).as_str())?;
-    }
+fn retire_delivery(txn: &WriteTransaction, delivery: &Delivery) -> Result<()> {
+    txn.open_table(WEBHOOK_DUE)?
+        .remove(due_key(delivery.next_attempt_at, &delivery.id).as_str())?;
     txn.open_table(WEBHOOK_DELIVERIES)?
         .remove(delivery.id.as_str())?;
     let mut events = txn.open_table(WEBHOOK_EVENTS)?;
@@ -403,7 +389,7 @@ mod tests {
             })
             .unwrap();
         store
-            .write(move |txn| retire_delivery(txn, &delivery, delivery.next_attempt_at))
+            .write(move |txn| retire_delivery(txn, &delivery))
             .await
             .unwrap();
         assert_eq!(
