@@ -118,6 +118,37 @@ fn post(
     execution_id: Option<&str>,
     memo: Option<&str>,
 ) -> Result<()> {
+    let mut accounts = txn.open_table(ACCOUNTS)?;
+    let account = store::get(&accounts, org_id)?.unwrap_or_default();
+    let posting = Posting {
+        kind,
+        amount,
+        execution_id,
+        memo,
+    };
+    post_to(txn, &mut accounts, (org_id, account), posting)
+}
+
+/// One entry to record.
+struct Posting<'a> {
+    kind: EntryKind,
+    amount: Micros,
+    execution_id: Option<&'a str>,
+    memo: Option<&'a str>,
+}
+
+/// [`post`] to an account already read from the open `accounts` table.
+fn post_to(
+    txn: &WriteTransaction,
+    accounts: &mut redb::Table<&'static str, &'static [u8]>,
+    (org_id, mut account): (&str, Account),
+    Posting {
+        kind,
+        amount,
+        execution_id,
+        memo,
+    }: Posting,
+) -> Result<()> {
     let (debit, credit) = match kind {
         EntryKind::Deposit => (Bucket::External, Bucket::Available),
         EntryKind::Hold => (Bucket::Available, Bucket::Held),
@@ -125,8 +156,6 @@ fn post(
         EntryKind::Release => (Bucket::Held, Bucket::Available),
         EntryKind::Absorbed => (Bucket::PlatformLoss, Bucket::ProviderPayable),
     };
-    let mut accounts = txn.open_table(ACCOUNTS)?;
-    let mut account: Account = store::get(&accounts, org_id)?.unwrap_or_default();
     if account.apply(debit, credit, amount).is_none() {
         bail!("ledger would go negative: {kind:?} {amount} for {org_id}");
     }
@@ -161,20 +190,20 @@ pub fn hold(
     amount: Micros,
     execution_id: &str,
 ) -> Result<HoldResult> {
-    let available = store::get::<Account>(&txn.open_table(ACCOUNTS)?, org_id)?
-        .unwrap_or_default()
-        .available;
-    if available < amount {
-        return Ok(HoldResult::InsufficientBalance { available });
+    let mut accounts = txn.open_table(ACCOUNTS)?;
+    let account: Account = store::get(&accounts, org_id)?.unwrap_or_default();
+    if account.available < amount {
+        return Ok(HoldResult::InsufficientBalance {
+            available: account.available,
+        });
     }
-    post(
-        txn,
-        org_id,
-        EntryKind::Hold,
+    let posting = Posting {
+        kind: EntryKind::Hold,
         amount,
-        Some(execution_id),
-        None,
-    )?;
+        execution_id: Some(execution_id),
+        memo: None,
+    };
+    post_to(txn, &mut accounts, (org_id, account), posting)?;
     Ok(HoldResult::Placed)
 }
 

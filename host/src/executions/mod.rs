@@ -207,26 +207,37 @@ impl Executions {
         execution: Execution,
         idempotency: Option<(String, String)>,
     ) -> Result<CreateOutcome> {
+        // Everything that does not need the transaction is prepared here, off the
+        // single writer thread.
         let now = execution.created_at;
+        let record = store::encode(&execution)?;
+        let active = active_key(&execution);
+        let by_org = by_org_key(&execution);
+        let claim = match idempotency {
+            Some((key, request_hash)) => {
+                let claim = Claim {
+                    request_hash,
+                    execution_id: execution.id.clone(),
+                    expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
+                };
+                let key = format!("{}/{key}", execution.organization_id);
+                Some((key, store::encode(&claim)?, claim.request_hash))
+            }
+            None => None,
+        };
         self.store
             .write(move |txn| {
-                let claim_key = idempotency
-                    .as_ref()
-                    .map(|(key, _)| format!("{}/{key}", execution.organization_id));
-                if let (Some(claim_key), Some((_, request_hash))) = (&claim_key, &idempotency) {
-                    let claims = txn.open_table(IDEMPOTENCY)?;
-                    if let Some(claim) = store::get::<Claim>(&claims, claim_key)?
-                        && claim.expires_at > now
-                    {
-                        if claim.request_hash != *request_hash {
-                            return Ok(CreateOutcome::KeyReused);
-                        }
-                        let original =
-                            store::get(&txn.open_table(EXECUTIONS)?, &claim.execution_id)?;
-                        return Ok(
-                            original.map_or(CreateOutcome::KeyReused, CreateOutcome::Replayed)
-                        );
+                let mut executions = txn.open_table(EXECUTIONS)?;
+                let mut claims = txn.open_table(IDEMPOTENCY)?;
+                if let Some((claim_key, _, request_hash)) = &claim
+                    && let Some(existing) = store::get::<Claim>(&claims, claim_key)?
+                    && existing.expires_at > now
+                {
+                    if existing.request_hash != *request_hash {
+                        return Ok(CreateOutcome::KeyReused);
                     }
+                    let original = store::get(&executions, &existing.execution_id)?;
+                    return Ok(original.map_or(CreateOutcome::KeyReused, CreateOutcome::Replayed));
                 }
                 match billing::hold(
                     txn,
@@ -239,19 +250,13 @@ impl Executions {
                     }
                     HoldResult::Placed => {}
                 }
-                save(txn, &execution)?;
+                executions.insert(execution.id.as_str(), record.as_slice())?;
                 txn.open_table(ACTIVE_EXECUTIONS)?
-                    .insert(active_key(&execution).as_str(), [].as_slice())?;
+                    .insert(active.as_str(), [].as_slice())?;
                 txn.open_table(EXECUTIONS_BY_ORG)?
-                    .insert(by_org_key(&execution).as_str(), [].as_slice())?;
-                if let (Some(claim_key), Some((_, request_hash))) = (claim_key, idempotency) {
-                    let claim = Claim {
-                        request_hash,
-                        execution_id: execution.id.clone(),
-                        expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
-                    };
-                    txn.open_table(IDEMPOTENCY)?
-                        .insert(claim_key.as_str(), store::encode(&claim)?.as_slice())?;
+                    .insert(by_org.as_str(), [].as_slice())?;
+                if let Some((claim_key, encoded, _)) = claim {
+                    claims.insert(claim_key.as_str(), encoded.as_slice())?;
                 }
                 Ok(CreateOutcome::Created(execution))
             })
