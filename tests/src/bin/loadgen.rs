@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, default_value_t = 20000)]
     accepts: usize,
     /// Concurrent clients in the acceptance phase.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 1024)]
     accept_concurrency: usize,
 }
 
