@@ -20,6 +20,13 @@ pub fn now() -> DateTime<Utc> {
     (Utc::now() + offset).trunc_subsecs(3)
 }
 
+/// A monotonic instant on the same clock: the system's, plus every jump. Cool-downs
+/// measured with it (circuit breakers) pass when tests drive the clock.
+pub fn instant() -> std::time::Instant {
+    let offset = OFFSET_MS.load(Ordering::Relaxed).max(0) as u64;
+    std::time::Instant::now() + std::time::Duration::from_millis(offset)
+}
+
 /// Moves the clock forward by `by` and wakes every [`sleep_until`].
 pub fn advance(by: chrono::Duration) {
     OFFSET_MS.fetch_add(by.num_milliseconds().max(0), Ordering::Relaxed);

@@ -602,7 +602,7 @@ impl Dispatcher {
             credential: candidate.provider.credential.as_deref(),
         };
         let provider = &candidate.provider;
-        if !provider.breaker.try_acquire(Instant::now()) {
+        if !provider.breaker.try_acquire(clock::instant()) {
             let open = failure(
                 wit::ErrorCode::ServiceUnavailable,
                 "the provider's circuit breaker is open",
@@ -642,11 +642,11 @@ impl Dispatcher {
                 let healthy = !matches!(&outcome, wit::Outcome::Failed(f) if f.retryable);
                 provider
                     .breaker
-                    .record(healthy, Some(started.elapsed()), Instant::now());
+                    .record(healthy, Some(started.elapsed()), clock::instant());
                 (outcome, answered)
             }
             Err(error) => {
-                provider.breaker.record(false, None, Instant::now());
+                provider.breaker.record(false, None, clock::instant());
                 (wit::Outcome::Failed(error.failure()), false)
             }
         }

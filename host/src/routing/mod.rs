@@ -15,9 +15,9 @@ pub use breaker::State as BreakerState;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::Semaphore;
 
+use crate::clock;
 use crate::config::{Config, PriceOverride, ProviderConfig, ProviderModelConfig};
 use crate::money::Micros;
 use crate::plugins::{LoadedPlugin, Registry, wit};
@@ -77,7 +77,7 @@ impl Provider {
 
     /// Whether the breaker lets traffic through (closed or probing).
     pub fn is_available(&self) -> bool {
-        self.breaker.state(Instant::now()) != BreakerState::Open
+        self.breaker.state(clock::instant()) != BreakerState::Open
     }
 }
 

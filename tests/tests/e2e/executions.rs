@@ -49,6 +49,14 @@ fn flux() -> Value {
     json!({"model": "flux-1.1-pro", "input": flux_input()})
 }
 
+/// Runs one flux execution and asserts that it completed.
+async fn complete_flux(server: &Server) -> Value {
+    let id = create(server, flux()).await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    execution
+}
+
 /// Nothing a client sees may name the provider or its address.
 fn assert_no_provider_leak(value: &Value, emulator_url: &str) {
     let text = value.to_string().to_lowercase();
@@ -230,9 +238,12 @@ async fn a_failing_provider_fails_over_to_the_next() {
 }
 
 /// A 503 storm opens the broken provider's breaker: later executions go straight to
-/// the healthy one instead of trying the broken one first.
+/// the healthy one instead of trying the broken one first. Once the provider has
+/// recovered and the cool-down has passed (on the driven clock), one probe goes
+/// through, its success closes the breaker, and the cheaper provider has the traffic
+/// again.
 #[tokio::test]
-async fn a_503_storm_opens_the_breaker_and_traffic_moves() {
+async fn a_503_storm_opens_the_breaker_traffic_moves_and_recovery_closes_it() {
     let broken = openai_emulator().await;
     broken.set_always(Some(Fault::Status {
         status: 503,
@@ -240,11 +251,16 @@ async fn a_503_storm_opens_the_breaker_and_traffic_moves() {
         body: None,
     }));
     let healthy = replicate_emulator().await;
-    let server = Server::start(&[replicate_provider(&healthy), openai_provider(&broken)]).await;
+    let server = Server::start_with(
+        &[replicate_provider(&healthy), openai_provider(&broken)],
+        Options {
+            config: "[testing]\nclock_control = true",
+            ..Options::default()
+        },
+    )
+    .await;
     for _ in 0..10 {
-        let id = create(&server, flux()).await;
-        let execution = server.wait_terminal(&id, WAIT).await;
-        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+        complete_flux(&server).await;
     }
     let tried = broken.count("/v1/images/generations");
     assert!(
@@ -252,6 +268,58 @@ async fn a_503_storm_opens_the_breaker_and_traffic_moves() {
         "the breaker should open after a handful of failures, not {tried}"
     );
     assert_eq!(healthy.count("/v1/models/"), 10);
+
+    // Still open: the recovered provider is not tried before the cool-down ends.
+    broken.set_always(None);
+    complete_flux(&server).await;
+    assert_eq!(broken.count("/v1/images/generations"), tried);
+    assert_eq!(healthy.count("/v1/models/"), 11);
+
+    server.advance_clock(11).await;
+    for _ in 0..3 {
+        complete_flux(&server).await;
+    }
+    assert_eq!(
+        broken.count("/v1/images/generations"),
+        tried + 3,
+        "the probe succeeded and closed the breaker"
+    );
+    assert_eq!(healthy.count("/v1/models/"), 11);
+}
+
+/// A slow provider is not a failed one: its execution completes. Its observed
+/// latency then sends later executions of the same price to a faster provider.
+#[tokio::test]
+async fn a_slow_provider_completes_and_latency_ranks_a_faster_one_first() {
+    let slow = replicate_emulator().await;
+    slow.set_always(Some(Fault::Delay { ms: 400 }));
+    let fast = replicate_emulator().await;
+    let server = Server::start(&[
+        ProviderSpec {
+            name: "slow",
+            ..replicate_provider(&slow)
+        },
+        ProviderSpec {
+            name: "fast",
+            ..replicate_provider(&fast)
+        },
+    ])
+    .await;
+    let execution = complete_flux(&server).await;
+    assert!(
+        execution["latency_ms"].as_u64().unwrap() >= 400,
+        "{execution}"
+    );
+    assert_eq!(
+        slow.count("/v1/models/"),
+        1,
+        "equal price: config order first"
+    );
+    for _ in 0..4 {
+        complete_flux(&server).await;
+    }
+    assert_eq!(slow.count("/v1/models/"), 1);
+    assert_eq!(fast.count("/v1/models/"), 4);
 }
 
 #[tokio::test]
@@ -286,6 +354,17 @@ async fn transient_faults_are_retried_until_the_provider_answers() {
             2,
             "{fault:?}: one failed submit, one retry"
         );
+        if let Fault::Status {
+            retry_after: Some(seconds),
+            ..
+        } = fault
+        {
+            let waited = execution["latency_ms"].as_u64().unwrap();
+            assert!(
+                waited >= u64::from(seconds) * 1000,
+                "the retry came {waited} ms in, before Retry-After: {seconds}"
+            );
+        }
     }
 }
 
