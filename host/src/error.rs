@@ -69,6 +69,21 @@ impl Code {
         )
     }
 
+    /// How much a failure tells the client, to choose one code for an execution whose
+    /// attempts failed differently: what the provider itself said about the model or
+    /// the input ranks above generic or platform-side conditions.
+    pub fn informativeness(self) -> u8 {
+        use Code::*;
+        match self {
+            InternalError => 0,
+            ServiceUnavailable => 1,
+            ModelUnavailable => 2,
+            GenerationFailed => 3,
+            RateLimited | ModelOverloaded | GenerationTimeout => 4,
+            _ => 5,
+        }
+    }
+
     /// The message clients see for a provider-side failure. Provider messages stay in
     /// the operator's logs: they may name the provider or echo its URLs.
     pub fn client_message(self) -> &'static str {

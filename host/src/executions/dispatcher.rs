@@ -333,15 +333,16 @@ impl Dispatcher {
             && chrono::Duration::from_std(delay).is_ok_and(|d| d < time_left);
         tracing::info!(execution = %execution.id, code = ?failure.code, message = %failure.message, retry, "attempt failed");
         let detail = format!("{:?}: {}", failure.code, failure.message);
+        let code = Code::from(failure.code);
         let updated = if retry {
             self.executions
                 .update(&execution.id, move |execution, _| {
-                    execution.close_attempt(&detail, now);
+                    execution.close_attempt(&detail, Some(code), now);
                     Ok(())
                 })
                 .await?
         } else {
-            let code = Code::from(failure.code);
+            let code = execution.final_failure(code);
             self.executions
                 .finish(&execution.id, Ending::Failed { code, detail })
                 .await?
@@ -385,6 +386,7 @@ impl Dispatcher {
             ended_at: None,
             job: None,
             outcome: None,
+            failure: None,
         };
         let attempt_id = attempt.id.clone();
         let started = self

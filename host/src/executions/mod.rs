@@ -490,7 +490,8 @@ impl Executions {
                     &execution.id,
                 )?;
             }
-            execution.close_attempt(&outcome, now);
+            let failure = execution.error.as_ref().map(|error| error.code);
+            execution.close_attempt(&outcome, failure, now);
             execution.completed_at = Some(now);
             execution.set_status(status, now);
             Ok(())

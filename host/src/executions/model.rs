@@ -78,6 +78,9 @@ pub struct Attempt {
     pub job: Option<JobRecord>,
     /// `completed`, or the failure's code and the provider's message (for operators)
     pub outcome: Option<String>,
+    /// the normalized code of a failed attempt
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Code>,
 }
 
 /// Stored as JSON; absent optional fields are left out (the record is rewritten
@@ -132,11 +135,24 @@ impl Execution {
     }
 
     /// Ends the running attempt, if any, with `outcome`.
-    pub fn close_attempt(&mut self, outcome: &str, at: DateTime<Utc>) {
+    pub fn close_attempt(&mut self, outcome: &str, failure: Option<Code>, at: DateTime<Utc>) {
         if let Some(attempt) = self.open_attempt_mut() {
             attempt.ended_at = Some(at);
             attempt.outcome = Some(outcome.to_string());
+            attempt.failure = failure;
         }
+    }
+
+    /// The code an execution that failed with `last` reports: the most informative of
+    /// its attempts' failures, the latest of equals (a failover that ends on "no
+    /// provider available" still reports why the first provider failed).
+    pub fn final_failure(&self, last: Code) -> Code {
+        self.attempts
+            .iter()
+            .filter_map(|attempt| attempt.failure)
+            .chain([last])
+            .max_by_key(|code| code.informativeness())
+            .unwrap_or(last)
     }
 
     pub fn set_status(&mut self, status: Status, at: DateTime<Utc>) {
@@ -181,5 +197,53 @@ impl Execution {
             "expires_at": self.expires_at,
             "created_at": self.created_at,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_attempt(failure: Code) -> Attempt {
+        Attempt {
+            id: "att_1".into(),
+            provider: "p".into(),
+            plugin: "p".into(),
+            plugin_version: "1".into(),
+            plugin_sha256: "0".into(),
+            started_at: Utc::now(),
+            ended_at: Some(Utc::now()),
+            job: None,
+            outcome: Some(format!("{failure:?}")),
+            failure: Some(failure),
+        }
+    }
+
+    #[test]
+    fn the_final_failure_is_the_most_informative_and_the_latest_of_equals() {
+        let mut execution: Execution = serde_json::from_value(serde_json::json!({
+            "id": "exec_1", "organization_id": "org_1", "model": "m", "status": "PROCESSING",
+            "input": {}, "metadata": {}, "mode": "ASYNC", "hold_amount": "0.01",
+            "estimated_cost": "0.01", "created_at": "2026-11-24T10:00:00Z",
+            "expires_at": "2026-11-24T11:00:00Z", "attempts": [], "transitions": [],
+        }))
+        .unwrap();
+        assert_eq!(
+            execution.final_failure(Code::ServiceUnavailable),
+            Code::ServiceUnavailable
+        );
+        execution.attempts = vec![
+            failed_attempt(Code::ModelOverloaded),
+            failed_attempt(Code::GenerationFailed),
+        ];
+        // The first provider said it was overloaded; the last could not be reached.
+        assert_eq!(
+            execution.final_failure(Code::ServiceUnavailable),
+            Code::ModelOverloaded
+        );
+        assert_eq!(
+            execution.final_failure(Code::GenerationTimeout),
+            Code::GenerationTimeout
+        );
     }
 }

@@ -388,6 +388,46 @@ async fn a_silent_provider_times_out_and_the_execution_fails_cleanly() {
     assert_eq!(server.get("/v1/balance").await.body["available"], "100");
 }
 
+/// The first provider says it is overloaded, the fallback cannot be reached: the
+/// execution reports the overload (what a client can act on), not the last
+/// connection error.
+#[tokio::test]
+async fn a_failed_failover_reports_the_most_informative_code() {
+    let overloaded = openai_emulator().await;
+    overloaded.set_always(Some(Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: None,
+    }));
+    let unreachable = replicate_emulator().await;
+    unreachable.set_always(Some(Fault::Reset));
+    let server = Server::start_with(
+        &[
+            replicate_provider(&unreachable),
+            openai_provider(&overloaded),
+        ],
+        Options {
+            executions: "max_attempts = 2",
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = create(&server, flux()).await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "FAILED", "{execution}");
+    assert_eq!(
+        overloaded.count("/v1/images/generations"),
+        1,
+        "cheaper, first"
+    );
+    assert_eq!(unreachable.count("/v1/models/"), 1, "then the fallback");
+    assert_eq!(
+        execution["error"]["code"], "MODEL_OVERLOADED",
+        "{execution}"
+    );
+    assert_eq!(execution["error"]["retryable"], true);
+}
+
 /// Also guards the off-by-one that made one attempt more than `max_attempts`.
 #[tokio::test]
 async fn exhausted_retries_fail_with_the_provider_classification() {
