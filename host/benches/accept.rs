@@ -39,6 +39,7 @@ fn execution(org: &str) -> Execution {
         metadata: json!({}),
         mode: Mode::Async,
         webhook_url: None,
+        claim: None,
         hold_amount: Micros(10_000),
         estimated_cost: Micros(50),
         usage_estimate: Default::default(),
@@ -76,6 +77,7 @@ fn accepts(c: &mut Criterion) {
         Arc::new(files),
         dispatch,
         Arc::new(tokio::sync::Notify::new()),
+        vec![9; 32],
     ));
     runtime.block_on(async {
         store

@@ -111,6 +111,7 @@ pub async fn serve(config: Config) -> Result<()> {
         files.clone(),
         accepted,
         outbox,
+        store::signing_key(&store, executions::IDEMPOTENT_ID_KEY).await?,
     ));
     let callbacks = callbacks::CallbackSigner::load(&store, &config.public_url).await?;
     let dispatcher = Dispatcher::new(

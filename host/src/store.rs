@@ -28,8 +28,6 @@ pub const LEDGER: JsonTable = TableDefinition::new("ledger");
 pub const EXECUTIONS: JsonTable = TableDefinition::new("executions");
 /// `{org}/{newest-first sort key}/{exec}` → empty
 pub const EXECUTIONS_BY_ORG: JsonTable = TableDefinition::new("executions_by_org");
-/// `{org}/{idempotency key}` → claim
-pub const IDEMPOTENCY: JsonTable = TableDefinition::new("idempotency");
 /// `{expires_at ms}/{execution}` of every execution that is not terminal: the
 /// dispatcher's durable queue
 pub const ACTIVE_EXECUTIONS: JsonTable = TableDefinition::new("active_executions");
@@ -79,7 +77,6 @@ impl Store {
             LEDGER,
             EXECUTIONS,
             EXECUTIONS_BY_ORG,
-            IDEMPOTENCY,
             ACTIVE_EXECUTIONS,
             FILES,
             FILES_BY_ORG,

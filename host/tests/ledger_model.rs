@@ -82,6 +82,7 @@ fn open(path: &Path) -> (Store, Executions) {
         Arc::new(files),
         dispatch,
         Arc::new(tokio::sync::Notify::new()),
+        vec![9; 32],
     );
     (store, executions)
 }
@@ -97,6 +98,7 @@ fn execution(org: &str, estimate: Micros) -> Execution {
         metadata: json!({}),
         mode: Mode::Async,
         webhook_url: None,
+        claim: None,
         hold_amount: Micros::hold_for(estimate),
         estimated_cost: estimate,
         usage_estimate: Default::default(),

@@ -6,8 +6,9 @@ pub mod model;
 
 use anyhow::Result;
 use chrono::Duration;
+use hmac::{Hmac, Mac};
 use redb::ReadableTable;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -25,9 +26,9 @@ use crate::ids::new_id;
 use crate::money::Micros;
 use crate::plugins::wit;
 use crate::routing::{self, Router};
-use crate::store::{self, ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG, IDEMPOTENCY, Store};
+use crate::store::{self, ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG, Store};
 use crate::webhooks;
-pub use model::{Execution, Mode, Status};
+pub use model::{Claim, Execution, Mode, Status};
 
 /// A validated `POST /v1/executions` body.
 #[derive(Debug, Clone)]
@@ -39,13 +40,8 @@ pub struct CreateRequest {
     pub webhook_url: Option<String>,
 }
 
-/// An idempotency claim: who asked what, and the execution it created.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Claim {
-    request_hash: String,
-    execution_id: String,
-    expires_at: chrono::DateTime<chrono::Utc>,
-}
+/// The name of the server's secret for [`keyed_id`].
+pub const IDEMPOTENT_ID_KEY: &str = "idempotent-id-key";
 
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_HOURS: i64 = 24;
@@ -82,6 +78,8 @@ pub struct Executions {
     dispatch: tokio::sync::mpsc::UnboundedSender<String>,
     /// wakes the webhook delivery worker
     outbox: Arc<tokio::sync::Notify>,
+    /// the server's secret for the ids of executions created with an idempotency key
+    id_key: Arc<[u8]>,
 }
 
 impl Executions {
@@ -92,6 +90,7 @@ impl Executions {
         files: Arc<Files>,
         dispatch: tokio::sync::mpsc::UnboundedSender<String>,
         outbox: Arc<tokio::sync::Notify>,
+        id_key: Vec<u8>,
     ) -> Executions {
         Executions {
             store,
@@ -103,6 +102,7 @@ impl Executions {
             streams: Mutex::default(),
             dispatch,
             outbox,
+            id_key: id_key.into(),
         }
     }
 
@@ -153,6 +153,7 @@ impl Executions {
             metadata: request.metadata,
             mode: request.mode,
             webhook_url: request.webhook_url,
+            claim: None,
             hold_amount,
             estimated_cost,
             usage_estimate: units,
@@ -204,40 +205,46 @@ impl Executions {
     /// claim in one transaction, unless the key was claimed or the balance is short.
     pub async fn accept(
         &self,
-        execution: Execution,
+        mut execution: Execution,
         idempotency: Option<(String, String)>,
     ) -> Result<CreateOutcome> {
-        // Everything that does not need the transaction is prepared here, off the
-        // single writer thread.
+        // An execution created with an idempotency key has an id derived from the
+        // organization and the key, and carries its claim: finding the claim is
+        // reading the execution, and an accept writes one index entry fewer.
         let now = execution.created_at;
-        let record = store::encode(&execution)?;
-        let active = active_key(&execution);
-        let by_org = by_org_key(&execution);
-        let claim = match idempotency {
-            Some((key, request_hash)) => {
-                let claim = Claim {
-                    request_hash,
-                    execution_id: execution.id.clone(),
-                    expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
-                };
-                let key = format!("{}/{key}", execution.organization_id);
-                Some((key, store::encode(&claim)?, claim.request_hash))
-            }
-            None => None,
-        };
+        let key = idempotency.map(|(key, request_hash)| {
+            execution.id = keyed_id(&self.id_key, &execution.organization_id, &key, 0);
+            execution.claim = Some(Claim {
+                request_hash,
+                expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
+            });
+            key
+        });
+        // Encoding and keys are prepared here, off the single writer thread.
+        let mut prepared = Prepared::of(&execution)?;
+        let id_key = self.id_key.clone();
         self.store
             .write(move |txn| {
                 let mut executions = txn.open_table(EXECUTIONS)?;
-                let mut claims = txn.open_table(IDEMPOTENCY)?;
-                if let Some((claim_key, _, request_hash)) = &claim
-                    && let Some(existing) = store::get::<Claim>(&claims, claim_key)?
-                    && existing.expires_at > now
-                {
-                    if existing.request_hash != *request_hash {
-                        return Ok(CreateOutcome::KeyReused);
+                if let Some(key) = &key {
+                    let mut generation = 0;
+                    while let Some(existing) = load(&executions, &execution.id)? {
+                        if let Some(claim) = existing.claim.as_ref().filter(|c| c.expires_at > now)
+                        {
+                            let same = execution.claim.as_ref().map(|c| &c.request_hash)
+                                == Some(&claim.request_hash);
+                            return Ok(if same {
+                                CreateOutcome::Replayed(existing)
+                            } else {
+                                CreateOutcome::KeyReused
+                            });
+                        }
+                        // That use of the key has lapsed: this request is a new one.
+                        generation += 1;
+                        execution.id =
+                            keyed_id(&id_key, &execution.organization_id, key, generation);
+                        prepared = Prepared::of(&execution)?;
                     }
-                    let original = store::get(&executions, &existing.execution_id)?;
-                    return Ok(original.map_or(CreateOutcome::KeyReused, CreateOutcome::Replayed));
                 }
                 match billing::hold(
                     txn,
@@ -250,14 +257,11 @@ impl Executions {
                     }
                     HoldResult::Placed => {}
                 }
-                executions.insert(execution.id.as_str(), record.as_slice())?;
+                executions.insert(execution.id.as_str(), prepared.record.as_slice())?;
                 txn.open_table(ACTIVE_EXECUTIONS)?
-                    .insert(active.as_str(), [].as_slice())?;
+                    .insert(prepared.active.as_str(), [].as_slice())?;
                 txn.open_table(EXECUTIONS_BY_ORG)?
-                    .insert(by_org.as_str(), [].as_slice())?;
-                if let Some((claim_key, encoded, _)) = claim {
-                    claims.insert(claim_key.as_str(), encoded.as_slice())?;
-                }
+                    .insert(prepared.by_org.as_str(), [].as_slice())?;
                 Ok(CreateOutcome::Created(execution))
             })
             .await
@@ -612,6 +616,41 @@ pub enum CreateOutcome {
     InsufficientBalance { available: Micros },
 }
 
+/// A new execution's stored form and index keys.
+struct Prepared {
+    record: Vec<u8>,
+    active: String,
+    by_org: String,
+}
+
+impl Prepared {
+    fn of(execution: &Execution) -> Result<Prepared> {
+        Ok(Prepared {
+            record: store::encode(execution)?,
+            active: active_key(execution),
+            by_org: by_org_key(execution),
+        })
+    }
+}
+
+/// The id of the execution an organization creates with an idempotency key: a
+/// version-4 UUID made of HMAC-SHA256 bits, so it reveals nothing of the key.
+/// `generation` counts earlier uses of the key whose 24 hours have lapsed.
+fn keyed_id(secret: &[u8], org_id: &str, key: &str, generation: u32) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    for part in [org_id.as_bytes(), key.as_bytes(), &generation.to_be_bytes()] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    let digest = mac.finalize().into_bytes();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    format!(
+        "exec_{}",
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    )
+}
+
 /// `{org}/{newest-first key}/{id}`: inverted creation time sorts newest first.
 fn by_org_key(execution: &Execution) -> String {
     let inverted = i64::MAX - execution.created_at.timestamp_micros();
@@ -730,5 +769,29 @@ fn schema_details(error: jsonschema::ValidationError<'_>) -> Vec<Detail> {
         | Kind::MaxItems { .. }
         | Kind::MultipleOf { .. } => vec![Detail::new(field, DetailCode::OutOfRange, message)],
         _ => vec![Detail::new(field, DetailCode::InvalidValue, message)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_ids_are_version_4_uuids_private_to_an_organization_and_a_generation() {
+        let id = keyed_id(b"secret", "org_a", "key-1", 0);
+        let uuid = uuid::Uuid::parse_str(id.strip_prefix("exec_").unwrap()).unwrap();
+        assert_eq!(uuid.get_version(), Some(uuid::Version::Random));
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(id, keyed_id(b"secret", "org_a", "key-1", 0));
+        for other in [
+            keyed_id(b"other secret", "org_a", "key-1", 0),
+            keyed_id(b"secret", "org_b", "key-1", 0),
+            keyed_id(b"secret", "org_a", "key-2", 0),
+            keyed_id(b"secret", "org_a", "key-1", 1),
+            // Lengths are part of the input: moving a byte across fields changes it.
+            keyed_id(b"secret", "org_ak", "ey-1", 0),
+        ] {
+            assert_ne!(id, other);
+        }
     }
 }

@@ -83,6 +83,14 @@ pub struct Attempt {
     pub failure: Option<Code>,
 }
 
+/// The `Idempotency-Key` an execution was created with: the request it stands for,
+/// and until when a request with that key is answered with this execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub request_hash: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Stored as JSON; absent optional fields are left out (the record is rewritten
 /// on every transition, and its size is most of an accept's write).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +104,8 @@ pub struct Execution {
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
     pub hold_amount: Micros,
     pub estimated_cost: Micros,
     /// what the adapter expects the input to consume (ranks providers on retries)

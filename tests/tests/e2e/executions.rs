@@ -537,16 +537,30 @@ async fn a_job_that_never_finishes_expires_and_releases_its_hold() {
 #[tokio::test]
 async fn an_idempotency_key_answers_the_same_execution_and_refuses_another_body() {
     let emulator = replicate_emulator().await;
-    let server = Server::start(&[replicate_provider(&emulator)]).await;
-    let send = |body: Value| {
-        server.call(
-            Method::POST,
-            "/v1/executions",
-            Some(&server.api_key),
-            Some(body),
-            &[("Idempotency-Key", "same")],
-        )
+    let server = Server::start_with(
+        &[replicate_provider(&emulator)],
+        Options {
+            config: "[testing]\nclock_control = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    let send_as = |key: &str, body: Value| {
+        let key = key.to_string();
+        let server = &server;
+        async move {
+            server
+                .call(
+                    Method::POST,
+                    "/v1/executions",
+                    Some(&key),
+                    Some(body),
+                    &[("Idempotency-Key", "same")],
+                )
+                .await
+        }
     };
+    let send = |body: Value| send_as(&server.api_key, body);
     let first = send(flux()).await;
     let second = send(flux()).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
@@ -568,6 +582,36 @@ async fn an_idempotency_key_answers_the_same_execution_and_refuses_another_body(
         .filter(|e| e["kind"] == "hold")
         .count();
     assert_eq!(holds, 1, "one hold for the one execution");
+
+    // Another organization's use of the same key is its own.
+    let stranger = server.new_organization("5").await;
+    let theirs = send_as(&stranger, flux()).await;
+    assert_eq!(theirs.status, StatusCode::ACCEPTED, "{:?}", theirs.body);
+    assert_ne!(theirs.body["id"], first.body["id"]);
+    assert_eq!(theirs.header("idempotent-replayed"), None);
+
+    // After 24 hours the key is forgotten: the same request creates a new execution.
+    server
+        .wait_terminal(first.body["id"].as_str().unwrap(), WAIT)
+        .await;
+    server.advance_clock(24 * 3600 + 60).await;
+    let later = send(flux()).await;
+    assert_eq!(later.status, StatusCode::ACCEPTED, "{:?}", later.body);
+    assert_ne!(later.body["id"], first.body["id"]);
+    assert_eq!(later.header("idempotent-replayed"), None);
+    let again = send(flux()).await;
+    assert_eq!(again.body["id"], later.body["id"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let original = server
+        .get(&format!(
+            "/v1/executions/{}",
+            first.body["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        original.body["status"], "COMPLETED",
+        "the first is untouched"
+    );
 }
 
 /// Also guards the bug where a stored file record lost its organization (and every
