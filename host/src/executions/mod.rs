@@ -114,6 +114,25 @@ impl Executions {
         request: CreateRequest,
         idempotency: Option<(String, String)>,
     ) -> Result<Created, ApiError> {
+        // A retry of an earlier request is answered before anything is checked again:
+        // its files may be gone, its model retired, the balance spent since.
+        if let Some((key, request_hash)) = &idempotency {
+            let now = clock::now();
+            let earlier = self.store.read(|txn| {
+                let executions = txn.open_table(EXECUTIONS)?;
+                earlier_use(
+                    &executions,
+                    &self.id_key,
+                    &caller.org_id,
+                    key,
+                    request_hash,
+                    now,
+                )
+            })?;
+            if let Ok(outcome) = earlier {
+                return self.respond(outcome);
+            }
+        }
         let candidates = self
             .router
             .ranked(&request.model, &routing::Units::default());
@@ -169,7 +188,12 @@ impl Executions {
         };
 
         let outcome = self.accept(execution, idempotency).await?;
+        self.respond(outcome)
+    }
 
+    /// The answer to a create: the new execution (dispatched), the one an earlier
+    /// use of the key created, or why nothing was created.
+    fn respond(&self, outcome: CreateOutcome) -> Result<Created, ApiError> {
         match outcome {
             CreateOutcome::Created(execution) => {
                 // Subscribe before dispatch, so the stream misses nothing.
@@ -194,9 +218,9 @@ impl Executions {
                 Code::Conflict,
                 "this Idempotency-Key was already used with a different request",
             )),
-            CreateOutcome::InsufficientBalance { available } => Err(ApiError::new(
+            CreateOutcome::InsufficientBalance { hold, available } => Err(ApiError::new(
                 Code::InsufficientBalance,
-                format!("the hold of ${hold_amount} exceeds the available balance of ${available}"),
+                format!("the hold of ${hold} exceeds the available balance of ${available}"),
             )),
         }
     }
@@ -212,13 +236,12 @@ impl Executions {
         // organization and the key, and carries its claim: finding the claim is
         // reading the execution, and an accept writes one index entry fewer.
         let now = execution.created_at;
-        let key = idempotency.map(|(key, request_hash)| {
-            execution.id = keyed_id(&self.id_key, &execution.organization_id, &key, 0);
+        let key = idempotency.inspect(|(key, request_hash)| {
+            execution.id = keyed_id(&self.id_key, &execution.organization_id, key, 0);
             execution.claim = Some(Claim {
-                request_hash,
+                request_hash: request_hash.clone(),
                 expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
             });
-            key
         });
         // Encoding and keys are prepared here, off the single writer thread.
         let mut prepared = Prepared::of(&execution)?;
@@ -226,24 +249,15 @@ impl Executions {
         self.store
             .write(move |txn| {
                 let mut executions = txn.open_table(EXECUTIONS)?;
-                if let Some(key) = &key {
-                    let mut generation = 0;
-                    while let Some(existing) = load(&executions, &execution.id)? {
-                        if let Some(claim) = existing.claim.as_ref().filter(|c| c.expires_at > now)
-                        {
-                            let same = execution.claim.as_ref().map(|c| &c.request_hash)
-                                == Some(&claim.request_hash);
-                            return Ok(if same {
-                                CreateOutcome::Replayed(existing)
-                            } else {
-                                CreateOutcome::KeyReused
-                            });
+                if let Some((key, request_hash)) = &key {
+                    let org = &execution.organization_id;
+                    match earlier_use(&executions, &id_key, org, key, request_hash, now)? {
+                        Ok(outcome) => return Ok(outcome),
+                        Err(free) if free != execution.id => {
+                            execution.id = free;
+                            prepared = Prepared::of(&execution)?;
                         }
-                        // That use of the key has lapsed: this request is a new one.
-                        generation += 1;
-                        execution.id =
-                            keyed_id(&id_key, &execution.organization_id, key, generation);
-                        prepared = Prepared::of(&execution)?;
+                        Err(_) => {}
                     }
                 }
                 match billing::hold(
@@ -253,7 +267,8 @@ impl Executions {
                     &execution.id,
                 )? {
                     HoldResult::InsufficientBalance { available } => {
-                        return Ok(CreateOutcome::InsufficientBalance { available });
+                        let hold = execution.hold_amount;
+                        return Ok(CreateOutcome::InsufficientBalance { hold, available });
                     }
                     HoldResult::Placed => {}
                 }
@@ -613,7 +628,34 @@ pub enum CreateOutcome {
     Created(Execution),
     Replayed(Execution),
     KeyReused,
-    InsufficientBalance { available: Micros },
+    InsufficientBalance { hold: Micros, available: Micros },
+}
+
+/// What an earlier use of `key` by `org_id` decides for a request hashed
+/// `request_hash`: a replay or a conflict while the earlier claim lives, else (the
+/// key is new, or its uses have lapsed) the id a new execution takes.
+fn earlier_use(
+    executions: &impl ReadableTable<&'static str, &'static [u8]>,
+    id_key: &[u8],
+    org_id: &str,
+    key: &str,
+    request_hash: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Result<CreateOutcome, String>> {
+    for generation in 0.. {
+        let id = keyed_id(id_key, org_id, key, generation);
+        let Some(existing) = load(executions, &id)? else {
+            return Ok(Err(id));
+        };
+        if let Some(claim) = existing.claim.as_ref().filter(|c| c.expires_at > now) {
+            return Ok(Ok(if claim.request_hash == request_hash {
+                CreateOutcome::Replayed(existing)
+            } else {
+                CreateOutcome::KeyReused
+            }));
+        }
+    }
+    unreachable!("a key is used fewer than 2^32 times")
 }
 
 /// A new execution's stored form and index keys.

@@ -236,6 +236,47 @@ async fn wrong_magic_bytes_or_missing_files_are_refused_before_any_hold() {
     assert_eq!(emulator.count("/v1/models"), 0, "a provider was called");
 }
 
+/// Regression: the input's files were checked before the idempotency key, so a
+/// retry after the file was deleted got FILE_NOT_FOUND instead of its execution.
+#[tokio::test]
+async fn a_retry_with_its_idempotency_key_is_replayed_after_the_input_file_is_deleted() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let file = upload(&server, &server.api_key, png(64, 48, 7)).await;
+    let file_id = file["file_id"].as_str().unwrap();
+    let body = json!({"model": "flux-kontext-pro", "input": {"prompt": "x", "image": file_id}});
+    let send = || {
+        server.call(
+            Method::POST,
+            "/v1/executions",
+            Some(&server.api_key),
+            Some(body.clone()),
+            &[("Idempotency-Key", "kontext-1")],
+        )
+    };
+    let first = send().await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
+    let id = first.body["id"].as_str().unwrap();
+    server.wait_terminal(id, WAIT).await;
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/files/{file_id}"),
+            Some(&server.api_key),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{:?}", deleted.body);
+    let retry = send().await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{:?}", retry.body);
+    assert_eq!(retry.body["id"], id);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body["status"], "COMPLETED");
+}
+
 #[tokio::test]
 async fn an_upload_over_150_mb_is_refused_while_streaming_and_nothing_is_kept() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
