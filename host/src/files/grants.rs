@@ -51,7 +51,7 @@ impl Files {
         for record in &records {
             let bytes = if inline {
                 let max = self.settings.max_inline_bytes;
-                Some(storage::read_all(self.storage(), &record.file_id, max).await?)
+                Some(storage::read_all(self.storage(), record.object_key(), max).await?)
             } else {
                 None
             };

@@ -27,7 +27,7 @@ use crate::auth::{self, Caller};
 use crate::clock;
 use crate::config::FileSettings;
 use crate::error::{ApiError, Code, DetailCode};
-use crate::ids::{has_prefix, new_id};
+use crate::ids::{has_prefix, new_id, new_short_id};
 use crate::store::{self, FILES, FILES_BY_EXPIRY, FILES_BY_ORG, ORGANIZATIONS, Store};
 use audit::{Action, AuditEntry};
 use storage::{ByteStream, Storage};
@@ -67,9 +67,18 @@ pub struct FileRecord {
     pub ttl_days: u32,
     /// the API key that created it, for the audit trail
     pub created_by: Option<String>,
+    /// where the bytes are in storage, when not under the file's id (each upload
+    /// writes its own object, so a refused upload never touches accepted bytes)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 impl FileRecord {
+    /// The storage key of the file's bytes.
+    pub fn object_key(&self) -> &str {
+        self.object.as_deref().unwrap_or(&self.file_id)
+    }
+
     /// The file object of SPEC §8 (`status` added: uploads are usable once `READY`).
     pub fn view(&self) -> serde_json::Value {
         let uploaded = self.status != FileStatus::AwaitingUpload;
@@ -238,15 +247,16 @@ impl Files {
             expires_at: now + Duration::days(ttl_days.into()),
             ttl_days,
             created_by: None,
+            object: None,
         };
         Ok((record, ingested))
     }
 
-    /// Removes objects whose records were never stored (a failed completion).
-    pub async fn discard(&self, file_ids: impl IntoIterator<Item = String>) {
-        for id in file_ids {
-            if let Err(error) = self.storage.delete(&id).await {
-                tracing::warn!(file = %id, %error, "removing an unused object failed");
+    /// Removes stored objects no record points to (any more).
+    pub async fn discard(&self, objects: impl IntoIterator<Item = String>) {
+        for object in objects {
+            if let Err(error) = self.storage.delete(&object).await {
+                tracing::warn!(%object, %error, "removing an unused object failed");
             }
         }
     }
@@ -277,6 +287,7 @@ impl Files {
             expires_at: url_expires,
             ttl_days,
             created_by: Some(caller.key_id.clone()),
+            object: None,
         };
         let stored = record.clone();
         self.store
@@ -318,7 +329,8 @@ impl Files {
             return Err(too_large(max));
         }
         let mut body = body;
-        let ingested = match self.ingest(file_id, &mut body, max).await {
+        let object = format!("{file_id}-{}", new_short_id("upload"));
+        let ingested = match self.ingest(&object, &mut body, max).await {
             Ok(ingested) => ingested,
             Err(IngestError::TooLarge(max)) => {
                 linger(&mut body).await;
@@ -337,6 +349,7 @@ impl Files {
             actor: record.created_by.clone().unwrap_or_default(),
             address,
         };
+        let uploaded = object.clone();
         let updated = self
             .store
             .write(move |txn| {
@@ -347,21 +360,30 @@ impl Files {
                 if record.status == FileStatus::Ready {
                     return Ok(None);
                 }
+                let replaced = record.object.replace(uploaded);
                 record.status = FileStatus::Uploaded;
                 record.content_type = ingested.content_type;
                 record.size_bytes = ingested.size_bytes;
                 record.sha256 = ingested.sha256;
                 save(txn, &record)?;
                 audit::record(txn, &AuditEntry::new(&record, Action::Upload, &origin))?;
-                Ok(Some(record))
+                Ok(Some((record, replaced)))
             })
             .await?;
-        updated.ok_or_else(|| {
-            ApiError::new(
-                Code::Conflict,
-                "the file was confirmed or deleted meanwhile",
-            )
-        })
+        match updated {
+            Some((record, replaced)) => {
+                // An earlier PUT of the same upload URL, superseded.
+                self.discard(replaced).await;
+                Ok(record)
+            }
+            None => {
+                self.discard([object]).await;
+                Err(ApiError::new(
+                    Code::Conflict,
+                    "the file was confirmed or deleted meanwhile",
+                ))
+            }
+        }
     }
 
     /// `POST /v1/files/confirm`: an uploaded file becomes usable, with its TTL.
@@ -513,7 +535,7 @@ impl Files {
     ) -> Result<(FileRecord, ByteStream), ApiError> {
         let stream = self
             .storage
-            .open(&record.file_id)
+            .open(record.object_key())
             .await
             .map_err(anyhow::Error::from)?;
         let entry = AuditEntry::new(&record, action, &origin);
@@ -546,7 +568,7 @@ impl Files {
             })
             .await?
             .ok_or_else(ApiError::not_found)?;
-        self.discard([record.file_id.clone()]).await;
+        self.discard([record.object_key().to_string()]).await;
         Ok(record)
     }
 
@@ -574,8 +596,8 @@ impl Files {
         if expired.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<String> = expired.iter().map(|r| r.file_id.clone()).collect();
-        self.discard(ids).await;
+        let objects = expired.iter().map(|r| r.object_key().to_string());
+        self.discard(objects.collect::<Vec<_>>()).await;
         let count = expired.len();
         self.store
             .write(move |txn| {

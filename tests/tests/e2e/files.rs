@@ -1,6 +1,7 @@
 //! Files (SPEC §8): uploads through signed URLs, provider isolation through
 //! per-attempt grants, re-hosted outputs, the size cap while streaming, TTLs.
 
+use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -57,6 +58,45 @@ async fn upload(server: &Server, key: &str, bytes: Vec<u8>) -> Value {
         .await;
     assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
     confirmed.body
+}
+
+/// How many stored objects hold bytes of `file_id` (each upload writes its own).
+fn objects_of(server: &Server, file_id: &str) -> usize {
+    let dir = server.data.path().join("state/files/objects");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with(file_id)
+        })
+        .count()
+}
+
+/// A `PUT` whose body is held open until the returned sender is dropped.
+fn held_put(
+    url: String,
+    first: Vec<u8>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<StatusCode>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures_util::stream::once(async move {
+            let _ = released.await;
+            Ok(b"trailing bytes".to_vec())
+        }),
+    );
+    let put = tokio::spawn(async move {
+        reqwest::Client::new()
+            .put(url)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    (release, put)
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -236,6 +276,61 @@ async fn wrong_magic_bytes_or_missing_files_are_refused_before_any_hold() {
     assert_eq!(emulator.count("/v1/models"), 0, "a provider was called");
 }
 
+/// Regression: a PUT still streaming when its file was confirmed (or deleted) wrote
+/// over the confirmed bytes (or left them behind with no record) before it was
+/// refused. Each PUT now writes its own object, kept only if the upload is still
+/// open when it ends.
+#[tokio::test]
+async fn a_put_refused_after_confirm_or_delete_changes_and_keeps_nothing() {
+    let server = Server::start(&[]).await;
+    let accepted = png(64, 48, 1);
+    for end in ["confirm", "delete"] {
+        let ticket = server
+            .post("/v1/files/upload", json!({"purpose": "UPLOAD"}))
+            .await;
+        let file_id = ticket.body["file_id"].as_str().unwrap().to_string();
+        let url = ticket.body["upload_url"].as_str().unwrap().to_string();
+        let (release, late) = held_put(url.clone(), png(32, 32, 2));
+        let put = reqwest::Client::new()
+            .put(&url)
+            .body(accepted.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), StatusCode::OK);
+        let ended = match end {
+            "confirm" => {
+                server
+                    .post("/v1/files/confirm", json!({ "file_id": file_id }))
+                    .await
+            }
+            _ => {
+                server
+                    .call(
+                        Method::DELETE,
+                        &format!("/v1/files/{file_id}"),
+                        Some(&server.api_key),
+                        None,
+                        &[],
+                    )
+                    .await
+            }
+        };
+        assert_eq!(ended.status, StatusCode::OK, "{end}: {:?}", ended.body);
+        drop(release);
+        assert_eq!(late.await.unwrap(), StatusCode::CONFLICT, "{end}");
+        if end == "confirm" {
+            assert_eq!(ended.body["sha256"], sha256(&accepted));
+            let (status, bytes) = server.bytes(&format!("/v1/files/{file_id}/download")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(bytes, accepted, "the confirmed bytes are intact");
+            assert_eq!(objects_of(&server, &file_id), 1);
+        } else {
+            assert_eq!(objects_of(&server, &file_id), 0, "nothing kept");
+        }
+    }
+}
+
 /// Regression: the input's files were checked before the idempotency key, so a
 /// retry after the file was deleted got FILE_NOT_FOUND instead of its execution.
 #[tokio::test]
@@ -307,7 +402,7 @@ async fn an_upload_over_150_mb_is_refused_while_streaming_and_nothing_is_kept() 
     assert!(grown_mib < 64, "peak RSS grew by {grown_mib} MiB");
     // Nothing was kept, and the file still awaits its bytes.
     let state = server.data.path().join("state/files");
-    assert!(!state.join("objects").join(&file_id).exists());
+    assert_eq!(objects_of(&server, &file_id), 0);
     assert_eq!(std::fs::read_dir(state.join("partial")).unwrap().count(), 0);
     let object = server.get(&format!("/v1/files/{file_id}")).await;
     assert_eq!(object.body["status"], "AWAITING_UPLOAD");
@@ -467,9 +562,8 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let objects = server.data.path().join("state/files/objects");
     let deadline = std::time::Instant::now() + WAIT;
-    while objects.join(&short_id).exists() {
+    while objects_of(&server, &short_id) > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the bytes were not deleted"
@@ -497,7 +591,7 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         server.get(&format!("/v1/files/{kept_id}")).await.status,
         StatusCode::NOT_FOUND
     );
-    assert!(!objects.join(kept_id).exists());
+    assert_eq!(objects_of(&server, kept_id), 0);
     assert_eq!(
         reqwest::get(signed).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
