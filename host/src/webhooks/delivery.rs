@@ -1,8 +1,10 @@
 //! The delivery worker: sends due deliveries from the outbox, signs each attempt,
 //! and reschedules failures 2, 4, 8, 16 and 30 minutes later (by the service
-//! clock), giving up after those five retries or 24 hours. Ten failed attempts in a
-//! row deactivate an endpoint. Every attempt re-checks the URL against the SSRF
-//! policy (the guarded client checks resolved addresses at connect time).
+//! clock), giving up after those five retries or 24 hours. Ten failed deliveries in
+//! a row (each given up after its retries) deactivate an endpoint; its pending
+//! deliveries wait, and resume if it is reactivated within their 24 hours. Every
+//! attempt re-checks the URL against the SSRF policy (the guarded client checks
+//! resolved addresses at connect time).
 
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
@@ -27,8 +29,10 @@ use redb::ReadableTable;
 pub const RETRY_SCHEDULE_MINUTES: [i64; 5] = [2, 4, 8, 16, 30];
 /// Nothing is delivered later than this after the event.
 const GIVE_UP_AFTER_HOURS: i64 = 24;
-/// Failed attempts in a row that deactivate an endpoint.
+/// Failed deliveries in a row that deactivate an endpoint.
 pub const DEACTIVATE_AFTER_FAILURES: u32 = 10;
+/// How often a delivery to a deactivated endpoint looks whether it is active again.
+const PAUSED_RECHECK_MINUTES: i64 = 5;
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 32;
 const USER_AGENT: &str = "ModelRoute-Webhooks/1.0";
@@ -46,6 +50,8 @@ pub struct Webhooks {
 /// How an attempt ended.
 enum Attempted {
     Sent(SendResult),
+    /// nothing was sent: the endpoint is deactivated, for now
+    Paused,
     /// nothing was sent: the delivery can never be made
     Abandoned(&'static str),
 }
@@ -181,26 +187,39 @@ impl Webhooks {
                         Target::Endpoint(endpoint_id) => {
                             let endpoint: Option<Endpoint> =
                                 store::get(&txn.open_table(WEBHOOK_ENDPOINTS)?, endpoint_id)?;
-                            match endpoint.filter(|e| e.is_active) {
+                            match endpoint {
+                                Some(e) if !e.is_active => {
+                                    return Ok(Some((
+                                        delivery,
+                                        None,
+                                        None,
+                                        String::new(),
+                                        Default::default(),
+                                        true,
+                                    )));
+                                }
                                 Some(e) => (Some(e.url), e.secret, e.headers),
                                 None => (None, String::new(), Default::default()),
                             }
                         }
                     };
-                    Ok(Some((delivery, event, url, secret, headers)))
+                    Ok(Some((delivery, event, url, secret, headers, false)))
                 })
                 .await?
         };
-        let Some((delivery, event, url, secret, headers)) = loaded else {
+        let Some((delivery, event, url, secret, headers, paused)) = loaded else {
             return Ok(());
         };
         let now = clock::now();
         let expired = now > delivery.created_at + Duration::hours(GIVE_UP_AFTER_HOURS);
+        if paused && !expired {
+            return self.record(delivery, Attempted::Paused).await;
+        }
         let (Some(event), Some(url), false) = (event, url, expired) else {
             let reason = if expired {
                 "undelivered after 24 hours"
             } else {
-                "the endpoint was deleted or deactivated"
+                "the endpoint was deleted"
             };
             return self.record(delivery, Attempted::Abandoned(reason)).await;
         };
@@ -251,10 +270,6 @@ impl Webhooks {
     /// Records an attempt's outcome: delivered, rescheduled, or dead; and the
     /// endpoint's health.
     async fn record(&self, delivery: Delivery, attempted: Attempted) -> Result<()> {
-        let (sent, status, error) = match attempted {
-            Attempted::Sent(result) => (true, result.status, result.error),
-            Attempted::Abandoned(reason) => (false, None, Some(reason.to_string())),
-        };
         let now = clock::now();
         self.store
             .write(move |txn| {
@@ -267,31 +282,43 @@ impl Webhooks {
                 if current.attempts != delivery.attempts {
                     return Ok(());
                 }
+                let (status, error) = match attempted {
+                    Attempted::Paused => {
+                        let at = now + Duration::minutes(PAUSED_RECHECK_MINUTES);
+                        let previous_due = std::mem::replace(&mut current.next_attempt_at, at);
+                        return save_delivery(txn, &current, Some(previous_due));
+                    }
+                    Attempted::Abandoned(reason) => {
+                        current.last_error = Some(reason.to_string());
+                        tracing::warn!(delivery = %current.id, event = %current.event_id, reason, "webhook delivery given up");
+                        return retire_delivery(txn, &current);
+                    }
+                    Attempted::Sent(result) => (result.status, result.error),
+                };
                 let delivered = status.is_some_and(|s| (200..300).contains(&s));
-                if sent {
-                    current.attempts += 1;
-                    current.last_attempt_at = Some(now);
-                    current.last_status = status;
-                }
-                current.last_error = error.clone();
-                let retry = (sent && !delivered)
+                current.attempts += 1;
+                current.last_attempt_at = Some(now);
+                current.last_status = status;
+                current.last_error = error;
+                let retry = (!delivered)
                     .then(|| RETRY_SCHEDULE_MINUTES.get(current.attempts as usize - 1))
                     .flatten()
                     .map(|minutes| now + Duration::minutes(*minutes))
                     .filter(|at| *at <= current.created_at + Duration::hours(GIVE_UP_AFTER_HOURS));
+                let dead = !delivered && retry.is_none();
                 match retry {
                     Some(at) => {
                         let previous_due = std::mem::replace(&mut current.next_attempt_at, at);
                         save_delivery(txn, &current, Some(previous_due))?;
                     }
                     None => {
-                        if !delivered {
+                        if dead {
                             tracing::warn!(delivery = %current.id, event = %current.event_id, attempts = current.attempts, error = ?current.last_error, "webhook delivery given up");
                         }
                         retire_delivery(txn, &current)?;
                     }
                 }
-                if let (true, Target::Endpoint(endpoint_id)) = (sent, &current.target) {
+                if let Target::Endpoint(endpoint_id) = &current.target {
                     let endpoint: Option<Endpoint> =
                         store::get(&txn.open_table(WEBHOOK_ENDPOINTS)?, endpoint_id)?;
                     if let Some(mut endpoint) = endpoint {
@@ -299,13 +326,15 @@ impl Webhooks {
                             endpoint.failure_count = 0;
                             endpoint.last_success = Some(now);
                         } else {
-                            endpoint.failure_count += 1;
                             endpoint.last_failure = Some(now);
+                        }
+                        if dead {
+                            endpoint.failure_count += 1;
                             if endpoint.failure_count >= DEACTIVATE_AFTER_FAILURES
                                 && endpoint.is_active
                             {
                                 endpoint.is_active = false;
-                                tracing::warn!(endpoint = %endpoint.id, "webhook endpoint deactivated after repeated failures");
+                                tracing::warn!(endpoint = %endpoint.id, "webhook endpoint deactivated after repeated failed deliveries");
                             }
                         }
                         save_endpoint(txn, &endpoint)?;

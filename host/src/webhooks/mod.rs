@@ -54,7 +54,8 @@ pub struct Endpoint {
     pub secret: String,
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
-    /// failed attempts in a row (10 deactivate the endpoint)
+    /// failed deliveries in a row, each given up after its retries (10 deactivate
+    /// the endpoint)
     pub failure_count: u32,
     pub last_success: Option<DateTime<Utc>>,
     pub last_failure: Option<DateTime<Utc>>,

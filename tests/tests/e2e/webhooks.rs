@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
 
-use crate::receiver::Receiver;
+use crate::receiver::{Received, Receiver};
 use crate::support::{Options, ProviderSpec, Server, flux_input};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -213,10 +213,11 @@ async fn a_failing_receiver_gets_the_exact_retry_schedule_on_a_driven_clock() {
     let id = endpoint["id"].as_str().unwrap();
     // Each retry is due 2, 4, 8, 16 and 30 minutes after the previous attempt:
     // a minute short of it, nothing comes; at it, the retry does.
+    let mut last_failure = Value::Null;
     for (retry, minutes) in [2u64, 4, 8, 16, 30].into_iter().enumerate() {
         // The clock moves only once the server has recorded the failed attempt
         // (and with it when the next one is due).
-        wait_for_failures(&server, id, retry as u64 + 1).await;
+        last_failure = wait_for_failure_after(&server, id, &last_failure).await;
         server.advance_clock(minutes * 60 - 60).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
@@ -253,64 +254,139 @@ async fn a_failing_receiver_gets_the_exact_retry_schedule_on_a_driven_clock() {
     server.advance_clock(3600).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 6);
+    // One failed delivery (of six attempts): the endpoint stays active.
     let listed = server.get("/v1/webhooks/endpoints").await;
-    assert_eq!(listed.body["data"][0]["failure_count"], json!(6));
+    assert_eq!(listed.body["data"][0]["failure_count"], json!(1));
     assert_eq!(listed.body["data"][0]["is_active"], json!(true));
 }
 
-/// Waits until endpoint `id` has counted `failures` failed attempts.
-async fn wait_for_failures(server: &Server, id: &str, failures: u64) {
+/// Waits until endpoint `id` records a failed attempt after `previous` (its
+/// `last_failure` then); returns the new `last_failure`.
+async fn wait_for_failure_after(server: &Server, id: &str, previous: &Value) -> Value {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let endpoint = server.get(&format!("/v1/webhooks/endpoints/{id}")).await;
-        if endpoint.body["failure_count"] == json!(failures) {
-            return;
+        let last_failure = &endpoint.body["last_failure"];
+        if !last_failure.is_null() && last_failure != previous {
+            return last_failure.clone();
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{failures} failures not recorded: {}",
+            "no failure recorded after {previous}: {}",
             endpoint.body
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// Ten deliveries that each fail all their attempts deactivate the endpoint; a
+/// delivery still pending then waits, and arrives (the same event) once the endpoint
+/// is reactivated. A burst of failed first attempts alone deactivates nothing.
 #[tokio::test]
-async fn ten_failures_in_a_row_deactivate_an_endpoint() {
+async fn ten_failed_deliveries_deactivate_an_endpoint_and_reactivation_resumes() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = server_with(&emulator, "").await;
+    let server = server_with(&emulator, CLOCK_CONTROL).await;
     let receiver = Receiver::start().await;
     receiver.answer_with(503);
-    create_endpoint(
+    let endpoint = create_endpoint(
         &server,
         json!({"url": receiver.url, "events": ["execution.completed"]}),
     )
     .await;
+    let id = endpoint["id"].as_str().unwrap();
     for _ in 0..10 {
         run_execution(&server, json!({})).await;
     }
     receiver.wait_for(10, WAIT).await;
+    let state = || async {
+        server
+            .get(&format!("/v1/webhooks/endpoints/{id}"))
+            .await
+            .body
+    };
+    assert_eq!(
+        state().await["is_active"],
+        json!(true),
+        "ten failed attempts are not ten failed deliveries"
+    );
+
+    // Every 31 minutes of the driven clock, each pending delivery is retried once;
+    // a later execution's delivery runs one step behind the first ten.
+    server.advance_clock(31 * 60).await;
+    receiver.wait_for(20, WAIT).await;
+    let late = run_execution(&server, json!({})).await;
+    receiver.wait_for(21, WAIT).await;
+    // Each step: one retry of each of the ten, one attempt of the late one. At the
+    // fifth the ten have failed all six attempts.
+    for expected in [32, 43, 54, 65] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.advance_clock(31 * 60).await;
+        receiver.wait_for(expected, WAIT).await;
+    }
     let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let listed = server.get("/v1/webhooks/endpoints").await;
-        let endpoint = &listed.body["data"][0];
-        if endpoint["is_active"] == json!(false) {
-            assert_eq!(endpoint["failure_count"], json!(10));
-            break;
-        }
+    while state().await["is_active"] == json!(true) {
         assert!(
             std::time::Instant::now() < deadline,
-            "not deactivated: {endpoint}"
+            "not deactivated: {}",
+            state().await
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A deactivated endpoint gets nothing more.
-    receiver.answer_with(200);
-    run_execution(&server, json!({})).await;
+    let deactivated = state().await;
+    assert_eq!(deactivated["failure_count"], json!(10), "{deactivated}");
+    let per_event = |received: &[Received], execution: &str| {
+        received
+            .iter()
+            .filter(|r| r.json()["execution_id"] == json!(execution))
+            .count()
+    };
+    let received = receiver.received();
+    assert_eq!(received.len(), 65);
+    assert_eq!(
+        per_event(&received, &late),
+        5,
+        "the late delivery is still pending"
+    );
+
+    // Paused while deactivated: time passes, nothing is sent.
+    let before = received.len();
+    server.advance_clock(31 * 60).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.received().len(), 10);
+    assert_eq!(receiver.received().len(), before);
+
+    // Reactivated: the pending delivery arrives, same event, and the count clears.
+    receiver.answer_with(200);
+    let patched = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/webhooks/endpoints/{id}"),
+            Some(&server.api_key),
+            Some(json!({"is_active": true})),
+            &[],
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{:?}", patched.body);
+    server.advance_clock(6 * 60).await;
+    let received = receiver.wait_for(before + 1, WAIT).await;
+    let last = received.last().unwrap();
+    assert_eq!(last.json()["execution_id"], json!(late));
+    let first_of_late = received
+        .iter()
+        .find(|r| r.json()["execution_id"] == json!(late))
+        .unwrap();
+    assert_eq!(
+        last.json()["id"],
+        first_of_late.json()["id"],
+        "a redelivery keeps its evt_ id"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while state().await["last_success"].is_null() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state().await["failure_count"], json!(0));
 }
 
 #[tokio::test]
