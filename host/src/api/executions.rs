@@ -91,7 +91,8 @@ pub async fn provider_callback(
 }
 
 /// A `STREAMING` answer: server-sent events `execution` (the accepted execution),
-/// `status` (each change), `delta` (output text as the provider produces it) and
+/// `status` (each change), `delta` (output text as the provider produces it),
+/// `reset` (the text so far is void: its attempt failed, a retry streams anew) and
 /// finally `done` (the terminal execution object), after which the stream ends.
 fn stream(
     app: Arc<App>,
@@ -113,6 +114,12 @@ fn stream(
                         let event = Event::default()
                             .event("delta")
                             .data(json!({ "text": text }).to_string());
+                        return Some((Ok(event), Some(events)));
+                    }
+                    Ok(StreamMessage::Reset) => {
+                        let event = Event::default()
+                            .event("reset")
+                            .data(json!({ "id": id }).to_string());
                         return Some((Ok(event), Some(events)));
                     }
                     Ok(StreamMessage::Status(status)) if status.is_terminal() => break,

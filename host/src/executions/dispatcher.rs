@@ -663,11 +663,34 @@ impl Dispatcher {
         execution_id: &str,
         response: reqwest::Response,
     ) -> wit::Outcome {
+        let mut forwarded = false;
+        let outcome = self
+            .read_stream(candidate, ctx, execution_id, response, &mut forwarded)
+            .await;
+        if forwarded && matches!(outcome, wit::Outcome::Failed(_)) {
+            // The client saw text of an attempt that failed: tell it to drop that
+            // text before a retry streams its own.
+            self.executions.publish_reset(execution_id);
+        }
+        outcome
+    }
+
+    /// [`Dispatcher::consume_stream`]'s reading; `forwarded` is set once a delta
+    /// reached the client.
+    async fn read_stream(
+        &self,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        execution_id: &str,
+        response: reqwest::Response,
+        forwarded: &mut bool,
+    ) -> wit::Outcome {
         use eventsource_stream::Eventsource;
         use futures_util::StreamExt;
         let mut events = response.bytes_stream().eventsource();
         let mut text = String::new();
-        let mut usage = None;
+        let mut usage: Option<wit::Usage> = None;
+        let mut finished = false;
         while let Some(event) = events.next().await {
             let data = match event {
                 Ok(event) => event.data,
@@ -691,17 +714,30 @@ impl Dispatcher {
                 Ok(wit::StreamEvent::Delta(delta)) => {
                     text.push_str(&delta);
                     self.executions.publish_delta(execution_id, delta);
+                    *forwarded = true;
                 }
                 Ok(wit::StreamEvent::Done(completion)) => {
+                    finished = true;
                     if let Some(full) = completion.text {
                         text = full;
                     }
-                    usage = Some(completion.usage);
+                    // A closing marker without usage keeps what an earlier event reported.
+                    if usage.is_none() || !routing::Units::from(&completion.usage).is_empty() {
+                        usage = Some(completion.usage);
+                    }
                 }
                 Ok(wit::StreamEvent::Skip) => {}
                 Ok(wit::StreamEvent::Failed(failure)) => return wit::Outcome::Failed(failure),
                 Err(error) => return wit::Outcome::Failed(plugin_failure(error)),
             }
+        }
+        if !finished {
+            // Cut off: what arrived is not the answer, and is not billed.
+            return wit::Outcome::Failed(failure(
+                wit::ErrorCode::GenerationFailed,
+                "the provider's stream ended before it finished",
+                true,
+            ));
         }
         let usage = usage.unwrap_or(wit::Usage {
             requests: 1,
@@ -746,12 +782,7 @@ impl Dispatcher {
         // An adapter that reports nothing billable beyond the request itself (a
         // provider that does not report usage) is charged the estimate.
         let mut units = routing::Units::from(&completion.usage);
-        if units.images == 0
-            && units.megapixels_milli == 0
-            && units.seconds_milli == 0
-            && units.input_tokens == 0
-            && units.output_tokens == 0
-        {
+        if units.is_empty() {
             units = execution.usage_estimate.max_requests(units.requests);
         }
         let cost = routing::cost(&candidate.model.price, &units);

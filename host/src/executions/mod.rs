@@ -59,6 +59,8 @@ pub struct Created {
 pub enum StreamMessage {
     Status(Status),
     Delta(String),
+    /// the deltas so far are void
+    Reset,
 }
 
 /// Messages a slow streaming client may fall behind by before it misses some.
@@ -402,6 +404,14 @@ impl Executions {
     pub fn publish_delta(&self, id: &str, text: String) {
         if let Some(stream) = self.lock_streams().get(id) {
             let _ = stream.send(StreamMessage::Delta(text));
+        }
+    }
+
+    /// Tells a `STREAMING` client that the deltas it has are void (their attempt
+    /// failed; a retry streams its text from the start).
+    pub fn publish_reset(&self, id: &str) {
+        if let Some(stream) = self.lock_streams().get(id) {
+            let _ = stream.send(StreamMessage::Reset);
         }
     }
 

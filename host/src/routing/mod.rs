@@ -94,6 +94,15 @@ pub struct Units {
 }
 
 impl Units {
+    /// Whether nothing billable beyond requests is counted.
+    pub fn is_empty(&self) -> bool {
+        self.images == 0
+            && self.megapixels_milli == 0
+            && self.seconds_milli == 0
+            && self.input_tokens == 0
+            && self.output_tokens == 0
+    }
+
     /// These units with at least `requests` requests.
     pub fn max_requests(self, requests: u32) -> Units {
         Units {

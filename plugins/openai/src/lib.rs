@@ -142,7 +142,12 @@ impl Adapter for OpenAi {
 
     fn parse_stream_event(&self, _ctx: &CallContext, data: &str) -> StreamEvent {
         if data.trim() == "[DONE]" {
-            return StreamEvent::Skip;
+            // The end of the stream (its usage, when asked for, came just before).
+            return StreamEvent::Done(Completion {
+                text: None,
+                assets: Vec::new(),
+                usage: Usage::default(),
+            });
         }
         let chunk: Value = match serde_json::from_str(data) {
             Ok(chunk) => chunk,
@@ -488,7 +493,7 @@ mod tests {
         );
         assert!(matches!(
             OpenAi.parse_stream_event(&c, "[DONE]"),
-            StreamEvent::Skip
+            StreamEvent::Done(done) if done.text.is_none() && done.usage.output_tokens == 0
         ));
         assert!(matches!(
             OpenAi.parse_stream_event(&c, "{oops"),

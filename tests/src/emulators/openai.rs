@@ -235,6 +235,15 @@ async fn chat(body: Bytes) -> Response {
             let space = if i + 1 < words.len() { " " } else { "" };
             delta(json!({"content": format!("{word}{space}")}), Value::Null)
         }));
+        // A prompt asking for it is cut off after its first word: no finish, no usage,
+        // no `[DONE]`, as when a provider's connection drops mid-answer.
+        if last_user.contains("[cut]") {
+            let text: String = events[..2]
+                .iter()
+                .map(|e| format!("data: {e}\n\n"))
+                .collect();
+            return ([("content-type", "text/event-stream")], Body::from(text)).into_response();
+        }
         events.push(delta(json!({}), json!(finish_reason)));
         if body["stream_options"]["include_usage"] == true {
             let mut last = chunk(json!([]));

@@ -820,6 +820,46 @@ async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
     assert!(done["result"]["output"]["images"][0]["file_id"].is_string());
 }
 
+/// Regression: a provider stream cut off mid-answer (no finish, no usage, no
+/// `[DONE]`) completed the execution with the partial text and billed it. It is a
+/// failed attempt: the client is told to drop the text it got, the retry is cut off
+/// too, and the execution fails with nothing charged.
+#[tokio::test]
+async fn a_stream_cut_off_mid_answer_is_a_failed_attempt_and_nothing_is_billed() {
+    let emulator = openai_emulator().await;
+    let server = Server::start_with(
+        &[openai_provider(&emulator)],
+        Options {
+            executions: "max_attempts = 2",
+            ..Options::default()
+        },
+    )
+    .await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/executions", server.url))
+        .bearer_auth(&server.api_key)
+        .json(&json!({"model": "llama-3.1-8b-instruct", "mode": "STREAMING", "input": {"messages": [{"role": "user", "content": "[cut] one two three"}]}}))
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(&response.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    let resets = names.iter().filter(|name| **name == "reset").count();
+    assert_eq!(resets, 2, "each attempt's text is voided: {names:?}");
+    let after_last_reset = names.iter().rev().take_while(|name| **name != "reset");
+    assert!(
+        after_last_reset.clone().all(|name| *name != "delta"),
+        "{names:?}"
+    );
+    let done = &events.last().unwrap().1;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert_eq!(done["error"]["code"], "GENERATION_FAILED");
+    assert_eq!(emulator.count("/v1/chat/completions"), 2);
+    let balance = server.get("/v1/balance").await.body;
+    assert_eq!(balance["available"], "100");
+    assert_eq!(balance["held"], "0");
+}
+
 /// The provider calls back when it is done (1.5 s in): after the adapter's first poll
 /// (0.5 s) polling is pushed out to a minute, so only the verified callback can wake
 /// the execution in time. A forged one is refused.
