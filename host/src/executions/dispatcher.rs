@@ -50,9 +50,18 @@ enum AttemptEnd {
     /// with the candidate that produced it (its provider, plugin and price)
     Completed(wit::Completion, Box<Candidate>),
     Failed(wit::Failure),
+    /// cut by a restart before the provider acknowledged it: a failure of ours,
+    /// which does not spend the execution's attempts
+    Interrupted(wit::Failure),
+    /// no attempt was made: every provider's breaker refuses traffic for now
+    Deferred,
     /// the execution became terminal meanwhile (cancelled, expired)
     Abandoned,
 }
+
+/// How long an execution whose providers' breakers are all open waits before it
+/// looks again.
+const DEFER_MS: u64 = 500;
 
 fn failure(code: wit::ErrorCode, message: impl Into<String>, retryable: bool) -> wit::Failure {
     wit::Failure {
@@ -301,35 +310,53 @@ impl Dispatcher {
                 Some(attempt) => self.resume(&execution, attempt).await?,
                 None => self.start_attempt(&execution).await?,
             };
-            let failure = match end {
+            let (failure, counts) = match end {
                 AttemptEnd::Abandoned => return Ok(()),
+                AttemptEnd::Deferred => {
+                    // Until a breaker lets a probe through, or the deadline.
+                    let wait = std::time::Duration::from_millis(DEFER_MS);
+                    clock::sleep_until(clock::now() + Duration::from_millis(DEFER_MS), wait).await;
+                    continue;
+                }
                 AttemptEnd::Completed(completion, candidate) => {
                     match self.complete(&execution, &candidate, completion).await? {
                         None => return Ok(()),
-                        Some(failure) => failure,
+                        Some(failure) => (failure, true),
                     }
                 }
-                AttemptEnd::Failed(failure) => failure,
+                AttemptEnd::Failed(failure) => (failure, true),
+                AttemptEnd::Interrupted(failure) => (failure, false),
             };
-            if !self.retry_or_fail(&execution, failure).await? {
+            if !self.retry_or_fail(&execution, failure, counts).await? {
                 return Ok(());
             }
         }
     }
 
     /// Records the failed attempt; then either waits out the backoff and returns true
-    /// (try again), or ends the execution `FAILED` and returns false.
-    async fn retry_or_fail(&self, execution: &Execution, failure: wit::Failure) -> Result<bool> {
+    /// (try again), or ends the execution `FAILED` and returns false. An attempt that
+    /// `counts` spends one of the execution's `max_attempts`.
+    async fn retry_or_fail(
+        &self,
+        execution: &Execution,
+        failure: wit::Failure,
+        counts: bool,
+    ) -> Result<bool> {
         // The snapshot predates the attempt that just failed.
         let Some(execution) = self.executions.store_get(&execution.id)? else {
             return Ok(false);
         };
-        let attempts = execution.attempts.len().max(1) as u32;
+        let spent = execution
+            .attempts
+            .iter()
+            .filter(|a| a.failure.is_some())
+            .count() as u32
+            + u32::from(counts);
         let now = clock::now();
-        let delay = backoff(attempts, failure.retry_after_ms);
+        let delay = backoff(spent.max(1), failure.retry_after_ms);
         let time_left = execution.expires_at - now;
         let retry = failure.retryable
-            && attempts < self.settings.max_attempts
+            && spent < self.settings.max_attempts
             && chrono::Duration::from_std(delay).is_ok_and(|d| d < time_left);
         tracing::info!(execution = %execution.id, code = ?failure.code, message = %failure.message, retry, "attempt failed");
         let detail = format!("{:?}: {}", failure.code, failure.message);
@@ -337,7 +364,7 @@ impl Dispatcher {
         let updated = if retry {
             self.executions
                 .update(&execution.id, move |execution, _| {
-                    execution.close_attempt(&detail, Some(code), now);
+                    execution.close_attempt(&detail, counts.then_some(code), now);
                     Ok(())
                 })
                 .await?
@@ -357,23 +384,28 @@ impl Dispatcher {
         let ranked = self
             .router
             .ranked(&execution.model, &execution.usage_estimate);
-        // A retry prefers the best provider not tried yet.
-        let candidate = ranked
-            .iter()
-            .find(|c| {
-                !execution
-                    .attempts
-                    .iter()
-                    .any(|a| a.provider == c.provider.name)
-            })
-            .or(ranked.first())
-            .cloned();
-        let Some(candidate) = candidate else {
+        if ranked.is_empty() {
             return Ok(AttemptEnd::Failed(failure(
                 wit::ErrorCode::ModelUnavailable,
                 "no loaded adapter serves this model",
                 false,
             )));
+        }
+        // A retry prefers the best provider not tried yet, among those whose breaker
+        // lets traffic through.
+        let now = clock::instant();
+        let ready: Vec<&Candidate> = ranked
+            .iter()
+            .filter(|c| c.provider.breaker.would_allow(now))
+            .collect();
+        let untried = ready.iter().find(|c| {
+            !execution
+                .attempts
+                .iter()
+                .any(|a| a.provider == c.provider.name)
+        });
+        let Some(candidate) = untried.or(ready.first()).map(|c| (*c).clone()) else {
+            return Ok(AttemptEnd::Deferred);
         };
         let now = clock::now();
         let attempt = Attempt {
@@ -495,8 +527,9 @@ impl Dispatcher {
                 true,
             ))),
             // Cut before the provider acknowledged anything: nothing to poll, so the
-            // attempt counts as failed and the next one starts afresh.
-            (None, _) => Ok(AttemptEnd::Failed(failure(
+            // attempt ends and the next one starts afresh (a restart is not the
+            // provider's failure: it spends none of the execution's attempts).
+            (None, _) => Ok(AttemptEnd::Interrupted(failure(
                 wit::ErrorCode::ServiceUnavailable,
                 "attempt interrupted before the provider accepted it",
                 true,

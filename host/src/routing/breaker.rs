@@ -64,6 +64,15 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::try_acquire`] would let a request go now.
+    pub fn would_allow(&self, now: Instant) -> bool {
+        match self.state(now) {
+            State::Closed => true,
+            State::Open => false,
+            State::HalfOpen => !self.inner.lock().expect("breaker poisoned").probe_in_flight,
+        }
+    }
+
     /// Whether a request may go now. In half-open, only one probe at a time.
     pub fn try_acquire(&self, now: Instant) -> bool {
         let state = self.state(now);
@@ -138,11 +147,14 @@ mod tests {
         );
         breaker.record(false, None, start);
         assert_eq!(breaker.state(start), State::Open);
+        assert!(!breaker.would_allow(start + Duration::from_secs(1)));
         assert!(!breaker.try_acquire(start + Duration::from_secs(1)));
 
         let later = start + COOL_DOWN;
         assert_eq!(breaker.state(later), State::HalfOpen);
+        assert!(breaker.would_allow(later));
         assert!(breaker.try_acquire(later), "one probe");
+        assert!(!breaker.would_allow(later), "the probe is out");
         assert!(!breaker.try_acquire(later), "only one probe at a time");
         breaker.record(false, None, later);
         assert_eq!(breaker.state(later), State::Open, "a failed probe reopens");

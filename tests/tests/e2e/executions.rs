@@ -287,6 +287,57 @@ async fn a_503_storm_opens_the_breaker_traffic_moves_and_recovery_closes_it() {
     assert_eq!(healthy.count("/v1/models/"), 11);
 }
 
+/// Regression: while the only provider's breaker was open, every attempt failed at
+/// once without reaching it, and an execution spent its attempts in a second. Now
+/// it waits for the breaker: after the cool-down (on the driven clock) its probe
+/// goes through and the execution completes.
+#[tokio::test]
+async fn an_open_breaker_defers_executions_instead_of_failing_them() {
+    let emulator = openai_emulator().await;
+    emulator.set_always(Some(Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: None,
+    }));
+    let server = Server::start_with(
+        &[openai_provider(&emulator)],
+        Options {
+            executions: "max_attempts = 2",
+            config: "[testing]\nclock_control = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    let llama = json!({"model": "llama-3.1-8b-instruct", "input": {"messages": [{"role": "user", "content": "hi"}]}});
+    for _ in 0..2 {
+        let id = create(&server, llama.clone()).await;
+        let execution = server.wait_terminal(&id, WAIT).await;
+        assert_eq!(
+            execution["error"]["code"], "MODEL_OVERLOADED",
+            "{execution}"
+        );
+    }
+    // The next execution's first attempt is the fifth failure: the breaker opens,
+    // and its retry waits instead of failing.
+    let id = create(&server, llama.clone()).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while emulator.count("/v1/chat/completions") < 5 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = server.get(&format!("/v1/executions/{id}")).await.body;
+    assert_eq!(waiting["status"], "PROCESSING", "{waiting}");
+    assert_eq!(emulator.count("/v1/chat/completions"), 5);
+
+    // Recovered, and past the cool-down: the probe is the retry, and it succeeds.
+    emulator.set_always(None);
+    server.advance_clock(11).await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(emulator.count("/v1/chat/completions"), 6);
+}
+
 /// A slow provider is not a failed one: its execution completes. Its observed
 /// latency then sends later executions of the same price to a faster provider.
 #[tokio::test]

@@ -88,11 +88,11 @@ async fn executions_cut_at_any_point_all_finish_after_kill_9() {
 
     let mut spent = 0.0;
     for id in &ids {
+        // The provider never fails: a restart is not a failed attempt, so every
+        // execution completes (regression: cut attempts spent the attempt budget,
+        // and executions cut by a few restarts ended FAILED).
         let execution = server.wait_terminal(id, WAIT).await;
-        assert!(
-            ["COMPLETED", "FAILED"].contains(&execution["status"].as_str().unwrap()),
-            "{execution}"
-        );
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
         spent += execution["cost"]
             .as_str()
             .map_or(0.0, |c| c.parse::<f64>().unwrap());
@@ -152,11 +152,11 @@ async fn random_kills_during_hundreds_of_executions_lose_nothing_and_repeat_noth
 
     let creates = emulator.requests();
     for (id, prompt) in &ids {
+        // The provider never fails: a restart is not a failed attempt, so every
+        // execution completes (regression: cut attempts spent the attempt budget,
+        // and executions cut by a few restarts ended FAILED).
         let execution = server.wait_terminal(id, WAIT).await;
-        assert!(
-            ["COMPLETED", "FAILED"].contains(&execution["status"].as_str().unwrap()),
-            "{execution}"
-        );
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
         let record = server
             .call(
                 reqwest::Method::GET,
