@@ -353,7 +353,21 @@ impl Dispatcher {
             .count() as u32
             + u32::from(counts);
         let now = clock::now();
-        let delay = backoff(spent.max(1), failure.retry_after_ms);
+        // A provider's Retry-After holds back only a retry that goes back to it.
+        let ready = clock::instant();
+        let elsewhere = self
+            .router
+            .ranked(&execution.model, &execution.usage_estimate)
+            .iter()
+            .any(|c| {
+                c.provider.breaker.would_allow(ready)
+                    && !execution
+                        .attempts
+                        .iter()
+                        .any(|a| a.provider == c.provider.name)
+            });
+        let retry_after = failure.retry_after_ms.filter(|_| !elsewhere);
+        let delay = backoff(spent.max(1), retry_after);
         let time_left = execution.expires_at - now;
         let retry = failure.retryable
             && spent < self.settings.max_attempts

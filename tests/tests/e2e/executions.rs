@@ -287,6 +287,25 @@ async fn a_503_storm_opens_the_breaker_traffic_moves_and_recovery_closes_it() {
     assert_eq!(healthy.count("/v1/models/"), 11);
 }
 
+/// Regression: a 429 with `Retry-After: 30` from the cheapest provider held the
+/// execution for 30 s before it failed over to a healthy one.
+#[tokio::test]
+async fn retry_after_does_not_hold_back_failover_to_another_provider() {
+    let limited = openai_emulator().await;
+    limited.push_fault(Fault::Status {
+        status: 429,
+        retry_after: Some(30),
+        body: None,
+    });
+    let healthy = replicate_emulator().await;
+    let server = Server::start(&[replicate_provider(&healthy), openai_provider(&limited)]).await;
+    let execution = complete_flux(&server).await;
+    assert_eq!(limited.count("/v1/images/generations"), 1, "cheaper, first");
+    assert_eq!(healthy.count("/v1/models/"), 1);
+    let latency = execution["latency_ms"].as_u64().unwrap();
+    assert!(latency < 10_000, "failover waited {latency} ms");
+}
+
 /// Regression: while the only provider's breaker was open, every attempt failed at
 /// once without reaching it, and an execution spent its attempts in a second. Now
 /// it waits for the breaker: after the cool-down (on the driven clock) its probe
