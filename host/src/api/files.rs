@@ -41,13 +41,22 @@ pub async fn create_upload(
             "size_bytes",
         ],
     )?;
-    let purpose = match body.get("purpose").and_then(Value::as_str) {
-        Some(purpose @ ("INPUT" | "UPLOAD")) => purpose.to_string(),
-        None if body.get("purpose").is_none_or(Value::is_null) => {
+    let purpose = match body.get("purpose") {
+        Some(Value::String(purpose)) if purpose == "INPUT" || purpose == "UPLOAD" => {
+            purpose.clone()
+        }
+        None | Some(Value::Null) => {
             return Err(ApiError::invalid(
                 "purpose",
                 DetailCode::Required,
                 "purpose is required: \"INPUT\" or \"UPLOAD\"",
+            ));
+        }
+        Some(value) if !value.is_string() => {
+            return Err(ApiError::invalid(
+                "purpose",
+                DetailCode::InvalidType,
+                "purpose must be a string: \"INPUT\" or \"UPLOAD\"",
             ));
         }
         _ => {
@@ -62,14 +71,14 @@ pub async fn create_upload(
         None | Some(Value::Null) => None,
         Some(value) => match value.as_u64() {
             Some(days @ 1..=365) => Some(days as u32),
-            Some(_) => {
+            _ if value.is_i64() || value.is_u64() => {
                 return Err(ApiError::invalid(
                     "ttl_days",
                     DetailCode::OutOfRange,
                     "ttl_days must be between 1 and 365",
                 ));
             }
-            None => {
+            _ => {
                 return Err(ApiError::invalid(
                     "ttl_days",
                     DetailCode::InvalidType,
@@ -128,12 +137,23 @@ pub async fn confirm(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
-    let Some(file_id) = body.get("file_id").and_then(Value::as_str) else {
-        return Err(ApiError::invalid(
-            "file_id",
-            DetailCode::Required,
-            "file_id is required",
-        ));
+    known_fields(&body, &["file_id"])?;
+    let file_id = match body.get("file_id") {
+        Some(Value::String(file_id)) => file_id,
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                "file_id",
+                DetailCode::Required,
+                "file_id is required",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "file_id",
+                DetailCode::InvalidType,
+                "file_id must be a string",
+            ));
+        }
     };
     let origin = Origin::caller(&caller, Some(address));
     Ok(Json(

@@ -21,6 +21,7 @@ use crate::clock;
 use crate::config::ExecutionSettings;
 use crate::error::{ApiError, Code, Detail, DetailCode};
 use crate::files::Files;
+use crate::files::audit::{Action, AuditEntry};
 use crate::files::grants::{FileField, file_fields};
 use crate::ids::new_id;
 use crate::money::Micros;
@@ -486,8 +487,14 @@ impl Executions {
                     output,
                     files,
                 } => {
+                    let origin = crate::files::Origin {
+                        actor: execution.id.clone(),
+                        address: None,
+                    };
                     for record in &files {
                         crate::files::insert(txn, record)?;
+                        let entry = AuditEntry::new(record, Action::Output, &origin);
+                        crate::files::audit::record(txn, &entry)?;
                     }
                     let charged = billing::settle(
                         txn,

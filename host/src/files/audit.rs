@@ -15,6 +15,8 @@ use crate::store::{self, FILE_AUDIT};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    /// the host stored an execution's output (the actor is the execution)
+    Output,
     UploadUrl,
     Upload,
     Confirm,

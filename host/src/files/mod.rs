@@ -344,6 +344,13 @@ impl Files {
             }
             Err(IngestError::Storage(error)) => return Err(anyhow::Error::from(error).into()),
         };
+        if ingested.size_bytes == 0 {
+            self.discard([object]).await;
+            return Err(ApiError::new(
+                Code::InputValidationError,
+                "the upload is empty: send the file's bytes",
+            ));
+        }
         let id = file_id.to_string();
         let origin = Origin {
             actor: record.created_by.clone().unwrap_or_default(),

@@ -61,16 +61,32 @@ pub struct Endpoint {
     pub last_failure: Option<DateTime<Utc>>,
 }
 
+/// What a custom header's value reads as, after the endpoint's creation.
+const REDACTED: &str = "[redacted]";
+
 impl Endpoint {
-    /// The endpoint object; the secret only when it was just created.
+    /// The endpoint object; the secret, and the custom headers' values (they often
+    /// carry credentials), only when it was just created.
     pub fn view(&self, with_secret: bool) -> Value {
+        let headers: serde_json::Map<String, Value> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let shown = if with_secret {
+                    value.as_str()
+                } else {
+                    REDACTED
+                };
+                (name.clone(), json!(shown))
+            })
+            .collect();
         let mut view = json!({
             "id": self.id,
             "object": "webhook_endpoint",
             "url": self.url,
             "description": self.description,
             "events": self.events,
-            "headers": self.headers,
+            "headers": headers,
             "is_active": self.is_active,
             "created_at": self.created_at,
             "failure_count": self.failure_count,

@@ -215,6 +215,20 @@ async fn an_upload_reaches_the_provider_only_through_a_grant_for_one_attempt() {
             .unwrap()
             .starts_with("key_")
     );
+    // The output's trail starts with the execution that made it, then the download.
+    let audit = server
+        .call(
+            Method::GET,
+            &format!("/admin/v1/files/{output_id}/audit"),
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await;
+    let trail = audit.body["data"].as_array().unwrap();
+    assert_eq!(trail[0]["action"], "output", "{}", audit.body);
+    assert_eq!(trail[0]["actor"], done["id"]);
+    assert_eq!(trail[1]["action"], "download", "{}", audit.body);
 }
 
 #[tokio::test]

@@ -166,8 +166,12 @@ async fn keys_have_scopes_revocation_rotation_and_a_limit() {
         (Method::GET, "/v1/balance"),
         (Method::GET, "/v1/ledger"),
         (Method::GET, "/v1/api-keys"),
+        (Method::GET, "/v1/webhooks/endpoints"),
+        (Method::POST, "/v1/webhooks/endpoints"),
+        (Method::GET, "/v1/webhooks/default-secret"),
     ] {
-        let reply = call(method, path, &limited, None).await;
+        let body = (method == Method::POST).then(|| json!({"url": "https://example.com/hook"}));
+        let reply = call(method, path, &limited, body).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(reply.error_code(), "FORBIDDEN");
     }

@@ -68,10 +68,16 @@ async fn endpoints_get_signed_lifecycle_events_and_the_secret_is_shown_once() {
     assert!(endpoint["id"].as_str().unwrap().starts_with("wh_"));
     assert_eq!(endpoint["events"], json!([]));
     assert_eq!(endpoint["is_active"], json!(true));
+    assert_eq!(endpoint["headers"], json!({"X-Team": "imaging"}));
     let id = endpoint["id"].as_str().unwrap();
 
     let listed = server.get("/v1/webhooks/endpoints").await;
     assert_eq!(listed.status, StatusCode::OK);
+    // Like the secret, custom header values are shown once.
+    assert_eq!(
+        listed.body["data"][0]["headers"],
+        json!({"X-Team": "[redacted]"})
+    );
     assert_eq!(listed.body["data"][0]["id"], endpoint["id"]);
     assert!(
         listed.body["data"][0].get("secret").is_none(),
@@ -181,7 +187,7 @@ async fn endpoints_get_signed_lifecycle_events_and_the_secret_is_shown_once() {
     let gone = server.get(&format!("/v1/webhooks/endpoints/{id}")).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
 
-    // Another organization sees none of it; an execution-scope key may not manage webhooks.
+    // Another organization sees none of it (scopes are checked in money.rs).
     let other = server.new_organization("1.00").await;
     let foreign = server
         .call(
