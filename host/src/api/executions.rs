@@ -39,7 +39,7 @@ pub async fn create(
     let idempotency = idempotency_key.map(|key| {
         (
             key,
-            request_hash("POST", "/v1/executions", &Value::Object(body)),
+            request_hash("POST", "/v1/executions", &canonical_create(body)),
         )
     });
     let created = app.executions.create(&caller, request, idempotency).await?;
@@ -371,6 +371,16 @@ pub async fn cancel(
     }
 }
 
+/// A create body as the idempotency check compares it: explicit nulls dropped and
+/// defaults written out, so `"mode": "ASYNC"` and no `mode` are the same request
+/// (keys sort, so their order never matters).
+fn canonical_create(mut body: serde_json::Map<String, Value>) -> Value {
+    body.retain(|_, value| !value.is_null());
+    body.entry("mode").or_insert_with(|| json!("ASYNC"));
+    body.entry("metadata").or_insert_with(|| json!({}));
+    Value::Object(body)
+}
+
 fn status_name(status: Status) -> String {
     serde_json::to_value(status)
         .ok()
@@ -439,4 +449,25 @@ pub async fn balance(State(app): State<Arc<App>>, caller: Caller) -> Result<Json
         "held": account.held,
         "currency": "USD",
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_nulls_do_not_make_another_request() {
+        let object = |value: Value| value.as_object().unwrap().clone();
+        let bare = canonical_create(object(json!({"model": "m", "input": {"a": 1}})));
+        for same in [
+            json!({"input": {"a": 1}, "model": "m", "mode": "ASYNC"}),
+            json!({"model": "m", "input": {"a": 1}, "metadata": {}, "webhook_url": null}),
+        ] {
+            assert_eq!(canonical_create(object(same)), bare);
+        }
+        let other = canonical_create(object(
+            json!({"model": "m", "input": {"a": 1}, "mode": "SYNC"}),
+        ));
+        assert_ne!(other, bare);
+    }
 }
