@@ -170,7 +170,7 @@ fn post_to(
         credit,
         execution_id: execution_id.map(str::to_string),
         memo: memo.map(str::to_string),
-        created_at: Utc::now(),
+        created_at: crate::clock::now(),
     };
     txn.open_table(LEDGER)?.insert(
         format!("{org_id}/{seq:020}").as_str(),

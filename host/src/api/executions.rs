@@ -257,6 +257,14 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
     };
     let wait = match body.get("wait_seconds") {
         None | Some(Value::Null) => DEFAULT_WAIT_SECONDS,
+        Some(Value::Number(n)) if n.is_f64() => {
+            details.push(Detail::new(
+                "wait_seconds",
+                DetailCode::InvalidType,
+                "wait_seconds must be an integer",
+            ));
+            DEFAULT_WAIT_SECONDS
+        }
         Some(Value::Number(n)) => match n.as_u64() {
             Some(seconds @ 1..=MAX_WAIT_SECONDS) => seconds,
             _ => {

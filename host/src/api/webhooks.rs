@@ -227,12 +227,13 @@ pub async fn test(
 }
 
 /// `GET /v1/webhooks/default-secret` → `{secret}`: what signs deliveries to
-/// per-execution `webhook_url`s.
+/// per-execution `webhook_url`s. An `execution`-scope key may read it: it may set
+/// `webhook_url`, so it must be able to verify what arrives there.
 pub async fn default_secret(
     State(app): State<Arc<App>>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require(&caller, Scope::Full)?;
+    require(&caller, Scope::Execution)?;
     let org = caller.org_id.clone();
     let secret = app
         .store
