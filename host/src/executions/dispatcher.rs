@@ -316,8 +316,8 @@ impl Dispatcher {
                 AttemptEnd::Abandoned => return Ok(()),
                 AttemptEnd::Deferred => {
                     // Until a breaker lets a probe through, or the deadline.
-                    let wait = std::time::Duration::from_millis(DEFER_MS);
-                    clock::sleep_until(clock::now() + Duration::from_millis(DEFER_MS), wait).await;
+                    let wait = Duration::from_millis(DEFER_MS);
+                    clock::sleep_until(clock::now() + wait, wait).await;
                     continue;
                 }
                 AttemptEnd::Completed(completion, candidate) => {

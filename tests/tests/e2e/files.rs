@@ -576,6 +576,14 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let used = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-kontext-pro", "input": {"prompt": "x", "image": short_id}}),
+        )
+        .await;
+    assert_eq!(used.status, StatusCode::BAD_REQUEST, "{:?}", used.body);
+    assert_eq!(used.error_code(), "FILE_NOT_FOUND", "an expired file");
     let deadline = std::time::Instant::now() + WAIT;
     while objects_of(&server, &short_id) > 0 {
         assert!(

@@ -408,11 +408,22 @@ async fn undelivered_events_survive_kill_9_and_are_all_delivered_after_restart()
         json!({"url": receiver.url, "events": ["execution.completed"]}),
     )
     .await;
+    // A second endpoint takes every `execution.started` event at once.
+    let healthy = Receiver::start().await;
+    create_endpoint(
+        &server,
+        json!({"url": healthy.url, "events": ["execution.started"]}),
+    )
+    .await;
     let mut executions = Vec::new();
     for _ in 0..5 {
         executions.push(run_execution(&server, json!({})).await);
     }
     receiver.wait_for(5, WAIT).await;
+    healthy.wait_for(5, WAIT).await;
+    // Each delivery is retired by one commit right after its answer; a second is
+    // ample for the last one, so none is left in the at-least-once window.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     server.kill();
     receiver.answer_with(200);
     server.restart().await;
@@ -449,6 +460,10 @@ async fn undelivered_events_survive_kill_9_and_are_all_delivered_after_restart()
     for id in &before {
         assert!(after.contains(id), "{id} was redelivered under another id");
     }
+    // What was delivered before the kill is not sent again.
+    server.advance_clock(3600).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(healthy.received().len(), 5, "a delivered event was resent");
 }
 
 #[tokio::test]
