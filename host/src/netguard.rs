@@ -452,6 +452,39 @@ mod tests {
         }
     }
 
+    /// The "a name resolving to loopback", through the system resolver
+    /// rather than the `localhost` name rule: the machine's own host name and the
+    /// usual `/etc/hosts` aliases, whichever resolve here to non-global addresses.
+    #[tokio::test]
+    async fn a_name_resolving_to_an_internal_address_is_refused() {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let mut checked = Vec::new();
+        for name in [
+            hostname.trim(),
+            "ip6-localhost",
+            "ip6-loopback",
+            "localhost.localdomain",
+        ] {
+            let Ok(addrs) = tokio::net::lookup_host((name, 443)).await else {
+                continue;
+            };
+            let addrs: Vec<IpAddr> = addrs.map(|addr| addr.ip()).collect();
+            if addrs.is_empty() || addrs.iter().any(|ip| classify(*ip) == AddressClass::Global) {
+                continue;
+            }
+            let refusal = STRICT.check(&format!("https://{name}/hook")).await;
+            assert!(
+                matches!(refusal, Err(Refusal::ForbiddenAddress(ip)) if addrs.contains(&ip)),
+                "{name} resolves to {addrs:?}: {refusal:?}"
+            );
+            checked.push(name.to_owned());
+        }
+        assert!(
+            !checked.is_empty(),
+            "no name on this machine resolves to an internal address"
+        );
+    }
+
     #[tokio::test]
     async fn dev_policy_allows_loopback_only() {
         for url in [

@@ -104,30 +104,34 @@ fn stream(
         .event("execution")
         .data(execution.accepted_view().to_string());
     let id = execution.id.clone();
-    let rest = futures_util::stream::unfold(Some(events), move |events| {
+    let start = Some((events, execution.status));
+    let rest = futures_util::stream::unfold(start, move |state| {
         let (app, org_id, id) = (app.clone(), org_id.clone(), id.clone());
         async move {
-            let mut events = events?;
+            let (mut events, mut shown) = state?;
             loop {
                 match events.recv().await {
                     Ok(StreamMessage::Delta(text)) => {
                         let event = Event::default()
                             .event("delta")
                             .data(json!({ "text": text }).to_string());
-                        return Some((Ok(event), Some(events)));
+                        return Some((Ok(event), Some((events, shown))));
                     }
                     Ok(StreamMessage::Reset) => {
                         let event = Event::default()
                             .event("reset")
                             .data(json!({ "id": id }).to_string());
-                        return Some((Ok(event), Some(events)));
+                        return Some((Ok(event), Some((events, shown))));
                     }
                     Ok(StreamMessage::Status(status)) if status.is_terminal() => break,
+                    // Retries and attempt records notify too; the client sees changes.
+                    Ok(StreamMessage::Status(status)) if status == shown => continue,
                     Ok(StreamMessage::Status(status)) => {
+                        shown = status;
                         let event = Event::default()
                             .event("status")
                             .data(json!({ "id": id, "status": status }).to_string());
-                        return Some((Ok(event), Some(events)));
+                        return Some((Ok(event), Some((events, shown))));
                     }
                     // A slow reader missed some deltas; the final object has the text.
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,

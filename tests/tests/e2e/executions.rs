@@ -921,6 +921,13 @@ async fn a_stream_cut_off_mid_answer_is_a_failed_attempt_and_nothing_is_billed()
         after_last_reset.clone().all(|name| *name != "delta"),
         "{names:?}"
     );
+    // Regression: every retry repeated `status: PROCESSING`; statuses are changes.
+    let statuses: Vec<&Value> = events
+        .iter()
+        .filter(|(name, _)| name == "status")
+        .map(|(_, data)| &data["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("PROCESSING")], "{names:?}");
     let done = &events.last().unwrap().1;
     assert_eq!(done["status"], "FAILED", "{done}");
     assert_eq!(done["error"]["code"], "GENERATION_FAILED");
