@@ -166,6 +166,8 @@ pub struct ApiError {
     pub code: Code,
     pub message: String,
     pub details: Vec<Detail>,
+    /// the object's current status, for a `409` caused by it
+    pub status: Option<&'static str>,
     /// extra headers (e.g. `Retry-After`)
     pub headers: Vec<(&'static str, String)>,
 }
@@ -176,7 +178,17 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            status: None,
             headers: Vec::new(),
+        }
+    }
+
+    /// `409 CONFLICT` because the object is in `status`, which the envelope also
+    /// names in a `status` field for clients to act on.
+    pub fn state_conflict(status: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: Some(status),
+            ..Self::new(Code::Conflict, message)
         }
     }
 

@@ -13,7 +13,7 @@ use super::{JsonObject, Page, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::billing;
-use crate::error::{ApiError, Code, Detail, DetailCode};
+use crate::error::{ApiError, Detail, DetailCode};
 use crate::executions::{CreateRequest, Execution, Mode, Status, StreamMessage, request_hash};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::StreamExt;
@@ -350,12 +350,10 @@ pub async fn result(
         .get(&caller.org_id, &id)?
         .ok_or_else(ApiError::not_found)?;
     if execution.status != Status::Completed {
-        return Err(ApiError::new(
-            Code::Conflict,
-            format!(
-                "the execution is {}, not COMPLETED",
-                status_name(execution.status)
-            ),
+        let status = execution.status.as_str();
+        return Err(ApiError::state_conflict(
+            status,
+            format!("the execution is {status}, not COMPLETED"),
         ));
     }
     Ok(Json(json!({
@@ -376,10 +374,13 @@ pub async fn cancel(
     match app.dispatcher.cancel(&caller.org_id, &id).await? {
         None => Err(ApiError::not_found()),
         Some(Ok(execution)) => Ok(Json(execution.view())),
-        Some(Err(status)) => Err(ApiError::new(
-            Code::Conflict,
-            format!("the execution is already {}", status_name(status)),
-        )),
+        Some(Err(status)) => {
+            let status = status.as_str();
+            Err(ApiError::state_conflict(
+                status,
+                format!("the execution is already {status}"),
+            ))
+        }
     }
 }
 
@@ -391,13 +392,6 @@ fn canonical_create(mut body: serde_json::Map<String, Value>) -> Value {
     body.entry("mode").or_insert_with(|| json!("ASYNC"));
     body.entry("metadata").or_insert_with(|| json!({}));
     Value::Object(body)
-}
-
-fn status_name(status: Status) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 pub async fn ledger(

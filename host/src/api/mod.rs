@@ -128,6 +128,9 @@ async fn request_id(request: Request, next: Next) -> Response {
         if !error.details.is_empty() {
             body["details"] = json!(error.details);
         }
+        if let Some(status) = error.status {
+            body["status"] = json!(status);
+        }
         *response.body_mut() = Body::from(json!({ "error": body }).to_string());
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -27,6 +27,19 @@ impl Status {
         )
     }
 
+    /// The name clients see, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Processing => "PROCESSING",
+            Status::AwaitingWebhook => "AWAITING_WEBHOOK",
+            Status::Completed => "COMPLETED",
+            Status::Failed => "FAILED",
+            Status::Cancelled => "CANCELLED",
+            Status::Expired => "EXPIRED",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<Status> {
         serde_json::from_value(Value::String(text.to_string())).ok()
     }
@@ -213,6 +226,23 @@ impl Execution {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_names_are_the_serialized_ones() {
+        use Status::*;
+        for status in [
+            Pending,
+            Processing,
+            AwaitingWebhook,
+            Completed,
+            Failed,
+            Cancelled,
+            Expired,
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+    }
 
     fn failed_attempt(failure: Code) -> Attempt {
         Attempt {

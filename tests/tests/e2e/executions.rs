@@ -558,6 +558,7 @@ async fn cancel_stops_a_running_job_releases_the_hold_and_is_idempotent() {
     let result = server.get(&format!("/v1/executions/{id}/result")).await;
     assert_eq!(result.status, StatusCode::CONFLICT);
     assert_eq!(result.error_code(), "CONFLICT");
+    assert_eq!(result.body["error"]["status"], "CANCELLED");
 
     let done = create(&server, flux()).await;
     emulator.state.set_never_finish(false);
@@ -566,6 +567,7 @@ async fn cancel_stops_a_running_job_releases_the_hold_and_is_idempotent() {
         .post(&format!("/v1/executions/{done}/cancel"), json!({}))
         .await;
     assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert_eq!(conflict.body["error"]["status"], "COMPLETED");
     assert!(
         conflict.body["error"]["message"]
             .as_str()
