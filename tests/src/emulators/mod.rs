@@ -28,6 +28,7 @@ use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -156,6 +157,9 @@ pub(crate) struct Common {
     requests: Mutex<Vec<Recorded>>,
     fetched: Mutex<Vec<Fetched>>,
     files: Mutex<HashMap<String, Vec<u8>>>,
+    /// API requests being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
     /// Turns `true` once the emulator is shut down.
     stopped: watch::Sender<bool>,
 }
@@ -298,6 +302,11 @@ impl<S> Emulator<S> {
             .count()
     }
 
+    /// The most API requests this emulator was answering at the same time.
+    pub fn peak_in_flight(&self) -> usize {
+        self.common.peak_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Stops accepting connections, closes idle ones and drops those held by `Hang`
     /// or `Delay`; returns when answers in progress are done and the port is free.
     pub async fn shutdown(mut self) {
@@ -328,6 +337,8 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
         requests: Mutex::default(),
         fetched: Mutex::default(),
         files: Mutex::default(),
+        in_flight: AtomicUsize::new(0),
+        peak_in_flight: AtomicUsize::new(0),
         stopped: watch::Sender::new(false),
     });
     let (state, api) = make(common.clone());
@@ -377,6 +388,7 @@ async fn guard<D: Dialect>(
             .collect(),
         body: String::from_utf8_lossy(&bytes).into_owned(),
     });
+    let _in_flight = InFlight::enter(common.clone());
     let fault = common.faults.next();
     tracing::info!(method = %parts.method, path = %parts.uri.path(), ?fault, "request");
     match fault {
@@ -418,6 +430,23 @@ async fn guard<D: Dialect>(
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// Counts one request in flight until dropped (also when a fault unwinds).
+struct InFlight(Arc<Common>);
+
+impl InFlight {
+    fn enter(common: Arc<Common>) -> InFlight {
+        let now = common.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        common.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(common)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Drops the connection with no response: unwinding ends the connection's task, which

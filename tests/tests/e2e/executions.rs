@@ -392,6 +392,102 @@ async fn a_slow_provider_completes_and_latency_ranks_a_faster_one_first() {
     assert_eq!(fast.count("/v1/models/"), 4);
 }
 
+/// A replicate-format provider of flux as config TOML, with extra lines for the
+/// provider table and for its `flux-1.1-pro` entry.
+fn flux_provider(
+    name: &str,
+    emulator: &Emulator<replicate::Replicate>,
+    provider_lines: &str,
+    model_lines: &str,
+) -> String {
+    format!(
+        "\n[[providers]]\nname = {name:?}\nadapter = \"replicate\"\nbase_url = {:?}\napi_key = \"emulator-key\"\n{provider_lines}\n[providers.models.\"flux-1.1-pro\"]\n{model_lines}\n",
+        emulator.base_url()
+    )
+}
+
+/// The operator's weight outranks config order at equal cost, and a pin serves a
+/// model alone: when the pinned provider fails, the others are not tried.
+#[tokio::test]
+async fn operator_weights_rank_providers_and_a_pin_excludes_the_others() {
+    let (a, b) = (replicate_emulator().await, replicate_emulator().await);
+    // Same price: config order would pick `a`.
+    let weighted = flux_provider("a", &a, "", "") + &flux_provider("b", &b, "", "weight = 2.0");
+    let server = Server::start_with(
+        &[],
+        Options {
+            config: &weighted,
+            ..Options::default()
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        complete_flux(&server).await;
+    }
+    assert_eq!(a.count("/v1/models/"), 0);
+    assert_eq!(b.count("/v1/models/"), 3);
+    drop(server);
+
+    let (a, b) = (replicate_emulator().await, replicate_emulator().await);
+    let pinned =
+        flux_provider("a", &a, "", "pinned = true") + &flux_provider("b", &b, "", "weight = 2.0");
+    let server = Server::start_with(
+        &[],
+        Options {
+            config: &pinned,
+            executions: "max_attempts = 2",
+            ..Options::default()
+        },
+    )
+    .await;
+    complete_flux(&server).await;
+    assert_eq!((a.count("/v1/models/"), b.count("/v1/models/")), (1, 0));
+    a.set_always(Some(Fault::Status {
+        status: 500,
+        retry_after: None,
+        body: None,
+    }));
+    let id = create(&server, flux()).await;
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "FAILED", "{execution}");
+    assert_eq!(
+        a.count("/v1/models/"),
+        3,
+        "two attempts, both at the pinned provider"
+    );
+    assert_eq!(b.count("/v1/models/"), 0);
+}
+
+/// A provider's `max_concurrency` caps the requests in flight to it: six
+/// executions queue behind a bulkhead of two and all complete.
+#[tokio::test]
+async fn the_bulkhead_caps_requests_in_flight_to_a_provider() {
+    let emulator = replicate_emulator().await;
+    emulator.set_always(Some(Fault::Delay { ms: 1000 }));
+    let config = flux_provider("slow", &emulator, "max_concurrency = 2", "");
+    let server = Server::start_with(
+        &[],
+        Options {
+            config: &config,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(create(&server, flux()).await);
+    }
+    for id in &ids {
+        let execution = server.wait_terminal(id, WAIT).await;
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    }
+    assert_eq!(
+        emulator.peak_in_flight(),
+        2,
+        "the bulkhead is filled, never overfilled"
+    );
+}
+
 #[tokio::test]
 async fn transient_faults_are_retried_until_the_provider_answers() {
     for fault in [
