@@ -38,12 +38,12 @@ pub use bindings::modelroute::provider::types::{
 pub use serde_json::{self, Value, json};
 
 /// The contract version this SDK speaks. The host refuses versions it does not know.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
 
 /// [`API_VERSION`] as bytes, stamped into every plugin by [`export_adapter!`] in the
 /// custom section `modelroute:api-version`, which the host reads before compiling.
 #[doc(hidden)]
-pub const API_VERSION_BYTES: [u8; API_VERSION.len()] = *b"0.1.0";
+pub const API_VERSION_BYTES: [u8; API_VERSION.len()] = *b"0.2.0";
 
 /// One provider wire format. Only the first four methods are required.
 pub trait Adapter: Send + Sync + 'static {

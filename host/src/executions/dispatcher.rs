@@ -451,10 +451,19 @@ impl Dispatcher {
         if started.is_none() {
             return Ok(AttemptEnd::Abandoned);
         }
+        self.submit(execution, candidate, &attempt_id).await
+    }
 
-        let mut ctx = context(execution, &candidate, &attempt_id, &self.callbacks);
+    /// Sends the attempt's submit to its provider and follows the job to its end.
+    async fn submit(
+        &self,
+        execution: &Execution,
+        candidate: Candidate,
+        attempt_id: &str,
+    ) -> Result<AttemptEnd> {
+        let mut ctx = context(execution, &candidate, attempt_id, &self.callbacks);
         let inline = candidate.plugin.manifest.capabilities.inline_files;
-        ctx.files = match self.files.mint_grants(execution, &attempt_id, inline).await {
+        ctx.files = match self.files.mint_grants(execution, attempt_id, inline).await {
             Ok(grants) => grants,
             Err(error) => {
                 let message = format!("preparing the input files failed: {error:#}");
@@ -542,9 +551,16 @@ impl Dispatcher {
                 "the provider of an interrupted job is no longer configured",
                 true,
             ))),
-            // Cut before the provider acknowledged anything: nothing to poll, so the
-            // attempt ends and the next one starts afresh (a restart is not the
-            // provider's failure: it spends none of the execution's attempts).
+            // Cut before the submit's answer was recorded, at a provider that
+            // de-duplicates by the attempt id: sending it again cannot start a
+            // second job.
+            (None, Some(candidate)) if candidate.plugin.manifest.capabilities.idempotent_submit => {
+                tracing::info!(execution = %execution.id, attempt = %attempt.id, "re-sending an interrupted submit under its idempotency key");
+                self.submit(execution, candidate, &attempt.id).await
+            }
+            // Otherwise nothing to poll, so the attempt ends and the next one starts
+            // afresh (a restart is not the provider's failure: it spends none of the
+            // execution's attempts).
             (None, _) => Ok(AttemptEnd::Interrupted(failure(
                 wit::ErrorCode::ServiceUnavailable,
                 "attempt interrupted before the provider accepted it",

@@ -97,6 +97,12 @@ pub fn check(runtime: &Arc<Runtime>, wasm: &[u8], fixtures: &[Fixture]) -> Vec<C
         for (name, fixture) in own_fixtures(&model.slug) {
             record(format!("{}: {name}", model.slug), run(&plugin, &fixture));
         }
+        if plugin.manifest.capabilities.idempotent_submit {
+            record(
+                format!("{}: the submit carries its attempt id", model.slug),
+                submit_carries_attempt_id(&plugin, model),
+            );
+        }
     }
     for fixture in fixtures {
         record(
@@ -160,6 +166,39 @@ fn own_fixtures(slug: &str) -> Vec<(&'static str, Fixture)> {
             ),
         ),
     ]
+}
+
+/// An adapter declaring `idempotent-submit` must send the attempt id as the
+/// provider's key: the host re-sends a cut submit trusting that it does.
+fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &wit::Model) -> Result<(), String> {
+    let attempt_id = "att_conformance_key";
+    let ctx = wit::CallContext {
+        slug: model.slug.clone(),
+        provider_model: model.provider_model.clone(),
+        base_url: plugin.manifest.default_base_url.clone(),
+        attempt_id: attempt_id.into(),
+        callback_url: None,
+        files: Vec::new(),
+        stream: false,
+    };
+    let request = plugin
+        .call("build-submit", |adapter, store| {
+            adapter.call_build_submit(store, &ctx, &model.example_input)
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|failure| format!("the example input was refused: {}", failure.message))?;
+    let in_headers = request
+        .headers
+        .iter()
+        .any(|(_, value)| value.contains(attempt_id));
+    let in_body = request
+        .body
+        .is_some_and(|body| String::from_utf8_lossy(&body).contains(attempt_id));
+    if in_headers || in_body {
+        Ok(())
+    } else {
+        Err("the manifest declares idempotent-submit, but build-submit does not send call-context.attempt-id".into())
+    }
 }
 
 fn run(plugin: &LoadedPlugin, fixture: &Fixture) -> Result<(), String> {

@@ -41,7 +41,7 @@ use bindings::exports::modelroute::provider::adapter::Guest;
 pub use bindings::modelroute::provider::types as wit;
 
 /// Contract versions this host speaks.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
+pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.2.0"];
 const API_VERSION_SECTION: &str = "modelroute:api-version";
 /// The epoch advances this often; call deadlines are counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -244,6 +244,7 @@ fn empty_manifest() -> wit::Manifest {
             webhooks: false,
             streaming: false,
             inline_files: false,
+            idempotent_submit: false,
         },
         models: Vec::new(),
     }

@@ -39,6 +39,7 @@ impl Adapter for Bfl {
                 webhooks: false,
                 streaming: false,
                 inline_files: true,
+                idempotent_submit: false,
             },
             models: vec![
                 Model {

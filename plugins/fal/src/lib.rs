@@ -56,6 +56,7 @@ impl Adapter for Fal {
                 webhooks: true,
                 streaming: false,
                 inline_files: false,
+                idempotent_submit: false,
             },
             models: vec![
                 model(

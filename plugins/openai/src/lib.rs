@@ -30,6 +30,7 @@ impl Adapter for OpenAi {
                 webhooks: false,
                 streaming: true,
                 inline_files: false,
+                idempotent_submit: false,
             },
             models: vec![
                 Model {

@@ -23,6 +23,7 @@ impl Adapter for Replicate {
                 webhooks: true,
                 streaming: false,
                 inline_files: false,
+                idempotent_submit: false,
             },
             models: vec![
                 Model {

@@ -1,6 +1,7 @@
 //! A complete adapter for a simple synchronous text API:
 //! `POST {base}/v1/generate {"model", "prompt", "max_tokens"}` →
-//! `{"text": "...", "usage": {"input_tokens": n, "output_tokens": m}}`.
+//! `{"text": "...", "usage": {"input_tokens": n, "output_tokens": m}}`. The API
+//! answers a repeated `Idempotency-Key` with the first request's result.
 //! Copy this folder, rename the crate, and change the four methods.
 
 use modelroute_sdk::*;
@@ -31,6 +32,7 @@ impl Adapter for Template {
                 webhooks: false,
                 streaming: false,
                 inline_files: false,
+                idempotent_submit: true,
             },
             models: vec![Model {
                 slug: "template-text".into(),
@@ -60,7 +62,8 @@ impl Adapter for Template {
             "prompt": input["prompt"],
             "max_tokens": input["max_tokens"].as_u64().unwrap_or(256),
         });
-        Ok(HttpRequest::post_json(ctx.url("/v1/generate"), &body))
+        Ok(HttpRequest::post_json(ctx.url("/v1/generate"), &body)
+            .header("Idempotency-Key", &ctx.attempt_id))
     }
 
     fn parse_response(

@@ -282,7 +282,7 @@ fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
         ),
         ("plugins/dist/bfl.wasm", None, 14),
         ("plugins/dist/fal.wasm", None, 14),
-        ("target/test-plugins/template.wasm", None, 8),
+        ("target/test-plugins/template.wasm", None, 9),
     ] {
         let (passed, report) = check(wasm, fixtures);
         assert!(passed, "{wasm}:\n{report}");
@@ -291,6 +291,11 @@ fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
             "{wasm}:\n{report}"
         );
     }
+    let (_, report) = check("target/test-plugins/template.wasm", None);
+    assert!(
+        report.contains("PASS  template-text: the submit carries its attempt id"),
+        "{report}"
+    );
     let template = std::fs::read_to_string(root.join("sdk/template/src/lib.rs")).unwrap();
     assert!(template.lines().count() < 100);
 

@@ -1,13 +1,16 @@
 //! Durability: `kill -9` of the server at awkward moments, then a restart. Every
 //! acknowledged execution must still end in a terminal state, with its money right.
 
-use serde_json::json;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Fault, replicate};
 
 use crate::executions::wait_status;
-use crate::support::{ProviderSpec, Server, flux_input};
+use crate::support::{Options, ProviderSpec, Server, flux_input};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -49,6 +52,117 @@ async fn a_job_running_at_the_provider_is_polled_again_after_kill_9() {
         balance,
         json!({"available": "99.96", "held": "0", "currency": "USD"})
     );
+}
+
+/// The SDK template's example API: `POST /v1/generate` de-duplicates by
+/// `Idempotency-Key`. Its first job never answers (the server is killed while it
+/// waits); a repeat of a key answers that key's job without running another.
+#[derive(Default)]
+struct ExampleApi {
+    /// the `Idempotency-Key` of every request, in order
+    keys: Mutex<Vec<String>>,
+    /// jobs run, by key
+    jobs: Mutex<HashMap<String, Value>>,
+}
+
+impl ExampleApi {
+    async fn spawn() -> (Arc<ExampleApi>, String) {
+        let api = Arc::new(ExampleApi::default());
+        let state = api.clone();
+        let app = axum::Router::new().route(
+            "/v1/generate",
+            axum::routing::post(move |headers: HeaderMap| {
+                let api = state.clone();
+                async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    api.keys.lock().unwrap().push(key.clone());
+                    let (answer, first_job) = {
+                        let mut jobs = api.jobs.lock().unwrap();
+                        let first_job = jobs.is_empty();
+                        let answer = jobs
+                            .entry(key)
+                            .or_insert_with(|| {
+                                json!({"text": "hello back", "usage": {"input_tokens": 3, "output_tokens": 2}})
+                            })
+                            .clone();
+                        (answer, first_job)
+                    };
+                    if first_job {
+                        std::future::pending::<()>().await;
+                    }
+                    axum::Json(answer)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (api, url)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.keys.lock().unwrap().clone()
+    }
+}
+
+/// A submit cut by `kill -9` before its answer was recorded: where the adapter
+/// declares that its provider de-duplicates submits (`idempotent-submit`), the
+/// restart sends it again under the same attempt id, so the provider runs one job.
+#[tokio::test]
+async fn a_cut_submit_is_sent_again_under_its_attempt_id_where_the_provider_dedupes() {
+    let (api, url) = ExampleApi::spawn().await;
+    let mut server = Server::start_with(
+        &[ProviderSpec {
+            name: "example",
+            adapter: "template",
+            base_url: url,
+            models: &["template-text"],
+        }],
+        Options {
+            extra_plugins: &["template"],
+            ..Options::default()
+        },
+    )
+    .await;
+    let reply = server
+        .post(
+            "/v1/executions",
+            json!({"model": "template-text", "input": {"prompt": "hello there"}}),
+        )
+        .await;
+    let id = reply.body["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + WAIT;
+    while api.keys().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no submit arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill();
+    server.restart().await;
+
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["result"]["output"]["text"], "hello back");
+    let keys = api.keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1], "the same idempotency key both times");
+    assert_eq!(api.jobs.lock().unwrap().len(), 1, "one job at the provider");
+    let record = server
+        .call(
+            reqwest::Method::GET,
+            &format!("/admin/v1/executions/{id}"),
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{record}");
+    assert_eq!(attempts[0]["id"], keys[0].as_str());
 }
 
 #[tokio::test]
