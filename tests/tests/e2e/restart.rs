@@ -220,12 +220,15 @@ async fn executions_cut_at_any_point_all_finish_after_kill_9() {
     );
 }
 
-/// Several hundred executions, the server killed three times at random moments.
-/// Every execution ends; no provider job is counted twice; no attempt's request is
-/// sent twice (each attempt has at most one prediction at the provider); the ledger
-/// rebuilds to the balances with no hold left.
+/// Several hundred executions, the server killed three times at random moments,
+/// while clients are still creating (they retry with the same `Idempotency-Key`
+/// when a create gets no answer, as SPEC §6 intends). Every execution ends; no
+/// provider job is counted twice; no attempt's submit is sent twice (the callback
+/// URL in each submit names its attempt); the ledger rebuilds to the balances
+/// with no hold left.
 #[tokio::test]
 async fn random_kills_during_hundreds_of_executions_lose_nothing_and_repeat_nothing() {
+    use futures_util::StreamExt;
     use rand::Rng;
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
@@ -238,30 +241,51 @@ async fn random_kills_during_hundreds_of_executions_lose_nothing_and_repeat_noth
         models: &["flux-1.1-pro"],
     }])
     .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let mut ids = Vec::new();
     for round in 0..3 {
-        for i in 0..100 {
-            let prompt = format!("run {round}-{i}");
-            let input = json!({"prompt": prompt, "width": 256, "height": 256});
-            let reply = server
-                .post(
-                    "/v1/executions",
-                    json!({"model": "flux-1.1-pro", "input": input}),
-                )
-                .await;
-            assert_eq!(
-                reply.status,
-                reqwest::StatusCode::ACCEPTED,
-                "{:?}",
-                reply.body
-            );
-            ids.push((reply.body["id"].as_str().unwrap().to_string(), prompt));
-        }
-        let pause = rand::rng().random_range(0..400);
+        let (url, key) = (server.url.clone(), server.api_key.clone());
+        let client = client.clone();
+        // Eight clients at a time, each retrying its create until it is answered.
+        let creating = tokio::spawn(async move {
+            futures_util::stream::iter(0..100)
+                .map(|i| {
+                    let (client, url, key) = (client.clone(), url.clone(), key.clone());
+                    async move {
+                        let prompt = format!("run {round}-{i}");
+                        let input = json!({"prompt": prompt, "width": 256, "height": 256});
+                        loop {
+                            let sent = client
+                                .post(format!("{url}/v1/executions"))
+                                .bearer_auth(&key)
+                                .header("Idempotency-Key", &prompt)
+                                .json(&json!({"model": "flux-1.1-pro", "input": input}))
+                                .send()
+                                .await;
+                            if let Ok(response) = sent
+                                && let Ok(body) = response.json::<Value>().await
+                            {
+                                let id = body["id"].as_str().expect("an execution id");
+                                return (id.to_string(), prompt);
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+        });
+        let pause = rand::rng().random_range(0..600);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         server.kill();
         server.restart().await;
+        ids.extend(creating.await.unwrap());
     }
+    assert_eq!(ids.len(), 300);
     emulator.set_always(None);
 
     let creates = emulator.requests();
@@ -282,15 +306,22 @@ async fn random_kills_during_hundreds_of_executions_lose_nothing_and_repeat_noth
             .await
             .body;
         let attempts = record["attempts"].as_array().unwrap();
-        let sent = creates
+        let submits: Vec<&str> = creates
             .iter()
             .filter(|r| {
                 r.path.ends_with("/predictions") && r.body.contains(&format!("\"{prompt}\""))
             })
-            .count();
+            .map(|r| r.body.as_str())
+            .collect();
+        for attempt in attempts {
+            let own = format!(".{}.", attempt["id"].as_str().unwrap());
+            let sent = submits.iter().filter(|body| body.contains(&own)).count();
+            assert!(sent <= 1, "{id}: attempt {own} submitted {sent} times");
+        }
         assert!(
-            sent <= attempts.len(),
-            "{id}: {sent} submits for {} attempts",
+            submits.len() <= attempts.len(),
+            "{id}: {} submits for {} attempts",
+            submits.len(),
             attempts.len()
         );
         let jobs: Vec<&str> = attempts
