@@ -20,7 +20,7 @@ pub mod replicate;
 
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -160,6 +160,8 @@ pub(crate) struct Common {
     /// API requests being answered now, and the most there ever were at once.
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
+    /// Output files answer a redirect to themselves instead of their bytes.
+    redirect_files: std::sync::atomic::AtomicBool,
     /// Turns `true` once the emulator is shut down.
     stopped: watch::Sender<bool>,
 }
@@ -302,6 +304,12 @@ impl<S> Emulator<S> {
             .count()
     }
 
+    /// Output file URLs answer `302` to the same file (`?direct`), as a CDN in
+    /// front of storage might: a client that follows redirects gets the bytes.
+    pub fn redirect_files(&self, on: bool) {
+        self.common.redirect_files.store(on, Ordering::SeqCst);
+    }
+
     /// The most API requests this emulator was answering at the same time.
     pub fn peak_in_flight(&self) -> usize {
         self.common.peak_in_flight.load(Ordering::SeqCst)
@@ -339,6 +347,7 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
         files: Mutex::default(),
         in_flight: AtomicUsize::new(0),
         peak_in_flight: AtomicUsize::new(0),
+        redirect_files: std::sync::atomic::AtomicBool::new(false),
         stopped: watch::Sender::new(false),
     });
     let (state, api) = make(common.clone());
@@ -455,7 +464,15 @@ fn reset() -> ! {
     std::panic::resume_unwind(Box::new("emulated connection reset"))
 }
 
-async fn file(State(common): State<Arc<Common>>, Path(name): Path<String>) -> Response {
+async fn file(
+    State(common): State<Arc<Common>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if common.redirect_files.load(Ordering::SeqCst) && query.as_deref() != Some("direct") {
+        let location = format!("{}/files/{name}?direct", common.base_url);
+        return (StatusCode::FOUND, [("location", location)]).into_response();
+    }
     match common.files.lock().unwrap().get(&name) {
         Some(bytes) => {
             let kind = if name.ends_with(".mp4") {

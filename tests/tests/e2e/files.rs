@@ -619,3 +619,67 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Runs one flux execution to its end.
+async fn run_flux(server: &Server) -> Value {
+    let body = json!({"model": "flux-1.1-pro", "input": crate::support::flux_input()});
+    let reply = server.post("/v1/executions", body).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    let id = reply.body["id"].as_str().unwrap().to_string();
+    server.wait_terminal(&id, WAIT).await
+}
+
+fn assert_no_objects(server: &Server) {
+    let objects = server.data.path().join("state/files/objects");
+    let left = std::fs::read_dir(objects).map_or(0, |dir| dir.count());
+    assert_eq!(left, 0, "no output object is left behind");
+}
+
+/// Provider outputs are fetched by the host under its own limits: an asset over
+/// `executions.max_asset_bytes`, or an asset URL that answers a redirect (here to
+/// the same file at the same provider, which a client following redirects would
+/// get), fails the attempt; nothing of it is kept and nothing is charged.
+#[tokio::test]
+async fn an_output_over_the_cap_or_behind_a_redirect_fails_and_nothing_is_kept() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let small_cap = Server::start_with(
+        &[replicate_spec(&emulator)],
+        Options {
+            executions: "max_attempts = 1\nmax_asset_bytes = 200",
+            ..Options::default()
+        },
+    )
+    .await;
+    let execution = run_flux(&small_cap).await;
+    assert_eq!(execution["status"], "FAILED", "{execution}");
+    assert_eq!(execution["error"]["code"], "GENERATION_FAILED");
+    assert_eq!(small_cap.get("/v1/files").await.body["data"], json!([]));
+    assert_eq!(small_cap.get("/v1/balance").await.body["available"], "100");
+    assert_no_objects(&small_cap);
+    drop(small_cap);
+
+    let server = Server::start_with(
+        &[replicate_spec(&emulator)],
+        Options {
+            executions: "max_attempts = 1",
+            ..Options::default()
+        },
+    )
+    .await;
+    emulator.redirect_files(true);
+    let execution = run_flux(&server).await;
+    assert_eq!(execution["status"], "FAILED", "{execution}");
+    assert_eq!(execution["error"]["code"], "GENERATION_FAILED");
+    assert_eq!(server.get("/v1/files").await.body["data"], json!([]));
+    assert_no_objects(&server);
+    assert!(
+        server.log().contains("302"),
+        "the redirect was not followed"
+    );
+
+    emulator.redirect_files(false);
+    let execution = run_flux(&server).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+}
