@@ -395,6 +395,61 @@ async fn ten_failed_deliveries_deactivate_an_endpoint_and_reactivation_resumes()
     assert_eq!(state().await["failure_count"], json!(0));
 }
 
+/// SPEC §9: nothing is delivered after 24 hours. An event whose retries were
+/// held back by a deactivated endpoint for longer is given up, and reactivating
+/// the endpoint brings only new events.
+#[tokio::test]
+async fn an_event_older_than_24_hours_is_given_up_not_delivered() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = server_with(&emulator, CLOCK_CONTROL).await;
+    let receiver = Receiver::start().await;
+    let endpoint = create_endpoint(
+        &server,
+        json!({"url": receiver.url, "events": ["execution.completed"]}),
+    )
+    .await;
+    let path = format!(
+        "/v1/webhooks/endpoints/{}",
+        endpoint["id"].as_str().unwrap()
+    );
+    let set_active = |active: bool| {
+        server.call(
+            Method::PATCH,
+            &path,
+            Some(&server.api_key),
+            Some(json!({ "is_active": active })),
+            &[],
+        )
+    };
+    receiver.answer_with(500);
+    let old = run_execution(&server, json!({})).await;
+    receiver.wait_for(1, WAIT).await;
+    let id = endpoint["id"].as_str().unwrap();
+    wait_for_failure_after(&server, id, &Value::Null).await;
+    assert_eq!(set_active(false).await.status, StatusCode::OK);
+    receiver.answer_with(200);
+
+    server.advance_clock(25 * 3600).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !server.log().contains("undelivered after 24 hours") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(set_active(true).await.status, StatusCode::OK);
+    server.advance_clock(6 * 60).await;
+    let new = run_execution(&server, json!({})).await;
+    let received = receiver.wait_for(2, WAIT).await;
+    assert_eq!(received[1].json()["execution_id"], json!(new));
+    let of_old = receiver
+        .received()
+        .iter()
+        .filter(|r| r.json()["execution_id"] == json!(old))
+        .count();
+    assert_eq!(of_old, 1, "an event older than 24 hours was sent again");
+}
+
 #[tokio::test]
 async fn undelivered_events_survive_kill_9_and_are_all_delivered_after_restart() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
