@@ -9,7 +9,7 @@ use axum::routing::post;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,8 @@ impl Received {
 struct Inbox {
     received: Mutex<Vec<Received>>,
     status: AtomicU16,
+    /// record deliveries but never answer them
+    silent: AtomicBool,
 }
 
 pub struct Receiver {
@@ -72,6 +74,11 @@ impl Receiver {
 
     pub fn answer_with(&self, status: u16) {
         self.inbox.status.store(status, Ordering::SeqCst);
+    }
+
+    /// From now on, deliveries are recorded and never answered.
+    pub fn fall_silent(&self, silent: bool) {
+        self.inbox.silent.store(silent, Ordering::SeqCst);
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -117,5 +124,8 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
         headers: headers.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
     });
+    if inbox.silent.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
     StatusCode::from_u16(inbox.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
 }

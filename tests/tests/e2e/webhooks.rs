@@ -266,6 +266,51 @@ async fn a_failing_receiver_gets_the_exact_retry_schedule_on_a_driven_clock() {
     assert_eq!(listed.body["data"][0]["is_active"], json!(true));
 }
 
+/// A receiver that never answers fails the attempt when `webhooks.timeout_seconds`
+/// (30 by default, 1 here) has passed, and the retry brings the same event.
+#[tokio::test]
+async fn a_receiver_that_never_answers_times_out_and_the_retry_delivers() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let config = format!("{CLOCK_CONTROL}\n[webhooks]\ntimeout_seconds = 1\n");
+    let server = server_with(&emulator, &config).await;
+    let receiver = Receiver::start().await;
+    receiver.fall_silent(true);
+    let endpoint = create_endpoint(
+        &server,
+        json!({"url": receiver.url, "events": ["execution.completed"]}),
+    )
+    .await;
+    let id = endpoint["id"].as_str().unwrap();
+    run_execution(&server, json!({})).await;
+    receiver.wait_for(1, WAIT).await;
+    wait_for_failure_after(&server, id, &Value::Null).await;
+    let listed = server
+        .get(&format!("/v1/webhooks/endpoints/{id}"))
+        .await
+        .body;
+    assert!(listed["last_success"].is_null(), "{listed}");
+
+    receiver.fall_silent(false);
+    server.advance_clock(2 * 60).await;
+    let received = receiver.wait_for(2, WAIT).await;
+    assert_eq!(received[0].json()["id"], received[1].json()["id"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while server
+        .get(&format!("/v1/webhooks/endpoints/{id}"))
+        .await
+        .body["last_success"]
+        .is_null()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retry was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until endpoint `id` records a failed attempt after `previous` (its
 /// `last_failure` then); returns the new `last_failure`.
 async fn wait_for_failure_after(server: &Server, id: &str, previous: &Value) -> Value {
