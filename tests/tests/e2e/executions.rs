@@ -357,6 +357,58 @@ async fn an_open_breaker_defers_executions_instead_of_failing_them() {
     assert_eq!(emulator.count("/v1/chat/completions"), 6);
 }
 
+/// `SYNC` waits `wait_seconds` at most (1 to 300, whole seconds), then answers
+/// `202` with the execution still running; bad values are validation errors.
+#[tokio::test]
+async fn sync_answers_202_when_wait_seconds_pass_and_refuses_bad_values() {
+    let emulator = replicate_emulator().await;
+    emulator.state.set_never_finish(true);
+    let server = Server::start(&[replicate_provider(&emulator)]).await;
+    let started = std::time::Instant::now();
+    let reply = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-1.1-pro", "mode": "SYNC", "wait_seconds": 1, "input": flux_input()}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let status = reply.body["status"].as_str().unwrap();
+    assert!(
+        ["PENDING", "PROCESSING", "AWAITING_WEBHOOK"].contains(&status),
+        "{:?}",
+        reply.body
+    );
+    assert!(reply.body["id"].as_str().unwrap().starts_with("exec_"));
+
+    for (wait_seconds, code) in [
+        (json!(0), "OUT_OF_RANGE"),
+        (json!(301), "OUT_OF_RANGE"),
+        (json!(1.5), "INVALID_TYPE"),
+        (json!("5"), "INVALID_TYPE"),
+    ] {
+        let reply = server
+            .post(
+                "/v1/executions",
+                json!({"model": "flux-1.1-pro", "mode": "SYNC", "wait_seconds": wait_seconds, "input": flux_input()}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{wait_seconds}");
+        assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
+        assert_eq!(
+            reply.body["error"]["details"][0],
+            json!({"field": "wait_seconds", "code": code, "message": reply.body["error"]["details"][0]["message"]}),
+            "{wait_seconds}"
+        );
+    }
+    let listed = server.get("/v1/executions").await.body;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        1,
+        "refusals create nothing"
+    );
+}
+
 /// A slow provider is not a failed one: its execution completes. Its observed
 /// latency then sends later executions of the same price to a faster provider.
 #[tokio::test]
