@@ -54,6 +54,60 @@ async fn a_job_running_at_the_provider_is_polled_again_after_kill_9() {
     );
 }
 
+/// A deadline that passes while the server is down is enforced at start-up: the
+/// execution ends `EXPIRED` with its hold released, and its job is stopped.
+#[tokio::test]
+async fn an_execution_whose_deadline_passed_while_the_server_was_down_expires() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    emulator.state.set_never_finish(true);
+    let mut server = Server::start_with(
+        &[ProviderSpec {
+            name: "replicate-emulator",
+            adapter: "replicate",
+            base_url: emulator.base_url(),
+            models: &["flux-1.1-pro"],
+        }],
+        Options {
+            executions: "[executions.models.\"flux-1.1-pro\"]\nexpiry_seconds = 3",
+            ..Options::default()
+        },
+    )
+    .await;
+    let reply = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-1.1-pro", "input": flux_input()}),
+        )
+        .await;
+    let id = reply.body["id"].as_str().unwrap().to_string();
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        reply.body["expires_at"].as_str().unwrap().parse().unwrap();
+    wait_status(&server, &id, "AWAITING_WEBHOOK").await;
+    server.kill();
+    while chrono::Utc::now() <= expires_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.restart().await;
+
+    let execution = server.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "EXPIRED", "{execution}");
+    assert_eq!(server.get("/v1/balance").await.body["held"], "0");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !emulator
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with("/cancel"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The SDK template's example API: `POST /v1/generate` de-duplicates by
 /// `Idempotency-Key`. Its first job never answers (the server is killed while it
 /// waits); a repeat of a key answers that key's job without running another.
