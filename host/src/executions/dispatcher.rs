@@ -246,6 +246,18 @@ impl Dispatcher {
             id: job.id,
             state: job.state,
         };
+        self.cancel_job(&execution.id, &candidate, &ctx, job).await;
+    }
+
+    /// Asks the provider, best effort, to stop `job`.
+    async fn cancel_job(
+        &self,
+        execution_id: &str,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        job: wit::Job,
+    ) {
+        let ctx = ctx.clone();
         let request = match candidate
             .plugin
             .call_async("build-cancel", move |adapter, store| {
@@ -268,10 +280,10 @@ impl Dispatcher {
         };
         match self.upstream.send(&target, &request).await {
             Ok(response) => {
-                tracing::info!(execution = %execution.id, status = response.status, "provider cancel sent")
+                tracing::info!(execution = %execution_id, status = response.status, "provider cancel sent")
             }
             Err(error) => {
-                tracing::warn!(execution = %execution.id, %error, "provider cancel failed")
+                tracing::warn!(execution = %execution_id, %error, "provider cancel failed")
             }
         }
     }
@@ -491,9 +503,12 @@ impl Dispatcher {
         for grant in &mut ctx.files {
             grant.bytes = None;
         }
-        let (outcome, _) = self
+        let Some((outcome, _)) = self
             .exchange(&candidate, &ctx, None, &request, &execution.id)
-            .await;
+            .await
+        else {
+            return Ok(AttemptEnd::Abandoned);
+        };
         match outcome {
             wit::Outcome::Completed(completion) => {
                 Ok(AttemptEnd::Completed(completion, Box::new(candidate)))
@@ -515,6 +530,9 @@ impl Dispatcher {
                     })
                     .await?;
                 if recorded.is_none() {
+                    // The execution ended while the provider was starting the job.
+                    self.cancel_job(&execution.id, &candidate, &ctx, pending.job)
+                        .await;
                     return Ok(AttemptEnd::Abandoned);
                 }
                 self.poll(
@@ -618,9 +636,12 @@ impl Dispatcher {
                 Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
                 Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
             };
-            let (outcome, answered) = self
+            let Some((outcome, answered)) = self
                 .exchange(candidate, ctx, Some(&job), &request, id)
-                .await;
+                .await
+            else {
+                return Ok(AttemptEnd::Abandoned);
+            };
             match outcome {
                 wit::Outcome::Completed(completion) => {
                     return Ok(AttemptEnd::Completed(
@@ -654,6 +675,11 @@ impl Dispatcher {
     /// the provider answered with a success status (so a failure is the job's own).
     /// When `ctx.stream` is set and the provider answers with an event stream, each
     /// event goes through the adapter and text deltas reach the client as they come.
+    ///
+    /// `None` when the execution ended (cancelled, expired) first: a request waiting
+    /// for the provider's bulkhead is dropped, and so is one in flight, closing its
+    /// connection, unless it is a submit to a provider that can cancel jobs: that one
+    /// is let answer, so the job it started can be stopped.
     async fn exchange(
         &self,
         candidate: &Candidate,
@@ -661,49 +687,40 @@ impl Dispatcher {
         job: Option<&wit::Job>,
         request: &wit::HttpRequest,
         execution_id: &str,
-    ) -> (wit::Outcome, bool) {
-        let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
-        let target = Target {
-            allowed_hosts: &allowed,
-            auth: &candidate.plugin.manifest.auth,
-            credential: candidate.provider.credential.as_deref(),
-        };
+    ) -> Option<(wit::Outcome, bool)> {
         let provider = &candidate.provider;
-        if !provider.breaker.try_acquire(clock::instant()) {
+        let Some(pass) = provider.breaker.try_acquire(clock::instant()) else {
             let open = failure(
                 wit::ErrorCode::ServiceUnavailable,
                 "the provider's circuit breaker is open",
                 true,
             );
-            return (wit::Outcome::Failed(open), false);
-        }
-        let _permit = provider.bulkhead.acquire().await;
-        let started = Instant::now();
-        let result = match self.upstream.open(&target, request).await {
-            Ok(response) => {
-                let answered = response.status().is_success();
-                let streamed = ctx.stream
-                    && answered
-                    && response
-                        .headers()
-                        .get("content-type")
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with("text/event-stream"));
-                let outcome = if streamed {
-                    Ok(self
-                        .consume_stream(candidate, ctx, execution_id, response)
-                        .await)
-                } else {
-                    match upstream::read(response).await {
-                        Ok(response) => Ok(parse(candidate, ctx, job, response).await),
-                        Err(error) => Err(error),
-                    }
-                };
-                outcome.map(|outcome| (outcome, answered))
-            }
-            Err(error) => Err(error),
+            return Some((wit::Outcome::Failed(open), false));
         };
-        match result {
+        let ended = self.executions.ended(execution_id);
+        tokio::pin!(ended);
+        let _permit = tokio::select! {
+            permit = provider.bulkhead.acquire() => permit,
+            () = &mut ended => {
+                provider.breaker.release(pass);
+                return None;
+            }
+        };
+        let started = Instant::now();
+        let sent = self.send(candidate, ctx, job, request, execution_id);
+        let result = if job.is_none() && candidate.plugin.manifest.capabilities.cancel {
+            sent.await
+        } else {
+            tokio::select! {
+                result = sent => result,
+                () = &mut ended => {
+                    tracing::info!(execution = %execution_id, "provider request dropped: the execution ended");
+                    provider.breaker.release(pass);
+                    return None;
+                }
+            }
+        };
+        Some(match result {
             Ok((outcome, answered)) => {
                 // A provider that answers, even "no" to a bad input, is healthy.
                 let healthy = !matches!(&outcome, wit::Outcome::Failed(f) if f.retryable);
@@ -716,7 +733,40 @@ impl Dispatcher {
                 provider.breaker.record(false, None, clock::instant());
                 (wit::Outcome::Failed(error.failure()), false)
             }
-        }
+        })
+    }
+
+    /// [`Dispatcher::exchange`]'s request and the adapter's reading of the answer.
+    async fn send(
+        &self,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        job: Option<&wit::Job>,
+        request: &wit::HttpRequest,
+        execution_id: &str,
+    ) -> Result<(wit::Outcome, bool), upstream::UpstreamError> {
+        let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
+        let target = Target {
+            allowed_hosts: &allowed,
+            auth: &candidate.plugin.manifest.auth,
+            credential: candidate.provider.credential.as_deref(),
+        };
+        let response = self.upstream.open(&target, request).await?;
+        let answered = response.status().is_success();
+        let streamed = ctx.stream
+            && answered
+            && response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+        let outcome = if streamed {
+            self.consume_stream(candidate, ctx, execution_id, response)
+                .await
+        } else {
+            parse(candidate, ctx, job, upstream::read(response).await?).await
+        };
+        Ok((outcome, answered))
     }
 
     /// Reads a provider's server-sent events through the adapter, forwarding text

@@ -370,19 +370,31 @@ impl Executions {
         id: &str,
         timeout: std::time::Duration,
     ) -> Result<Option<Execution>> {
+        let _ = tokio::time::timeout(timeout, self.ended(id)).await;
+        self.get(org_id, id)
+    }
+
+    /// Resolves once `id` is terminal (at once if it is already, or unknown).
+    pub async fn ended(&self, id: &str) {
+        // Subscribed before the read, so no change between the two is missed.
         let mut changes = self.subscribe(id);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let execution = self.get(org_id, id)?;
-            match &execution {
-                Some(e) if !e.status.is_terminal() => {}
-                _ => return Ok(execution),
+        match self.store_get(id) {
+            Ok(Some(execution)) if !execution.status.is_terminal() => {}
+            Ok(_) => {
+                // No change will come to clean up a watch made for an ended execution.
+                drop(changes);
+                let mut watchers = self.watchers.lock().expect("watchers poisoned");
+                if watchers.get(id).is_some_and(|w| w.receiver_count() == 0) {
+                    watchers.remove(id);
+                }
+                return;
             }
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
-                return self.get(org_id, id);
+            // Unreadable now: the change notifications still tell.
+            Err(error) => tracing::warn!(execution = %id, %error, "reading an execution failed"),
+        }
+        while !changes.borrow_and_update().is_terminal() {
+            if changes.changed().await.is_err() {
+                return;
             }
         }
     }

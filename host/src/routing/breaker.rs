@@ -28,6 +28,13 @@ pub enum State {
     HalfOpen,
 }
 
+/// Leave from [`Breaker::try_acquire`] to send one request.
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct Pass {
+    probe: bool,
+}
+
 #[derive(Debug)]
 struct Inner {
     outcomes: VecDeque<bool>,
@@ -73,18 +80,28 @@ impl Breaker {
         }
     }
 
-    /// Whether a request may go now. In half-open, only one probe at a time.
-    pub fn try_acquire(&self, now: Instant) -> bool {
+    /// Leave for a request to go now, or `None`. In half-open, only one probe at a
+    /// time: its outcome must be [`Breaker::record`]ed, or the pass given back with
+    /// [`Breaker::release`] when the request is abandoned unanswered.
+    pub fn try_acquire(&self, now: Instant) -> Option<Pass> {
         let state = self.state(now);
         let mut inner = self.inner.lock().expect("breaker poisoned");
         match state {
-            State::Closed => true,
-            State::Open => false,
-            State::HalfOpen if inner.probe_in_flight => false,
+            State::Closed => Some(Pass { probe: false }),
+            State::Open => None,
+            State::HalfOpen if inner.probe_in_flight => None,
             State::HalfOpen => {
                 inner.probe_in_flight = true;
-                true
+                Some(Pass { probe: true })
             }
+        }
+    }
+
+    /// Gives back a pass whose request was abandoned before any outcome: a probe's
+    /// turn goes to the next request.
+    pub fn release(&self, pass: Pass) {
+        if pass.probe {
+            self.inner.lock().expect("breaker poisoned").probe_in_flight = false;
         }
     }
 
@@ -148,22 +165,44 @@ mod tests {
         breaker.record(false, None, start);
         assert_eq!(breaker.state(start), State::Open);
         assert!(!breaker.would_allow(start + Duration::from_secs(1)));
-        assert!(!breaker.try_acquire(start + Duration::from_secs(1)));
+        assert!(
+            breaker
+                .try_acquire(start + Duration::from_secs(1))
+                .is_none()
+        );
 
         let later = start + COOL_DOWN;
         assert_eq!(breaker.state(later), State::HalfOpen);
         assert!(breaker.would_allow(later));
-        assert!(breaker.try_acquire(later), "one probe");
+        let probe = breaker.try_acquire(later).expect("one probe");
         assert!(!breaker.would_allow(later), "the probe is out");
-        assert!(!breaker.try_acquire(later), "only one probe at a time");
+        assert!(
+            breaker.try_acquire(later).is_none(),
+            "only one probe at a time"
+        );
+        breaker.release(probe);
+        assert!(
+            breaker.would_allow(later),
+            "an abandoned probe gives its turn back"
+        );
+        let _probe = breaker.try_acquire(later).expect("the next probe");
         breaker.record(false, None, later);
         assert_eq!(breaker.state(later), State::Open, "a failed probe reopens");
 
         let again = later + COOL_DOWN;
-        assert!(breaker.try_acquire(again));
+        let _probe = breaker
+            .try_acquire(again)
+            .expect("a probe after the cool-down");
         breaker.record(true, Some(Duration::from_millis(40)), again);
         assert_eq!(breaker.state(again), State::Closed);
-        assert!(breaker.try_acquire(again));
+        let closed = breaker
+            .try_acquire(again)
+            .expect("closed lets traffic through");
+        breaker.release(closed);
+        assert!(
+            breaker.would_allow(again),
+            "releasing a plain pass changes nothing"
+        );
     }
 
     #[test]

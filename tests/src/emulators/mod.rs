@@ -310,6 +310,11 @@ impl<S> Emulator<S> {
         self.common.redirect_files.store(on, Ordering::SeqCst);
     }
 
+    /// The API requests this emulator is answering now.
+    pub fn in_flight(&self) -> usize {
+        self.common.in_flight.load(Ordering::SeqCst)
+    }
+
     /// The most API requests this emulator was answering at the same time.
     pub fn peak_in_flight(&self) -> usize {
         self.common.peak_in_flight.load(Ordering::SeqCst)
