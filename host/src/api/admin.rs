@@ -235,15 +235,31 @@ pub async fn execution(
 }
 
 /// `GET /admin/v1/files/{id}/audit`: every upload, download, grant and delete of
-/// a file, oldest first (kept after the file is gone).
+/// a file, oldest first (kept after the file is gone). `404` when the id names no
+/// file, past or present.
 pub async fn file_audit(
     State(app): State<Arc<App>>,
     _: Operator,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let entries = app
-        .store
-        .read(|txn| crate::files::audit::for_file(txn, &id))?;
+    if !crate::ids::has_prefix(&id, "file") {
+        return Err(ApiError::not_found());
+    }
+    // The trail outlives the file (a deleted or expired file still shows it); a
+    // file that never existed has neither a trail nor a record.
+    let (entries, exists) = app.store.read(|txn| {
+        let entries = crate::files::audit::for_file(txn, &id)?;
+        let exists = !entries.is_empty()
+            || crate::store::get::<crate::files::FileRecord>(
+                &txn.open_table(crate::store::FILES)?,
+                &id,
+            )?
+            .is_some();
+        Ok((entries, exists))
+    })?;
+    if !exists {
+        return Err(ApiError::not_found());
+    }
     Ok(Json(json!({ "data": entries, "has_more": false })))
 }
 

@@ -337,8 +337,9 @@ impl Files {
                 return Err(too_large(max));
             }
             Err(IngestError::Source(error)) => {
-                return Err(ApiError::new(
-                    Code::InputValidationError,
+                return Err(ApiError::invalid(
+                    "body",
+                    DetailCode::InvalidValue,
                     format!("the upload was interrupted: {error}"),
                 ));
             }
@@ -346,8 +347,9 @@ impl Files {
         };
         if ingested.size_bytes == 0 {
             self.discard([object]).await;
-            return Err(ApiError::new(
-                Code::InputValidationError,
+            return Err(ApiError::invalid(
+                "body",
+                DetailCode::Required,
                 "the upload is empty: send the file's bytes",
             ));
         }
@@ -362,10 +364,13 @@ impl Files {
             .write(move |txn| {
                 let Some(mut record) = store::get::<FileRecord>(&txn.open_table(FILES)?, &id)?
                 else {
-                    return Ok(None);
+                    return Ok(Err(gone()));
                 };
                 if record.status == FileStatus::Ready {
-                    return Ok(None);
+                    return Ok(Err(ApiError::new(
+                        Code::Conflict,
+                        "the file was confirmed meanwhile; request a new upload URL",
+                    )));
                 }
                 let replaced = record.object.replace(uploaded);
                 record.status = FileStatus::Uploaded;
@@ -374,21 +379,18 @@ impl Files {
                 record.sha256 = ingested.sha256;
                 save(txn, &record)?;
                 audit::record(txn, &AuditEntry::new(&record, Action::Upload, &origin))?;
-                Ok(Some((record, replaced)))
+                Ok(Ok((record, replaced)))
             })
             .await?;
         match updated {
-            Some((record, replaced)) => {
+            Ok((record, replaced)) => {
                 // An earlier PUT of the same upload URL, superseded.
                 self.discard(replaced).await;
                 Ok(record)
             }
-            None => {
+            Err(refusal) => {
                 self.discard([object]).await;
-                Err(ApiError::new(
-                    Code::Conflict,
-                    "the file was confirmed or deleted meanwhile",
-                ))
+                Err(refusal)
             }
         }
     }
@@ -679,6 +681,11 @@ impl Files {
     }
 
     /// The live file a signed URL names, when the signature holds and has not lapsed.
+    ///
+    /// A forged or lapsed URL is `401`. A genuine, unexpired URL whose file no longer
+    /// exists (deleted, or past its expiry) is `404`: the file's organization, which
+    /// the signature covers, is then read from the record or the audit trail (which
+    /// outlives the file), so only a URL the platform really signed learns that.
     fn verify_signed(
         &self,
         kind: &str,
@@ -690,21 +697,25 @@ impl Files {
         if signature.expires < now.timestamp() || !has_prefix(file_id, "file") {
             return Err(refused());
         }
-        let record: Option<FileRecord> = self
-            .store
-            .read(|txn| store::get(&txn.open_table(FILES)?, file_id))?;
-        let Some(record) = record.filter(|r| r.expires_at > now) else {
+        let (record, organization) = self.store.read(|txn| {
+            let record: Option<FileRecord> = store::get(&txn.open_table(FILES)?, file_id)?;
+            let organization = match &record {
+                Some(record) => Some(record.organization_id.clone()),
+                None => audit::organization_of(txn, file_id)?,
+            };
+            Ok((record, organization))
+        })?;
+        let Some(organization) = organization else {
             return Err(refused());
         };
         let expected = self.mac(&format!(
-            "{kind}\n{}\n{}\n{}",
-            record.file_id, record.organization_id, signature.expires
+            "{kind}\n{file_id}\n{organization}\n{}",
+            signature.expires
         ));
-        if bool::from(expected.as_bytes().ct_eq(signature.signature.as_bytes())) {
-            Ok(record)
-        } else {
-            Err(refused())
+        if !bool::from(expected.as_bytes().ct_eq(signature.signature.as_bytes())) {
+            return Err(refused());
         }
+        record.filter(|r| r.expires_at > now).ok_or_else(gone)
     }
 }
 
@@ -733,6 +744,14 @@ where
         }
     };
     let _ = tokio::time::timeout(std::time::Duration::from_millis(200), drain).await;
+}
+
+/// A genuine signed URL whose file was deleted or has expired.
+fn gone() -> ApiError {
+    ApiError::new(
+        Code::NotFound,
+        "The file no longer exists (it was deleted or has expired).",
+    )
 }
 
 fn too_large(max: u64) -> ApiError {

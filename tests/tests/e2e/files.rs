@@ -293,7 +293,8 @@ async fn wrong_magic_bytes_or_missing_files_are_refused_before_any_hold() {
 /// Regression: a PUT still streaming when its file was confirmed (or deleted) wrote
 /// over the confirmed bytes (or left them behind with no record) before it was
 /// refused. Each PUT now writes its own object, kept only if the upload is still
-/// open when it ends.
+/// open when it ends. The refusal is `409` when the file was confirmed meanwhile,
+/// `404` when it was deleted (as for a PUT that starts after the delete).
 #[tokio::test]
 async fn a_put_refused_after_confirm_or_delete_changes_and_keeps_nothing() {
     let server = Server::start(&[]).await;
@@ -332,7 +333,11 @@ async fn a_put_refused_after_confirm_or_delete_changes_and_keeps_nothing() {
         };
         assert_eq!(ended.status, StatusCode::OK, "{end}: {:?}", ended.body);
         drop(release);
-        assert_eq!(late.await.unwrap(), StatusCode::CONFLICT, "{end}");
+        let refused = match end {
+            "confirm" => StatusCode::CONFLICT,
+            _ => StatusCode::NOT_FOUND,
+        };
+        assert_eq!(late.await.unwrap(), refused, "{end}");
         if end == "confirm" {
             assert_eq!(ended.body["sha256"], sha256(&accepted));
             let (status, bytes) = server.bytes(&format!("/v1/files/{file_id}/download")).await;
@@ -614,10 +619,184 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(objects_of(&server, kept_id), 0);
+    // (the URL lapsed when the clock moved two days; a URL still valid whose file
+    // was deleted is 404, see below)
     assert_eq!(
         reqwest::get(signed).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// Regression: a `PUT` with an empty body answered `400 INPUT_VALIDATION_ERROR`
+/// with no `details`; SPEC §5 gives that code details. It names the body.
+#[tokio::test]
+async fn an_empty_upload_is_refused_with_a_detail_on_the_body() {
+    let server = Server::start(&[]).await;
+    let ticket = server
+        .post("/v1/files/upload", json!({"purpose": "UPLOAD"}))
+        .await;
+    let file_id = ticket.body["file_id"].as_str().unwrap();
+    let url = ticket.body["upload_url"].as_str().unwrap();
+    let put = reqwest::Client::new().put(url).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::BAD_REQUEST);
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "INPUT_VALIDATION_ERROR", "{body}");
+    assert_eq!(
+        body["error"]["details"],
+        json!([{"field": "body", "code": "REQUIRED", "message": "the upload is empty: send the file's bytes"}]),
+        "{body}"
+    );
+    // Nothing changed: the file still awaits its bytes, which may still come.
+    let object = server.get(&format!("/v1/files/{file_id}")).await;
+    assert_eq!(object.body["status"], "AWAITING_UPLOAD");
+    let put = reqwest::Client::new()
+        .put(url)
+        .body(png(8, 8, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+}
+
+/// Regression: a still-valid signed upload (or download) URL of a deleted file
+/// answered `401` "invalid or expired", as if it were forged. A genuine, unexpired
+/// URL whose file is gone is `404 NOT_FOUND`; forged and lapsed ones stay `401`.
+#[tokio::test]
+async fn a_valid_signed_url_of_a_deleted_file_is_not_found_not_unauthorized() {
+    let server = Server::start_with(
+        &[],
+        Options {
+            config: "\n[testing]\nclock_control = true\n",
+            ..Options::default()
+        },
+    )
+    .await;
+    let status = |url: String, put: bool| async move {
+        let client = reqwest::Client::new();
+        let request = if put {
+            client.put(url).body(png(8, 8, 2))
+        } else {
+            client.get(url)
+        };
+        request.send().await.unwrap().status()
+    };
+    let delete = |file_id: String| {
+        let server = &server;
+        async move {
+            let reply = server
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/files/{file_id}"),
+                    Some(&server.api_key),
+                    None,
+                    &[],
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        }
+    };
+    // An upload URL of a file deleted before any bytes came.
+    let ticket = server
+        .post("/v1/files/upload", json!({"purpose": "UPLOAD"}))
+        .await;
+    let pending = ticket.body["file_id"].as_str().unwrap().to_string();
+    let upload_url = ticket.body["upload_url"].as_str().unwrap().to_string();
+    delete(pending.clone()).await;
+    let put = reqwest::Client::new()
+        .put(&upload_url)
+        .body(png(8, 8, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::NOT_FOUND);
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "NOT_FOUND", "{body}");
+    // The same URL forged (another signature, or another file's id) stays 401.
+    let forged = upload_url.replace("signature=", "signature=00");
+    assert_eq!(status(forged, true).await, StatusCode::UNAUTHORIZED);
+    let never = format!("file_{}", uuid::Uuid::new_v4());
+    assert_eq!(
+        status(upload_url.replace(&pending, &never), true).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A download URL of a confirmed file, deleted.
+    let file = upload(&server, &server.api_key, png(16, 16, 3)).await;
+    let file_id = file["file_id"].as_str().unwrap().to_string();
+    let url = server.get(&format!("/v1/files/{file_id}/url")).await;
+    let download_url = url.body["url"].as_str().unwrap().to_string();
+    assert_eq!(status(download_url.clone(), false).await, StatusCode::OK);
+    delete(file_id.clone()).await;
+    assert_eq!(
+        status(download_url.clone(), false).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status(download_url.replace("signature=", "signature=ab"), false).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Once the URL itself lapses, it is 401 again, whatever became of the file.
+    server.advance_clock(2 * 3600).await;
+    assert_eq!(status(download_url, false).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(upload_url, true).await, StatusCode::UNAUTHORIZED);
+}
+
+/// Regression: `GET /admin/v1/files/{id}/audit` answered `200` with an empty list
+/// for anything. An id that is not a file id, or names a file that never existed,
+/// is `404`; a deleted file's trail is still shown (that is what it is for).
+#[tokio::test]
+async fn the_audit_of_an_unknown_or_malformed_file_id_is_not_found() {
+    let server = Server::start(&[]).await;
+    let audit = |id: String| {
+        let server = &server;
+        async move {
+            server
+                .call(
+                    Method::GET,
+                    &format!("/admin/v1/files/{id}/audit"),
+                    Some(&server.admin_token),
+                    None,
+                    &[],
+                )
+                .await
+        }
+    };
+    for id in [
+        "garbage".to_string(),
+        "file_not-a-uuid".to_string(),
+        format!("exec_{}", uuid::Uuid::new_v4()),
+        format!("file_{}", uuid::Uuid::new_v4()),
+    ] {
+        let reply = audit(id.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{id}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.error_code(), "NOT_FOUND");
+    }
+    let file = upload(&server, &server.api_key, png(8, 8, 4)).await;
+    let file_id = file["file_id"].as_str().unwrap().to_string();
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/files/{file_id}"),
+            Some(&server.api_key),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let reply = audit(file_id).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let actions: Vec<&str> = reply.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["upload_url", "upload", "confirm", "delete"]);
 }
 
 /// Runs one flux execution to its end.
