@@ -12,13 +12,21 @@ use super::{JsonObject, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::clock;
-use crate::error::{ApiError, DetailCode};
+use crate::error::{ApiError, Code, DetailCode};
 use crate::ids::new_id;
 use crate::store::WEBHOOK_ENDPOINTS;
 use crate::webhooks::{self, EVENT_TYPES, Endpoint, RESERVED_HEADERS};
 
 /// Most custom headers an endpoint may carry.
 const MAX_HEADERS: usize = 20;
+/// Longest custom header name and value, in characters.
+const MAX_HEADER_NAME: usize = 256;
+const MAX_HEADER_VALUE: usize = 1024;
+/// Longest URL a delivery may go to, in characters (also an execution's
+/// `webhook_url`).
+pub const MAX_URL_CHARS: usize = 2048;
+/// Longest description, in characters.
+const MAX_DESCRIPTION: usize = 500;
 
 /// `POST /v1/webhooks/endpoints {url, description?, events?, headers?}` → `201`
 /// with the secret, shown this once.
@@ -51,9 +59,27 @@ pub async fn create(
         last_failure: None,
     };
     let stored = endpoint.clone();
-    app.store
-        .write(move |txn| webhooks::insert_endpoint(txn, &stored))
+    let inserted = app
+        .store
+        .write(move |txn| {
+            // Counted in the transaction that inserts: concurrent creates cannot
+            // pass the limit together.
+            if webhooks::count_endpoints(txn, &stored.organization_id)? >= webhooks::MAX_ENDPOINTS {
+                return Ok(false);
+            }
+            webhooks::insert_endpoint(txn, &stored)?;
+            Ok(true)
+        })
         .await?;
+    if !inserted {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!(
+                "an organization may have at most {} webhook endpoints; delete one first",
+                webhooks::MAX_ENDPOINTS
+            ),
+        ));
+    }
     Ok((StatusCode::CREATED, Json(endpoint.view(true))))
 }
 
@@ -258,6 +284,13 @@ pub async fn checked_url(app: &App, field: &str, url: &Value) -> Result<String, 
             format!("{field} must be a string"),
         ));
     };
+    if url.chars().count() > MAX_URL_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            DetailCode::OutOfRange,
+            format!("{field} may be at most {MAX_URL_CHARS} characters"),
+        ));
+    }
     match app.webhooks.policy().check(url).await {
         Ok(parsed) => Ok(parsed.to_string()),
         Err(refusal) => Err(ApiError::invalid(
@@ -271,11 +304,18 @@ pub async fn checked_url(app: &App, field: &str, url: &Value) -> Result<String, 
 fn description(value: Option<&Value>) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.len() <= 500 => Ok(Some(text.clone())),
+        Some(Value::String(text)) if text.chars().count() <= MAX_DESCRIPTION => {
+            Ok(Some(text.clone()))
+        }
+        Some(Value::String(_)) => Err(ApiError::invalid(
+            "description",
+            DetailCode::OutOfRange,
+            format!("description may be at most {MAX_DESCRIPTION} characters"),
+        )),
         Some(_) => Err(ApiError::invalid(
             "description",
-            DetailCode::InvalidValue,
-            "description must be a string of at most 500 characters",
+            DetailCode::InvalidType,
+            "description must be a string",
         )),
     }
 }
@@ -336,6 +376,13 @@ fn headers(value: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> 
     }
     let mut headers = BTreeMap::new();
     for (name, value) in map {
+        if name.chars().count() > MAX_HEADER_NAME {
+            return Err(ApiError::invalid(
+                "headers",
+                DetailCode::OutOfRange,
+                format!("header names may be at most {MAX_HEADER_NAME} characters"),
+            ));
+        }
         let field = format!("headers.{name}");
         let lower = name.to_ascii_lowercase();
         if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
@@ -348,6 +395,13 @@ fn headers(value: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> 
             ));
         }
         match value.as_str() {
+            Some(text) if text.chars().count() > MAX_HEADER_VALUE => {
+                return Err(ApiError::invalid(
+                    &field,
+                    DetailCode::OutOfRange,
+                    format!("header values may be at most {MAX_HEADER_VALUE} characters"),
+                ));
+            }
             Some(text) if axum::http::HeaderValue::from_str(text).is_ok() => {
                 headers.insert(name.clone(), text.to_string());
             }

@@ -31,6 +31,10 @@ pub const EVENT_TYPES: [&str; 5] = [
     "execution.expired",
 ];
 
+/// Most webhook endpoints an organization may have (deactivated ones count;
+/// deleted ones do not).
+pub const MAX_ENDPOINTS: usize = 20;
+
 /// Headers the platform sets on every delivery; an endpoint's own headers may not.
 pub const RESERVED_HEADERS: [&str; 7] = [
     "content-type",
@@ -293,6 +297,21 @@ fn endpoints_of(txn: &WriteTransaction, org_id: &str) -> Result<Vec<Endpoint>> {
         |_: &Endpoint| true,
     )?;
     Ok(all)
+}
+
+/// How many endpoints `org_id` has (inside a write transaction).
+pub fn count_endpoints(txn: &WriteTransaction, org_id: &str) -> Result<usize> {
+    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
+    let prefix = format!("{org_id}/");
+    let mut count = 0;
+    for row in index.range(prefix.as_str()..)? {
+        let (key, _) = row?;
+        if !key.value().starts_with(&prefix) {
+            break;
+        }
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// The organization's default secret, which signs deliveries to per-execution

@@ -646,3 +646,223 @@ async fn dev_mode_allows_http_and_loopback_but_never_private_or_metadata_address
         );
     }
 }
+
+/// Regression: endpoint inputs had no limits (120 endpoints in one organization, a
+/// 100,000-character URL and a 20,000-character header value were all accepted).
+/// URLs are at most 2,048 characters, header names 256 and values 1,024,
+/// descriptions 500, on create and on PATCH (`400` with an `OUT_OF_RANGE` detail on
+/// the field); an organization has at most 20 endpoints (`409 CONFLICT`, like the
+/// 21st API key), and a deleted one frees its place.
+#[tokio::test]
+async fn webhook_endpoint_inputs_and_their_number_are_bounded() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = server_with(&emulator, "").await;
+    let receiver = Receiver::start().await;
+    // `{receiver}?pad=xxx…` of exactly `length` characters.
+    let url_of = |length: usize| {
+        let head = format!("{}?pad=", receiver.url);
+        format!("{head}{}", "x".repeat(length - head.len()))
+    };
+    let too_long = [
+        (json!({"url": url_of(2049)}), "url"),
+        (json!({"url": url_of(100_000)}), "url"),
+        (
+            json!({"url": receiver.url, "headers": {"X-Token": "v".repeat(1025)}}),
+            "headers.X-Token",
+        ),
+        (
+            json!({"url": receiver.url, "headers": {"X-Token": "v".repeat(20_000)}}),
+            "headers.X-Token",
+        ),
+        (
+            json!({"url": receiver.url, "headers": {format!("X-{}", "n".repeat(255)): "v"}}),
+            "headers",
+        ),
+        (
+            json!({"url": receiver.url, "description": "d".repeat(501)}),
+            "description",
+        ),
+    ];
+    let refused_as_out_of_range = |reply: &crate::support::Reply, field: &str| {
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{field}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
+        let detail = &reply.body["error"]["details"][0];
+        assert_eq!(detail["field"], field, "{}", reply.body);
+        assert_eq!(detail["code"], "OUT_OF_RANGE", "{}", reply.body);
+        assert!(
+            reply.body.to_string().len() < 2000,
+            "the refusal echoes the input"
+        );
+    };
+    for (body, field) in &too_long {
+        let reply = server.post("/v1/webhooks/endpoints", body.clone()).await;
+        refused_as_out_of_range(&reply, field);
+    }
+    // At the limits, accepted.
+    let at_limits = create_endpoint(
+        &server,
+        json!({
+            "url": url_of(2048),
+            "description": "d".repeat(500),
+            "headers": {format!("X-{}", "n".repeat(254)): "v".repeat(1024)},
+        }),
+    )
+    .await;
+    let id = at_limits["id"].as_str().unwrap().to_string();
+    // PATCH is held to the same limits, and changes nothing when refused.
+    for (body, field) in &too_long {
+        let mut patch = body.clone();
+        if patch["url"] == json!(receiver.url) {
+            patch.as_object_mut().unwrap().remove("url");
+        }
+        let reply = server
+            .call(
+                Method::PATCH,
+                &format!("/v1/webhooks/endpoints/{id}"),
+                Some(&server.api_key),
+                Some(patch),
+                &[],
+            )
+            .await;
+        refused_as_out_of_range(&reply, field);
+    }
+    let unchanged = server.get(&format!("/v1/webhooks/endpoints/{id}")).await;
+    assert_eq!(unchanged.body["url"], json!(url_of(2048)));
+    // An execution's webhook_url has the same length limit.
+    let execution = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-1.1-pro", "input": flux_input(), "webhook_url": url_of(2049)}),
+        )
+        .await;
+    refused_as_out_of_range(&execution, "webhook_url");
+
+    // Twenty endpoints per organization; the 21st is a conflict, nothing created.
+    let mut ids = vec![id];
+    for _ in 1..20 {
+        let created = create_endpoint(&server, json!({"url": receiver.url})).await;
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let refused = server
+        .post("/v1/webhooks/endpoints", json!({"url": receiver.url}))
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.body);
+    assert_eq!(refused.error_code(), "CONFLICT");
+    let listed = server.get("/v1/webhooks/endpoints?limit=100").await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 20);
+    // A deactivated endpoint still counts; a deleted one does not.
+    let deactivated = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/webhooks/endpoints/{}", ids[1]),
+            Some(&server.api_key),
+            Some(json!({"is_active": false})),
+            &[],
+        )
+        .await;
+    assert_eq!(deactivated.status, StatusCode::OK);
+    let still = server
+        .post("/v1/webhooks/endpoints", json!({"url": receiver.url}))
+        .await;
+    assert_eq!(still.status, StatusCode::CONFLICT);
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/webhooks/endpoints/{}", ids[0]),
+            Some(&server.api_key),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    create_endpoint(&server, json!({"url": receiver.url})).await;
+    // The limit is per organization.
+    let other = server.new_organization("1.00").await;
+    let elsewhere = server
+        .call(
+            Method::POST,
+            "/v1/webhooks/endpoints",
+            Some(&other),
+            Some(json!({"url": receiver.url})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::CREATED,
+        "{:?}",
+        elsewhere.body
+    );
+}
+
+/// Regression guard: `POST …/{id}/test` is not a delivery. A test send that fails
+/// (an error status, or no answer within the timeout) or succeeds leaves the
+/// endpoint's `failure_count`, `last_failure` and `last_success` as they were.
+#[tokio::test]
+async fn a_test_send_leaves_the_endpoints_delivery_status_alone() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = server_with(&emulator, "\n[webhooks]\ntimeout_seconds = 1\n").await;
+    let receiver = Receiver::start().await;
+    let endpoint = create_endpoint(&server, json!({"url": receiver.url})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let test_path = format!("/v1/webhooks/endpoints/{id}/test");
+    let test = || server.post(&test_path, json!({}));
+    let status = || async {
+        let body = server
+            .get(&format!("/v1/webhooks/endpoints/{id}"))
+            .await
+            .body;
+        (
+            body["failure_count"].clone(),
+            body["last_failure"].clone(),
+            body["last_success"].clone(),
+            body["is_active"].clone(),
+        )
+    };
+    let untouched = (json!(0), Value::Null, Value::Null, json!(true));
+
+    receiver.answer_with(500);
+    let failed = test().await;
+    assert_eq!(failed.status, StatusCode::OK, "{:?}", failed.body);
+    assert_eq!(failed.body["delivered"], json!(false));
+    assert_eq!(failed.body["response_status"], json!(500));
+    assert_eq!(
+        status().await,
+        untouched,
+        "a failed test changed the endpoint"
+    );
+
+    receiver.fall_silent(true);
+    let timed_out = test().await;
+    assert_eq!(
+        timed_out.body["delivered"],
+        json!(false),
+        "{:?}",
+        timed_out.body
+    );
+    assert!(timed_out.body["response_status"].is_null());
+    assert_eq!(
+        status().await,
+        untouched,
+        "a timed-out test changed the endpoint"
+    );
+
+    receiver.fall_silent(false);
+    receiver.answer_with(200);
+    let delivered = test().await;
+    assert_eq!(delivered.body["delivered"], json!(true));
+    assert_eq!(status().await, untouched, "a test counted as a delivery");
+    // Nothing was queued for retry either: later, still the three sends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 3);
+    assert_eq!(status().await, untouched);
+}
