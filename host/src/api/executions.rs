@@ -47,7 +47,8 @@ pub async fn create(
         return Ok(stream(app, caller.org_id, created.execution, events).into_response());
     }
     let mut execution = created.execution;
-    if execution.mode == Mode::Sync && !created.replayed {
+    // A replay waits too: it is a client retrying a call that timed out.
+    if execution.mode == Mode::Sync {
         execution = app
             .executions
             .wait_terminal(&caller.org_id, &execution.id, wait)
@@ -154,9 +155,17 @@ fn stream(
 
 /// `Idempotency-Key`: 1–255 printable ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            DetailCode::InvalidValue,
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     let key = value.to_str().unwrap_or_default();
     let printable = key.bytes().all(|b| (0x20..0x7f).contains(&b));
     if key.is_empty() || key.len() > 255 || !printable || value.as_bytes().len() != key.len() {

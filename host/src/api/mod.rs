@@ -213,13 +213,37 @@ fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
     }
 }
 
-/// A JSON object body; every failure to read one is an error in the envelope.
+/// A JSON object body sent as `application/json`; every failure to read one is an
+/// error in the envelope. An object that names a key twice is refused: which of the
+/// two a parser keeps is not something a client should have to guess.
 pub struct JsonObject(pub serde_json::Map<String, Value>);
 
 impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .is_some_and(|essence| {
+                essence == "application/json"
+                    || (essence.starts_with("application/") && essence.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::invalid(
+                "Content-Type",
+                DetailCode::InvalidValue,
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -240,7 +264,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             ));
         }
         match serde_json::from_slice(&bytes) {
-            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(Value::Object(map)) => {
+                serde_json::from_slice::<UniqueKeys>(&bytes).map_err(|error| {
+                    ApiError::invalid("body", DetailCode::InvalidValue, error.to_string())
+                })?;
+                Ok(JsonObject(map))
+            }
             Ok(_) => Err(ApiError::invalid(
                 "body",
                 DetailCode::InvalidType,
@@ -252,6 +281,65 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 format!("malformed JSON: {error}"),
             )),
         }
+    }
+}
+
+/// Reads a JSON document only to refuse an object that names a key twice.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<UniqueKeys>()?;
+            if !keys.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+        }
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(UniqueKeys)
     }
 }
 

@@ -147,6 +147,81 @@ async fn bad_bodies_get_validation_errors_with_details_and_nothing_is_stored() {
     assert_eq!(server.get("/v1/balance").await.body, before);
 }
 
+/// Regression: a body without `Content-Type: application/json` was read as JSON
+/// anyway, an object naming a key twice was accepted with the last value winning
+/// (another model than the client may have meant), and a second `Idempotency-Key`
+/// header was ignored. Each is refused now, and none claims anything.
+#[tokio::test]
+async fn ambiguous_requests_are_refused_and_create_nothing() {
+    let server = server().await;
+    let send = |content_type: Option<&'static str>, body: String, keys: &[&'static str]| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/v1/executions", server.url))
+            .bearer_auth(&server.api_key)
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        for key in keys {
+            request = request.header("idempotency-key", *key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let valid = json!({"model": "flux-1.1-pro", "input": flux_input()}).to_string();
+    let prompt = json!(flux_input()["prompt"]);
+    let cases = [
+        (Some("text/plain"), valid.clone(), vec![], "Content-Type"),
+        (None, valid.clone(), vec![], "Content-Type"),
+        (
+            Some("application/json"),
+            format!(
+                r#"{{"model": "flux-1.1-pro", "model": "kling-video", "input": {{"prompt": {prompt}}}}}"#
+            ),
+            vec![],
+            "body",
+        ),
+        (
+            Some("application/json"),
+            format!(
+                r#"{{"model": "flux-1.1-pro", "input": {{"prompt": {prompt}, "prompt": "other"}}}}"#
+            ),
+            vec![],
+            "body",
+        ),
+        (
+            Some("application/json"),
+            valid.clone(),
+            vec!["one", "two"],
+            "Idempotency-Key",
+        ),
+    ];
+    for (content_type, body, keys, field) in cases {
+        let (status, reply) = send(content_type, body.clone(), &keys).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        assert_eq!(reply["error"]["code"], "INPUT_VALIDATION_ERROR", "{reply}");
+        assert_eq!(reply["error"]["details"][0]["field"], field, "{reply}");
+    }
+    assert_eq!(server.get("/v1/executions").await.body["data"], json!([]));
+    assert_eq!(server.get("/v1/balance").await.body["held"], "0");
+    // The key of a refused request is still free, and a charset is fine.
+    let (status, _) = send(Some("application/json"), valid.clone(), &["one"]).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, reply) = send(Some("application/json; charset=utf-8"), valid, &["one"]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    assert_eq!(
+        server.get("/v1/executions").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 #[tokio::test]
 async fn unknown_routes_and_ids_are_not_found_in_the_envelope() {
     let server = server().await;

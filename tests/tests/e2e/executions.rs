@@ -724,6 +724,37 @@ async fn cancel_stops_a_running_job_releases_the_hold_and_is_idempotent() {
     );
 }
 
+/// Regression: replaying a `SYNC` create whose execution was still running answered
+/// `202` at once; a client retrying a call that timed out gets the same wait.
+#[tokio::test]
+async fn a_replayed_sync_create_waits_like_the_original() {
+    let emulator = openai_emulator().await;
+    emulator.push_fault(Fault::Delay { ms: 4000 });
+    let server = Server::start(&[openai_provider(&emulator)]).await;
+    let body = json!({
+        "model": "llama-3.1-8b-instruct",
+        "mode": "SYNC",
+        "wait_seconds": 3,
+        "input": {"messages": [{"role": "user", "content": "hi"}]},
+    });
+    let send = || {
+        server.call(
+            Method::POST,
+            "/v1/executions",
+            Some(&server.api_key),
+            Some(body.clone()),
+            &[("Idempotency-Key", "sync-retry")],
+        )
+    };
+    let first = send().await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "the provider takes 4 s");
+    let replay = send().await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(replay.body["id"], first.body["id"]);
+    assert_eq!(replay.body["status"], "COMPLETED");
+}
+
 /// Waits until `done` holds, failing with `what` after [`WAIT`].
 async fn until(what: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + WAIT;
