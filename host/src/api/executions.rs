@@ -409,7 +409,7 @@ pub async fn ledger(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
-    let page = Page::from_query(&query)?;
+    let page = Page::from_query(&query, &[])?;
     let (entries, has_more) = app.store.read(|txn| {
         billing::entries(
             txn,
@@ -430,7 +430,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
-    let page = Page::from_query(&query)?;
+    let page = Page::from_query(&query, &["status", "model"])?;
     let status = match query.get("status") {
         None => None,
         Some(text) => Some(Status::parse(text).ok_or_else(|| {

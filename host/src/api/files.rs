@@ -177,7 +177,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
-    let page = Page::from_query(&query)?;
+    let page = Page::from_query(&query, &[])?;
     let (records, has_more) =
         app.files
             .list(&caller, page.limit, page.starting_after.as_deref())?;

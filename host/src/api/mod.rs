@@ -374,27 +374,45 @@ pub struct Page {
 }
 
 impl Page {
-    pub fn from_query(query: &HashMap<String, String>) -> Result<Page, ApiError> {
-        let limit = match query.get("limit") {
+    /// Reads the page from `query`, which may also hold the list's `filters`; any
+    /// other parameter is refused rather than ignored (a misspelt filter would
+    /// otherwise answer everything).
+    pub fn from_query(query: &HashMap<String, String>, filters: &[&str]) -> Result<Page, ApiError> {
+        let mut details: Vec<Detail> = query
+            .keys()
+            .filter(|name| !["limit", "starting_after"].contains(&name.as_str()))
+            .filter(|name| !filters.contains(&name.as_str()))
+            .map(|name| {
+                Detail::new(
+                    name,
+                    DetailCode::UnknownField,
+                    format!("unknown query parameter {name}"),
+                )
+            })
+            .collect();
+        let limit = match query.get("limit").map(|text| text.parse::<i64>()) {
             None => 20,
-            Some(text) => match text.parse::<usize>() {
-                Ok(limit @ 1..=100) => limit,
-                Ok(_) => {
-                    return Err(ApiError::invalid(
-                        "limit",
-                        DetailCode::OutOfRange,
-                        "limit must be between 1 and 100",
-                    ));
-                }
-                Err(_) => {
-                    return Err(ApiError::invalid(
-                        "limit",
-                        DetailCode::InvalidType,
-                        "limit must be an integer",
-                    ));
-                }
-            },
+            Some(Ok(limit @ 1..=100)) => limit as usize,
+            Some(Ok(_)) => {
+                details.push(Detail::new(
+                    "limit",
+                    DetailCode::OutOfRange,
+                    "limit must be between 1 and 100",
+                ));
+                20
+            }
+            Some(Err(_)) => {
+                details.push(Detail::new(
+                    "limit",
+                    DetailCode::InvalidType,
+                    "limit must be an integer",
+                ));
+                20
+            }
         };
+        if !details.is_empty() {
+            return Err(ApiError::validation(details));
+        }
         Ok(Page {
             limit,
             starting_after: query.get("starting_after").cloned(),

@@ -89,7 +89,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
-    let page = Page::from_query(&query)?;
+    let page = Page::from_query(&query, &[])?;
     let after = match &page.starting_after {
         Some(id) => Some(find(&app, &caller, id).map_err(|_| {
             ApiError::invalid(

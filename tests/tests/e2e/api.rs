@@ -222,6 +222,41 @@ async fn ambiguous_requests_are_refused_and_create_nothing() {
     );
 }
 
+/// Regression: a misspelt or unsupported list filter (`?purpose=INPUT`) was ignored
+/// and the whole list answered, and `limit=-1` was called the wrong type.
+#[tokio::test]
+async fn list_queries_refuse_unknown_parameters_and_bad_limits() {
+    let server = server().await;
+    for (path, field, code) in [
+        ("/v1/files?purpose=INPUT", "purpose", "UNKNOWN_FIELD"),
+        ("/v1/executions?state=FAILED", "state", "UNKNOWN_FIELD"),
+        ("/v1/ledger?kind=hold", "kind", "UNKNOWN_FIELD"),
+        (
+            "/v1/webhooks/endpoints?active=true",
+            "active",
+            "UNKNOWN_FIELD",
+        ),
+        ("/v1/executions?limit=-1", "limit", "OUT_OF_RANGE"),
+        ("/v1/files?limit=101", "limit", "OUT_OF_RANGE"),
+        ("/v1/executions?limit=ten", "limit", "INVALID_TYPE"),
+    ] {
+        let reply = server.get(path).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
+        assert_eq!(reply.body["error"]["details"][0]["field"], field, "{path}");
+        assert_eq!(reply.body["error"]["details"][0]["code"], code, "{path}");
+    }
+    let filtered = server
+        .get("/v1/executions?status=COMPLETED&model=flux-1.1-pro&limit=5")
+        .await;
+    assert_eq!(filtered.status, StatusCode::OK, "{:?}", filtered.body);
+}
+
 #[tokio::test]
 async fn unknown_routes_and_ids_are_not_found_in_the_envelope() {
     let server = server().await;
