@@ -33,6 +33,30 @@ pub fn advance(by: chrono::Duration) {
     JUMPS.send_modify(|jumps| *jumps += 1);
 }
 
+/// Where a driven clock keeps its offset, so that a restart does not turn it back
+/// (records written on the advanced clock would otherwise lie in the future).
+pub fn offset_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("clock-offset-ms")
+}
+
+/// Moves the clock forward by the offset saved in `path`, if any.
+pub fn restore(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let ms: i64 = text.trim().parse()?;
+            advance(chrono::Duration::milliseconds(ms));
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Saves the clock's offset in `path`.
+pub fn save(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::write(path, OFFSET_MS.load(Ordering::Relaxed).to_string())
+}
+
 /// Sleeps until the clock reads `deadline` or later (at most `cap` of real time,
 /// so callers can re-check their own state).
 pub async fn sleep_until(deadline: DateTime<Utc>, cap: std::time::Duration) {

@@ -57,6 +57,10 @@ const DEV_CREDIT_USD: &str = "100.00";
 pub async fn serve(config: Config) -> Result<()> {
     let data = config.data_dir.clone();
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    if config.testing.clock_control {
+        clock::restore(&clock::offset_file(&data)).context("restoring the driven clock")?;
+        tracing::warn!(now = %clock::now(), "[testing] clock_control is on: the clock can be driven forward; never use this in production");
+    }
     let store = Store::open(&data.join("modelroute.redb"))?;
     let operator_token = operator_token(&data)?;
 

@@ -283,6 +283,8 @@ pub async fn advance_clock(
     crate::clock::advance(chrono::Duration::seconds(
         seconds.min(10 * 365 * 86_400) as i64
     ));
+    crate::clock::save(&crate::clock::offset_file(&app.config.data_dir))
+        .map_err(anyhow::Error::from)?;
     Ok(Json(json!({ "now": crate::clock::now() })))
 }
 

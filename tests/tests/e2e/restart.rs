@@ -403,3 +403,41 @@ async fn random_kills_during_hundreds_of_executions_lose_nothing_and_repeat_noth
     assert_eq!(verified["consistent"], true, "{verified}");
     assert_eq!(server.get("/v1/balance").await.body["held"], "0");
 }
+
+/// Regression: a restart turned a driven clock (`[testing] clock_control`) back to
+/// real time, so what was written on the advanced clock lay in the future: negative
+/// latencies, and retries and expiries scheduled days ahead.
+#[tokio::test]
+async fn a_driven_clock_keeps_its_offset_across_kill_9() {
+    let mut server = Server::start_with(
+        &[],
+        Options {
+            config: "\n[testing]\nclock_control = true\n",
+            ..Options::default()
+        },
+    )
+    .await;
+    server.advance_clock(2 * 86_400).await;
+    let advanced = read_clock(&server).await;
+    server.restart().await;
+    let after = read_clock(&server).await;
+    assert!(
+        after >= advanced,
+        "the clock went back from {advanced} to {after}"
+    );
+}
+
+/// The service clock, read by advancing it by nothing.
+async fn read_clock(server: &Server) -> chrono::DateTime<chrono::FixedOffset> {
+    let reply = server
+        .call(
+            reqwest::Method::POST,
+            "/admin/v1/clock/advance",
+            Some(&server.admin_token),
+            Some(json!({"seconds": 0})),
+            &[],
+        )
+        .await;
+    let now = reply.body["now"].as_str().expect("now");
+    chrono::DateTime::parse_from_rfc3339(now).expect("RFC 3339")
+}
