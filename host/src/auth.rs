@@ -126,6 +126,11 @@ impl ApiKey {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
     }
 
+    /// Whether the key was replaced by a rotation (only rotation sets an expiry).
+    pub fn is_rotated(&self) -> bool {
+        self.expires_at.is_some()
+    }
+
     /// What listing shows: never the secret or its hash.
     pub fn view(&self) -> serde_json::Value {
         serde_json::json!({
@@ -200,9 +205,12 @@ pub fn keys_of(txn: &ReadTransaction, org_id: &str) -> Result<Vec<ApiKey>> {
 pub enum KeyRefusal {
     NotFound,
     TooManyActive,
+    /// the key was rotated already: its replacement is the one to rotate
+    AlreadyRotated,
 }
 
-/// Creates a key unless the organization already has [`MAX_ACTIVE_KEYS`] live ones.
+/// Creates a key unless the organization already has [`MAX_ACTIVE_KEYS`] active
+/// ones. A rotated key still in its grace hour is not active: its replacement is.
 pub fn create_key_checked(
     txn: &WriteTransaction,
     org_id: &str,
@@ -210,27 +218,26 @@ pub fn create_key_checked(
     name: Option<String>,
 ) -> Result<Result<(ApiKey, String), KeyRefusal>> {
     let now = crate::clock::now();
-    let live = live_keys(txn, org_id, now)?;
-    if live >= MAX_ACTIVE_KEYS {
+    if active_keys(txn, org_id, now)? >= MAX_ACTIVE_KEYS {
         return Ok(Err(KeyRefusal::TooManyActive));
     }
     Ok(Ok(create_named_key(txn, org_id, scope, name)?))
 }
 
-fn live_keys(txn: &WriteTransaction, org_id: &str, now: DateTime<Utc>) -> Result<usize> {
+fn active_keys(txn: &WriteTransaction, org_id: &str, now: DateTime<Utc>) -> Result<usize> {
     let prefix = format!("{org_id}/");
     let index = txn.open_table(API_KEYS_BY_ORG)?;
     let keys = txn.open_table(API_KEYS)?;
-    let mut live = 0;
+    let mut active = 0;
     for row in redb::ReadableTable::range(&index, prefix.as_str()..)? {
         let (name, hash) = row?;
         if !name.value().starts_with(&prefix) {
             break;
         }
         let key: Option<ApiKey> = store::get(&keys, std::str::from_utf8(hash.value())?)?;
-        live += key.is_some_and(|k| k.is_live(now)) as usize;
+        active += key.is_some_and(|k| k.is_live(now) && !k.is_rotated()) as usize;
     }
-    Ok(live)
+    Ok(active)
 }
 
 fn find_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Option<ApiKey>> {
@@ -265,7 +272,8 @@ pub struct Rotated {
 }
 
 /// Issues a new secret with the same scope; the old one works for
-/// [`ROTATION_GRACE`] more.
+/// [`ROTATION_GRACE`] more. A key is rotated once: rotating it again would mint
+/// another permanent key per call.
 pub fn rotate_key(
     txn: &WriteTransaction,
     org_id: &str,
@@ -275,9 +283,10 @@ pub fn rotate_key(
     let Some(mut old) = find_key(txn, org_id, key_id)?.filter(|k| k.is_live(now)) else {
         return Ok(Err(KeyRefusal::NotFound));
     };
-    let valid_until = old
-        .expires_at
-        .map_or(now + ROTATION_GRACE, |at| at.min(now + ROTATION_GRACE));
+    if old.is_rotated() {
+        return Ok(Err(KeyRefusal::AlreadyRotated));
+    }
+    let valid_until = now + ROTATION_GRACE;
     old.expires_at = Some(valid_until);
     save_key(txn, &old)?;
     let (key, secret) = create_named_key(txn, org_id, old.scope, old.name.clone())?;

@@ -72,6 +72,7 @@ pub async fn create_organization(
     _: Operator,
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    super::known_fields(&body, &["name", "credit_usd"])?;
     let name = match body.get("name") {
         Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 200 => name.clone(),
         Some(Value::String(_)) | None => {
@@ -126,6 +127,7 @@ pub async fn update_organization(
     Path(org_id): Path<String>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
+    super::known_fields(&body, &["file_ttl_days"])?;
     let ttl = match body.get("file_ttl_days") {
         Some(Value::Null) => None,
         Some(value) => match value.as_u64() {
@@ -173,6 +175,7 @@ pub async fn credit(
     Path(org_id): Path<String>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
+    super::known_fields(&body, &["amount_usd", "memo"])?;
     let amount = amount(&body, "amount_usd")?;
     if amount == Micros::ZERO {
         return Err(ApiError::invalid(
@@ -273,12 +276,30 @@ pub async fn advance_clock(
     if !app.config.testing.clock_control {
         return Err(ApiError::not_found());
     }
-    let Some(seconds) = body.get("seconds").and_then(Value::as_u64) else {
-        return Err(ApiError::invalid(
-            "seconds",
-            DetailCode::Required,
-            "seconds (a positive integer) is required",
-        ));
+    super::known_fields(&body, &["seconds"])?;
+    let seconds = match body.get("seconds").map(|v| (v.as_u64(), v.as_i64())) {
+        Some((Some(seconds), _)) => seconds,
+        Some((None, Some(_))) => {
+            return Err(ApiError::invalid(
+                "seconds",
+                DetailCode::OutOfRange,
+                "the clock only moves forward: seconds must not be negative",
+            ));
+        }
+        Some((None, None)) => {
+            return Err(ApiError::invalid(
+                "seconds",
+                DetailCode::InvalidType,
+                "seconds must be a whole number",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "seconds",
+                DetailCode::Required,
+                "seconds is required",
+            ));
+        }
     };
     crate::clock::advance(chrono::Duration::seconds(
         seconds.min(10 * 365 * 86_400) as i64

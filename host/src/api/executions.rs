@@ -1,15 +1,14 @@
 //! `/v1/executions` and `/v1/balance`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{JsonObject, Page, list_body, require};
+use super::{JsonObject, ListQuery, Page, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::billing;
@@ -55,7 +54,15 @@ pub async fn create(
             .await?
             .unwrap_or(execution);
     }
-    let mut response = if execution.status.is_terminal() && execution.mode == Mode::Sync {
+    // SYNC answers the finished execution, and so does a replayed STREAMING
+    // create, whose events have passed.
+    let finished = execution.status.is_terminal()
+        && match execution.mode {
+            Mode::Sync => true,
+            Mode::Streaming => created.replayed,
+            Mode::Async => false,
+        };
+    let mut response = if finished {
         (StatusCode::OK, Json(execution.view())).into_response()
     } else {
         (StatusCode::ACCEPTED, Json(execution.accepted_view())).into_response()
@@ -74,8 +81,9 @@ pub async fn provider_callback(
     State(app): State<Arc<App>>,
     Path((provider, token)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(super::body_refused)?;
     let headers = headers
         .iter()
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
@@ -406,7 +414,7 @@ fn canonical_create(mut body: serde_json::Map<String, Value>) -> Value {
 pub async fn ledger(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(query): Query<HashMap<String, String>>,
+    ListQuery(query): ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
     let page = Page::from_query(&query, &[])?;
@@ -427,7 +435,7 @@ pub async fn ledger(
 pub async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(query): Query<HashMap<String, String>>,
+    ListQuery(query): ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
     let page = Page::from_query(&query, &["status", "model"])?;

@@ -9,11 +9,10 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{JsonObject, Page, known_fields, list_body, require};
+use super::{JsonObject, ListQuery, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, DetailCode};
@@ -174,7 +173,7 @@ pub async fn get(
 pub async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(query): Query<HashMap<String, String>>,
+    ListQuery(query): ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
     let page = Page::from_query(&query, &[])?;

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use super::{JsonObject, list_body, require};
+use super::{JsonObject, ListQuery, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{self, Caller, KeyRefusal, MAX_ACTIVE_KEYS, Scope};
 use crate::error::{ApiError, Code, DetailCode};
@@ -14,6 +14,10 @@ use crate::error::{ApiError, Code, DetailCode};
 fn refusal(refusal: KeyRefusal) -> ApiError {
     match refusal {
         KeyRefusal::NotFound => ApiError::not_found(),
+        KeyRefusal::AlreadyRotated => ApiError::new(
+            Code::Conflict,
+            "this key was rotated already; rotate the key that replaced it",
+        ),
         KeyRefusal::TooManyActive => ApiError::new(
             Code::Conflict,
             format!(
@@ -31,6 +35,7 @@ pub async fn create(
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&caller, Scope::Full)?;
+    known_fields(&body, &["scope", "name"])?;
     let scope = match body.get("scope") {
         None | Some(Value::Null) => Scope::Full,
         Some(Value::String(s)) if s == "full" => Scope::Full,
@@ -65,10 +70,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/api-keys`, oldest first.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    ListQuery(query): ListQuery,
+) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
+    let page = Page::from_query(&query, &[])?;
     let keys = app.store.read(|txn| auth::keys_of(txn, &caller.org_id))?;
-    Ok(list_body(keys.iter().map(|k| k.view()).collect(), false))
+    let (keys, has_more) = page.of(keys, |k| &k.id)?;
+    Ok(list_body(keys.iter().map(|k| k.view()).collect(), has_more))
 }
 
 pub async fn revoke(

@@ -68,7 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
         // Providers, not clients, call this one: no API key, no client rate limit.
         .route(
             "/provider-webhooks/{provider}/{token}",
-            post(executions::provider_callback),
+            post(executions::provider_callback).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
         );
     let admin = Router::new()
         .route("/organizations", post(admin::create_organization))
@@ -192,13 +192,18 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
+/// The credential of the one `Authorization: Bearer` header (the scheme is
+/// case-insensitive); `None` when there is none, or more than one.
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, credential) = value.to_str().ok()?.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
 }
 
 /// Requires `scope` of the caller.
@@ -246,16 +251,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         }
         let bytes = Bytes::from_request(request, state)
             .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        Code::PayloadTooLarge,
-                        format!("JSON bodies are limited to {MAX_JSON_BODY} bytes"),
-                    )
-                } else {
-                    ApiError::invalid("body", DetailCode::InvalidValue, rejection.body_text())
-                }
-            })?;
+            .map_err(body_refused)?;
         if bytes.is_empty() {
             return Err(ApiError::invalid(
                 "body",
@@ -281,6 +277,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 format!("malformed JSON: {error}"),
             )),
         }
+    }
+}
+
+/// A body that could not be read, in the envelope.
+pub fn body_refused(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            Code::PayloadTooLarge,
+            format!("bodies are limited to {MAX_JSON_BODY} bytes"),
+        )
+    } else {
+        ApiError::invalid("body", DetailCode::InvalidValue, rejection.body_text())
     }
 }
 
@@ -367,6 +375,35 @@ pub fn known_fields(body: &serde_json::Map<String, Value>, known: &[&str]) -> Re
     }
 }
 
+/// The query parameters of a list request, each at most once: which of two
+/// values wins is not something a client should have to guess.
+pub struct ListQuery(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map_err(
+                |rejection| {
+                    ApiError::invalid("query", DetailCode::InvalidValue, rejection.body_text())
+                },
+            )?;
+        let mut query = HashMap::new();
+        for (name, value) in pairs {
+            if query.contains_key(&name) {
+                return Err(ApiError::invalid(
+                    &name,
+                    DetailCode::InvalidValue,
+                    format!("the query parameter {name} is given more than once"),
+                ));
+            }
+            query.insert(name, value);
+        }
+        Ok(ListQuery(query))
+    }
+}
+
 /// `limit` (1–100, default 20) and `starting_after` of a list request.
 pub struct Page {
     pub limit: usize,
@@ -417,6 +454,35 @@ impl Page {
             limit,
             starting_after: query.get("starting_after").cloned(),
         })
+    }
+
+    /// This page of a short list held whole, in its order; `id` names an item as
+    /// `starting_after` does.
+    pub fn of<T>(
+        &self,
+        items: Vec<T>,
+        id: impl Fn(&T) -> &str,
+    ) -> Result<(Vec<T>, bool), ApiError> {
+        let start = match &self.starting_after {
+            None => 0,
+            Some(after) => {
+                items
+                    .iter()
+                    .position(|item| id(item) == after)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "starting_after",
+                            DetailCode::InvalidValue,
+                            format!("{after:?} is not in this list"),
+                        )
+                    })?
+                    + 1
+            }
+        };
+        let mut page: Vec<T> = items.into_iter().skip(start).collect();
+        let has_more = page.len() > self.limit;
+        page.truncate(self.limit);
+        Ok((page, has_more))
     }
 }
 

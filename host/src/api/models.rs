@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::list_body;
+use super::{ListQuery, Page, list_body};
 use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -64,18 +64,25 @@ fn pricing(price: &wit::Price) -> Value {
     Value::Object(pricing)
 }
 
-pub async fn list(State(app): State<Arc<App>>, _caller: Caller) -> Json<Value> {
+/// `GET /v1/models`, by slug.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    _caller: Caller,
+    ListQuery(query): ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let page = Page::from_query(&query, &[])?;
     let slugs: BTreeSet<String> = app
         .registry
         .all()
         .iter()
         .flat_map(|plugin| plugin.manifest.models.iter().map(|m| m.slug.clone()))
         .collect();
+    let (slugs, has_more) = page.of(slugs.into_iter().collect(), String::as_str)?;
     let models = slugs
         .iter()
         .filter_map(|slug| describe(&app, slug))
         .collect();
-    list_body(models, false)
+    Ok(list_body(models, has_more))
 }
 
 pub async fn get(

@@ -2,13 +2,13 @@
 //! default secret.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{JsonObject, Page, known_fields, list_body, require};
+use super::{JsonObject, ListQuery, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::clock;
@@ -86,7 +86,7 @@ pub async fn create(
 pub async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(query): Query<HashMap<String, String>>,
+    ListQuery(query): ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
     let page = Page::from_query(&query, &[])?;

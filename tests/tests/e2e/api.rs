@@ -50,6 +50,29 @@ async fn missing_malformed_wrong_crc_and_unknown_keys_are_unauthorized() {
     }
     let reply = server.get("/v1/executions").await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+
+    // The scheme is case-insensitive (RFC 9110); two credentials are one too many.
+    let lower = format!("bearer {valid}");
+    let reply = server
+        .call(
+            Method::GET,
+            "/v1/executions",
+            None,
+            None,
+            &[("authorization", &lower)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = server
+        .call(
+            Method::GET,
+            "/v1/executions",
+            Some(&valid),
+            None,
+            &[("authorization", &lower)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 }
 
 fn crc32(text: &str) -> u32 {
@@ -255,6 +278,61 @@ async fn list_queries_refuse_unknown_parameters_and_bad_limits() {
         .get("/v1/executions?status=COMPLETED&model=flux-1.1-pro&limit=5")
         .await;
     assert_eq!(filtered.status, StatusCode::OK, "{:?}", filtered.body);
+
+    // Regression: a repeated parameter was last-wins, and the key and model lists
+    // ignored their query altogether.
+    for (path, field, code) in [
+        ("/v1/executions?limit=1&limit=2", "limit", "INVALID_VALUE"),
+        (
+            "/v1/executions?status=FAILED&status=CANCELLED",
+            "status",
+            "INVALID_VALUE",
+        ),
+        ("/v1/api-keys?x=1", "x", "UNKNOWN_FIELD"),
+        ("/v1/api-keys?limit=-1", "limit", "OUT_OF_RANGE"),
+        ("/v1/models?x=1", "x", "UNKNOWN_FIELD"),
+        (
+            "/v1/models?starting_after=no-such-model",
+            "starting_after",
+            "INVALID_VALUE",
+        ),
+    ] {
+        let reply = server.get(path).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["details"][0]["field"], field, "{path}");
+        assert_eq!(reply.body["error"]["details"][0]["code"], code, "{path}");
+    }
+    let models = server.get("/v1/models?limit=1").await.body;
+    assert_eq!(models["data"].as_array().unwrap().len(), 1);
+    assert_eq!(models["has_more"], true);
+    let slug = models["data"][0]["slug"].as_str().unwrap();
+    let rest = server
+        .get(&format!("/v1/models?starting_after={slug}"))
+        .await
+        .body;
+    assert_ne!(rest["data"][0]["slug"], slug);
+}
+
+/// Regression: a provider callback over the body limit was answered in plain text,
+/// not in the error envelope.
+#[tokio::test]
+async fn an_oversized_provider_callback_is_refused_in_the_envelope() {
+    let server = server().await;
+    let reply = reqwest::Client::new()
+        .post(format!("{}/v1/provider-webhooks/nowhere/token", server.url))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE", "{body}");
 }
 
 #[tokio::test]

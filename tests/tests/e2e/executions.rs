@@ -1126,10 +1126,12 @@ fn sse_events(text: &str) -> Vec<(String, Value)> {
 async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
     let emulator = openai_emulator().await;
     let server = Server::start(&[openai_provider(&emulator)]).await;
+    let body = json!({"model": "llama-3.1-8b-instruct", "mode": "STREAMING", "input": {"messages": [{"role": "user", "content": "one two three"}]}});
     let response = reqwest::Client::new()
         .post(format!("{}/v1/executions", server.url))
         .bearer_auth(&server.api_key)
-        .json(&json!({"model": "llama-3.1-8b-instruct", "mode": "STREAMING", "input": {"messages": [{"role": "user", "content": "one two three"}]}}))
+        .header("idempotency-key", "stream-1")
+        .json(&body)
         .send()
         .await
         .unwrap();
@@ -1165,6 +1167,25 @@ async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
         .find(|r| r.path == "/v1/chat/completions")
         .unwrap();
     assert!(sent.body.contains("\"stream\":true"));
+
+    // Regression: a replay answered the short create answer, without the output a
+    // client whose stream dropped came back for.
+    let replay = server
+        .call(
+            Method::POST,
+            "/v1/executions",
+            Some(&server.api_key),
+            Some(body),
+            &[("Idempotency-Key", "stream-1")],
+        )
+        .await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body["id"], done["id"]);
+    assert_eq!(
+        replay.body["result"]["output"]["text"],
+        "Echo: three two one"
+    );
 
     // A model whose provider does not stream text still streams its status.
     let response = reqwest::Client::new()

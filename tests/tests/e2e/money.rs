@@ -235,11 +235,71 @@ async fn keys_have_scopes_revocation_rotation_and_a_limit() {
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
     }
 
-    // At most 20 active keys: the full key and the one in its grace hour count.
-    for _ in 0..18 {
+    // At most 20 active keys: the full key counts; the one in its grace hour does
+    // not (its replacement did, until revoked).
+    let mut last = String::new();
+    for _ in 0..19 {
         let reply = call(Method::POST, "/v1/api-keys", &full, Some(json!({}))).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        last = reply.body["id"].as_str().unwrap().to_string();
     }
     let over = call(Method::POST, "/v1/api-keys", &full, Some(json!({}))).await;
     assert_eq!(over.status, StatusCode::CONFLICT, "{:?}", over.body);
+
+    // Regression: rotating a rotated key again minted another permanent key each
+    // time, past the limit. At the limit a key can still be rotated, once.
+    let rotate = || {
+        call(
+            Method::POST,
+            &format!("/v1/api-keys/{last}/rotate"),
+            &full,
+            None,
+        )
+    };
+    assert_eq!(rotate().await.status, StatusCode::OK);
+    let again = rotate().await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+    assert_eq!(again.error_code(), "CONFLICT");
+    let still_over = call(Method::POST, "/v1/api-keys", &full, Some(json!({}))).await;
+    assert_eq!(still_over.status, StatusCode::CONFLICT);
+    let listed = call(Method::GET, "/v1/api-keys?limit=100", &full, None).await;
+    let active = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["revoked_at"].is_null() && k["expires_at"].is_null())
+        .count();
+    assert_eq!(active, 20);
+
+    // The key list pages like every list; a field it does not know is refused.
+    let first = call(Method::GET, "/v1/api-keys?limit=5", &full, None).await;
+    assert_eq!(first.body["data"].as_array().unwrap().len(), 5);
+    assert_eq!(first.body["has_more"], true);
+    let after = first.body["data"][4]["id"].as_str().unwrap();
+    let next = call(
+        Method::GET,
+        &format!("/v1/api-keys?limit=100&starting_after={after}"),
+        &full,
+        None,
+    )
+    .await;
+    assert_eq!(next.body["has_more"], false);
+    assert_eq!(
+        next.body["data"].as_array().unwrap().len() + 5,
+        listed.body["data"].as_array().unwrap().len()
+    );
+    let unknown = call(
+        Method::POST,
+        "/v1/api-keys",
+        &full,
+        Some(json!({"expires_at": "2030-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::BAD_REQUEST,
+        "{:?}",
+        unknown.body
+    );
+    assert_eq!(unknown.body["error"]["details"][0]["code"], "UNKNOWN_FIELD");
 }
