@@ -82,7 +82,14 @@ fn accepts(c: &mut Criterion) {
     runtime.block_on(async {
         store
             .write(|txn| {
-                modelroute::billing::deposit(txn, "org_bench", Micros(u64::MAX / 4), "bench")
+                let billing = modelroute::billing::deposit(
+                    txn,
+                    "org_bench",
+                    modelroute::billing::MAX_DEPOSITS,
+                    "bench",
+                )?;
+                anyhow::ensure!(billing == modelroute::billing::Deposit::Made);
+                Ok(())
             })
             .await
             .expect("deposit");

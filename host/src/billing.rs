@@ -179,8 +179,38 @@ fn post_to(
     Ok(())
 }
 
-pub fn deposit(txn: &WriteTransaction, org_id: &str, amount: Micros, memo: &str) -> Result<()> {
-    post(txn, org_id, EntryKind::Deposit, amount, None, Some(memo))
+/// The most an organization may be credited in all: far beyond any real balance,
+/// and far enough below where micro-dollars overflow that no bucket ever can.
+pub const MAX_DEPOSITS: Micros = Micros(1_000_000_000_000 * crate::money::MICROS_PER_USD);
+
+/// Whether a [`deposit`] was made.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deposit {
+    Made,
+    /// the organization's deposits would pass [`MAX_DEPOSITS`]; nothing was written
+    OverLimit,
+}
+
+/// Credits `amount` to the organization's available balance. A foreseeable refusal
+/// is an answer, not an error: an error aborts every write of its commit batch.
+pub fn deposit(
+    txn: &WriteTransaction,
+    org_id: &str,
+    amount: Micros,
+    memo: &str,
+) -> Result<Deposit> {
+    let account: Account = store::get(&txn.open_table(ACCOUNTS)?, org_id)?.unwrap_or_default();
+    if account
+        .deposits
+        .0
+        .checked_add(amount.0)
+        .is_none_or(|total| total > MAX_DEPOSITS.0)
+    {
+        return Ok(Deposit::OverLimit);
+    }
+    post(txn, org_id, EntryKind::Deposit, amount, None, Some(memo))?;
+    Ok(Deposit::Made)
 }
 
 /// Holds `amount` for an execution when the available balance covers it.
@@ -255,30 +285,50 @@ pub fn settle(
 }
 
 /// A page of `org_id`'s entries, oldest first, after the entry `starting_after`.
+/// A page of the organization's ledger, oldest first: the entries that move its
+/// own money (the platform's own entries about an execution, such as a cost it
+/// absorbed, are not the client's to see). `None` when `starting_after` names no
+/// entry of the organization.
 pub fn entries(
     txn: &ReadTransaction,
     org_id: &str,
     limit: usize,
     starting_after: Option<&str>,
-) -> Result<(Vec<Entry>, bool)> {
+) -> Result<Option<(Vec<Entry>, bool)>> {
     let prefix = format!("{org_id}/");
+    let table = txn.open_table(LEDGER)?;
     // Entry ids carry their sequence number: `le_<seq>`.
-    let start = match starting_after.and_then(|id| id.strip_prefix("le_")?.parse::<u64>().ok()) {
-        Some(seq) => format!("{prefix}{:020}", seq + 1),
+    let start = match starting_after {
         None => prefix.clone(),
+        Some(id) => {
+            let Some(seq) = id
+                .strip_prefix("le_")
+                .and_then(|seq| seq.parse::<u64>().ok())
+            else {
+                return Ok(None);
+            };
+            if table.get(format!("{prefix}{seq:020}").as_str())?.is_none() {
+                return Ok(None);
+            }
+            format!("{prefix}{:020}", seq + 1)
+        }
     };
     let mut entries = Vec::new();
-    for row in txn.open_table(LEDGER)?.range(start.as_str()..)? {
+    for row in table.range(start.as_str()..)? {
         let (key, value) = row?;
         if !key.value().starts_with(&prefix) {
             break;
         }
-        if entries.len() == limit {
-            return Ok((entries, true));
+        let entry: Entry = store::decode(value.value())?;
+        if !Account::touches(entry.debit) && !Account::touches(entry.credit) {
+            continue;
         }
-        entries.push(store::decode(value.value())?);
+        if entries.len() == limit {
+            return Ok(Some((entries, true)));
+        }
+        entries.push(entry);
     }
-    Ok((entries, false))
+    Ok(Some((entries, false)))
 }
 
 /// Rebuilds every organization's account from the ledger, for audits and tests.

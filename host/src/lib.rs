@@ -240,7 +240,10 @@ async fn bootstrap_dev_organization(store: &Store, data: &Path) -> Result<()> {
         .write(move |txn| {
             let org = auth::create_organization(txn, "Development")?;
             let (_, secret) = auth::create_key(txn, &org.id, Scope::Full)?;
-            billing::deposit(txn, &org.id, credit, "dev bootstrap")?;
+            anyhow::ensure!(
+                billing::deposit(txn, &org.id, credit, "dev bootstrap")? == billing::Deposit::Made,
+                "the development credit is over the deposit limit"
+            );
             Ok((org.id, secret))
         })
         .await?;

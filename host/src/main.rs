@@ -102,8 +102,11 @@ enum AdminCommand {
         #[arg(long)]
         org: String,
         /// 1 to 365
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
-        days: u32,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365), required_unless_present = "server_default")]
+        days: Option<u32>,
+        /// Go back to the server's `files.default_ttl_days`.
+        #[arg(long, conflicts_with = "days")]
+        server_default: bool,
     },
     /// Every upload, download, grant and delete of a file.
     FileAudit {
@@ -212,7 +215,7 @@ async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
         } => client
             .post(format!("{base}/admin/v1/organizations/{org}/credit"))
             .json(&json!({ "amount_usd": amount_usd, "memo": memo })),
-        AdminCommand::FileTtl { org, days } => client
+        AdminCommand::FileTtl { org, days, .. } => client
             .patch(format!("{base}/admin/v1/organizations/{org}"))
             .json(&json!({ "file_ttl_days": days })),
         AdminCommand::FileAudit { file } => {

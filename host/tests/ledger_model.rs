@@ -126,10 +126,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Deposit { org, micros } => {
                 let org = ORGS[org];
-                store
+                let made = store
                     .write(move |txn| billing::deposit(txn, org, Micros(micros), "test"))
                     .await
                     .unwrap();
+                assert_eq!(made, billing::Deposit::Made);
                 let account = model.accounts.entry(org.into()).or_default();
                 account.deposits.0 += micros;
                 account.available.0 += micros;
@@ -256,10 +257,11 @@ async fn racing_endings_resolve_each_hold_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let (store, executions) = open(&dir.path().join("db.redb"));
     let executions = Arc::new(executions);
-    store
+    let made = store
         .write(|txn| billing::deposit(txn, "org_a", Micros(100_000_000), "test"))
         .await
         .unwrap();
+    assert_eq!(made, billing::Deposit::Made);
     for _ in 0..50 {
         let execution = execution("org_a", Micros(40_000));
         let id = execution.id.clone();

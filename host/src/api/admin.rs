@@ -37,11 +37,11 @@ impl FromRequestParts<Arc<App>> for Operator {
     }
 }
 
-/// A USD amount given as a decimal string (`"100.00"`) or a JSON number.
+/// A USD amount given as a decimal string (`"100.00"`), never a JSON number (a
+/// float to most parsers), at most [`billing::MAX_DEPOSITS`].
 fn amount(body: &Map<String, Value>, field: &str) -> Result<Micros, ApiError> {
     let text = match body.get(field) {
         Some(Value::String(text)) => text.clone(),
-        Some(Value::Number(number)) => number.to_string(),
         None => {
             return Err(ApiError::invalid(
                 field,
@@ -57,13 +57,28 @@ fn amount(body: &Map<String, Value>, field: &str) -> Result<Micros, ApiError> {
             ));
         }
     };
-    Micros::parse(&text).ok_or_else(|| {
+    let amount = Micros::parse(&text).ok_or_else(|| {
         ApiError::invalid(
             field,
             DetailCode::InvalidValue,
-            format!("{field} must be a non-negative amount with at most 6 decimals"),
+            format!("{field} must be a non-negative decimal with at most 6 decimals"),
         )
-    })
+    })?;
+    if amount > billing::MAX_DEPOSITS {
+        return Err(over_limit(field));
+    }
+    Ok(amount)
+}
+
+fn over_limit(field: &str) -> ApiError {
+    ApiError::invalid(
+        field,
+        DetailCode::OutOfRange,
+        format!(
+            "an organization may be credited at most {} USD in all",
+            billing::MAX_DEPOSITS
+        ),
+    )
 }
 
 /// `POST /admin/v1/organizations {name, credit_usd?}` → `201 {organization_id, api_key}`
@@ -99,8 +114,13 @@ pub async fn create_organization(
         .write(move |txn| {
             let org = auth::create_organization(txn, &name)?;
             let (key, secret) = auth::create_key(txn, &org.id, Scope::Full)?;
+            // A new organization has no deposits, and `amount` is within the limit.
             if credit > Micros::ZERO {
-                billing::deposit(txn, &org.id, credit, "operator: initial credit")?;
+                anyhow::ensure!(
+                    billing::deposit(txn, &org.id, credit, "operator: initial credit")?
+                        == billing::Deposit::Made,
+                    "an initial credit within the limit was refused"
+                );
             }
             Ok((org, key, secret))
         })
@@ -198,11 +218,13 @@ pub async fn credit(
             {
                 return Ok(None);
             }
-            billing::deposit(txn, &org_id, amount, &memo)?;
-            Ok(Some(store_account(txn, &org_id)?))
+            Ok(Some(match billing::deposit(txn, &org_id, amount, &memo)? {
+                billing::Deposit::Made => Ok(store_account(txn, &org_id)?),
+                billing::Deposit::OverLimit => Err(over_limit("amount_usd")),
+            }))
         })
         .await?
-        .ok_or_else(ApiError::not_found)?;
+        .ok_or_else(ApiError::not_found)??;
     Ok(Json(json!({
         "available": account.available,
         "held": account.held,
@@ -345,8 +367,9 @@ pub async fn install_plugin(
     State(app): State<Arc<App>>,
     _: Operator,
     Path(name): Path<String>,
-    wasm: axum::body::Bytes,
+    wasm: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let wasm = wasm.map_err(|rejection| super::body_refused(rejection, super::MAX_PLUGIN_BYTES))?;
     let runtime = app.runtime.clone();
     let started = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || {
@@ -384,6 +407,9 @@ pub async fn rollback_plugin(
     _: Operator,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if app.registry.get(&name).is_none() {
+        return Err(ApiError::not_found());
+    }
     let restored = app.registry.rollback(&name).ok_or_else(|| {
         ApiError::new(
             Code::Conflict,

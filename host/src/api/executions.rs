@@ -83,7 +83,7 @@ pub async fn provider_callback(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(super::body_refused)?;
+    let body = body.map_err(|rejection| super::body_refused(rejection, super::MAX_JSON_BODY))?;
     let headers = headers
         .iter()
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
@@ -418,14 +418,23 @@ pub async fn ledger(
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
     let page = Page::from_query(&query, &[])?;
-    let (entries, has_more) = app.store.read(|txn| {
-        billing::entries(
-            txn,
-            &caller.org_id,
-            page.limit,
-            page.starting_after.as_deref(),
-        )
-    })?;
+    let (entries, has_more) = app
+        .store
+        .read(|txn| {
+            billing::entries(
+                txn,
+                &caller.org_id,
+                page.limit,
+                page.starting_after.as_deref(),
+            )
+        })?
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "starting_after",
+                DetailCode::InvalidValue,
+                "no such ledger entry",
+            )
+        })?;
     Ok(list_body(
         entries.iter().map(|e| json!(e)).collect(),
         has_more,

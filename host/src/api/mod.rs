@@ -25,9 +25,9 @@ use crate::error::{ApiError, Code, Detail, DetailCode};
 use crate::ids::new_short_id;
 
 /// Largest JSON body accepted by any endpoint.
-const MAX_JSON_BODY: usize = 1024 * 1024;
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
 /// Largest plugin an operator may install.
-const MAX_PLUGIN_BYTES: usize = 50 * 1024 * 1024;
+pub const MAX_PLUGIN_BYTES: usize = 50 * 1024 * 1024;
 
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
@@ -251,7 +251,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         }
         let bytes = Bytes::from_request(request, state)
             .await
-            .map_err(body_refused)?;
+            .map_err(|rejection| body_refused(rejection, MAX_JSON_BODY))?;
         if bytes.is_empty() {
             return Err(ApiError::invalid(
                 "body",
@@ -280,12 +280,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
-/// A body that could not be read, in the envelope.
-pub fn body_refused(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+/// A body that could not be read, in the envelope; `limit` is the route's.
+pub fn body_refused(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             Code::PayloadTooLarge,
-            format!("bodies are limited to {MAX_JSON_BODY} bytes"),
+            format!("this endpoint takes bodies of at most {limit} bytes"),
         )
     } else {
         ApiError::invalid("body", DetailCode::InvalidValue, rejection.body_text())

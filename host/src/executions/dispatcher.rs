@@ -59,6 +59,9 @@ enum AttemptEnd {
     Abandoned,
 }
 
+/// Longest pause before driving an execution again after a store failure.
+const DISPATCH_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// How long an execution whose providers' breakers are all open waits before it
 /// looks again.
 const DEFER_MS: u64 = 500;
@@ -196,8 +199,13 @@ impl Dispatcher {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = this.drive(&id).await {
-                tracing::error!(execution = %id, error = format!("{error:#}"), "dispatch stopped; the expiry sweep or a restart will resume it");
+            // A failed store write (its whole commit batch was refused) is retried
+            // from what the store holds, as a restart would; the deadline bounds it.
+            let mut pause = Duration::from_secs(1);
+            while let Err(error) = this.drive(&id).await {
+                tracing::error!(execution = %id, error = format!("{error:#}"), retry_in = ?pause, "dispatch failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(DISPATCH_RETRY_MAX);
             }
             this.running
                 .lock()

@@ -463,3 +463,30 @@ async fn each_key_is_rate_limited_with_headers_and_retry_after() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+/// Regression: an oversized plugin upload was refused in plain text, not in the
+/// envelope, and rolling back a plugin that does not exist was a `409`.
+#[tokio::test]
+async fn operator_refusals_are_in_the_envelope() {
+    let server = server().await;
+    let reply = reqwest::Client::new()
+        .put(format!("{}/admin/v1/plugins/huge", server.url))
+        .bearer_auth(&server.admin_token)
+        .body(vec![0u8; 51 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE", "{body}");
+    let rollback = server
+        .call(
+            Method::POST,
+            "/admin/v1/plugins/nope/rollback",
+            Some(&server.admin_token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(rollback.status, StatusCode::NOT_FOUND, "{:?}", rollback.body);
+}

@@ -234,7 +234,11 @@ async fn a_failing_provider_fails_over_to_the_next() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["deposit", "hold", "settle", "absorbed"]);
+    // Regression: the platform's own entry for the $0.03 it absorbed was listed to
+    // the client, telling it the fallback provider's price.
+    assert_eq!(kinds, ["deposit", "hold", "settle"]);
+    let bad = server.get("/v1/ledger?starting_after=garbage").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
 }
 
 /// A 503 storm opens the broken provider's breaker: later executions go straight to

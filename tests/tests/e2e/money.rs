@@ -133,6 +133,61 @@ async fn a_thousand_parallel_creates_never_overspend_and_survive_kill_9() {
     assert!(available >= 0.0);
 }
 
+/// Regression: a credit that would overflow an organization's balance failed its
+/// store write, which aborted the whole commit batch: other organizations' creates
+/// answered 500 and their accepted executions stalled. It is now refused alone.
+/// Money is never a JSON number here either (a float to most parsers).
+#[tokio::test]
+async fn an_operator_credit_past_the_limit_is_refused_alone() {
+    let server = Server::start(&[]).await;
+    let admin = |path: String, body: Value| {
+        let server = &server;
+        async move {
+            server
+                .call(
+                    Method::POST,
+                    &path,
+                    Some(&server.admin_token),
+                    Some(body),
+                    &[],
+                )
+                .await
+        }
+    };
+    let id = admin(
+        "/admin/v1/organizations".into(),
+        json!({"name": "Big", "credit_usd": "999999999999"}),
+    )
+    .await
+    .body["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let credit = format!("/admin/v1/organizations/{id}/credit");
+    // Another organization's write, in flight at the same moment.
+    let (over, other) = tokio::join!(
+        admin(
+            credit.clone(),
+            json!({"amount_usd": "2", "memo": "too much"})
+        ),
+        server.post("/v1/api-keys", json!({}))
+    );
+    assert_eq!(over.status, StatusCode::BAD_REQUEST, "{:?}", over.body);
+    assert_eq!(over.body["error"]["details"][0]["code"], "OUT_OF_RANGE");
+    assert_eq!(other.status, StatusCode::CREATED, "{:?}", other.body);
+    let fits = admin(credit.clone(), json!({"amount_usd": "1"})).await;
+    assert_eq!(fits.status, StatusCode::OK, "{:?}", fits.body);
+    assert_eq!(fits.body["available"], "1000000000000");
+    for body in [
+        json!({"amount_usd": 1.5}),
+        json!({"amount_usd": "1000000000001"}),
+    ] {
+        let refused = admin(credit.clone(), body.clone()).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    assert_eq!(verify_ledger(&server).await["consistent"], true);
+}
+
 #[tokio::test]
 async fn keys_have_scopes_revocation_rotation_and_a_limit() {
     let server = Server::start(&[]).await;
