@@ -488,5 +488,10 @@ async fn operator_refusals_are_in_the_envelope() {
             &[],
         )
         .await;
-    assert_eq!(rollback.status, StatusCode::NOT_FOUND, "{:?}", rollback.body);
+    assert_eq!(
+        rollback.status,
+        StatusCode::NOT_FOUND,
+        "{:?}",
+        rollback.body
+    );
 }
