@@ -281,11 +281,7 @@ impl Dispatcher {
             }
         };
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
-        let target = Target {
-            allowed_hosts: &allowed,
-            auth: &candidate.plugin.manifest.auth,
-            credential: candidate.provider.credential.as_deref(),
-        };
+        let target = target(candidate, &allowed);
         match self.upstream.send(&target, &request).await {
             Ok(response) => {
                 tracing::info!(execution = %execution_id, status = response.status, "provider cancel sent")
@@ -754,11 +750,7 @@ impl Dispatcher {
         execution_id: &str,
     ) -> Result<(wit::Outcome, bool), upstream::UpstreamError> {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
-        let target = Target {
-            allowed_hosts: &allowed,
-            auth: &candidate.plugin.manifest.auth,
-            credential: candidate.provider.credential.as_deref(),
-        };
+        let target = target(candidate, &allowed);
         let response = self.upstream.open(&target, request).await?;
         let answered = response.status().is_success();
         let streamed = ctx.stream
@@ -1054,6 +1046,16 @@ async fn parse(
     {
         Ok(outcome) => outcome,
         Err(error) => wit::Outcome::Failed(plugin_failure(error)),
+    }
+}
+
+/// Where `candidate`'s requests may go (`allowed`, its provider's hosts), and with
+/// which credential.
+fn target<'a>(candidate: &'a Candidate, allowed: &'a [String]) -> Target<'a> {
+    Target {
+        allowed_hosts: allowed,
+        auth: &candidate.plugin.manifest.auth,
+        credential: candidate.provider.credential.as_deref(),
     }
 }
 

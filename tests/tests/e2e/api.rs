@@ -262,26 +262,8 @@ async fn list_queries_refuse_unknown_parameters_and_bad_limits() {
         ("/v1/executions?limit=-1", "limit", "OUT_OF_RANGE"),
         ("/v1/files?limit=101", "limit", "OUT_OF_RANGE"),
         ("/v1/executions?limit=ten", "limit", "INVALID_TYPE"),
-    ] {
-        let reply = server.get(path).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::BAD_REQUEST,
-            "{path}: {:?}",
-            reply.body
-        );
-        assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
-        assert_eq!(reply.body["error"]["details"][0]["field"], field, "{path}");
-        assert_eq!(reply.body["error"]["details"][0]["code"], code, "{path}");
-    }
-    let filtered = server
-        .get("/v1/executions?status=COMPLETED&model=flux-1.1-pro&limit=5")
-        .await;
-    assert_eq!(filtered.status, StatusCode::OK, "{:?}", filtered.body);
-
-    // Regression: a repeated parameter was last-wins, and the key and model lists
-    // ignored their query altogether.
-    for (path, field, code) in [
+        // Regression: a repeated parameter was last-wins, and the key and model
+        // lists ignored their query altogether.
         ("/v1/executions?limit=1&limit=2", "limit", "INVALID_VALUE"),
         (
             "/v1/executions?status=FAILED&status=CANCELLED",
@@ -304,9 +286,14 @@ async fn list_queries_refuse_unknown_parameters_and_bad_limits() {
             "{path}: {:?}",
             reply.body
         );
+        assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
         assert_eq!(reply.body["error"]["details"][0]["field"], field, "{path}");
         assert_eq!(reply.body["error"]["details"][0]["code"], code, "{path}");
     }
+    let filtered = server
+        .get("/v1/executions?status=COMPLETED&model=flux-1.1-pro&limit=5")
+        .await;
+    assert_eq!(filtered.status, StatusCode::OK, "{:?}", filtered.body);
     let models = server.get("/v1/models?limit=1").await.body;
     assert_eq!(models["data"].as_array().unwrap().len(), 1);
     assert_eq!(models["has_more"], true);
