@@ -319,17 +319,7 @@ async fn a_put_refused_after_confirm_or_delete_changes_and_keeps_nothing() {
                     .post("/v1/files/confirm", json!({ "file_id": file_id }))
                     .await
             }
-            _ => {
-                server
-                    .call(
-                        Method::DELETE,
-                        &format!("/v1/files/{file_id}"),
-                        Some(&server.api_key),
-                        None,
-                        &[],
-                    )
-                    .await
-            }
+            _ => server.delete(&format!("/v1/files/{file_id}")).await,
         };
         assert_eq!(ended.status, StatusCode::OK, "{end}: {:?}", ended.body);
         drop(release);
@@ -374,15 +364,7 @@ async fn a_retry_with_its_idempotency_key_is_replayed_after_the_input_file_is_de
     assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
     let id = first.body["id"].as_str().unwrap();
     server.wait_terminal(id, WAIT).await;
-    let deleted = server
-        .call(
-            Method::DELETE,
-            &format!("/v1/files/{file_id}"),
-            Some(&server.api_key),
-            None,
-            &[],
-        )
-        .await;
+    let deleted = server.delete(&format!("/v1/files/{file_id}")).await;
     assert_eq!(deleted.status, StatusCode::OK, "{:?}", deleted.body);
     let retry = send().await;
     assert_eq!(retry.status, StatusCode::ACCEPTED, "{:?}", retry.body);
@@ -603,15 +585,7 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
     );
 
     // Delete: the record, the bytes and the signed URL go together.
-    let deleted = server
-        .call(
-            Method::DELETE,
-            &format!("/v1/files/{kept_id}"),
-            Some(&server.api_key),
-            None,
-            &[],
-        )
-        .await;
+    let deleted = server.delete(&format!("/v1/files/{kept_id}")).await;
     assert_eq!(deleted.status, StatusCode::OK);
     assert_eq!(deleted.body["deleted"], json!(true));
     assert_eq!(
@@ -683,15 +657,7 @@ async fn a_valid_signed_url_of_a_deleted_file_is_not_found_not_unauthorized() {
     let delete = |file_id: String| {
         let server = &server;
         async move {
-            let reply = server
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/files/{file_id}"),
-                    Some(&server.api_key),
-                    None,
-                    &[],
-                )
-                .await;
+            let reply = server.delete(&format!("/v1/files/{file_id}")).await;
             assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         }
     };
@@ -778,15 +744,7 @@ async fn the_audit_of_an_unknown_or_malformed_file_id_is_not_found() {
     }
     let file = upload(&server, &server.api_key, png(8, 8, 4)).await;
     let file_id = file["file_id"].as_str().unwrap().to_string();
-    let deleted = server
-        .call(
-            Method::DELETE,
-            &format!("/v1/files/{file_id}"),
-            Some(&server.api_key),
-            None,
-            &[],
-        )
-        .await;
+    let deleted = server.delete(&format!("/v1/files/{file_id}")).await;
     assert_eq!(deleted.status, StatusCode::OK);
     let reply = audit(file_id).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);

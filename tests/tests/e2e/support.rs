@@ -317,6 +317,11 @@ impl Server {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(&self.api_key), None, &[])
+            .await
+    }
+
     pub async fn bytes(&self, path: &str) -> (StatusCode, Vec<u8>) {
         let response = self
             .http

@@ -169,15 +169,7 @@ async fn endpoints_get_signed_lifecycle_events_and_the_secret_is_shown_once() {
         .await;
     assert_eq!(bad_event.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad_event.error_code(), "INPUT_VALIDATION_ERROR");
-    let deleted = server
-        .call(
-            Method::DELETE,
-            &format!("/v1/webhooks/endpoints/{id}"),
-            Some(&server.api_key),
-            None,
-            &[],
-        )
-        .await;
+    let deleted = server.delete(&format!("/v1/webhooks/endpoints/{id}")).await;
     assert_eq!(deleted.status, StatusCode::OK);
     assert_eq!(
         receiver.received().len(),
@@ -773,13 +765,7 @@ async fn webhook_endpoint_inputs_and_their_number_are_bounded() {
         .await;
     assert_eq!(still.status, StatusCode::CONFLICT);
     let deleted = server
-        .call(
-            Method::DELETE,
-            &format!("/v1/webhooks/endpoints/{}", ids[0]),
-            Some(&server.api_key),
-            None,
-            &[],
-        )
+        .delete(&format!("/v1/webhooks/endpoints/{}", ids[0]))
         .await;
     assert_eq!(deleted.status, StatusCode::OK);
     create_endpoint(&server, json!({"url": receiver.url})).await;
