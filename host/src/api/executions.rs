@@ -12,7 +12,8 @@ use super::{JsonObject, ListQuery, Page, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::billing;
-use crate::error::{ApiError, Detail, DetailCode};
+use crate::error::{ApiError, Detail, DetailCode, quote};
+use crate::executions::input::canonical_numbers;
 use crate::executions::{CreateRequest, Execution, Mode, Status, StreamMessage, request_hash};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::StreamExt;
@@ -401,11 +402,17 @@ pub async fn cancel(
     }
 }
 
-/// A create body as the idempotency check compares it: explicit nulls dropped and
-/// defaults written out, so `"mode": "ASYNC"` and no `mode` are the same request
+/// A create body as the idempotency check compares it: explicit nulls and
+/// `wait_seconds` dropped, defaults written out and the input's numbers canonical,
+/// so `"mode": "ASYNC"` and no `mode`, or `256.0` and `256`, are the same request
 /// (keys sort, so their order never matters).
 fn canonical_create(mut body: serde_json::Map<String, Value>) -> Value {
     body.retain(|_, value| !value.is_null());
+    // How long this call waits is not part of what the execution is.
+    body.remove("wait_seconds");
+    if let Some(input) = body.remove("input") {
+        body.insert("input".into(), canonical_numbers(input));
+    }
     body.entry("mode").or_insert_with(|| json!("ASYNC"));
     body.entry("metadata").or_insert_with(|| json!({}));
     Value::Object(body)
@@ -454,7 +461,7 @@ pub async fn list(
             ApiError::invalid(
                 "status",
                 DetailCode::InvalidValue,
-                format!("unknown status {text:?}"),
+                format!("unknown status {}", quote(text)),
             )
         })?),
     };
@@ -501,5 +508,21 @@ mod tests {
             json!({"model": "m", "input": {"a": 1}, "mode": "SYNC"}),
         ));
         assert_ne!(other, bare);
+        let float: Value = serde_json::from_str(r#"{"model": "m", "input": {"a": 1.0}}"#).unwrap();
+        assert_eq!(canonical_create(object(float)), bare);
+    }
+
+    /// Regression: a `SYNC` create replayed with a longer `wait_seconds` was a `409`;
+    /// how long a call waits is not what the execution is.
+    #[test]
+    fn wait_seconds_is_not_part_of_the_idempotency_fingerprint() {
+        let object = |value: Value| value.as_object().unwrap().clone();
+        let sync = |wait: Value| {
+            canonical_create(object(
+                json!({"model": "m", "mode": "SYNC", "input": {}, "wait_seconds": wait}),
+            ))
+        };
+        assert_eq!(sync(json!(5)), sync(json!(120)));
+        assert_eq!(sync(json!(5)), sync(Value::Null));
     }
 }

@@ -2,6 +2,7 @@
 //! lifecycle, and reads. The dispatcher ([`dispatcher`]) drives accepted executions.
 
 pub mod dispatcher;
+pub mod input;
 pub mod model;
 
 use anyhow::Result;
@@ -19,7 +20,7 @@ use crate::auth::Caller;
 use crate::billing::{self, HoldResult};
 use crate::clock;
 use crate::config::ExecutionSettings;
-use crate::error::{ApiError, Code, Detail, DetailCode};
+use crate::error::{ApiError, Code, Detail, DetailCode, quote};
 use crate::files::Files;
 use crate::files::audit::{Action, AuditEntry};
 use crate::files::grants::{FileField, file_fields};
@@ -143,16 +144,20 @@ impl Executions {
             return Err(ApiError::invalid(
                 "model",
                 DetailCode::InvalidValue,
-                format!("unknown model {:?}; see GET /v1/models", request.model),
+                format!(
+                    "unknown model {}; see GET /v1/models",
+                    quote(&request.model)
+                ),
             ));
         };
         let rules = self.input_rules(first)?;
         rules.validate(&request.input)?;
+        let input = input::canonical_numbers(request.input);
         self.files
-            .check_input_files(&caller.org_id, &rules.files, &request.input)?;
+            .check_input_files(&caller.org_id, &rules.files, &input)?;
         // Rank the providers for what this input consumes, then price it with the
         // adapter of the one that will run it.
-        let mut units = estimate(first, &request.input).await?;
+        let mut units = estimate(first, &input).await?;
         let chosen = self
             .router
             .ranked(&request.model, &units)
@@ -160,7 +165,7 @@ impl Executions {
             .next()
             .unwrap_or_else(|| first.clone());
         if chosen.plugin.sha256 != first.plugin.sha256 {
-            units = estimate(&chosen, &request.input).await?;
+            units = estimate(&chosen, &input).await?;
         }
         let estimated_cost = routing::cost(&chosen.model.price, &units);
         let hold_amount = Micros::hold_for(estimated_cost);
@@ -171,7 +176,7 @@ impl Executions {
             organization_id: caller.org_id.clone(),
             model: request.model.clone(),
             status: Status::Pending,
-            input: request.input,
+            input,
             metadata: request.metadata,
             mode: request.mode,
             webhook_url: request.webhook_url,
@@ -809,7 +814,18 @@ fn schema_details(error: jsonschema::ValidationError<'_>) -> Vec<Detail> {
     use jsonschema::error::ValidationErrorKind as Kind;
     let path = error.instance_path().as_str().replace('/', ".");
     let field = format!("input{path}");
-    let message = error.to_string();
+    // A message names the offending value; a long one only by a short prefix.
+    let message = match error.instance().as_ref() {
+        Value::String(text) => error.masked_with(quote(text)).to_string(),
+        other => {
+            let text = other.to_string();
+            if text.len() <= 40 {
+                error.to_string()
+            } else {
+                error.masked_with(quote(&text)).to_string()
+            }
+        }
+    };
     match error.kind() {
         Kind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
