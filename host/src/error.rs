@@ -149,13 +149,41 @@ pub enum DetailCode {
     InvalidValue,
 }
 
+/// Longest `field` a detail names: a client-chosen key may be any length.
+const MAX_FIELD_CHARS: usize = 200;
+/// Longest message an error carries. Messages quote client values only through
+/// [`quote`]; this bound keeps any other echo from growing an error past a few KiB.
+const MAX_MESSAGE_CHARS: usize = 500;
+/// How much of a client's value a message quotes.
+const QUOTED_CHARS: usize = 40;
+
 impl Detail {
     pub fn new(field: impl Into<String>, code: DetailCode, message: impl Into<String>) -> Self {
         Detail {
-            field: field.into(),
+            field: shorten(field.into(), MAX_FIELD_CHARS),
             code,
-            message: message.into(),
+            message: shorten(message.into(), MAX_MESSAGE_CHARS),
         }
+    }
+}
+
+/// A client's value as a message quotes it: in quotes, at most a short prefix, and
+/// its length when it was cut.
+pub fn quote(value: &str) -> String {
+    let length = value.chars().count();
+    if length <= QUOTED_CHARS {
+        format!("{value:?}")
+    } else {
+        let prefix: String = value.chars().take(QUOTED_CHARS).collect();
+        format!("{prefix:?}… ({length} characters)")
+    }
+}
+
+/// `text` cut to at most `max` characters (and an ellipsis).
+fn shorten(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some((cut, _)) => format!("{}…", &text[..cut]),
     }
 }
 
@@ -176,7 +204,7 @@ impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         ApiError {
             code,
-            message: message.into(),
+            message: shorten(message.into(), MAX_MESSAGE_CHARS),
             details: Vec::new(),
             status: None,
             headers: Vec::new(),
@@ -269,6 +297,21 @@ mod tests {
             assert_eq!(code.status().as_u16(), status, "{code:?}");
             assert_eq!(code.retryable(), retryable, "{code:?}");
         }
+    }
+
+    /// Regression: a 900 KB prompt that failed validation answered a 1.8 MB error,
+    /// the value echoed in the detail and again in the message.
+    #[test]
+    fn errors_quote_at_most_a_short_prefix_of_a_value() {
+        let huge = "x".repeat(900_000);
+        assert_eq!(quote("short"), "\"short\"");
+        let quoted = quote(&huge);
+        assert!(quoted.len() < 80, "{quoted}");
+        assert!(quoted.ends_with("(900000 characters)"), "{quoted}");
+        let error = ApiError::invalid(&huge, DetailCode::InvalidValue, huge.clone());
+        let rendered = serde_json::to_string(&error.details).unwrap().len() + error.message.len();
+        assert!(rendered < 2_000, "{rendered} bytes");
+        assert_eq!(shorten("héllo".into(), 2), "hé…");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::App;
 use crate::auth::{self, Caller, Scope};
-use crate::error::{ApiError, Code, Detail, DetailCode};
+use crate::error::{ApiError, Code, Detail, DetailCode, quote};
 use crate::ids::new_short_id;
 
 /// Largest JSON body accepted by any endpoint.
@@ -314,7 +314,8 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeys {
             map.next_value::<UniqueKeys>()?;
             if !keys.insert(key.clone()) {
                 return Err(serde::de::Error::custom(format!(
-                    "the key {key:?} appears twice in one object"
+                    "the key {} appears twice in one object",
+                    quote(&key)
                 )));
             }
         }
@@ -359,7 +360,7 @@ pub fn unknown_fields(body: &serde_json::Map<String, Value>, known: &[&str]) -> 
             Detail::new(
                 field,
                 DetailCode::UnknownField,
-                format!("unknown field {field}"),
+                format!("unknown field {}", quote(field)),
             )
         })
         .collect()
@@ -473,7 +474,7 @@ impl Page {
                         ApiError::invalid(
                             "starting_after",
                             DetailCode::InvalidValue,
-                            format!("{after:?} is not in this list"),
+                            format!("{} is not in this list", quote(after)),
                         )
                     })?
                     + 1
