@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::ids::new_short_id;
-use crate::store::{self, API_KEYS, API_KEYS_BY_ORG, ORGANIZATIONS};
+use crate::store::{self, API_KEY_PREVIOUS_SECRETS, API_KEYS, API_KEYS_BY_ORG, ORGANIZATIONS};
 
 /// Most keys an organization may have active at once.
 pub const MAX_ACTIVE_KEYS: usize = 20;
@@ -60,6 +60,17 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// the secret a rotation replaced, still accepted until `valid_until`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousSecret>,
+}
+
+/// A rotated key's previous secret, indexed in [`API_KEY_PREVIOUS_SECRETS`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// SHA-256 of the secret, hex
+    pub hash: String,
+    pub valid_until: DateTime<Utc>,
 }
 
 /// Who is calling: resolved from a valid, live key.
@@ -126,9 +137,12 @@ impl ApiKey {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
     }
 
-    /// Whether the key was replaced by a rotation (only rotation sets an expiry).
-    pub fn is_rotated(&self) -> bool {
-        self.expires_at.is_some()
+    /// When the previous secret stops working, while it still works.
+    fn previous_valid_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.previous
+            .as_ref()
+            .map(|previous| previous.valid_until)
+            .filter(|until| *until > now)
     }
 
     /// What listing shows: never the secret or its hash.
@@ -140,6 +154,7 @@ impl ApiKey {
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
             "expires_at": self.expires_at,
+            "previous_key_valid_until": self.previous_valid_until(crate::clock::now()),
         })
     }
 }
@@ -165,6 +180,7 @@ fn create_named_key(
         created_at: crate::clock::now(),
         revoked_at: None,
         expires_at: None,
+        previous: None,
     };
     save_key(txn, &key)?;
     txn.open_table(API_KEYS_BY_ORG)?.insert(
@@ -205,12 +221,10 @@ pub fn keys_of(txn: &ReadTransaction, org_id: &str) -> Result<Vec<ApiKey>> {
 pub enum KeyRefusal {
     NotFound,
     TooManyActive,
-    /// the key was rotated already: its replacement is the one to rotate
-    AlreadyRotated,
 }
 
 /// Creates a key unless the organization already has [`MAX_ACTIVE_KEYS`] active
-/// ones. A rotated key still in its grace hour is not active: its replacement is.
+/// (live) ones. Rotation keeps a key's id, so it never changes the count.
 pub fn create_key_checked(
     txn: &WriteTransaction,
     org_id: &str,
@@ -235,7 +249,7 @@ fn active_keys(txn: &WriteTransaction, org_id: &str, now: DateTime<Utc>) -> Resu
             break;
         }
         let key: Option<ApiKey> = store::get(&keys, std::str::from_utf8(hash.value())?)?;
-        active += key.is_some_and(|k| k.is_live(now) && !k.is_rotated()) as usize;
+        active += key.is_some_and(|k| k.is_live(now)) as usize;
     }
     Ok(active)
 }
@@ -264,32 +278,42 @@ pub fn revoke_key(
     Ok(Ok(key))
 }
 
-/// A rotated key: the new key and secret, and when the old secret stops working.
+/// A rotated key: the key (same id), its new secret, and when the old one stops.
 pub struct Rotated {
     pub key: ApiKey,
     pub secret: String,
     pub previous_valid_until: DateTime<Utc>,
 }
 
-/// Issues a new secret with the same scope; the old one works for
-/// [`ROTATION_GRACE`] more. A key is rotated once: rotating it again would mint
-/// another permanent key per call.
+/// Gives the key a new secret; it keeps its id, name and scope, and the secret it
+/// had keeps working for [`ROTATION_GRACE`] more. A key has at most two working
+/// secrets: rotating again ends the grace of the secret the last rotation replaced.
 pub fn rotate_key(
     txn: &WriteTransaction,
     org_id: &str,
     key_id: &str,
 ) -> Result<Result<Rotated, KeyRefusal>> {
     let now = crate::clock::now();
-    let Some(mut old) = find_key(txn, org_id, key_id)?.filter(|k| k.is_live(now)) else {
+    let Some(mut key) = find_key(txn, org_id, key_id)?.filter(|k| k.is_live(now)) else {
         return Ok(Err(KeyRefusal::NotFound));
     };
-    if old.is_rotated() {
-        return Ok(Err(KeyRefusal::AlreadyRotated));
+    let mut previous_secrets = txn.open_table(API_KEY_PREVIOUS_SECRETS)?;
+    if let Some(earlier) = &key.previous {
+        previous_secrets.remove(earlier.hash.as_str())?;
     }
+    let index_key = format!("{org_id}/{key_id}");
+    previous_secrets.insert(key.secret_hash.as_str(), index_key.as_bytes())?;
+    txn.open_table(API_KEYS)?.remove(key.secret_hash.as_str())?;
+
+    let secret = generate_secret();
     let valid_until = now + ROTATION_GRACE;
-    old.expires_at = Some(valid_until);
-    save_key(txn, &old)?;
-    let (key, secret) = create_named_key(txn, org_id, old.scope, old.name.clone())?;
+    key.previous = Some(PreviousSecret {
+        hash: std::mem::replace(&mut key.secret_hash, hash_secret(&secret)),
+        valid_until,
+    });
+    save_key(txn, &key)?;
+    txn.open_table(API_KEYS_BY_ORG)?
+        .insert(index_key.as_str(), key.secret_hash.as_bytes())?;
     Ok(Ok(Rotated {
         key,
         secret,
@@ -308,18 +332,42 @@ pub fn authenticate(
     }
     let hash = hash_secret(secret);
     let keys = txn.open_table(API_KEYS)?;
-    let Some(key) = store::get::<ApiKey>(&keys, &hash)? else {
+    // The tables are keyed by the hash, so the compares below are belt and braces
+    // against a corrupted row; constant-time like every secret comparison here.
+    let matches = |stored: &str| -> bool { stored.as_bytes().ct_eq(hash.as_bytes()).into() };
+    let live = match store::get::<ApiKey>(&keys, &hash)? {
+        Some(key) => Some(key).filter(|key| matches(&key.secret_hash)),
+        // A rotated key's previous secret, during its grace.
+        None => previous_secret_owner(txn, &keys, &hash)?.filter(|key| {
+            key.previous
+                .as_ref()
+                .is_some_and(|previous| matches(&previous.hash) && previous.valid_until > now)
+        }),
+    };
+    let Some(key) = live.filter(|key| key.is_live(now)) else {
         return Ok(None);
     };
-    // The table is keyed by the hash, so this compare is belt and braces against a
-    // corrupted row; it is constant-time like every secret comparison here.
-    let matches: bool = key.secret_hash.as_bytes().ct_eq(hash.as_bytes()).into();
-    let live = matches && key.is_live(now);
-    Ok(live.then_some(Caller {
+    Ok(Some(Caller {
         org_id: key.org_id,
         key_id: key.id,
         scope: key.scope,
     }))
+}
+
+/// The key whose previous secret hashes to `hash`, if any.
+fn previous_secret_owner(
+    txn: &ReadTransaction,
+    keys: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    hash: &str,
+) -> Result<Option<ApiKey>> {
+    let Some(index_key) = txn.open_table(API_KEY_PREVIOUS_SECRETS)?.get(hash)? else {
+        return Ok(None);
+    };
+    let index = txn.open_table(API_KEYS_BY_ORG)?;
+    let Some(current) = index.get(std::str::from_utf8(index_key.value())?)? else {
+        return Ok(None);
+    };
+    store::get(keys, std::str::from_utf8(current.value())?)
 }
 
 /// The operator token guarding `/admin/v1`, compared in constant time.
@@ -378,6 +426,61 @@ mod tests {
         assert!(!at(&old, now + chrono::Duration::minutes(61)));
         assert!(at(&rotated.secret, now + chrono::Duration::days(30)));
         assert!(rotated.previous_valid_until <= now + ROTATION_GRACE);
+    }
+
+    /// Regression: rotation minted a key with a new id, so a client that stored the
+    /// id could neither revoke nor rotate the key it now used.
+    #[tokio::test]
+    async fn a_rotated_key_keeps_its_id_and_revoking_it_ends_both_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db.redb")).unwrap();
+        let (first, key_id) = store
+            .write(|txn| {
+                let (key, secret) = create_key(txn, "org_a", Scope::Execution)?;
+                Ok((secret, key.id))
+            })
+            .await
+            .unwrap();
+        let rotate = |id: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |txn| rotate_key(txn, "org_a", &id))
+                    .await
+                    .unwrap()
+                    .ok()
+                    .unwrap()
+            }
+        };
+        let second = rotate(key_id.clone()).await;
+        assert_eq!(second.key.id, key_id);
+        assert_eq!(second.key.scope, Scope::Execution);
+        let now = crate::clock::now();
+        let caller = |secret: &str| {
+            store
+                .read(|txn| authenticate(txn, secret, now))
+                .unwrap()
+                .map(|caller| caller.key_id)
+        };
+        assert_eq!(caller(&first).as_deref(), Some(key_id.as_str()));
+        assert_eq!(caller(&second.secret).as_deref(), Some(key_id.as_str()));
+
+        // Rotating again: the newest two secrets work, the first one no longer.
+        let third = rotate(key_id.clone()).await;
+        assert_eq!(third.key.id, key_id);
+        assert_eq!(caller(&first), None);
+        assert!(caller(&second.secret).is_some() && caller(&third.secret).is_some());
+        let keys = store.read(|txn| keys_of(txn, "org_a")).unwrap();
+        assert_eq!(keys.len(), 1, "rotation never adds a key");
+
+        let id = key_id.clone();
+        store
+            .write(move |txn| revoke_key(txn, "org_a", &id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(caller(&second.secret), None);
+        assert_eq!(caller(&third.secret), None);
     }
 
     #[test]

@@ -14,10 +14,6 @@ use crate::error::{ApiError, Code, DetailCode};
 fn refusal(refusal: KeyRefusal) -> ApiError {
     match refusal {
         KeyRefusal::NotFound => ApiError::not_found(),
-        KeyRefusal::AlreadyRotated => ApiError::new(
-            Code::Conflict,
-            "this key was rotated already; rotate the key that replaced it",
-        ),
         KeyRefusal::TooManyActive => ApiError::new(
             Code::Conflict,
             format!(
@@ -98,7 +94,8 @@ pub async fn revoke(
     Ok(Json(key.view()))
 }
 
-/// `→ {id, new_key, previous_key_valid_until}`; the old secret works one more hour.
+/// `→ {id, new_key, previous_key_valid_until}`: the key keeps its id and scope; the
+/// old secret works one more hour.
 pub async fn rotate(
     State(app): State<Arc<App>>,
     caller: Caller,

@@ -267,18 +267,35 @@ async fn keys_have_scopes_revocation_rotation_and_a_limit() {
         StatusCode::OK
     );
 
-    // Revocation is immediate.
-    let new_id = rotated.body["id"].as_str().unwrap();
+    // Regression: rotation changed the key's id. It keeps its id (and scope), and
+    // the list shows one key with its old secret's deadline.
+    assert_eq!(rotated.body["id"], limited_id.as_str());
+    let listed = call(Method::GET, "/v1/api-keys", &full, None).await;
+    let keys = listed.body["data"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{:?}", listed.body);
+    let key = keys
+        .iter()
+        .find(|k| k["id"] == limited_id.as_str())
+        .unwrap();
+    assert_eq!(key["scope"], "execution");
+    assert_eq!(
+        key["previous_key_valid_until"],
+        rotated.body["previous_key_valid_until"]
+    );
+
+    // Revocation by the id the client stored is immediate, for both secrets.
     let revoked = call(
         Method::DELETE,
-        &format!("/v1/api-keys/{new_id}"),
+        &format!("/v1/api-keys/{limited_id}"),
         &full,
         None,
     )
     .await;
     assert_eq!(revoked.status, StatusCode::OK);
-    let refused = call(Method::GET, "/v1/executions", &new_secret, None).await;
-    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    for secret in [&new_secret, &limited] {
+        let refused = call(Method::GET, "/v1/executions", secret, None).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    }
 
     // Another organization cannot touch these keys.
     let other = server.new_organization("1").await;
@@ -290,8 +307,7 @@ async fn keys_have_scopes_revocation_rotation_and_a_limit() {
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
     }
 
-    // At most 20 active keys: the full key counts; the one in its grace hour does
-    // not (its replacement did, until revoked).
+    // At most 20 active keys: the full key counts; the revoked one does not.
     let mut last = String::new();
     for _ in 0..19 {
         let reply = call(Method::POST, "/v1/api-keys", &full, Some(json!({}))).await;
@@ -302,7 +318,8 @@ async fn keys_have_scopes_revocation_rotation_and_a_limit() {
     assert_eq!(over.status, StatusCode::CONFLICT, "{:?}", over.body);
 
     // Regression: rotating a rotated key again minted another permanent key each
-    // time, past the limit. At the limit a key can still be rotated, once.
+    // time, past the limit. Rotation keeps the id, so at the limit a key can be
+    // rotated, and rotated again, and the count does not move.
     let rotate = || {
         call(
             Method::POST,
@@ -311,10 +328,11 @@ async fn keys_have_scopes_revocation_rotation_and_a_limit() {
             None,
         )
     };
-    assert_eq!(rotate().await.status, StatusCode::OK);
-    let again = rotate().await;
-    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
-    assert_eq!(again.error_code(), "CONFLICT");
+    for _ in 0..2 {
+        let rotated = rotate().await;
+        assert_eq!(rotated.status, StatusCode::OK, "{:?}", rotated.body);
+        assert_eq!(rotated.body["id"], last.as_str());
+    }
     let still_over = call(Method::POST, "/v1/api-keys", &full, Some(json!({}))).await;
     assert_eq!(still_over.status, StatusCode::CONFLICT);
     let listed = call(Method::GET, "/v1/api-keys?limit=100", &full, None).await;
