@@ -160,9 +160,12 @@ fn post_to(
         bail!("ledger would go negative: {kind:?} {amount} for {org_id}");
     }
     accounts.insert(org_id, store::encode(&account)?.as_slice())?;
-    let seq = store::next_sequence(txn, "ledger")?;
+    // Opaque to clients (a global counter would let one organization gauge the
+    // others' activity from its gaps), and time-ordered within the process, so
+    // an organization's entries sort by creation under their ids.
+    let uuid = uuid::Uuid::now_v7();
     let entry = Entry {
-        id: format!("le_{seq:016}"),
+        id: format!("{ENTRY_PREFIX}{uuid}"),
         organization_id: org_id.to_string(),
         kind,
         amount,
@@ -173,7 +176,7 @@ fn post_to(
         created_at: crate::clock::now(),
     };
     txn.open_table(LEDGER)?.insert(
-        format!("{org_id}/{seq:020}").as_str(),
+        format!("{org_id}/{uuid}").as_str(),
         store::encode(&entry)?.as_slice(),
     )?;
     Ok(())
@@ -284,11 +287,13 @@ pub fn settle(
     Ok(charged)
 }
 
-/// A page of `org_id`'s entries, oldest first, after the entry `starting_after`.
-/// A page of the organization's ledger, oldest first: the entries that move its
-/// own money (the platform's own entries about an execution, such as a cost it
-/// absorbed, are not the client's to see). `None` when `starting_after` names no
-/// entry of the organization.
+/// Ledger entry ids: `le_<UUID v7>`.
+const ENTRY_PREFIX: &str = "le_";
+
+/// A page of the organization's ledger, newest first like every list, after the
+/// entry `starting_after`: the entries that move its own money (the platform's own
+/// entries about an execution, such as a cost it absorbed, are not the client's to
+/// see). `None` when `starting_after` names no entry of the organization.
 pub fn entries(
     txn: &ReadTransaction,
     org_id: &str,
@@ -297,28 +302,26 @@ pub fn entries(
 ) -> Result<Option<(Vec<Entry>, bool)>> {
     let prefix = format!("{org_id}/");
     let table = txn.open_table(LEDGER)?;
-    // Entry ids carry their sequence number: `le_<seq>`.
-    let start = match starting_after {
-        None => prefix.clone(),
+    // Keys are `{org}/{uuid}`: the organization's range ends just before `{org}0`.
+    let end = match starting_after {
+        None => format!("{org_id}0"),
         Some(id) => {
-            let Some(seq) = id
-                .strip_prefix("le_")
-                .and_then(|seq| seq.parse::<u64>().ok())
+            let Some(uuid) = id
+                .strip_prefix(ENTRY_PREFIX)
+                .and_then(|uuid| uuid::Uuid::try_parse(uuid).ok())
             else {
                 return Ok(None);
             };
-            if table.get(format!("{prefix}{seq:020}").as_str())?.is_none() {
+            let key = format!("{prefix}{uuid}");
+            if table.get(key.as_str())?.is_none() {
                 return Ok(None);
             }
-            format!("{prefix}{:020}", seq + 1)
+            key
         }
     };
     let mut entries = Vec::new();
-    for row in table.range(start.as_str()..)? {
-        let (key, value) = row?;
-        if !key.value().starts_with(&prefix) {
-            break;
-        }
+    for row in table.range(prefix.as_str()..end.as_str())?.rev() {
+        let (_, value) = row?;
         let entry: Entry = store::decode(value.value())?;
         if !Account::touches(entry.debit) && !Account::touches(entry.credit) {
             continue;

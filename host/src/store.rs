@@ -22,8 +22,10 @@ pub const ORGANIZATIONS: JsonTable = TableDefinition::new("organizations");
 pub const API_KEYS: JsonTable = TableDefinition::new("api_keys");
 /// `{org}/{key id}` → secret hash
 pub const API_KEYS_BY_ORG: JsonTable = TableDefinition::new("api_keys_by_org");
+/// hex SHA-256 of a rotated key's previous secret → `{org}/{key id}`
+pub const API_KEY_PREVIOUS_SECRETS: JsonTable = TableDefinition::new("api_key_previous_secrets");
 pub const ACCOUNTS: JsonTable = TableDefinition::new("accounts");
-/// `{org}/{seq:020}` → ledger entry
+/// `{org}/{UUID v7}` → ledger entry (time-ordered within an organization)
 pub const LEDGER: JsonTable = TableDefinition::new("ledger");
 pub const EXECUTIONS: JsonTable = TableDefinition::new("executions");
 /// `{org}/{newest-first sort key}/{exec}` → empty
@@ -73,6 +75,7 @@ impl Store {
             ORGANIZATIONS,
             API_KEYS,
             API_KEYS_BY_ORG,
+            API_KEY_PREVIOUS_SECRETS,
             ACCOUNTS,
             LEDGER,
             EXECUTIONS,
@@ -247,14 +250,6 @@ pub fn page<T: DeserializeOwned>(
     Ok((page, false))
 }
 
-/// Next value of a named counter (inside a write transaction).
-pub fn next_sequence(txn: &WriteTransaction, name: &str) -> Result<u64> {
-    let mut meta = txn.open_table(META)?;
-    let next = get::<u64>(&meta, name)?.unwrap_or(0) + 1;
-    meta.insert(name, encode(&next)?.as_slice())?;
-    Ok(next)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +295,15 @@ mod tests {
             })
             .await;
         assert!(failed.is_err());
-        store.write(|txn| next_sequence(txn, "seq")).await.unwrap();
+        store
+            .write(|txn| {
+                Ok(txn
+                    .open_table(META)?
+                    .insert("whole", b"1".as_slice())?
+                    .is_none())
+            })
+            .await
+            .unwrap();
         let half = store
             .read(|txn| Ok(txn.open_table(META)?.get("half")?.is_some()))
             .unwrap();

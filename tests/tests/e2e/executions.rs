@@ -132,7 +132,8 @@ async fn flux_completes_with_a_real_png_and_the_hold_settles_to_the_cost() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["deposit", "hold", "settle", "release"]);
+    // Newest first, like every list.
+    assert_eq!(kinds, ["release", "settle", "hold", "deposit"]);
 
     // The host, not the client, authenticated to the provider.
     let created = emulator
@@ -236,7 +237,7 @@ async fn a_failing_provider_fails_over_to_the_next() {
         .collect();
     // Regression: the platform's own entry for the $0.03 it absorbed was listed to
     // the client, telling it the fallback provider's price.
-    assert_eq!(kinds, ["deposit", "hold", "settle"]);
+    assert_eq!(kinds, ["settle", "hold", "deposit"]);
     let bad = server.get("/v1/ledger?starting_after=garbage").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
 }
