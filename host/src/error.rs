@@ -222,7 +222,11 @@ impl ApiError {
 
     pub fn validation(details: Vec<Detail>) -> Self {
         let message = match details.as_slice() {
-            [one] => format!("{}: {}", one.field, one.message),
+            [one] => format!(
+                "{}: {}",
+                shorten(one.field.clone(), QUOTED_CHARS),
+                one.message
+            ),
             _ => format!("{} fields are invalid", details.len()),
         };
         ApiError {

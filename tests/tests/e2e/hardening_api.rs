@@ -11,6 +11,17 @@ use crate::support::{ProviderSpec, Server};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+fn replicate_provider<S>(
+    emulator: &modelroute_tests::emulators::Emulator<S>,
+) -> ProviderSpec<'static> {
+    ProviderSpec {
+        name: "replicate-emulator",
+        adapter: "replicate",
+        base_url: emulator.base_url(),
+        models: &["flux-1.1-pro"],
+    }
+}
+
 /// Sends `body` exactly as written, so numbers keep the form the client chose.
 async fn create_raw(server: &Server, body: &str) -> Value {
     let response = reqwest::Client::new()
@@ -50,13 +61,7 @@ async fn whole_numbers_written_as_floats_are_generated_and_charged_as_sent() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro"],
-    }])
-    .await;
+    let server = Server::start(&[replicate_provider(&emulator)]).await;
     let as_integers = create_raw(
         &server,
         r#"{"model":"flux-1.1-pro","input":{"prompt":"x","width":256,"height":256}}"#,
@@ -118,7 +123,10 @@ async fn a_video_duration_written_as_a_float_is_the_duration_generated_and_charg
 /// that quoted it whole, in the detail and again in the message.
 #[tokio::test]
 async fn a_huge_invalid_value_is_quoted_by_a_short_prefix_only() {
-    let server = Server::start(&[]).await;
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start(&[replicate_provider(&emulator)]).await;
     let huge = "y".repeat(900_000);
     for body in [
         // a value that breaks the model's schema (a string where a number goes)
@@ -137,7 +145,10 @@ async fn a_huge_invalid_value_is_quoted_by_a_short_prefix_only() {
             "a {size}-byte error: {}",
             &reply.body.to_string()[..300]
         );
-        assert!(!reply.body.to_string().contains(&"y".repeat(100)));
+        // A detail's field names a key by at most 200 characters; messages quote 40.
+        assert!(!reply.body.to_string().contains(&"y".repeat(201)));
+        let message = reply.body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains(&"y".repeat(41)), "{message}");
     }
     // A short value is still quoted whole, so the client sees what was wrong.
     let reply = server
@@ -243,13 +254,7 @@ async fn a_sync_create_replayed_with_another_wait_is_the_same_request() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro"],
-    }])
-    .await;
+    let server = Server::start(&[replicate_provider(&emulator)]).await;
     let send = |wait: u64| {
         server.call(
             Method::POST,
