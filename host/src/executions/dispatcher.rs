@@ -480,7 +480,11 @@ impl Dispatcher {
         let mut ctx = context(execution, &candidate, attempt_id, &self.callbacks);
         let inline = candidate.plugin.manifest.capabilities.inline_files;
         let schema = &candidate.model.input_schema;
-        ctx.files = match self.files.mint_grants(execution, schema, attempt_id, inline).await {
+        ctx.files = match self
+            .files
+            .mint_grants(execution, schema, attempt_id, inline)
+            .await
+        {
             Ok(grants) => grants,
             Err(error) => {
                 let message = format!("preparing the input files failed: {error:#}");

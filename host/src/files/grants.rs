@@ -80,7 +80,11 @@ impl Files {
 
     /// The first step of serving a grant URL, before anything is read: the grant
     /// the platform minted, unlapsed (else `401`).
-    pub fn verify_grant(&self, file_id: &str, query: &GrantQuery) -> Result<VerifiedGrant, ApiError> {
+    pub fn verify_grant(
+        &self,
+        file_id: &str,
+        query: &GrantQuery,
+    ) -> Result<VerifiedGrant, ApiError> {
         self.signer.verify_grant(file_id, query, clock::now())
     }
 

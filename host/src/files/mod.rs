@@ -762,9 +762,7 @@ impl Files {
     ) -> Result<FileRecord, ApiError> {
         let now = clock::now();
         let verified = self.signer.verify_file(kind, file_id, signature, now)?;
-        let record: Option<FileRecord> = self
-            .store
-            .read(|txn| txn.file(&verified.file_id))?;
+        let record: Option<FileRecord> = self.store.read(|txn| txn.file(&verified.file_id))?;
         record.filter(|r| r.expires_at > now).ok_or_else(gone)
     }
 }

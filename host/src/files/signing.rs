@@ -118,7 +118,10 @@ impl UrlSigner {
     }
 
     fn holds(&self, message: &str, signature: &str) -> bool {
-        self.mac(message).as_bytes().ct_eq(signature.as_bytes()).into()
+        self.mac(message)
+            .as_bytes()
+            .ct_eq(signature.as_bytes())
+            .into()
     }
 }
 
@@ -179,7 +182,10 @@ mod tests {
         }
         let later = now + Duration::minutes(11);
         assert_eq!(
-            signer.verify_grant(&file, &genuine, later).unwrap_err().code,
+            signer
+                .verify_grant(&file, &genuine, later)
+                .unwrap_err()
+                .code,
             Code::Unauthorized
         );
         let other = UrlSigner::new(b"another key".to_vec());
@@ -196,8 +202,16 @@ mod tests {
         assert!(signer.verify_file("download", &file, &genuine, now).is_ok());
         assert!(signer.verify_file("upload", &file, &genuine, now).is_err());
         let another = crate::ids::new_id("file");
-        assert!(signer.verify_file("download", &another, &genuine, now).is_err());
+        assert!(
+            signer
+                .verify_file("download", &another, &genuine, now)
+                .is_err()
+        );
         let later = now + Duration::hours(2);
-        assert!(signer.verify_file("download", &file, &genuine, later).is_err());
+        assert!(
+            signer
+                .verify_file("download", &file, &genuine, later)
+                .is_err()
+        );
     }
 }
