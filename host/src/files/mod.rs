@@ -19,7 +19,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use futures_util::{Stream, StreamExt};
-use redb::{ReadTransaction, WriteTransaction};
+use redb::{ReadTransaction, TableDefinition, TableError, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -40,6 +40,11 @@ pub const FILE_URL_KEY: &str = "file-url-key";
 
 /// Bytes of a file's head read for magic bytes and image dimensions.
 const SNIFF_BYTES: usize = 8192;
+
+/// Stored objects whose record is gone, noted in the transaction that removed it:
+/// their bytes are deleted after the commit ([`Files::purge`]), or by the next sweep
+/// when a crash came in between.
+const UNREFERENCED: store::JsonTable = TableDefinition::new("file_objects_unreferenced");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -277,6 +282,30 @@ impl Files {
         }
     }
 
+    /// Removes objects noted [`UNREFERENCED`] by a committed write, then the notes.
+    async fn purge(&self, objects: Vec<String>) {
+        if objects.is_empty() {
+            return;
+        }
+        self.discard(objects.clone()).await;
+        let forgotten = self
+            .store
+            .write(move |txn| {
+                let mut table = txn.open_table(UNREFERENCED)?;
+                for object in &objects {
+                    table.remove(object.as_str())?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(error) = forgotten {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "the next sweep removes them again"
+            );
+        }
+    }
+
     /// `POST /v1/files/upload`: a pending file and the signed URL its bytes go to.
     /// `409` when the organization's quota has no room for another file; `413` when
     /// the size an older client declares (not trusted otherwise) cannot fit.
@@ -430,6 +459,9 @@ impl Files {
                     return Ok(Err(quota::over_quota(&usage, &settings, record.size_bytes)));
                 }
                 let replaced = record.object.replace(uploaded);
+                if let Some(object) = &replaced {
+                    unreferenced(txn, object)?;
+                }
                 record.status = FileStatus::Uploaded;
                 record.content_type = ingested.content_type;
                 record.size_bytes = ingested.size_bytes;
@@ -443,7 +475,7 @@ impl Files {
         match updated {
             Ok((record, replaced)) => {
                 // An earlier PUT of the same upload URL, superseded.
-                self.discard(replaced).await;
+                self.purge(replaced.into_iter().collect()).await;
                 Ok(record)
             }
             Err(refusal) => {
@@ -635,12 +667,15 @@ impl Files {
             })
             .await?
             .ok_or_else(ApiError::not_found)?;
-        self.discard([record.object_key().to_string()]).await;
+        self.purge(vec![record.object_key().to_string()]).await;
         Ok(record)
     }
 
-    /// Deletes every file whose time has come. Returns how many.
+    /// Deletes every file whose time has come, and the bytes of files removed
+    /// before a crash could delete them. Returns how many files expired.
     pub async fn sweep(&self) -> Result<usize> {
+        let leftovers = self.unreferenced_objects()?;
+        self.purge(leftovers).await;
         let now = clock::now();
         let due = self.due_for_expiry(now)?;
         if due.is_empty() {
@@ -648,8 +683,24 @@ impl Files {
         }
         let objects = self.expire(due, now).await?;
         let count = objects.len();
-        self.discard(objects).await;
+        self.purge(objects).await;
         Ok(count)
+    }
+
+    /// Up to 1,000 objects noted [`UNREFERENCED`].
+    fn unreferenced_objects(&self) -> Result<Vec<String>> {
+        self.store.read(|txn| {
+            let table = match txn.open_table(UNREFERENCED) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut objects = Vec::new();
+            for row in table.range::<&str>(..)?.take(1000) {
+                objects.push(row?.0.value().to_string());
+            }
+            Ok(objects)
+        })
     }
 
     /// Up to 1,000 files whose expiry has passed at `now`, as the expiry index
@@ -863,13 +914,21 @@ fn remove_expiry(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
     Ok(())
 }
 
+/// Removes the record with its indexes, uncounts it and notes its bytes for removal.
 fn remove(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
     let before = txn.file(&record.file_id)?;
     quota::account(txn, before.as_ref(), None)?;
+    unreferenced(txn, record.object_key())?;
     txn.open_table(FILES)?.remove(record.file_id.as_str())?;
     txn.open_table(FILES_BY_ORG)?
         .remove(by_org_key(record).as_str())?;
     remove_expiry(txn, record)
+}
+
+fn unreferenced(txn: &WriteTransaction, object: &str) -> Result<()> {
+    txn.open_table(UNREFERENCED)?
+        .insert(object, [].as_slice())?;
+    Ok(())
 }
 
 /// The live file `file_id` of `org_id` in any state; another organization's or an
@@ -997,7 +1056,7 @@ mod tests {
 
         let removed = files.expire(due, later).await.unwrap();
         assert_eq!(removed, vec![lapsed.object_key().to_string()]);
-        files.discard(removed).await;
+        files.purge(removed).await;
 
         let kept = files.get(&fixture.caller, &confirmed.file_id).unwrap();
         assert_eq!(kept.status, FileStatus::Ready);
@@ -1011,6 +1070,26 @@ mod tests {
             .read(|txn| quota::usage(txn, &fixture.caller.org_id))
             .unwrap();
         assert_eq!((usage.files, usage.bytes), (1, 20), "{usage:?}");
+    }
+
+    /// Bytes go only after the commit that removed their record; a crash in between
+    /// must not leave them on disk for good: the next sweep deletes them.
+    #[tokio::test]
+    async fn bytes_whose_record_went_before_a_crash_are_deleted_by_the_next_sweep() {
+        let fixture = fixture();
+        let files = &fixture.files;
+        let record = uploaded(&fixture, b"orphaned by a crash").await;
+        let removed = record.clone();
+        // The record's removal commits; the process dies before the bytes go.
+        files
+            .store
+            .write(move |txn| remove(txn, &removed))
+            .await
+            .unwrap();
+        assert!(files.storage().open(record.object_key()).await.is_ok());
+        assert_eq!(files.sweep().await.unwrap(), 0);
+        assert!(files.storage().open(record.object_key()).await.is_err());
+        assert!(files.unreferenced_objects().unwrap().is_empty());
     }
 
     #[test]
