@@ -116,6 +116,11 @@ pub struct FileSettings {
     pub max_inline_bytes: u64,
     /// how often expired files are deleted
     pub sweep_interval_seconds: u64,
+    /// bytes an organization may store (uploads and outputs; only uploads are
+    /// refused past it), unless the operator sets its own
+    pub quota_bytes: u64,
+    /// files an organization may store, likewise
+    pub quota_files: u64,
 }
 
 impl Default for FileSettings {
@@ -127,6 +132,8 @@ impl Default for FileSettings {
             grant_seconds: 600,
             max_inline_bytes: 20 * 1024 * 1024,
             sweep_interval_seconds: 60,
+            quota_bytes: 10 * 1024 * 1024 * 1024,
+            quota_files: 100_000,
         }
     }
 }

@@ -108,6 +108,21 @@ enum AdminCommand {
         #[arg(long, conflicts_with = "days")]
         server_default: bool,
     },
+    /// Set an organization's storage quota (what it may store in files; uploads
+    /// past it are refused, outputs never are). Prints the quota and the usage.
+    FileQuota {
+        #[arg(long)]
+        org: String,
+        /// Bytes, e.g. 1073741824 for 1 GiB
+        #[arg(long, required_unless_present_any = ["files", "server_default"])]
+        bytes: Option<u64>,
+        /// Number of files
+        #[arg(long)]
+        files: Option<u64>,
+        /// Go back to the server's `files.quota_bytes` and `files.quota_files`.
+        #[arg(long, conflicts_with_all = ["bytes", "files"])]
+        server_default: bool,
+    },
     /// Every upload, download, grant and delete of a file.
     FileAudit {
         #[arg(long)]
@@ -218,6 +233,27 @@ async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
         AdminCommand::FileTtl { org, days, .. } => client
             .patch(format!("{base}/admin/v1/organizations/{org}"))
             .json(&json!({ "file_ttl_days": days })),
+        AdminCommand::FileQuota {
+            org,
+            bytes,
+            files,
+            server_default,
+        } => {
+            let mut body = serde_json::Map::new();
+            if *server_default {
+                body.insert("file_quota_bytes".into(), Value::Null);
+                body.insert("file_quota_files".into(), Value::Null);
+            }
+            if let Some(bytes) = bytes {
+                body.insert("file_quota_bytes".into(), json!(bytes));
+            }
+            if let Some(files) = files {
+                body.insert("file_quota_files".into(), json!(files));
+            }
+            client
+                .patch(format!("{base}/admin/v1/organizations/{org}"))
+                .json(&body)
+        }
         AdminCommand::FileAudit { file } => {
             client.get(format!("{base}/admin/v1/files/{file}/audit"))
         }

@@ -12,6 +12,7 @@ use crate::App;
 use crate::auth::{self, Scope};
 use crate::billing;
 use crate::error::{ApiError, Code, DetailCode};
+use crate::files::quota;
 use crate::money::Micros;
 use crate::plugins::LoadedPlugin;
 use crate::store::ORGANIZATIONS;
@@ -138,46 +139,43 @@ pub async fn create_organization(
     ))
 }
 
-/// `PATCH /admin/v1/organizations/{id} {file_ttl_days}`: how long the
-/// organization's files live when an upload does not say (1–365, or null for the
-/// server's default). Files already stored keep their expiry.
+/// `PATCH /admin/v1/organizations/{id} {file_ttl_days?, file_quota_bytes?,
+/// file_quota_files?}`: how long the organization's files live when an upload does
+/// not say (1–365), and its storage quota (bytes, files); `null` goes back to the
+/// server's default, an absent field stays as it is. Files already stored keep their
+/// expiry; a quota lowered below the usage refuses new uploads, deletes nothing.
+/// Answers the settings with the organization's usage (`files`).
 pub async fn update_organization(
     State(app): State<Arc<App>>,
     _: Operator,
     Path(org_id): Path<String>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    super::known_fields(&body, &["file_ttl_days"])?;
-    let ttl = match body.get("file_ttl_days") {
-        Some(Value::Null) => None,
-        Some(value) => match value.as_u64() {
-            Some(days @ 1..=365) => Some(days as u32),
-            _ => {
-                return Err(ApiError::invalid(
-                    "file_ttl_days",
-                    DetailCode::OutOfRange,
-                    "file_ttl_days must be an integer between 1 and 365, or null",
-                ));
-            }
-        },
-        None => {
-            return Err(ApiError::invalid(
-                "file_ttl_days",
-                DetailCode::Required,
-                "file_ttl_days is required",
-            ));
-        }
-    };
-    let org = app
+    const FIELDS: [&str; 3] = ["file_ttl_days", "file_quota_bytes", "file_quota_files"];
+    super::known_fields(&body, &FIELDS)?;
+    if FIELDS.iter().all(|field| !body.contains_key(*field)) {
+        return Err(ApiError::invalid(
+            "body",
+            DetailCode::Required,
+            "name at least one of file_ttl_days, file_quota_bytes, file_quota_files",
+        ));
+    }
+    let ttl = setting(&body, "file_ttl_days", 1..=365)?.map(|days| days.map(|d| d as u32));
+    let quota_bytes = setting(&body, "file_quota_bytes", 0..=u64::MAX)?;
+    let quota_files = setting(&body, "file_quota_files", 0..=u64::MAX)?;
+    let (org, files) = app
         .store
         .write(move |txn| {
             let mut table = txn.open_table(ORGANIZATIONS)?;
             let Some(mut org) = auth::organization(&table, &org_id)? else {
                 return Ok(None);
             };
-            org.file_ttl_days = ttl;
-            table.insert(org.id.as_str(), crate::store::encode(&org)?.as_slice())?;
-            Ok(Some(org))
+            if let Some(ttl) = ttl {
+                org.file_ttl_days = ttl;
+                table.insert(org.id.as_str(), crate::store::encode(&org)?.as_slice())?;
+            }
+            let files = quota::set_quota(txn, &org.id, quota_bytes, quota_files)?;
+            Ok(Some((org, files)))
         })
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -185,7 +183,35 @@ pub async fn update_organization(
         "organization_id": org.id,
         "name": org.name,
         "file_ttl_days": org.file_ttl_days,
+        "file_quota_bytes": files.quota_bytes,
+        "file_quota_files": files.quota_files,
+        "files": files.view(app.files.settings()),
     })))
+}
+
+/// An optional whole-number setting: absent (`None`), `null` (`Some(None)`, the
+/// server's default) or a value within `range`.
+fn setting(
+    body: &Map<String, Value>,
+    field: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<Option<u64>>, ApiError> {
+    match body.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(value) => match value.as_u64() {
+            Some(n) if range.contains(&n) => Ok(Some(Some(n))),
+            _ => Err(ApiError::invalid(
+                field,
+                DetailCode::OutOfRange,
+                format!(
+                    "{field} must be an integer between {} and {}, or null",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        },
+    }
 }
 
 /// `POST /admin/v1/organizations/{id}/credit {amount_usd, memo?}`

@@ -16,13 +16,14 @@ use super::{JsonObject, ListQuery, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, DetailCode};
-use crate::files::grants::GrantQuery;
+use crate::files::signing::{self, GrantQuery, Signature};
 use crate::files::storage::ByteStream;
-use crate::files::{FileRecord, Origin, Signature};
+use crate::files::{FileRecord, Origin};
 
 /// `POST /v1/files/upload {purpose, ttl_days?}` → `{file_id, upload_url, expires_at}`.
 /// `filename`, `content_type` and `size_bytes` from older clients are accepted and
-/// ignored: what a file is gets measured, never taken on trust.
+/// ignored: what a file is gets measured, never taken on trust. The one use of a
+/// declared `size_bytes` is to refuse at once (`413`) an upload that could not fit.
 pub async fn create_upload(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -86,10 +87,11 @@ pub async fn create_upload(
             }
         },
     };
+    let declared_size = body.get("size_bytes").and_then(Value::as_u64);
     let origin = Origin::caller(&caller, Some(address));
     let ticket = app
         .files
-        .create_upload(&caller, purpose, ttl_days, origin)
+        .create_upload(&caller, purpose, ttl_days, declared_size, origin)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -247,7 +249,8 @@ pub async fn signed_download(
     Ok(bytes_response(&record, stream))
 }
 
-/// A provider's `GET` of a grant minted for one attempt.
+/// A provider's `GET` of a grant minted for one attempt: the signature and expiry
+/// are checked before the execution is even loaded.
 pub async fn grant(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -255,30 +258,64 @@ pub async fn grant(
     query: Result<Query<GrantQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let query = signed_query(query)?;
-    let execution = app.executions.store_get(&query.execution)?;
+    let grant = app.files.verify_grant(&id, &query)?;
+    let execution = app.executions.store_get(&grant.execution_id)?;
     let (record, stream) = app
         .files
-        .serve_grant(&id, &query, execution, Some(address.ip().to_string()))
+        .serve_grant(grant, execution, Some(address.ip().to_string()))
         .await?;
     Ok(bytes_response(&record, stream))
 }
 
 /// A signed URL whose query is not even well-formed is refused like a forged one.
 fn signed_query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    query.map(|Query(query)| query).map_err(|_| {
-        ApiError::new(
-            crate::error::Code::Unauthorized,
-            "The signed URL is invalid or expired.",
-        )
-    })
+    query
+        .map(|Query(query)| query)
+        .map_err(|_| signing::refused())
 }
 
+/// Types a browser shows without running anything: served inline. Every other type
+/// (HTML, XML, SVG, PDF, unknown bytes, …) is served as an attachment, so that an
+/// upload can never run script on the service's origin.
+const INERT_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "image/heif",
+    "image/bmp",
+    "video/mp4",
+    "video/webm",
+    "video/quicktime",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/opus",
+    "audio/aac",
+    "audio/m4a",
+    "audio/x-flac",
+    "audio/x-wav",
+];
+
+/// A file's bytes: never sniffed by the browser (`nosniff`), never able to run
+/// script (`sandbox`), and downloaded rather than shown unless its type is inert.
 fn bytes_response(record: &FileRecord, stream: ByteStream) -> Response {
+    let disposition = if INERT_TYPES.contains(&record.content_type.as_str()) {
+        "inline"
+    } else {
+        "attachment"
+    };
     (
         [
             (header::CONTENT_TYPE, record.content_type.clone()),
             (header::CONTENT_LENGTH, record.size_bytes.to_string()),
             (header::CACHE_CONTROL, "private, no-store".to_string()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (header::CONTENT_DISPOSITION, disposition.to_string()),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; sandbox".to_string(),
+            ),
         ],
         Body::from_stream(stream),
     )

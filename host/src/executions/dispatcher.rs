@@ -479,7 +479,12 @@ impl Dispatcher {
     ) -> Result<AttemptEnd> {
         let mut ctx = context(execution, &candidate, attempt_id, &self.callbacks);
         let inline = candidate.plugin.manifest.capabilities.inline_files;
-        ctx.files = match self.files.mint_grants(execution, attempt_id, inline).await {
+        let schema = &candidate.model.input_schema;
+        ctx.files = match self
+            .files
+            .mint_grants(execution, schema, attempt_id, inline)
+            .await
+        {
             Ok(grants) => grants,
             Err(error) => {
                 let message = format!("preparing the input files failed: {error:#}");

@@ -79,19 +79,3 @@ pub fn for_file(txn: &ReadTransaction, file_id: &str) -> Result<Vec<AuditEntry>>
     }
     Ok(entries)
 }
-
-/// The organization of `file_id`, from its oldest audit entry (the trail outlives
-/// the file, so this answers for deleted and expired files too).
-pub fn organization_of(txn: &ReadTransaction, file_id: &str) -> Result<Option<String>> {
-    let prefix = format!("{file_id}/");
-    let table = txn.open_table(FILE_AUDIT)?;
-    let Some(row) = table.range(prefix.as_str()..)?.next() else {
-        return Ok(None);
-    };
-    let (key, value) = row?;
-    if !key.value().starts_with(&prefix) {
-        return Ok(None);
-    }
-    let entry: AuditEntry = store::decode(value.value())?;
-    Ok(Some(entry.organization_id))
-}

@@ -1,42 +1,37 @@
 //! Provider isolation: a provider never sees a client's file id, storage or other
-//! files. Each attempt gets, per input file, a URL minted for that attempt alone
-//! (signed, lapsing within minutes, and refused as soon as the attempt is no longer
-//! the execution's running one), or the bytes inline where the adapter asks.
+//! files. Each attempt gets, per input file (a property the model's schema marks
+//! with `x-file-types`, nothing else the input holds), a URL minted for that attempt
+//! alone (signed, lapsing within minutes, and refused as soon as the attempt is no
+//! longer the execution's running one), or the bytes inline where the adapter asks.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::Duration;
-use serde::Deserialize;
 use serde_json::Value;
-use subtle::ConstantTimeEq;
 
 use super::audit::{self, Action, AuditEntry};
+use super::signing::{GrantQuery, VerifiedGrant};
 use super::storage::{self, ByteStream};
-use super::{FileRecord, Files, Origin};
+use super::{FileRecord, FileStatus, Files, Origin};
 use crate::clock;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, Detail, DetailCode};
 use crate::executions::Execution;
 use crate::ids::has_prefix;
 use crate::plugins::wit;
 
-/// The query of a grant URL.
-#[derive(Debug, Deserialize)]
-pub struct GrantQuery {
-    pub execution: String,
-    pub attempt: String,
-    pub expires: i64,
-    pub signature: String,
-}
-
 impl Files {
-    /// Grants for every ready file of the execution's organization its input names,
-    /// for attempt `attempt_id`; with the bytes when `inline`.
+    /// Grants for the files in the execution's input properties that `input_schema`
+    /// (the serving model's) marks as files, each a ready file of the execution's
+    /// organization, for attempt `attempt_id`; with the bytes when `inline`.
     pub async fn mint_grants(
         &self,
         execution: &Execution,
+        input_schema: &str,
         attempt_id: &str,
         inline: bool,
     ) -> Result<Vec<wit::FileGrant>> {
-        let ids = file_ids(&execution.input);
+        let schema: Value =
+            serde_json::from_str(input_schema).context("the model's input schema")?;
+        let ids = field_file_ids(&file_fields(&schema), &execution.input);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -55,12 +50,9 @@ impl Files {
             } else {
                 None
             };
-            let signature = self.mac(&grant_message(
-                &record.file_id,
-                &execution.id,
-                attempt_id,
-                expires,
-            ));
+            let signature =
+                self.signer
+                    .sign_grant(&record.file_id, &execution.id, attempt_id, expires);
             grants.push(wit::FileGrant {
                 file_id: record.file_id.clone(),
                 url: format!(
@@ -86,46 +78,58 @@ impl Files {
         Ok(grants)
     }
 
-    /// A provider's `GET` of a grant URL: the bytes, while the signature holds, the
-    /// grant has not lapsed and its attempt is still the execution's running one.
-    pub async fn serve_grant(
+    /// The first step of serving a grant URL, before anything is read: the grant
+    /// the platform minted, unlapsed (else `401`).
+    pub fn verify_grant(
         &self,
         file_id: &str,
         query: &GrantQuery,
+    ) -> Result<VerifiedGrant, ApiError> {
+        self.signer.verify_grant(file_id, query, clock::now())
+    }
+
+    /// A provider's `GET` of a verified grant: the bytes, while its attempt is still
+    /// the running one of `execution` (loaded after the verification), else `404`.
+    pub async fn serve_grant(
+        &self,
+        grant: VerifiedGrant,
         execution: Option<Execution>,
         address: Option<String>,
     ) -> Result<(FileRecord, ByteStream), ApiError> {
-        let refused = || ApiError::new(Code::NotFound, "This file grant is not valid (any more).");
-        let expected = self.mac(&grant_message(
-            file_id,
-            &query.execution,
-            &query.attempt,
-            query.expires,
-        ));
-        let signed: bool = expected.as_bytes().ct_eq(query.signature.as_bytes()).into();
-        let now = clock::now();
-        if !signed || query.expires < now.timestamp() {
-            return Err(refused());
-        }
+        let dead = || ApiError::new(Code::NotFound, "This file grant is not valid any more.");
         let Some(execution) = execution.filter(|e| {
-            !e.status.is_terminal() && e.open_attempt().is_some_and(|a| a.id == query.attempt)
+            e.id == grant.execution_id
+                && !e.status.is_terminal()
+                && e.open_attempt().is_some_and(|a| a.id == grant.attempt_id)
         }) else {
-            return Err(refused());
+            return Err(dead());
         };
+        let now = clock::now();
         let record = self
             .store
-            .read(|txn| super::get(txn, &execution.organization_id, file_id, now))?
-            .ok_or_else(refused)?;
+            .read(|txn| super::get(txn, &execution.organization_id, &grant.file_id, now))?
+            .ok_or_else(dead)?;
         let origin = Origin {
-            actor: format!("attempt {} of {}", query.attempt, execution.id),
+            actor: format!("attempt {} of {}", grant.attempt_id, execution.id),
             address,
         };
         self.open_audited(record, Action::GrantFetch, origin).await
     }
 }
 
-fn grant_message(file_id: &str, execution_id: &str, attempt_id: &str, expires: i64) -> String {
-    format!("grant\n{file_id}\n{execution_id}\n{attempt_id}\n{expires}")
+/// The distinct `file_…` ids an input holds in its `fields` (the only places an
+/// input names files: other strings are text, whatever they look like).
+fn field_file_ids(fields: &[FileField], input: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for field in fields {
+        if let Some(id) = input.get(&field.name).and_then(Value::as_str)
+            && has_prefix(id, "file")
+            && !ids.iter().any(|known| known == id)
+        {
+            ids.push(id.to_string());
+        }
+    }
+    ids
 }
 
 /// Every distinct `file_…` id among the strings of `value`.
@@ -188,7 +192,7 @@ impl Files {
             };
             let record = if has_prefix(file_id, "file") {
                 self.store
-                    .read(|txn| super::get(txn, org_id, file_id, now))?
+                    .read(|txn| super::get_any(txn, org_id, file_id, now))?
             } else {
                 None
             };
@@ -198,6 +202,9 @@ impl Files {
                     format!("input.{}: file {file_id:?} was not found", field.name),
                 ));
             };
+            if record.status != FileStatus::Ready {
+                return Err(unconfirmed(&field.name, &record));
+            }
             if !field.types.contains(&record.content_type) {
                 return Err(ApiError::new(
                     Code::FileFormatUnsupported,
@@ -211,6 +218,27 @@ impl Files {
             }
         }
         Ok(())
+    }
+}
+
+/// `FILE_NOT_FOUND` for a file of the organization that exists but cannot be used
+/// yet, saying so in the message and in a detail on the field.
+fn unconfirmed(field: &str, record: &FileRecord) -> ApiError {
+    let state = match record.status {
+        FileStatus::AwaitingUpload => "no bytes were uploaded for it yet",
+        _ => "it was uploaded but is not confirmed",
+    };
+    let message = format!(
+        "file {:?} exists, but {state}: confirm it with POST /v1/files/confirm before using it",
+        record.file_id
+    );
+    ApiError {
+        details: vec![Detail::new(
+            format!("input.{field}"),
+            DetailCode::InvalidValue,
+            message.clone(),
+        )],
+        ..ApiError::new(Code::FileNotFound, format!("input.{field}: {message}"))
     }
 }
 
@@ -232,6 +260,18 @@ mod tests {
                 types: vec!["image/png".into(), "image/jpeg".into()]
             }]
         );
+    }
+
+    #[test]
+    fn only_the_schema_file_fields_name_files() {
+        let schema = json!({"properties": {
+            "prompt": {"type": "string"},
+            "image": {"type": "string", "x-file-types": ["image/png"]},
+            "mask": {"type": "string", "x-file-types": ["image/png"]}
+        }});
+        let (image, other) = (crate::ids::new_id("file"), crate::ids::new_id("file"));
+        let input = json!({"prompt": other, "image": image, "mask": image, "extra": [other]});
+        assert_eq!(field_file_ids(&file_fields(&schema), &input), vec![image]);
     }
 
     #[test]

@@ -4,32 +4,35 @@
 //! arrive; the type comes from magic bytes, the size is measured and the SHA-256
 //! computed on the way; what a client claims about a file is never stored. Files
 //! leave the platform only as a stream to their owner, through a signed URL, or
-//! through a grant minted for one execution attempt ([`grants`]). Every upload,
-//! download, grant and delete is audited ([`audit`]); expired files are deleted by
-//! [`Files::sweep`].
+//! through a grant minted for one execution attempt ([`grants`]); every such URL is
+//! checked by [`signing`] before anything is read. Every upload, download, grant and
+//! delete is audited ([`audit`]); each organization's storage is bounded by its
+//! [`quota`]; expired files are deleted by [`Files::sweep`].
 
 pub mod audit;
 pub mod grants;
+pub mod quota;
+pub mod signing;
 pub mod storage;
 
 use anyhow::Result;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use futures_util::{Stream, StreamExt};
-use hmac::{Hmac, Mac};
-use redb::{ReadTransaction, WriteTransaction};
+use redb::{ReadTransaction, TableDefinition, TableError, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 use crate::auth::{self, Caller};
 use crate::clock;
 use crate::config::FileSettings;
 use crate::error::{ApiError, Code, DetailCode};
-use crate::ids::{has_prefix, new_id, new_short_id};
+use crate::ids::{new_id, new_short_id};
 use crate::store::{self, FILES, FILES_BY_EXPIRY, FILES_BY_ORG, ORGANIZATIONS, Store};
 use audit::{Action, AuditEntry};
+use quota::{InFlight, Reservation};
+use signing::{Signature, UrlSigner};
 use storage::{ByteStream, Storage};
 
 /// The store's name for the key that signs file URLs.
@@ -37,6 +40,11 @@ pub const FILE_URL_KEY: &str = "file-url-key";
 
 /// Bytes of a file's head read for magic bytes and image dimensions.
 const SNIFF_BYTES: usize = 8192;
+
+/// Stored objects whose record is gone, noted in the transaction that removed it:
+/// their bytes are deleted after the commit ([`Files::purge`]), or by the next sweep
+/// when a crash came in between.
+const UNREFERENCED: store::JsonTable = TableDefinition::new("file_objects_unreferenced");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -111,6 +119,8 @@ pub struct Ingested {
 pub enum IngestError {
     #[error("the file exceeds {0} bytes")]
     TooLarge(u64),
+    #[error("the file does not fit in the organization's storage quota")]
+    OverQuota,
     #[error("reading the bytes failed: {0}")]
     Source(String),
     #[error("storing the bytes failed: {0}")]
@@ -144,7 +154,9 @@ pub struct Files {
     store: Store,
     storage: Arc<dyn Storage>,
     settings: FileSettings,
-    url_key: Vec<u8>,
+    signer: UrlSigner,
+    /// bytes of uploads streaming in, counted against their organizations' quotas
+    in_flight: InFlight,
     public_url: String,
 }
 
@@ -162,7 +174,8 @@ impl Files {
             store,
             storage,
             settings,
-            url_key,
+            signer: UrlSigner::new(url_key),
+            in_flight: InFlight::default(),
             public_url: public_url.to_string(),
         }
     }
@@ -175,13 +188,15 @@ impl Files {
         self.storage.as_ref()
     }
 
-    /// Streams `body` into a new object `key`: at most `max` bytes, typed by magic
-    /// bytes, measured and hashed. On any error nothing is kept.
+    /// Streams `body` into a new object `key`: at most `max` bytes (and what the
+    /// `quota` reservation, if any, can take), typed by magic bytes, measured and
+    /// hashed. On any error nothing is kept.
     pub async fn ingest<S, E>(
         &self,
         key: &str,
         body: &mut S,
         max: u64,
+        mut quota: Option<&mut Reservation<'_>>,
     ) -> Result<Ingested, IngestError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -197,6 +212,11 @@ impl Files {
             if size > max {
                 // The writer is dropped unfinished: the partial object goes with it.
                 return Err(IngestError::TooLarge(max));
+            }
+            if let Some(reservation) = quota.as_deref_mut()
+                && !reservation.take(chunk.len() as u64)
+            {
+                return Err(IngestError::OverQuota);
             }
             if head.len() < SNIFF_BYTES {
                 let take = chunk.len().min(SNIFF_BYTES - head.len());
@@ -232,7 +252,8 @@ impl Files {
     {
         let file_id = new_id("file");
         let mut body = body;
-        let ingested = self.ingest(&file_id, &mut body, max).await?;
+        // Counted toward the organization's quota, never refused by it.
+        let ingested = self.ingest(&file_id, &mut body, max, None).await?;
         let now = clock::now();
         let ttl_days = self.ttl_days_of(org_id).map_err(std::io::Error::other)?;
         let record = FileRecord {
@@ -261,14 +282,45 @@ impl Files {
         }
     }
 
+    /// Removes objects noted [`UNREFERENCED`] by a committed write, then the notes.
+    async fn purge(&self, objects: Vec<String>) {
+        if objects.is_empty() {
+            return;
+        }
+        self.discard(objects.clone()).await;
+        let forgotten = self
+            .store
+            .write(move |txn| {
+                let mut table = txn.open_table(UNREFERENCED)?;
+                for object in &objects {
+                    table.remove(object.as_str())?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(error) = forgotten {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "the next sweep removes them again"
+            );
+        }
+    }
+
     /// `POST /v1/files/upload`: a pending file and the signed URL its bytes go to.
+    /// `409` when the organization's quota has no room for another file; `413` when
+    /// the size an older client declares (not trusted otherwise) cannot fit.
     pub async fn create_upload(
         &self,
         caller: &Caller,
         purpose: String,
         ttl_days: Option<u32>,
+        declared_size: Option<u64>,
         origin: Origin,
     ) -> Result<UploadTicket, ApiError> {
+        let max = self.settings.max_upload_bytes;
+        if declared_size.is_some_and(|size| size > max) {
+            return Err(too_large(max));
+        }
         let now = clock::now();
         let url_expires = now + self.signed_url_lifetime();
         let ttl_days = match ttl_days {
@@ -290,12 +342,21 @@ impl Files {
             object: None,
         };
         let stored = record.clone();
+        let settings = self.settings.clone();
         self.store
             .write(move |txn| {
+                let usage = quota::usage_for_update(txn, &stored.organization_id)?;
+                if let Err(full) = usage.admit_new_file(&settings) {
+                    return Ok(Err(full));
+                }
+                if declared_size.is_some_and(|size| size > usage.room(&settings, 0)) {
+                    return Ok(Err(quota::over_quota(&usage, &settings, 0)));
+                }
                 insert(txn, &stored)?;
-                audit::record(txn, &AuditEntry::new(&stored, Action::UploadUrl, &origin))
+                audit::record(txn, &AuditEntry::new(&stored, Action::UploadUrl, &origin))?;
+                Ok(Ok(()))
             })
-            .await?;
+            .await??;
         let upload_url = self.signed("upload", &record, url_expires);
         Ok(UploadTicket {
             record,
@@ -328,13 +389,32 @@ impl Files {
         if declared_length.is_some_and(|length| length > max) {
             return Err(too_large(max));
         }
+        // The bytes this upload may bring: what the quota leaves, plus what an
+        // earlier PUT of it holds (they are replaced).
+        let usage = self
+            .store
+            .read(|txn| quota::usage(txn, &record.organization_id))?;
+        let replacing = record.size_bytes;
+        let room = usage.room(&self.settings, replacing);
+        if declared_length.is_some_and(|length| length > room) {
+            return Err(quota::over_quota(&usage, &self.settings, replacing));
+        }
+        // Held until the record is committed, so that the bytes always count.
+        let mut reservation = self.in_flight.reserve(&record.organization_id, room);
         let mut body = body;
         let object = format!("{file_id}-{}", new_short_id("upload"));
-        let ingested = match self.ingest(&object, &mut body, max).await {
+        let ingested = match self
+            .ingest(&object, &mut body, max, Some(&mut reservation))
+            .await
+        {
             Ok(ingested) => ingested,
             Err(IngestError::TooLarge(max)) => {
                 linger(&mut body).await;
                 return Err(too_large(max));
+            }
+            Err(IngestError::OverQuota) => {
+                linger(&mut body).await;
+                return Err(quota::over_quota(&usage, &self.settings, replacing));
             }
             Err(IngestError::Source(error)) => {
                 return Err(ApiError::invalid(
@@ -359,6 +439,7 @@ impl Files {
             address,
         };
         let uploaded = object.clone();
+        let settings = self.settings.clone();
         let updated = self
             .store
             .write(move |txn| {
@@ -372,7 +453,15 @@ impl Files {
                         "the file was confirmed meanwhile; request a new upload URL",
                     )));
                 }
+                // Other uploads of the organization may have committed meanwhile.
+                let usage = quota::usage_for_update(txn, &record.organization_id)?;
+                if ingested.size_bytes > usage.room(&settings, record.size_bytes) {
+                    return Ok(Err(quota::over_quota(&usage, &settings, record.size_bytes)));
+                }
                 let replaced = record.object.replace(uploaded);
+                if let Some(object) = &replaced {
+                    unreferenced(txn, object)?;
+                }
                 record.status = FileStatus::Uploaded;
                 record.content_type = ingested.content_type;
                 record.size_bytes = ingested.size_bytes;
@@ -382,10 +471,11 @@ impl Files {
                 Ok(Ok((record, replaced)))
             })
             .await?;
+        drop(reservation);
         match updated {
             Ok((record, replaced)) => {
                 // An earlier PUT of the same upload URL, superseded.
-                self.discard(replaced).await;
+                self.purge(replaced.into_iter().collect()).await;
                 Ok(record)
             }
             Err(refusal) => {
@@ -577,51 +667,91 @@ impl Files {
             })
             .await?
             .ok_or_else(ApiError::not_found)?;
-        self.discard([record.object_key().to_string()]).await;
+        self.purge(vec![record.object_key().to_string()]).await;
         Ok(record)
     }
 
-    /// Deletes every file whose time has come (bytes first: a crash in between
-    /// leaves an expired record the next sweep removes). Returns how many.
+    /// Deletes every file whose time has come, and the bytes of files removed
+    /// before a crash could delete them. Returns how many files expired.
     pub async fn sweep(&self) -> Result<usize> {
+        let leftovers = self.unreferenced_objects()?;
+        self.purge(leftovers).await;
         let now = clock::now();
+        let due = self.due_for_expiry(now)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let objects = self.expire(due, now).await?;
+        let count = objects.len();
+        self.purge(objects).await;
+        Ok(count)
+    }
+
+    /// Up to 1,000 objects noted [`UNREFERENCED`].
+    fn unreferenced_objects(&self) -> Result<Vec<String>> {
+        self.store.read(|txn| {
+            let table = match txn.open_table(UNREFERENCED) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut objects = Vec::new();
+            for row in table.range::<&str>(..)?.take(1000) {
+                objects.push(row?.0.value().to_string());
+            }
+            Ok(objects)
+        })
+    }
+
+    /// Up to 1,000 files whose expiry has passed at `now`, as the expiry index
+    /// names them: `(index key, file id)`.
+    fn due_for_expiry(&self, now: DateTime<Utc>) -> Result<Vec<(String, String)>> {
         let due_before = expiry_key_prefix(now);
-        let expired: Vec<FileRecord> = self.store.read(|txn| {
-            let records = txn.open_table(FILES)?;
-            let mut expired = Vec::new();
+        self.store.read(|txn| {
+            let mut due = Vec::new();
             for row in txn
                 .open_table(FILES_BY_EXPIRY)?
                 .range(..due_before.as_str())?
                 .take(1000)
             {
                 let (key, _) = row?;
-                let id = key.value().rsplit('/').next().unwrap_or_default();
-                if let Some(record) = store::get::<FileRecord>(&records, id)? {
-                    expired.push(record);
-                }
+                let key = key.value().to_string();
+                let id = key.rsplit('/').next().unwrap_or_default().to_string();
+                due.push((key, id));
             }
-            Ok(expired)
-        })?;
-        if expired.is_empty() {
-            return Ok(0);
-        }
-        let objects = expired.iter().map(|r| r.object_key().to_string());
-        self.discard(objects.collect::<Vec<_>>()).await;
-        let count = expired.len();
+            Ok(due)
+        })
+    }
+
+    /// Removes the records of `due` that are still expired at `now`, checked again
+    /// inside the write (a confirm may have committed since they were read, giving
+    /// the file a new expiry), and answers the objects whose bytes may go now that
+    /// no record points to them.
+    async fn expire(&self, due: Vec<(String, String)>, now: DateTime<Utc>) -> Result<Vec<String>> {
         self.store
             .write(move |txn| {
                 let origin = Origin {
                     actor: "expiry".into(),
                     address: None,
                 };
-                for record in &expired {
-                    remove(txn, record)?;
-                    audit::record(txn, &AuditEntry::new(record, Action::Expire, &origin))?;
+                let mut objects = Vec::new();
+                for (key, id) in &due {
+                    match txn.file(id)? {
+                        Some(record) if record.expires_at <= now => {
+                            remove(txn, &record)?;
+                            audit::record(txn, &AuditEntry::new(&record, Action::Expire, &origin))?;
+                            objects.push(record.object_key().to_string());
+                        }
+                        Some(_) => {}
+                        // An index entry left without its record.
+                        None => {
+                            txn.open_table(FILES_BY_EXPIRY)?.remove(key.as_str())?;
+                        }
+                    }
                 }
-                Ok(())
+                Ok(objects)
             })
-            .await?;
-        Ok(count)
+            .await
     }
 
     /// Runs [`Files::sweep`] every `sweep_interval_seconds` (of the service clock).
@@ -660,20 +790,10 @@ impl Files {
         Duration::seconds(self.settings.signed_url_seconds as i64)
     }
 
-    fn mac(&self, message: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("any key length");
-        mac.update(message.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    /// `{public}/files/{kind}/{id}?expires=…&signature=…`, bound to the file, its
-    /// organization, the kind of access and the expiry.
+    /// `{public}/files/{kind}/{id}?expires=…&signature=…`, bound to the file, the
+    /// kind of access and the expiry.
     fn signed(&self, kind: &str, record: &FileRecord, expires: DateTime<Utc>) -> String {
-        let expires = expires.timestamp();
-        let signature = self.mac(&format!(
-            "{kind}\n{}\n{}\n{expires}",
-            record.file_id, record.organization_id
-        ));
+        let (expires, signature) = self.signer.sign_file(kind, &record.file_id, expires);
         format!(
             "{}/files/{kind}/{}?expires={expires}&signature={signature}",
             self.public_url, record.file_id
@@ -682,48 +802,20 @@ impl Files {
 
     /// The live file a signed URL names, when the signature holds and has not lapsed.
     ///
-    /// A forged or lapsed URL is `401`. A genuine, unexpired URL whose file no longer
-    /// exists (deleted, or past its expiry) is `404`: the file's organization, which
-    /// the signature covers, is then read from the record or the audit trail (which
-    /// outlives the file), so only a URL the platform really signed learns that.
+    /// The signature is checked first, with no store access: a forged or lapsed URL
+    /// is `401`. A genuine, unexpired URL whose file no longer exists (deleted, or
+    /// past its expiry) is `404`.
     fn verify_signed(
         &self,
         kind: &str,
         file_id: &str,
         signature: &Signature,
     ) -> Result<FileRecord, ApiError> {
-        let refused = || ApiError::new(Code::Unauthorized, "The signed URL is invalid or expired.");
         let now = clock::now();
-        if signature.expires < now.timestamp() || !has_prefix(file_id, "file") {
-            return Err(refused());
-        }
-        let (record, organization) = self.store.read(|txn| {
-            let record: Option<FileRecord> = store::get(&txn.open_table(FILES)?, file_id)?;
-            let organization = match &record {
-                Some(record) => Some(record.organization_id.clone()),
-                None => audit::organization_of(txn, file_id)?,
-            };
-            Ok((record, organization))
-        })?;
-        let Some(organization) = organization else {
-            return Err(refused());
-        };
-        let expected = self.mac(&format!(
-            "{kind}\n{file_id}\n{organization}\n{}",
-            signature.expires
-        ));
-        if !bool::from(expected.as_bytes().ct_eq(signature.signature.as_bytes())) {
-            return Err(refused());
-        }
+        let verified = self.signer.verify_file(kind, file_id, signature, now)?;
+        let record: Option<FileRecord> = self.store.read(|txn| txn.file(&verified.file_id))?;
         record.filter(|r| r.expires_at > now).ok_or_else(gone)
     }
-}
-
-/// The query of a signed URL.
-#[derive(Debug, Deserialize)]
-pub struct Signature {
-    pub expires: i64,
-    pub signature: String,
 }
 
 /// Reads (and drops) a little more of a refused body, so that closing the
@@ -804,8 +896,11 @@ pub fn insert(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
     Ok(())
 }
 
-/// Writes the record and its expiry index entry.
+/// Writes the record and its expiry index entry, and counts it in its
+/// organization's quota.
 fn save(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
+    let before = txn.file(&record.file_id)?;
+    quota::account(txn, before.as_ref(), Some(record))?;
     txn.open_table(FILES)?
         .insert(record.file_id.as_str(), store::encode(record)?.as_slice())?;
     txn.open_table(FILES_BY_EXPIRY)?
@@ -819,11 +914,21 @@ fn remove_expiry(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
     Ok(())
 }
 
+/// Removes the record with its indexes, uncounts it and notes its bytes for removal.
 fn remove(txn: &WriteTransaction, record: &FileRecord) -> Result<()> {
+    let before = txn.file(&record.file_id)?;
+    quota::account(txn, before.as_ref(), None)?;
+    unreferenced(txn, record.object_key())?;
     txn.open_table(FILES)?.remove(record.file_id.as_str())?;
     txn.open_table(FILES_BY_ORG)?
         .remove(by_org_key(record).as_str())?;
     remove_expiry(txn, record)
+}
+
+fn unreferenced(txn: &WriteTransaction, object: &str) -> Result<()> {
+    txn.open_table(UNREFERENCED)?
+        .insert(object, [].as_slice())?;
+    Ok(())
 }
 
 /// The live file `file_id` of `org_id` in any state; another organization's or an
@@ -868,6 +973,124 @@ impl ReadTables for WriteTransaction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Scope;
+
+    struct Fixture {
+        files: Files,
+        caller: Caller,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let disk = storage::LocalDisk::open(&dir.path().join("files")).unwrap();
+        let files = Files::new(
+            store,
+            Arc::new(disk),
+            FileSettings::default(),
+            "http://127.0.0.1:1",
+            b"test key".to_vec(),
+        );
+        let caller = Caller {
+            org_id: new_id("org"),
+            key_id: new_id("key"),
+            scope: Scope::Full,
+        };
+        Fixture {
+            files,
+            caller,
+            _dir: dir,
+        }
+    }
+
+    /// An upload with its bytes, not confirmed (its record lapses with its URL).
+    async fn uploaded(fixture: &Fixture, bytes: &'static [u8]) -> FileRecord {
+        let origin = Origin::caller(&fixture.caller, None);
+        let files = &fixture.files;
+        let ticket = files
+            .create_upload(&fixture.caller, "INPUT".into(), Some(1), None, origin)
+            .await
+            .unwrap();
+        let (expires, signature) =
+            files
+                .signer
+                .sign_file("upload", &ticket.record.file_id, ticket.expires_at);
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(bytes))]);
+        files
+            .receive_upload(
+                &ticket.record.file_id,
+                &Signature { expires, signature },
+                None,
+                body,
+                None,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Regression: the sweep removed the records it had read as expired without
+    /// looking again, and had deleted their bytes before that: a confirm committed in
+    /// between answered `READY` for a file whose bytes were gone. The sweep's write
+    /// now checks each record again, and bytes go only after its commit.
+    #[tokio::test]
+    async fn a_file_confirmed_while_the_sweep_runs_keeps_its_record_and_bytes() {
+        let fixture = fixture();
+        let files = &fixture.files;
+        let confirmed = uploaded(&fixture, b"confirmed in between").await;
+        let lapsed = uploaded(&fixture, b"never confirmed").await;
+        // The sweep reads at a time when both upload URLs have lapsed…
+        let later = confirmed.expires_at + Duration::minutes(1);
+        let due = files.due_for_expiry(later).unwrap();
+        let due_ids: Vec<&str> = due.iter().map(|(_, id)| id.as_str()).collect();
+        assert!(due_ids.contains(&confirmed.file_id.as_str()), "{due_ids:?}");
+        assert!(due_ids.contains(&lapsed.file_id.as_str()), "{due_ids:?}");
+        // …then a confirm commits before the sweep's write.
+        let origin = Origin::caller(&fixture.caller, None);
+        let ready = files
+            .confirm(&fixture.caller, &confirmed.file_id, origin)
+            .await
+            .unwrap();
+        assert_eq!(ready.status, FileStatus::Ready);
+        assert!(ready.expires_at > later);
+
+        let removed = files.expire(due, later).await.unwrap();
+        assert_eq!(removed, vec![lapsed.object_key().to_string()]);
+        files.purge(removed).await;
+
+        let kept = files.get(&fixture.caller, &confirmed.file_id).unwrap();
+        assert_eq!(kept.status, FileStatus::Ready);
+        let bytes = storage::read_all(files.storage(), kept.object_key(), 100)
+            .await
+            .unwrap();
+        assert_eq!(bytes, b"confirmed in between");
+        assert!(files.storage().open(lapsed.object_key()).await.is_err());
+        let usage = files
+            .store
+            .read(|txn| quota::usage(txn, &fixture.caller.org_id))
+            .unwrap();
+        assert_eq!((usage.files, usage.bytes), (1, 20), "{usage:?}");
+    }
+
+    /// Bytes go only after the commit that removed their record; a crash in between
+    /// must not leave them on disk for good: the next sweep deletes them.
+    #[tokio::test]
+    async fn bytes_whose_record_went_before_a_crash_are_deleted_by_the_next_sweep() {
+        let fixture = fixture();
+        let files = &fixture.files;
+        let record = uploaded(&fixture, b"orphaned by a crash").await;
+        let removed = record.clone();
+        // The record's removal commits; the process dies before the bytes go.
+        files
+            .store
+            .write(move |txn| remove(txn, &removed))
+            .await
+            .unwrap();
+        assert!(files.storage().open(record.object_key()).await.is_ok());
+        assert_eq!(files.sweep().await.unwrap(), 0);
+        assert!(files.storage().open(record.object_key()).await.is_err());
+        assert!(files.unreferenced_objects().unwrap().is_empty());
+    }
 
     #[test]
     fn magic_bytes_decide_the_type_whatever_the_name() {
