@@ -7,6 +7,7 @@ pub mod billing;
 pub mod callbacks;
 pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod executions;
 pub mod files;
