@@ -30,17 +30,13 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     rename(&temporary, path)
 }
 
-/// Renames `from` to `to` and syncs the directory (or directories) involved, so
-/// the new name survives a power loss. `from` must already be synced.
+/// Renames `from` to `to` and syncs `to`'s directory, so the new name survives a
+/// power loss. `from` must already be synced. (Across directories, the old name
+/// may come back after a crash too: callers rename out of scratch directories
+/// they clear at start.)
 pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
-    let target_dir = parent(to);
-    sync_dir(target_dir)?;
-    let source_dir = parent(from);
-    if source_dir != target_dir {
-        sync_dir(source_dir)?;
-    }
-    Ok(())
+    sync_dir(parent(to))
 }
 
 /// Flushes a directory's entries (names created, renamed or removed in it).

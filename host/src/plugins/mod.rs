@@ -120,7 +120,7 @@ impl Runtime {
     /// Builds the engine and starts its epoch ticker and call threads. `cache_dir`
     /// keeps compiled artifacts keyed by the wasm's hash and the engine's
     /// compatibility hash. The pooling allocator has an instance slot for each call
-    /// thread plus [`LOAD_SLOTS`], so a call never fails for want of a slot.
+    /// thread plus `LOAD_SLOTS`, so a call never fails for want of a slot.
     pub fn new(limits: PluginLimits, cache_dir: PathBuf) -> Result<Arc<Runtime>> {
         let memory_limit = (limits.memory_limit_mb as usize) << 20;
         let slots = u32::try_from(limits.call_threads)
