@@ -45,6 +45,12 @@ pub struct PluginLimits {
     pub cache_dir: Option<PathBuf>,
     /// a swapped-in version that traps this often is rolled back (0: never)
     pub rollback_after_traps: u64,
+    /// threads that run adapter calls, apart from all other blocking work; the
+    /// pooling allocator gets an instance slot for each, plus some for loading
+    pub call_threads: usize,
+    /// adapter calls that may wait for a free thread at once; one more fails its
+    /// attempt at once (retryable) rather than queue without limit
+    pub call_queue: usize,
 }
 
 impl Default for PluginLimits {
@@ -54,6 +60,8 @@ impl Default for PluginLimits {
             memory_limit_mb: 64,
             cache_dir: None,
             rollback_after_traps: 10,
+            call_threads: 64,
+            call_queue: 1024,
         }
     }
 }
@@ -278,6 +286,9 @@ impl Config {
         }
         if !(1..=365).contains(&self.files.default_ttl_days) {
             bail!("files.default_ttl_days must be between 1 and 365");
+        }
+        if !(1..=4096).contains(&self.plugins.call_threads) {
+            bail!("plugins.call_threads must be between 1 and 4096");
         }
         if self.executions.max_attempts == 0 {
             bail!("executions.max_attempts must be at least 1");

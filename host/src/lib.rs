@@ -7,6 +7,7 @@ pub mod billing;
 pub mod callbacks;
 pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod executions;
 pub mod files;
@@ -70,11 +71,9 @@ pub async fn serve(config: Config) -> Result<()> {
         .clone()
         .unwrap_or_else(|| data.join("plugin-cache"));
     let runtime = Runtime::new(config.plugins.clone(), cache)?;
-    let registry = Arc::new(Registry::default());
-    for plugin in plugins::load_dir(&runtime, &config.plugins_dir)? {
-        tracing::info!(plugin = %plugin.name, version = %plugin.version, sha256 = %plugin.sha256, "plugin loaded");
-        registry.activate(plugin);
-    }
+    let installed = plugins::Installed::open(&data.join("installed-plugins"))?;
+    let registry = Arc::new(Registry::persistent(installed));
+    plugins::load_all(&runtime, &registry, &config.plugins_dir)?;
     plugins::watch_dir(
         runtime.clone(),
         registry.clone(),
@@ -155,7 +154,10 @@ pub async fn serve(config: Config) -> Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                registry.roll_back_trapping(threshold);
+                // A rollback is written to the data directory: off the async workers.
+                let registry = registry.clone();
+                let _ = tokio::task::spawn_blocking(move || registry.roll_back_trapping(threshold))
+                    .await;
             }
         });
     }

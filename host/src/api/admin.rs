@@ -386,9 +386,9 @@ pub async fn plugins(State(app): State<Arc<App>>, _: Operator) -> Json<Value> {
 
 /// `PUT /admin/v1/plugins/{name}` with the component's bytes: compiled off the
 /// request path, validated (contract version, manifest, a smoke call per model),
-/// then swapped in atomically. Attempts in flight finish on the version they
-/// started with; the replaced version is kept for rollback. An invalid plugin
-/// changes nothing.
+/// written to the data directory (so a restart keeps it), then swapped in
+/// atomically. Attempts in flight finish on the version they started with; the
+/// replaced version is kept for rollback. An invalid plugin changes nothing.
 pub async fn install_plugin(
     State(app): State<Arc<App>>,
     _: Operator,
@@ -419,7 +419,12 @@ pub async fn install_plugin(
             format!("the plugin calls itself {:?}, not {name:?}", plugin.name),
         ));
     }
-    let replaced = app.registry.activate(plugin.clone());
+    // The swap is written to the data directory before it takes effect.
+    let registry = app.registry.clone();
+    let swapped = plugin.clone();
+    let replaced = tokio::task::spawn_blocking(move || registry.activate(swapped))
+        .await
+        .map_err(anyhow::Error::from)??;
     tracing::info!(plugin = %name, version = %plugin.version, sha256 = %plugin.sha256, elapsed_ms = started.elapsed().as_millis() as u64, "plugin installed");
     let mut view = plugin_view(&plugin, "active");
     view["replaced"] = replaced.map_or(Value::Null, |p| plugin_view(&p, "previous"));
@@ -427,7 +432,7 @@ pub async fn install_plugin(
 }
 
 /// `POST /admin/v1/plugins/{name}/rollback`: restores the version the last swap
-/// replaced.
+/// replaced, and writes that down like an install.
 pub async fn rollback_plugin(
     State(app): State<Arc<App>>,
     _: Operator,
@@ -436,12 +441,17 @@ pub async fn rollback_plugin(
     if app.registry.get(&name).is_none() {
         return Err(ApiError::not_found());
     }
-    let restored = app.registry.rollback(&name).ok_or_else(|| {
-        ApiError::new(
-            Code::Conflict,
-            format!("plugin {name:?} has no previous version to roll back to"),
-        )
-    })?;
+    let registry = app.registry.clone();
+    let rolling = name.clone();
+    let restored = tokio::task::spawn_blocking(move || registry.rollback(&rolling))
+        .await
+        .map_err(anyhow::Error::from)??
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::Conflict,
+                format!("plugin {name:?} has no previous version to roll back to"),
+            )
+        })?;
     tracing::info!(plugin = %name, version = %restored.version, sha256 = %restored.sha256, "plugin rolled back");
     Ok(Json(plugin_view(&restored, "active")))
 }

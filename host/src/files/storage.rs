@@ -128,7 +128,12 @@ impl ObjectWriter for LocalWriter {
                 .ok_or_else(|| io::Error::other("the object was already committed"))?;
             file.sync_all().await?;
             drop(file);
-            tokio::fs::rename(&self.partial, &self.target).await
+            // The file record that points at these bytes is committed after this
+            // returns: the new name must survive a power loss before it is.
+            let (partial, target) = (self.partial.clone(), self.target.clone());
+            tokio::task::spawn_blocking(move || crate::durable::rename(&partial, &target))
+                .await
+                .map_err(io::Error::other)?
         }
         .boxed()
     }

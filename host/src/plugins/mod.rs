@@ -1,14 +1,19 @@
 //! Adapters as sandboxed WebAssembly components: the only `bindgen!` in the host.
 //!
 //! One process-wide [`Runtime`] (engine, pooling allocator, epoch ticker, linker with
-//! a locked-down WASI). Each loaded plugin version keeps an `InstancePre`; every call
-//! gets a fresh `Store` with a memory limit and an epoch deadline, runs on the
-//! blocking pool, and is dropped afterwards (a trap poisons a store). The
-//! [`Registry`] swaps plugins atomically: an attempt holds the `Arc` it started with.
+//! a locked-down WASI in which nothing can wait). Each loaded plugin version keeps an
+//! `InstancePre`; every call gets a fresh `Store` with a memory limit and an epoch
+//! deadline, runs on the adapters' own bounded thread pool, and is dropped
+//! afterwards (a trap poisons a store). The [`Registry`] swaps plugins atomically:
+//! an attempt holds the `Arc` it started with; swaps made at runtime are kept in the
+//! data directory ([`Installed`]) and survive a restart.
 
 pub mod conformance;
+mod installed;
+mod pool;
 mod registry;
 
+pub use installed::Installed;
 pub use registry::Registry;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -47,6 +52,22 @@ const API_VERSION_SECTION: &str = "modelroute:api-version";
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Bytes of guest stderr kept per call for the logs.
 const STDERR_CAPTURE: usize = 16 * 1024;
+/// Instance slots beyond one per call thread: loading and validating a version
+/// (start-up, installs, the plugins directory watcher) instantiates it too.
+const LOAD_SLOTS: u32 = 64;
+/// The WASI functions that wait, by interface (at the version `wasmtime-wasi`
+/// defines; the unit test `a_sleeping_adapter_traps_at_once_and_frees_its_thread`
+/// fails if an upgrade moves it). A host function that blocks is out of the epoch
+/// deadline's reach, so an adapter that waited would hold its thread and instance
+/// slot for as long as it liked; these trap instead. Reading the clocks stays
+/// allowed: a guest spinning on them is stopped by the deadline like any loop.
+const WAITING_FUNCTIONS: &[(&str, &[&str])] = &[
+    ("wasi:io/poll@0.2.12", &["poll", "[method]pollable.block"]),
+    (
+        "wasi:clocks/monotonic-clock@0.2.12",
+        &["subscribe-duration", "subscribe-instant"],
+    ),
+];
 
 /// What one call's store holds: a WASI context with no files, network or environment.
 pub struct CallState {
@@ -79,6 +100,12 @@ pub enum CallError {
         function: &'static str,
         limit_ms: u64,
     },
+    #[error("plugin {plugin} could not run {function}: {reason}")]
+    NotRun {
+        plugin: String,
+        function: &'static str,
+        reason: String,
+    },
 }
 
 pub struct Runtime {
@@ -86,19 +113,26 @@ pub struct Runtime {
     linker: Linker<CallState>,
     limits: PluginLimits,
     cache_dir: PathBuf,
+    calls: pool::CallPool,
 }
 
 impl Runtime {
-    /// Builds the engine and starts its epoch ticker. `cache_dir` keeps compiled
-    /// artifacts keyed by the wasm's hash and the engine's compatibility hash.
+    /// Builds the engine and starts its epoch ticker and call threads. `cache_dir`
+    /// keeps compiled artifacts keyed by the wasm's hash and the engine's
+    /// compatibility hash. The pooling allocator has an instance slot for each call
+    /// thread plus `LOAD_SLOTS`, so a call never fails for want of a slot.
     pub fn new(limits: PluginLimits, cache_dir: PathBuf) -> Result<Arc<Runtime>> {
         let memory_limit = (limits.memory_limit_mb as usize) << 20;
+        let slots = u32::try_from(limits.call_threads)
+            .ok()
+            .and_then(|threads| threads.checked_add(LOAD_SLOTS))
+            .context("plugins.call_threads is too large")?;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(256)
-            .total_core_instances(1024)
-            .total_memories(512)
-            .total_tables(512)
-            .total_stacks(256)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 2)
+            .total_stacks(slots)
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
             .max_tables_per_component(8)
@@ -120,6 +154,7 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        forbid_waiting(&mut linker)?;
         std::fs::create_dir_all(&cache_dir)
             .with_context(|| format!("creating {}", cache_dir.display()))?;
 
@@ -133,11 +168,14 @@ impl Runtime {
                     std::thread::sleep(EPOCH_TICK);
                 }
             })?;
+        let calls = pool::CallPool::new(limits.call_threads, limits.call_queue)
+            .context("starting the adapter call threads")?;
         Ok(Arc::new(Runtime {
             engine,
             linker,
             limits,
             cache_dir,
+            calls,
         }))
     }
 
@@ -168,6 +206,7 @@ impl Runtime {
             sha256,
             manifest: empty_manifest(),
             loaded_at: Utc::now(),
+            wasm: wasm.into(),
             pre,
             runtime: self.clone(),
             calls: AtomicU64::new(0),
@@ -209,13 +248,30 @@ impl Runtime {
             .precompile_component(wasm)
             .map_err(anyhow::Error::from)
             .context("the plugin is not a valid WebAssembly component")?;
-        // Several servers may share the cache: write privately, rename atomically.
-        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&temporary, &compiled)?;
-        std::fs::rename(&temporary, &path)?;
+        // Several servers may share the cache: written privately, renamed atomically.
+        crate::durable::write(&path, &compiled)
+            .with_context(|| format!("writing {}", path.display()))?;
         // SAFETY: produced just above by this engine.
         Ok(unsafe { Component::deserialize(&self.engine, &compiled) }?)
     }
+}
+
+/// Shadows each of [`WAITING_FUNCTIONS`] with a function that traps.
+fn forbid_waiting(linker: &mut Linker<CallState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    for (interface, functions) in WAITING_FUNCTIONS {
+        let mut instance = linker.instance(interface)?;
+        for function in *functions {
+            let what = format!("{interface}#{function}");
+            instance.func_new(function, move |_, _, _, _| {
+                Err(wasmtime::Error::msg(format!(
+                    "{what}: adapters may not wait (no sleeping, no polling)"
+                )))
+            })?;
+        }
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Reads the contract version the SDK stamped into the component.
@@ -258,6 +314,8 @@ pub struct LoadedPlugin {
     pub sha256: String,
     pub manifest: wit::Manifest,
     pub loaded_at: DateTime<Utc>,
+    /// the component, kept to be written to the data directory when it is swapped
+    wasm: Arc<[u8]>,
     pre: AdapterPluginPre<CallState>,
     runtime: Arc<Runtime>,
     calls: AtomicU64,
@@ -385,8 +443,8 @@ impl LoadedPlugin {
         })
     }
 
-    /// [`LoadedPlugin::call`] on the blocking pool, so a slow plugin never stalls the
-    /// server's async workers.
+    /// [`LoadedPlugin::call`] on the adapters' own threads, so a slow plugin never
+    /// stalls the server's async workers and no other blocking work delays it.
     pub async fn call_async<R, F>(
         self: &Arc<Self>,
         function: &'static str,
@@ -397,16 +455,21 @@ impl LoadedPlugin {
         F: FnOnce(&Guest, &mut Store<CallState>) -> wasmtime::Result<R> + Send + 'static,
     {
         let plugin = self.clone();
-        let call = tokio::task::spawn_blocking(move || plugin.call(function, f));
+        let call = self.runtime.calls.run(move || plugin.call(function, f));
         // The epoch deadline stops the guest; this outer bound also covers time spent
-        // instantiating or waiting for a blocking thread.
+        // instantiating or waiting for a call thread.
         let limit_ms = self.runtime.limits.call_timeout_ms;
         match tokio::time::timeout(Duration::from_millis(limit_ms * 2 + 100), call).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(CallError::Trap {
+            Ok(Err(pool::PoolError::Panicked)) => Err(CallError::Trap {
                 plugin: self.name.clone(),
                 function,
-                message: format!("host task failed: {join}"),
+                message: "the host panicked while running the call".into(),
+            }),
+            Ok(Err(refused)) => Err(CallError::NotRun {
+                plugin: self.name.clone(),
+                function,
+                reason: refused.to_string(),
             }),
             Err(_) => Err(CallError::Timeout {
                 plugin: self.name.clone(),
@@ -418,7 +481,7 @@ impl LoadedPlugin {
 }
 
 /// Loads every `*.wasm` in `dir`, in name order.
-pub fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Result<Vec<Arc<LoadedPlugin>>> {
+fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Result<Vec<Arc<LoadedPlugin>>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| {
             format!(
@@ -442,6 +505,36 @@ pub fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Result<Vec<Arc<LoadedPlug
             loaded.with_context(|| format!("loading plugin {}", path.display()))
         })
         .collect()
+}
+
+/// Start-up: every component in `dir`, then the versions swapped in at runtime
+/// before the restart (see [`Installed`]). A kept version wins over the file of
+/// the same adapter in `dir`, unless that file changed since it was kept: then the
+/// file is swapped in over it, as the watcher would have done had the server run.
+pub fn load_all(runtime: &Arc<Runtime>, registry: &Registry, dir: &Path) -> Result<()> {
+    for plugin in load_dir(runtime, dir)? {
+        tracing::info!(plugin = %plugin.name, version = %plugin.version, sha256 = %plugin.sha256, "plugin loaded");
+        if let Some(installed) = registry.installed() {
+            installed.saw_in_plugins_dir(&plugin.name, &plugin.sha256);
+        }
+        registry.restore(plugin, None);
+    }
+    let Some(installed) = registry.installed() else {
+        return Ok(());
+    };
+    for kept in installed.load(runtime)? {
+        let file = registry.get(&kept.name);
+        tracing::info!(plugin = %kept.name, version = %kept.active.version, sha256 = %kept.active.sha256, "plugin restored as swapped in at runtime");
+        registry.restore(kept.active.clone(), kept.previous);
+        if let Some(file) = file
+            && file.sha256 != kept.active.sha256
+            && Some(&file.sha256) != kept.plugins_dir.as_ref()
+        {
+            tracing::info!(plugin = %file.name, version = %file.version, sha256 = %file.sha256, "plugin file changed while the server was stopped: swapped in");
+            registry.activate(file)?;
+        }
+    }
+    Ok(())
 }
 
 /// How often the plugins directory is looked at for new or changed components.
@@ -475,25 +568,31 @@ pub fn watch_dir(runtime: Arc<Runtime>, registry: Arc<Registry>, dir: PathBuf) {
                 if seen.get(path) == Some(stamp) {
                     continue;
                 }
-                let runtime = runtime.clone();
+                let (runtime, registry) = (runtime.clone(), registry.clone());
                 let file = path.clone();
-                let loaded = tokio::task::spawn_blocking(move || {
+                let swapped = tokio::task::spawn_blocking(move || {
                     let plugin = runtime.load(&std::fs::read(&file)?)?;
                     plugin.validate()?;
-                    Ok::<_, anyhow::Error>(plugin)
+                    if let Some(installed) = registry.installed() {
+                        installed.saw_in_plugins_dir(&plugin.name, &plugin.sha256);
+                    }
+                    if registry
+                        .get(&plugin.name)
+                        .is_some_and(|p| p.sha256 == plugin.sha256)
+                    {
+                        return Ok(None);
+                    }
+                    registry.activate(plugin.clone())?;
+                    Ok::<_, anyhow::Error>(Some(plugin))
                 })
                 .await;
-                match loaded {
-                    Ok(Ok(plugin))
-                        if registry
-                            .get(&plugin.name)
-                            .is_some_and(|p| p.sha256 == plugin.sha256) => {}
-                    Ok(Ok(plugin)) => {
+                match swapped {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(plugin))) => {
                         tracing::info!(plugin = %plugin.name, version = %plugin.version, sha256 = %plugin.sha256, path = %path.display(), "plugin changed on disk: swapped in");
-                        registry.activate(plugin);
                     }
                     Ok(Err(error)) => {
-                        tracing::error!(path = %path.display(), error = format!("{error:#}"), "plugin on disk refused")
+                        tracing::error!(path = %path.display(), error = format!("{error:#}"), "plugin on disk not swapped in")
                     }
                     Err(error) => {
                         tracing::error!(path = %path.display(), %error, "plugin load task failed")
@@ -517,4 +616,121 @@ fn example_grants(example: &serde_json::Value, inline: bool) -> Vec<wit::FileGra
             bytes: inline.then(|| b"\x89PNG\r\n\x1a\nexample".to_vec()),
         })
         .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A built component: `plugins/dist/<name>.wasm`, or a test adapter of
+    /// `target/test-plugins` (`make plugins` builds both).
+    pub(crate) fn component(path: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `make plugins`)", path.display()))
+    }
+
+    /// A runtime whose compiled components are shared by the unit tests.
+    pub(crate) fn runtime(limits: PluginLimits) -> Arc<Runtime> {
+        let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/unit-plugin-cache");
+        Runtime::new(limits, cache).unwrap()
+    }
+
+    /// Loads a component off the async workers, as the server does.
+    pub(crate) async fn load(runtime: &Arc<Runtime>, path: &str) -> Arc<LoadedPlugin> {
+        let (runtime, wasm) = (runtime.clone(), component(path));
+        tokio::task::spawn_blocking(move || runtime.load(&wasm))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn build_submit(
+        plugin: &Arc<LoadedPlugin>,
+        prompt: &str,
+    ) -> Result<Result<wit::HttpRequest, wit::Failure>, CallError> {
+        let model = &plugin.manifest.models[0];
+        let ctx = wit::CallContext {
+            slug: model.slug.clone(),
+            provider_model: model.provider_model.clone(),
+            base_url: "http://127.0.0.1:9".into(),
+            attempt_id: "att_test".into(),
+            callback_url: None,
+            files: Vec::new(),
+            stream: false,
+        };
+        let input = serde_json::json!({ "prompt": prompt }).to_string();
+        plugin
+            .call_async("build-submit", move |adapter, store| {
+                adapter.call_build_submit(store, &ctx, &input)
+            })
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sleeping_adapter_traps_at_once_and_frees_its_thread() {
+        // One thread, and a budget far longer than the test: a sleep that were let
+        // block would hold the thread, and the next call would wait for it.
+        let runtime = runtime(PluginLimits {
+            call_threads: 1,
+            call_timeout_ms: 120_000,
+            ..PluginLimits::default()
+        });
+        let hostile = load(&runtime, "target/test-plugins/hostile.wasm").await;
+        let started = Instant::now();
+        let error = build_submit(&hostile, "sleep").await.unwrap_err();
+        assert!(
+            matches!(&error, CallError::Trap { message, .. } if message.contains("adapters may not wait")),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let request = build_submit(&hostile, "hello").await.unwrap().unwrap();
+        assert!(
+            request.url.ends_with("/v1/chat/completions"),
+            "{}",
+            request.url
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn adapter_calls_run_while_the_shared_blocking_pool_is_saturated() {
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            let runtime = runtime(PluginLimits {
+                call_timeout_ms: 500,
+                ..PluginLimits::default()
+            });
+            let openai = load(&runtime, "plugins/dist/openai.wasm").await;
+            // Slow blocking work (a name lookup that never answers, a stuck disk)
+            // holds tokio's only blocking thread for as long as the test runs.
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let (started, running) = tokio::sync::oneshot::channel();
+            let stuck = tokio::task::spawn_blocking(move || {
+                let _ = started.send(());
+                let _ = released.recv();
+            });
+            running.await.unwrap();
+            for _ in 0..3 {
+                let request = build_submit(&openai, "hello").await;
+                assert!(matches!(request, Ok(Ok(_))), "{request:?}");
+            }
+            release.send(()).unwrap();
+            stuck.await.unwrap();
+        });
+    }
 }

@@ -1,24 +1,40 @@
 //! The set of active plugin versions, swapped atomically.
 
+use anyhow::Result;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::LoadedPlugin;
+use super::{Installed, LoadedPlugin};
 
 /// Active plugins by manifest name. Readers take a snapshot without locking; an
 /// in-flight attempt keeps the `Arc` of the version it started with, so a replaced
 /// version drains as its last attempt ends. The version each swap replaced is kept
-/// for rollback.
+/// for rollback. With an [`Installed`] store, every swap and rollback is written
+/// to it before it takes effect, so a restart restores it.
 #[derive(Default)]
 pub struct Registry {
     active: ArcSwap<BTreeMap<String, Arc<LoadedPlugin>>>,
     previous: Mutex<BTreeMap<String, Arc<LoadedPlugin>>>,
-    /// serializes swaps and rollbacks, so `previous` always matches `active`
+    /// serializes swaps and rollbacks, so `previous` (and what `installed` holds)
+    /// always matches `active`
     swapping: Mutex<()>,
+    installed: Option<Installed>,
 }
 
 impl Registry {
+    /// A registry whose swaps are kept in `installed`.
+    pub fn persistent(installed: Installed) -> Registry {
+        Registry {
+            installed: Some(installed),
+            ..Registry::default()
+        }
+    }
+
+    pub fn installed(&self) -> Option<&Installed> {
+        self.installed.as_ref()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
         self.active.load().get(name).cloned()
     }
@@ -36,36 +52,56 @@ impl Registry {
             .cloned()
     }
 
-    /// Makes `plugin` the active version of its name; returns the one it replaced,
-    /// which becomes the rollback target.
-    pub fn activate(&self, plugin: Arc<LoadedPlugin>) -> Option<Arc<LoadedPlugin>> {
+    /// At start-up: makes `plugin` active with `previous` as its rollback target,
+    /// writing nothing (it is what the plugins directory or the store holds).
+    pub fn restore(&self, plugin: Arc<LoadedPlugin>, previous: Option<Arc<LoadedPlugin>>) {
         let _swap = self.swapping.lock().expect("registry poisoned");
-        let replaced = self.swap(plugin);
+        let mut rollback = self.previous.lock().expect("registry poisoned");
+        match previous {
+            Some(previous) => rollback.insert(plugin.name.clone(), previous),
+            None => rollback.remove(&plugin.name),
+        };
+        self.swap(plugin);
+    }
+
+    /// Makes `plugin` the active version of its name; returns the one it replaced,
+    /// which becomes the rollback target. Blocks while the swap is written; when
+    /// that fails, nothing changes.
+    pub fn activate(&self, plugin: Arc<LoadedPlugin>) -> Result<Option<Arc<LoadedPlugin>>> {
+        let _swap = self.swapping.lock().expect("registry poisoned");
+        let replaced = self.get(&plugin.name);
+        if let Some(installed) = &self.installed {
+            installed.save(&plugin, replaced.as_deref())?;
+        }
+        self.swap(plugin);
         if let Some(replaced) = &replaced {
             self.previous
                 .lock()
                 .expect("registry poisoned")
                 .insert(replaced.name.clone(), replaced.clone());
         }
-        replaced
+        Ok(replaced)
     }
 
     /// Restores the version the last swap of `name` replaced (the replaced one
-    /// becomes the rollback target in turn). Returns the now active version.
-    pub fn rollback(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+    /// becomes the rollback target in turn). Returns the now active version, or
+    /// `None` when there is nothing to roll back to. Written like a swap.
+    pub fn rollback(&self, name: &str) -> Result<Option<Arc<LoadedPlugin>>> {
         let _swap = self.swapping.lock().expect("registry poisoned");
-        let restored = self
-            .previous
-            .lock()
-            .expect("registry poisoned")
-            .remove(name)?;
-        if let Some(replaced) = self.swap(restored.clone()) {
-            self.previous
-                .lock()
-                .expect("registry poisoned")
-                .insert(name.to_string(), replaced);
+        let Some(restored) = self.previous(name) else {
+            return Ok(None);
+        };
+        let replaced = self.get(name);
+        if let Some(installed) = &self.installed {
+            installed.save(&restored, replaced.as_deref())?;
         }
-        Some(restored)
+        self.swap(restored.clone());
+        let mut rollback = self.previous.lock().expect("registry poisoned");
+        match replaced {
+            Some(replaced) => rollback.insert(name.to_string(), replaced),
+            None => rollback.remove(name),
+        };
+        Ok(Some(restored))
     }
 
     /// Rolls back every swapped-in version that has trapped `threshold` times or
@@ -77,21 +113,27 @@ impl Registry {
             .filter(|plugin| plugin.traps() >= threshold && self.previous(&plugin.name).is_some())
             .map(|plugin| plugin.name.clone())
             .collect();
-        for name in &trapping {
-            if let Some(restored) = self.rollback(name) {
-                tracing::warn!(plugin = %name, version = %restored.version, sha256 = %restored.sha256, threshold, "a swapped-in version kept trapping: rolled back");
+        let mut rolled_back = Vec::new();
+        for name in trapping {
+            match self.rollback(&name) {
+                Ok(Some(restored)) => {
+                    tracing::warn!(plugin = %name, version = %restored.version, sha256 = %restored.sha256, threshold, "a swapped-in version kept trapping: rolled back");
+                    rolled_back.push(name);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(plugin = %name, error = format!("{error:#}"), "a swapped-in version keeps trapping, and rolling it back failed")
+                }
             }
         }
-        trapping
+        rolled_back
     }
 
-    fn swap(&self, plugin: Arc<LoadedPlugin>) -> Option<Arc<LoadedPlugin>> {
-        let mut replaced = None;
+    fn swap(&self, plugin: Arc<LoadedPlugin>) {
         self.active.rcu(|current| {
             let mut next = BTreeMap::clone(current);
-            replaced = next.insert(plugin.name.clone(), plugin.clone());
+            next.insert(plugin.name.clone(), plugin.clone());
             next
         });
-        replaced
     }
 }

@@ -6,6 +6,7 @@ mod executions;
 mod files;
 mod hardening_api;
 mod hardening_files;
+mod hardening_sandbox;
 mod money;
 mod plugins;
 mod receiver;
