@@ -9,7 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
 
@@ -22,7 +23,8 @@ const DNS_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Where a name server that never answers is asked.
 const STALLED_URL: &str = "https://hook.stall.example/x";
 
-/// A name server on loopback: names under `ok.example` are answered (an A record
+/// A name server on loopback, over UDP and TCP (a resolver may move to TCP once
+/// UDP queries have timed out): names under `ok.example` are answered (an A record
 /// of 127.0.0.1, or of 10.0.0.1 for `internal.ok.example`; no AAAA), every other
 /// query is received and never answered, and so is every query while it is
 /// silent.
@@ -30,33 +32,40 @@ struct NameServer {
     addr: SocketAddr,
     queries: Arc<AtomicUsize>,
     silent: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl NameServer {
     async fn start() -> NameServer {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let addr = socket.local_addr().expect("addr");
+        let (udp, tcp) = bind_udp_and_tcp().await;
+        let addr = udp.local_addr().expect("addr");
         let queries = Arc::new(AtomicUsize::new(0));
         let silent = Arc::new(AtomicBool::new(false));
         let (counted, muted) = (queries.clone(), silent.clone());
-        let task = tokio::spawn(async move {
+        let over_udp = tokio::spawn(async move {
             let mut buf = [0u8; 1500];
-            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
                 counted.fetch_add(1, Ordering::SeqCst);
                 if muted.load(Ordering::SeqCst) {
                     continue;
                 }
                 if let Some(answer) = answer(&buf[..len]) {
-                    let _ = socket.send_to(&answer, from).await;
+                    let _ = udp.send_to(&answer, from).await;
                 }
+            }
+        });
+        let (counted, muted) = (queries.clone(), silent.clone());
+        let over_tcp = tokio::spawn(async move {
+            while let Ok((stream, _)) = tcp.accept().await {
+                let (counted, muted) = (counted.clone(), muted.clone());
+                tokio::spawn(async move { serve_tcp(stream, &counted, &muted).await });
             }
         });
         NameServer {
             addr,
             queries,
             silent,
-            task,
+            tasks: vec![over_udp, over_tcp],
         }
     }
 
@@ -80,7 +89,45 @@ impl NameServer {
 
 impl Drop for NameServer {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A UDP socket and a TCP listener on one loopback port.
+async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener) {
+    for _ in 0..20 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().expect("addr")).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no loopback port was free for both UDP and TCP");
+}
+
+/// DNS over TCP (RFC 1035 §4.2.2): each message after its two-byte length.
+async fn serve_tcp(mut stream: TcpStream, counted: &AtomicUsize, muted: &AtomicBool) {
+    loop {
+        let mut len = [0u8; 2];
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if stream.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        counted.fetch_add(1, Ordering::SeqCst);
+        if muted.load(Ordering::SeqCst) {
+            continue;
+        }
+        if let Some(answer) = answer(&query) {
+            let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&answer);
+            if stream.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
