@@ -100,9 +100,10 @@ pub async fn serve(config: Config) -> Result<()> {
             "development mode: webhooks may go to plain http and loopback addresses (private, link-local and metadata addresses stay refused)"
         );
     }
+    let resolver = netguard::Resolver::new(&config.webhooks.dns()?)?;
     let webhooks = webhooks::delivery::Webhooks::new(
         store.clone(),
-        policy,
+        netguard::Guard::new(policy, resolver),
         Duration::from_secs(config.webhooks.timeout_seconds),
         outbox.clone(),
     )?;

@@ -6,10 +6,16 @@
 //! endpoint. URLs must be https (plain http only when the operator allows it),
 //! and every address a host resolves to must be globally routable; loopback can
 //! be allowed for local development, every other non-global class never.
-//! Redirects are not followed. [`Policy::client`] re-checks the addresses at
-//! connect time, so a name cannot be re-pointed between check and use.
+//! Redirects are not followed. [`Guard::client`] re-checks the addresses at
+//! connect time, so a name cannot be re-pointed between check and use. Names are
+//! resolved by the bounded asynchronous [`Resolver`].
+
+mod resolver;
+
+pub use resolver::{DnsSettings, Resolver};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::{Host, Url};
@@ -34,6 +40,12 @@ pub enum Refusal {
     ForbiddenAddress(IpAddr),
     #[error("the host {0} could not be resolved")]
     Unresolvable(String),
+    /// The organization has as many lookups in flight as it may.
+    #[error("too many webhook host names of this organization are being resolved at once")]
+    TooManyLookups,
+    /// The server has as many lookups in flight as it allows.
+    #[error("too many webhook host names are being resolved at once")]
+    ResolverBusy,
 }
 
 /// The class of an address, for messages and tests.
@@ -221,29 +233,6 @@ impl Policy {
         Ok(parsed)
     }
 
-    /// [`check_url`](Self::check_url), then resolve the host and require every
-    /// resolved address to be permitted.
-    pub async fn check(&self, url: &str) -> Result<Url, Refusal> {
-        let parsed = self.check_url(url)?;
-        if let Some(Host::Domain(name)) = parsed.host() {
-            let port = parsed.port_or_known_default().unwrap_or(443);
-            self.resolve(name, port).await?;
-        }
-        Ok(parsed)
-    }
-
-    /// Resolves `host` and returns its addresses if all of them are permitted.
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
-        if is_localhost_name(host) {
-            self.require(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
-        }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| Refusal::Unresolvable(host.to_owned()))?
-            .collect();
-        self.require_all(host, addrs)
-    }
-
     fn require_all(&self, host: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Refusal> {
         if addrs.is_empty() {
             return Err(Refusal::Unresolvable(host.to_owned()));
@@ -253,6 +242,46 @@ impl Policy {
         }
         Ok(addrs)
     }
+}
+
+/// The operator's policy and the resolver: checks URLs when they are registered and
+/// builds the client that checks them again at every connection.
+#[derive(Clone)]
+pub struct Guard {
+    policy: Policy,
+    resolver: Arc<Resolver>,
+}
+
+impl Guard {
+    pub fn new(policy: Policy, resolver: Resolver) -> Guard {
+        Guard {
+            policy,
+            resolver: Arc::new(resolver),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// How long a lookup may take.
+    pub fn dns_timeout(&self) -> Duration {
+        self.resolver.timeout()
+    }
+
+    /// [`Policy::check_url`], then resolve the host (a lookup made on behalf of
+    /// `organization`, within its share of the resolver) and require every
+    /// resolved address to be permitted.
+    pub async fn check(&self, organization: &str, url: &str) -> Result<Url, Refusal> {
+        let parsed = self.policy.check_url(url)?;
+        if let Some(Host::Domain(name)) = parsed.host()
+            && !is_localhost_name(name)
+        {
+            let addrs = self.resolver.lookup_for(organization, name).await?;
+            self.policy.require_all(name, to_socket_addrs(addrs, 0))?;
+        }
+        Ok(parsed)
+    }
 
     /// A client for guarded requests: redirects are not followed, proxies are
     /// not used (a proxy would resolve names itself), and host names are
@@ -261,29 +290,51 @@ impl Policy {
     /// error's source chain contains the [`Refusal`].
     ///
     /// reqwest does not resolve IP-literal hosts, so those bypass the resolver:
-    /// call [`check_url`](Self::check_url) on the URL before each send.
+    /// call [`Policy::check_url`] on the URL before each send.
     pub fn client(&self, timeout: Duration, user_agent: &str) -> anyhow::Result<reqwest::Client> {
         Ok(reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .https_only(!self.allow_http)
+            .https_only(!self.policy.allow_http)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(user_agent)
-            .dns_resolver(GuardedResolver(*self))
+            .dns_resolver(GuardedResolver(self.clone()))
             .build()?)
+    }
+
+    /// The addresses to connect to for `host`, if all of them are permitted.
+    /// `localhost` names are loopback by definition and are not looked up.
+    async fn resolve_for_delivery(&self, host: &str) -> Result<Vec<SocketAddr>, Refusal> {
+        let addrs = if is_localhost_name(host) {
+            vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ]
+        } else {
+            self.resolver.lookup_for_delivery(host).await?
+        };
+        // Port 0: reqwest substitutes the URL's port.
+        self.policy.require_all(host, to_socket_addrs(addrs, 0))
     }
 }
 
-/// Resolves with tokio and refuses names with any non-permitted address.
-struct GuardedResolver(Policy);
+fn to_socket_addrs(addrs: Vec<IpAddr>, port: u16) -> Vec<SocketAddr> {
+    addrs
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+/// Resolves with the guard's resolver and refuses names with any non-permitted
+/// address.
+struct GuardedResolver(Guard);
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0;
+        let guard = self.0.clone();
         Box::pin(async move {
-            // Port 0: reqwest substitutes the URL's port.
-            let addrs = policy.resolve(name.as_str(), 0).await?;
+            let addrs = guard.resolve_for_delivery(name.as_str()).await?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -310,6 +361,17 @@ mod tests {
 
     fn forbidden(s: &str) -> Refusal {
         Refusal::ForbiddenAddress(ip(s))
+    }
+
+    /// A guard resolving with the system's configuration.
+    fn guard(policy: Policy) -> Guard {
+        let settings = DnsSettings {
+            servers: Vec::new(),
+            timeout: Duration::from_secs(3),
+            max_lookups: 8,
+            max_lookups_per_organization: 8,
+        };
+        Guard::new(policy, Resolver::new(&settings).unwrap())
     }
 
     /// Hosts that must be refused whenever loopback is not allowed.
@@ -443,10 +505,14 @@ mod tests {
 
     #[tokio::test]
     async fn check_refuses_matrix() {
+        let strict = guard(STRICT);
         for host in MATRIX {
             let url = format!("https://{host}:8443/hook");
             assert!(
-                matches!(STRICT.check(&url).await, Err(Refusal::ForbiddenAddress(_))),
+                matches!(
+                    strict.check("org", &url).await,
+                    Err(Refusal::ForbiddenAddress(_))
+                ),
                 "{url}"
             );
         }
@@ -458,6 +524,7 @@ mod tests {
     #[tokio::test]
     async fn a_name_resolving_to_an_internal_address_is_refused() {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let strict = guard(STRICT);
         let mut checked = Vec::new();
         for name in [
             hostname.trim(),
@@ -472,7 +539,7 @@ mod tests {
             if addrs.is_empty() || addrs.iter().any(|ip| classify(*ip) == AddressClass::Global) {
                 continue;
             }
-            let refusal = STRICT.check(&format!("https://{name}/hook")).await;
+            let refusal = strict.check("org", &format!("https://{name}/hook")).await;
             assert!(
                 matches!(refusal, Err(Refusal::ForbiddenAddress(ip)) if addrs.contains(&ip)),
                 "{name} resolves to {addrs:?}: {refusal:?}"
@@ -487,12 +554,13 @@ mod tests {
 
     #[tokio::test]
     async fn dev_policy_allows_loopback_only() {
+        let dev = guard(DEV);
         for url in [
             "http://127.0.0.1:8080/",
             "http://[::1]/",
             "http://localhost:8080/",
         ] {
-            assert!(DEV.check(url).await.is_ok(), "{url}");
+            assert!(dev.check("org", url).await.is_ok(), "{url}");
         }
         for (url, addr) in [
             ("http://10.0.0.1/", "10.0.0.1"),
@@ -503,14 +571,15 @@ mod tests {
             ("http://[fd00::1]/", "fd00::1"),
             ("http://0.0.0.0:8080/", "0.0.0.0"),
         ] {
-            assert_eq!(DEV.check(url).await, Err(forbidden(addr)), "{url}");
+            assert_eq!(dev.check("org", url).await, Err(forbidden(addr)), "{url}");
         }
     }
 
     #[tokio::test]
     async fn global_literals_permitted() {
+        let strict = guard(STRICT);
         for url in ["https://93.184.216.34/hook", "https://[2606:4700::1]:8443/"] {
-            assert_eq!(STRICT.check(url).await.unwrap().as_str(), url);
+            assert_eq!(strict.check("org", url).await.unwrap().as_str(), url);
         }
     }
 
@@ -664,14 +733,16 @@ mod tests {
             allow_http: true,
             allow_loopback: false,
         };
-        let client = strict_http.client(Duration::from_secs(5), "test").unwrap();
+        let client = guard(strict_http)
+            .client(Duration::from_secs(5), "test")
+            .unwrap();
         let err = client.get(&url).send().await.unwrap_err();
         assert!(
             matches!(refusal_in(&err), Some(Refusal::ForbiddenAddress(_))),
             "{err:?}"
         );
 
-        let client = DEV.client(Duration::from_secs(5), "test").unwrap();
+        let client = guard(DEV).client(Duration::from_secs(5), "test").unwrap();
         let response = client.get(&url).send().await.unwrap();
         assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
     }
@@ -684,7 +755,7 @@ mod tests {
             listener,
             "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n",
         );
-        let client = DEV.client(Duration::from_secs(5), "test").unwrap();
+        let client = guard(DEV).client(Duration::from_secs(5), "test").unwrap();
         let response = client
             .get(format!("http://localhost:{port}/"))
             .send()
@@ -695,7 +766,9 @@ mod tests {
 
     #[tokio::test]
     async fn client_refuses_http_unless_allowed() {
-        let client = STRICT.client(Duration::from_secs(5), "test").unwrap();
+        let client = guard(STRICT)
+            .client(Duration::from_secs(5), "test")
+            .unwrap();
         let err = client.get("http://localhost:1/").send().await.unwrap_err();
         assert!(err.is_builder(), "{err:?}");
     }

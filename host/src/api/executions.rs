@@ -33,7 +33,8 @@ pub async fn create(
     let idempotency_key = idempotency_key(&headers)?;
     let (mut request, wait) = parse_create(&body)?;
     if let Some(url) = request.webhook_url.take() {
-        let url = super::webhooks::checked_url(&app, "webhook_url", &json!(url)).await?;
+        let url =
+            super::webhooks::checked_url(&app, &caller.org_id, "webhook_url", &json!(url)).await?;
         request.webhook_url = Some(url);
     }
     let idempotency = idempotency_key.map(|key| {

@@ -14,7 +14,9 @@ use crate::auth::{Caller, Scope};
 use crate::clock;
 use crate::error::{ApiError, Code, DetailCode};
 use crate::ids::new_id;
+use crate::netguard::Refusal;
 use crate::store::WEBHOOK_ENDPOINTS;
+use crate::webhooks::delivery::SendResult;
 use crate::webhooks::{self, EVENT_TYPES, Endpoint, RESERVED_HEADERS};
 
 /// Most custom headers an endpoint may carry.
@@ -47,7 +49,7 @@ pub async fn create(
     let endpoint = Endpoint {
         id: new_id("wh"),
         organization_id: caller.org_id.clone(),
-        url: checked_url(&app, "url", url).await?,
+        url: checked_url(&app, &caller.org_id, "url", url).await?,
         description: description(body.get("description"))?,
         events: events(body.get("events"))?,
         headers: headers(body.get("headers"))?,
@@ -133,7 +135,7 @@ pub async fn update(
     )?;
     find(&app, &caller, &id)?;
     let url = match body.get("url") {
-        Some(url) => Some(checked_url(&app, "url", url).await?),
+        Some(url) => Some(checked_url(&app, &caller.org_id, "url", url).await?),
         None => None,
     };
     let description = body
@@ -220,7 +222,9 @@ pub async fn delete(
 
 /// `POST /v1/webhooks/endpoints/{id}/test`: sends a signed `test` event now and
 /// reports what the receiver answered. Test sends are not retried and do not count
-/// toward deactivation.
+/// toward deactivation. The URL is checked first as at registration (within the
+/// organization's share of the resolver), so a flood of test sends to a name that
+/// no longer resolves is bounded like a flood of creates.
 pub async fn test(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -239,10 +243,25 @@ pub async fn test(
         "data": {"message": "A test event from ModelRoute."},
     })
     .to_string();
-    let result = app
+    let result = match app
         .webhooks
-        .send(&endpoint.url, &endpoint.secret, &endpoint.headers, &body)
-        .await;
+        .guard()
+        .check(&caller.org_id, &endpoint.url)
+        .await
+    {
+        Ok(_) => {
+            app.webhooks
+                .send(&endpoint.url, &endpoint.secret, &endpoint.headers, &body)
+                .await
+        }
+        Err(refusal @ (Refusal::TooManyLookups | Refusal::ResolverBusy)) => {
+            return Err(busy(&app, refusal));
+        }
+        Err(refusal) => SendResult {
+            status: None,
+            error: Some(format!("refused: {refusal}")),
+        },
+    };
     Ok(Json(json!({
         "id": event_id,
         "event_type": "test",
@@ -275,8 +294,15 @@ fn find(app: &App, caller: &Caller, id: &str) -> Result<Endpoint, ApiError> {
 }
 
 /// A URL deliveries may go to under the operator's policy (scheme, and every
-/// address it resolves to).
-pub async fn checked_url(app: &App, field: &str, url: &Value) -> Result<String, ApiError> {
+/// address it resolves to), checked for `organization`. A host that does not
+/// resolve within the resolver's timeout is invalid; one that found no place among
+/// the lookups in flight is refused as busy ([`busy`]).
+pub async fn checked_url(
+    app: &App,
+    organization: &str,
+    field: &str,
+    url: &Value,
+) -> Result<String, ApiError> {
     let Some(url) = url.as_str() else {
         return Err(ApiError::invalid(
             field,
@@ -291,14 +317,34 @@ pub async fn checked_url(app: &App, field: &str, url: &Value) -> Result<String, 
             format!("{field} may be at most {MAX_URL_CHARS} characters"),
         ));
     }
-    match app.webhooks.policy().check(url).await {
+    match app.webhooks.guard().check(organization, url).await {
         Ok(parsed) => Ok(parsed.to_string()),
+        Err(refusal @ (Refusal::TooManyLookups | Refusal::ResolverBusy)) => Err(busy(app, refusal)),
         Err(refusal) => Err(ApiError::invalid(
             field,
             DetailCode::InvalidValue,
             refusal.to_string(),
         )),
     }
+}
+
+/// A lookup that found no place: `429 RATE_LIMITED` when the organization has as
+/// many in flight as it may, `503 SERVICE_UNAVAILABLE` when the server has; both
+/// retryable after about one lookup timeout.
+fn busy(app: &App, refusal: Refusal) -> ApiError {
+    let code = match refusal {
+        Refusal::TooManyLookups => Code::RateLimited,
+        _ => Code::ServiceUnavailable,
+    };
+    let retry_after = app
+        .webhooks
+        .guard()
+        .dns_timeout()
+        .as_millis()
+        .div_ceil(1000)
+        .max(1);
+    ApiError::new(code, format!("{refusal}; try again shortly"))
+        .with_header("retry-after", retry_after.to_string())
 }
 
 fn description(value: Option<&Value>) -> Result<Option<String>, ApiError> {

@@ -4,7 +4,9 @@
 //! a row (each given up after its retries) deactivate an endpoint; its pending
 //! deliveries wait, and resume if it is reactivated within their 24 hours. Every
 //! attempt re-checks the URL against the SSRF policy (the guarded client checks
-//! resolved addresses at connect time).
+//! resolved addresses at connect time). Names are resolved asynchronously within
+//! the resolver's timeout: a name that does not resolve in time is a failed
+//! attempt, retried on the schedule.
 
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
@@ -19,7 +21,7 @@ use super::{
     save_endpoint,
 };
 use crate::clock;
-use crate::netguard::Policy;
+use crate::netguard::Guard;
 use crate::store::{
     self, Store, WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_ENDPOINTS, WEBHOOK_EVENTS,
 };
@@ -39,7 +41,7 @@ const USER_AGENT: &str = "ModelRoute-Webhooks/1.0";
 
 pub struct Webhooks {
     store: Store,
-    policy: Policy,
+    guard: Guard,
     client: reqwest::Client,
     /// rung after a commit that queued events, and when a delivery finishes
     wake: Arc<Notify>,
@@ -72,22 +74,22 @@ impl SendResult {
 impl Webhooks {
     pub fn new(
         store: Store,
-        policy: Policy,
+        guard: Guard,
         timeout: std::time::Duration,
         wake: Arc<Notify>,
     ) -> Result<Arc<Webhooks>> {
         Ok(Arc::new(Webhooks {
             store,
-            policy,
-            client: policy.client(timeout, USER_AGENT)?,
+            client: guard.client(timeout, USER_AGENT)?,
+            guard,
             wake,
             in_flight: Mutex::default(),
             permits: Arc::new(Semaphore::new(CONCURRENCY)),
         }))
     }
 
-    pub fn policy(&self) -> Policy {
-        self.policy
+    pub fn guard(&self) -> &Guard {
+        &self.guard
     }
 
     /// Starts the worker: it first picks up whatever a previous run left due.
@@ -235,7 +237,7 @@ impl Webhooks {
         headers: &std::collections::BTreeMap<String, String>,
         body: &str,
     ) -> SendResult {
-        let url = match self.policy.check_url(url) {
+        let url = match self.guard.policy().check_url(url) {
             Ok(url) => url,
             Err(refusal) => {
                 return SendResult {

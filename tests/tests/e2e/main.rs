@@ -5,6 +5,7 @@ mod api;
 mod executions;
 mod files;
 mod hardening_api;
+mod hardening_dns;
 mod hardening_files;
 mod hardening_sandbox;
 mod money;
