@@ -11,7 +11,7 @@ use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
 
 use crate::support::{Options, ProviderSpec, Server, flux_input, plugin_dirs};
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 async fn replicate_emulator() -> Emulator<replicate::Replicate> {
     replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
@@ -226,15 +226,15 @@ async fn a_misconfigured_provider_stops_the_start_naming_the_field() {
     }
 }
 
-/// Runs `command` to its end (60 s at most, else kills it and fails); answers its
-/// exit status and stderr.
+/// Runs `command` to its end (120 s at most, else kills it and fails: compiling
+/// the adapters into a cold cache takes a while); answers its exit status and stderr.
 fn exit_of(command: &mut std::process::Command, what: &str) -> (std::process::ExitStatus, String) {
     let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn modelroute");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
