@@ -78,13 +78,18 @@ impl HostPattern {
         if entry.is_empty() || entry.contains(['/', '@', '?', '#', ' ']) {
             return Err(invalid());
         }
-        let (host, port) = match entry.rfind(':') {
+        let split = if entry.starts_with('[') {
             // `[v6]` or `[v6]:port`
-            _ if entry.starts_with('[') => match entry.split_once("]:") {
-                Some((host, port)) => (format!("{host}]"), Some(port)),
-                None => (entry.to_string(), None),
-            },
-            Some(at) => (entry[..at].to_string(), Some(&entry[at + 1..])),
+            entry
+                .split_once("]:")
+                .map(|(host, port)| (format!("{host}]"), port))
+        } else {
+            entry
+                .rsplit_once(':')
+                .map(|(host, port)| (host.to_string(), port))
+        };
+        let (host, port) = match split {
+            Some((host, port)) => (host, Some(port)),
             None => (entry.to_string(), None),
         };
         let host = url::Host::parse(&host).map_err(|_| invalid())?.to_string();

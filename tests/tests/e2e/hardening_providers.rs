@@ -89,12 +89,11 @@ async fn the_credential_goes_to_the_base_url_host_and_never_to_another_allowed_h
     }
 }
 
-/// Finding 9: `HTTP_PROXY` and friends in the server's environment point at a
-/// listener that counts connections; provider traffic never goes there.
-#[tokio::test]
-async fn proxy_variables_in_the_environment_never_reroute_provider_traffic() {
+/// A listener that counts the connections it gets and closes each at once: a
+/// proxy that forwards nothing. Answers its URL and the count.
+async fn counting_proxy() -> (String, Arc<AtomicUsize>) {
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let url = format!("http://{}", proxy.local_addr().unwrap());
     let connections = Arc::new(AtomicUsize::new(0));
     let counted = connections.clone();
     tokio::spawn(async move {
@@ -103,6 +102,14 @@ async fn proxy_variables_in_the_environment_never_reroute_provider_traffic() {
             drop(socket);
         }
     });
+    (url, connections)
+}
+
+/// Finding 9: `HTTP_PROXY` and friends in the server's environment point at a
+/// listener that counts connections; provider traffic never goes there.
+#[tokio::test]
+async fn proxy_variables_in_the_environment_never_reroute_provider_traffic() {
+    let (proxy_url, connections) = counting_proxy().await;
     let emulator = replicate_emulator().await;
     let mut env: Vec<(&str, &str)> = [
         "HTTP_PROXY",
@@ -136,6 +143,40 @@ async fn proxy_variables_in_the_environment_never_reroute_provider_traffic() {
         "the provider was reached"
     );
     assert_eq!(connections.load(Ordering::SeqCst), 0, "the proxy was used");
+}
+
+/// Finding 9, the other side: a proxy the operator names in `[upstream] proxy`
+/// does carry provider traffic (this one forwards nothing, so the provider never
+/// sees a request).
+#[tokio::test]
+async fn the_operators_upstream_proxy_carries_provider_traffic() {
+    let (proxy_url, connections) = counting_proxy().await;
+    let emulator = replicate_emulator().await;
+    let config = format!("\n[upstream]\nproxy = {proxy_url:?}\n");
+    let server = Server::start_with(
+        &[ProviderSpec {
+            name: "replicate-emulator",
+            adapter: "replicate",
+            base_url: emulator.base_url(),
+            models: &["flux-1.1-pro"],
+        }],
+        Options {
+            config: &config,
+            ..Options::default()
+        },
+    )
+    .await;
+    let execution = run_flux(&server).await;
+    assert_eq!(execution["status"], "FAILED", "{execution}");
+    assert!(
+        connections.load(Ordering::SeqCst) >= 1,
+        "the proxy was not used"
+    );
+    assert_eq!(
+        emulator.requests().len(),
+        0,
+        "nothing went around the proxy"
+    );
 }
 
 /// Finding 12: each wrong provider entry stops the start at once, and the error
