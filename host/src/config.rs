@@ -30,6 +30,8 @@ pub struct Config {
     #[serde(default)]
     pub testing: TestingSettings,
     #[serde(default)]
+    pub upstream: UpstreamSettings,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     /// Development conveniences (`--dev`): a bootstrap organization and key.
     #[serde(skip)]
@@ -227,6 +229,31 @@ pub struct TestingSettings {
     pub clock_control: bool,
 }
 
+/// How the server talks to providers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    /// the proxy every provider request goes through (`http://` or `https://`);
+    /// none by default, and `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` are ignored
+    pub proxy: Option<String>,
+    /// plain http may carry a provider's credential to a loopback address
+    /// (default: on with `--dev`, off otherwise); never to any other address
+    pub loopback_http_credentials: Option<bool>,
+    /// how often each provider is probed (0: never); a provider whose probe fails
+    /// takes no traffic and its models show `available: false` until one succeeds
+    pub health_interval_seconds: u64,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            proxy: None,
+            loopback_http_credentials: None,
+            health_interval_seconds: 30,
+        }
+    }
+}
+
 /// Per API key: a sustained rate and the burst allowed above it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -256,9 +283,16 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     /// a literal credential, for local emulators only
     pub api_key: Option<String>,
-    /// hosts (`host` or `host:port`) requests may go to; defaults to the base URL's
-    /// host plus the adapter's manifest hosts
+    /// hosts (`host` or `host:port`; without a port, the scheme's default port)
+    /// requests and downloads may go to; defaults to the base URL's host, the
+    /// adapter's manifest hosts and `credential_hosts`
     pub allowed_hosts: Option<Vec<String>>,
+    /// hosts besides the base URL's that get the credential (nothing else does)
+    #[serde(default)]
+    pub credential_hosts: Vec<String>,
+    /// a path on the base URL whose `GET` (no credential) answers 2xx while the
+    /// provider is healthy; without it the probe is a TCP connect to the base URL
+    pub health_path: Option<String>,
     /// requests in flight to this provider at most (the bulkhead)
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
@@ -327,13 +361,22 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         let mut names = std::collections::HashSet::new();
-        for provider in &self.providers {
+        for (index, provider) in self.providers.iter().enumerate() {
             if !names.insert(&provider.name) {
-                bail!("provider {:?} is configured twice", provider.name);
+                bail!(
+                    "providers[{index}].name: provider {:?} is configured twice",
+                    provider.name
+                );
             }
-            if provider.models.is_empty() {
-                bail!("provider {:?} serves no models", provider.name);
-            }
+            provider
+                .validate()
+                .map_err(|error| anyhow::anyhow!("providers[{index}].{error}"))?;
+        }
+        if let Some(proxy) = &self.upstream.proxy
+            && !url::Url::parse(proxy)
+                .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+        {
+            bail!("upstream.proxy: {proxy:?} is not an http or https URL");
         }
         if !(1..=365).contains(&self.files.default_ttl_days) {
             bail!("files.default_ttl_days must be between 1 and 365");
@@ -349,6 +392,28 @@ impl Config {
     }
 }
 
+/// A provider's base URL must be an http or https URL with a host.
+pub fn check_base_url(base_url: &str) -> Result<url::Url, String> {
+    match url::Url::parse(base_url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+        _ => Err(format!("{base_url:?} is not an http or https URL")),
+    }
+}
+
+impl PriceOverride {
+    /// Every unit price by its field name.
+    pub fn units(&self) -> [(&'static str, Option<Micros>); 6] {
+        [
+            ("per_request", self.per_request),
+            ("per_image", self.per_image),
+            ("per_megapixel", self.per_megapixel),
+            ("per_second", self.per_second),
+            ("per_million_input_tokens", self.per_million_input_tokens),
+            ("per_million_output_tokens", self.per_million_output_tokens),
+        ]
+    }
+}
+
 impl Config {
     /// Where webhooks may be delivered: `--dev` allows `http` and loopback unless
     /// the config says otherwise.
@@ -358,9 +423,72 @@ impl Config {
             allow_loopback: self.webhooks.allow_loopback.unwrap_or(self.dev),
         }
     }
+
+    /// Whether plain http may carry a provider's credential to loopback: `--dev`
+    /// allows it unless the config says otherwise.
+    pub fn loopback_http_credentials(&self) -> bool {
+        self.upstream.loopback_http_credentials.unwrap_or(self.dev)
+    }
 }
 
+/// The most a unit (an image, a second, a million tokens…) may be priced at: a
+/// higher price is a typo (micro-dollars written as dollars), not a price.
+pub const MAX_UNIT_PRICE: Micros = Micros(1_000_000_000);
+
 impl ProviderConfig {
+    /// The checks that need no adapter; the error starts with the field's path
+    /// below `providers[i]`. (Those against the adapter are made when it is loaded.)
+    fn validate(&self) -> Result<(), String> {
+        if self.models.is_empty() {
+            return Err("models: the provider serves no models".into());
+        }
+        if let Some(base_url) = &self.base_url {
+            check_base_url(base_url).map_err(|error| format!("base_url: {error}"))?;
+        }
+        let lists = [
+            (
+                "allowed_hosts",
+                self.allowed_hosts.as_deref().unwrap_or(&[]),
+            ),
+            ("credential_hosts", &self.credential_hosts[..]),
+        ];
+        for (field, entries) in lists {
+            for (at, entry) in entries.iter().enumerate() {
+                crate::upstream::HostPattern::parse(entry)
+                    .map_err(|error| format!("{field}[{at}]: {error}"))?;
+            }
+        }
+        if let Some(path) = &self.health_path
+            && !path.starts_with('/')
+        {
+            return Err(format!("health_path: {path:?} must start with /"));
+        }
+        if self.max_concurrency == 0 {
+            return Err("max_concurrency: must be at least 1".into());
+        }
+        for (slug, model) in &self.models {
+            if let Some(weight) = model.weight
+                && !(weight.is_finite() && weight > 0.0)
+            {
+                return Err(format!(
+                    "models.{slug:?}.weight: {weight} is not a positive number"
+                ));
+            }
+            if let Some(price) = &model.price {
+                for (unit, value) in price.units() {
+                    if let Some(value) = value
+                        && value > MAX_UNIT_PRICE
+                    {
+                        return Err(format!(
+                            "models.{slug:?}.price.{unit}: {value} USD is more than {MAX_UNIT_PRICE} USD a unit (prices are in dollars, e.g. \"0.04\")"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The credential: the environment variable wins over a literal key.
     pub fn credential(&self) -> Option<String> {
         self.api_key_env
@@ -390,6 +518,65 @@ mod tests {
         assert_eq!(serving("kling-video"), 1);
         assert_eq!(serving("llama-3.1-8b-instruct"), 1);
         assert_eq!(serving("flux-kontext-pro"), 2);
+    }
+
+    /// The config with one provider whose table ends with `extra`.
+    fn with_provider(extra: &str) -> String {
+        format!(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\nplugins_dir = \"p\"\npublic_url = \"http://127.0.0.1:1\"\n[[providers]]\nname = \"a\"\nadapter = \"replicate\"\n{extra}"
+        )
+    }
+
+    fn refusal(extra: &str) -> String {
+        let config: Config = toml::from_str(&with_provider(extra)).unwrap();
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn provider_mistakes_are_refused_naming_the_field() {
+        let flux = "[providers.models.\"flux-1.1-pro\"]\n";
+        let cases = [
+            (
+                format!("base_url = \"ftp://x\"\n{flux}"),
+                "providers[0].base_url:",
+            ),
+            (
+                format!("allowed_hosts = [\"a.example\", \"https://b.example/\"]\n{flux}"),
+                "providers[0].allowed_hosts[1]:",
+            ),
+            (
+                format!("credential_hosts = [\"b.example:x\"]\n{flux}"),
+                "providers[0].credential_hosts[0]:",
+            ),
+            (
+                format!("max_concurrency = 0\n{flux}"),
+                "providers[0].max_concurrency:",
+            ),
+            (
+                format!("health_path = \"health\"\n{flux}"),
+                "providers[0].health_path:",
+            ),
+            (
+                format!("{flux}weight = 0.0\n"),
+                "providers[0].models.\"flux-1.1-pro\".weight:",
+            ),
+            (
+                format!("{flux}price = {{ per_image = \"40000\" }}\n"),
+                "providers[0].models.\"flux-1.1-pro\".price.per_image:",
+            ),
+            ("models = {}\n".to_string(), "providers[0].models:"),
+        ];
+        for (extra, field) in cases {
+            let message = refusal(&extra);
+            assert!(message.starts_with(field), "{extra}: {message}");
+        }
+        let config: Config = toml::from_str(&with_provider(&format!(
+            "{flux}price = {{ per_image = \"1000\" }}\n"
+        )))
+        .unwrap();
+        config
+            .validate()
+            .expect("a high price that is still a price");
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub async fn serve(config: Config) -> Result<()> {
         config.plugins_dir.clone(),
     );
     let router = Arc::new(Router::new(&config, registry.clone()));
+    router.check()?;
     let storage = files::storage::LocalDisk::open(&data.join("files"))
         .with_context(|| format!("opening {}", data.join("files").display()))?;
     let files = Arc::new(Files::new(
@@ -89,8 +90,11 @@ pub async fn serve(config: Config) -> Result<()> {
         &config.public_url,
         store::signing_key(&store, files::FILE_URL_KEY).await?,
     ));
-    let upstream =
-        upstream::Upstream::new(Duration::from_millis(config.executions.upstream_timeout_ms))?;
+    let upstream = upstream::Upstream::new(
+        Duration::from_millis(config.executions.upstream_timeout_ms),
+        config.upstream.proxy.as_deref(),
+    )?;
+    routing::health::start(router.clone(), upstream.clone(), &config.upstream);
     let outbox = Arc::new(tokio::sync::Notify::new());
     let policy = config.webhook_policy();
     if config.dev && (policy.allow_http || policy.allow_loopback) {

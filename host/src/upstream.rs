@@ -1,6 +1,7 @@
 //! The host's side of the adapter boundary: every byte sent to or fetched from a
 //! provider goes through here. Requests are checked against the provider's allowed
-//! hosts, credentials are injected, bodies are size-capped.
+//! hosts, the credential is injected only where it belongs (see [`Hosts`]), bodies
+//! are size-capped, and proxy variables of the environment are ignored.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -54,20 +55,149 @@ pub struct Upstream {
 
 /// Where a request may go and what credential it carries.
 pub struct Target<'a> {
-    pub allowed_hosts: &'a [String],
+    pub hosts: &'a Hosts,
     pub auth: &'a wit::AuthScheme,
     pub credential: Option<&'a str>,
 }
 
+/// A `host` or `host:port` an operator or a manifest names (IPv6 in brackets).
+/// Without a port it means the host on the default port of the URL's scheme (443
+/// for https, 80 for http) and no other; with one, exactly that port, so
+/// `api.example.com:443` and `api.example.com` both match `https://api.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    /// as the URL parser writes it (lower case, IPv6 in brackets)
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostPattern {
+    /// Parses an entry of a host list; the error says what is wrong with it.
+    pub fn parse(entry: &str) -> Result<HostPattern, String> {
+        let invalid = || format!("{entry:?} is not a host or host:port (no scheme, no path)");
+        if entry.is_empty() || entry.contains(['/', '@', '?', '#', ' ']) {
+            return Err(invalid());
+        }
+        let split = if entry.starts_with('[') {
+            // `[v6]` or `[v6]:port`
+            entry
+                .split_once("]:")
+                .map(|(host, port)| (format!("{host}]"), port))
+        } else {
+            entry
+                .rsplit_once(':')
+                .map(|(host, port)| (host.to_string(), port))
+        };
+        let (host, port) = match split {
+            Some((host, port)) => (host, Some(port)),
+            None => (entry.to_string(), None),
+        };
+        let host = url::Host::parse(&host).map_err(|_| invalid())?.to_string();
+        let port = match port {
+            Some(port) => Some(port.parse::<u16>().map_err(|_| invalid())?),
+            None => None,
+        };
+        Ok(HostPattern { host, port })
+    }
+
+    /// The host of `url`, with its port when the URL names one that is not its
+    /// scheme's default.
+    pub fn of(url: &url::Url) -> Option<HostPattern> {
+        Some(HostPattern {
+            host: url.host_str()?.to_string(),
+            port: url.port(),
+        })
+    }
+
+    pub fn matches(&self, url: &url::Url) -> bool {
+        url.host_str() == Some(self.host.as_str())
+            && match self.port {
+                // The URL parser drops a port that is the scheme's default.
+                None => url.port().is_none(),
+                Some(port) => url.port_or_known_default() == Some(port),
+            }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+/// Where one provider's requests may go, and which of them carry its credential.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    /// requests and asset downloads may go to these
+    pub allowed: Vec<HostPattern>,
+    /// the credential goes to these only: the base URL's host and the operator's
+    /// `credential_hosts` (a manifest's hosts never)
+    pub credentialed: Vec<HostPattern>,
+    /// plain http may carry the credential, and then only to a loopback address
+    /// (`--dev`, or `[upstream] loopback_http_credentials`)
+    pub loopback_http_credentials: bool,
+}
+
+impl Hosts {
+    /// Parses `url` and checks it: http or https, to an allowed host.
+    pub fn check(&self, url: &str) -> Result<url::Url, UpstreamError> {
+        let parsed = url::Url::parse(url).map_err(|_| UpstreamError::BadUrl(url.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(UpstreamError::BadUrl(url.to_string()));
+        }
+        let host =
+            HostPattern::of(&parsed).ok_or_else(|| UpstreamError::BadUrl(url.to_string()))?;
+        if self.allowed.iter().any(|allowed| allowed.matches(&parsed)) {
+            Ok(parsed)
+        } else {
+            Err(UpstreamError::HostNotAllowed(host.to_string()))
+        }
+    }
+
+    /// Whether a request to `url` may carry the provider's credential: only to a
+    /// credentialed host, over https, or over http to loopback when allowed.
+    pub fn carries_credential(&self, url: &url::Url) -> bool {
+        let transport_ok = match url.scheme() {
+            "https" => true,
+            "http" => self.loopback_http_credentials && is_loopback(url),
+            _ => false,
+        };
+        transport_ok && self.credentialed.iter().any(|host| host.matches(url))
+    }
+}
+
+/// Whether `url` names a loopback address (`localhost`, 127.0.0.0/8, `::1`).
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 impl Upstream {
-    pub fn new(timeout: Duration) -> anyhow::Result<Upstream> {
-        let client = reqwest::Client::builder()
+    /// A client for provider traffic. It uses `proxy` when the operator names one
+    /// and no other: `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` are ignored, so
+    /// the environment cannot redirect requests that carry credentials.
+    pub fn new(timeout: Duration, proxy: Option<&str>) -> anyhow::Result<Upstream> {
+        let builder = reqwest::Client::builder()
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .user_agent("ModelRoute/0.1")
-            .build()?;
-        Ok(Upstream { client, timeout })
+            .no_proxy();
+        let builder = match proxy {
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy)?),
+            None => builder,
+        };
+        Ok(Upstream {
+            client: builder.build()?,
+            timeout,
+        })
     }
 
     /// Sends a request an adapter described.
@@ -87,7 +217,10 @@ impl Upstream {
         target: &Target<'_>,
         request: &wit::HttpRequest,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let url = check_url(&request.url, target.allowed_hosts)?;
+        let url = target.hosts.check(&request.url)?;
+        let credential = target
+            .credential
+            .filter(|_| target.hosts.carries_credential(&url));
         let method = match request.method {
             wit::Method::Get => reqwest::Method::GET,
             wit::Method::Post => reqwest::Method::POST,
@@ -106,7 +239,7 @@ impl Upstream {
                 builder = builder.header(name, value);
             }
         }
-        if let Some(secret) = target.credential {
+        if let Some(secret) = credential {
             builder = match target.auth {
                 wit::AuthScheme::None => builder,
                 wit::AuthScheme::Bearer => builder.bearer_auth(secret),
@@ -121,14 +254,14 @@ impl Upstream {
         builder.send().await.map_err(classify)
     }
 
-    /// Starts downloading the asset at `url` (an allowed host, no redirects); the
-    /// body is the caller's to stream.
+    /// Starts downloading the asset at `url` (an allowed host, no redirects, no
+    /// credential); the body is the caller's to stream.
     pub async fn fetch(
         &self,
-        allowed_hosts: &[String],
+        hosts: &Hosts,
         url: &str,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let url = check_url(url, allowed_hosts)?;
+        let url = hosts.check(url)?;
         let response = self
             .client
             .get(url)
@@ -143,6 +276,15 @@ impl Upstream {
             )));
         }
         Ok(response)
+    }
+
+    /// Whether `url` answers a plain `GET` (no credential) with a success within
+    /// `timeout`: a provider's health check.
+    pub async fn healthy(&self, url: &str, timeout: Duration) -> bool {
+        match self.client.get(url).timeout(timeout).send().await {
+            Ok(response) => response.status().is_success(),
+            Err(_) => false,
+        }
     }
 }
 
@@ -189,47 +331,107 @@ async fn read_capped(response: reqwest::Response, max: usize) -> Result<Bytes, U
     Ok(body.into())
 }
 
-/// Parses `url` and checks its host (with port, when not the scheme's default)
-/// against `allowed`. Only http and https are spoken.
-fn check_url(url: &str, allowed: &[String]) -> Result<url::Url, UpstreamError> {
-    let parsed = url::Url::parse(url).map_err(|_| UpstreamError::BadUrl(url.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(UpstreamError::BadUrl(url.to_string()));
-    }
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| UpstreamError::BadUrl(url.to_string()))?;
-    let with_port = match parsed.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    };
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(&with_port)) {
-        Ok(parsed)
-    } else {
-        Err(UpstreamError::HostNotAllowed(with_port))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn patterns(entries: &[&str]) -> Vec<HostPattern> {
+        entries
+            .iter()
+            .map(|e| HostPattern::parse(e).unwrap())
+            .collect()
+    }
+
+    fn hosts(allowed: &[&str], credentialed: &[&str], loopback_http: bool) -> Hosts {
+        Hosts {
+            allowed: patterns(allowed),
+            credentialed: patterns(credentialed),
+            loopback_http_credentials: loopback_http,
+        }
+    }
+
     #[test]
     fn only_allowed_hosts_and_ports_pass() {
-        let allowed = vec![
-            "api.replicate.com".to_string(),
-            "127.0.0.1:9101".to_string(),
-        ];
-        assert!(check_url("https://api.replicate.com/v1/predictions", &allowed).is_ok());
-        assert!(check_url("http://127.0.0.1:9101/v1", &allowed).is_ok());
+        let hosts = hosts(&["api.replicate.com", "127.0.0.1:9101"], &[], false);
+        assert!(
+            hosts
+                .check("https://api.replicate.com/v1/predictions")
+                .is_ok()
+        );
+        assert!(hosts.check("https://API.Replicate.com:443/v1").is_ok());
+        assert!(hosts.check("http://127.0.0.1:9101/v1").is_ok());
         for refused in [
             "http://127.0.0.1:9102/v1",
+            "https://api.replicate.com:8443/v1",
             "https://evil.example/x",
             "https://api.replicate.com.evil.example/",
             "file:///etc/passwd",
             "not a url",
         ] {
-            assert!(check_url(refused, &allowed).is_err(), "{refused}");
+            assert!(hosts.check(refused).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_host_without_a_port_means_the_default_port_and_a_port_means_that_port() {
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        let bare = HostPattern::parse("api.example.com").unwrap();
+        assert!(bare.matches(&url("https://api.example.com/x")));
+        assert!(bare.matches(&url("http://api.example.com/x")));
+        assert!(!bare.matches(&url("https://api.example.com:8443/x")));
+        let tls = HostPattern::parse("api.example.com:443").unwrap();
+        assert!(tls.matches(&url("https://api.example.com/x")));
+        assert!(!tls.matches(&url("http://api.example.com/x")), "port 80");
+        let v6 = HostPattern::parse("[::1]:9000").unwrap();
+        assert!(v6.matches(&url("http://[::1]:9000/")));
+        assert_eq!(v6.to_string(), "[::1]:9000");
+        for bad in [
+            "",
+            "https://api.example.com",
+            "api.example.com/v1",
+            "api.example.com:http",
+            "api.example.com:99999",
+            "user@api.example.com",
+            "::1",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_credential_goes_only_to_credentialed_hosts_over_https_or_loopback_http() {
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        let production = hosts(
+            &["api.replicate.com", "replicate.delivery", "status.example"],
+            &["api.replicate.com", "status.example"],
+            false,
+        );
+        assert!(production.carries_credential(&url("https://api.replicate.com/v1/p")));
+        assert!(production.carries_credential(&url("https://status.example/p")));
+        assert!(
+            !production.carries_credential(&url("https://replicate.delivery/out.png")),
+            "a manifest's asset host gets no credential"
+        );
+        assert!(
+            !production.carries_credential(&url("http://api.replicate.com/v1/p")),
+            "never over plain http to a remote host"
+        );
+        assert!(!production.carries_credential(&url("https://api.replicate.com:8443/v1")));
+
+        let local = |loopback_http| {
+            hosts(
+                &["127.0.0.1:9101", "127.0.0.1:9102"],
+                &["127.0.0.1:9101"],
+                loopback_http,
+            )
+        };
+        assert!(local(true).carries_credential(&url("http://127.0.0.1:9101/v1")));
+        assert!(!local(true).carries_credential(&url("http://127.0.0.1:9102/v1")));
+        assert!(
+            !local(false).carries_credential(&url("http://127.0.0.1:9101/v1")),
+            "plain http to loopback only when allowed"
+        );
+        let remote_http = hosts(&["10.0.0.5:8000"], &["10.0.0.5:8000"], true);
+        assert!(!remote_http.carries_credential(&url("http://10.0.0.5:8000/v1")));
     }
 }

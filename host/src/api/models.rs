@@ -1,5 +1,6 @@
 //! `/v1/models`: the catalogue, built from the loaded adapters' manifests. It never
-//! names a provider or an adapter.
+//! names a provider or an adapter. A model is `available` while a provider serving
+//! it can take traffic: its last health probe reached it and its breaker is not open.
 
 use axum::Json;
 use axum::extract::{Path, State};

@@ -378,7 +378,7 @@ impl Dispatcher {
             .ranked(&execution.model, &execution.usage_estimate)
             .iter()
             .any(|c| {
-                c.provider.breaker.would_allow(ready)
+                c.provider.would_allow(ready)
                     && !execution
                         .attempts
                         .iter()
@@ -428,7 +428,7 @@ impl Dispatcher {
         let now = clock::instant();
         let ready: Vec<&Candidate> = ranked
             .iter()
-            .filter(|c| c.provider.breaker.would_allow(now))
+            .filter(|c| c.provider.would_allow(now))
             .collect();
         let untried = ready.iter().find(|c| {
             !execution
@@ -1054,11 +1054,11 @@ async fn parse(
     }
 }
 
-/// Where `candidate`'s requests may go (`allowed`, its provider's hosts), and with
-/// which credential.
-fn target<'a>(candidate: &'a Candidate, allowed: &'a [String]) -> Target<'a> {
+/// Where `candidate`'s requests may go (`hosts`, its provider's), and with which
+/// credential.
+fn target<'a>(candidate: &'a Candidate, hosts: &'a upstream::Hosts) -> Target<'a> {
     Target {
-        allowed_hosts: allowed,
+        hosts,
         auth: &candidate.plugin.manifest.auth,
         credential: candidate.provider.credential.as_deref(),
     }

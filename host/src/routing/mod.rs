@@ -6,9 +6,14 @@
 //! operator pinned some). They are ranked: providers whose circuit breaker is open
 //! go last; then by estimated cost for this input (divided by the operator's weight);
 //! then by observed latency. Each provider also has a bulkhead: a cap on requests in
-//! flight to it.
+//! flight to it, and a health probe (see [`health`]): a provider whose breaker is
+//! open or whose last probe failed takes no new attempts.
+//!
+//! The operator's provider entries are checked against the loaded adapters when the
+//! router is built, so a mistake stops the start with the field named.
 
 mod breaker;
+pub mod health;
 
 pub use breaker::State as BreakerState;
 
@@ -18,17 +23,26 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::clock;
-use crate::config::{Config, PriceOverride, ProviderConfig, ProviderModelConfig};
+use crate::config::{self, Config, PriceOverride, ProviderConfig, ProviderModelConfig};
 use crate::money::Micros;
 use crate::plugins::{LoadedPlugin, Registry, wit};
+use crate::upstream::{self, HostPattern, Hosts};
 use breaker::Breaker;
+use health::Health;
 
 pub struct Provider {
     pub name: String,
     pub adapter: String,
     base_url: Option<String>,
     pub credential: Option<String>,
-    allowed_hosts: Option<Vec<String>>,
+    /// the operator's list, when given
+    allowed_hosts: Option<Vec<HostPattern>>,
+    /// hosts besides the base URL's that get the credential
+    credential_hosts: Vec<HostPattern>,
+    loopback_http_credentials: bool,
+    /// see [`health`]
+    health_path: Option<String>,
+    pub health: Health,
     models: HashMap<String, ProviderModelConfig>,
     pub breaker: Breaker,
     /// requests in flight to this provider
@@ -36,17 +50,83 @@ pub struct Provider {
 }
 
 impl Provider {
-    fn new(config: &ProviderConfig) -> Provider {
+    /// The provider of `config`, whose host lists `Config::load` has checked.
+    fn new(config: &ProviderConfig, loopback_http_credentials: bool) -> Provider {
+        let parse = |entries: &[String]| -> Vec<HostPattern> {
+            entries
+                .iter()
+                .filter_map(|entry| HostPattern::parse(entry).ok())
+                .collect()
+        };
         Provider {
             name: config.name.clone(),
             adapter: config.adapter.clone(),
             base_url: config.base_url.clone(),
             credential: config.credential(),
-            allowed_hosts: config.allowed_hosts.clone(),
+            allowed_hosts: config.allowed_hosts.as_deref().map(parse),
+            credential_hosts: parse(&config.credential_hosts),
+            loopback_http_credentials,
+            health_path: config.health_path.clone(),
+            health: Health::default(),
             models: config.models.clone().into_iter().collect(),
             breaker: Breaker::default(),
             bulkhead: Semaphore::new(config.max_concurrency),
         }
+    }
+
+    /// Checks the provider against its adapter in `registry`; an error names the
+    /// field below `providers[i]` that is wrong.
+    fn check(&self, registry: &Registry) -> Result<(), String> {
+        let Some(plugin) = registry.get(&self.adapter) else {
+            let mut loaded: Vec<String> = registry.all().iter().map(|p| p.name.clone()).collect();
+            loaded.sort();
+            return Err(format!(
+                "adapter: no adapter named {:?} is loaded (loaded: {})",
+                self.adapter,
+                loaded.join(", ")
+            ));
+        };
+        for slug in self.models.keys() {
+            if plugin.model(slug).is_none() {
+                let served: Vec<&str> = plugin
+                    .manifest
+                    .models
+                    .iter()
+                    .map(|m| m.slug.as_str())
+                    .collect();
+                return Err(format!(
+                    "models.{slug:?}: the {:?} adapter does not serve this model (it serves: {})",
+                    self.adapter,
+                    served.join(", ")
+                ));
+            }
+        }
+        let base_url = self.base_url(&plugin);
+        let url =
+            config::check_base_url(&base_url).map_err(|error| format!("base_url: {error}"))?;
+        if let Some(allowed) = &self.allowed_hosts
+            && !allowed.iter().any(|host| host.matches(&url))
+        {
+            return Err(format!(
+                "allowed_hosts: does not include the base_url host \"{}\"",
+                HostPattern::of(&url)
+                    .map(|h| h.to_string())
+                    .unwrap_or_default()
+            ));
+        }
+        if self.credential.is_some() && url.scheme() == "http" {
+            if !upstream::is_loopback(&url) {
+                return Err(format!(
+                    "base_url: {base_url:?} is plain http, which would carry the credential in the clear; use https"
+                ));
+            }
+            if !self.loopback_http_credentials {
+                return Err(format!(
+                    "base_url: {base_url:?} is plain http: the credential goes over http to loopback only under --dev or with upstream.loopback_http_credentials = true"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn base_url(&self, plugin: &LoadedPlugin) -> String {
@@ -57,27 +137,46 @@ impl Provider {
             .to_string()
     }
 
-    /// Hosts (`host` or `host:port`) this provider's requests and assets may name:
-    /// the operator's list, or the base URL's host plus the manifest's hosts.
-    pub fn allowed_hosts(&self, plugin: &LoadedPlugin) -> Vec<String> {
-        if let Some(hosts) = &self.allowed_hosts {
-            return hosts.clone();
+    /// Hosts this provider's requests and assets may name (the operator's list, or
+    /// the base URL's host plus the manifest's hosts; `credential_hosts` always),
+    /// and those that get the credential: the base URL's host and
+    /// `credential_hosts` only. A manifest's hosts are asset hosts.
+    pub fn allowed_hosts(&self, plugin: &LoadedPlugin) -> Hosts {
+        let base = url::Url::parse(&self.base_url(plugin))
+            .ok()
+            .and_then(|url| HostPattern::of(&url));
+        let credentialed: Vec<HostPattern> = base
+            .into_iter()
+            .chain(self.credential_hosts.iter().cloned())
+            .collect();
+        let mut allowed = match &self.allowed_hosts {
+            Some(hosts) => hosts.clone(),
+            None => plugin
+                .manifest
+                .allowed_hosts
+                .iter()
+                .filter_map(|entry| HostPattern::parse(entry).ok())
+                .chain(credentialed.iter().cloned())
+                .collect(),
+        };
+        allowed.extend(self.credential_hosts.iter().cloned());
+        Hosts {
+            allowed,
+            credentialed,
+            loopback_http_credentials: self.loopback_http_credentials,
         }
-        let mut hosts = plugin.manifest.allowed_hosts.clone();
-        if let Ok(url) = url::Url::parse(&self.base_url(plugin))
-            && let Some(host) = url.host_str()
-        {
-            hosts.push(match url.port() {
-                Some(port) => format!("{host}:{port}"),
-                None => host.to_string(),
-            });
-        }
-        hosts
     }
 
-    /// Whether the breaker lets traffic through (closed or probing).
+    /// Whether the provider can take traffic now or soon: its last health probe
+    /// reached it and its breaker is not open.
     pub fn is_available(&self) -> bool {
-        self.breaker.state(clock::instant()) != BreakerState::Open
+        self.health.is_up() && self.breaker.state(clock::instant()) != BreakerState::Open
+    }
+
+    /// Whether a new request may go to the provider at `now`: its last health
+    /// probe reached it and its breaker lets the request through.
+    pub fn would_allow(&self, now: std::time::Instant) -> bool {
+        self.health.is_up() && self.breaker.would_allow(now)
     }
 }
 
@@ -144,14 +243,28 @@ pub struct Router {
 
 impl Router {
     pub fn new(config: &Config, registry: Arc<Registry>) -> Router {
+        let loopback_http = config.loopback_http_credentials();
         Router {
             providers: config
                 .providers
                 .iter()
-                .map(|p| Arc::new(Provider::new(p)))
+                .map(|p| Arc::new(Provider::new(p, loopback_http)))
                 .collect(),
             registry,
         }
+    }
+
+    /// Checks every provider against its loaded adapter: an unknown adapter, a
+    /// model it does not serve, a base URL its allowed hosts leave out or a
+    /// credential that would go over plain http is refused, naming the field
+    /// (`providers[2].allowed_hosts: …`).
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (index, provider) in self.providers.iter().enumerate() {
+            provider
+                .check(&self.registry)
+                .map_err(|error| anyhow::anyhow!("providers[{index}].{error}"))?;
+        }
+        Ok(())
     }
 
     /// Every provider serving `slug` with a loaded adapter, in config order (only

@@ -90,6 +90,7 @@ async fn main() -> Result<()> {
         format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = \"plugins/dist\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
              [rate_limits]\nrequests_per_second = 1000000\nburst = 1000000\n\
+             [upstream]\nloopback_http_credentials = true\n\
              [[providers]]\nname = \"local\"\nadapter = \"openai\"\nbase_url = {:?}\napi_key = \"{DEFAULT_TOKEN}\"\n\
              [providers.models.\"llama-3.1-8b-instruct\"]\n",
             data.path().join("state"),

@@ -142,7 +142,7 @@ async fn submit(State(state): State<Arc<Bfl>>, Path(model): Path<String>, body: 
             .unwrap_or((1024, 1024));
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let polling_url = format!("{}/v1/get_result?id={id}", state.common.base_url);
+    let polling_url = format!("{}/v1/get_result?id={id}", state.common.advertised_url());
     state.tasks.lock().unwrap().insert(
         id.clone(),
         Task {

@@ -109,7 +109,11 @@ fn submit(state: &Arc<Fal>, model: &str, webhook: Option<String>, body: &Bytes) 
     let id = uuid::Uuid::new_v4().to_string();
     // Like fal, the request URLs drop the model's sub-path.
     let app: Vec<&str> = model.split('/').take(2).collect();
-    let base = format!("{}/{}/requests/{id}", state.common.base_url, app.join("/"));
+    let base = format!(
+        "{}/{}/requests/{id}",
+        state.common.advertised_url(),
+        app.join("/")
+    );
     state.requests.lock().unwrap().insert(
         id.clone(),
         Job {

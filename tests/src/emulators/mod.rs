@@ -12,6 +12,9 @@
 //! * `GET /__emulator/requests`: the request log;
 //! * `GET /__emulator/fetched`: the input files the provider downloaded or was sent
 //!   inline ([`Fetched`]).
+//!
+//! [`Emulator::open_second_host`] serves an emulator on a second port too, as a
+//! provider's status or CDN host, and makes the URLs it hands out name that host.
 
 pub mod bfl;
 pub mod fal;
@@ -106,6 +109,11 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// The `host` the request was sent to (`127.0.0.1:port`).
+    pub fn host(&self) -> Option<&str> {
+        self.header("host")
+    }
+
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -151,7 +159,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// State every emulator shares: credential, faults, request log, stored outputs.
 pub(crate) struct Common {
-    pub(crate) base_url: String,
+    base_url: String,
+    /// `host:port` of the second host, once opened: the URLs handed out name it,
+    /// and requests to it need no credential.
+    second_host: Mutex<Option<String>>,
     token: String,
     faults: Faults,
     requests: Mutex<Vec<Recorded>>,
@@ -167,9 +178,24 @@ pub(crate) struct Common {
 }
 
 impl Common {
+    /// The base of the URLs the emulator hands out (poll, cancel and output URLs):
+    /// its own, or its second host's once opened.
+    pub(crate) fn advertised_url(&self) -> String {
+        match &*self.second_host.lock().unwrap() {
+            Some(host) => format!("http://{host}"),
+            None => self.base_url.clone(),
+        }
+    }
+
+    /// Whether `headers` name the second host as the request's `host`.
+    fn to_second_host(&self, headers: &HeaderMap) -> bool {
+        let second = self.second_host.lock().unwrap();
+        second.is_some() && header(headers, "host") == second.as_deref()
+    }
+
     /// Keeps `bytes` as `/files/{name}` and answers its URL.
     pub(crate) fn store_file(&self, name: String, bytes: Vec<u8>) -> String {
-        let url = format!("{}/files/{name}", self.base_url);
+        let url = format!("{}/files/{name}", self.advertised_url());
         self.files.lock().unwrap().insert(name, bytes);
         url
     }
@@ -260,6 +286,8 @@ pub struct Emulator<S> {
     common: Arc<Common>,
     addr: SocketAddr,
     task: JoinHandle<()>,
+    /// What it serves, kept to serve it on a second host too.
+    app: Router,
 }
 
 impl<S> Emulator<S> {
@@ -271,6 +299,25 @@ impl<S> Emulator<S> {
     /// The emulator's faults (a handle that can be cloned and kept).
     pub fn faults(&self) -> Faults {
         self.common.faults.clone()
+    }
+
+    /// Serves this emulator on a second port as well, as a provider's status or
+    /// CDN host that needs no credential, and names that host in every URL it
+    /// hands out from now on (poll, cancel and output URLs). Requests to it are
+    /// logged with the others ([`Recorded::host`] tells them apart). Answers its
+    /// base URL (`http://127.0.0.1:{port}`).
+    pub async fn open_second_host(&self) -> std::io::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let host = listener.local_addr()?.to_string();
+        *self.common.second_host.lock().unwrap() = Some(host.clone());
+        let app = self.app.clone();
+        let stopped = self.common.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.stopped().await })
+                .await;
+        });
+        Ok(format!("http://{host}"))
     }
 
     /// Shorthand for `faults().push(fault)`.
@@ -345,6 +392,7 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
     let addr = listener.local_addr()?;
     let common = Arc::new(Common {
         base_url: format!("http://{addr}"),
+        second_host: Mutex::default(),
         token: token.to_string(),
         faults: Faults::default(),
         requests: Mutex::default(),
@@ -367,12 +415,13 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
         .layer(middleware::from_fn_with_state(common.clone(), guard::<D>))
         .merge(control);
     let stopped = common.clone();
+    let served = app.clone();
     let task = tokio::spawn(async move {
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let _ = axum::serve(listener, app)
+        let _ = axum::serve(listener, served)
             .with_graceful_shutdown(async move { stopped.stopped().await })
             .await;
     });
@@ -381,6 +430,7 @@ async fn serve<S: Send + Sync + 'static, D: Dialect>(
         common,
         addr,
         task,
+        app,
     })
 }
 
@@ -439,7 +489,7 @@ async fn guard<D: Dialect>(
         }
         None => {}
     }
-    if !D::authorized(&parts.headers, &common.token) {
+    if !common.to_second_host(&parts.headers) && !D::authorized(&parts.headers, &common.token) {
         return D::error(401);
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -475,7 +525,7 @@ async fn file(
     RawQuery(query): RawQuery,
 ) -> Response {
     if common.redirect_files.load(Ordering::SeqCst) && query.as_deref() != Some("direct") {
-        let location = format!("{}/files/{name}?direct", common.base_url);
+        let location = format!("{}/files/{name}?direct", common.advertised_url());
         return (StatusCode::FOUND, [("location", location)]).into_response();
     }
     match common.files.lock().unwrap().get(&name) {

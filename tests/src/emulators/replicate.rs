@@ -125,7 +125,7 @@ impl Replicate {
     }
 
     fn view(&self, id: &str, p: &Prediction) -> Value {
-        let base = &self.common.base_url;
+        let base = self.common.advertised_url();
         let metrics = if p.status == "succeeded" {
             json!({"predict_time": 1.23})
         } else {

@@ -7,6 +7,7 @@ mod files;
 mod hardening_api;
 mod hardening_dns;
 mod hardening_files;
+mod hardening_providers;
 mod hardening_sandbox;
 mod money;
 mod plugins;

@@ -93,6 +93,7 @@ pub struct Server {
     pub url: String,
     pub data: tempfile::TempDir,
     config: PathBuf,
+    env: Vec<(String, String)>,
     pub api_key: String,
     pub admin_token: String,
     http: Client,
@@ -111,6 +112,8 @@ pub struct Options<'a> {
     pub plugins: &'a str,
     /// extra top-level tables (`[webhooks]`, `[files]`, `[testing]`, …)
     pub config: &'a str,
+    /// environment variables of the server process
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Default for Options<'_> {
@@ -121,6 +124,7 @@ impl Default for Options<'_> {
             rate_limit: (10_000, 10_000),
             plugins: "",
             config: "",
+            env: &[],
         }
     }
 }
@@ -138,6 +142,7 @@ impl Server {
             rate_limit: (per_second, burst),
             plugins: plugin_settings,
             config: extra_config,
+            env,
         } = options;
         let data = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -187,6 +192,10 @@ impl Server {
             url: format!("http://127.0.0.1:{port}"),
             data,
             config: path,
+            env: env
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
             api_key: String::new(),
             admin_token: String::new(),
             http: Client::builder()
@@ -214,6 +223,7 @@ impl Server {
             .env_remove("MODELROUTE_LISTEN")
             .env_remove("MODELROUTE_DATA_DIR")
             .env_remove("MODELROUTE_ADMIN_TOKEN")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -389,4 +399,10 @@ fn read_trimmed(path: &Path) -> String {
 
 pub fn flux_input() -> Value {
     json!({"prompt": "a lighthouse at dusk", "width": 512, "height": 384})
+}
+
+/// The shipped adapters' directory and the suite's compiled-adapter cache, for a
+/// test that writes a whole config itself.
+pub fn plugin_dirs() -> (PathBuf, PathBuf) {
+    (plugins_dir(), shared_plugin_cache())
 }
