@@ -4,6 +4,7 @@
 mod api;
 mod executions;
 mod files;
+mod hardening_edge;
 mod money;
 mod plugins;
 mod receiver;

@@ -390,3 +390,22 @@ fn read_trimmed(path: &Path) -> String {
 pub fn flux_input() -> Value {
     json!({"prompt": "a lighthouse at dusk", "width": 512, "height": 384})
 }
+
+/// A secret in the API key format, with a valid checksum, that no server issued
+/// (`seed` makes each one different).
+pub fn unissued_secret(seed: u32) -> String {
+    let body = format!("{:064x}", 0xfeed_0000_u64 + seed as u64);
+    // CRC-32 (IEEE), bit by bit: enough for one 64-byte string.
+    let mut crc = !0u32;
+    for byte in body.bytes() {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    format!("sk_{body}_{:08x}", !crc)
+}
