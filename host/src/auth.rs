@@ -343,9 +343,7 @@ impl OperatorToken {
             anyhow::bail!("the operator token in {source} is empty");
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            anyhow::bail!(
-                "the operator token in {source} has characters other than visible ASCII"
-            );
+            anyhow::bail!("the operator token in {source} has characters other than visible ASCII");
         }
         if token.len() < MIN_OPERATOR_TOKEN_CHARS {
             anyhow::bail!(
@@ -431,8 +429,13 @@ mod tests {
     #[test]
     fn an_empty_short_or_unprintable_operator_token_is_refused() {
         for text in ["", " \n", "\t\n  \n", "op_short\n", &"x".repeat(31)] {
-            let refused = OperatorToken::parse(text, "/data/admin-token").err().expect(text);
-            assert!(refused.to_string().contains("/data/admin-token"), "{refused}");
+            let refused = OperatorToken::parse(text, "/data/admin-token")
+                .err()
+                .expect(text);
+            assert!(
+                refused.to_string().contains("/data/admin-token"),
+                "{refused}"
+            );
         }
         let spaced = format!("{} {}", "a".repeat(20), "b".repeat(20));
         assert!(OperatorToken::parse(&spaced, "x").is_err());

@@ -168,7 +168,13 @@ pub async fn serve(config: Config) -> Result<()> {
         }
     });
     tracing::info!(listen = %config.listen, data = %data.display(), dev = config.dev, "ModelRoute is ready");
-    server::serve(listener, api::router(app), &config.server, shutdown_signal()).await
+    server::serve(
+        listener,
+        api::router(app),
+        &config.server,
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// How often rate-limit buckets that are full again are forgotten.
@@ -270,4 +276,27 @@ async fn bootstrap_dev_organization(store: &Store, data: &Path) -> Result<()> {
     write_secret(&path, &secret)?;
     tracing::info!(organization = %org_id, path = %path.display(), "development organization created with $100.00");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_written_whole_for_its_owner_only_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        write_secret(&path, "op_first").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "op_first\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(write_secret(&path, "op_second").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "op_first\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left behind");
+    }
 }

@@ -64,7 +64,9 @@ impl Limits {
     /// authentications, before its credential is even looked at (so that a valid
     /// guess could not be told from an invalid one); `None` while it has budget.
     pub fn address_refused(&self, address: IpAddr) -> Option<Decision> {
-        let decision = self.addresses.peek(&client_address(address), Instant::now());
+        let decision = self
+            .addresses
+            .peek(&client_address(address), Instant::now());
         decision.retry_after.is_some().then_some(decision)
     }
 
@@ -186,10 +188,15 @@ impl<K: Eq + Hash + Clone> Buckets<K> {
 
     fn allowed(&self, full_at: Instant, now: Instant) -> Decision {
         let booked = full_at - now;
-        let used = booked.as_nanos().div_ceil(self.quota.interval.as_nanos().max(1));
+        let used = booked
+            .as_nanos()
+            .div_ceil(self.quota.interval.as_nanos().max(1));
         Decision {
             limit: self.quota.burst,
-            remaining: self.quota.burst.saturating_sub(used.min(u32::MAX as u128) as u32),
+            remaining: self
+                .quota
+                .burst
+                .saturating_sub(used.min(u32::MAX as u128) as u32),
             reset: unix_after(booked),
             retry_after: None,
         }
@@ -326,6 +333,9 @@ mod tests {
         assert_eq!(client_address(a), client_address(b));
         assert_ne!(client_address(a), client_address(c));
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(client_address(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_address(mapped),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

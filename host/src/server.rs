@@ -147,8 +147,7 @@ impl Connection {
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let (mut parts, body) = request.into_parts();
             parts.extensions.insert(ConnectInfo(peer));
-            let request =
-                axum::http::Request::from_parts(parts, TimeoutBody::new(body_idle, body));
+            let request = axum::http::Request::from_parts(parts, TimeoutBody::new(body_idle, body));
             let in_flight = requests.begin_request();
             let mut router = router.clone();
             async move {
@@ -357,6 +356,9 @@ mod tests {
         drop(first);
         let third = counts.admit(a).expect("a place was given back");
         drop((second, third));
-        assert!(counts.open.lock().unwrap().is_empty(), "no empty entries kept");
+        assert!(
+            counts.open.lock().unwrap().is_empty(),
+            "no empty entries kept"
+        );
     }
 }

@@ -275,8 +275,8 @@ async fn gate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> 
             with_rate_headers(response, decision)
         }
         Guarded::Admin => {
-            let operator = bearer(request.headers())
-                .is_some_and(|token| app.operator_token.matches(token));
+            let operator =
+                bearer(request.headers()).is_some_and(|token| app.operator_token.matches(token));
             if !operator {
                 return failed_authentication(&app, address, "Missing or invalid operator token.");
             }
@@ -290,7 +290,10 @@ async fn gate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> 
 fn failed_authentication(app: &App, address: IpAddr, message: &str) -> Response {
     let decision = app.limits.record_failure(address);
     let response = if decision.retry_after.is_some() {
-        too_many(decision, "Too many failed authentications from this address; try again later.")
+        too_many(
+            decision,
+            "Too many failed authentications from this address; try again later.",
+        )
     } else {
         ApiError::new(Code::Unauthorized, message).into_response()
     };

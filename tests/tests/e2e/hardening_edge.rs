@@ -78,7 +78,11 @@ impl RawReply {
         let chunked = headers
             .iter()
             .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
-        let body = if chunked { dechunk(body) } else { body.to_string() };
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
         RawReply {
             status,
             headers,
@@ -96,7 +100,11 @@ impl RawReply {
     /// Asserts the SPEC's envelope, its id the `X-Request-Id`, and returns the code.
     fn error_code(&self) -> &str {
         let error = &self.body["error"];
-        assert!(error["message"].is_string(), "not an envelope: {}", self.body);
+        assert!(
+            error["message"].is_string(),
+            "not an envelope: {}",
+            self.body
+        );
         assert!(error["retryable"].is_boolean(), "{}", self.body);
         let id = self.header("x-request-id").expect("X-Request-Id");
         assert_eq!(error["request_id"], id, "{}", self.body);
@@ -282,7 +290,8 @@ async fn guessing_keys_from_one_address_is_refused_after_its_failure_budget() {
     // Each guess is a different well-formed secret: they share the address's budget,
     // and the 401s tell its real state.
     for (n, remaining) in ["4", "3", "2", "1", "0"].into_iter().enumerate() {
-        let (status, (limit, left, _), body) = get(guesser.clone(), unissued_secret(n as u32)).await;
+        let (status, (limit, left, _), body) =
+            get(guesser.clone(), unissued_secret(n as u32)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
         assert_eq!(limit.as_deref(), Some("5"));
         assert_eq!(left.as_deref(), Some(remaining), "guess {n}");
@@ -295,7 +304,11 @@ async fn guessing_keys_from_one_address_is_refused_after_its_failure_budget() {
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     // Without a key, and even with a valid one, that address waits: a right guess
     // must look like a wrong one.
-    let anonymous = guesser.get(format!("{}/v1/models", server.url)).send().await.unwrap();
+    let anonymous = guesser
+        .get(format!("{}/v1/models", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), StatusCode::TOO_MANY_REQUESTS);
     let (status, _, _) = get(guesser.clone(), server.api_key.clone()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -303,7 +316,11 @@ async fn guessing_keys_from_one_address_is_refused_after_its_failure_budget() {
     let other = from("127.0.0.3");
     let (status, (limit, _, _), _) = get(other.clone(), server.api_key.clone()).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(limit.as_deref(), Some("10000"), "a valid key counts in its own bucket");
+    assert_eq!(
+        limit.as_deref(),
+        Some("10000"),
+        "a valid key counts in its own bucket"
+    );
     let (status, (_, left, _), _) = get(other, unissued_secret(7)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(left.as_deref(), Some("4"));
@@ -313,8 +330,16 @@ async fn guessing_keys_from_one_address_is_refused_after_its_failure_budget() {
 async fn unknown_v1_paths_and_methods_are_authenticated_and_limited_before_routing() {
     let server = Server::start_with(&[], Options::default()).await;
     let limited = |reply: &crate::support::Reply| {
-        for name in ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"] {
-            assert!(reply.header(name).is_some(), "{name} missing: {:?}", reply.headers);
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert!(
+                reply.header(name).is_some(),
+                "{name} missing: {:?}",
+                reply.headers
+            );
         }
     };
     for (method, path) in [
@@ -324,7 +349,11 @@ async fn unknown_v1_paths_and_methods_are_authenticated_and_limited_before_routi
         (Method::DELETE, "/v1/balance"),
     ] {
         let anonymous = server.call(method.clone(), path, None, None, &[]).await;
-        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(
+            anonymous.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
         assert_eq!(anonymous.error_code(), "UNAUTHORIZED");
         limited(&anonymous);
         let known = server
@@ -349,7 +378,12 @@ async fn unknown_v1_paths_and_methods_are_authenticated_and_limited_before_routi
             &[],
         )
         .await;
-    assert_eq!(callback.status, StatusCode::NOT_FOUND, "{:?}", callback.body);
+    assert_eq!(
+        callback.status,
+        StatusCode::NOT_FOUND,
+        "{:?}",
+        callback.body
+    );
     assert_eq!(callback.header("x-ratelimit-limit"), None);
 }
 
@@ -400,7 +434,10 @@ async fn a_body_that_stops_arriving_is_answered_in_the_envelope_and_closed() {
     assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
     assert_eq!(reply.body["error"]["details"][0]["field"], "body");
     // Nothing was created.
-    assert_eq!(server.get("/v1/executions").await.body["data"], serde_json::json!([]));
+    assert_eq!(
+        server.get("/v1/executions").await.body["data"],
+        serde_json::json!([])
+    );
 }
 
 #[tokio::test]
@@ -438,7 +475,11 @@ async fn more_connections_than_allowed_from_one_address_are_closed_at_once() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    assert!(read_until_closed(&mut other, BOUND).await.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        read_until_closed(&mut other, BOUND)
+            .await
+            .starts_with(b"HTTP/1.1 200")
+    );
     // A closed connection gives its place back.
     drop(held.pop());
     let deadline = Instant::now() + BOUND;
