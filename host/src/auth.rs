@@ -322,12 +322,13 @@ pub fn rotate_key(
 }
 
 /// The caller a bearer secret stands for, if it is well formed, known and live.
+/// An empty secret is never anyone's.
 pub fn authenticate(
     txn: &ReadTransaction,
     secret: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Caller>> {
-    if !well_formed(secret) {
+    if secret.is_empty() || !well_formed(secret) {
         return Ok(None);
     }
     let hash = hash_secret(secret);
@@ -370,13 +371,35 @@ fn previous_secret_owner(
     store::get(keys, std::str::from_utf8(current.value())?)
 }
 
-/// The operator token guarding `/admin/v1`, compared in constant time.
+/// Fewest characters an operator token may have: a short token can be guessed, and
+/// an empty one (a truncated file, an empty mounted secret) would match an empty
+/// credential.
+pub const MIN_OPERATOR_TOKEN_CHARS: usize = 32;
+
+/// The operator token guarding `/admin/v1`, compared in constant time. It is never
+/// empty or short: [`OperatorToken::parse`] refuses such a token.
 #[derive(Clone)]
 pub struct OperatorToken(String);
 
 impl OperatorToken {
-    pub fn new(token: String) -> Self {
-        OperatorToken(token)
+    /// The token written in `source` (a file or a variable, named in the error),
+    /// without surrounding whitespace: at least [`MIN_OPERATOR_TOKEN_CHARS`] visible
+    /// ASCII characters, as a `Bearer` credential can carry them.
+    pub fn parse(text: &str, source: &str) -> Result<OperatorToken> {
+        let token = text.trim();
+        if token.is_empty() {
+            anyhow::bail!("the operator token in {source} is empty");
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!("the operator token in {source} has characters other than visible ASCII");
+        }
+        if token.len() < MIN_OPERATOR_TOKEN_CHARS {
+            anyhow::bail!(
+                "the operator token in {source} has {} characters; it needs at least {MIN_OPERATOR_TOKEN_CHARS}",
+                token.len()
+            );
+        }
+        Ok(OperatorToken(token.to_string()))
     }
 
     pub fn generate() -> Self {
@@ -389,8 +412,9 @@ impl OperatorToken {
         &self.0
     }
 
+    /// Whether `presented` is the token; an empty credential never is.
     pub fn matches(&self, presented: &str) -> bool {
-        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+        !presented.is_empty() && bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
     }
 }
 
@@ -503,5 +527,26 @@ mod tests {
         wrong_crc.replace_range(75..76, last);
         assert!(!well_formed(&wrong_crc));
         assert!(!well_formed(""));
+    }
+
+    #[test]
+    fn an_empty_short_or_unprintable_operator_token_is_refused() {
+        for text in ["", " \n", "\t\n  \n", "op_short\n", &"x".repeat(31)] {
+            let refused = OperatorToken::parse(text, "/data/admin-token")
+                .err()
+                .expect(text);
+            assert!(
+                refused.to_string().contains("/data/admin-token"),
+                "{refused}"
+            );
+        }
+        let spaced = format!("{} {}", "a".repeat(20), "b".repeat(20));
+        assert!(OperatorToken::parse(&spaced, "x").is_err());
+        let generated = OperatorToken::generate();
+        let read = OperatorToken::parse(&format!("{}\n", generated.as_str()), "x").unwrap();
+        assert_eq!(read.as_str(), generated.as_str());
+        assert!(read.matches(generated.as_str()));
+        assert!(!read.matches(""));
+        assert!(!read.matches(&generated.as_str()[1..]));
     }
 }

@@ -17,6 +17,7 @@ pub mod netguard;
 pub mod plugins;
 pub mod ratelimit;
 pub mod routing;
+pub mod server;
 pub mod store;
 pub mod upstream;
 pub mod webhooks;
@@ -62,8 +63,8 @@ pub async fn serve(config: Config) -> Result<()> {
         clock::restore(&clock::offset_file(&data)).context("restoring the driven clock")?;
         tracing::warn!(now = %clock::now(), "[testing] clock_control is on: the clock can be driven forward; never use this in production");
     }
-    let store = Store::open(&data.join("modelroute.redb"))?;
     let operator_token = operator_token(&data)?;
+    let store = Store::open(&data.join("modelroute.redb"))?;
 
     let cache = config
         .plugins
@@ -169,21 +170,22 @@ pub async fn serve(config: Config) -> Result<()> {
     let pruned = app.clone();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            pruned.limits.shrink();
+            tokio::time::sleep(LIMITER_PRUNE_EVERY).await;
+            pruned.limits.prune();
         }
     });
     tracing::info!(listen = %config.listen, data = %data.display(), dev = config.dev, "ModelRoute is ready");
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let service = api::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    Ok(())
+    server::serve(
+        listener,
+        api::router(app),
+        &config.server,
+        shutdown_signal(),
+    )
+    .await
 }
+
+/// How often rate-limit buckets that are full again are forgotten.
+const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -205,33 +207,57 @@ async fn shutdown_signal() {
 }
 
 /// `MODELROUTE_ADMIN_TOKEN`, else `$DATA/admin-token`, else a new one written there.
+/// A token that is set but empty or short stops the start: the operator meant to
+/// set one, and an empty token must never guard the admin API.
 fn operator_token(data: &Path) -> Result<OperatorToken> {
-    if let Ok(token) = std::env::var("MODELROUTE_ADMIN_TOKEN")
-        && !token.is_empty()
-    {
-        return Ok(OperatorToken::new(token));
+    match std::env::var("MODELROUTE_ADMIN_TOKEN") {
+        Ok(token) => return OperatorToken::parse(&token, "MODELROUTE_ADMIN_TOKEN"),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("MODELROUTE_ADMIN_TOKEN is not valid UTF-8")
+        }
+        Err(std::env::VarError::NotPresent) => {}
     }
     let path = data.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(OperatorToken::new(token.trim().to_string()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => OperatorToken::parse(&text, &path.display().to_string()).with_context(|| {
+            format!(
+                "refusing to start: write a token of at least {} characters to {}, or delete the file to have one generated",
+                auth::MIN_OPERATOR_TOKEN_CHARS,
+                path.display()
+            )
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let token = OperatorToken::generate();
+            write_secret(&path, token.as_str())?;
+            tracing::info!(path = %path.display(), "operator token written");
+            Ok(token)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
-    let token = OperatorToken::generate();
-    write_secret(&path, token.as_str())?;
-    tracing::info!(path = %path.display(), "operator token written");
-    Ok(token)
 }
 
-/// Writes a secret readable by its owner only.
+/// Writes a secret readable by its owner only, durably and whole: a temporary file
+/// is written and synced, then renamed into place (never over an existing file),
+/// and the directory is synced so that the name survives a power loss too. A crash
+/// leaves either no file or the whole secret, never an empty or partial one.
 fn write_secret(path: &Path, secret: &str) -> Result<()> {
     use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    let context = || format!("writing {}", path.display());
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // tempfile creates the file with mode 0600 on unix.
+    let mut file = tempfile::Builder::new()
+        .prefix(".secret-")
+        .tempfile_in(dir)
+        .with_context(context)?;
+    writeln!(file, "{secret}").with_context(context)?;
+    file.as_file().sync_all().with_context(context)?;
+    file.persist_noclobber(path)
+        .map_err(|error| error.error)
+        .with_context(context)?;
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(file, "{secret}")?;
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
     Ok(())
 }
 
@@ -257,4 +283,27 @@ async fn bootstrap_dev_organization(store: &Store, data: &Path) -> Result<()> {
     write_secret(&path, &secret)?;
     tracing::info!(organization = %org_id, path = %path.display(), "development organization created with $100.00");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_written_whole_for_its_owner_only_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        write_secret(&path, "op_first").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "op_first\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(write_secret(&path, "op_second").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "op_first\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left behind");
+    }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use modelroute::auth::OperatorToken;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -207,14 +208,14 @@ async fn check_plugin(file: PathBuf, fixture_files: Vec<PathBuf>) -> Result<()> 
 
 async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
     let token = match connection.token {
-        Some(token) => token,
+        Some(token) => OperatorToken::parse(&token, "--token (or MODELROUTE_ADMIN_TOKEN)")?,
         None => {
             let data = std::env::var("MODELROUTE_DATA_DIR").unwrap_or_else(|_| "./data".into());
             let path = PathBuf::from(data).join("admin-token");
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("no --token given and {} is unreadable", path.display()))?
-                .trim()
-                .to_string()
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("no --token given and {} is unreadable", path.display())
+            })?;
+            OperatorToken::parse(&text, &path.display().to_string())?
         }
     };
     let base = connection.url.trim_end_matches('/');
@@ -270,7 +271,7 @@ async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
         }
     };
     let response = request
-        .bearer_auth(token)
+        .bearer_auth(token.as_str())
         .send()
         .await
         .with_context(|| format!("reaching {base}"))?;

@@ -8,7 +8,7 @@ mod models;
 mod webhooks;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -17,12 +17,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use crate::App;
 use crate::auth::{self, Caller, Scope};
 use crate::error::{ApiError, Code, Detail, DetailCode, quote};
 use crate::ids::new_short_id;
+use crate::ratelimit::Decision;
 
 /// Largest JSON body accepted by any endpoint.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
@@ -64,8 +66,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/models/{slug}", get(models::get))
         .route("/balance", get(executions::balance))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .route_layer(middleware::from_fn_with_state(app.clone(), rate_limit))
-        // Providers, not clients, call this one: no API key, no client rate limit.
+        // Providers, not clients, call this one: no API key, no client rate limit
+        // (the gate lets it through; its URL carries its own token).
         .route(
             "/provider-webhooks/{provider}/{token}",
             post(executions::provider_callback).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
@@ -106,6 +108,7 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(Code::NotFound, "This endpoint does not accept that method.")
         })
+        .layer(middleware::from_fn_with_state(app.clone(), gate))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| ApiError::internal().into_response(),
         ))
@@ -114,11 +117,22 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Gives every response an `X-Request-Id` and renders any [`ApiError`] into the
-/// contract's envelope with that same id.
+/// contract's envelope with that same id. An error answered by the HTTP framework
+/// rather than by a handler (an extractor's plain-text rejection, say a path
+/// segment that is not UTF-8) is put in the envelope too.
 async fn request_id(request: Request, next: Next) -> Response {
     let id = new_short_id("req");
     let mut response = next.run(request).await;
-    if let Some(error) = response.extensions_mut().remove::<ApiError>() {
+    let error = match response.extensions_mut().remove::<ApiError>() {
+        Some(error) => Some(error),
+        None if is_bare_error(&response) => {
+            let error = bare_error(&mut response).await;
+            *response.status_mut() = error.code.status();
+            Some(error)
+        }
+        None => None,
+    };
+    if let Some(error) = error {
         let mut body = json!({
             "code": error.code,
             "message": error.message,
@@ -144,23 +158,161 @@ async fn request_id(request: Request, next: Next) -> Response {
     response
 }
 
-/// Counts the request against its key's limit and reports the state in the
-/// `X-RateLimit-*` headers; past the limit, `429 RATE_LIMITED` with `Retry-After`.
-async fn rate_limit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let key = bearer(request.headers())
-        .filter(|secret| auth::well_formed(secret))
-        .map(auth::hash_secret)
-        .unwrap_or_else(|| "anonymous".to_string());
-    let decision = app.limits.check(&key);
-    let mut response = match decision.retry_after {
-        Some(wait) => ApiError::new(Code::RateLimited, "Too many requests for this API key.")
-            .with_header(
-                "retry-after",
-                wait.as_secs_f64().ceil().max(1.0).to_string(),
-            )
-            .into_response(),
-        None => next.run(request).await,
+/// An error status whose body is not JSON: not one of ours.
+fn is_bare_error(response: &Response) -> bool {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    (status.is_client_error() || status.is_server_error()) && !json
+}
+
+/// The envelope's error for a framework's error response, its text as the message
+/// (never for a server error, whose text could tell internals).
+async fn bare_error(response: &mut Response) -> ApiError {
+    let status = response.status();
+    let body = std::mem::take(response.body_mut());
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty());
+    let code = match status {
+        StatusCode::UNAUTHORIZED => Code::Unauthorized,
+        StatusCode::FORBIDDEN => Code::Forbidden,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Code::NotFound,
+        StatusCode::CONFLICT => Code::Conflict,
+        StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+        StatusCode::TOO_MANY_REQUESTS => Code::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => Code::ServiceUnavailable,
+        status if status.is_client_error() => Code::InputValidationError,
+        _ => Code::InternalError,
     };
+    match (code, text) {
+        (Code::InputValidationError, text) => ApiError::invalid(
+            "request",
+            DetailCode::InvalidValue,
+            text.unwrap_or_else(|| status.to_string()),
+        ),
+        (Code::InternalError | Code::ServiceUnavailable, _) | (_, None) => {
+            ApiError::new(code, code.client_message())
+        }
+        (_, Some(text)) => ApiError::new(code, text),
+    }
+}
+
+/// Where the gate looks for a credential.
+#[derive(Clone, Copy)]
+enum Guarded {
+    /// `/v1`: an API key
+    Api,
+    /// `/admin/v1`: the operator token
+    Admin,
+}
+
+impl Guarded {
+    fn of(path: &str) -> Option<Guarded> {
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/v1/provider-webhooks") {
+            // Providers call back without an API key; the URL carries its own token.
+            None
+        } else if under("/v1") {
+            Some(Guarded::Api)
+        } else if under("/admin/v1") {
+            Some(Guarded::Admin)
+        } else {
+            None
+        }
+    }
+}
+
+/// Authenticates and rate limits every `/v1` and `/admin/v1` request before it is
+/// routed, so that neither an unknown path nor an unknown method is a way around
+/// them. A valid API key is counted in its own bucket, and its [`Caller`] goes on
+/// to the handler. A request without a valid credential is counted against its
+/// client address; an address that has used up that budget is refused before its
+/// credential is looked at, valid or not, so guessing is slowed by address.
+async fn gate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let Some(guarded) = Guarded::of(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    if let Some(refused) = app.limits.address_refused(address) {
+        let message = "Too many failed authentications from this address; try again later.";
+        return with_rate_headers(too_many(refused, message), refused);
+    }
+    match guarded {
+        Guarded::Api => {
+            let caller = match bearer(request.headers()) {
+                Some(secret) => {
+                    let now = crate::clock::now();
+                    match app.store.read(|txn| auth::authenticate(txn, secret, now)) {
+                        Ok(caller) => caller,
+                        Err(error) => return ApiError::from(error).into_response(),
+                    }
+                }
+                None => None,
+            };
+            let Some(caller) = caller else {
+                return failed_authentication(&app, address, Code::Unauthorized.client_message());
+            };
+            let decision = app.limits.check_key(&caller.key_id);
+            let response = if decision.retry_after.is_some() {
+                too_many(decision, "Too many requests for this API key.")
+            } else {
+                request.extensions_mut().insert(caller);
+                next.run(request).await
+            };
+            with_rate_headers(response, decision)
+        }
+        Guarded::Admin => {
+            let operator =
+                bearer(request.headers()).is_some_and(|token| app.operator_token.matches(token));
+            if !operator {
+                return failed_authentication(&app, address, "Missing or invalid operator token.");
+            }
+            next.run(request).await
+        }
+    }
+}
+
+/// `401` for a request without a valid credential, counted against its address
+/// (`429` once the address has used up its budget).
+fn failed_authentication(app: &App, address: IpAddr, message: &str) -> Response {
+    let decision = app.limits.record_failure(address);
+    let response = if decision.retry_after.is_some() {
+        too_many(
+            decision,
+            "Too many failed authentications from this address; try again later.",
+        )
+    } else {
+        ApiError::new(Code::Unauthorized, message).into_response()
+    };
+    with_rate_headers(response, decision)
+}
+
+/// `429 RATE_LIMITED` with `Retry-After` (whole seconds, at least one).
+fn too_many(decision: Decision, message: &str) -> Response {
+    let wait = decision.retry_after.unwrap_or_default();
+    ApiError::new(Code::RateLimited, message)
+        .with_header(
+            "retry-after",
+            wait.as_secs_f64().ceil().max(1.0).to_string(),
+        )
+        .into_response()
+}
+
+/// The `X-RateLimit-*` headers: the state of the bucket the request was counted in.
+fn with_rate_headers(mut response: Response, decision: Decision) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
         ("x-ratelimit-limit", decision.limit.to_string()),
@@ -174,26 +326,22 @@ async fn rate_limit(State(app): State<Arc<App>>, request: Request, next: Next) -
     response
 }
 
-/// The authenticated caller of a `/v1` request.
+/// The authenticated caller of a `/v1` request, as the gate resolved it.
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &Arc<App>,
-    ) -> Result<Self, Self::Rejection> {
-        let unauthorized =
-            || ApiError::new(Code::Unauthorized, Code::Unauthorized.client_message());
-        let secret = bearer(&parts.headers).ok_or_else(unauthorized)?;
-        let now = crate::clock::now();
-        app.store
-            .read(|txn| auth::authenticate(txn, secret, now))?
-            .ok_or_else(unauthorized)
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<App>) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, Code::Unauthorized.client_message()))
     }
 }
 
 /// The credential of the one `Authorization: Bearer` header (the scheme is
-/// case-insensitive); `None` when there is none, or more than one.
+/// case-insensitive); `None` when there is none, more than one, or an empty one
+/// (HTTP/2 carries `Bearer ` with its trailing space as it is).
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next()?;
@@ -201,9 +349,8 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         return None;
     }
     let (scheme, credential) = value.to_str().ok()?.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| credential.trim())
+    let credential = credential.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
 }
 
 /// Requires `scope` of the caller.
@@ -490,4 +637,39 @@ impl Page {
 /// `{"data": [...], "has_more": bool}`
 pub fn list_body(data: Vec<Value>, has_more: bool) -> Json<Value> {
     Json(json!({ "data": data, "has_more": has_more }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        for value in values {
+            headers.append(header::AUTHORIZATION, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn an_empty_bearer_credential_is_no_credential() {
+        for empty in ["Bearer ", "Bearer    ", "bearer \t", "Bearer", ""] {
+            assert_eq!(bearer(&headers(&[empty])), None, "{empty:?}");
+        }
+        assert_eq!(bearer(&headers(&["Bearer  sk_x "])), Some("sk_x"));
+        assert_eq!(bearer(&headers(&["Basic sk_x"])), None);
+        assert_eq!(bearer(&headers(&["Bearer a", "Bearer a"])), None);
+    }
+
+    #[test]
+    fn only_v1_and_admin_paths_are_gated_and_provider_callbacks_are_not() {
+        let gated = |path| Guarded::of(path).map(|g| matches!(g, Guarded::Api));
+        assert_eq!(gated("/v1"), Some(true));
+        assert_eq!(gated("/v1/nothing/at/all"), Some(true));
+        assert_eq!(gated("/admin/v1/x"), Some(false));
+        assert_eq!(gated("/v1/provider-webhooks/p/t"), None);
+        assert_eq!(gated("/v1x"), None);
+        assert_eq!(gated("/files/upload/file_x"), None);
+        assert_eq!(gated("/healthz"), None);
+    }
 }

@@ -6,6 +6,7 @@ mod executions;
 mod files;
 mod hardening_api;
 mod hardening_dns;
+mod hardening_edge;
 mod hardening_files;
 mod hardening_providers;
 mod hardening_sandbox;

@@ -406,3 +406,10 @@ pub fn flux_input() -> Value {
 pub fn plugin_dirs() -> (PathBuf, PathBuf) {
     (plugins_dir(), shared_plugin_cache())
 }
+
+/// A secret in the API key format, with a valid checksum, that no server issued
+/// (`seed` makes each one different).
+pub fn unissued_secret(seed: u32) -> String {
+    let body = format!("{:064x}", 0xfeed_0000_u64 + seed as u64);
+    format!("sk_{body}_{:08x}", crc32fast::hash(body.as_bytes()))
+}
