@@ -39,6 +39,27 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     sync_dir(parent(to))
 }
 
+/// Writes a secret readable by its owner only, durably and whole: a temporary file
+/// is written and synced, then renamed into place (never over an existing file),
+/// and the directory is synced so that the name survives a power loss too. A crash
+/// leaves either no file or the whole secret, never an empty or partial one.
+pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let context = || format!("writing {}", path.display());
+    let dir = parent(path);
+    // tempfile creates the file with mode 0600 on unix.
+    let mut file = tempfile::Builder::new()
+        .prefix(".secret-")
+        .tempfile_in(dir)
+        .with_context(context)?;
+    writeln!(file, "{secret}").with_context(context)?;
+    file.as_file().sync_all().with_context(context)?;
+    file.persist_noclobber(path)
+        .map_err(|error| error.error)
+        .with_context(context)?;
+    sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))
+}
+
 /// Flushes a directory's entries (names created, renamed or removed in it).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     // Directories cannot be opened as files on Windows; NTFS journals renames.
@@ -79,5 +100,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(write(&dir.path().join("absent/record.json"), b"x").is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_secret_is_written_whole_for_its_owner_only_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        write_secret(&path, "op_first").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "op_first\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(write_secret(&path, "op_second").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "op_first\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left behind");
     }
 }

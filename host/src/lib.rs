@@ -228,37 +228,12 @@ fn operator_token(data: &Path) -> Result<OperatorToken> {
         }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let token = OperatorToken::generate();
-            write_secret(&path, token.as_str())?;
+            durable::write_secret(&path, token.as_str())?;
             tracing::info!(path = %path.display(), "operator token written");
             Ok(token)
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-/// Writes a secret readable by its owner only, durably and whole: a temporary file
-/// is written and synced, then renamed into place (never over an existing file),
-/// and the directory is synced so that the name survives a power loss too. A crash
-/// leaves either no file or the whole secret, never an empty or partial one.
-fn write_secret(path: &Path, secret: &str) -> Result<()> {
-    use std::io::Write;
-    let context = || format!("writing {}", path.display());
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // tempfile creates the file with mode 0600 on unix.
-    let mut file = tempfile::Builder::new()
-        .prefix(".secret-")
-        .tempfile_in(dir)
-        .with_context(context)?;
-    writeln!(file, "{secret}").with_context(context)?;
-    file.as_file().sync_all().with_context(context)?;
-    file.persist_noclobber(path)
-        .map_err(|error| error.error)
-        .with_context(context)?;
-    #[cfg(unix)]
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
 }
 
 /// On a first `--dev` start: an organization with $100.00 and its key in
@@ -280,30 +255,7 @@ async fn bootstrap_dev_organization(store: &Store, data: &Path) -> Result<()> {
             Ok((org.id, secret))
         })
         .await?;
-    write_secret(&path, &secret)?;
+    durable::write_secret(&path, &secret)?;
     tracing::info!(organization = %org_id, path = %path.display(), "development organization created with $100.00");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_secret_is_written_whole_for_its_owner_only_and_never_over_another() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("admin-token");
-        write_secret(&path, "op_first").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "op_first\n");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        assert!(write_secret(&path, "op_second").is_err());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "op_first\n");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1, "no temporary file is left behind");
-    }
 }
