@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, Fault, openai, replicate};
 
-use crate::support::{Options, ProviderSpec, Server, flux_input};
+use crate::support::{
+    Options, ProviderSpec, Server, flux_input, openai_provider, replicate_provider,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -19,24 +21,6 @@ async fn replicate_emulator() -> Emulator<replicate::Replicate> {
 
 async fn openai_emulator() -> Emulator<openai::OpenAi> {
     openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap()
-}
-
-fn replicate_provider<S>(emulator: &Emulator<S>) -> ProviderSpec<'static> {
-    ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro"],
-    }
-}
-
-fn openai_provider<S>(emulator: &Emulator<S>) -> ProviderSpec<'static> {
-    ProviderSpec {
-        name: "openai-emulator",
-        adapter: "openai",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro", "llama-3.1-8b-instruct"],
-    }
 }
 
 async fn create(server: &Server, body: Value) -> String {

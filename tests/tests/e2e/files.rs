@@ -8,21 +8,12 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, bfl, png, replicate};
+use modelroute_tests::emulators::{DEFAULT_TOKEN, bfl, png, replicate};
 
-use crate::support::{Options, ProviderSpec, Server};
+use crate::support::{Options, ProviderSpec, Server, replicate_with_files};
 
 const WAIT: Duration = Duration::from_secs(60);
 const MAX_UPLOAD: u64 = 150 * 1024 * 1024;
-
-fn replicate_spec(emulator: &Emulator<replicate::Replicate>) -> ProviderSpec<'static> {
-    ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro", "flux-kontext-pro"],
-    }
-}
 
 /// Upload → PUT → confirm; returns the confirmed file object.
 async fn upload(server: &Server, key: &str, bytes: Vec<u8>) -> Value {
@@ -58,18 +49,6 @@ async fn upload(server: &Server, key: &str, bytes: Vec<u8>) -> Value {
         .await;
     assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
     confirmed.body
-}
-
-/// How many stored objects hold bytes of `file_id` (each upload writes its own).
-fn objects_of(server: &Server, file_id: &str) -> usize {
-    let dir = server.data.path().join("state/files/objects");
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|entry| {
-            let name = entry.as_ref().unwrap().file_name();
-            name.to_string_lossy().starts_with(file_id)
-        })
-        .count()
 }
 
 /// A `PUT` whose body is held open until the returned sender is dropped.
@@ -108,7 +87,7 @@ async fn an_upload_reaches_the_provider_only_through_a_grant_for_one_attempt() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let server = Server::start(&[replicate_with_files(&emulator)]).await;
     let image = png(64, 48, 7);
     let file = upload(&server, &server.api_key, image.clone()).await;
     let file_id = file["file_id"].as_str().unwrap();
@@ -264,7 +243,7 @@ async fn wrong_magic_bytes_or_missing_files_are_refused_before_any_hold() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let server = Server::start(&[replicate_with_files(&emulator)]).await;
     // A PDF named like a PNG.
     let file = upload(&server, &server.api_key, b"%PDF-1.7\n%binary".to_vec()).await;
     assert_eq!(file["content_type"], "application/pdf");
@@ -333,9 +312,9 @@ async fn a_put_refused_after_confirm_or_delete_changes_and_keeps_nothing() {
             let (status, bytes) = server.bytes(&format!("/v1/files/{file_id}/download")).await;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(bytes, accepted, "the confirmed bytes are intact");
-            assert_eq!(objects_of(&server, &file_id), 1);
+            assert_eq!(server.objects_of(&file_id), 1);
         } else {
-            assert_eq!(objects_of(&server, &file_id), 0, "nothing kept");
+            assert_eq!(server.objects_of(&file_id), 0, "nothing kept");
         }
     }
 }
@@ -347,7 +326,7 @@ async fn a_retry_with_its_idempotency_key_is_replayed_after_the_input_file_is_de
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let server = Server::start(&[replicate_with_files(&emulator)]).await;
     let file = upload(&server, &server.api_key, png(64, 48, 7)).await;
     let file_id = file["file_id"].as_str().unwrap();
     let body = json!({"model": "flux-kontext-pro", "input": {"prompt": "x", "image": file_id}});
@@ -378,7 +357,7 @@ async fn an_upload_over_150_mb_is_refused_while_streaming_and_nothing_is_kept() 
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let server = Server::start(&[replicate_with_files(&emulator)]).await;
     let ticket = server
         .post("/v1/files/upload", json!({"purpose": "UPLOAD"}))
         .await;
@@ -403,7 +382,7 @@ async fn an_upload_over_150_mb_is_refused_while_streaming_and_nothing_is_kept() 
     assert!(grown_mib < 64, "peak RSS grew by {grown_mib} MiB");
     // Nothing was kept, and the file still awaits its bytes.
     let state = server.data.path().join("state/files");
-    assert_eq!(objects_of(&server, &file_id), 0);
+    assert_eq!(server.objects_of(&file_id), 0);
     assert_eq!(std::fs::read_dir(state.join("partial")).unwrap().count(), 0);
     let object = server.get(&format!("/v1/files/{file_id}")).await;
     assert_eq!(object.body["status"], "AWAITING_UPLOAD");
@@ -460,7 +439,7 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         .await
         .unwrap();
     let server = Server::start_with(
-        &[replicate_spec(&emulator)],
+        &[replicate_with_files(&emulator)],
         Options {
             config: "\n[files]\nsweep_interval_seconds = 1\n\n[testing]\nclock_control = true\n",
             ..Options::default()
@@ -572,7 +551,7 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
     assert_eq!(used.status, StatusCode::BAD_REQUEST, "{:?}", used.body);
     assert_eq!(used.error_code(), "FILE_NOT_FOUND", "an expired file");
     let deadline = std::time::Instant::now() + WAIT;
-    while objects_of(&server, &short_id) > 0 {
+    while server.objects_of(&short_id) > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the bytes were not deleted"
@@ -592,7 +571,7 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         server.get(&format!("/v1/files/{kept_id}")).await.status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(objects_of(&server, kept_id), 0);
+    assert_eq!(server.objects_of(kept_id), 0);
     // (the URL lapsed when the clock moved two days; a URL still valid whose file
     // was deleted is 404, see below)
     assert_eq!(
@@ -782,7 +761,7 @@ async fn an_output_over_the_cap_or_behind_a_redirect_fails_and_nothing_is_kept()
         .await
         .unwrap();
     let small_cap = Server::start_with(
-        &[replicate_spec(&emulator)],
+        &[replicate_with_files(&emulator)],
         Options {
             executions: "max_attempts = 1\nmax_asset_bytes = 200",
             ..Options::default()
@@ -798,7 +777,7 @@ async fn an_output_over_the_cap_or_behind_a_redirect_fails_and_nothing_is_kept()
     drop(small_cap);
 
     let server = Server::start_with(
-        &[replicate_spec(&emulator)],
+        &[replicate_with_files(&emulator)],
         Options {
             executions: "max_attempts = 1",
             ..Options::default()

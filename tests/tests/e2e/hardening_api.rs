@@ -7,20 +7,9 @@ use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, fal, replicate};
 
-use crate::support::{ProviderSpec, Server};
+use crate::support::{ProviderSpec, Server, replicate_provider};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn replicate_provider<S>(
-    emulator: &modelroute_tests::emulators::Emulator<S>,
-) -> ProviderSpec<'static> {
-    ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro"],
-    }
-}
 
 /// Sends `body` exactly as written, so numbers keep the form the client chose.
 async fn create_raw(server: &Server, body: &str) -> Value {

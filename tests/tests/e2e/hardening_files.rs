@@ -8,20 +8,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, png, replicate};
+use modelroute_tests::emulators::{DEFAULT_TOKEN, png, replicate};
 
-use crate::support::{Options, ProviderSpec, Reply, Server};
+use crate::support::{Options, Reply, Server, replicate_with_files};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn replicate_spec(emulator: &Emulator<replicate::Replicate>) -> ProviderSpec<'static> {
-    ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro", "flux-kontext-pro"],
-    }
-}
 
 /// `POST /v1/files/upload` for `key`; returns `(file_id, upload_url)`.
 async fn ticket(server: &Server, key: &str) -> (String, String) {
@@ -154,17 +145,6 @@ async fn file_usage(server: &Server, org_id: &str) -> Value {
     reply.body["files"].clone()
 }
 
-fn objects_of(server: &Server, file_id: &str) -> usize {
-    let dir = server.data.path().join("state/files/objects");
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|entry| {
-            let name = entry.as_ref().unwrap().file_name();
-            name.to_string_lossy().starts_with(file_id)
-        })
-        .count()
-}
-
 /// Regression: an upload sniffed as `text/html` (or XML) was served with that type
 /// and no `nosniff`, so its signed download URL ran script on the API's origin.
 /// Every download is now `nosniff` and sandboxed, and anything but an inert media
@@ -237,7 +217,7 @@ async fn file_ids_in_an_inputs_text_get_no_grant_and_no_audit_rows() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let server = Server::start(&[replicate_with_files(&emulator)]).await;
     let key = server.api_key.clone();
     let image = upload(&server, &key, png(32, 24, 9)).await;
     let bystander = upload(&server, &key, png(8, 8, 1)).await;
@@ -288,7 +268,7 @@ async fn a_forged_grant_is_refused_alike_for_a_real_or_a_missing_execution() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let server = Server::start(&[replicate_with_files(&emulator)]).await;
     let image = upload(&server, &server.api_key, png(16, 16, 4)).await;
     let created = server
         .post(
@@ -341,7 +321,7 @@ async fn an_unconfirmed_upload_is_still_swept_when_its_url_lapses() {
     let (file_id, url) = ticket(&server, &key).await;
     let (status, body) = put(&url, vec![1u8; 5_000]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(objects_of(&server, &file_id), 1);
+    assert_eq!(server.objects_of(&file_id), 1);
     let usage = file_usage(&server, &org_id).await;
     assert_eq!(
         (usage["files_used"].clone(), usage["bytes_used"].clone()),
@@ -350,7 +330,7 @@ async fn an_unconfirmed_upload_is_still_swept_when_its_url_lapses() {
 
     server.advance_clock(2 * 3600).await;
     let deadline = Instant::now() + WAIT;
-    while objects_of(&server, &file_id) > 0 {
+    while server.objects_of(&file_id) > 0 {
         assert!(Instant::now() < deadline, "the upload was not swept");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -386,7 +366,7 @@ async fn an_unconfirmed_file_in_an_input_is_said_to_exist_but_not_be_confirmed()
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let server = Server::start(&[replicate_with_files(&emulator)]).await;
     let key = server.api_key.clone();
     let (uploaded, url) = ticket(&server, &key).await;
     let (status, _) = put(&url, png(8, 8, 2)).await;
@@ -486,7 +466,7 @@ async fn an_upload_past_the_organizations_byte_quota_is_refused_while_streaming(
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("quota"), "{message}");
     assert!(message.contains("40000 bytes are left"), "{message}");
-    assert_eq!(objects_of(&server, &file_id), 0, "refused bytes were kept");
+    assert_eq!(server.objects_of(&file_id), 0, "refused bytes were kept");
     let pending = server
         .call(
             Method::GET,
@@ -526,7 +506,7 @@ async fn a_full_organization_cannot_upload_but_its_generations_still_complete() 
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let server = Server::start(&[replicate_spec(&emulator)]).await;
+    let server = Server::start(&[replicate_with_files(&emulator)]).await;
     let (org_id, key) = organization(&server).await;
     // (set by the operator's CLI, which calls the admin API)
     let cli = std::process::Command::new(crate::support::binary())
@@ -692,8 +672,8 @@ async fn concurrent_uploads_cannot_together_pass_the_byte_quota() {
         (StatusCode::OK, StatusCode::PAYLOAD_TOO_LARGE),
         "{body}"
     );
-    assert_eq!(objects_of(&server, kept), 1);
-    assert_eq!(objects_of(&server, dropped), 0, "refused bytes were kept");
+    assert_eq!(server.objects_of(kept), 1);
+    assert_eq!(server.objects_of(dropped), 0, "refused bytes were kept");
     let usage = file_usage(&server, &org_id).await;
     assert_eq!(usage["bytes_used"], json!(size), "{usage}");
 }

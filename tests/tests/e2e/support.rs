@@ -1,6 +1,7 @@
 //! Test helpers: a real `modelroute` server process on loopback with its own data
 //! directory, driven over HTTP like a client would.
 
+use modelroute_tests::emulators::Emulator;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -412,4 +413,47 @@ pub fn plugin_dirs() -> (PathBuf, PathBuf) {
 pub fn unissued_secret(seed: u32) -> String {
     let body = format!("{:064x}", 0xfeed_0000_u64 + seed as u64);
     format!("sk_{body}_{:08x}", crc32fast::hash(body.as_bytes()))
+}
+
+/// A provider entry for the Replicate-format emulator serving `flux-1.1-pro`.
+pub fn replicate_provider<S>(emulator: &Emulator<S>) -> ProviderSpec<'static> {
+    ProviderSpec {
+        name: "replicate-emulator",
+        adapter: "replicate",
+        base_url: emulator.base_url(),
+        models: &["flux-1.1-pro"],
+    }
+}
+
+/// The Replicate-format emulator serving the image model and its file-input
+/// sibling (`flux-kontext-pro`, whose `image` is a file).
+pub fn replicate_with_files<S>(emulator: &Emulator<S>) -> ProviderSpec<'static> {
+    ProviderSpec {
+        models: &["flux-1.1-pro", "flux-kontext-pro"],
+        ..replicate_provider(emulator)
+    }
+}
+
+/// A provider entry for the OpenAI-format emulator (images and chat).
+pub fn openai_provider<S>(emulator: &Emulator<S>) -> ProviderSpec<'static> {
+    ProviderSpec {
+        name: "openai-emulator",
+        adapter: "openai",
+        base_url: emulator.base_url(),
+        models: &["flux-1.1-pro", "llama-3.1-8b-instruct"],
+    }
+}
+
+impl Server {
+    /// How many stored objects hold bytes of `file_id` (each upload writes its own).
+    pub fn objects_of(&self, file_id: &str) -> usize {
+        let dir = self.data.path().join("state/files/objects");
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|entry| {
+                let name = entry.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with(file_id)
+            })
+            .count()
+    }
 }
