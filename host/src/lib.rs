@@ -56,13 +56,14 @@ pub struct App {
 const DEV_CREDIT_USD: &str = "100.00";
 
 /// Starts the server and runs until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> Result<()> {
+pub async fn serve(mut config: Config) -> Result<()> {
     let data = config.data_dir.clone();
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     if config.testing.clock_control {
         clock::restore(&clock::offset_file(&data)).context("restoring the driven clock")?;
         tracing::warn!(now = %clock::now(), "[testing] clock_control is on: the clock can be driven forward; never use this in production");
     }
+    let listener = listen(&mut config, &data).await?;
     let operator_token = operator_token(&data)?;
     let store = Store::open(&data.join("modelroute.redb"))?;
 
@@ -135,9 +136,6 @@ pub async fn serve(config: Config) -> Result<()> {
         bootstrap_dev_organization(&store, &data).await?;
     }
 
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
     dispatcher.start(queue)?;
     files.start_sweeper();
     webhooks.start();
@@ -182,6 +180,32 @@ pub async fn serve(config: Config) -> Result<()> {
         shutdown_signal(),
     )
     .await
+}
+
+/// Where the server writes the address it listens on, in the data directory.
+pub const LISTEN_ADDRESS_FILE: &str = "listen-address";
+
+/// Binds `listen` before anything else starts, so that a port the system picks
+/// (`:0`) is known to all: a `public_url` on port 0 takes the same port, and
+/// `$DATA/listen-address` tells scripts and tests where the server is.
+async fn listen(config: &mut Config, data: &Path) -> Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    if let Ok(mut public) = url::Url::parse(&config.public_url)
+        && public.port() == Some(0)
+        && public.set_port(Some(address.port())).is_ok()
+    {
+        config.public_url = public.as_str().trim_end_matches('/').to_string();
+    }
+    config.listen = address.to_string();
+    durable::write(
+        &data.join(LISTEN_ADDRESS_FILE),
+        address.to_string().as_bytes(),
+    )
+    .with_context(|| format!("writing {}", data.join(LISTEN_ADDRESS_FILE).display()))?;
+    Ok(listener)
 }
 
 /// How often rate-limit buckets that are full again are forgotten.

@@ -45,14 +45,6 @@ fn shared_plugin_cache() -> PathBuf {
         .join("e2e-plugin-cache")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// One provider entry of the server's config.
 pub struct ProviderSpec<'a> {
     pub name: &'a str,
@@ -146,7 +138,6 @@ impl Server {
             env,
         } = options;
         let data = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let plugins = if extra.is_empty() {
             plugins_dir()
         } else {
@@ -171,7 +162,7 @@ impl Server {
             dir
         };
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:{port}\"\n\n[plugins]\ncache_dir = {:?}\n{plugin_settings}\n\n[rate_limits]\nrequests_per_second = {per_second}\nburst = {burst}\n\n[executions]\n{executions}\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:0\"\n\n[plugins]\ncache_dir = {:?}\n{plugin_settings}\n\n[rate_limits]\nrequests_per_second = {per_second}\nburst = {burst}\n\n[executions]\n{executions}\n",
             data.path().join("state"),
             plugins,
             shared_plugin_cache(),
@@ -190,7 +181,7 @@ impl Server {
         std::fs::write(&path, config).expect("write config");
         let mut server = Server {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             data,
             config: path,
             env: env
@@ -217,6 +208,7 @@ impl Server {
             .append(true)
             .open(self.log_path())
             .expect("log file");
+        let _ = std::fs::remove_file(self.address_file());
         let child = Command::new(binary())
             .args(["serve", "--dev", "--config"])
             .arg(&self.config)
@@ -231,6 +223,9 @@ impl Server {
             .expect("spawn modelroute");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
+        if self.url.is_empty() {
+            self.learn_address(deadline).await;
+        }
         loop {
             if let Ok(response) = self.http.get(format!("{}/healthz", self.url)).send().await
                 && response.status() == StatusCode::OK
@@ -247,6 +242,37 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    fn address_file(&self) -> PathBuf {
+        self.data.path().join("state/listen-address")
+    }
+
+    /// On the first start the server picks its port (no race with another test for
+    /// a port found free): read where it listens, and keep that port in the config
+    /// so that a restart serves the same URLs.
+    async fn learn_address(&mut self, deadline: Instant) {
+        let address = loop {
+            if let Ok(address) = std::fs::read_to_string(self.address_file()) {
+                break address;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("the server exited with {status}; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not listen; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.url = format!("http://{address}");
+        let config = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(
+            &self.config,
+            config.replace("127.0.0.1:0\"", &format!("{address}\"")),
+        )
+        .expect("config");
     }
 
     /// The server's process id (while it runs).
