@@ -8,7 +8,8 @@ use std::time::Duration;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, Fault, openai, replicate};
 
 use crate::support::{
-    Options, ProviderSpec, Server, flux_input, openai_provider, replicate_provider,
+    Options, ProviderSpec, Server, eventually, flux_input, openai_provider, replicate_provider,
+    wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -328,11 +329,10 @@ async fn an_open_breaker_defers_executions_instead_of_failing_them() {
     // The next execution's first attempt is the fifth failure: the breaker opens,
     // and its retry waits instead of failing.
     let id = create(&server, llama.clone()).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while emulator.count("/v1/chat/completions") < 5 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("five failures reach the provider", WAIT, || async {
+        emulator.count("/v1/chat/completions") >= 5
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let waiting = server.get(&format!("/v1/executions/{id}")).await.body;
     assert_eq!(waiting["status"], "PROCESSING", "{waiting}");
@@ -679,19 +679,14 @@ async fn cancel_stops_a_running_job_releases_the_hold_and_is_idempotent() {
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(server.get("/v1/balance").await.body["held"], "0");
     assert_eq!(server.get("/v1/balance").await.body["available"], "100");
-    let deadline = std::time::Instant::now() + WAIT;
-    while emulator.count("/v1/predictions/") == 0
-        || !emulator
-            .requests()
-            .iter()
-            .any(|r| r.path.ends_with("/cancel"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the provider was never asked to cancel"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the provider is asked to cancel", WAIT, || async {
+        emulator.count("/v1/predictions/") > 0
+            && emulator
+                .requests()
+                .iter()
+                .any(|r| r.path.ends_with("/cancel"))
+    })
+    .await;
     let result = server.get(&format!("/v1/executions/{id}/result")).await;
     assert_eq!(result.status, StatusCode::CONFLICT);
     assert_eq!(result.error_code(), "CONFLICT");
@@ -746,11 +741,7 @@ async fn a_replayed_sync_create_waits_like_the_original() {
 
 /// Waits until `done` holds, failing with `what` after [`WAIT`].
 async fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(what, WAIT, || async { done() }).await
 }
 
 /// Regression: a cancelled or expired execution's request kept waiting on a silent
@@ -870,18 +861,13 @@ async fn a_job_that_never_finishes_expires_and_releases_its_hold() {
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "EXPIRED");
     assert_eq!(server.get("/v1/balance").await.body["available"], "100");
-    let deadline = std::time::Instant::now() + WAIT;
-    while !emulator
-        .requests()
-        .iter()
-        .any(|r| r.path.ends_with("/cancel"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the provider job was not stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the provider job is stopped", WAIT, || async {
+        emulator
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/cancel"))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -1079,18 +1065,15 @@ async fn listing_is_newest_first_with_cursor_pagination_and_filters() {
 }
 
 pub async fn wait_status(server: &Server, id: &str, status: &str) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    eventually(&format!("{id} reaches {status}"), WAIT, || async {
         let current = server.get(&format!("/v1/executions/{id}")).await.body;
         if current["status"] == status {
-            return;
+            Ok(())
+        } else {
+            Err(current)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{id} never reached {status}: {current}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 /// Parses a server-sent event stream into (event, data) pairs.

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, bfl, png, replicate};
 
-use crate::support::{Options, ProviderSpec, Server, replicate_with_files};
+use crate::support::{Options, ProviderSpec, Server, replicate_with_files, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 const MAX_UPLOAD: u64 = 150 * 1024 * 1024;
@@ -534,14 +534,10 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
 
     // Two days later the one-day file is gone, bytes and all; the other stays.
     server.advance_clock(2 * 86_400).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while server.get(&format!("/v1/files/{short_id}")).await.status != StatusCode::NOT_FOUND {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the file did not expire"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the file expires", WAIT, || async {
+        server.get(&format!("/v1/files/{short_id}")).await.status == StatusCode::NOT_FOUND
+    })
+    .await;
     let used = server
         .post(
             "/v1/executions",
@@ -550,14 +546,10 @@ async fn signed_urls_list_delete_and_ttl_expiry() {
         .await;
     assert_eq!(used.status, StatusCode::BAD_REQUEST, "{:?}", used.body);
     assert_eq!(used.error_code(), "FILE_NOT_FOUND", "an expired file");
-    let deadline = std::time::Instant::now() + WAIT;
-    while server.objects_of(&short_id) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bytes were not deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the bytes are deleted", WAIT, || async {
+        server.objects_of(&short_id) == 0
+    })
+    .await;
     assert_eq!(
         server.get(&format!("/v1/files/{kept_id}")).await.status,
         StatusCode::OK

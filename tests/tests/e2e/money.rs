@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, replicate};
 
-use crate::support::{ProviderSpec, Server, flux_input};
+use crate::support::{ProviderSpec, Server, eventually, flux_input};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -84,21 +84,18 @@ async fn a_thousand_parallel_creates_never_overspend_and_survive_kill_9() {
             .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    eventually("every hold resolves", WAIT, || async {
         let balance = server
             .call(Method::GET, "/v1/balance", Some(&key), None, &[])
             .await
             .body;
         if balance["held"] == "0" {
-            break;
+            Ok(())
+        } else {
+            Err(balance)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "holds never resolved: {balance}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let verified = verify_ledger(&server).await;
     assert_eq!(verified["consistent"], true, "{verified}");
     let listed = server

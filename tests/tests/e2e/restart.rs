@@ -10,7 +10,7 @@ use std::time::Duration;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Fault, replicate};
 
 use crate::executions::wait_status;
-use crate::support::{Options, ProviderSpec, Server, flux_input};
+use crate::support::{Options, ProviderSpec, Server, flux_input, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -94,18 +94,13 @@ async fn an_execution_whose_deadline_passed_while_the_server_was_down_expires() 
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "EXPIRED", "{execution}");
     assert_eq!(server.get("/v1/balance").await.body["held"], "0");
-    let deadline = std::time::Instant::now() + WAIT;
-    while !emulator
-        .requests()
-        .iter()
-        .any(|r| r.path.ends_with("/cancel"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the job was not stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the job is stopped", WAIT, || async {
+        emulator
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/cancel"))
+    })
+    .await;
 }
 
 /// The SDK template's example API: `POST /v1/generate` de-duplicates by
@@ -189,11 +184,10 @@ async fn a_cut_submit_is_sent_again_under_its_attempt_id_where_the_provider_dedu
         )
         .await;
     let id = reply.body["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + WAIT;
-    while api.keys().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no submit arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("a submit arrives", WAIT, || async {
+        !api.keys().is_empty()
+    })
+    .await;
     server.kill();
     server.restart().await;
 

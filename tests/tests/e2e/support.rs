@@ -483,3 +483,40 @@ impl Server {
             .count()
     }
 }
+
+/// How often [`eventually`] looks again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Polls `probe` until it answers `Ok`, and returns that; after `timeout` the test
+/// fails naming `what` and the last thing the probe saw. For conditions that the
+/// suite cannot be told about, only find by looking.
+pub async fn eventually<T, E, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last seen: {seen:?}")
+            }
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
+        }
+    }
+}
+
+/// [`eventually`] for a yes-or-no condition.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, timeout, || {
+        let check = condition();
+        async move { if check.await { Ok(()) } else { Err("no") } }
+    })
+    .await
+}

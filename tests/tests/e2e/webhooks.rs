@@ -8,7 +8,7 @@ use std::time::Duration;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
 
 use crate::receiver::{Received, Receiver};
-use crate::support::{Options, ProviderSpec, Server, flux_input};
+use crate::support::{Options, ProviderSpec, Server, eventually, flux_input, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Lets a server's clock be driven (`POST /admin/v1/clock/advance`).
@@ -288,38 +288,36 @@ async fn a_receiver_that_never_answers_times_out_and_the_retry_delivers() {
     server.advance_clock(2 * 60).await;
     let received = receiver.wait_for(2, WAIT).await;
     assert_eq!(received[0].json()["id"], received[1].json()["id"]);
-    let deadline = std::time::Instant::now() + WAIT;
-    while server
-        .get(&format!("/v1/webhooks/endpoints/{id}"))
-        .await
-        .body["last_success"]
-        .is_null()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the retry was not recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the retry is recorded", WAIT, || async {
+        !server
+            .get(&format!("/v1/webhooks/endpoints/{id}"))
+            .await
+            .body["last_success"]
+            .is_null()
+    })
+    .await;
 }
 
 /// Waits until endpoint `id` records a failed attempt after `previous` (its
 /// `last_failure` then); returns the new `last_failure`.
 async fn wait_for_failure_after(server: &Server, id: &str, previous: &Value) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let endpoint = server.get(&format!("/v1/webhooks/endpoints/{id}")).await;
-        let last_failure = &endpoint.body["last_failure"];
-        if !last_failure.is_null() && last_failure != previous {
-            return last_failure.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failure recorded after {previous}: {}",
-            endpoint.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("a failure recorded after {previous}"),
+        WAIT,
+        || async {
+            let endpoint = server
+                .get(&format!("/v1/webhooks/endpoints/{id}"))
+                .await
+                .body;
+            let last_failure = &endpoint["last_failure"];
+            if !last_failure.is_null() && last_failure != previous {
+                Ok(last_failure.clone())
+            } else {
+                Err(endpoint)
+            }
+        },
+    )
+    .await
 }
 
 /// Ten deliveries that each fail all their attempts deactivate the endpoint; a
@@ -368,15 +366,10 @@ async fn ten_failed_deliveries_deactivate_an_endpoint_and_reactivation_resumes()
         server.advance_clock(31 * 60).await;
         receiver.wait_for(expected, WAIT).await;
     }
-    let deadline = std::time::Instant::now() + WAIT;
-    while state().await["is_active"] == json!(true) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not deactivated: {}",
-            state().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the endpoint is deactivated", WAIT, || async {
+        state().await["is_active"] != json!(true)
+    })
+    .await;
     let deactivated = state().await;
     assert_eq!(deactivated["failure_count"], json!(10), "{deactivated}");
     let per_event = |received: &[Received], execution: &str| {
@@ -424,11 +417,10 @@ async fn ten_failed_deliveries_deactivate_an_endpoint_and_reactivation_resumes()
         first_of_late.json()["id"],
         "a redelivery keeps its evt_ id"
     );
-    let deadline = std::time::Instant::now() + WAIT;
-    while state().await["last_success"].is_null() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("a delivery succeeds", WAIT, || async {
+        !state().await["last_success"].is_null()
+    })
+    .await;
     assert_eq!(state().await["failure_count"], json!(0));
 }
 
@@ -469,11 +461,10 @@ async fn an_event_older_than_24_hours_is_given_up_not_delivered() {
     receiver.answer_with(200);
 
     server.advance_clock(25 * 3600).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while !server.log().contains("undelivered after 24 hours") {
-        assert!(std::time::Instant::now() < deadline, "{}", server.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the old event is given up", WAIT, || async {
+        server.log().contains("undelivered after 24 hours")
+    })
+    .await;
     assert_eq!(set_active(true).await.status, StatusCode::OK);
     server.advance_clock(6 * 60).await;
     let new = run_execution(&server, json!({})).await;
@@ -522,24 +513,24 @@ async fn undelivered_events_survive_kill_9_and_are_all_delivered_after_restart()
     // The clock is the system's again after a restart: the retries are still 2
     // minutes away.
     server.advance_clock(120).await;
-    let deadline = std::time::Instant::now() + WAIT;
     let secret = endpoint["secret"].as_str().unwrap();
-    loop {
-        let delivered: Vec<Value> = receiver.received()[5..]
-            .iter()
-            .filter(|r| r.signed_by(secret))
-            .map(|r| r.json()["execution_id"].clone())
-            .collect();
-        if executions.iter().all(|id| delivered.contains(&json!(id))) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "delivered after restart: {delivered:?}\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "every event is delivered after the restart",
+        WAIT,
+        || async {
+            let delivered: Vec<Value> = receiver.received()[5..]
+                .iter()
+                .filter(|r| r.signed_by(secret))
+                .map(|r| r.json()["execution_id"].clone())
+                .collect();
+            if executions.iter().all(|id| delivered.contains(&json!(id))) {
+                Ok(())
+            } else {
+                Err(delivered)
+            }
+        },
+    )
+    .await;
     // Each event kept its id across the restart.
     let before: Vec<Value> = receiver.received()[..5]
         .iter()
