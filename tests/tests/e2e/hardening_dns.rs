@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
 
 use crate::receiver::Receiver;
-use crate::support::{Options, ProviderSpec, Server, flux_input};
+use crate::support::{Options, ProviderSpec, Server, flux_input, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The servers' `[webhooks] dns_timeout_ms`.
@@ -273,14 +273,10 @@ async fn a_name_server_that_never_answers_stalls_no_other_organization() {
         })
         .collect();
     // The flood's lookups are under way.
-    let deadline = Instant::now() + WAIT;
-    while dns.queries() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no query reached the name server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("a query reaches the name server", WAIT, || async {
+        dns.queries() > 0
+    })
+    .await;
 
     // Organization B, meanwhile: creates, reads, and webhook URLs that resolve.
     let prompt = Duration::from_secs(5);
@@ -416,16 +412,14 @@ async fn webhook_hosts_resolve_through_the_configured_name_servers() {
     assert_eq!(patched.status, StatusCode::OK, "{:?}", patched.body);
     dns.fall_silent(true);
     let second = run_execution(&server, json!({})).await;
-    let deadline = Instant::now() + WAIT;
-    while server
-        .get(&format!("/v1/webhooks/endpoints/{id}"))
-        .await
-        .body["last_failure"]
-        .is_null()
-    {
-        assert!(Instant::now() < deadline, "no failed attempt was recorded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("a failed attempt is recorded", WAIT, || async {
+        !server
+            .get(&format!("/v1/webhooks/endpoints/{id}"))
+            .await
+            .body["last_failure"]
+            .is_null()
+    })
+    .await;
     assert_eq!(receiver.received().len(), 2);
     dns.fall_silent(false);
     server.advance_clock(2 * 60).await;

@@ -6,11 +6,11 @@
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, png, replicate};
 
-use crate::support::{Options, Reply, Server, replicate_with_files};
+use crate::support::{Options, Reply, Server, eventually, replicate_with_files, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -329,11 +329,10 @@ async fn an_unconfirmed_upload_is_still_swept_when_its_url_lapses() {
     );
 
     server.advance_clock(2 * 3600).await;
-    let deadline = Instant::now() + WAIT;
-    while server.objects_of(&file_id) > 0 {
-        assert!(Instant::now() < deadline, "the upload was not swept");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the upload is swept", WAIT, || async {
+        server.objects_of(&file_id) == 0
+    })
+    .await;
     let gone = server
         .call(
             Method::GET,
@@ -560,8 +559,7 @@ async fn a_full_organization_cannot_upload_but_its_generations_still_complete() 
         .await;
     assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
     let id = created.body["id"].as_str().unwrap();
-    let deadline = Instant::now() + WAIT;
-    let done = loop {
+    let done = eventually("the execution ends", WAIT, || async {
         let reply = server
             .call(
                 Method::GET,
@@ -572,11 +570,12 @@ async fn a_full_organization_cannot_upload_but_its_generations_still_complete() 
             )
             .await;
         if reply.body["status"] == "COMPLETED" || reply.body["status"] == "FAILED" {
-            break reply.body;
+            Ok(reply.body)
+        } else {
+            Err(reply.body)
         }
-        assert!(Instant::now() < deadline, "{:?}", reply.body);
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    })
+    .await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     let usage = file_usage(&server, &org_id).await;
     assert_eq!(usage["files_used"], json!(3), "{usage}");

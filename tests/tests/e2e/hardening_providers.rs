@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
 
-use crate::support::{Options, ProviderSpec, Server, flux_input, plugin_dirs};
+use crate::support::{Options, ProviderSpec, Server, eventually, flux_input, plugin_dirs};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -316,18 +316,16 @@ async fn flux_available(server: &Server) -> (bool, bool) {
 /// Polls the catalogue until flux's `available` is `want` (both in the list and
 /// on its own), or fails after `WAIT`.
 async fn wait_available(server: &Server, want: bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if flux_available(server).await == (want, want) {
-            return;
+    let what = format!("flux's available becomes {want}");
+    eventually(&what, WAIT, || async {
+        let seen = flux_available(server).await;
+        if seen == (want, want) {
+            Ok(())
+        } else {
+            Err(seen)
         }
-        assert!(
-            Instant::now() < deadline,
-            "flux never became available: {want}; log:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// Finding 21: the only provider of a model goes away; once a health probe has

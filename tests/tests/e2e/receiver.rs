@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -87,19 +87,16 @@ impl Receiver {
 
     /// Waits until at least `count` deliveries arrived.
     pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("{count} deliveries arrive");
+        crate::support::eventually(&what, timeout, || async {
             let received = self.received();
             if received.len() >= count {
-                return received;
+                Ok(received)
+            } else {
+                Err(format!("{} arrived", received.len()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {count} deliveries arrived",
-                received.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
