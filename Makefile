@@ -10,6 +10,11 @@ TEST_DIST := target/test-plugins
 PLUGIN_TARGET := wasm32-wasip2
 PLUGIN_OUT := target/$(PLUGIN_TARGET)/plugin
 DIST := plugins/dist
+# The SDK's template is a crate of its own that depends on the published SDK (so it
+# builds wherever it is copied); here it is built as its authors would build it,
+# against this checkout's SDK instead.
+LOCAL_SDK := --config 'patch.crates-io.modelroute-sdk.path="$(CURDIR)/sdk"'
+TEMPLATE_OUT := target/template/$(PLUGIN_TARGET)/release/modelroute_template.wasm
 
 .PHONY: run test plugins build bench setup lint fmt clean
 
@@ -20,12 +25,13 @@ setup:
 ## Builds every adapter to a WebAssembly component in plugins/dist/.
 plugins: setup
 	$(CARGO) build --profile plugin --target $(PLUGIN_TARGET) $(addprefix -p modelroute-plugin-,$(PLUGINS)) \
-	  -p modelroute-fixture-hostile -p modelroute-fixture-liar -p modelroute-template
+	  -p modelroute-fixture-hostile -p modelroute-fixture-liar
+	cd sdk/template && $(CARGO) build --release --target $(PLUGIN_TARGET) --target-dir $(CURDIR)/target/template $(LOCAL_SDK)
 	@mkdir -p $(DIST) $(TEST_DIST)
 	@for p in $(PLUGINS); do cp $(PLUGIN_OUT)/modelroute_plugin_$$p.wasm $(DIST)/$$p.wasm; done
 	@cp $(PLUGIN_OUT)/modelroute_fixture_hostile.wasm $(TEST_DIST)/hostile.wasm
 	@cp $(PLUGIN_OUT)/modelroute_fixture_liar.wasm $(TEST_DIST)/liar.wasm
-	@cp $(PLUGIN_OUT)/modelroute_template.wasm $(TEST_DIST)/template.wasm
+	@cp $(TEMPLATE_OUT) $(TEST_DIST)/template.wasm
 	@ls -l $(DIST) $(TEST_DIST)
 
 ## The server, the CLI and the provider emulators.
@@ -39,9 +45,11 @@ run: build
 	trap 'kill $$emulators 2>/dev/null' EXIT INT TERM; \
 	target/debug/modelroute serve --dev
 
-## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests.
-## Ends with one line totalling every test binary's results.
+## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests,
+## and a packaging of the SDK as it would be published (authors depend on it by
+## version). Ends with one line totalling every test binary's results.
 test: build
+	$(CARGO) package -p modelroute-sdk --allow-dirty
 	@set -o pipefail; $(CARGO) test --workspace --exclude modelroute-sdk 2>&1 | tee target/test.log
 	@awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
 	  END { printf "%d passed, %d failed\n", p, f }' target/test.log
@@ -50,6 +58,8 @@ test: build
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --exclude modelroute-sdk -- -D warnings
+	cd sdk/template && $(CARGO) fmt --check
+	cd sdk/template && $(CARGO) clippy --target $(PLUGIN_TARGET) --target-dir $(CURDIR)/target/template $(LOCAL_SDK) -- -D warnings
 
 ## Benchmarks; figures are recorded in the README.
 bench: plugins
@@ -59,6 +69,7 @@ bench: plugins
 
 fmt:
 	$(CARGO) fmt --all
+	cd sdk/template && $(CARGO) fmt
 
 clean:
 	rm -rf $(DIST)

@@ -183,6 +183,10 @@ async fn check_plugin(file: PathBuf, fixture_files: Vec<PathBuf>) -> Result<()> 
             .with_context(|| format!("parsing fixtures {}", path.display()))?;
         fixtures.extend(parsed);
     }
+    println!("SIZE  {}", conformance::describe_size(wasm.len()));
+    if let Some(warning) = conformance::size_warning(wasm.len()) {
+        println!("WARN  {warning}");
+    }
     // Compiled artifacts go to a private scratch directory, removed afterwards.
     let cache = std::env::temp_dir().join(format!("modelroute-check-{}", std::process::id()));
     let runtime = Runtime::new(Default::default(), cache.clone())?;

@@ -17,16 +17,18 @@
 //! ```
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is the
-//! plugin. `modelroute plugin check <file.wasm>` tells you whether the host accepts it.
+//! plugin (the template's `[profile.release]` keeps it near 150 KB).
+//! `modelroute plugin check <file.wasm>` tells you whether the host accepts it.
 
 mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "adapter-plugin",
     });
 }
 
 pub mod canonical;
+mod contract;
 mod helpers;
 pub use helpers::approx_tokens;
 
@@ -37,13 +39,17 @@ pub use bindings::modelroute::provider::types::{
 };
 pub use serde_json::{self, Value, json};
 
-/// The contract version this SDK speaks. The host refuses versions it does not know.
-pub const API_VERSION: &str = "0.2.0";
+/// The contract version this SDK speaks: the version of the WIT package it binds
+/// (`wit/adapter.wit`). The host refuses versions it does not know.
+pub use contract::API_VERSION;
 
 /// [`API_VERSION`] as bytes, stamped into every plugin by [`export_adapter!`] in the
 /// custom section `modelroute:api-version`, which the host reads before compiling.
 #[doc(hidden)]
-pub const API_VERSION_BYTES: [u8; API_VERSION.len()] = *b"0.2.0";
+pub const API_VERSION_BYTES: [u8; API_VERSION.len()] = match API_VERSION.as_bytes().first_chunk() {
+    Some(bytes) => *bytes,
+    None => unreachable!(),
+};
 
 /// One provider wire format. Only the first four methods are required.
 pub trait Adapter: Send + Sync + 'static {

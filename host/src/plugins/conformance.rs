@@ -113,6 +113,31 @@ pub fn check(runtime: &Arc<Runtime>, wasm: &[u8], fixtures: &[Fixture]) -> Vec<C
     checks
 }
 
+/// Above this a component was most likely built without the small-size profile.
+pub const LARGE_COMPONENT_BYTES: usize = 1024 * 1024;
+
+/// A component's size as the report shows it, e.g. `149 KB (152801 bytes)`.
+pub fn describe_size(bytes: usize) -> String {
+    let kb = bytes as f64 / 1024.0;
+    if kb >= 1024.0 {
+        format!("{:.1} MB ({bytes} bytes)", kb / 1024.0)
+    } else {
+        format!("{kb:.0} KB ({bytes} bytes)")
+    }
+}
+
+/// A warning for a component large enough to mean a build with the default release
+/// profile: every byte is compiled and kept per installed version.
+pub fn size_warning(bytes: usize) -> Option<String> {
+    (bytes > LARGE_COMPONENT_BYTES).then(|| {
+        format!(
+            "the component is {}; adapters built with the SDK template's [profile.release] \
+             (opt-level = \"s\", lto = true, strip = true, codegen-units = 1) are about 150 KB",
+            describe_size(bytes)
+        )
+    })
+}
+
 /// What every adapter must do with common provider failures.
 fn own_fixtures(slug: &str) -> Vec<(&'static str, Fixture)> {
     let failing =
@@ -277,5 +302,21 @@ fn describe(outcome: &wit::Outcome) -> String {
         wit::Outcome::Completed(_) => "completed".into(),
         wit::Outcome::Pending(_) => "pending".into(),
         wit::Outcome::Failed(f) => format!("failed ({:?}: {})", f.code, f.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_component_is_reported_with_a_hint_about_the_release_profile() {
+        assert_eq!(describe_size(152_801), "149 KB (152801 bytes)");
+        assert_eq!(size_warning(152_801), None);
+        let large = 2_700_000;
+        assert_eq!(describe_size(large), "2.6 MB (2700000 bytes)");
+        let warning = size_warning(large).expect("a 2.6 MB component is warned about");
+        assert!(warning.contains("2.6 MB"), "{warning}");
+        assert!(warning.contains("[profile.release]"), "{warning}");
     }
 }

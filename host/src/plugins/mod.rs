@@ -9,10 +9,12 @@
 //! data directory ([`Installed`]) and survive a restart.
 
 pub mod conformance;
+mod contract;
 mod installed;
 mod pool;
 mod registry;
 
+pub use contract::{API_VERSION, SUPPORTED_API_VERSIONS};
 pub use installed::Installed;
 pub use registry::Registry;
 
@@ -35,7 +37,7 @@ use crate::config::PluginLimits;
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../sdk/wit",
         world: "adapter-plugin",
     });
 }
@@ -45,8 +47,6 @@ use bindings::exports::modelroute::provider::adapter::Guest;
 /// The contract's types, as the host sees them.
 pub use bindings::modelroute::provider::types as wit;
 
-/// Contract versions this host speaks.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.2.0"];
 const API_VERSION_SECTION: &str = "modelroute:api-version";
 /// The epoch advances this often; call deadlines are counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -11,6 +11,7 @@ mod hardening_files;
 mod hardening_providers;
 mod hardening_sandbox;
 mod money;
+mod plugin_author;
 mod plugins;
 mod receiver;
 mod restart;
