@@ -8,11 +8,12 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::fields::Fields;
 use super::{JsonObject, ListQuery, Page, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::billing;
-use crate::error::{ApiError, Detail, DetailCode, quote};
+use crate::error::{ApiError, DetailCode, quote};
 use crate::executions::input::canonical_numbers;
 use crate::executions::{CreateRequest, Execution, Mode, Status, StreamMessage, request_hash};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -191,7 +192,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Reads `{model, input, webhook_url?, metadata?, mode?, wait_seconds?}`, reporting
 /// every problem at once.
 fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), ApiError> {
-    let mut details = super::unknown_fields(
+    let mut fields = Fields::new(
         body,
         &[
             "model",
@@ -202,144 +203,50 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
             "wait_seconds",
         ],
     );
-    let model = match body.get("model") {
-        Some(Value::String(model)) if !model.is_empty() => model.clone(),
-        Some(Value::String(_)) | None => {
-            details.push(Detail::new(
-                "model",
-                DetailCode::Required,
-                "model is required",
-            ));
-            String::new()
-        }
-        Some(_) => {
-            details.push(Detail::new(
-                "model",
-                DetailCode::InvalidType,
-                "model must be a string",
-            ));
-            String::new()
-        }
-    };
-    let input = match body.get("input") {
-        Some(input @ Value::Object(_)) => input.clone(),
+    let model = fields.required_string("model");
+    let input = match fields.present("input") {
         None => {
-            details.push(Detail::new(
-                "input",
-                DetailCode::Required,
-                "input is required",
-            ));
-            Value::Null
-        }
-        Some(_) => {
-            details.push(Detail::new(
-                "input",
-                DetailCode::InvalidType,
-                "input must be an object",
-            ));
-            Value::Null
-        }
-    };
-    let metadata = match body.get("metadata") {
-        None | Some(Value::Null) => json!({}),
-        Some(metadata @ Value::Object(map))
-            if map.len() <= 50 && metadata.to_string().len() <= 16 * 1024 =>
-        {
-            metadata.clone()
-        }
-        Some(Value::Object(_)) => {
-            details.push(Detail::new(
-                "metadata",
-                DetailCode::OutOfRange,
-                "metadata is limited to 50 keys and 16 KiB",
-            ));
-            Value::Null
-        }
-        Some(_) => {
-            details.push(Detail::new(
-                "metadata",
-                DetailCode::InvalidType,
-                "metadata must be an object",
-            ));
-            Value::Null
-        }
-    };
-    let mode = match body.get("mode") {
-        None | Some(Value::Null) => Mode::Async,
-        Some(Value::String(mode)) if mode == "ASYNC" => Mode::Async,
-        Some(Value::String(mode)) if mode == "SYNC" => Mode::Sync,
-        Some(Value::String(mode)) if mode == "STREAMING" => Mode::Streaming,
-        Some(_) => {
-            details.push(Detail::new(
-                "mode",
-                DetailCode::InvalidValue,
-                "mode must be ASYNC, SYNC or STREAMING",
-            ));
-            Mode::Async
-        }
-    };
-    let wait = match body.get("wait_seconds") {
-        None | Some(Value::Null) => DEFAULT_WAIT_SECONDS,
-        Some(Value::Number(n)) if n.is_f64() => {
-            details.push(Detail::new(
-                "wait_seconds",
-                DetailCode::InvalidType,
-                "wait_seconds must be an integer",
-            ));
-            DEFAULT_WAIT_SECONDS
-        }
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(seconds @ 1..=MAX_WAIT_SECONDS) => seconds,
-            _ => {
-                details.push(Detail::new(
-                    "wait_seconds",
-                    DetailCode::OutOfRange,
-                    format!("wait_seconds must be 1 to {MAX_WAIT_SECONDS}"),
-                ));
-                DEFAULT_WAIT_SECONDS
-            }
-        },
-        Some(_) => {
-            details.push(Detail::new(
-                "wait_seconds",
-                DetailCode::InvalidType,
-                "wait_seconds must be an integer",
-            ));
-            DEFAULT_WAIT_SECONDS
-        }
-    };
-    let webhook_url = match body.get("webhook_url") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(url)) => match url::Url::parse(url) {
-            Ok(parsed) if matches!(parsed.scheme(), "https" | "http") => Some(url.clone()),
-            _ => {
-                details.push(Detail::new(
-                    "webhook_url",
-                    DetailCode::InvalidValue,
-                    "webhook_url must be an http(s) URL",
-                ));
-                None
-            }
-        },
-        Some(_) => {
-            details.push(Detail::new(
-                "webhook_url",
-                DetailCode::InvalidType,
-                "webhook_url must be a string",
-            ));
+            fields.refuse("input", DetailCode::Required, "input is required");
             None
         }
+        Some(_) => fields.object("input"),
     };
-    if !details.is_empty() {
-        return Err(ApiError::validation(details));
+    let metadata = fields.object("metadata");
+    if metadata.is_some_and(|map| {
+        map.len() > 50 || Value::Object(map.clone()).to_string().len() > 16 * 1024
+    }) {
+        fields.refuse(
+            "metadata",
+            DetailCode::OutOfRange,
+            "metadata is limited to 50 keys and 16 KiB",
+        );
     }
+    let mode = match fields.choice("mode", &["ASYNC", "SYNC", "STREAMING"]) {
+        Some("SYNC") => Mode::Sync,
+        Some("STREAMING") => Mode::Streaming,
+        _ => Mode::Async,
+    };
+    let wait = fields
+        .integer("wait_seconds", 1..=MAX_WAIT_SECONDS)
+        .unwrap_or(DEFAULT_WAIT_SECONDS);
+    let webhook_url = fields.string("webhook_url");
+    if webhook_url.is_some_and(|url| {
+        !url::Url::parse(url).is_ok_and(|parsed| matches!(parsed.scheme(), "https" | "http"))
+    }) {
+        fields.refuse(
+            "webhook_url",
+            DetailCode::InvalidValue,
+            "webhook_url must be an http(s) URL",
+        );
+    }
+    fields.finish()?;
     Ok((
         CreateRequest {
-            model,
-            input,
-            metadata,
+            model: model.unwrap_or_default().to_string(),
+            input: Value::Object(input.cloned().unwrap_or_default()),
+            metadata: Value::Object(metadata.cloned().unwrap_or_default()),
             mode,
-            webhook_url,
+            webhook_url: webhook_url.map(str::to_string),
         },
         Duration::from_secs(wait),
     ))

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{JsonObject, ListQuery, Page, known_fields, list_body, require};
+use super::fields::Fields;
+use super::{JsonObject, ListQuery, Page, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, DetailCode};
@@ -31,7 +32,9 @@ pub async fn create_upload(
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&caller, Scope::Execution)?;
-    known_fields(
+    // Older clients send `filename`, `content_type` and `size_bytes`: accepted,
+    // never trusted (only a size over what fits is refused early).
+    let mut fields = Fields::new(
         &body,
         &[
             "purpose",
@@ -40,53 +43,18 @@ pub async fn create_upload(
             "content_type",
             "size_bytes",
         ],
-    )?;
-    let purpose = match body.get("purpose") {
-        Some(Value::String(purpose)) if purpose == "INPUT" || purpose == "UPLOAD" => {
-            purpose.clone()
-        }
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                "purpose",
-                DetailCode::Required,
-                "purpose is required: \"INPUT\" or \"UPLOAD\"",
-            ));
-        }
-        Some(value) if !value.is_string() => {
-            return Err(ApiError::invalid(
-                "purpose",
-                DetailCode::InvalidType,
-                "purpose must be a string: \"INPUT\" or \"UPLOAD\"",
-            ));
-        }
-        _ => {
-            return Err(ApiError::invalid(
-                "purpose",
-                DetailCode::InvalidValue,
-                "purpose must be \"INPUT\" or \"UPLOAD\"",
-            ));
-        }
-    };
-    let ttl_days = match body.get("ttl_days") {
-        None | Some(Value::Null) => None,
-        Some(value) => match value.as_u64() {
-            Some(days @ 1..=365) => Some(days as u32),
-            _ if value.is_i64() || value.is_u64() => {
-                return Err(ApiError::invalid(
-                    "ttl_days",
-                    DetailCode::OutOfRange,
-                    "ttl_days must be between 1 and 365",
-                ));
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "ttl_days",
-                    DetailCode::InvalidType,
-                    "ttl_days must be an integer",
-                ));
-            }
-        },
-    };
+    );
+    if fields.present("purpose").is_none() {
+        fields.refuse(
+            "purpose",
+            DetailCode::Required,
+            "purpose is required: \"INPUT\" or \"UPLOAD\"",
+        );
+    }
+    let purpose = fields.choice("purpose", &["INPUT", "UPLOAD"]);
+    let ttl_days = fields.integer("ttl_days", 1..=365).map(|days| days as u32);
+    fields.finish()?;
+    let purpose = purpose.unwrap_or_default().to_string();
     let declared_size = body.get("size_bytes").and_then(Value::as_u64);
     let origin = Origin::caller(&caller, Some(address));
     let ticket = app
@@ -138,24 +106,10 @@ pub async fn confirm(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
-    known_fields(&body, &["file_id"])?;
-    let file_id = match body.get("file_id") {
-        Some(Value::String(file_id)) => file_id,
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                "file_id",
-                DetailCode::Required,
-                "file_id is required",
-            ));
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "file_id",
-                DetailCode::InvalidType,
-                "file_id must be a string",
-            ));
-        }
-    };
+    let mut fields = Fields::new(&body, &["file_id"]);
+    let file_id = fields.required_string("file_id");
+    fields.finish()?;
+    let file_id = file_id.unwrap_or_default();
     let origin = Origin::caller(&caller, Some(address));
     Ok(Json(
         app.files.confirm(&caller, file_id, origin).await?.view(),

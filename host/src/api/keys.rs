@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use super::{JsonObject, ListQuery, Page, known_fields, list_body, require};
+use super::fields::Fields;
+use super::{JsonObject, ListQuery, Page, list_body, require};
 use crate::App;
 use crate::auth::{self, Caller, KeyRefusal, MAX_ACTIVE_KEYS, Scope};
 use crate::error::{ApiError, Code, DetailCode};
@@ -31,30 +32,20 @@ pub async fn create(
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&caller, Scope::Full)?;
-    known_fields(&body, &["scope", "name"])?;
-    let scope = match body.get("scope") {
-        None | Some(Value::Null) => Scope::Full,
-        Some(Value::String(s)) if s == "full" => Scope::Full,
-        Some(Value::String(s)) if s == "execution" => Scope::Execution,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "scope",
-                DetailCode::InvalidValue,
-                "scope must be \"full\" or \"execution\"",
-            ));
-        }
+    let mut fields = Fields::new(&body, &["scope", "name"]);
+    let scope = match fields.choice("scope", &["full", "execution"]) {
+        Some("execution") => Scope::Execution,
+        _ => Scope::Full,
     };
-    let name = match body.get("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(name)) if name.len() <= 200 => Some(name.clone()),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "name",
-                DetailCode::InvalidValue,
-                "name must be a string of at most 200 characters",
-            ));
-        }
-    };
+    let name = fields.string("name").map(str::to_string);
+    if name.as_ref().is_some_and(|name| name.len() > 200) {
+        fields.refuse(
+            "name",
+            DetailCode::OutOfRange,
+            "name must be at most 200 characters",
+        );
+    }
+    fields.finish()?;
     let org = caller.org_id.clone();
     let (key, secret) = app
         .store

@@ -2,6 +2,7 @@
 
 mod admin;
 mod executions;
+mod fields;
 mod files;
 mod keys;
 mod models;

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::fields::Fields;
 use super::{JsonObject, ListQuery, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
@@ -129,10 +130,19 @@ pub async fn update(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
-    known_fields(
+    let mut fields = Fields::new(
         &body,
         &["url", "description", "events", "headers", "is_active"],
-    )?;
+    );
+    let is_active = fields.boolean("is_active");
+    if body.get("is_active").is_some_and(Value::is_null) {
+        fields.refuse(
+            "is_active",
+            DetailCode::InvalidType,
+            "is_active must be a boolean",
+        );
+    }
+    fields.finish()?;
     find(&app, &caller, &id)?;
     let url = match body.get("url") {
         Some(url) => Some(checked_url(&app, &caller.org_id, "url", url).await?),
@@ -150,17 +160,7 @@ pub async fn update(
         .contains_key("headers")
         .then(|| headers(body.get("headers")))
         .transpose()?;
-    let is_active = match body.get("is_active") {
-        None => None,
-        Some(Value::Bool(active)) => Some(*active),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "is_active",
-                DetailCode::InvalidType,
-                "is_active must be a boolean",
-            ));
-        }
-    };
+
     let org = caller.org_id.clone();
     let updated = app
         .store
