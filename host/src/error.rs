@@ -8,8 +8,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::plugins::wit;
-
 /// Every code a client can see: the 12 normalized codes plus the API-level ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -106,27 +104,6 @@ impl Code {
             NotFound => "Not found.",
             Conflict => "The request conflicts with the current state.",
             PayloadTooLarge => "The request body is too large.",
-        }
-    }
-}
-
-/// An adapter's classification, as a client-facing code.
-impl From<wit::ErrorCode> for Code {
-    fn from(code: wit::ErrorCode) -> Code {
-        use wit::ErrorCode as W;
-        match code {
-            W::InputValidationError => Code::InputValidationError,
-            W::ContentModerationRejected => Code::ContentModerationRejected,
-            W::FileNotFound => Code::FileNotFound,
-            W::FileFormatUnsupported => Code::FileFormatUnsupported,
-            W::InsufficientBalance => Code::InsufficientBalance,
-            W::RateLimited => Code::RateLimited,
-            W::ModelOverloaded => Code::ModelOverloaded,
-            W::ModelUnavailable => Code::ModelUnavailable,
-            W::GenerationTimeout => Code::GenerationTimeout,
-            W::GenerationFailed => Code::GenerationFailed,
-            W::ServiceUnavailable => Code::ServiceUnavailable,
-            W::InternalError => Code::InternalError,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod durable;
 pub mod error;
 pub mod executions;
+pub mod file_fields;
 pub mod files;
 pub mod ids;
 pub mod money;

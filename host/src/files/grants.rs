@@ -15,6 +15,7 @@ use super::{FileRecord, FileStatus, Files, Origin};
 use crate::clock;
 use crate::error::{ApiError, Code, Detail, DetailCode};
 use crate::executions::Execution;
+use crate::file_fields::{FileField, field_file_ids, file_fields};
 use crate::ids::has_prefix;
 use crate::plugins::wit;
 
@@ -117,64 +118,6 @@ impl Files {
     }
 }
 
-/// The distinct `file_…` ids an input holds in its `fields` (the only places an
-/// input names files: other strings are text, whatever they look like).
-fn field_file_ids(fields: &[FileField], input: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = Vec::new();
-    for field in fields {
-        if let Some(id) = input.get(&field.name).and_then(Value::as_str)
-            && has_prefix(id, "file")
-            && !ids.iter().any(|known| known == id)
-        {
-            ids.push(id.to_string());
-        }
-    }
-    ids
-}
-
-/// Every distinct `file_…` id among the strings of `value`.
-pub fn file_ids(value: &Value) -> Vec<String> {
-    fn walk(value: &Value, ids: &mut Vec<String>) {
-        match value {
-            Value::String(s) if has_prefix(s, "file") && !ids.contains(s) => ids.push(s.clone()),
-            Value::Array(items) => items.iter().for_each(|v| walk(v, ids)),
-            Value::Object(map) => map.values().for_each(|v| walk(v, ids)),
-            _ => {}
-        }
-    }
-    let mut ids = Vec::new();
-    walk(value, &mut ids);
-    ids
-}
-
-/// An input property a model's schema marks as a file reference with the
-/// `x-file-types` keyword (a list of accepted MIME types).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileField {
-    pub name: String,
-    pub types: Vec<String>,
-}
-
-/// The file properties of an input schema (top-level properties only).
-pub fn file_fields(schema: &Value) -> Vec<FileField> {
-    let Some(properties) = schema["properties"].as_object() else {
-        return Vec::new();
-    };
-    properties
-        .iter()
-        .filter_map(|(name, property)| {
-            let types = property.get("x-file-types")?.as_array()?;
-            Some(FileField {
-                name: name.clone(),
-                types: types
-                    .iter()
-                    .filter_map(|t| t.as_str().map(str::to_string))
-                    .collect(),
-            })
-        })
-        .collect()
-}
-
 impl Files {
     /// Checks the files an input names before anything is held: each must be a
     /// ready file of `org_id` (else `FILE_NOT_FOUND`) of a type the model accepts
@@ -239,46 +182,5 @@ fn unconfirmed(field: &str, record: &FileRecord) -> ApiError {
             message.clone(),
         )],
         ..ApiError::new(Code::FileNotFound, format!("input.{field}: {message}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn file_fields_are_the_properties_marked_with_x_file_types() {
-        let schema = json!({"properties": {
-            "prompt": {"type": "string"},
-            "image": {"type": "string", "x-file-types": ["image/png", "image/jpeg"]}
-        }});
-        assert_eq!(
-            file_fields(&schema),
-            vec![FileField {
-                name: "image".into(),
-                types: vec!["image/png".into(), "image/jpeg".into()]
-            }]
-        );
-    }
-
-    #[test]
-    fn only_the_schema_file_fields_name_files() {
-        let schema = json!({"properties": {
-            "prompt": {"type": "string"},
-            "image": {"type": "string", "x-file-types": ["image/png"]},
-            "mask": {"type": "string", "x-file-types": ["image/png"]}
-        }});
-        let (image, other) = (crate::ids::new_id("file"), crate::ids::new_id("file"));
-        let input = json!({"prompt": other, "image": image, "mask": image, "extra": [other]});
-        assert_eq!(field_file_ids(&file_fields(&schema), &input), vec![image]);
-    }
-
-    #[test]
-    fn every_distinct_file_id_in_an_input_is_found() {
-        let a = crate::ids::new_id("file");
-        let b = crate::ids::new_id("file");
-        let input = json!({"image": a, "more": [b, a, "file_not-an-id"], "n": 1});
-        assert_eq!(file_ids(&input), vec![a, b]);
     }
 }

@@ -34,6 +34,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::PluginLimits;
+use crate::error::Code;
+use crate::file_fields::{field_file_ids, file_fields};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -366,7 +368,7 @@ impl LoadedPlugin {
                 base_url: manifest.default_base_url.clone(),
                 attempt_id: "att_validation".into(),
                 callback_url: None,
-                files: example_grants(&example, manifest.capabilities.inline_files),
+                files: example_grants(&schema, &example, manifest.capabilities.inline_files),
                 stream: false,
             };
             self.call("build-submit", |adapter, store| {
@@ -604,10 +606,15 @@ pub fn watch_dir(runtime: Arc<Runtime>, registry: Arc<Registry>, dir: PathBuf) {
     });
 }
 
-/// Placeholder grants for the files an example input names, as an attempt would
-/// get them (an unroutable URL; bytes when the adapter asks for them inline).
-fn example_grants(example: &serde_json::Value, inline: bool) -> Vec<wit::FileGrant> {
-    crate::files::grants::file_ids(example)
+/// Placeholder grants for the files an example input names in the fields `schema`
+/// marks as files, as an attempt would get them (an unroutable URL; bytes when the
+/// adapter asks for them inline).
+fn example_grants(
+    schema: &serde_json::Value,
+    example: &serde_json::Value,
+    inline: bool,
+) -> Vec<wit::FileGrant> {
+    field_file_ids(&file_fields(schema), example)
         .into_iter()
         .map(|file_id| wit::FileGrant {
             url: format!("https://example.invalid/files/grant/{file_id}"),
@@ -616,6 +623,27 @@ fn example_grants(example: &serde_json::Value, inline: bool) -> Vec<wit::FileGra
             bytes: inline.then(|| b"\x89PNG\r\n\x1a\nexample".to_vec()),
         })
         .collect()
+}
+
+/// An adapter's classification, as a client-facing code.
+impl From<wit::ErrorCode> for Code {
+    fn from(code: wit::ErrorCode) -> Code {
+        use wit::ErrorCode as W;
+        match code {
+            W::InputValidationError => Code::InputValidationError,
+            W::ContentModerationRejected => Code::ContentModerationRejected,
+            W::FileNotFound => Code::FileNotFound,
+            W::FileFormatUnsupported => Code::FileFormatUnsupported,
+            W::InsufficientBalance => Code::InsufficientBalance,
+            W::RateLimited => Code::RateLimited,
+            W::ModelOverloaded => Code::ModelOverloaded,
+            W::ModelUnavailable => Code::ModelUnavailable,
+            W::GenerationTimeout => Code::GenerationTimeout,
+            W::GenerationFailed => Code::GenerationFailed,
+            W::ServiceUnavailable => Code::ServiceUnavailable,
+            W::InternalError => Code::InternalError,
+        }
+    }
 }
 
 #[cfg(test)]
