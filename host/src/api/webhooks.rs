@@ -16,8 +16,8 @@ use crate::clock;
 use crate::error::{ApiError, Code, DetailCode};
 use crate::ids::new_id;
 use crate::netguard::Refusal;
-use crate::store::WEBHOOK_ENDPOINTS;
 use crate::webhooks::delivery::SendResult;
+use crate::webhooks::endpoints::{self, Changes};
 use crate::webhooks::{self, EVENT_TYPES, Endpoint, RESERVED_HEADERS};
 
 /// Most custom headers an endpoint may carry.
@@ -61,28 +61,18 @@ pub async fn create(
         last_success: None,
         last_failure: None,
     };
-    let stored = endpoint.clone();
-    let inserted = app
-        .store
-        .write(move |txn| {
-            // Counted in the transaction that inserts: concurrent creates cannot
-            // pass the limit together.
-            if webhooks::count_endpoints(txn, &stored.organization_id)? >= webhooks::MAX_ENDPOINTS {
-                return Ok(false);
-            }
-            webhooks::insert_endpoint(txn, &stored)?;
-            Ok(true)
-        })
-        .await?;
-    if !inserted {
-        return Err(ApiError::new(
-            Code::Conflict,
-            format!(
-                "an organization may have at most {} webhook endpoints; delete one first",
-                webhooks::MAX_ENDPOINTS
-            ),
-        ));
-    }
+    let endpoint =
+        endpoints::create(&app.store, endpoint)
+            .await?
+            .map_err(|endpoints::AtLimit| {
+                ApiError::new(
+                    Code::Conflict,
+                    format!(
+                        "an organization may have at most {} webhook endpoints; delete one first",
+                        webhooks::MAX_ENDPOINTS
+                    ),
+                )
+            })?;
     Ok((StatusCode::CREATED, Json(endpoint.view(true))))
 }
 
@@ -103,11 +93,10 @@ pub async fn list(
         })?),
         None => None,
     };
-    let (endpoints, has_more) = app
-        .store
-        .read(|txn| webhooks::list_endpoints(txn, &caller.org_id, page.limit, after.as_ref()))?;
+    let (listed, has_more) =
+        endpoints::list(&app.store, &caller.org_id, page.limit, after.as_ref())?;
     Ok(list_body(
-        endpoints.iter().map(|e| e.view(false)).collect(),
+        listed.iter().map(|e| e.view(false)).collect(),
         has_more,
     ))
 }
@@ -161,36 +150,14 @@ pub async fn update(
         .then(|| headers(body.get("headers")))
         .transpose()?;
 
-    let org = caller.org_id.clone();
-    let updated = app
-        .store
-        .write(move |txn| {
-            let Some(mut endpoint) =
-                webhooks::endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &org, &id)?
-            else {
-                return Ok(None);
-            };
-            if let Some(url) = url {
-                endpoint.url = url;
-            }
-            if let Some(description) = description {
-                endpoint.description = description;
-            }
-            if let Some(events) = events {
-                endpoint.events = events;
-            }
-            if let Some(headers) = headers {
-                endpoint.headers = headers;
-            }
-            if let Some(active) = is_active {
-                if active && !endpoint.is_active {
-                    endpoint.failure_count = 0;
-                }
-                endpoint.is_active = active;
-            }
-            webhooks::save_endpoint(txn, &endpoint)?;
-            Ok(Some(endpoint))
-        })
+    let changes = Changes {
+        url,
+        description,
+        events,
+        headers,
+        is_active,
+    };
+    let updated = endpoints::update(&app.store, &caller.org_id, &id, changes)
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(updated.view(false)))
@@ -203,16 +170,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Full)?;
-    let org = caller.org_id.clone();
-    let removed = app
-        .store
-        .write(move |txn| {
-            let endpoint = webhooks::endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &org, &id)?;
-            if let Some(endpoint) = &endpoint {
-                webhooks::remove_endpoint(txn, endpoint)?;
-            }
-            Ok(endpoint)
-        })
+    let removed = endpoints::delete(&app.store, &caller.org_id, &id)
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(
@@ -279,18 +237,12 @@ pub async fn default_secret(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     require(&caller, Scope::Execution)?;
-    let org = caller.org_id.clone();
-    let secret = app
-        .store
-        .write(move |txn| webhooks::default_secret(txn, &org))
-        .await?;
+    let secret = endpoints::organization_secret(&app.store, &caller.org_id).await?;
     Ok(Json(json!({ "secret": secret })))
 }
 
 fn find(app: &App, caller: &Caller, id: &str) -> Result<Endpoint, ApiError> {
-    app.store
-        .read(|txn| webhooks::endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &caller.org_id, id))?
-        .ok_or_else(ApiError::not_found)
+    endpoints::get(&app.store, &caller.org_id, id)?.ok_or_else(ApiError::not_found)
 }
 
 /// A URL deliveries may go to under the operator's policy (scheme, and every

@@ -7,21 +7,22 @@
 //! a redelivery sends the same stored body with the same `evt_` id.
 
 pub mod delivery;
+pub mod endpoints;
+
+use endpoints::endpoints_of;
+pub use endpoints::{default_secret, save_endpoint};
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use crate::clock;
 use crate::executions::{Execution, Status};
-use crate::ids::{has_prefix, new_id, new_short_id};
-use crate::store::{
-    self, META, WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_ENDPOINTS, WEBHOOK_ENDPOINTS_BY_ORG,
-    WEBHOOK_EVENTS,
-};
+use crate::ids::{new_id, new_short_id};
+use crate::store::{self, WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_EVENTS};
 
 pub const EVENT_TYPES: [&str; 5] = [
     "execution.started",
@@ -275,118 +276,11 @@ fn due_key(at: DateTime<Utc>, delivery_id: &str) -> String {
     format!("{:020}/{delivery_id}", at.timestamp_millis().max(0))
 }
 
-/// `{org}/{newest-first key}/{endpoint}`.
-fn by_org_key(endpoint: &Endpoint) -> String {
-    let inverted = i64::MAX - endpoint.created_at.timestamp_micros();
-    format!(
-        "{}/{inverted:020}/{}",
-        endpoint.organization_id, endpoint.id
-    )
-}
-
-fn endpoints_of(txn: &WriteTransaction, org_id: &str) -> Result<Vec<Endpoint>> {
-    let endpoints = txn.open_table(WEBHOOK_ENDPOINTS)?;
-    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
-    let prefix = format!("{org_id}/");
-    let (all, _) = store::page(
-        &index,
-        &endpoints,
-        &prefix,
-        &prefix,
-        usize::MAX,
-        |_: &Endpoint| true,
-    )?;
-    Ok(all)
-}
-
-/// How many endpoints `org_id` has (inside a write transaction).
-pub fn count_endpoints(txn: &WriteTransaction, org_id: &str) -> Result<usize> {
-    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
-    let prefix = format!("{org_id}/");
-    let mut count = 0;
-    for row in index.range(prefix.as_str()..)? {
-        let (key, _) = row?;
-        if !key.value().starts_with(&prefix) {
-            break;
-        }
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// The organization's default secret, which signs deliveries to per-execution
-/// `webhook_url`s; made on first use.
-pub fn default_secret(txn: &WriteTransaction, org_id: &str) -> Result<String> {
-    let name = format!("webhook-secret/{org_id}");
-    let mut meta = txn.open_table(META)?;
-    if let Some(secret) = store::get::<String>(&meta, &name)? {
-        return Ok(secret);
-    }
-    let secret = new_secret();
-    meta.insert(name.as_str(), store::encode(&secret)?.as_slice())?;
-    Ok(secret)
-}
-
-pub fn insert_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
-    save_endpoint(txn, endpoint)?;
-    txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?
-        .insert(by_org_key(endpoint).as_str(), [].as_slice())?;
-    Ok(())
-}
-
-pub fn save_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
-    txn.open_table(WEBHOOK_ENDPOINTS)?
-        .insert(endpoint.id.as_str(), store::encode(endpoint)?.as_slice())?;
-    Ok(())
-}
-
-pub fn remove_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
-    txn.open_table(WEBHOOK_ENDPOINTS)?
-        .remove(endpoint.id.as_str())?;
-    txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?
-        .remove(by_org_key(endpoint).as_str())?;
-    Ok(())
-}
-
-/// The endpoint `id` of `org_id` (another organization's is not found).
-pub fn endpoint(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    org_id: &str,
-    id: &str,
-) -> Result<Option<Endpoint>> {
-    if !has_prefix(id, "wh") {
-        return Ok(None);
-    }
-    let endpoint: Option<Endpoint> = store::get(table, id)?;
-    Ok(endpoint.filter(|e| e.organization_id == org_id))
-}
-
-/// Newest first, after `starting_after`.
-pub fn list_endpoints(
-    txn: &ReadTransaction,
-    org_id: &str,
-    limit: usize,
-    starting_after: Option<&Endpoint>,
-) -> Result<(Vec<Endpoint>, bool)> {
-    let endpoints = txn.open_table(WEBHOOK_ENDPOINTS)?;
-    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
-    let prefix = format!("{org_id}/");
-    let start = starting_after.map_or(prefix.clone(), |after| by_org_key(after) + "\u{0}");
-    store::page(
-        &index,
-        &endpoints,
-        &prefix,
-        &start,
-        limit,
-        |_: &Endpoint| true,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Store;
-    use redb::ReadableTableMetadata;
+    use redb::{ReadableTable, ReadableTableMetadata};
 
     fn execution(status: &str) -> Execution {
         serde_json::from_value(json!({
