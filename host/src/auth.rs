@@ -31,6 +31,29 @@ pub struct Organization {
     pub file_ttl_days: Option<u32>,
 }
 
+/// Whether the organization `id` exists (inside a write transaction).
+pub fn organization_exists(txn: &WriteTransaction, id: &str) -> Result<bool> {
+    Ok(redb::ReadableTable::get(&txn.open_table(ORGANIZATIONS)?, id)?.is_some())
+}
+
+/// Sets how long `id`'s files live when an upload does not say (`None`: the
+/// server's default); answers the organization, or `None` when there is none.
+pub fn set_file_ttl(
+    txn: &WriteTransaction,
+    id: &str,
+    ttl_days: Option<Option<u32>>,
+) -> Result<Option<Organization>> {
+    let mut table = txn.open_table(ORGANIZATIONS)?;
+    let Some(mut org) = organization(&table, id)? else {
+        return Ok(None);
+    };
+    if let Some(ttl_days) = ttl_days {
+        org.file_ttl_days = ttl_days;
+        table.insert(org.id.as_str(), store::encode(&org)?.as_slice())?;
+    }
+    Ok(Some(org))
+}
+
 /// The organization `id`, if it exists.
 pub fn organization(
     table: &impl redb::ReadableTable<&'static str, &'static [u8]>,

@@ -12,7 +12,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::money::Micros;
-use crate::store::{self, ACCOUNTS, LEDGER};
+use crate::store::{self, ACCOUNTS, LEDGER, Store};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
@@ -214,6 +214,34 @@ pub fn deposit(
     }
     post(txn, org_id, EntryKind::Deposit, amount, None, Some(memo))?;
     Ok(Deposit::Made)
+}
+
+/// What an operator's credit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credit {
+    /// the account as it is now
+    Made(Account),
+    NoSuchOrganization,
+    /// the organization's deposits would pass [`MAX_DEPOSITS`]; nothing was written
+    OverLimit,
+}
+
+/// Credits `amount` to an existing organization, with `memo` on the entry.
+pub async fn credit(store: &Store, org_id: &str, amount: Micros, memo: String) -> Result<Credit> {
+    let org_id = org_id.to_string();
+    store
+        .write(move |txn| {
+            if !crate::auth::organization_exists(txn, &org_id)? {
+                return Ok(Credit::NoSuchOrganization);
+            }
+            Ok(match deposit(txn, &org_id, amount, &memo)? {
+                Deposit::Made => Credit::Made(
+                    store::get(&txn.open_table(ACCOUNTS)?, &org_id)?.unwrap_or_default(),
+                ),
+                Deposit::OverLimit => Credit::OverLimit,
+            })
+        })
+        .await
 }
 
 /// Holds `amount` for an execution when the available balance covers it.

@@ -15,8 +15,6 @@ use crate::error::{ApiError, Code, DetailCode};
 use crate::files::quota;
 use crate::money::Micros;
 use crate::plugins::LoadedPlugin;
-use crate::store::ORGANIZATIONS;
-use redb::ReadableTable;
 
 /// Proof that the request carries the operator token.
 pub struct Operator;
@@ -166,14 +164,9 @@ pub async fn update_organization(
     let (org, files) = app
         .store
         .write(move |txn| {
-            let mut table = txn.open_table(ORGANIZATIONS)?;
-            let Some(mut org) = auth::organization(&table, &org_id)? else {
+            let Some(org) = auth::set_file_ttl(txn, &org_id, ttl)? else {
                 return Ok(None);
             };
-            if let Some(ttl) = ttl {
-                org.file_ttl_days = ttl;
-                table.insert(org.id.as_str(), crate::store::encode(&org)?.as_slice())?;
-            }
             let files = quota::set_quota(txn, &org.id, quota_bytes, quota_files)?;
             Ok(Some((org, files)))
         })
@@ -234,32 +227,16 @@ pub async fn credit(
         Some(Value::String(memo)) => format!("operator: {memo}"),
         _ => "operator credit".to_string(),
     };
-    let account = app
-        .store
-        .write(move |txn| {
-            if txn
-                .open_table(ORGANIZATIONS)?
-                .get(org_id.as_str())?
-                .is_none()
-            {
-                return Ok(None);
-            }
-            Ok(Some(match billing::deposit(txn, &org_id, amount, &memo)? {
-                billing::Deposit::Made => Ok(store_account(txn, &org_id)?),
-                billing::Deposit::OverLimit => Err(over_limit("amount_usd")),
-            }))
-        })
-        .await?
-        .ok_or_else(ApiError::not_found)??;
+    let account = match billing::credit(&app.store, &org_id, amount, memo).await? {
+        billing::Credit::Made(account) => account,
+        billing::Credit::NoSuchOrganization => return Err(ApiError::not_found()),
+        billing::Credit::OverLimit => return Err(over_limit("amount_usd")),
+    };
     Ok(Json(json!({
         "available": account.available,
         "held": account.held,
         "currency": "USD",
     })))
-}
-
-fn store_account(txn: &redb::WriteTransaction, org_id: &str) -> anyhow::Result<billing::Account> {
-    Ok(crate::store::get(&txn.open_table(crate::store::ACCOUNTS)?, org_id)?.unwrap_or_default())
 }
 
 /// `GET /admin/v1/ledger/verify`: balances rebuilt from the entries, compared.
@@ -293,24 +270,7 @@ pub async fn file_audit(
     _: Operator,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !crate::ids::has_prefix(&id, "file") {
-        return Err(ApiError::not_found());
-    }
-    // The trail outlives the file (a deleted or expired file still shows it); a
-    // file that never existed has neither a trail nor a record.
-    let (entries, exists) = app.store.read(|txn| {
-        let entries = crate::files::audit::for_file(txn, &id)?;
-        let exists = !entries.is_empty()
-            || crate::store::get::<crate::files::FileRecord>(
-                &txn.open_table(crate::store::FILES)?,
-                &id,
-            )?
-            .is_some();
-        Ok((entries, exists))
-    })?;
-    if !exists {
-        return Err(ApiError::not_found());
-    }
+    let entries = crate::files::audit::trail(&app.store, &id)?.ok_or_else(ApiError::not_found)?;
     Ok(Json(json!({ "data": entries, "has_more": false })))
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FileRecord, Origin};
 use crate::clock;
-use crate::store::{self, FILE_AUDIT};
+use crate::store::{self, FILE_AUDIT, FILES, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,6 +64,19 @@ pub fn record(txn: &WriteTransaction, entry: &AuditEntry) -> Result<()> {
     txn.open_table(FILE_AUDIT)?
         .insert(key.as_str(), store::encode(entry)?.as_slice())?;
     Ok(())
+}
+
+/// The trail of `file_id`, oldest first; `None` when no such file ever existed
+/// (the trail outlives the file: a deleted or expired one still shows it).
+pub fn trail(store: &Store, file_id: &str) -> Result<Option<Vec<AuditEntry>>> {
+    if !crate::ids::has_prefix(file_id, "file") {
+        return Ok(None);
+    }
+    store.read(|txn| {
+        let entries = for_file(txn, file_id)?;
+        let exists = !entries.is_empty() || txn.open_table(FILES)?.get(file_id)?.is_some();
+        Ok(exists.then_some(entries))
+    })
 }
 
 /// Every entry of `file_id`, oldest first (they outlive the file).
