@@ -1,0 +1,100 @@
+//! The error envelope: every response gets an `X-Request-Id`, and every error,
+//! a handler's or the framework's, the contract's `{"error": …}` with that id.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::json;
+
+use crate::error::{ApiError, Code, DetailCode};
+use crate::ids::new_short_id;
+
+/// Gives every response an `X-Request-Id` and renders any [`ApiError`] into the
+/// contract's envelope with that same id. An error answered by the HTTP framework
+/// rather than by a handler (an extractor's plain-text rejection, say a path
+/// segment that is not UTF-8) is put in the envelope too.
+pub(super) async fn request_id(request: Request, next: Next) -> Response {
+    let id = new_short_id("req");
+    let mut response = next.run(request).await;
+    let error = match response.extensions_mut().remove::<ApiError>() {
+        Some(error) => Some(error),
+        None if is_bare_error(&response) => {
+            let error = bare_error(&mut response).await;
+            *response.status_mut() = error.code.status();
+            Some(error)
+        }
+        None => None,
+    };
+    if let Some(error) = error {
+        let mut body = json!({
+            "code": error.code,
+            "message": error.message,
+            "retryable": error.code.retryable(),
+            "request_id": id,
+        });
+        if !error.details.is_empty() {
+            body["details"] = json!(error.details);
+        }
+        if let Some(status) = error.status {
+            body["status"] = json!(status);
+        }
+        *response.body_mut() = Body::from(json!({ "error": body }).to_string());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// An error status whose body is not JSON: not one of ours.
+fn is_bare_error(response: &Response) -> bool {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    (status.is_client_error() || status.is_server_error()) && !json
+}
+
+/// The envelope's error for a framework's error response, its text as the message
+/// (never for a server error, whose text could tell internals).
+async fn bare_error(response: &mut Response) -> ApiError {
+    let status = response.status();
+    let body = std::mem::take(response.body_mut());
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty());
+    let code = match status {
+        StatusCode::UNAUTHORIZED => Code::Unauthorized,
+        StatusCode::FORBIDDEN => Code::Forbidden,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Code::NotFound,
+        StatusCode::CONFLICT => Code::Conflict,
+        StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+        StatusCode::TOO_MANY_REQUESTS => Code::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => Code::ServiceUnavailable,
+        status if status.is_client_error() => Code::InputValidationError,
+        _ => Code::InternalError,
+    };
+    match (code, text) {
+        (Code::InputValidationError, text) => ApiError::invalid(
+            "request",
+            DetailCode::InvalidValue,
+            text.unwrap_or_else(|| status.to_string()),
+        ),
+        (Code::InternalError | Code::ServiceUnavailable, _) | (_, None) => {
+            ApiError::new(code, code.client_message())
+        }
+        (_, Some(text)) => ApiError::new(code, text),
+    }
+}
