@@ -54,6 +54,11 @@ pub fn set_file_ttl(
     Ok(Some(org))
 }
 
+/// How long `id`'s files live when an upload does not say, if its operator set it.
+pub fn file_ttl_days(txn: &ReadTransaction, id: &str) -> Result<Option<u32>> {
+    Ok(organization(&txn.open_table(ORGANIZATIONS)?, id)?.and_then(|org| org.file_ttl_days))
+}
+
 /// The organization `id`, if it exists.
 pub fn organization(
     table: &impl redb::ReadableTable<&'static str, &'static [u8]>,

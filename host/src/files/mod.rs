@@ -14,12 +14,13 @@ pub mod grants;
 pub mod quota;
 pub mod signing;
 pub mod storage;
+mod sweep;
 
 use anyhow::Result;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use futures_util::{Stream, StreamExt};
-use redb::{ReadTransaction, TableDefinition, TableError, WriteTransaction};
+use redb::{ReadTransaction, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use crate::clock;
 use crate::config::FileSettings;
 use crate::error::{ApiError, Code, DetailCode};
 use crate::ids::{new_id, new_short_id};
-use crate::store::{self, FILES, FILES_BY_EXPIRY, FILES_BY_ORG, ORGANIZATIONS, Store};
+use crate::store::{self, FILES, FILES_BY_EXPIRY, FILES_BY_ORG, Store};
 use audit::{Action, AuditEntry};
 use quota::{InFlight, Reservation};
 use signing::{Signature, UrlSigner};
@@ -671,119 +672,10 @@ impl Files {
         Ok(record)
     }
 
-    /// Deletes every file whose time has come, and the bytes of files removed
-    /// before a crash could delete them. Returns how many files expired.
-    pub async fn sweep(&self) -> Result<usize> {
-        let leftovers = self.unreferenced_objects()?;
-        self.purge(leftovers).await;
-        let now = clock::now();
-        let due = self.due_for_expiry(now)?;
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let objects = self.expire(due, now).await?;
-        let count = objects.len();
-        self.purge(objects).await;
-        Ok(count)
-    }
-
-    /// Up to 1,000 objects noted [`UNREFERENCED`].
-    fn unreferenced_objects(&self) -> Result<Vec<String>> {
-        self.store.read(|txn| {
-            let table = match txn.open_table(UNREFERENCED) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(error) => return Err(error.into()),
-            };
-            let mut objects = Vec::new();
-            for row in table.range::<&str>(..)?.take(1000) {
-                objects.push(row?.0.value().to_string());
-            }
-            Ok(objects)
-        })
-    }
-
-    /// Up to 1,000 files whose expiry has passed at `now`, as the expiry index
-    /// names them: `(index key, file id)`.
-    fn due_for_expiry(&self, now: DateTime<Utc>) -> Result<Vec<(String, String)>> {
-        let due_before = expiry_key_prefix(now);
-        self.store.read(|txn| {
-            let mut due = Vec::new();
-            for row in txn
-                .open_table(FILES_BY_EXPIRY)?
-                .range(..due_before.as_str())?
-                .take(1000)
-            {
-                let (key, _) = row?;
-                let key = key.value().to_string();
-                let id = key.rsplit('/').next().unwrap_or_default().to_string();
-                due.push((key, id));
-            }
-            Ok(due)
-        })
-    }
-
-    /// Removes the records of `due` that are still expired at `now`, checked again
-    /// inside the write (a confirm may have committed since they were read, giving
-    /// the file a new expiry), and answers the objects whose bytes may go now that
-    /// no record points to them.
-    async fn expire(&self, due: Vec<(String, String)>, now: DateTime<Utc>) -> Result<Vec<String>> {
-        self.store
-            .write(move |txn| {
-                let origin = Origin {
-                    actor: "expiry".into(),
-                    address: None,
-                };
-                let mut objects = Vec::new();
-                for (key, id) in &due {
-                    match txn.file(id)? {
-                        Some(record) if record.expires_at <= now => {
-                            remove(txn, &record)?;
-                            audit::record(txn, &AuditEntry::new(&record, Action::Expire, &origin))?;
-                            objects.push(record.object_key().to_string());
-                        }
-                        Some(_) => {}
-                        // An index entry left without its record.
-                        None => {
-                            txn.open_table(FILES_BY_EXPIRY)?.remove(key.as_str())?;
-                        }
-                    }
-                }
-                Ok(objects)
-            })
-            .await
-    }
-
-    /// Runs [`Files::sweep`] every `sweep_interval_seconds` (of the service clock).
-    pub fn start_sweeper(self: &Arc<Self>) {
-        let files = self.clone();
-        let interval = Duration::seconds(self.settings.sweep_interval_seconds.max(1) as i64);
-        tokio::spawn(async move {
-            loop {
-                match files.sweep().await {
-                    Ok(0) => {}
-                    Ok(count) => tracing::info!(count, "expired files deleted"),
-                    Err(error) => {
-                        tracing::error!(error = format!("{error:#}"), "file sweep failed")
-                    }
-                }
-                clock::sleep_until(
-                    clock::now() + interval,
-                    std::time::Duration::from_secs(3600),
-                )
-                .await;
-            }
-        });
-    }
-
     /// The organization's file lifetime, else the server's default.
     fn ttl_days_of(&self, org_id: &str) -> Result<u32> {
-        let org = self
-            .store
-            .read(|txn| auth::organization(&txn.open_table(ORGANIZATIONS)?, org_id))?;
-        Ok(org
-            .and_then(|o| o.file_ttl_days)
-            .unwrap_or(self.settings.default_ttl_days))
+        let days = self.store.read(|txn| auth::file_ttl_days(txn, org_id))?;
+        Ok(days.unwrap_or(self.settings.default_ttl_days))
     }
 
     fn signed_url_lifetime(&self) -> Duration {
