@@ -31,7 +31,7 @@ use std::time::Duration;
 use auth::{OperatorToken, Scope};
 use config::Config;
 use executions::Executions;
-use executions::dispatcher::Dispatcher;
+use executions::dispatch::Dispatcher;
 use files::Files;
 use money::Micros;
 use plugins::{Registry, Runtime};

@@ -1,7 +1,7 @@
 //! Executions: acceptance (validation, estimate, hold, idempotency), the durable
 //! lifecycle, and reads. The dispatcher ([`dispatcher`]) drives accepted executions.
 
-pub mod dispatcher;
+pub mod dispatch;
 pub mod input;
 pub mod model;
 
@@ -856,6 +856,14 @@ fn schema_details(error: jsonschema::ValidationError<'_>) -> Vec<Detail> {
         | Kind::MaxItems { .. }
         | Kind::MultipleOf { .. } => vec![Detail::new(field, DetailCode::OutOfRange, message)],
         _ => vec![Detail::new(field, DetailCode::InvalidValue, message)],
+    }
+}
+
+impl Executions {
+    /// The execution regardless of organization (the dispatcher's and operators' view).
+    pub fn store_get(&self, id: &str) -> Result<Option<Execution>> {
+        self.store
+            .read(|txn| load(&txn.open_table(EXECUTIONS)?, id))
     }
 }
 

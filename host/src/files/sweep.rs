@@ -69,7 +69,11 @@ impl Files {
     /// inside the write (a confirm may have committed since they were read, giving
     /// the file a new expiry), and answers the objects whose bytes may go now that
     /// no record points to them.
-    pub(super) async fn expire(&self, due: Vec<(String, String)>, now: DateTime<Utc>) -> Result<Vec<String>> {
+    pub(super) async fn expire(
+        &self,
+        due: Vec<(String, String)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
         self.store
             .write(move |txn| {
                 let origin = Origin {

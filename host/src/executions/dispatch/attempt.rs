@@ -1,0 +1,287 @@
+//! One attempt: the provider chosen, its submit, and its job followed by polling
+//! (or resumed after a restart) until it ends.
+
+use anyhow::Result;
+use std::time::Duration;
+
+use super::retry::backoff;
+use super::*;
+use crate::clock;
+use crate::executions::model::{Attempt, Execution, JobRecord, Status};
+use crate::ids::new_short_id;
+use crate::plugins::wit;
+use crate::routing::Candidate;
+
+impl Dispatcher {
+    pub(super) async fn start_attempt(&self, execution: &Execution) -> Result<AttemptEnd> {
+        let ranked = self
+            .router
+            .ranked(&execution.model, &execution.usage_estimate);
+        if ranked.is_empty() {
+            return Ok(AttemptEnd::Failed(failure(
+                wit::ErrorCode::ModelUnavailable,
+                "no loaded adapter serves this model",
+                false,
+            )));
+        }
+        // A retry prefers the best provider not tried yet, among those whose breaker
+        // lets traffic through.
+        let now = clock::instant();
+        let ready: Vec<&Candidate> = ranked
+            .iter()
+            .filter(|c| c.provider.would_allow(now))
+            .collect();
+        let untried = ready.iter().find(|c| {
+            !execution
+                .attempts
+                .iter()
+                .any(|a| a.provider == c.provider.name)
+        });
+        let Some(candidate) = untried.or(ready.first()).map(|c| (*c).clone()) else {
+            return Ok(AttemptEnd::Deferred);
+        };
+        let now = clock::now();
+        let attempt = Attempt {
+            id: new_short_id("att"),
+            provider: candidate.provider.name.clone(),
+            plugin: candidate.plugin.name.clone(),
+            plugin_version: candidate.plugin.version.clone(),
+            plugin_sha256: candidate.plugin.sha256.clone(),
+            started_at: now,
+            ended_at: None,
+            job: None,
+            outcome: None,
+            failure: None,
+        };
+        let attempt_id = attempt.id.clone();
+        let started = self
+            .executions
+            .update(&execution.id, move |execution, _| {
+                execution.started_at.get_or_insert(now);
+                if execution.status != Status::Processing {
+                    execution.set_status(Status::Processing, now);
+                }
+                execution.attempts.push(attempt);
+                Ok(())
+            })
+            .await?;
+        if started.is_none() {
+            return Ok(AttemptEnd::Abandoned);
+        }
+        self.submit(execution, candidate, &attempt_id).await
+    }
+
+    /// Sends the attempt's submit to its provider and follows the job to its end.
+    pub(super) async fn submit(
+        &self,
+        execution: &Execution,
+        candidate: Candidate,
+        attempt_id: &str,
+    ) -> Result<AttemptEnd> {
+        let mut ctx = context(execution, &candidate, attempt_id, &self.callbacks);
+        let inline = candidate.plugin.manifest.capabilities.inline_files;
+        let schema = &candidate.model.input_schema;
+        ctx.files = match self
+            .files
+            .mint_grants(execution, schema, attempt_id, inline)
+            .await
+        {
+            Ok(grants) => grants,
+            Err(error) => {
+                let message = format!("preparing the input files failed: {error:#}");
+                return Ok(AttemptEnd::Failed(failure(
+                    wit::ErrorCode::InternalError,
+                    message,
+                    false,
+                )));
+            }
+        };
+        let input = execution.input.to_string();
+        let submit_ctx = ctx.clone();
+        let request = match candidate
+            .plugin
+            .call_async("build-submit", move |adapter, store| {
+                adapter.call_build_submit(store, &submit_ctx, &input)
+            })
+            .await
+        {
+            Ok(Ok(request)) => request,
+            Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
+            Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
+        };
+        // Inline bytes were for building the request only.
+        for grant in &mut ctx.files {
+            grant.bytes = None;
+        }
+        let Some((outcome, _)) = self
+            .exchange(&candidate, &ctx, None, &request, &execution.id)
+            .await
+        else {
+            return Ok(AttemptEnd::Abandoned);
+        };
+        match outcome {
+            wit::Outcome::Completed(completion) => {
+                Ok(AttemptEnd::Completed(completion, Box::new(candidate)))
+            }
+            wit::Outcome::Failed(failure) => Ok(AttemptEnd::Failed(failure)),
+            wit::Outcome::Pending(pending) => {
+                let job = JobRecord {
+                    id: pending.job.id.clone(),
+                    state: pending.job.state.clone(),
+                };
+                let recorded = self
+                    .executions
+                    .update(&execution.id, move |execution, _| {
+                        if let Some(attempt) = execution.open_attempt_mut() {
+                            attempt.job = Some(job);
+                        }
+                        execution.set_status(Status::AwaitingWebhook, clock::now());
+                        Ok(())
+                    })
+                    .await?;
+                if recorded.is_none() {
+                    // The execution ended while the provider was starting the job.
+                    self.cancel_job(&execution.id, &candidate, &ctx, pending.job)
+                        .await;
+                    return Ok(AttemptEnd::Abandoned);
+                }
+                self.poll(
+                    &execution.id,
+                    &candidate,
+                    &ctx,
+                    pending.job,
+                    pending.poll_after_ms,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Picks up an attempt a restart interrupted.
+    pub(super) async fn resume(
+        &self,
+        execution: &Execution,
+        attempt: Attempt,
+    ) -> Result<AttemptEnd> {
+        let candidate = self
+            .router
+            .candidates(&execution.model)
+            .into_iter()
+            .find(|c| c.provider.name == attempt.provider);
+        match (attempt.job, candidate) {
+            (Some(job), Some(candidate)) => {
+                tracing::info!(execution = %execution.id, job = %job.id, "resuming a provider job");
+                let ctx = context(execution, &candidate, &attempt.id, &self.callbacks);
+                let job = wit::Job {
+                    id: job.id,
+                    state: job.state,
+                };
+                self.poll(&execution.id, &candidate, &ctx, job, 0).await
+            }
+            (Some(_), None) => Ok(AttemptEnd::Failed(failure(
+                wit::ErrorCode::ServiceUnavailable,
+                "the provider of an interrupted job is no longer configured",
+                true,
+            ))),
+            // Cut before the submit's answer was recorded, at a provider that
+            // de-duplicates by the attempt id: sending it again cannot start a
+            // second job.
+            (None, Some(candidate)) if candidate.plugin.manifest.capabilities.idempotent_submit => {
+                tracing::info!(execution = %execution.id, attempt = %attempt.id, "re-sending an interrupted submit under its idempotency key");
+                self.submit(execution, candidate, &attempt.id).await
+            }
+            // Otherwise nothing to poll, so the attempt ends and the next one starts
+            // afresh (a restart is not the provider's failure: it spends none of the
+            // execution's attempts).
+            (None, _) => Ok(AttemptEnd::Interrupted(failure(
+                wit::ErrorCode::ServiceUnavailable,
+                "attempt interrupted before the provider accepted it",
+                true,
+            ))),
+        }
+    }
+
+    /// Polls `job` until it completes, fails, or the execution ends.
+    pub(super) async fn poll(
+        &self,
+        id: &str,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        mut job: wit::Job,
+        mut delay_ms: u32,
+    ) -> Result<AttemptEnd> {
+        let mut errors = 0;
+        let waker = self.waker(id);
+        // A provider that will call back is polled once as asked, then only as a
+        // fallback (a restart polls at once: a callback may have come meanwhile).
+        let fallback = ctx
+            .callback_url
+            .as_ref()
+            .map(|_| self.settings.callback_fallback_poll_ms.min(u32::MAX as u64) as u32);
+        // The job as last seen; `None` before the first poll. A job that moved on
+        // (new state, e.g. "fetch the result now") is polled when the adapter asks.
+        let mut polled: Option<String> = None;
+        loop {
+            let wait = match fallback {
+                Some(fallback) if polled.as_deref() == Some(job.state.as_str()) => {
+                    fallback.max(delay_ms)
+                }
+                _ => delay_ms,
+            };
+            let wait = Duration::from_millis(wait as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = waker.notified() => {}
+            }
+            match self.executions.store_get(id)? {
+                Some(execution) if !execution.status.is_terminal() => {}
+                _ => return Ok(AttemptEnd::Abandoned),
+            }
+            let poll_ctx = ctx.clone();
+            let poll_job = job.clone();
+            let request = match candidate
+                .plugin
+                .call_async("build-poll", move |adapter, store| {
+                    adapter.call_build_poll(store, &poll_ctx, &poll_job)
+                })
+                .await
+            {
+                Ok(Ok(request)) => request,
+                Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
+                Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
+            };
+            let Some((outcome, answered)) = self
+                .exchange(candidate, ctx, Some(&job), &request, id)
+                .await
+            else {
+                return Ok(AttemptEnd::Abandoned);
+            };
+            match outcome {
+                wit::Outcome::Completed(completion) => {
+                    return Ok(AttemptEnd::Completed(
+                        completion,
+                        Box::new(candidate.clone()),
+                    ));
+                }
+                wit::Outcome::Pending(pending) => {
+                    errors = 0;
+                    delay_ms = pending.poll_after_ms;
+                    polled = Some(job.state.clone());
+                    job = pending.job;
+                }
+                // The provider answered that the job itself failed.
+                wit::Outcome::Failed(failure) if answered => {
+                    return Ok(AttemptEnd::Failed(failure));
+                }
+                // The poll failed, not (necessarily) the job: ask again later.
+                wit::Outcome::Failed(failure) => {
+                    errors += 1;
+                    if errors >= MAX_POLL_ERRORS || !failure.retryable {
+                        return Ok(AttemptEnd::Failed(failure));
+                    }
+                    delay_ms = backoff(errors, failure.retry_after_ms).as_millis() as u32;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! One request to a provider through the host: sent, read whole or streamed, and
+//! classified by the adapter.
+
+use anyhow::Result;
+use std::time::Instant;
+
+use super::*;
+use crate::clock;
+use crate::plugins::wit;
+use crate::routing::{self, Candidate};
+use crate::upstream;
+
+impl Dispatcher {
+    /// Sends `request` and has the adapter classify the answer. The flag says whether
+    /// the provider answered with a success status (so a failure is the job's own).
+    /// When `ctx.stream` is set and the provider answers with an event stream, each
+    /// event goes through the adapter and text deltas reach the client as they come.
+    ///
+    /// `None` when the execution ended (cancelled, expired) first: a request waiting
+    /// for the provider's bulkhead is dropped, and so is one in flight, closing its
+    /// connection, unless it is a submit to a provider that can cancel jobs: that one
+    /// is let answer, so the job it started can be stopped.
+    pub(super) async fn exchange(
+        &self,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        job: Option<&wit::Job>,
+        request: &wit::HttpRequest,
+        execution_id: &str,
+    ) -> Option<(wit::Outcome, bool)> {
+        let provider = &candidate.provider;
+        let Some(pass) = provider.breaker.try_acquire(clock::instant()) else {
+            let open = failure(
+                wit::ErrorCode::ServiceUnavailable,
+                "the provider's circuit breaker is open",
+                true,
+            );
+            return Some((wit::Outcome::Failed(open), false));
+        };
+        let ended = self.executions.ended(execution_id);
+        tokio::pin!(ended);
+        let _permit = tokio::select! {
+            permit = provider.bulkhead.acquire() => permit,
+            () = &mut ended => {
+                provider.breaker.release(pass);
+                return None;
+            }
+        };
+        let started = Instant::now();
+        let sent = self.send(candidate, ctx, job, request, execution_id);
+        let result = if job.is_none() && candidate.plugin.manifest.capabilities.cancel {
+            sent.await
+        } else {
+            tokio::select! {
+                result = sent => result,
+                () = &mut ended => {
+                    tracing::info!(execution = %execution_id, "provider request dropped: the execution ended");
+                    provider.breaker.release(pass);
+                    return None;
+                }
+            }
+        };
+        Some(match result {
+            Ok((outcome, answered)) => {
+                // A provider that answers, even "no" to a bad input, is healthy.
+                let healthy = !matches!(&outcome, wit::Outcome::Failed(f) if f.retryable);
+                provider
+                    .breaker
+                    .record(healthy, Some(started.elapsed()), clock::instant());
+                (outcome, answered)
+            }
+            Err(error) => {
+                provider.breaker.record(false, None, clock::instant());
+                (wit::Outcome::Failed(error.failure()), false)
+            }
+        })
+    }
+
+    /// [`Dispatcher::exchange`]'s request and the adapter's reading of the answer.
+    pub(super) async fn send(
+        &self,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        job: Option<&wit::Job>,
+        request: &wit::HttpRequest,
+        execution_id: &str,
+    ) -> Result<(wit::Outcome, bool), upstream::UpstreamError> {
+        let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
+        let target = target(candidate, &allowed);
+        let response = self.upstream.open(&target, request).await?;
+        let answered = response.status().is_success();
+        let streamed = ctx.stream
+            && answered
+            && response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+        let outcome = if streamed {
+            self.consume_stream(candidate, ctx, execution_id, response)
+                .await
+        } else {
+            parse(candidate, ctx, job, upstream::read(response).await?).await
+        };
+        Ok((outcome, answered))
+    }
+
+    /// Reads a provider's server-sent events through the adapter, forwarding text
+    /// deltas to the client's stream, and ends with the completed text and usage.
+    pub(super) async fn consume_stream(
+        &self,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        execution_id: &str,
+        response: reqwest::Response,
+    ) -> wit::Outcome {
+        let mut forwarded = false;
+        let outcome = self
+            .read_stream(candidate, ctx, execution_id, response, &mut forwarded)
+            .await;
+        if forwarded && matches!(outcome, wit::Outcome::Failed(_)) {
+            // The client saw text of an attempt that failed: tell it to drop that
+            // text before a retry streams its own.
+            self.executions.publish_reset(execution_id);
+        }
+        outcome
+    }
+
+    /// [`Dispatcher::consume_stream`]'s reading; `forwarded` is set once a delta
+    /// reached the client.
+    pub(super) async fn read_stream(
+        &self,
+        candidate: &Candidate,
+        ctx: &wit::CallContext,
+        execution_id: &str,
+        response: reqwest::Response,
+        forwarded: &mut bool,
+    ) -> wit::Outcome {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let mut events = response.bytes_stream().eventsource();
+        let mut text = String::new();
+        let mut usage: Option<wit::Usage> = None;
+        let mut finished = false;
+        while let Some(event) = events.next().await {
+            let data = match event {
+                Ok(event) => event.data,
+                Err(error) => {
+                    let message = format!("the provider's stream broke: {error}");
+                    return wit::Outcome::Failed(failure(
+                        wit::ErrorCode::ServiceUnavailable,
+                        message,
+                        true,
+                    ));
+                }
+            };
+            let event_ctx = ctx.clone();
+            let parsed = candidate
+                .plugin
+                .call_async("parse-stream-event", move |adapter, store| {
+                    adapter.call_parse_stream_event(store, &event_ctx, &data)
+                })
+                .await;
+            match parsed {
+                Ok(wit::StreamEvent::Delta(delta)) => {
+                    text.push_str(&delta);
+                    self.executions.publish_delta(execution_id, delta);
+                    *forwarded = true;
+                }
+                Ok(wit::StreamEvent::Done(completion)) => {
+                    finished = true;
+                    if let Some(full) = completion.text {
+                        text = full;
+                    }
+                    // A closing marker without usage keeps what an earlier event reported.
+                    if usage.is_none() || !routing::Units::from(&completion.usage).is_empty() {
+                        usage = Some(completion.usage);
+                    }
+                }
+                Ok(wit::StreamEvent::Skip) => {}
+                Ok(wit::StreamEvent::Failed(failure)) => return wit::Outcome::Failed(failure),
+                Err(error) => return wit::Outcome::Failed(plugin_failure(error)),
+            }
+        }
+        if !finished {
+            // Cut off: what arrived is not the answer, and is not billed.
+            return wit::Outcome::Failed(failure(
+                wit::ErrorCode::GenerationFailed,
+                "the provider's stream ended before it finished",
+                true,
+            ));
+        }
+        let usage = usage.unwrap_or(wit::Usage {
+            requests: 1,
+            images: 0,
+            megapixels_milli: 0,
+            seconds_milli: 0,
+            input_tokens: 0,
+            // Four characters a token, when the provider reported no usage.
+            output_tokens: (text.chars().count() as u64).div_ceil(4),
+        });
+        wit::Outcome::Completed(wit::Completion {
+            text: Some(text),
+            assets: Vec::new(),
+            usage,
+        })
+    }
+}
+
+/// Has the adapter classify a whole response.
+async fn parse(
+    candidate: &Candidate,
+    ctx: &wit::CallContext,
+    job: Option<&wit::Job>,
+    response: wit::HttpResponse,
+) -> wit::Outcome {
+    let ctx = ctx.clone();
+    let job = job.cloned();
+    match candidate
+        .plugin
+        .call_async("parse-response", move |adapter, store| {
+            adapter.call_parse_response(store, &ctx, job.as_ref(), &response)
+        })
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(error) => wit::Outcome::Failed(plugin_failure(error)),
+    }
+}

@@ -1,0 +1,241 @@
+//! Drives accepted executions to a terminal state: picks a provider, runs the
+//! adapter's requests through the host, polls provider jobs, retries and fails over,
+//! stores outputs, settles the hold. Everything it decides is written to the store
+//! before it acts on it, so a restart resumes every non-terminal execution: pending
+//! ones start, ones with a provider job are polled again, and an attempt cut before
+//! its job id was recorded is closed and retried.
+//!
+//! [`attempt`] starts and follows one attempt, [`exchange`] sends its requests and
+//! reads streams, [`outputs`] turns a completion into stored files and settles,
+//! [`retry`] decides what a failure leads to, [`cancel`] ends early, [`callbacks`]
+//! hears providers.
+
+mod attempt;
+mod callbacks;
+mod cancel;
+mod exchange;
+mod outputs;
+mod retry;
+
+use anyhow::Result;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+
+use super::Executions;
+use super::model::Execution;
+use crate::callbacks::CallbackSigner;
+use crate::clock;
+use crate::config::ExecutionSettings;
+use crate::files::Files;
+use crate::plugins::{CallError, wit};
+use crate::routing::{Candidate, Router};
+use crate::upstream::{self, Target, Upstream};
+
+/// Consecutive failed polls of one job (provider errors, not job failures) before
+/// the attempt is given up.
+const MAX_POLL_ERRORS: u32 = 5;
+/// Largest text output kept in an execution (larger ones fail the attempt).
+const MAX_TEXT_OUTPUT: usize = 1024 * 1024;
+/// How often the expiry sweeper looks for executions past their deadline.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+pub struct Dispatcher {
+    executions: Arc<Executions>,
+    router: Arc<Router>,
+    upstream: Upstream,
+    files: Arc<Files>,
+    settings: ExecutionSettings,
+    callbacks: CallbackSigner,
+    running: Mutex<HashSet<String>>,
+    /// wakes the poll loop of an execution whose provider called back
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// How an attempt ended.
+enum AttemptEnd {
+    /// with the candidate that produced it (its provider, plugin and price)
+    Completed(wit::Completion, Box<Candidate>),
+    Failed(wit::Failure),
+    /// cut by a restart before the provider acknowledged it: a failure of ours,
+    /// which does not spend the execution's attempts
+    Interrupted(wit::Failure),
+    /// no attempt was made: every provider's breaker refuses traffic for now
+    Deferred,
+    /// the execution became terminal meanwhile (cancelled, expired)
+    Abandoned,
+}
+
+/// Longest pause before driving an execution again after a store failure.
+const DISPATCH_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How long an execution whose providers' breakers are all open waits before it
+/// looks again.
+const DEFER_MS: u64 = 500;
+
+fn failure(code: wit::ErrorCode, message: impl Into<String>, retryable: bool) -> wit::Failure {
+    wit::Failure {
+        code,
+        message: message.into(),
+        retryable,
+        retry_after_ms: None,
+    }
+}
+
+/// A plugin that traps or overruns fails its attempt; another provider may serve.
+fn plugin_failure(error: CallError) -> wit::Failure {
+    tracing::warn!(%error, "plugin call failed");
+    failure(wit::ErrorCode::InternalError, error.to_string(), true)
+}
+
+impl Dispatcher {
+    pub fn new(
+        executions: Arc<Executions>,
+        router: Arc<Router>,
+        upstream: Upstream,
+        files: Arc<Files>,
+        settings: ExecutionSettings,
+        callbacks: CallbackSigner,
+    ) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            executions,
+            router,
+            upstream,
+            files,
+            settings,
+            callbacks,
+            running: Mutex::default(),
+            wakers: Mutex::default(),
+        })
+    }
+
+    pub(super) fn waker(&self, id: &str) -> Arc<Notify> {
+        self.wakers
+            .lock()
+            .expect("wakers poisoned")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Resumes every non-terminal execution, then serves newly accepted ones, and
+    /// runs the expiry sweeper.
+    pub fn start(self: &Arc<Self>, mut accepted: mpsc::UnboundedReceiver<String>) -> Result<()> {
+        for (id, _) in self.executions.active()? {
+            self.spawn(id);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(id) = accepted.recv().await {
+                this.spawn(id);
+            }
+        });
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EXPIRY_SWEEP).await;
+                if let Err(error) = this.expire_overdue().await {
+                    tracing::error!(error = format!("{error:#}"), "expiry sweep failed");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    pub(super) fn spawn(self: &Arc<Self>, id: String) {
+        if !self
+            .running
+            .lock()
+            .expect("running set poisoned")
+            .insert(id.clone())
+        {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            // A failed store write (its whole commit batch was refused) is retried
+            // from what the store holds, as a restart would; the deadline bounds it.
+            let mut pause = Duration::from_secs(1);
+            while let Err(error) = this.drive(&id).await {
+                tracing::error!(execution = %id, error = format!("{error:#}"), retry_in = ?pause, "dispatch failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(DISPATCH_RETRY_MAX);
+            }
+            this.running
+                .lock()
+                .expect("running set poisoned")
+                .remove(&id);
+            this.wakers.lock().expect("wakers poisoned").remove(&id);
+        });
+    }
+
+    pub(super) async fn drive(&self, id: &str) -> Result<()> {
+        loop {
+            let Some(execution) = self.executions.store_get(id)? else {
+                return Ok(());
+            };
+            if execution.status.is_terminal() {
+                return Ok(());
+            }
+            let end = match execution.open_attempt().cloned() {
+                Some(attempt) => self.resume(&execution, attempt).await?,
+                None => self.start_attempt(&execution).await?,
+            };
+            let (failure, counts) = match end {
+                AttemptEnd::Abandoned => return Ok(()),
+                AttemptEnd::Deferred => {
+                    // Until a breaker lets a probe through, or the deadline.
+                    let wait = Duration::from_millis(DEFER_MS);
+                    clock::sleep_until(clock::now() + wait, wait).await;
+                    continue;
+                }
+                AttemptEnd::Completed(completion, candidate) => {
+                    match self.complete(&execution, &candidate, completion).await? {
+                        None => return Ok(()),
+                        Some(failure) => (failure, true),
+                    }
+                }
+                AttemptEnd::Failed(failure) => (failure, true),
+                AttemptEnd::Interrupted(failure) => (failure, false),
+            };
+            if !self.retry_or_fail(&execution, failure, counts).await? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Where `candidate`'s requests may go (`hosts`, its provider's), and with which
+/// credential.
+fn target<'a>(candidate: &'a Candidate, hosts: &'a upstream::Hosts) -> Target<'a> {
+    Target {
+        hosts,
+        auth: &candidate.plugin.manifest.auth,
+        credential: candidate.provider.credential.as_deref(),
+    }
+}
+
+fn context(
+    execution: &Execution,
+    candidate: &Candidate,
+    attempt_id: &str,
+    callbacks: &CallbackSigner,
+) -> wit::CallContext {
+    let callback_url = candidate
+        .plugin
+        .manifest
+        .capabilities
+        .webhooks
+        .then(|| callbacks.url(&candidate.provider.name, &execution.id, attempt_id));
+    wit::CallContext {
+        slug: execution.model.clone(),
+        provider_model: candidate.model.provider_model.clone(),
+        base_url: candidate.provider.base_url(&candidate.plugin),
+        attempt_id: attempt_id.to_string(),
+        callback_url,
+        files: Vec::new(),
+        stream: execution.mode == super::Mode::Streaming
+            && candidate.plugin.manifest.capabilities.streaming,
+    }
+}

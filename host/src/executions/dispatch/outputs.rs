@@ -1,0 +1,188 @@
+//! A completion turned into canonical output: assets fetched and stored as the
+//! organization's files, then the execution completed and its hold settled.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::executions::Ending;
+use crate::executions::model::Execution;
+use crate::files::FileRecord;
+use crate::plugins::wit;
+use crate::routing::{self, Candidate};
+
+impl Dispatcher {
+    /// Stores the outputs and ends the execution `COMPLETED`, settling the hold.
+    /// Returns a failure when the outputs could not be stored (the attempt failed).
+    pub(super) async fn complete(
+        &self,
+        execution: &Execution,
+        candidate: &Candidate,
+        completion: wit::Completion,
+    ) -> Result<Option<wit::Failure>> {
+        if completion
+            .text
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_TEXT_OUTPUT)
+        {
+            let message = format!("the text output exceeds {MAX_TEXT_OUTPUT} bytes");
+            return Ok(Some(failure(
+                wit::ErrorCode::GenerationFailed,
+                message,
+                false,
+            )));
+        }
+        let (output, records) = match self.store_outputs(execution, candidate, &completion).await {
+            Ok(stored) => stored,
+            Err(failure) => return Ok(Some(failure)),
+        };
+        // An adapter that reports nothing billable beyond the request itself (a
+        // provider that does not report usage) is charged the estimate.
+        let mut units = routing::Units::from(&completion.usage);
+        if units.is_empty() {
+            units = execution.usage_estimate.max_requests(units.requests);
+        }
+        let cost = routing::cost(&candidate.model.price, &units);
+        let file_ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
+        let completed = self
+            .executions
+            .finish(
+                &execution.id,
+                Ending::Completed {
+                    cost,
+                    output,
+                    files: records,
+                },
+            )
+            .await?;
+        if completed.is_none() {
+            tracing::info!(execution = %execution.id, "late provider result discarded: the execution had already ended");
+            self.files.discard(file_ids).await;
+        }
+        Ok(None)
+    }
+
+    /// Copies every asset into the organization's files and builds the canonical
+    /// output. On failure nothing is left behind.
+    pub(super) async fn store_outputs(
+        &self,
+        execution: &Execution,
+        candidate: &Candidate,
+        completion: &wit::Completion,
+    ) -> Result<(Value, Vec<FileRecord>), wit::Failure> {
+        let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
+        let mut records: Vec<FileRecord> = Vec::new();
+        let mut entries: Vec<(wit::Modality, Value)> = Vec::new();
+        for asset in &completion.assets {
+            let org = &execution.organization_id;
+            let max = self.settings.max_asset_bytes;
+            let stored = match &asset.source {
+                wit::AssetSource::Inline(bytes) => {
+                    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                        bytes::Bytes::copy_from_slice(bytes),
+                    )]);
+                    self.files
+                        .ingest_output(org, body, max)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                wit::AssetSource::Url(url) => match self.upstream.fetch(&allowed, url).await {
+                    Ok(response) => self
+                        .files
+                        .ingest_output(org, response.bytes_stream(), max)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(error) => Err(error.to_string()),
+                },
+            };
+            let (record, ingested) = match stored {
+                Ok(stored) => stored,
+                Err(error) => {
+                    let ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
+                    self.files.discard(ids).await;
+                    return Err(failure(
+                        wit::ErrorCode::GenerationFailed,
+                        format!("storing an output failed: {error}"),
+                        true,
+                    ));
+                }
+            };
+            let entry = match asset.modality {
+                wit::Modality::Image => json!({
+                    "file_id": record.file_id,
+                    "format": ingested.format,
+                    "width": ingested.dimensions.map(|d| d.0),
+                    "height": ingested.dimensions.map(|d| d.1),
+                }),
+                wit::Modality::Video | wit::Modality::Audio | wit::Modality::Text => {
+                    // Providers that do not report a length produced what was asked.
+                    let requested = execution.usage_estimate.seconds_milli;
+                    let duration_ms = asset.duration_ms.or((requested > 0).then_some(requested));
+                    json!({
+                        "file_id": record.file_id,
+                        "format": ingested.format,
+                        "duration_s": duration_ms.map(|ms| ms as f64 / 1000.0),
+                    })
+                }
+            };
+            entries.push((asset.modality, entry));
+            records.push(record);
+        }
+        Ok((canonical_output(completion, entries), records))
+    }
+}
+
+/// The canonical output of SPEC §4, one shape per modality.
+fn canonical_output(completion: &wit::Completion, entries: Vec<(wit::Modality, Value)>) -> Value {
+    let mut output = serde_json::Map::new();
+    for (modality, entry) in entries {
+        let key = match modality {
+            wit::Modality::Image => "images",
+            wit::Modality::Video => "videos",
+            wit::Modality::Audio => "audio",
+            wit::Modality::Text => "files",
+        };
+        output
+            .entry(key)
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+            .expect("output lists are arrays")
+            .push(entry);
+    }
+    if let Some(text) = &completion.text {
+        output.insert("text".into(), json!(text));
+        output.insert(
+            "usage".into(),
+            json!({
+                "input_tokens": completion.usage.input_tokens,
+                "output_tokens": completion.usage.output_tokens,
+            }),
+        );
+    }
+    Value::Object(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_completions_carry_text_and_token_usage() {
+        let completion = wit::Completion {
+            text: Some("hello".into()),
+            assets: Vec::new(),
+            usage: wit::Usage {
+                requests: 1,
+                images: 0,
+                megapixels_milli: 0,
+                seconds_milli: 0,
+                input_tokens: 3,
+                output_tokens: 1,
+            },
+        };
+        assert_eq!(
+            canonical_output(&completion, Vec::new()),
+            json!({"text": "hello", "usage": {"input_tokens": 3, "output_tokens": 1}})
+        );
+    }
+}
