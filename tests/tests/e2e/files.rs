@@ -167,13 +167,7 @@ async fn an_upload_reaches_the_provider_only_through_a_grant_for_one_attempt() {
 
     // Every upload, grant and fetch is in the audit trail.
     let audit = server
-        .call(
-            Method::GET,
-            &format!("/admin/v1/files/{file_id}/audit"),
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
+        .admin_get(&format!("/admin/v1/files/{file_id}/audit"))
         .await;
     let actions: Vec<&str> = audit.body["data"]
         .as_array()
@@ -196,13 +190,7 @@ async fn an_upload_reaches_the_provider_only_through_a_grant_for_one_attempt() {
     );
     // The output's trail starts with the execution that made it, then the download.
     let audit = server
-        .call(
-            Method::GET,
-            &format!("/admin/v1/files/{output_id}/audit"),
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
+        .admin_get(&format!("/admin/v1/files/{output_id}/audit"))
         .await;
     let trail = audit.body["data"].as_array().unwrap();
     assert_eq!(trail[0]["action"], "output", "{}", audit.body);
@@ -688,13 +676,7 @@ async fn the_audit_of_an_unknown_or_malformed_file_id_is_not_found() {
         let server = &server;
         async move {
             server
-                .call(
-                    Method::GET,
-                    &format!("/admin/v1/files/{id}/audit"),
-                    Some(&server.admin_token),
-                    None,
-                    &[],
-                )
+                .admin_get(&format!("/admin/v1/files/{id}/audit"))
                 .await
         }
     };

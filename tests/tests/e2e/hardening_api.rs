@@ -30,13 +30,7 @@ async fn create_raw(server: &Server, body: &str) -> Value {
 /// What the operator sees of an execution: its stored input among the rest.
 async fn stored(server: &Server, id: &Value) -> Value {
     let reply = server
-        .call(
-            Method::GET,
-            &format!("/admin/v1/executions/{}", id.as_str().unwrap()),
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
+        .admin_get(&format!("/admin/v1/executions/{}", id.as_str().unwrap()))
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply.body

@@ -90,13 +90,7 @@ async fn upload(server: &Server, key: &str, bytes: Vec<u8>) -> String {
 /// The actions of a file's audit trail, oldest first.
 async fn audit_actions(server: &Server, file_id: &str) -> Vec<String> {
     let audit = server
-        .call(
-            Method::GET,
-            &format!("/admin/v1/files/{file_id}/audit"),
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
+        .admin_get(&format!("/admin/v1/files/{file_id}/audit"))
         .await;
     assert_eq!(audit.status, StatusCode::OK, "{:?}", audit.body);
     audit.body["data"]

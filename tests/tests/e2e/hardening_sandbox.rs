@@ -55,15 +55,7 @@ fn chat(content: &str) -> Value {
 
 /// Every listed version of `name` as (state, sha256), the active one first.
 async fn plugin_states(server: &Server, name: &str) -> Vec<(String, String)> {
-    let listed = server
-        .call(
-            Method::GET,
-            "/admin/v1/plugins",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await;
+    let listed = server.admin_get("/admin/v1/plugins").await;
     assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
     listed.body["data"]
         .as_array()
@@ -194,13 +186,7 @@ async fn an_adapter_installed_through_the_admin_api_survives_a_restart() {
         "COMPLETED"
     );
     let record = server
-        .call(
-            Method::GET,
-            &format!("/admin/v1/executions/{id}"),
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
+        .admin_get(&format!("/admin/v1/executions/{id}"))
         .await
         .body;
     assert_eq!(record["attempts"][0]["plugin_sha256"], installed.as_str());

@@ -12,15 +12,7 @@ use crate::support::{ProviderSpec, Server, eventually, flux_input};
 const WAIT: Duration = Duration::from_secs(90);
 
 async fn verify_ledger(server: &Server) -> Value {
-    let reply = server
-        .call(
-            Method::GET,
-            "/admin/v1/ledger/verify",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await;
+    let reply = server.admin_get("/admin/v1/ledger/verify").await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply.body
 }

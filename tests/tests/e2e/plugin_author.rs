@@ -3,7 +3,6 @@
 //! that the conformance kit accepts, installs into a running server with the CLI and
 //! serves an execution.
 
-use reqwest::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -137,15 +136,7 @@ async fn the_template_copied_out_of_the_workspace_builds_small_checks_installs_a
         "{}",
         String::from_utf8_lossy(&install.stderr)
     );
-    let listed = server
-        .call(
-            Method::GET,
-            "/admin/v1/plugins",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await;
+    let listed = server.admin_get("/admin/v1/plugins").await;
     let active = listed.body["data"]
         .as_array()
         .unwrap()

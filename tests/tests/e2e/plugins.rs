@@ -29,16 +29,7 @@ fn rebuilt(wasm: &[u8], marker: u8) -> Vec<u8> {
 }
 
 async fn listed_sha(server: &Server) -> String {
-    let listed = server
-        .call(
-            Method::GET,
-            "/admin/v1/plugins",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await
-        .body;
+    let listed = server.admin_get("/admin/v1/plugins").await.body;
     listed["data"]
         .as_array()
         .unwrap()
@@ -50,16 +41,7 @@ async fn listed_sha(server: &Server) -> String {
 
 /// (state, sha256) of every listed version of `name`, the active one first.
 async fn plugin_states(server: &Server, name: &str) -> Vec<(String, String)> {
-    server
-        .call(
-            Method::GET,
-            "/admin/v1/plugins",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await
-        .body["data"]
+    server.admin_get("/admin/v1/plugins").await.body["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -147,13 +129,7 @@ async fn swapping_and_rolling_back_under_load_fails_no_execution() {
             .await;
         assert_eq!(execution["status"], "COMPLETED", "{execution}");
         let record = server
-            .call(
-                Method::GET,
-                &format!("/admin/v1/executions/{id}"),
-                Some(&server.admin_token),
-                None,
-                &[],
-            )
+            .admin_get(&format!("/admin/v1/executions/{id}"))
             .await
             .body;
         for attempt in record["attempts"].as_array().unwrap() {
@@ -169,16 +145,7 @@ async fn swapping_and_rolling_back_under_load_fails_no_execution() {
         used.len() >= 2,
         "executions ran on several versions: {used:?}"
     );
-    let listed = server
-        .call(
-            Method::GET,
-            "/admin/v1/plugins",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await
-        .body;
+    let listed = server.admin_get("/admin/v1/plugins").await.body;
     let states: Vec<(String, String)> = listed["data"]
         .as_array()
         .unwrap()
@@ -203,16 +170,7 @@ async fn swapping_and_rolling_back_under_load_fails_no_execution() {
 #[tokio::test]
 async fn an_invalid_plugin_is_refused_with_a_reason_and_changes_nothing() {
     let server = Server::start(&[]).await;
-    let before = server
-        .call(
-            Method::GET,
-            "/admin/v1/plugins",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await
-        .body;
+    let before = server.admin_get("/admin/v1/plugins").await.body;
     let liar = std::fs::read(
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../target/test-plugins/liar.wasm"),
@@ -230,16 +188,7 @@ async fn an_invalid_plugin_is_refused_with_a_reason_and_changes_nothing() {
         let message = body["error"]["details"][0]["message"].as_str().unwrap();
         assert!(message.contains(reason), "{message}");
     }
-    let after = server
-        .call(
-            Method::GET,
-            "/admin/v1/plugins",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await
-        .body;
+    let after = server.admin_get("/admin/v1/plugins").await.body;
     assert_eq!(before, after);
     let rollback = server
         .call(

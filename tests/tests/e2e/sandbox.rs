@@ -2,7 +2,6 @@
 //! it was not given or hands back garbage fails that attempt with a normalized code,
 //! and the server keeps serving.
 
-use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -73,15 +72,7 @@ async fn a_misbehaving_plugin_fails_only_its_own_attempts() {
         "only the garbage-asset, huge-output and healthy calls reached a provider"
     );
 
-    let plugins = server
-        .call(
-            Method::GET,
-            "/admin/v1/plugins",
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
-        .await;
+    let plugins = server.admin_get("/admin/v1/plugins").await;
     let hostile = plugins.body["data"]
         .as_array()
         .unwrap()

@@ -354,6 +354,12 @@ impl Server {
             .await
     }
 
+    /// `GET path` as the operator.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, Some(&self.admin_token), None, &[])
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> Reply {
         self.call(Method::DELETE, path, Some(&self.api_key), None, &[])
             .await

@@ -142,13 +142,7 @@ async fn a_job_started_by_a_submit_that_answers_after_cancel_is_cancelled() {
     })
     .await;
     let record = server
-        .call(
-            Method::GET,
-            &format!("/admin/v1/executions/{id}"),
-            Some(&server.admin_token),
-            None,
-            &[],
-        )
+        .admin_get(&format!("/admin/v1/executions/{id}"))
         .await;
     assert!(
         record.body["attempts"][0]["job"].is_null(),
