@@ -36,13 +36,18 @@ impl Dispatcher {
             Ok(stored) => stored,
             Err(failure) => return Ok(Some(failure)),
         };
-        // An adapter that reports nothing billable beyond the request itself (a
-        // provider that does not report usage) is charged the estimate.
+        // Usage that counts nothing the price charges for (a provider that does not
+        // report usage, or an adapter reporting images for a per-megapixel price)
+        // is charged the estimate: money must not hang on an adapter's footnote.
         let mut units = routing::Units::from(&completion.usage);
-        if units.is_empty() {
+        let price = &candidate.model.price;
+        if units.is_empty() || !units.meet(price) {
+            if !units.is_empty() {
+                tracing::warn!(execution = %execution.id, plugin = %candidate.plugin.name, ?units, "the reported usage counts nothing the price charges for: the estimate is charged");
+            }
             units = execution.usage_estimate.max_requests(units.requests);
         }
-        let cost = routing::cost(&candidate.model.price, &units);
+        let cost = routing::cost(price, &units);
         let file_ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
         let completed = self
             .executions
