@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
+use modelroute_tests::emulators::{DEFAULT_TOKEN, replicate};
 
 use crate::receiver::Receiver;
-use crate::support::{Options, ProviderSpec, Server, flux_input, wait_until};
+use crate::support::{Server, flux_input, wait_until};
+use crate::webhooks::server_with;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The servers' `[webhooks] dns_timeout_ms`.
@@ -170,22 +171,6 @@ fn answer(query: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(&address.octets());
     }
     Some(out)
-}
-
-async fn server_with(emulator: &Emulator<replicate::Replicate>, config: &str) -> Server {
-    Server::start_with(
-        &[ProviderSpec {
-            name: "replicate-emulator",
-            adapter: "replicate",
-            base_url: emulator.base_url(),
-            models: &["flux-1.1-pro"],
-        }],
-        Options {
-            config,
-            ..Options::default()
-        },
-    )
-    .await
 }
 
 /// One request as `key`, and how long its answer took.

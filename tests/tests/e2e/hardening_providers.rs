@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
 
-use crate::support::{Options, ProviderSpec, Server, eventually, flux_input, plugin_dirs};
+use crate::support::{
+    Options, ProviderSpec, Server, eventually, flux_input, plugin_dirs, replicate_provider,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -124,12 +126,7 @@ async fn proxy_variables_in_the_environment_never_reroute_provider_traffic() {
     .collect();
     env.extend([("NO_PROXY", ""), ("no_proxy", "")]);
     let server = Server::start_with(
-        &[ProviderSpec {
-            name: "replicate-emulator",
-            adapter: "replicate",
-            base_url: emulator.base_url(),
-            models: &["flux-1.1-pro"],
-        }],
+        &[replicate_provider(&emulator)],
         Options {
             env: &env,
             ..Options::default()
@@ -154,12 +151,7 @@ async fn the_operators_upstream_proxy_carries_provider_traffic() {
     let emulator = replicate_emulator().await;
     let config = format!("\n[upstream]\nproxy = {proxy_url:?}\n");
     let server = Server::start_with(
-        &[ProviderSpec {
-            name: "replicate-emulator",
-            adapter: "replicate",
-            base_url: emulator.base_url(),
-            models: &["flux-1.1-pro"],
-        }],
+        &[replicate_provider(&emulator)],
         Options {
             config: &config,
             ..Options::default()

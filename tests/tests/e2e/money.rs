@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, replicate};
 
-use crate::support::{ProviderSpec, Server, eventually, flux_input};
+use crate::support::{Server, eventually, flux_input, replicate_provider};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -22,13 +22,7 @@ async fn a_thousand_parallel_creates_never_overspend_and_survive_kill_9() {
     let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
         .await
         .unwrap();
-    let mut server = Server::start(&[ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro"],
-    }])
-    .await;
+    let mut server = Server::start(&[replicate_provider(&emulator)]).await;
     // Each hold is $0.048: the balance covers exactly 100 of the 1,000.
     let key = server.new_organization("4.8").await;
     let client = reqwest::Client::new();

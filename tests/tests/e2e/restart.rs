@@ -10,7 +10,7 @@ use std::time::Duration;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Fault, replicate};
 
 use crate::executions::wait_status;
-use crate::support::{Options, ProviderSpec, Server, flux_input, wait_until};
+use crate::support::{Options, ProviderSpec, Server, flux_input, replicate_provider, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -20,13 +20,7 @@ async fn a_job_running_at_the_provider_is_polled_again_after_kill_9() {
         .await
         .unwrap();
     emulator.state.set_never_finish(true);
-    let mut server = Server::start(&[ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro"],
-    }])
-    .await;
+    let mut server = Server::start(&[replicate_provider(&emulator)]).await;
     let reply = server
         .post(
             "/v1/executions",
@@ -63,12 +57,7 @@ async fn an_execution_whose_deadline_passed_while_the_server_was_down_expires() 
         .unwrap();
     emulator.state.set_never_finish(true);
     let mut server = Server::start_with(
-        &[ProviderSpec {
-            name: "replicate-emulator",
-            adapter: "replicate",
-            base_url: emulator.base_url(),
-            models: &["flux-1.1-pro"],
-        }],
+        &[replicate_provider(&emulator)],
         Options {
             executions: "[executions.models.\"flux-1.1-pro\"]\nexpiry_seconds = 3",
             ..Options::default()
@@ -221,13 +210,7 @@ async fn executions_cut_at_any_point_all_finish_after_kill_9() {
     // Slow submits, so the kill lands on executions in every state: queued,
     // mid-submit, waiting for the provider, finished.
     emulator.set_always(Some(Fault::Delay { ms: 150 }));
-    let mut server = Server::start(&[ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro"],
-    }])
-    .await;
+    let mut server = Server::start(&[replicate_provider(&emulator)]).await;
     let mut ids = Vec::new();
     for i in 0..40 {
         let reply = server
@@ -282,13 +265,7 @@ async fn random_kills_during_hundreds_of_executions_lose_nothing_and_repeat_noth
         .await
         .unwrap();
     emulator.set_always(Some(Fault::Delay { ms: 20 }));
-    let mut server = Server::start(&[ProviderSpec {
-        name: "replicate-emulator",
-        adapter: "replicate",
-        base_url: emulator.base_url(),
-        models: &["flux-1.1-pro"],
-    }])
-    .await;
+    let mut server = Server::start(&[replicate_provider(&emulator)]).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -8,20 +8,16 @@ use std::time::Duration;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
 
 use crate::receiver::{Received, Receiver};
-use crate::support::{Options, ProviderSpec, Server, eventually, flux_input, wait_until};
+use crate::support::{Options, Server, eventually, flux_input, replicate_provider, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Lets a server's clock be driven (`POST /admin/v1/clock/advance`).
 const CLOCK_CONTROL: &str = "\n[testing]\nclock_control = true\n";
 
-async fn server_with(emulator: &Emulator<replicate::Replicate>, config: &str) -> Server {
+/// A server with the Replicate-format emulator as its one provider, and `config`.
+pub async fn server_with(emulator: &Emulator<replicate::Replicate>, config: &str) -> Server {
     Server::start_with(
-        &[ProviderSpec {
-            name: "replicate-emulator",
-            adapter: "replicate",
-            base_url: emulator.base_url(),
-            models: &["flux-1.1-pro"],
-        }],
+        &[replicate_provider(emulator)],
         Options {
             config,
             ..Options::default()
