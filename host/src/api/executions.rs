@@ -213,7 +213,7 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
     };
     let metadata = fields.object("metadata");
     if metadata.is_some_and(|map| {
-        map.len() > 50 || Value::Object(map.clone()).to_string().len() > 16 * 1024
+        map.len() > 50 || serde_json::to_string(map).map_or(0, |text| text.len()) > 16 * 1024
     }) {
         fields.refuse(
             "metadata",
