@@ -5,7 +5,8 @@ SHELL := bash
 CARGO ?= cargo
 PLUGINS := replicate openai bfl fal
 # Adapters only tests load (target/test-plugins): one misbehaves on purpose, one
-# has a lying manifest; the SDK's template must pass the conformance kit.
+# has a lying manifest, one makes a plugin author's first mistakes; the SDK's
+# template must pass the conformance kit.
 TEST_DIST := target/test-plugins
 PLUGIN_TARGET := wasm32-wasip2
 PLUGIN_OUT := target/$(PLUGIN_TARGET)/plugin
@@ -25,12 +26,13 @@ setup:
 ## Builds every adapter to a WebAssembly component in plugins/dist/.
 plugins: setup
 	$(CARGO) build --profile plugin --target $(PLUGIN_TARGET) $(addprefix -p modelroute-plugin-,$(PLUGINS)) \
-	  -p modelroute-fixture-hostile -p modelroute-fixture-liar
+	  -p modelroute-fixture-hostile -p modelroute-fixture-liar -p modelroute-fixture-acme
 	cd sdk/template && $(CARGO) build --release --target $(PLUGIN_TARGET) --target-dir $(CURDIR)/target/template $(LOCAL_SDK)
 	@mkdir -p $(DIST) $(TEST_DIST)
 	@for p in $(PLUGINS); do cp $(PLUGIN_OUT)/modelroute_plugin_$$p.wasm $(DIST)/$$p.wasm; done
 	@cp $(PLUGIN_OUT)/modelroute_fixture_hostile.wasm $(TEST_DIST)/hostile.wasm
 	@cp $(PLUGIN_OUT)/modelroute_fixture_liar.wasm $(TEST_DIST)/liar.wasm
+	@cp $(PLUGIN_OUT)/modelroute_fixture_acme.wasm $(TEST_DIST)/acme.wasm
 	@cp $(TEMPLATE_OUT) $(TEST_DIST)/template.wasm
 	@ls -l $(DIST) $(TEST_DIST)
 

@@ -65,11 +65,12 @@ fn adapter_calls(c: &mut Criterion) {
         headers: vec![("content-type".into(), "application/json".into())],
         body: br#"{"id":"p1","status":"succeeded","output":"https://replicate.delivery/p1.png","error":null,"urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel"},"metrics":{"predict_time":1.2}}"#.to_vec(),
     };
+    let answered = wit::Answered::Submit(input.to_string());
     c.bench_function("parse-response", |b| {
         b.iter(|| {
             plugin
                 .call("parse-response", |adapter, store| {
-                    adapter.call_parse_response(store, &ctx, None, &response)
+                    adapter.call_parse_response(store, &ctx, &answered, &response)
                 })
                 .expect("call")
         })

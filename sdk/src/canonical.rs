@@ -1,71 +1,76 @@
-//! Canonical inputs shared by every adapter that serves a model: the same slug takes
-//! the same input whichever provider runs it.
+//! Canonical models: the same slug takes the same input, and is described alike,
+//! whichever provider runs it. The definitions live in `canonical/models.json`, which
+//! the host reads too: the public catalogue's descriptions and schemas come from
+//! there, never from an adapter, and the host refuses an adapter whose schema for a
+//! canonical slug differs from it.
 
 use serde_json::Value;
+use std::sync::OnceLock;
 
-/// Text to image (`flux-1.1-pro` and kin): a prompt, optional size and seed.
-pub const TEXT_TO_IMAGE_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["prompt"],
-  "properties": {
-    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
-    "width": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
-    "height": {"type": "integer", "minimum": 256, "maximum": 1440, "multipleOf": 32, "default": 1024},
-    "seed": {"type": "integer", "minimum": 0}
-  }
-}"#;
+use crate::{Modality, Model, Price};
 
-/// A valid [`TEXT_TO_IMAGE_SCHEMA`] input.
-pub const TEXT_TO_IMAGE_EXAMPLE: &str =
-    r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#;
+/// The canonical definitions: `inputs` (JSON Schemas by name) and `models`.
+pub const MODELS_JSON: &str = include_str!("../canonical/models.json");
 
-/// Chat: messages, an optional output budget and temperature.
-pub const CHAT_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["messages"],
-  "properties": {
-    "messages": {
-      "type": "array",
-      "minItems": 1,
-      "items": {
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["role", "content"],
-        "properties": {
-          "role": {"enum": ["system", "user", "assistant"]},
-          "content": {"type": "string"}
-        }
-      }
-    },
-    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 256},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2}
-  }
-}"#;
+fn definitions() -> &'static Value {
+    static DEFINITIONS: OnceLock<Value> = OnceLock::new();
+    DEFINITIONS.get_or_init(|| serde_json::from_str(MODELS_JSON).expect("canonical/models.json"))
+}
+
+/// The canonical input schema `name` (`text-to-image`, `image-edit`, `chat`,
+/// `text-to-video`), as JSON text.
+pub fn input_schema(name: &str) -> Option<String> {
+    definitions()["inputs"].get(name).map(Value::to_string)
+}
+
+/// The slugs that have a canonical definition.
+pub fn slugs() -> Vec<&'static str> {
+    definitions()["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|model| model["slug"].as_str())
+        .collect()
+}
+
+/// The manifest entry for serving the canonical model `slug` as the provider's
+/// `provider_model` at `price`: modality, description, input schema and example
+/// come from the canonical definition.
+///
+/// # Panics
+///
+/// When `slug` has no canonical definition (see [`slugs`]); a model of your own
+/// needs a [`Model`] written out, with a neutral description.
+pub fn model(slug: &str, provider_model: &str, price: Price) -> Model {
+    let definitions = definitions();
+    let definition = definitions["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|model| model["slug"] == slug)
+        .unwrap_or_else(|| panic!("{slug} is not a canonical model"));
+    let text = |field: &str| definition[field].as_str().unwrap_or_default();
+    Model {
+        slug: slug.into(),
+        provider_model: provider_model.into(),
+        modality: match text("modality") {
+            "image" => Modality::Image,
+            "video" => Modality::Video,
+            "audio" => Modality::Audio,
+            _ => Modality::Text,
+        },
+        description: text("description").into(),
+        input_schema: definitions["inputs"][text("input")].to_string(),
+        example_input: definition["example"].to_string(),
+        price,
+    }
+}
 
 /// Width and height of a text-to-image input, with the schema's defaults.
 pub fn image_size(input: &Value) -> (u64, u64) {
     let side = |name: &str| input[name].as_u64().unwrap_or(1024);
     (side("width"), side("height"))
 }
-
-/// Text to video: a prompt and a length in seconds.
-pub const TEXT_TO_VIDEO_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["prompt"],
-  "properties": {
-    "prompt": {"type": "string", "minLength": 1, "maxLength": 2500},
-    "duration": {"enum": [5, 10], "default": 5}
-  }
-}"#;
-
-/// A valid [`TEXT_TO_VIDEO_SCHEMA`] input.
-pub const TEXT_TO_VIDEO_EXAMPLE: &str = r#"{"prompt":"waves at dusk","duration":5}"#;
 
 /// Seconds of video a text-to-video input asks for, with the schema's default.
 pub fn video_seconds(input: &Value) -> u64 {
@@ -83,29 +88,3 @@ pub fn video_seconds(input: &Value) -> u64 {
 /// `CallContext::files`, a short-lived URL (with the bytes too when the manifest asks
 /// for `inline_files`). See [`CallContext::file_grant`](crate::CallContext::file_grant).
 pub const FILE_TYPES_KEYWORD: &str = "x-file-types";
-
-/// Image editing (`flux-kontext-pro` and kin): a prompt and the image to edit, given as
-/// the `file_…` id of an upload (a file reference, see [`FILE_TYPES_KEYWORD`]); an
-/// optional seed and aspect ratio (by default the input image's).
-pub const IMAGE_EDIT_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["prompt", "image"],
-  "properties": {
-    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
-    "image": {
-      "type": "string",
-      "pattern": "^file_[0-9a-f-]{36}$",
-      "x-file-types": ["image/png", "image/jpeg", "image/webp"],
-      "description": "a file_ id of an uploaded image"
-    },
-    "seed": {"type": "integer", "minimum": 0},
-    "aspect_ratio": {"enum": ["1:1", "16:9", "9:16", "4:3", "3:4"]}
-  }
-}"#;
-
-/// A valid [`IMAGE_EDIT_SCHEMA`] input. Its file names nothing stored: when the host
-/// checks a plugin it grants example files placeholder URLs.
-pub const IMAGE_EDIT_EXAMPLE: &str =
-    r#"{"prompt":"make it night","image":"file_00000000-0000-4000-8000-000000000000"}"#;

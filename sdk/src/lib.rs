@@ -33,9 +33,9 @@ mod helpers;
 pub use helpers::approx_tokens;
 
 pub use bindings::modelroute::provider::types::{
-    Asset, AssetSource, AuthScheme, CallContext, Capabilities, Completion, ErrorCode, Failure,
-    FileGrant, HeaderAuth, HttpRequest, HttpResponse, Job, Manifest, Method, Modality, Model,
-    Outcome, Pending, Price, StreamEvent, Usage,
+    Asset, AssetSource, AuthScheme, CallContext, CallbackVerdict, Capabilities, Completion,
+    ErrorCode, Failure, FileGrant, HeaderAuth, HttpRequest, HttpResponse, Job, Manifest, Method,
+    Modality, Model, Outcome, Pending, Price, StreamEvent, Usage,
 };
 pub use serde_json::{self, Value, json};
 
@@ -62,17 +62,24 @@ pub trait Adapter: Send + Sync + 'static {
     /// The request that starts a generation.
     fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure>;
 
-    /// Classify the provider's answer to the submit request (`job` is `None`) or to a
-    /// poll of `job`.
+    /// Classify the provider's answer to the submit request (with the input it was
+    /// built from) or to a poll of a job. An `Err` is the same as
+    /// `Ok(Outcome::Failed(..))`, so `?` works on the helpers' results.
+    ///
+    /// To carry something from the submit to the completion (the requested image
+    /// size when the provider's final answer does not repeat it, say), put it in the
+    /// [`Job`]'s `state` when you answer [`Outcome::Pending`]: the host keeps it with
+    /// the attempt and hands it back with every poll.
     fn parse_response(
         &self,
         ctx: &CallContext,
-        job: Option<&Job>,
+        answered: Answered<'_>,
         response: &HttpResponse,
-    ) -> Outcome;
+    ) -> Result<Outcome, Failure>;
 
     /// The request that asks how `job` is doing. Needed when `parse_response` can
-    /// answer [`Outcome::Pending`].
+    /// answer [`Outcome::Pending`] (`modelroute plugin check` fails an adapter that
+    /// answers pending without it).
     fn build_poll(&self, _ctx: &CallContext, _job: &Job) -> Result<HttpRequest, Failure> {
         Err(Failure::new(
             ErrorCode::InternalError,
@@ -85,26 +92,54 @@ pub trait Adapter: Send + Sync + 'static {
         None
     }
 
-    /// A callback the provider sent to `ctx.callback_url` about `job`.
+    /// A callback the provider sent to `ctx.callback_url` about `job`: whether the
+    /// job moved on. A callback only wakes the job up: on
+    /// [`CallbackVerdict::PollNow`] the host polls it at once and that poll's
+    /// [`Adapter::parse_response`] decides the outcome.
     fn parse_webhook(
         &self,
         _ctx: &CallContext,
         _job: &Job,
         _headers: &[(String, String)],
         _body: &[u8],
-    ) -> Outcome {
-        Outcome::Failed(Failure::new(
-            ErrorCode::InternalError,
-            "this adapter does not accept webhooks",
-        ))
+    ) -> CallbackVerdict {
+        CallbackVerdict::PollNow
     }
 
-    /// One server-sent event's `data` from a streaming response.
-    fn parse_stream_event(&self, _ctx: &CallContext, _data: &str) -> StreamEvent {
-        StreamEvent::Failed(Failure::new(
+    /// One server-sent event's `data` from a streaming response. An `Err` is the same
+    /// as `Ok(StreamEvent::Failed(..))`.
+    fn parse_stream_event(&self, _ctx: &CallContext, _data: &str) -> Result<StreamEvent, Failure> {
+        Err(Failure::new(
             ErrorCode::InternalError,
             "this adapter does not stream",
         ))
+    }
+}
+
+/// What a response answers: the submit request, built from this canonical input, or
+/// a poll of this job.
+#[derive(Debug, Clone, Copy)]
+pub enum Answered<'a> {
+    Submit(&'a Value),
+    Poll(&'a Job),
+}
+
+impl<'a> Answered<'a> {
+    /// The job polled; `None` for the submit's answer.
+    pub fn job(self) -> Option<&'a Job> {
+        match self {
+            Answered::Poll(job) => Some(job),
+            Answered::Submit(_) => None,
+        }
+    }
+
+    /// The canonical input; `None` for a poll's answer (carry what you need in the
+    /// job's `state`).
+    pub fn input(self) -> Option<&'a Value> {
+        match self {
+            Answered::Submit(input) => Some(input),
+            Answered::Poll(_) => None,
+        }
     }
 }
 
@@ -169,8 +204,20 @@ impl bindings::exports::modelroute::provider::adapter::Guest for Component {
         __modelroute_adapter().build_submit(&ctx, &input)
     }
 
-    fn parse_response(ctx: CallContext, job: Option<Job>, response: HttpResponse) -> Outcome {
-        __modelroute_adapter().parse_response(&ctx, job.as_ref(), &response)
+    fn parse_response(
+        ctx: CallContext,
+        answered: bindings::modelroute::provider::types::Answered,
+        response: HttpResponse,
+    ) -> Outcome {
+        use bindings::modelroute::provider::types::Answered as Wire;
+        let adapter = __modelroute_adapter();
+        let outcome = match answered {
+            Wire::Submit(input) => parse_input(&input).and_then(|input| {
+                adapter.parse_response(&ctx, Answered::Submit(&input), &response)
+            }),
+            Wire::Poll(job) => adapter.parse_response(&ctx, Answered::Poll(&job), &response),
+        };
+        outcome.unwrap_or_else(Outcome::Failed)
     }
 
     fn build_poll(ctx: CallContext, job: Job) -> Result<HttpRequest, Failure> {
@@ -186,12 +233,14 @@ impl bindings::exports::modelroute::provider::adapter::Guest for Component {
         job: Job,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
-    ) -> Outcome {
+    ) -> CallbackVerdict {
         __modelroute_adapter().parse_webhook(&ctx, &job, &headers, &body)
     }
 
     fn parse_stream_event(ctx: CallContext, data: String) -> StreamEvent {
-        __modelroute_adapter().parse_stream_event(&ctx, &data)
+        __modelroute_adapter()
+            .parse_stream_event(&ctx, &data)
+            .unwrap_or_else(StreamEvent::Failed)
     }
 }
 

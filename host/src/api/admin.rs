@@ -379,6 +379,13 @@ pub async fn install_plugin(
             format!("the plugin calls itself {:?}, not {name:?}", plugin.name),
         ));
     }
+    app.registry.check_agreement(&plugin).map_err(|error| {
+        ApiError::invalid(
+            "plugin",
+            DetailCode::InvalidValue,
+            format!("the plugin was refused: {error:#}"),
+        )
+    })?;
     // The swap is written to the data directory before it takes effect.
     let registry = app.registry.clone();
     let swapped = plugin.clone();
@@ -400,6 +407,14 @@ pub async fn rollback_plugin(
 ) -> Result<Json<Value>, ApiError> {
     if app.registry.get(&name).is_none() {
         return Err(ApiError::not_found());
+    }
+    if let Some(previous) = app.registry.previous(&name)
+        && let Err(error) = app.registry.check_agreement(&previous)
+    {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("the previous version of {name:?} cannot come back: {error:#}"),
+        ));
     }
     let registry = app.registry.clone();
     let rolling = name.clone();

@@ -1,5 +1,6 @@
-//! `/v1/models`: the catalogue, built from the loaded adapters' manifests. It never
-//! names a provider or an adapter. A model is `available` while a provider serving
+//! `/v1/models`: the catalogue. Descriptions and schemas come from the canonical
+//! definitions (see `plugins::catalogue`), prices from the adapters serving a
+//! model; it never names a provider or an adapter. A model is `available` while a provider serving
 //! it can take traffic: its last health probe reached it and its breaker is not open.
 
 use axum::Json;
@@ -13,34 +14,26 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::money::Micros;
-use crate::plugins::wit;
+use crate::plugins::{catalogue, wit};
 
 fn describe(app: &App, slug: &str) -> Option<Value> {
     let candidates = app.router.candidates(slug);
-    let first = candidates.first()?;
-    let cheapest = candidates
-        .iter()
-        .map(|c| &c.model.price)
-        .min_by_key(|p| {
-            (
-                p.per_request,
-                p.per_image,
-                p.per_megapixel,
-                p.per_second,
-                p.per_million_input_tokens,
-            )
-        })
-        .unwrap_or(&first.model.price);
+    let models: Vec<&wit::Model> = candidates.iter().map(|c| &c.model).collect();
+    let definition = catalogue::public(slug, &models)?;
+    let cheapest = candidates.iter().map(|c| &c.model.price).min_by_key(|p| {
+        (
+            p.per_request,
+            p.per_image,
+            p.per_megapixel,
+            p.per_second,
+            p.per_million_input_tokens,
+        )
+    })?;
     Some(json!({
         "slug": slug,
-        "modality": match first.model.modality {
-            wit::Modality::Image => "image",
-            wit::Modality::Video => "video",
-            wit::Modality::Audio => "audio",
-            wit::Modality::Text => "text",
-        },
-        "description": first.model.description,
-        "input_schema": serde_json::from_str::<Value>(&first.model.input_schema).unwrap_or(Value::Null),
+        "modality": definition.modality,
+        "description": definition.description,
+        "input_schema": definition.input_schema,
         "pricing": pricing(cheapest),
         "available": candidates.iter().any(|c| c.provider.is_available()),
     }))

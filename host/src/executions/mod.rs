@@ -783,21 +783,10 @@ async fn estimate(
     candidate: &routing::Candidate,
     input: &Value,
 ) -> Result<routing::Units, ApiError> {
-    let input_text = input.to_string();
-    let (slug, provider_model) = (
-        candidate.model.slug.clone(),
-        candidate.model.provider_model.clone(),
-    );
     let usage = candidate
         .plugin
-        .call_async("estimate", move |adapter, store| {
-            adapter.call_estimate(store, &slug, &provider_model, &input_text)
-        })
+        .estimate(&candidate.model, input.to_string())
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "estimate failed");
-            ApiError::internal()
-        })?
         .map_err(|failure| failure_to_api(&failure))?;
     Ok(routing::Units::from(&usage))
 }

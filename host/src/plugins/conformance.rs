@@ -239,10 +239,13 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture) -> Result<(), String> {
         files: Vec::new(),
         stream: false,
     };
-    let job = fixture.job.as_ref().map(|j| wit::Job {
-        id: j.id.clone(),
-        state: j.state.clone(),
-    });
+    let answered = match &fixture.job {
+        Some(job) => wit::Answered::Poll(wit::Job {
+            id: job.id.clone(),
+            state: job.state.clone(),
+        }),
+        None => wit::Answered::Submit(model.example_input.clone()),
+    };
     let response = wit::HttpResponse {
         status: fixture.response.status,
         headers: fixture.response.headers.clone(),
@@ -253,7 +256,7 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture) -> Result<(), String> {
     };
     let outcome = plugin
         .call("parse-response", |adapter, store| {
-            adapter.call_parse_response(store, &ctx, job.as_ref(), &response)
+            adapter.call_parse_response(store, &ctx, &answered, &response)
         })
         .map_err(|e| e.to_string())?;
     let expect = &fixture.expect;

@@ -8,6 +8,8 @@
 //! an attempt holds the `Arc` it started with; swaps made at runtime are kept in the
 //! data directory ([`Installed`]) and survive a restart.
 
+mod adapter;
+pub mod catalogue;
 pub mod conformance;
 mod contract;
 mod installed;
@@ -515,6 +517,9 @@ fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Result<Vec<Arc<LoadedPlugin>>
 /// file is swapped in over it, as the watcher would have done had the server run.
 pub fn load_all(runtime: &Arc<Runtime>, registry: &Registry, dir: &Path) -> Result<()> {
     for plugin in load_dir(runtime, dir)? {
+        registry
+            .check_agreement(&plugin)
+            .with_context(|| format!("loading plugin {}", plugin.name))?;
         tracing::info!(plugin = %plugin.name, version = %plugin.version, sha256 = %plugin.sha256, "plugin loaded");
         if let Some(installed) = registry.installed() {
             installed.saw_in_plugins_dir(&plugin.name, &plugin.sha256);

@@ -5,7 +5,7 @@ use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Installed, LoadedPlugin};
+use super::{Installed, LoadedPlugin, catalogue};
 
 /// Active plugins by manifest name. Readers take a snapshot without locking; an
 /// in-flight attempt keeps the `Arc` of the version it started with, so a replaced
@@ -43,6 +43,13 @@ impl Registry {
         self.active.load().values().cloned().collect()
     }
 
+    /// Refuses `plugin` when it would make the catalogue disagree with itself
+    /// (see [`catalogue::check_agreement`]).
+    pub fn check_agreement(&self, plugin: &LoadedPlugin) -> Result<()> {
+        let active = self.active.load();
+        catalogue::check_agreement(plugin, active.values().map(|other| &**other))
+    }
+
     /// The version a rollback of `name` would restore.
     pub fn previous(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
         self.previous
@@ -69,6 +76,7 @@ impl Registry {
     /// that fails, nothing changes.
     pub fn activate(&self, plugin: Arc<LoadedPlugin>) -> Result<Option<Arc<LoadedPlugin>>> {
         let _swap = self.swapping.lock().expect("registry poisoned");
+        self.check_agreement(&plugin)?;
         let replaced = self.get(&plugin.name);
         if let Some(installed) = &self.installed {
             installed.save(&plugin, replaced.as_deref())?;
@@ -91,6 +99,7 @@ impl Registry {
         let Some(restored) = self.previous(name) else {
             return Ok(None);
         };
+        self.check_agreement(&restored)?;
         let replaced = self.get(name);
         if let Some(installed) = &self.installed {
             installed.save(&restored, replaced.as_deref())?;

@@ -17,6 +17,15 @@ struct Bfl;
 /// Image editing; the other models are text to image.
 const KONTEXT: &str = "flux-kontext-pro";
 
+const PER_IMAGE: Price = Price {
+    per_request: 0,
+    per_image: 40_000,
+    per_megapixel: 0,
+    per_second: 0,
+    per_million_input_tokens: 0,
+    per_million_output_tokens: 0,
+};
+
 impl Adapter for Bfl {
     fn manifest(&self) -> Manifest {
         Manifest {
@@ -42,30 +51,8 @@ impl Adapter for Bfl {
                 idempotent_submit: false,
             },
             models: vec![
-                Model {
-                    slug: "flux-1.1-pro".into(),
-                    provider_model: "flux-pro-1.1".into(),
-                    modality: Modality::Image,
-                    description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
-                    input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
-                    example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
-                    price: Price {
-                        per_image: 40_000,
-                        ..Price::default()
-                    },
-                },
-                Model {
-                    slug: KONTEXT.into(),
-                    provider_model: "flux-kontext-pro".into(),
-                    modality: Modality::Image,
-                    description: "FLUX.1 Kontext [pro]: edits an image following a prompt.".into(),
-                    input_schema: canonical::IMAGE_EDIT_SCHEMA.into(),
-                    example_input: canonical::IMAGE_EDIT_EXAMPLE.into(),
-                    price: Price {
-                        per_image: 40_000,
-                        ..Price::default()
-                    },
-                },
+                canonical::model("flux-1.1-pro", "flux-pro-1.1", PER_IMAGE),
+                canonical::model(KONTEXT, "flux-kontext-pro", PER_IMAGE),
             ],
         }
     }
@@ -104,55 +91,52 @@ impl Adapter for Bfl {
     fn parse_response(
         &self,
         _ctx: &CallContext,
-        job: Option<&Job>,
+        answered: Answered<'_>,
         response: &HttpResponse,
-    ) -> Outcome {
+    ) -> Result<Outcome, Failure> {
         if !response.is_success() {
-            return Outcome::Failed(error(response));
+            return Err(error(response));
         }
-        let body = match response.json() {
-            Ok(body) => body,
-            Err(failure) => return Outcome::Failed(failure),
-        };
-        if job.is_none() {
-            // The submit answer: a task to poll.
+        let body = response.json()?;
+        let Some(job) = answered.job() else {
+            // The submit answer: a task to poll at its `polling_url`.
             return match (body["id"].as_str(), body["polling_url"].as_str()) {
-                (Some(id), Some(url)) => Outcome::pending(id, url, 500),
-                _ => Outcome::failed(
+                (Some(id), Some(url)) => Ok(Outcome::pending(id, url, 500)),
+                _ => Err(Failure::new(
                     ErrorCode::GenerationFailed,
                     "the answer has no id or polling_url",
-                ),
+                )),
             };
-        }
+        };
         let id = body["id"].as_str().unwrap_or_default();
         match body["status"].as_str().unwrap_or_default() {
             "Ready" => match body["result"]["sample"].as_str() {
-                Some(url) => Outcome::Completed(Completion::assets(
+                Some(url) => Ok(Outcome::Completed(Completion::assets(
                     Modality::Image,
                     [url.to_string()],
                     Usage {
                         images: 1,
                         ..Usage::default()
                     },
+                ))),
+                None => Err(Failure::new(
+                    ErrorCode::GenerationFailed,
+                    "a ready task without a sample",
                 )),
-                None => {
-                    Outcome::failed(ErrorCode::GenerationFailed, "a ready task without a sample")
-                }
             },
-            "Pending" | "Queued" => {
-                Outcome::pending(id, job.map(|j| j.state.clone()).unwrap_or_default(), 1000)
-            }
-            "Content Moderated" | "Request Moderated" => Outcome::failed(
+            "Pending" | "Queued" => Ok(Outcome::pending(id, job.state.clone(), 1000)),
+            "Content Moderated" | "Request Moderated" => Err(Failure::new(
                 ErrorCode::ContentModerationRejected,
                 "moderated by the provider",
-            ),
-            "Task not found" => {
-                Outcome::failed(ErrorCode::GenerationFailed, "the provider lost the task")
-            }
-            other => Outcome::failed(
+            )),
+            "Task not found" => Err(Failure::new(
+                ErrorCode::GenerationFailed,
+                "the provider lost the task",
+            )),
+            other => Err(Failure::new(
                 ErrorCode::GenerationFailed,
                 format!("task status {other:?}"),
-            ),
+            )),
         }
     }
 
@@ -203,6 +187,14 @@ export_adapter!(Bfl);
 mod tests {
     use super::*;
 
+    /// The adapter's reading as the host takes it: an `Err` is a failed outcome.
+    fn parse(ctx: &CallContext, job: Option<&Job>, response: &HttpResponse) -> Outcome {
+        let input = json!({});
+        let answered = job.map_or(Answered::Submit(&input), Answered::Poll);
+        Bfl.parse_response(ctx, answered, response)
+            .unwrap_or_else(Outcome::Failed)
+    }
+
     fn ctx() -> CallContext {
         CallContext {
             slug: "flux-1.1-pro".into(),
@@ -230,8 +222,7 @@ mod tests {
             .unwrap();
         assert_eq!(request.url, "https://api.bfl.ai/v1/flux-pro-1.1");
         let submitted = r#"{"id":"t1","polling_url":"https://api.us1.bfl.ai/v1/get_result?id=t1"}"#;
-        let Outcome::Pending(pending) = Bfl.parse_response(&ctx(), None, &response(200, submitted))
-        else {
+        let Outcome::Pending(pending) = parse(&ctx(), None, &response(200, submitted)) else {
             panic!()
         };
         assert_eq!(
@@ -240,12 +231,11 @@ mod tests {
         );
         let waiting = r#"{"id":"t1","status":"Pending","result":null,"progress":0.4}"#;
         assert!(matches!(
-            Bfl.parse_response(&ctx(), Some(&pending.job), &response(200, waiting)),
+            parse(&ctx(), Some(&pending.job), &response(200, waiting)),
             Outcome::Pending(_)
         ));
         let ready = r#"{"id":"t1","status":"Ready","result":{"sample":"https://delivery-us1.bfl.ai/results/t1/sample.png","prompt":"a cat"}}"#;
-        let Outcome::Completed(done) =
-            Bfl.parse_response(&ctx(), Some(&pending.job), &response(200, ready))
+        let Outcome::Completed(done) = parse(&ctx(), Some(&pending.job), &response(200, ready))
         else {
             panic!()
         };
@@ -333,8 +323,7 @@ mod tests {
         };
         for status in ["Content Moderated", "Request Moderated"] {
             let body = format!(r#"{{"id":"t1","status":"{status}","result":null}}"#);
-            let Outcome::Failed(f) = Bfl.parse_response(&ctx(), Some(&job), &response(200, &body))
-            else {
+            let Outcome::Failed(f) = parse(&ctx(), Some(&job), &response(200, &body)) else {
                 panic!()
             };
             assert_eq!(f.code, ErrorCode::ContentModerationRejected);
@@ -357,8 +346,7 @@ mod tests {
             ),
             (200, "{oops", ErrorCode::GenerationFailed),
         ] {
-            let Outcome::Failed(f) = Bfl.parse_response(&ctx(), None, &response(status, body))
-            else {
+            let Outcome::Failed(f) = parse(&ctx(), None, &response(status, body)) else {
                 panic!("{status}")
             };
             assert_eq!(f.code, code, "{status}");

@@ -23,21 +23,6 @@ fn parse_state(job: &Job) -> Value {
 
 impl Adapter for Fal {
     fn manifest(&self) -> Manifest {
-        let model = |slug: &str,
-                     provider_model: &str,
-                     modality,
-                     description: &str,
-                     schema: &str,
-                     example: &str,
-                     price| Model {
-            slug: slug.into(),
-            provider_model: provider_model.into(),
-            modality,
-            description: description.into(),
-            input_schema: schema.into(),
-            example_input: example.into(),
-            price,
-        };
         Manifest {
             name: "fal".into(),
             version: "0.1.0".into(),
@@ -59,25 +44,17 @@ impl Adapter for Fal {
                 idempotent_submit: false,
             },
             models: vec![
-                model(
+                canonical::model(
                     "flux-1.1-pro",
                     "fal-ai/flux-pro/v1.1",
-                    Modality::Image,
-                    "FLUX1.1 [pro]: fast, high-quality text-to-image.",
-                    canonical::TEXT_TO_IMAGE_SCHEMA,
-                    canonical::TEXT_TO_IMAGE_EXAMPLE,
                     Price {
                         per_image: 40_000,
                         ..Price::default()
                     },
                 ),
-                model(
+                canonical::model(
                     VIDEO,
                     "fal-ai/kling-video/v1/standard/text-to-video",
-                    Modality::Video,
-                    "Kling: text to video, 5 or 10 seconds.",
-                    canonical::TEXT_TO_VIDEO_SCHEMA,
-                    canonical::TEXT_TO_VIDEO_EXAMPLE,
                     Price {
                         per_second: 50_000,
                         ..Price::default()
@@ -122,59 +99,62 @@ impl Adapter for Fal {
     fn parse_response(
         &self,
         ctx: &CallContext,
-        job: Option<&Job>,
+        answered: Answered<'_>,
         response: &HttpResponse,
-    ) -> Outcome {
+    ) -> Result<Outcome, Failure> {
         if !response.is_success() {
             let detail = response
                 .json()
                 .map(|b| b["detail"].to_string())
                 .unwrap_or_else(|_| response.text());
-            return Outcome::Failed(Failure::from_status(response, detail));
+            return Err(Failure::from_status(response, detail));
         }
-        let body = match response.json() {
-            Ok(body) => body,
-            Err(failure) => return Outcome::Failed(failure),
-        };
-        let Some(job) = job else {
+        let body = response.json()?;
+        let Some(job) = answered.job() else {
             return match body["request_id"].as_str() {
                 Some(id) if body["status_url"].is_string() => {
-                    Outcome::pending(id, state(&body, "status"), 500)
+                    Ok(Outcome::pending(id, state(&body, "status"), 500))
                 }
-                _ => Outcome::failed(
+                _ => Err(Failure::new(
                     ErrorCode::GenerationFailed,
                     "the answer has no request_id or status_url",
-                ),
+                )),
             };
         };
         let urls = parse_state(job);
         if urls["phase"] == "status" {
             return match body["status"].as_str() {
-                Some("COMPLETED") => Outcome::pending(&job.id, state(&urls, "result"), 0),
+                Some("COMPLETED") => Ok(Outcome::pending(&job.id, state(&urls, "result"), 0)),
                 Some("IN_QUEUE" | "IN_PROGRESS") => {
-                    Outcome::pending(&job.id, job.state.clone(), 1000)
+                    Ok(Outcome::pending(&job.id, job.state.clone(), 1000))
                 }
-                other => Outcome::failed(
+                other => Err(Failure::new(
                     ErrorCode::GenerationFailed,
                     format!("queue status {other:?}"),
-                ),
+                )),
             };
         }
         if ctx.slug == VIDEO {
-            return match body["video"]["url"].as_str() {
-                Some(url) => Outcome::Completed(Completion::assets(
-                    Modality::Video,
-                    [url.to_string()],
-                    Usage::default(),
-                )),
-                None => Outcome::failed(ErrorCode::GenerationFailed, "the result has no video"),
+            let Some(url) = body["video"]["url"].as_str() else {
+                return Err(Failure::new(
+                    ErrorCode::GenerationFailed,
+                    "the result has no video",
+                ));
             };
+            return Ok(Outcome::Completed(Completion::assets(
+                Modality::Video,
+                [url.to_string()],
+                Usage::default(),
+            )));
         }
         if body["has_nsfw_concepts"]
             .as_array()
             .is_some_and(|flags| flags.iter().any(|f| f == true))
         {
-            return Outcome::failed(ErrorCode::ContentModerationRejected, "flagged as NSFW");
+            return Err(Failure::new(
+                ErrorCode::ContentModerationRejected,
+                "flagged as NSFW",
+            ));
         }
         let urls: Vec<String> = body["images"]
             .as_array()
@@ -183,13 +163,20 @@ impl Adapter for Fal {
             .filter_map(|i| i["url"].as_str().map(str::to_string))
             .collect();
         if urls.is_empty() {
-            return Outcome::failed(ErrorCode::GenerationFailed, "the result has no images");
+            return Err(Failure::new(
+                ErrorCode::GenerationFailed,
+                "the result has no images",
+            ));
         }
         let usage = Usage {
             images: urls.len() as u32,
             ..Usage::default()
         };
-        Outcome::Completed(Completion::assets(Modality::Image, urls, usage))
+        Ok(Outcome::Completed(Completion::assets(
+            Modality::Image,
+            urls,
+            usage,
+        )))
     }
 
     fn build_poll(&self, _ctx: &CallContext, job: &Job) -> Result<HttpRequest, Failure> {
@@ -214,23 +201,20 @@ impl Adapter for Fal {
             .map(|url| HttpRequest::new(Method::Put, url))
     }
 
-    /// `{request_id, status: "OK" | "ERROR", payload}`: the host polls on either.
+    /// `{request_id, status: "OK" | "ERROR", payload}`: either ends the job, so the
+    /// host polls it now (the poll reads the result, or the error, from fal itself).
     fn parse_webhook(
         &self,
         _ctx: &CallContext,
-        job: &Job,
+        _job: &Job,
         _headers: &[(String, String)],
         body: &[u8],
-    ) -> Outcome {
+    ) -> CallbackVerdict {
         match serde_json::from_slice::<Value>(body) {
-            Ok(callback) if callback["status"] == "OK" => {
-                Outcome::pending(&job.id, job.state.clone(), 0)
+            Ok(callback) if matches!(callback["status"].as_str(), Some("OK" | "ERROR")) => {
+                CallbackVerdict::PollNow
             }
-            Ok(_) => Outcome::failed(ErrorCode::GenerationFailed, "fal reported an error"),
-            Err(e) => Outcome::failed(
-                ErrorCode::GenerationFailed,
-                format!("webhook body is not JSON: {e}"),
-            ),
+            _ => CallbackVerdict::KeepWaiting,
         }
     }
 }
@@ -252,6 +236,14 @@ export_adapter!(Fal);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The adapter's reading as the host takes it: an `Err` is a failed outcome.
+    fn parse(ctx: &CallContext, job: Option<&Job>, response: &HttpResponse) -> Outcome {
+        let input = json!({});
+        let answered = job.map_or(Answered::Submit(&input), Answered::Poll);
+        Fal.parse_response(ctx, answered, response)
+            .unwrap_or_else(Outcome::Failed)
+    }
 
     fn ctx(slug: &str) -> CallContext {
         CallContext {
@@ -282,7 +274,7 @@ mod tests {
             "https://queue.fal.run/fal-ai/flux-pro/v1.1?fal_webhook=http%3A%2F%2Fh%2Fcb%3Fx%3D1"
         );
         let queued = json!({"request_id": "r1", "status_url": "https://queue.fal.run/fal-ai/flux-pro/requests/r1/status", "response_url": "https://queue.fal.run/fal-ai/flux-pro/requests/r1", "cancel_url": "https://queue.fal.run/fal-ai/flux-pro/requests/r1/cancel"});
-        let Outcome::Pending(pending) = Fal.parse_response(&c, None, &response(200, queued)) else {
+        let Outcome::Pending(pending) = parse(&c, None, &response(200, queued)) else {
             panic!()
         };
         assert!(
@@ -297,7 +289,7 @@ mod tests {
                 .url
                 .ends_with("/r1/cancel")
         );
-        let Outcome::Pending(done) = Fal.parse_response(
+        let Outcome::Pending(done) = parse(
             &c,
             Some(&pending.job),
             &response(200, json!({"status": "COMPLETED"})),
@@ -311,15 +303,13 @@ mod tests {
                 .ends_with("/requests/r1")
         );
         let result = json!({"images": [{"url": "https://v3.fal.media/files/a.png", "width": 1024, "height": 1024}], "has_nsfw_concepts": [false]});
-        let Outcome::Completed(completion) =
-            Fal.parse_response(&c, Some(&done.job), &response(200, result))
+        let Outcome::Completed(completion) = parse(&c, Some(&done.job), &response(200, result))
         else {
             panic!()
         };
         assert_eq!(completion.usage.images, 1);
         let flagged = json!({"images": [{"url": "https://v3.fal.media/files/a.png"}], "has_nsfw_concepts": [true]});
-        let Outcome::Failed(f) = Fal.parse_response(&c, Some(&done.job), &response(200, flagged))
-        else {
+        let Outcome::Failed(f) = parse(&c, Some(&done.job), &response(200, flagged)) else {
             panic!()
         };
         assert_eq!(f.code, ErrorCode::ContentModerationRejected);
@@ -343,14 +333,12 @@ mod tests {
             state: json!({"phase": "result", "response_url": "u"}).to_string(),
         };
         let video = json!({"video": {"url": "https://v3.fal.media/files/v.mp4", "content_type": "video/mp4"}});
-        let Outcome::Completed(completion) =
-            Fal.parse_response(&c, Some(&job), &response(200, video))
-        else {
+        let Outcome::Completed(completion) = parse(&c, Some(&job), &response(200, video)) else {
             panic!()
         };
         assert_eq!(completion.assets[0].modality, Modality::Video);
         let invalid = json!({"detail": [{"loc": ["body", "prompt"], "msg": "field required"}]});
-        let Outcome::Failed(f) = Fal.parse_response(&c, None, &response(422, invalid)) else {
+        let Outcome::Failed(f) = parse(&c, None, &response(422, invalid)) else {
             panic!()
         };
         assert_eq!(f.code, ErrorCode::InputValidationError);

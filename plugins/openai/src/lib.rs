@@ -33,31 +33,23 @@ impl Adapter for OpenAi {
                 idempotent_submit: false,
             },
             models: vec![
-                Model {
-                    slug: FLUX.into(),
-                    provider_model: "black-forest-labs/FLUX.1.1-pro".into(),
-                    modality: Modality::Image,
-                    description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
-                    input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
-                    example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
-                    price: Price {
+                canonical::model(
+                    FLUX,
+                    "black-forest-labs/FLUX.1.1-pro",
+                    Price {
                         per_megapixel: 38_000,
                         ..Price::default()
                     },
-                },
-                Model {
-                    slug: LLAMA.into(),
-                    provider_model: "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo".into(),
-                    modality: Modality::Text,
-                    description: "Llama 3.1 8B Instruct: a small, fast chat model.".into(),
-                    input_schema: canonical::CHAT_SCHEMA.into(),
-                    example_input: r#"{"messages":[{"role":"user","content":"Say hello"}]}"#.into(),
-                    price: Price {
+                ),
+                canonical::model(
+                    LLAMA,
+                    "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo",
+                    Price {
                         per_million_input_tokens: 180_000,
                         per_million_output_tokens: 180_000,
                         ..Price::default()
                     },
-                },
+                ),
             ],
         }
     }
@@ -124,62 +116,59 @@ impl Adapter for OpenAi {
     fn parse_response(
         &self,
         ctx: &CallContext,
-        _job: Option<&Job>,
+        answered: Answered<'_>,
         response: &HttpResponse,
-    ) -> Outcome {
+    ) -> Result<Outcome, Failure> {
         if !response.is_success() {
-            return Outcome::Failed(api_error(response));
+            return Err(api_error(response));
         }
-        let body = match response.json() {
-            Ok(body) => body,
-            Err(failure) => return Outcome::Failed(failure),
-        };
+        let body = response.json()?;
         if is_chat(&ctx.slug) {
             chat(&body)
         } else {
-            images(&body)
+            // The submit's answer comes with its input: the size asked for is the
+            // size of a linked image, which the answer does not state.
+            let asked = answered.input().map(canonical::image_size);
+            images(&body, asked.unwrap_or((1024, 1024)))
         }
     }
 
-    fn parse_stream_event(&self, _ctx: &CallContext, data: &str) -> StreamEvent {
+    fn parse_stream_event(&self, _ctx: &CallContext, data: &str) -> Result<StreamEvent, Failure> {
         if data.trim() == "[DONE]" {
             // The end of the stream (its usage, when asked for, came just before).
-            return StreamEvent::Done(Completion {
+            return Ok(StreamEvent::Done(Completion {
                 text: None,
                 assets: Vec::new(),
                 usage: Usage::default(),
-            });
+            }));
         }
-        let chunk: Value = match serde_json::from_str(data) {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                return StreamEvent::Failed(Failure::new(
-                    ErrorCode::GenerationFailed,
-                    format!("stream chunk is not JSON: {e}"),
-                ));
-            }
-        };
+        let chunk: Value = serde_json::from_str(data).map_err(|e| {
+            Failure::new(
+                ErrorCode::GenerationFailed,
+                format!("stream chunk is not JSON: {e}"),
+            )
+        })?;
         if chunk.get("error").is_some() {
-            return StreamEvent::Failed(classify_error(&chunk, None));
+            return Err(classify_error(&chunk, None));
         }
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            return StreamEvent::Done(Completion {
+            return Ok(StreamEvent::Done(Completion {
                 text: None,
                 assets: Vec::new(),
                 usage: token_usage(usage),
-            });
+            }));
         }
         let choice = &chunk["choices"][0];
         if choice["finish_reason"] == "content_filter" {
-            return StreamEvent::Failed(Failure::new(
+            return Err(Failure::new(
                 ErrorCode::ContentModerationRejected,
                 "content filter",
             ));
         }
-        match choice["delta"]["content"].as_str() {
+        Ok(match choice["delta"]["content"].as_str() {
             Some(text) if !text.is_empty() => StreamEvent::Delta(text.to_string()),
             _ => StreamEvent::Skip,
-        }
+        })
     }
 }
 
@@ -197,26 +186,34 @@ fn token_usage(usage: &Value) -> Usage {
     )
 }
 
-fn chat(body: &Value) -> Outcome {
+fn chat(body: &Value) -> Result<Outcome, Failure> {
     let choice = &body["choices"][0];
     if choice["finish_reason"] == "content_filter" {
-        return Outcome::failed(
+        return Err(Failure::new(
             ErrorCode::ContentModerationRejected,
             "the completion was filtered",
-        );
+        ));
     }
     match choice["message"]["content"].as_str() {
-        Some(text) => Outcome::Completed(Completion::text(text, token_usage(&body["usage"]))),
-        None => Outcome::failed(
+        Some(text) => Ok(Outcome::Completed(Completion::text(
+            text,
+            token_usage(&body["usage"]),
+        ))),
+        None => Err(Failure::new(
             ErrorCode::GenerationFailed,
             "the completion has no message content",
-        ),
+        )),
     }
 }
 
-fn images(body: &Value) -> Outcome {
+/// The images of an answer; `asked` is the size requested, what a linked image is
+/// billed as.
+fn images(body: &Value, asked: (u64, u64)) -> Result<Outcome, Failure> {
     let Some(data) = body["data"].as_array().filter(|d| !d.is_empty()) else {
-        return Outcome::failed(ErrorCode::GenerationFailed, "the response has no images");
+        return Err(Failure::new(
+            ErrorCode::GenerationFailed,
+            "the response has no images",
+        ));
     };
     let mut assets = Vec::new();
     let mut megapixels_milli = 0;
@@ -229,21 +226,20 @@ fn images(body: &Value) -> Outcome {
                     AssetSource::Inline(bytes)
                 }
                 Err(e) => {
-                    return Outcome::failed(
+                    return Err(Failure::new(
                         ErrorCode::GenerationFailed,
                         format!("b64_json is not base64: {e}"),
-                    );
+                    ));
                 }
             }
         } else if let Some(url) = item["url"].as_str() {
-            // The size of a linked image is unknown here; bill the default size.
-            megapixels_milli += 1024 * 1024 / 1000;
+            megapixels_milli += asked.0 * asked.1 / 1000;
             AssetSource::Url(url.to_string())
         } else {
-            return Outcome::failed(
+            return Err(Failure::new(
                 ErrorCode::GenerationFailed,
                 "an image has neither b64_json nor url",
-            );
+            ));
         };
         assets.push(Asset {
             source,
@@ -256,11 +252,11 @@ fn images(body: &Value) -> Outcome {
         megapixels_milli,
         ..Usage::default()
     };
-    Outcome::Completed(Completion {
+    Ok(Outcome::Completed(Completion {
         text: None,
         assets,
         usage,
-    })
+    }))
 }
 
 /// Width and height from a PNG's IHDR chunk.
@@ -321,6 +317,21 @@ export_adapter!(OpenAi);
 mod tests {
     use super::*;
 
+    /// The adapter's reading as the host takes it: an `Err` is a failed outcome.
+    fn parse(ctx: &CallContext, job: Option<&Job>, response: &HttpResponse) -> Outcome {
+        let input = json!({});
+        let answered = job.map_or(Answered::Submit(&input), Answered::Poll);
+        OpenAi
+            .parse_response(ctx, answered, response)
+            .unwrap_or_else(Outcome::Failed)
+    }
+
+    fn event(ctx: &CallContext, data: &str) -> StreamEvent {
+        OpenAi
+            .parse_stream_event(ctx, data)
+            .unwrap_or_else(StreamEvent::Failed)
+    }
+
     fn ctx(slug: &str) -> CallContext {
         CallContext {
             slug: slug.into(),
@@ -366,8 +377,7 @@ mod tests {
 
         let encoded = base64::engine::general_purpose::STANDARD.encode(tiny_png(512, 256));
         let answer = json!({"created": 1, "data": [{"b64_json": encoded}]}).to_string();
-        let Outcome::Completed(completion) =
-            OpenAi.parse_response(&ctx(FLUX), None, &response(200, &answer))
+        let Outcome::Completed(completion) = parse(&ctx(FLUX), None, &response(200, &answer))
         else {
             panic!("expected a completion");
         };
@@ -396,8 +406,7 @@ mod tests {
         assert_eq!((usage.input_tokens, usage.output_tokens), (3, 16));
 
         let answer = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
-        let Outcome::Completed(completion) =
-            OpenAi.parse_response(&ctx(LLAMA), None, &response(200, answer))
+        let Outcome::Completed(completion) = parse(&ctx(LLAMA), None, &response(200, answer))
         else {
             panic!("expected a completion");
         };
@@ -457,25 +466,19 @@ mod tests {
             (200, "{truncated".to_string(), ErrorCode::GenerationFailed),
         ];
         for (status, body, code) in cases {
-            let Outcome::Failed(failure) =
-                OpenAi.parse_response(&ctx(FLUX), None, &response(status, &body))
-            else {
+            let Outcome::Failed(failure) = parse(&ctx(FLUX), None, &response(status, &body)) else {
                 panic!("{status} {body}");
             };
             assert_eq!(failure.code, code, "{status} {body}");
         }
         let throttled = error("rate_limit_exceeded", "requests");
-        let Outcome::Failed(failure) =
-            OpenAi.parse_response(&ctx(FLUX), None, &response(429, &throttled))
-        else {
+        let Outcome::Failed(failure) = parse(&ctx(FLUX), None, &response(429, &throttled)) else {
             panic!()
         };
         assert_eq!(failure.retry_after_ms, Some(2000));
 
         let filtered = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"content_filter"}],"usage":{}}"#;
-        let Outcome::Failed(failure) =
-            OpenAi.parse_response(&ctx(LLAMA), None, &response(200, filtered))
-        else {
+        let Outcome::Failed(failure) = parse(&ctx(LLAMA), None, &response(200, filtered)) else {
             panic!()
         };
         assert_eq!(failure.code, ErrorCode::ContentModerationRejected);
@@ -485,20 +488,15 @@ mod tests {
     fn stream_events_become_deltas_then_usage() {
         let c = ctx(LLAMA);
         let delta = r#"{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#;
-        assert!(
-            matches!(OpenAi.parse_stream_event(&c, delta), StreamEvent::Delta(t) if t == "Hel")
-        );
+        assert!(matches!(event(&c, delta), StreamEvent::Delta(t) if t == "Hel"));
         let usage = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
         assert!(
-            matches!(OpenAi.parse_stream_event(&c, usage), StreamEvent::Done(done) if done.usage.output_tokens == 2)
+            matches!(event(&c, usage), StreamEvent::Done(done) if done.usage.output_tokens == 2)
         );
         assert!(matches!(
-            OpenAi.parse_stream_event(&c, "[DONE]"),
+            event(&c, "[DONE]"),
             StreamEvent::Done(done) if done.text.is_none() && done.usage.output_tokens == 0
         ));
-        assert!(matches!(
-            OpenAi.parse_stream_event(&c, "{oops"),
-            StreamEvent::Failed(_)
-        ));
+        assert!(matches!(event(&c, "{oops"), StreamEvent::Failed(_)));
     }
 }

@@ -10,6 +10,15 @@ struct Replicate;
 /// Image editing; the other models are text to image.
 const KONTEXT: &str = "flux-kontext-pro";
 
+const PER_IMAGE: Price = Price {
+    per_request: 0,
+    per_image: 40_000,
+    per_megapixel: 0,
+    per_second: 0,
+    per_million_input_tokens: 0,
+    per_million_output_tokens: 0,
+};
+
 impl Adapter for Replicate {
     fn manifest(&self) -> Manifest {
         Manifest {
@@ -26,30 +35,8 @@ impl Adapter for Replicate {
                 idempotent_submit: false,
             },
             models: vec![
-                Model {
-                    slug: "flux-1.1-pro".into(),
-                    provider_model: "black-forest-labs/flux-1.1-pro".into(),
-                    modality: Modality::Image,
-                    description: "FLUX1.1 [pro]: fast, high-quality text-to-image.".into(),
-                    input_schema: canonical::TEXT_TO_IMAGE_SCHEMA.into(),
-                    example_input: canonical::TEXT_TO_IMAGE_EXAMPLE.into(),
-                    price: Price {
-                        per_image: 40_000,
-                        ..Price::default()
-                    },
-                },
-                Model {
-                    slug: KONTEXT.into(),
-                    provider_model: "black-forest-labs/flux-kontext-pro".into(),
-                    modality: Modality::Image,
-                    description: "FLUX.1 Kontext [pro]: edits an image following a prompt.".into(),
-                    input_schema: canonical::IMAGE_EDIT_SCHEMA.into(),
-                    example_input: canonical::IMAGE_EDIT_EXAMPLE.into(),
-                    price: Price {
-                        per_image: 40_000,
-                        ..Price::default()
-                    },
-                },
+                canonical::model("flux-1.1-pro", "black-forest-labs/flux-1.1-pro", PER_IMAGE),
+                canonical::model(KONTEXT, "black-forest-labs/flux-kontext-pro", PER_IMAGE),
             ],
         }
     }
@@ -98,16 +85,13 @@ impl Adapter for Replicate {
     fn parse_response(
         &self,
         _ctx: &CallContext,
-        _job: Option<&Job>,
+        _answered: Answered<'_>,
         response: &HttpResponse,
-    ) -> Outcome {
+    ) -> Result<Outcome, Failure> {
         if !response.is_success() {
-            return Outcome::Failed(problem(response));
+            return Err(problem(response));
         }
-        match response.json() {
-            Ok(prediction) => classify(&prediction),
-            Err(failure) => Outcome::Failed(failure),
-        }
+        Ok(classify(&response.json()?))
     }
 
     fn build_poll(&self, ctx: &CallContext, job: &Job) -> Result<HttpRequest, Failure> {
@@ -122,19 +106,18 @@ impl Adapter for Replicate {
         Some(HttpRequest::new(Method::Post, url))
     }
 
+    /// The prediction as it stands: a finished one (or a body we cannot read) is
+    /// polled now, a running one is left to its schedule.
     fn parse_webhook(
         &self,
         _ctx: &CallContext,
         _job: &Job,
         _headers: &[(String, String)],
         body: &[u8],
-    ) -> Outcome {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(prediction) => classify(&prediction),
-            Err(e) => Outcome::failed(
-                ErrorCode::GenerationFailed,
-                format!("webhook body is not JSON: {e}"),
-            ),
+    ) -> CallbackVerdict {
+        match serde_json::from_slice::<Value>(body).map(|prediction| classify(&prediction)) {
+            Ok(Outcome::Pending(_)) => CallbackVerdict::KeepWaiting,
+            _ => CallbackVerdict::PollNow,
         }
     }
 }
@@ -248,6 +231,15 @@ export_adapter!(Replicate);
 mod tests {
     use super::*;
 
+    /// The adapter's reading as the host takes it: an `Err` is a failed outcome.
+    fn parse(ctx: &CallContext, job: Option<&Job>, response: &HttpResponse) -> Outcome {
+        let input = json!({});
+        let answered = job.map_or(Answered::Submit(&input), Answered::Poll);
+        Replicate
+            .parse_response(ctx, answered, response)
+            .unwrap_or_else(Outcome::Failed)
+    }
+
     fn ctx() -> CallContext {
         CallContext {
             slug: "flux-1.1-pro".into(),
@@ -349,8 +341,7 @@ mod tests {
     #[test]
     fn a_failed_input_download_is_a_retryable_generation_failure() {
         let body = r#"{"id":"p1","status":"failed","output":null,"error":"Prediction failed: could not download input_image (HTTP 404)","urls":{}}"#;
-        let Outcome::Failed(failure) =
-            Replicate.parse_response(&kontext_ctx(Vec::new()), None, &response(200, body))
+        let Outcome::Failed(failure) = parse(&kontext_ctx(Vec::new()), None, &response(200, body))
         else {
             panic!("expected a failure");
         };
@@ -362,9 +353,7 @@ mod tests {
     fn a_started_prediction_is_a_job_polled_at_its_get_url() {
         let body = r#"{"id":"p1","status":"starting","output":null,"error":null,
             "urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel"}}"#;
-        let Outcome::Pending(pending) =
-            Replicate.parse_response(&ctx(), None, &response(201, body))
-        else {
+        let Outcome::Pending(pending) = parse(&ctx(), None, &response(201, body)) else {
             panic!("expected a pending job");
         };
         assert_eq!(pending.job.id, "p1");
@@ -386,9 +375,7 @@ mod tests {
             let body = format!(
                 r#"{{"id":"p1","status":"succeeded","output":{output},"error":null,"urls":{{}}}}"#
             );
-            let Outcome::Completed(completion) =
-                Replicate.parse_response(&ctx(), None, &response(200, &body))
-            else {
+            let Outcome::Completed(completion) = parse(&ctx(), None, &response(200, &body)) else {
                 panic!("expected a completion");
             };
             assert_eq!(completion.usage.images, 1);
@@ -401,9 +388,7 @@ mod tests {
     #[test]
     fn failures_are_classified() {
         let flagged = r#"{"id":"p1","status":"failed","error":"E005: The input or output was flagged as sensitive.","urls":{}}"#;
-        let Outcome::Failed(failure) =
-            Replicate.parse_response(&ctx(), None, &response(200, flagged))
-        else {
+        let Outcome::Failed(failure) = parse(&ctx(), None, &response(200, flagged)) else {
             panic!()
         };
         assert_eq!(failure.code, ErrorCode::ContentModerationRejected);
@@ -439,16 +424,12 @@ mod tests {
             ),
         ];
         for (status, body, code) in cases {
-            let Outcome::Failed(failure) =
-                Replicate.parse_response(&ctx(), None, &response(status, body))
-            else {
+            let Outcome::Failed(failure) = parse(&ctx(), None, &response(status, body)) else {
                 panic!("{status} {body}");
             };
             assert_eq!(failure.code, code, "{status} {body}");
         }
-        let Outcome::Failed(throttled) =
-            Replicate.parse_response(&ctx(), None, &response(429, "{}"))
-        else {
+        let Outcome::Failed(throttled) = parse(&ctx(), None, &response(429, "{}")) else {
             panic!()
         };
         assert_eq!(throttled.retry_after_ms, Some(3000));

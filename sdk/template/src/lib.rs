@@ -69,25 +69,28 @@ impl Adapter for Template {
     fn parse_response(
         &self,
         _ctx: &CallContext,
-        _job: Option<&Job>,
+        _answered: Answered<'_>,
         response: &HttpResponse,
-    ) -> Outcome {
+    ) -> Result<Outcome, Failure> {
         if !response.is_success() {
-            return Outcome::Failed(Failure::from_status(response, response.text()));
+            return Err(Failure::from_status(response, response.text()));
         }
-        let body = match response.json() {
-            Ok(body) => body,
-            Err(failure) => return Outcome::Failed(failure),
-        };
+        let body = response.json()?;
         let Some(text) = body["text"].as_str() else {
-            return Outcome::failed(ErrorCode::GenerationFailed, "the answer has no text");
+            return Err(Failure::new(ErrorCode::GenerationFailed, "the answer has no text"));
         };
         let usage = Usage::tokens(
             body["usage"]["input_tokens"].as_u64().unwrap_or(0),
             body["usage"]["output_tokens"].as_u64().unwrap_or(0),
         );
-        Outcome::Completed(Completion::text(text, usage))
+        Ok(Outcome::Completed(Completion::text(text, usage)))
     }
+
+    // An API that answers with a job to poll instead: return `Outcome::pending(id,
+    // state, poll_after_ms)` and implement `build_poll`. `state` is yours, kept with
+    // the attempt and handed back with every poll: carry in it what the final answer
+    // will not repeat, e.g. the size asked for (`answered.input()` at submit), to
+    // report megapixels at completion.
 }
 
 export_adapter!(Template);

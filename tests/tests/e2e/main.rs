@@ -12,6 +12,7 @@ mod hardening_providers;
 mod hardening_sandbox;
 mod money;
 mod plugin_author;
+mod plugin_mistakes;
 mod plugins;
 mod receiver;
 mod restart;

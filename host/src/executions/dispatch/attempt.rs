@@ -97,24 +97,22 @@ impl Dispatcher {
             }
         };
         let input = execution.input.to_string();
-        let submit_ctx = ctx.clone();
-        let request = match candidate
-            .plugin
-            .call_async("build-submit", move |adapter, store| {
-                adapter.call_build_submit(store, &submit_ctx, &input)
-            })
-            .await
-        {
-            Ok(Ok(request)) => request,
-            Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
-            Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
+        let request = match candidate.plugin.build_submit(&ctx, input.clone()).await {
+            Ok(request) => request,
+            Err(failure) => return Ok(AttemptEnd::Failed(failure)),
         };
         // Inline bytes were for building the request only.
         for grant in &mut ctx.files {
             grant.bytes = None;
         }
         let Some((outcome, _)) = self
-            .exchange(&candidate, &ctx, None, &request, &execution.id)
+            .exchange(
+                &candidate,
+                &ctx,
+                &wit::Answered::Submit(input),
+                &request,
+                &execution.id,
+            )
             .await
         else {
             return Ok(AttemptEnd::Abandoned);
@@ -237,21 +235,13 @@ impl Dispatcher {
                 Some(execution) if !execution.status.is_terminal() => {}
                 _ => return Ok(AttemptEnd::Abandoned),
             }
-            let poll_ctx = ctx.clone();
-            let poll_job = job.clone();
-            let request = match candidate
-                .plugin
-                .call_async("build-poll", move |adapter, store| {
-                    adapter.call_build_poll(store, &poll_ctx, &poll_job)
-                })
-                .await
-            {
-                Ok(Ok(request)) => request,
-                Ok(Err(failure)) => return Ok(AttemptEnd::Failed(failure)),
-                Err(error) => return Ok(AttemptEnd::Failed(plugin_failure(error))),
+            let request = match candidate.plugin.build_poll(ctx, &job).await {
+                Ok(request) => request,
+                Err(failure) => return Ok(AttemptEnd::Failed(failure)),
             };
+            let polled_job = wit::Answered::Poll(job.clone());
             let Some((outcome, answered)) = self
-                .exchange(candidate, ctx, Some(&job), &request, id)
+                .exchange(candidate, ctx, &polled_job, &request, id)
                 .await
             else {
                 return Ok(AttemptEnd::Abandoned);

@@ -47,13 +47,11 @@ impl Dispatcher {
             id: job.id,
             state: job.state,
         };
-        let outcome = candidate
+        let verdict = candidate
             .plugin
-            .call_async("parse-webhook", move |adapter, store| {
-                adapter.call_parse_webhook(store, &ctx, &job, &headers, &body)
-            })
+            .parse_webhook(&ctx, job, headers, body)
             .await;
-        if !matches!(outcome, Ok(wit::Outcome::Pending(_))) {
+        if verdict == wit::CallbackVerdict::PollNow {
             self.waker(&execution.id).notify_one();
         }
         Ok(true)

@@ -67,20 +67,8 @@ impl Dispatcher {
         ctx: &wit::CallContext,
         job: wit::Job,
     ) {
-        let ctx = ctx.clone();
-        let request = match candidate
-            .plugin
-            .call_async("build-cancel", move |adapter, store| {
-                adapter.call_build_cancel(store, &ctx, &job)
-            })
-            .await
-        {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%error, "building the provider cancel failed");
-                return;
-            }
+        let Some(request) = candidate.plugin.build_cancel(ctx, job).await else {
+            return;
         };
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let target = target(candidate, &allowed);

@@ -24,7 +24,7 @@ impl Dispatcher {
         &self,
         candidate: &Candidate,
         ctx: &wit::CallContext,
-        job: Option<&wit::Job>,
+        answered: &wit::Answered,
         request: &wit::HttpRequest,
         execution_id: &str,
     ) -> Option<(wit::Outcome, bool)> {
@@ -47,8 +47,9 @@ impl Dispatcher {
             }
         };
         let started = Instant::now();
-        let sent = self.send(candidate, ctx, job, request, execution_id);
-        let result = if job.is_none() && candidate.plugin.manifest.capabilities.cancel {
+        let sent = self.send(candidate, ctx, answered, request, execution_id);
+        let submit = matches!(answered, wit::Answered::Submit(_));
+        let result = if submit && candidate.plugin.manifest.capabilities.cancel {
             sent.await
         } else {
             tokio::select! {
@@ -81,16 +82,16 @@ impl Dispatcher {
         &self,
         candidate: &Candidate,
         ctx: &wit::CallContext,
-        job: Option<&wit::Job>,
+        answered: &wit::Answered,
         request: &wit::HttpRequest,
         execution_id: &str,
     ) -> Result<(wit::Outcome, bool), upstream::UpstreamError> {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let target = target(candidate, &allowed);
         let response = self.upstream.open(&target, request).await?;
-        let answered = response.status().is_success();
+        let success = response.status().is_success();
         let streamed = ctx.stream
-            && answered
+            && success
             && response
                 .headers()
                 .get("content-type")
@@ -100,9 +101,13 @@ impl Dispatcher {
             self.consume_stream(candidate, ctx, execution_id, response)
                 .await
         } else {
-            parse(candidate, ctx, job, upstream::read(response).await?).await
+            let response = upstream::read(response).await?;
+            candidate
+                .plugin
+                .parse_response(ctx, answered.clone(), response)
+                .await
         };
-        Ok((outcome, answered))
+        Ok((outcome, success))
     }
 
     /// Reads a provider's server-sent events through the adapter, forwarding text
@@ -154,20 +159,13 @@ impl Dispatcher {
                     ));
                 }
             };
-            let event_ctx = ctx.clone();
-            let parsed = candidate
-                .plugin
-                .call_async("parse-stream-event", move |adapter, store| {
-                    adapter.call_parse_stream_event(store, &event_ctx, &data)
-                })
-                .await;
-            match parsed {
-                Ok(wit::StreamEvent::Delta(delta)) => {
+            match candidate.plugin.parse_stream_event(ctx, data).await {
+                wit::StreamEvent::Delta(delta) => {
                     text.push_str(&delta);
                     self.executions.publish_delta(execution_id, delta);
                     *forwarded = true;
                 }
-                Ok(wit::StreamEvent::Done(completion)) => {
+                wit::StreamEvent::Done(completion) => {
                     finished = true;
                     if let Some(full) = completion.text {
                         text = full;
@@ -177,9 +175,8 @@ impl Dispatcher {
                         usage = Some(completion.usage);
                     }
                 }
-                Ok(wit::StreamEvent::Skip) => {}
-                Ok(wit::StreamEvent::Failed(failure)) => return wit::Outcome::Failed(failure),
-                Err(error) => return wit::Outcome::Failed(plugin_failure(error)),
+                wit::StreamEvent::Skip => {}
+                wit::StreamEvent::Failed(failure) => return wit::Outcome::Failed(failure),
             }
         }
         if !finished {
@@ -204,26 +201,5 @@ impl Dispatcher {
             assets: Vec::new(),
             usage,
         })
-    }
-}
-
-/// Has the adapter classify a whole response.
-async fn parse(
-    candidate: &Candidate,
-    ctx: &wit::CallContext,
-    job: Option<&wit::Job>,
-    response: wit::HttpResponse,
-) -> wit::Outcome {
-    let ctx = ctx.clone();
-    let job = job.cloned();
-    match candidate
-        .plugin
-        .call_async("parse-response", move |adapter, store| {
-            adapter.call_parse_response(store, &ctx, job.as_ref(), &response)
-        })
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(error) => wit::Outcome::Failed(plugin_failure(error)),
     }
 }

@@ -29,7 +29,7 @@ use crate::callbacks::CallbackSigner;
 use crate::clock;
 use crate::config::ExecutionSettings;
 use crate::files::Files;
-use crate::plugins::{CallError, wit};
+use crate::plugins::wit;
 use crate::routing::{Candidate, Router};
 use crate::upstream::{self, Target, Upstream};
 
@@ -81,12 +81,6 @@ fn failure(code: wit::ErrorCode, message: impl Into<String>, retryable: bool) ->
         retryable,
         retry_after_ms: None,
     }
-}
-
-/// A plugin that traps or overruns fails its attempt; another provider may serve.
-fn plugin_failure(error: CallError) -> wit::Failure {
-    tracing::warn!(%error, "plugin call failed");
-    failure(wit::ErrorCode::InternalError, error.to_string(), true)
 }
 
 impl Dispatcher {
