@@ -6,7 +6,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use modelroute::config::PluginLimits;
+use modelroute::plugins::PluginLimits;
 use modelroute::plugins::{Runtime, wit};
 
 fn plugin_path(name: &str) -> PathBuf {

@@ -164,7 +164,7 @@ fn shorten(text: String, max: usize) -> String {
     }
 }
 
-/// A failure as a client sees it. Rendered by [`crate::api::request_id`] into
+/// A failure as a client sees it. Rendered by the API layer's `request_id` middleware into
 /// `{"error": {code, message, retryable, request_id, details?}}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {

@@ -213,10 +213,10 @@ pub async fn grant(
 ) -> Result<Response, ApiError> {
     let query = signed_query(query)?;
     let grant = app.files.verify_grant(&id, &query)?;
-    let execution = app.executions.store_get(&grant.execution_id)?;
+    let running = app.executions.running_attempt(&grant.execution_id)?;
     let (record, stream) = app
         .files
-        .serve_grant(grant, execution, Some(address.ip().to_string()))
+        .serve_grant(grant, running, Some(address.ip().to_string()))
         .await?;
     Ok(bytes_response(&record, stream))
 }

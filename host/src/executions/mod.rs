@@ -24,6 +24,7 @@ use crate::error::{ApiError, Code, Detail, DetailCode, quote};
 use crate::file_fields::{FileField, file_fields};
 use crate::files::Files;
 use crate::files::audit::{Action, AuditEntry};
+use crate::files::grants::AttemptRef;
 use crate::ids::new_id;
 use crate::money::Micros;
 use crate::plugins::wit;
@@ -474,8 +475,17 @@ impl Executions {
                 }
                 let was_started = execution.started_at.is_some();
                 change(&mut execution, txn)?;
-                let queued = match webhooks::lifecycle_event(was_started, &execution) {
-                    Some(event) => webhooks::enqueue(txn, &execution, event)?,
+                let queued = match lifecycle_event(was_started, &execution) {
+                    Some(event_type) => webhooks::enqueue(
+                        txn,
+                        webhooks::ExecutionEvent {
+                            event_type,
+                            organization_id: &execution.organization_id,
+                            execution_id: &execution.id,
+                            webhook_url: execution.webhook_url.as_deref(),
+                            data: execution.view(),
+                        },
+                    )?,
                     None => false,
                 };
                 save(txn, &execution)?;
@@ -778,6 +788,23 @@ pub fn request_hash(method: &str, path: &str, body: &Value) -> String {
     hex::encode(Sha256::digest(format!("{method} {path}\n{body}")))
 }
 
+/// The event an execution change causes: `started` when it first starts running,
+/// one per terminal status.
+pub fn lifecycle_event(was_started: bool, execution: &Execution) -> Option<&'static str> {
+    match execution.status {
+        Status::Completed => Some("execution.completed"),
+        Status::Failed => Some("execution.failed"),
+        Status::Cancelled => Some("execution.cancelled"),
+        Status::Expired => Some("execution.expired"),
+        Status::Processing | Status::AwaitingWebhook
+            if !was_started && execution.started_at.is_some() =>
+        {
+            Some("execution.started")
+        }
+        _ => None,
+    }
+}
+
 /// The usage `candidate`'s adapter expects `input` to consume.
 async fn estimate(
     candidate: &routing::Candidate,
@@ -853,6 +880,21 @@ impl Executions {
     pub fn store_get(&self, id: &str) -> Result<Option<Execution>> {
         self.store
             .read(|txn| load(&txn.open_table(EXECUTIONS)?, id))
+    }
+
+    /// The attempt execution `id` is running now, if it is running one.
+    pub fn running_attempt(&self, id: &str) -> Result<Option<AttemptRef>> {
+        let execution = self.store_get(id)?;
+        Ok(execution
+            .filter(|execution| !execution.status.is_terminal())
+            .and_then(|execution| {
+                let attempt_id = execution.open_attempt()?.id.clone();
+                Some(AttemptRef {
+                    organization_id: execution.organization_id,
+                    execution_id: execution.id,
+                    attempt_id,
+                })
+            }))
     }
 }
 

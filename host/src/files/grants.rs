@@ -14,32 +14,44 @@ use super::storage::{self, ByteStream};
 use super::{FileRecord, FileStatus, Files, Origin};
 use crate::clock;
 use crate::error::{ApiError, Code, Detail, DetailCode};
-use crate::executions::Execution;
 use crate::file_fields::{FileField, field_file_ids, file_fields};
 use crate::ids::has_prefix;
 use crate::plugins::wit;
 
+/// One attempt of an execution: whom a grant is for.
+#[derive(Debug, Clone)]
+pub struct AttemptRef {
+    pub organization_id: String,
+    pub execution_id: String,
+    pub attempt_id: String,
+}
+
 impl Files {
-    /// Grants for the files in the execution's input properties that `input_schema`
-    /// (the serving model's) marks as files, each a ready file of the execution's
-    /// organization, for attempt `attempt_id`; with the bytes when `inline`.
+    /// Grants for the files in `input`'s properties that `input_schema` (the serving
+    /// model's) marks as files, each a ready file of the attempt's organization, for
+    /// `attempt` alone; with the bytes when `inline`.
     pub async fn mint_grants(
         &self,
-        execution: &Execution,
+        attempt: &AttemptRef,
+        input: &Value,
         input_schema: &str,
-        attempt_id: &str,
         inline: bool,
     ) -> Result<Vec<wit::FileGrant>> {
+        let AttemptRef {
+            organization_id,
+            execution_id,
+            attempt_id,
+        } = attempt;
         let schema: Value =
             serde_json::from_str(input_schema).context("the model's input schema")?;
-        let ids = field_file_ids(&file_fields(&schema), &execution.input);
+        let ids = field_file_ids(&file_fields(&schema), input);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let now = clock::now();
         let records: Vec<FileRecord> = self.store.read(|txn| {
             ids.iter()
-                .filter_map(|id| super::get(txn, &execution.organization_id, id, now).transpose())
+                .filter_map(|id| super::get(txn, organization_id, id, now).transpose())
                 .collect()
         })?;
         let expires = (now + Duration::seconds(self.settings.grant_seconds as i64)).timestamp();
@@ -53,19 +65,19 @@ impl Files {
             };
             let signature =
                 self.signer
-                    .sign_grant(&record.file_id, &execution.id, attempt_id, expires);
+                    .sign_grant(&record.file_id, execution_id, attempt_id, expires);
             grants.push(wit::FileGrant {
                 file_id: record.file_id.clone(),
                 url: format!(
-                    "{}/files/grant/{}?execution={}&attempt={attempt_id}&expires={expires}&signature={signature}",
-                    self.public_url, record.file_id, execution.id
+                    "{}/files/grant/{}?execution={execution_id}&attempt={attempt_id}&expires={expires}&signature={signature}",
+                    self.public_url, record.file_id
                 ),
                 content_type: record.content_type.clone(),
                 bytes,
             });
         }
         let origin = Origin {
-            actor: format!("attempt {attempt_id} of {}", execution.id),
+            actor: format!("attempt {attempt_id} of {execution_id}"),
             address: None,
         };
         self.store
@@ -90,28 +102,27 @@ impl Files {
     }
 
     /// A provider's `GET` of a verified grant: the bytes, while its attempt is still
-    /// the running one of `execution` (loaded after the verification), else `404`.
+    /// the `running` one of its execution (looked up after the verification), else
+    /// `404`.
     pub async fn serve_grant(
         &self,
         grant: VerifiedGrant,
-        execution: Option<Execution>,
+        running: Option<AttemptRef>,
         address: Option<String>,
     ) -> Result<(FileRecord, ByteStream), ApiError> {
         let dead = || ApiError::new(Code::NotFound, "This file grant is not valid any more.");
-        let Some(execution) = execution.filter(|e| {
-            e.id == grant.execution_id
-                && !e.status.is_terminal()
-                && e.open_attempt().is_some_and(|a| a.id == grant.attempt_id)
+        let Some(running) = running.filter(|running| {
+            running.execution_id == grant.execution_id && running.attempt_id == grant.attempt_id
         }) else {
             return Err(dead());
         };
         let now = clock::now();
         let record = self
             .store
-            .read(|txn| super::get(txn, &execution.organization_id, &grant.file_id, now))?
+            .read(|txn| super::get(txn, &running.organization_id, &grant.file_id, now))?
             .ok_or_else(dead)?;
         let origin = Origin {
-            actor: format!("attempt {} of {}", grant.attempt_id, execution.id),
+            actor: format!("attempt {} of {}", grant.attempt_id, running.execution_id),
             address,
         };
         self.open_audited(record, Action::GrantFetch, origin).await

@@ -221,7 +221,7 @@ fn is_sha256(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PluginLimits;
+    use crate::plugins::PluginLimits;
     use crate::plugins::tests::{component, runtime};
     use crate::plugins::{Registry, load_all};
 

@@ -13,11 +13,13 @@ pub mod catalogue;
 pub mod conformance;
 mod contract;
 mod installed;
+mod limits;
 mod pool;
 mod registry;
 
 pub use contract::{API_VERSION, SUPPORTED_API_VERSIONS};
 pub use installed::Installed;
+pub use limits::PluginLimits;
 pub use registry::Registry;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -35,7 +37,6 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::PluginLimits;
 use crate::error::Code;
 use crate::file_fields::{field_file_ids, file_fields};
 

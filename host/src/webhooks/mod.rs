@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use crate::clock;
-use crate::executions::{Execution, Status};
 use crate::ids::{new_id, new_short_id};
 use crate::store::{self, WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_EVENTS};
 
@@ -158,35 +157,35 @@ pub struct StoredEvent {
     pub pending: u32,
 }
 
-/// The event an execution change causes: `started` when it first starts running,
-/// one per terminal status.
-pub fn lifecycle_event(was_started: bool, execution: &Execution) -> Option<&'static str> {
-    match execution.status {
-        Status::Completed => Some("execution.completed"),
-        Status::Failed => Some("execution.failed"),
-        Status::Cancelled => Some("execution.cancelled"),
-        Status::Expired => Some("execution.expired"),
-        Status::Processing | Status::AwaitingWebhook
-            if !was_started && execution.started_at.is_some() =>
-        {
-            Some("execution.started")
-        }
-        _ => None,
-    }
+/// An event about an execution, as the executions module describes it.
+pub struct ExecutionEvent<'a> {
+    pub event_type: &'a str,
+    pub organization_id: &'a str,
+    pub execution_id: &'a str,
+    /// the execution's own `webhook_url`, which gets every event too
+    pub webhook_url: Option<&'a str>,
+    /// the execution as clients see it
+    pub data: Value,
 }
 
-/// Writes `event_type` for `execution` into the outbox (inside the transaction that
-/// makes the change): one delivery per active endpoint that wants it, and one to
-/// the execution's `webhook_url`. Returns whether anything was queued.
-pub fn enqueue(txn: &WriteTransaction, execution: &Execution, event_type: &str) -> Result<bool> {
-    let org = &execution.organization_id;
+/// Writes `event` into the outbox (inside the transaction that makes the change):
+/// one delivery per active endpoint that wants it, and one to the execution's
+/// `webhook_url`. Returns whether anything was queued.
+pub fn enqueue(txn: &WriteTransaction, event: ExecutionEvent<'_>) -> Result<bool> {
+    let ExecutionEvent {
+        event_type,
+        organization_id: org,
+        execution_id,
+        webhook_url,
+        data,
+    } = event;
     let mut targets: Vec<Target> = endpoints_of(txn, org)?
         .into_iter()
         .filter(|e| e.wants(event_type))
         .map(|e| Target::Endpoint(e.id))
         .collect();
-    if let Some(url) = &execution.webhook_url {
-        targets.push(Target::Url(url.clone()));
+    if let Some(url) = webhook_url {
+        targets.push(Target::Url(url.to_string()));
     }
     if targets.is_empty() {
         return Ok(false);
@@ -199,11 +198,11 @@ pub fn enqueue(txn: &WriteTransaction, execution: &Execution, event_type: &str) 
         "timestamp": now,
         "version": "1.0",
         "organization_id": org,
-        "execution_id": execution.id,
-        "data": execution.view(),
+        "execution_id": execution_id,
+        "data": data,
     });
     let event = StoredEvent {
-        organization_id: org.clone(),
+        organization_id: org.to_string(),
         event_type: event_type.to_string(),
         body: body.to_string(),
         pending: targets.len() as u32,
@@ -214,7 +213,7 @@ pub fn enqueue(txn: &WriteTransaction, execution: &Execution, event_type: &str) 
         let delivery = Delivery {
             id: new_short_id("dlv"),
             event_id: event_id.clone(),
-            organization_id: org.clone(),
+            organization_id: org.to_string(),
             target,
             attempts: 0,
             created_at: now,
@@ -282,15 +281,17 @@ mod tests {
     use crate::store::Store;
     use redb::{ReadableTable, ReadableTableMetadata};
 
-    fn execution(status: &str) -> Execution {
-        serde_json::from_value(json!({
-            "id": "exec_1", "organization_id": "org_1", "model": "flux-1.1-pro",
-            "status": status, "input": {}, "metadata": {}, "mode": "ASYNC",
-            "webhook_url": "https://hooks.example/a", "hold_amount": "0.01",
-            "estimated_cost": "0.01", "created_at": "2026-11-24T10:00:00Z",
-            "expires_at": "2026-11-24T11:00:00Z", "transitions": []
-        }))
-        .unwrap()
+    fn event(
+        event_type: &'static str,
+        webhook_url: Option<&'static str>,
+    ) -> ExecutionEvent<'static> {
+        ExecutionEvent {
+            event_type,
+            organization_id: "org_1",
+            execution_id: "exec_1",
+            webhook_url,
+            data: json!({"id": "exec_1"}),
+        }
     }
 
     #[tokio::test]
@@ -298,7 +299,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
         let queued = store
-            .write(|txn| enqueue(txn, &execution("COMPLETED"), "execution.completed"))
+            .write(|txn| {
+                let completed = event("execution.completed", Some("https://hooks.example/a"));
+                enqueue(txn, completed)
+            })
             .await
             .unwrap();
         assert!(queued);
@@ -336,10 +340,8 @@ mod tests {
     async fn nothing_is_queued_without_a_receiver() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        let mut quiet = execution("FAILED");
-        quiet.webhook_url = None;
         let queued = store
-            .write(move |txn| enqueue(txn, &quiet, "execution.failed"))
+            .write(move |txn| enqueue(txn, event("execution.failed", None)))
             .await
             .unwrap();
         assert!(!queued);

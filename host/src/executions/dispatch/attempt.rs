@@ -8,6 +8,7 @@ use super::retry::backoff;
 use super::*;
 use crate::clock;
 use crate::executions::model::{Attempt, Execution, JobRecord, Status};
+use crate::files::grants::AttemptRef;
 use crate::ids::new_short_id;
 use crate::plugins::wit;
 use crate::routing::Candidate;
@@ -83,7 +84,16 @@ impl Dispatcher {
         let schema = &candidate.model.input_schema;
         ctx.files = match self
             .files
-            .mint_grants(execution, schema, attempt_id, inline)
+            .mint_grants(
+                &AttemptRef {
+                    organization_id: execution.organization_id.clone(),
+                    execution_id: execution.id.clone(),
+                    attempt_id: attempt_id.to_string(),
+                },
+                &execution.input,
+                schema,
+                inline,
+            )
             .await
         {
             Ok(grants) => grants,

@@ -1,0 +1,38 @@
+//! The operator's limits on adapters (`[plugins]` in the config).
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// How much time, memory and threads adapters get.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    pub call_timeout_ms: u64,
+    pub memory_limit_mb: u64,
+    /// compiled components (default `$DATA/plugin-cache`); safe to share
+    pub cache_dir: Option<PathBuf>,
+    /// a swapped-in version that traps this often is rolled back (0: never)
+    pub rollback_after_traps: u64,
+    /// threads that run adapter calls, apart from all other blocking work; the
+    /// pooling allocator gets an instance slot for each, plus some for loading
+    pub call_threads: usize,
+    /// adapter calls that may wait for a free thread at once; one more fails its
+    /// attempt at once (retryable) rather than queue without limit. A wait also
+    /// ends with the call's time limit, which is what bounds it in practice: this
+    /// cap only bounds memory, far above the bursts a server takes (a load test of
+    /// 1,024 clients creating at once had more than 1,024 calls waiting a few µs)
+    pub call_queue: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            call_timeout_ms: 1000,
+            memory_limit_mb: 64,
+            cache_dir: None,
+            rollback_after_traps: 10,
+            call_threads: 64,
+            call_queue: 65_536,
+        }
+    }
+}
