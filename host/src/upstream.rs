@@ -26,27 +26,6 @@ pub enum UpstreamError {
     TooLarge(u64),
 }
 
-impl UpstreamError {
-    /// The normalized failure of an attempt that hit this error.
-    pub fn failure(&self) -> wit::Failure {
-        let code = match self {
-            UpstreamError::Timeout => wit::ErrorCode::GenerationTimeout,
-            UpstreamError::Connection(_) => wit::ErrorCode::ServiceUnavailable,
-            UpstreamError::TooLarge(_) => wit::ErrorCode::GenerationFailed,
-            UpstreamError::HostNotAllowed(_) | UpstreamError::BadUrl(_) => {
-                wit::ErrorCode::InternalError
-            }
-        };
-        wit::Failure {
-            code,
-            message: self.to_string(),
-            // Another attempt (possibly at another provider) may do better.
-            retryable: true,
-            retry_after_ms: None,
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,

@@ -2,6 +2,7 @@
 //! lifecycle, and reads. The dispatcher ([`dispatcher`]) drives accepted executions.
 
 pub mod dispatch;
+mod failure;
 pub mod input;
 pub mod model;
 
@@ -814,14 +815,15 @@ async fn estimate(
         .plugin
         .estimate(&candidate.model, input.to_string())
         .await
-        .map_err(|failure| failure_to_api(&failure))?;
+        .map_err(failure_to_api)?;
     Ok(routing::Units::from(&usage))
 }
 
 /// A failure an adapter reported before anything ran (e.g. while estimating).
-fn failure_to_api(failure: &wit::Failure) -> ApiError {
-    let code = Code::from(failure.code);
-    tracing::info!(?code, message = %failure.message, "adapter refused the input");
+fn failure_to_api(failure: wit::Failure) -> ApiError {
+    let failure = failure::AttemptFailure::from(failure);
+    let code = failure.code();
+    tracing::info!(detail = %failure.detail(), "adapter refused the input");
     ApiError::new(code, code.client_message())
 }
 

@@ -19,10 +19,9 @@ impl Dispatcher {
             .router
             .ranked(&execution.model, &execution.usage_estimate);
         if ranked.is_empty() {
-            return Ok(AttemptEnd::Failed(failure(
-                wit::ErrorCode::ModelUnavailable,
+            return Ok(AttemptEnd::Failed(AttemptFailure::new(
+                Kind::NoProvider,
                 "no loaded adapter serves this model",
-                false,
             )));
         }
         // A retry prefers the best provider not tried yet, among those whose breaker
@@ -99,17 +98,16 @@ impl Dispatcher {
             Ok(grants) => grants,
             Err(error) => {
                 let message = format!("preparing the input files failed: {error:#}");
-                return Ok(AttemptEnd::Failed(failure(
-                    wit::ErrorCode::InternalError,
+                return Ok(AttemptEnd::Failed(AttemptFailure::new(
+                    Kind::InputFiles,
                     message,
-                    false,
                 )));
             }
         };
         let input = execution.input.to_string();
         let request = match candidate.plugin.build_submit(&ctx, input.clone()).await {
             Ok(request) => request,
-            Err(failure) => return Ok(AttemptEnd::Failed(failure)),
+            Err(failure) => return Ok(AttemptEnd::Failed(failure.into())),
         };
         // Inline bytes were for building the request only.
         for grant in &mut ctx.files {
@@ -128,11 +126,11 @@ impl Dispatcher {
             return Ok(AttemptEnd::Abandoned);
         };
         match outcome {
-            wit::Outcome::Completed(completion) => {
+            Answer::Completed(completion) => {
                 Ok(AttemptEnd::Completed(completion, Box::new(candidate)))
             }
-            wit::Outcome::Failed(failure) => Ok(AttemptEnd::Failed(failure)),
-            wit::Outcome::Pending(pending) => {
+            Answer::Failed(failure) => Ok(AttemptEnd::Failed(failure)),
+            Answer::Pending(pending) => {
                 let job = JobRecord {
                     id: pending.job.id.clone(),
                     state: pending.job.state.clone(),
@@ -186,10 +184,9 @@ impl Dispatcher {
                 };
                 self.poll(&execution.id, &candidate, &ctx, job, 0).await
             }
-            (Some(_), None) => Ok(AttemptEnd::Failed(failure(
-                wit::ErrorCode::ServiceUnavailable,
+            (Some(_), None) => Ok(AttemptEnd::Failed(AttemptFailure::new(
+                Kind::ProviderGone,
                 "the provider of an interrupted job is no longer configured",
-                true,
             ))),
             // Cut before the submit's answer was recorded, at a provider that
             // de-duplicates by the attempt id: sending it again cannot start a
@@ -201,10 +198,9 @@ impl Dispatcher {
             // Otherwise nothing to poll, so the attempt ends and the next one starts
             // afresh (a restart is not the provider's failure: it spends none of the
             // execution's attempts).
-            (None, _) => Ok(AttemptEnd::Interrupted(failure(
-                wit::ErrorCode::ServiceUnavailable,
+            (None, _) => Ok(AttemptEnd::Interrupted(AttemptFailure::new(
+                Kind::Interrupted,
                 "attempt interrupted before the provider accepted it",
-                true,
             ))),
         }
     }
@@ -247,7 +243,7 @@ impl Dispatcher {
             }
             let request = match candidate.plugin.build_poll(ctx, &job).await {
                 Ok(request) => request,
-                Err(failure) => return Ok(AttemptEnd::Failed(failure)),
+                Err(failure) => return Ok(AttemptEnd::Failed(failure.into())),
             };
             let polled_job = wit::Answered::Poll(job.clone());
             let Some((outcome, answered)) = self
@@ -257,26 +253,26 @@ impl Dispatcher {
                 return Ok(AttemptEnd::Abandoned);
             };
             match outcome {
-                wit::Outcome::Completed(completion) => {
+                Answer::Completed(completion) => {
                     return Ok(AttemptEnd::Completed(
                         completion,
                         Box::new(candidate.clone()),
                     ));
                 }
-                wit::Outcome::Pending(pending) => {
+                Answer::Pending(pending) => {
                     errors = 0;
                     delay_ms = pending.poll_after_ms;
                     polled = Some(job.state.clone());
                     job = pending.job;
                 }
                 // The provider answered that the job itself failed.
-                wit::Outcome::Failed(failure) if answered => {
+                Answer::Failed(failure) if answered => {
                     return Ok(AttemptEnd::Failed(failure));
                 }
                 // The poll failed, not (necessarily) the job: ask again later.
-                wit::Outcome::Failed(failure) => {
+                Answer::Failed(failure) => {
                     errors += 1;
-                    if errors >= MAX_POLL_ERRORS || !failure.retryable {
+                    if errors >= MAX_POLL_ERRORS || !failure.retry {
                         return Ok(AttemptEnd::Failed(failure));
                     }
                     delay_ms = backoff(errors, failure.retry_after_ms).as_millis() as u32;

@@ -27,15 +27,12 @@ impl Dispatcher {
         answered: &wit::Answered,
         request: &wit::HttpRequest,
         execution_id: &str,
-    ) -> Option<(wit::Outcome, bool)> {
+    ) -> Option<(Answer, bool)> {
         let provider = &candidate.provider;
         let Some(pass) = provider.breaker.try_acquire(clock::instant()) else {
-            let open = failure(
-                wit::ErrorCode::ServiceUnavailable,
-                "the provider's circuit breaker is open",
-                true,
-            );
-            return Some((wit::Outcome::Failed(open), false));
+            let open =
+                AttemptFailure::new(Kind::BreakerOpen, "the provider's circuit breaker is open");
+            return Some((Answer::Failed(open), false));
         };
         let ended = self.executions.ended(execution_id);
         tokio::pin!(ended);
@@ -64,7 +61,7 @@ impl Dispatcher {
         Some(match result {
             Ok((outcome, answered)) => {
                 // A provider that answers, even "no" to a bad input, is healthy.
-                let healthy = !matches!(&outcome, wit::Outcome::Failed(f) if f.retryable);
+                let healthy = !matches!(&outcome, Answer::Failed(f) if f.retry);
                 provider
                     .breaker
                     .record(healthy, Some(started.elapsed()), clock::instant());
@@ -72,7 +69,7 @@ impl Dispatcher {
             }
             Err(error) => {
                 provider.breaker.record(false, None, clock::instant());
-                (wit::Outcome::Failed(error.failure()), false)
+                (Answer::Failed(error.into()), false)
             }
         })
     }
@@ -85,7 +82,7 @@ impl Dispatcher {
         answered: &wit::Answered,
         request: &wit::HttpRequest,
         execution_id: &str,
-    ) -> Result<(wit::Outcome, bool), upstream::UpstreamError> {
+    ) -> Result<(Answer, bool), upstream::UpstreamError> {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let target = target(candidate, &allowed);
         let response = self.upstream.open(&target, request).await?;
@@ -106,6 +103,7 @@ impl Dispatcher {
                 .plugin
                 .parse_response(ctx, answered.clone(), response)
                 .await
+                .into()
         };
         Ok((outcome, success))
     }
@@ -118,12 +116,12 @@ impl Dispatcher {
         ctx: &wit::CallContext,
         execution_id: &str,
         response: reqwest::Response,
-    ) -> wit::Outcome {
+    ) -> Answer {
         let mut forwarded = false;
         let outcome = self
             .read_stream(candidate, ctx, execution_id, response, &mut forwarded)
             .await;
-        if forwarded && matches!(outcome, wit::Outcome::Failed(_)) {
+        if forwarded && matches!(outcome, Answer::Failed(_)) {
             // The client saw text of an attempt that failed: tell it to drop that
             // text before a retry streams its own.
             self.executions.publish_reset(execution_id);
@@ -140,7 +138,7 @@ impl Dispatcher {
         execution_id: &str,
         response: reqwest::Response,
         forwarded: &mut bool,
-    ) -> wit::Outcome {
+    ) -> Answer {
         use eventsource_stream::Eventsource;
         use futures_util::StreamExt;
         let mut events = response.bytes_stream().eventsource();
@@ -152,11 +150,7 @@ impl Dispatcher {
                 Ok(event) => event.data,
                 Err(error) => {
                     let message = format!("the provider's stream broke: {error}");
-                    return wit::Outcome::Failed(failure(
-                        wit::ErrorCode::ServiceUnavailable,
-                        message,
-                        true,
-                    ));
+                    return Answer::Failed(AttemptFailure::new(Kind::StreamBroken, message));
                 }
             };
             match candidate.plugin.parse_stream_event(ctx, data).await {
@@ -176,15 +170,14 @@ impl Dispatcher {
                     }
                 }
                 wit::StreamEvent::Skip => {}
-                wit::StreamEvent::Failed(failure) => return wit::Outcome::Failed(failure),
+                wit::StreamEvent::Failed(failure) => return Answer::Failed(failure.into()),
             }
         }
         if !finished {
             // Cut off: what arrived is not the answer, and is not billed.
-            return wit::Outcome::Failed(failure(
-                wit::ErrorCode::GenerationFailed,
+            return Answer::Failed(AttemptFailure::new(
+                Kind::StreamCut,
                 "the provider's stream ended before it finished",
-                true,
             ));
         }
         let usage = usage.unwrap_or(wit::Usage {
@@ -196,7 +189,7 @@ impl Dispatcher {
             // Four characters a token, when the provider reported no usage.
             output_tokens: (text.chars().count() as u64).div_ceil(4),
         });
-        wit::Outcome::Completed(wit::Completion {
+        Answer::Completed(wit::Completion {
             text: Some(text),
             assets: Vec::new(),
             usage,

@@ -7,7 +7,7 @@
 //!
 //! [`attempt`] starts and follows one attempt, [`exchange`] sends its requests and
 //! reads streams, [`outputs`] turns a completion into stored files and settles,
-//! [`retry`] decides what a failure leads to, [`cancel`] ends early, [`callbacks`]
+//! [`retry`] decides what a failure (typed in [`super::failure`]) leads to, [`cancel`] ends early, [`callbacks`]
 //! hears providers.
 
 mod attempt;
@@ -22,6 +22,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
+
+use super::failure::{AttemptFailure, Kind};
 
 use super::Executions;
 use super::model::Execution;
@@ -57,10 +59,10 @@ pub struct Dispatcher {
 enum AttemptEnd {
     /// with the candidate that produced it (its provider, plugin and price)
     Completed(wit::Completion, Box<Candidate>),
-    Failed(wit::Failure),
+    Failed(AttemptFailure),
     /// cut by a restart before the provider acknowledged it: a failure of ours,
     /// which does not spend the execution's attempts
-    Interrupted(wit::Failure),
+    Interrupted(AttemptFailure),
     /// no attempt was made: every provider's breaker refuses traffic for now
     Deferred,
     /// the execution became terminal meanwhile (cancelled, expired)
@@ -74,12 +76,20 @@ const DISPATCH_RETRY_MAX: Duration = Duration::from_secs(60);
 /// looks again.
 const DEFER_MS: u64 = 500;
 
-fn failure(code: wit::ErrorCode, message: impl Into<String>, retryable: bool) -> wit::Failure {
-    wit::Failure {
-        code,
-        message: message.into(),
-        retryable,
-        retry_after_ms: None,
+/// A provider's answer as an attempt reads it.
+enum Answer {
+    Completed(wit::Completion),
+    Pending(wit::Pending),
+    Failed(AttemptFailure),
+}
+
+impl From<wit::Outcome> for Answer {
+    fn from(outcome: wit::Outcome) -> Answer {
+        match outcome {
+            wit::Outcome::Completed(completion) => Answer::Completed(completion),
+            wit::Outcome::Pending(pending) => Answer::Pending(pending),
+            wit::Outcome::Failed(failure) => Answer::Failed(failure.into()),
+        }
     }
 }
 

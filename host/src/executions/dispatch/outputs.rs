@@ -19,18 +19,17 @@ impl Dispatcher {
         execution: &Execution,
         candidate: &Candidate,
         completion: wit::Completion,
-    ) -> Result<Option<wit::Failure>> {
+    ) -> Result<Option<AttemptFailure>> {
         if completion
             .text
             .as_ref()
             .is_some_and(|t| t.len() > MAX_TEXT_OUTPUT)
         {
             let message = format!("the text output exceeds {MAX_TEXT_OUTPUT} bytes");
-            return Ok(Some(failure(
-                wit::ErrorCode::GenerationFailed,
-                message,
-                false,
-            )));
+            return Ok(Some(AttemptFailure {
+                retry: false,
+                ..AttemptFailure::new(Kind::BadOutput, message)
+            }));
         }
         let (output, records) = match self.store_outputs(execution, candidate, &completion).await {
             Ok(stored) => stored,
@@ -74,7 +73,7 @@ impl Dispatcher {
         execution: &Execution,
         candidate: &Candidate,
         completion: &wit::Completion,
-    ) -> Result<(Value, Vec<FileRecord>), wit::Failure> {
+    ) -> Result<(Value, Vec<FileRecord>), AttemptFailure> {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let mut records: Vec<FileRecord> = Vec::new();
         let mut entries: Vec<(wit::Modality, Value)> = Vec::new();
@@ -105,10 +104,9 @@ impl Dispatcher {
                 Err(error) => {
                     let ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
                     self.files.discard(ids).await;
-                    return Err(failure(
-                        wit::ErrorCode::GenerationFailed,
+                    return Err(AttemptFailure::new(
+                        Kind::BadOutput,
                         format!("storing an output failed: {error}"),
-                        true,
                     ));
                 }
             };

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock;
-use crate::error::Code;
 use crate::executions::Ending;
 use crate::executions::model::Execution;
-use crate::plugins::wit;
 
 impl Dispatcher {
     /// Records the failed attempt; then either waits out the backoff and returns true
@@ -18,7 +16,7 @@ impl Dispatcher {
     pub(super) async fn retry_or_fail(
         &self,
         execution: &Execution,
-        failure: wit::Failure,
+        failure: AttemptFailure,
         counts: bool,
     ) -> Result<bool> {
         // The snapshot predates the attempt that just failed.
@@ -59,9 +57,9 @@ impl Dispatcher {
             Decision::Retry(delay) => (true, delay),
             Decision::Fail => (false, Duration::ZERO),
         };
-        tracing::info!(execution = %execution.id, code = ?failure.code, message = %failure.message, retry, "attempt failed");
-        let detail = format!("{:?}: {}", failure.code, failure.message);
-        let code = Code::from(failure.code);
+        let detail = failure.detail();
+        let code = failure.code();
+        tracing::info!(execution = %execution.id, side = ?failure.side(), %detail, retry, "attempt failed");
         let updated = if retry {
             self.executions
                 .update(&execution.id, move |execution, _| {
@@ -111,13 +109,13 @@ pub(super) enum Decision {
 /// is the backoff (`jitter` drawn from [`JITTER`]), or the provider's `Retry-After`
 /// when longer, but only when the retry goes back to that provider: a failover to
 /// another one that would take traffic now is not held back.
-pub(super) fn decide(failure: &wit::Failure, spent: &Spent, jitter: f64) -> Decision {
+pub(super) fn decide(failure: &AttemptFailure, spent: &Spent, jitter: f64) -> Decision {
     let retry_after = failure
         .retry_after_ms
         .filter(|_| !spent.other_provider_ready);
     let delay = backoff_with(spent.attempts.max(1), retry_after, jitter);
     let in_time = chrono::Duration::from_std(delay).is_ok_and(|d| d < spent.time_left);
-    if failure.retryable && spent.attempts < spent.max_attempts && in_time {
+    if failure.retry && spent.attempts < spent.max_attempts && in_time {
         Decision::Retry(delay)
     } else {
         Decision::Fail
@@ -144,6 +142,7 @@ fn backoff_with(failures: u32, retry_after_ms: Option<u32>, jitter: f64) -> Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Code;
 
     #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {
@@ -154,11 +153,11 @@ mod tests {
         assert_eq!(backoff(1, Some(120_000)).as_millis(), 30_000);
     }
 
-    fn failed(retryable: bool, retry_after_ms: Option<u32>) -> wit::Failure {
-        wit::Failure {
-            code: wit::ErrorCode::ModelOverloaded,
+    fn failed(retry: bool, retry_after_ms: Option<u32>) -> AttemptFailure {
+        AttemptFailure {
+            kind: Kind::Reported(Code::ModelOverloaded),
             message: "busy".into(),
-            retryable,
+            retry,
             retry_after_ms,
         }
     }
