@@ -766,6 +766,10 @@ mod tests {
     fn the_shipped_adapters_pass_their_fixtures_without_warnings() {
         for plugin in ["replicate", "openai"] {
             let fixtures = shipped_fixtures(plugin);
+            assert!(
+                fixtures.iter().any(|f| f.request.is_some()),
+                "{plugin} has request fixtures"
+            );
             let (failures, warnings) = run_kit(&format!("plugins/dist/{plugin}.wasm"), &fixtures);
             assert_eq!(failures, Vec::<String>::new(), "{plugin}");
             assert_eq!(warnings, Vec::<String>::new(), "{plugin}");
