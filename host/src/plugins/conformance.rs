@@ -777,6 +777,27 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_examples_are_fixtures_the_replicate_adapter_passes() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme
+            .split("### Fixture files")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("the README documents the fixture files");
+        let examples: Vec<Fixture> = section
+            .split("```json\n")
+            .skip(1)
+            .map(|block| serde_json::from_str(block.split("```").next().unwrap()).unwrap())
+            .collect();
+        assert_eq!(examples.len(), 2);
+        assert!(examples[0].response.is_some() && examples[1].request.is_some());
+        let (failures, warnings) = run_kit("plugins/dist/replicate.wasm", &examples);
+        assert_eq!(failures, Vec::<String>::new());
+        assert_eq!(warnings, Vec::<String>::new());
+    }
+
+    #[test]
     fn a_fixture_is_a_request_a_response_or_both_never_unknown_fields() {
         let parsed = fixtures(json!([
             {"name": "r", "model": "m", "request": {"url": "https://x"}},
