@@ -184,26 +184,35 @@ async fn check_plugin(file: PathBuf, fixture_files: Vec<PathBuf>) -> Result<()> 
         fixtures.extend(parsed);
     }
     println!("SIZE  {}", conformance::describe_size(wasm.len()));
-    if let Some(warning) = conformance::size_warning(wasm.len()) {
-        println!("WARN  {warning}");
-    }
     // Compiled artifacts go to a private scratch directory, removed afterwards.
     let cache = std::env::temp_dir().join(format!("modelroute-check-{}", std::process::id()));
     let runtime = Runtime::new(Default::default(), cache.clone())?;
-    let checks =
+    let report =
         tokio::task::spawn_blocking(move || conformance::check(&runtime, &wasm, &fixtures)).await?;
     let _ = std::fs::remove_dir_all(&cache);
-    let mut failed = 0;
-    for check in &checks {
+    for check in &report.checks {
         match &check.failure {
             None => println!("PASS  {}", check.name),
             Some(why) => {
-                failed += 1;
-                println!("FAIL  {}: {why}", check.name);
+                // One mismatch a line; the first beside the check's name.
+                let mut lines = why.lines();
+                println!("FAIL  {}: {}", check.name, lines.next().unwrap_or_default());
+                for line in lines {
+                    println!("        {line}");
+                }
             }
         }
     }
-    println!("{} passed, {failed} failed", checks.len() - failed);
+    for warning in &report.warnings {
+        println!("warning: {warning}");
+    }
+    let failed = report.failed();
+    let warnings = report.warnings.len();
+    println!(
+        "{} passed, {failed} failed, {warnings} warning{}",
+        report.checks.len() - failed,
+        if warnings == 1 { "" } else { "s" }
+    );
     if failed > 0 {
         bail!("{} does not conform", file.display());
     }

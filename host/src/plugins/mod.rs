@@ -615,7 +615,7 @@ pub fn watch_dir(runtime: Arc<Runtime>, registry: Arc<Registry>, dir: PathBuf) {
 /// Placeholder grants for the files an example input names in the fields `schema`
 /// marks as files, as an attempt would get them (an unroutable URL; bytes when the
 /// adapter asks for them inline).
-fn example_grants(
+pub(super) fn example_grants(
     schema: &serde_json::Value,
     example: &serde_json::Value,
     inline: bool,

@@ -103,7 +103,8 @@ async fn the_template_copied_out_of_the_workspace_builds_small_checks_installs_a
         report.contains(&format!(" KB ({} bytes)", wasm.len())),
         "{report}"
     );
-    assert!(!report.contains("WARN"), "{report}");
+    assert!(!report.contains("warning:"), "{report}");
+    assert!(report.contains(" 0 failed, 0 warnings"), "{report}");
 
     let server = Server::start_with(
         &[ProviderSpec {
