@@ -7,6 +7,7 @@ use axum::extract::Path;
 use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::json;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{Options, ProviderSpec, Server};
@@ -98,4 +99,30 @@ async fn the_catalogue_describes_a_model_neutrally_whichever_adapter_serves_it()
     );
     assert!(!model.body.to_string().contains("Acme"), "{}", model.body);
     assert_eq!(model.body["pricing"]["per_megapixel"], "0.05");
+}
+
+/// The conformance kit tells the author about both mistakes before anyone is
+/// billed: warnings, not failures, since the host copes with each.
+#[test]
+fn plugin_check_warns_about_unmet_price_units_and_a_description_naming_the_provider() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let check = Command::new(crate::support::binary())
+        .args(["plugin", "check"])
+        .arg(root.join("target/test-plugins/acme.wasm"))
+        .arg("--fixtures")
+        .arg(root.join("tests/fixtures/acme/fixtures.json"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run modelroute plugin check");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{report}");
+    assert!(report.contains("0 failed, 2 warnings"), "{report}");
+    assert!(
+        report.contains("counts none of the units flux-1.1-pro is priced by (per-megapixel)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("the description names \"acme\""),
+        "{report}"
+    );
 }
