@@ -1,0 +1,452 @@
+//! Accepting an execution: the input checked against the model's schema, the cost
+//! estimated, and the record, its hold, its queue entry and its idempotency claim
+//! written in one transaction.
+
+use super::records::{active_key, by_org_key, load};
+use super::waiting::STREAM_BUFFER;
+use super::{failure, input};
+use anyhow::Result;
+use chrono::Duration;
+use hmac::{Hmac, Mac};
+use redb::ReadableTable;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+use super::{Claim, Execution, Executions, Mode, Status, StreamMessage};
+use crate::auth::Caller;
+use crate::billing::{self, HoldResult};
+use crate::clock;
+use crate::error::{ApiError, Code, Detail, DetailCode, quote};
+use crate::file_fields::{FileField, file_fields};
+use crate::ids::new_id;
+use crate::money::Micros;
+use crate::plugins::wit;
+use crate::routing::{self};
+use crate::store::{self, ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG};
+
+/// A validated `POST /v1/executions` body.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub model: String,
+    pub input: Value,
+    pub metadata: Value,
+    pub mode: Mode,
+    pub webhook_url: Option<String>,
+}
+
+/// The name of the server's secret for [`keyed_id`].
+pub const IDEMPOTENT_ID_KEY: &str = "idempotent-id-key";
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+
+pub struct Created {
+    pub execution: Execution,
+    /// an earlier request with the same idempotency key created it
+    pub replayed: bool,
+    /// status changes and output deltas, for a new `STREAMING` execution
+    pub events: Option<broadcast::Receiver<StreamMessage>>,
+}
+
+impl Executions {
+    /// Validates, estimates, and writes the execution, its hold, its queue entry and
+    /// its idempotency claim in one transaction.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        request: CreateRequest,
+        idempotency: Option<(String, String)>,
+    ) -> Result<Created, ApiError> {
+        // A retry of an earlier request is answered before anything is checked again:
+        // its files may be gone, its model retired, the balance spent since.
+        if let Some((key, request_hash)) = &idempotency {
+            let now = clock::now();
+            let earlier = self.store.read(|txn| {
+                let executions = txn.open_table(EXECUTIONS)?;
+                earlier_use(
+                    &executions,
+                    &self.id_key,
+                    &caller.org_id,
+                    key,
+                    request_hash,
+                    now,
+                )
+            })?;
+            if let Ok(outcome) = earlier {
+                return self.respond(outcome);
+            }
+        }
+        let candidates = self
+            .router
+            .ranked(&request.model, &routing::Units::default());
+        let Some(first) = candidates.first() else {
+            return Err(ApiError::invalid(
+                "model",
+                DetailCode::InvalidValue,
+                format!(
+                    "unknown model {}; see GET /v1/models",
+                    quote(&request.model)
+                ),
+            ));
+        };
+        let rules = self.input_rules(first)?;
+        rules.validate(&request.input)?;
+        let input = input::canonical_numbers(request.input);
+        self.files
+            .check_input_files(&caller.org_id, &rules.files, &input)?;
+        // Rank the providers for what this input consumes, then price it with the
+        // adapter of the one that will run it.
+        let mut units = estimate(first, &input).await?;
+        let chosen = self
+            .router
+            .ranked(&request.model, &units)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| first.clone());
+        if chosen.plugin.sha256 != first.plugin.sha256 {
+            units = estimate(&chosen, &input).await?;
+        }
+        let estimated_cost = routing::cost(&chosen.model.price, &units);
+        let hold_amount = Micros::hold_for(estimated_cost);
+
+        let now = clock::now();
+        let execution = Execution {
+            id: new_id("exec"),
+            organization_id: caller.org_id.clone(),
+            model: request.model.clone(),
+            status: Status::Pending,
+            input,
+            metadata: request.metadata,
+            mode: request.mode,
+            webhook_url: request.webhook_url,
+            claim: None,
+            hold_amount,
+            estimated_cost,
+            usage_estimate: units,
+            cost: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            expires_at: now + self.settings.expiry(&request.model),
+            output: None,
+            error: None,
+            attempts: Vec::new(),
+            transitions: vec![(Status::Pending, now)],
+        };
+
+        let outcome = self.accept(execution, idempotency).await?;
+        self.respond(outcome)
+    }
+
+    /// The answer to a create: the new execution (dispatched), the one an earlier
+    /// use of the key created, or why nothing was created.
+    fn respond(&self, outcome: CreateOutcome) -> Result<Created, ApiError> {
+        match outcome {
+            CreateOutcome::Created(execution) => {
+                // Subscribe before dispatch, so the stream misses nothing.
+                let events = (execution.mode == Mode::Streaming).then(|| {
+                    let (sender, receiver) = broadcast::channel(STREAM_BUFFER);
+                    self.lock_streams().insert(execution.id.clone(), sender);
+                    receiver
+                });
+                let _ = self.dispatch.send(execution.id.clone());
+                Ok(Created {
+                    execution,
+                    replayed: false,
+                    events,
+                })
+            }
+            CreateOutcome::Replayed(execution) => Ok(Created {
+                execution,
+                replayed: true,
+                events: None,
+            }),
+            CreateOutcome::KeyReused => Err(ApiError::new(
+                Code::Conflict,
+                "this Idempotency-Key was already used with a different request",
+            )),
+            CreateOutcome::InsufficientBalance { hold, available } => Err(ApiError::new(
+                Code::InsufficientBalance,
+                format!("the hold of ${hold} exceeds the available balance of ${available}"),
+            )),
+        }
+    }
+
+    /// Writes a new execution with its hold, its queue entry and its idempotency
+    /// claim in one transaction, unless the key was claimed or the balance is short.
+    pub async fn accept(
+        &self,
+        mut execution: Execution,
+        idempotency: Option<(String, String)>,
+    ) -> Result<CreateOutcome> {
+        // An execution created with an idempotency key has an id derived from the
+        // organization and the key, and carries its claim: finding the claim is
+        // reading the execution, and an accept writes one index entry fewer.
+        let now = execution.created_at;
+        let key = idempotency.inspect(|(key, request_hash)| {
+            execution.id = keyed_id(&self.id_key, &execution.organization_id, key, 0);
+            execution.claim = Some(Claim {
+                request_hash: request_hash.clone(),
+                expires_at: now + Duration::hours(IDEMPOTENCY_TTL_HOURS),
+            });
+        });
+        // Encoding and keys are prepared here, off the single writer thread.
+        let mut prepared = Prepared::of(&execution)?;
+        let id_key = self.id_key.clone();
+        self.store
+            .write(move |txn| {
+                let mut executions = txn.open_table(EXECUTIONS)?;
+                if let Some((key, request_hash)) = &key {
+                    let org = &execution.organization_id;
+                    match earlier_use(&executions, &id_key, org, key, request_hash, now)? {
+                        Ok(outcome) => return Ok(outcome),
+                        Err(free) if free != execution.id => {
+                            execution.id = free;
+                            prepared = Prepared::of(&execution)?;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                match billing::hold(
+                    txn,
+                    &execution.organization_id,
+                    execution.hold_amount,
+                    &execution.id,
+                )? {
+                    HoldResult::InsufficientBalance { available } => {
+                        let hold = execution.hold_amount;
+                        return Ok(CreateOutcome::InsufficientBalance { hold, available });
+                    }
+                    HoldResult::Placed => {}
+                }
+                executions.insert(execution.id.as_str(), prepared.record.as_slice())?;
+                txn.open_table(ACTIVE_EXECUTIONS)?
+                    .insert(prepared.active.as_str(), [].as_slice())?;
+                txn.open_table(EXECUTIONS_BY_ORG)?
+                    .insert(prepared.by_org.as_str(), [].as_slice())?;
+                Ok(CreateOutcome::Created(execution))
+            })
+            .await
+    }
+
+    /// What `candidate`'s schema demands of an input (compiled once per version).
+    fn input_rules(&self, candidate: &routing::Candidate) -> Result<Arc<InputRules>, ApiError> {
+        let key = (
+            candidate.plugin.sha256.clone(),
+            candidate.model.slug.clone(),
+        );
+        let mut cache = self.validators.lock().expect("validator cache poisoned");
+        if let Some(rules) = cache.get(&key) {
+            return Ok(rules.clone());
+        }
+        let invalid = |e: &dyn std::fmt::Display| {
+            ApiError::from(anyhow::anyhow!(
+                "model {} has an invalid schema: {e}",
+                key.1
+            ))
+        };
+        let schema: Value =
+            serde_json::from_str(&candidate.model.input_schema).map_err(|e| invalid(&e))?;
+        let rules = Arc::new(InputRules {
+            validator: jsonschema::validator_for(&schema).map_err(|e| invalid(&e))?,
+            files: file_fields(&schema),
+        });
+        cache.insert(key, rules.clone());
+        Ok(rules)
+    }
+}
+
+/// An input schema, compiled.
+pub(super) struct InputRules {
+    validator: jsonschema::Validator,
+    /// properties that name files
+    files: Vec<FileField>,
+}
+
+impl InputRules {
+    fn validate(&self, input: &Value) -> Result<(), ApiError> {
+        let details: Vec<Detail> = self
+            .validator
+            .iter_errors(input)
+            .flat_map(schema_details)
+            .collect();
+        if details.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(details))
+        }
+    }
+}
+
+/// What [`Executions::accept`] did.
+pub enum CreateOutcome {
+    Created(Execution),
+    Replayed(Execution),
+    KeyReused,
+    InsufficientBalance { hold: Micros, available: Micros },
+}
+
+/// What an earlier use of `key` by `org_id` decides for a request hashed
+/// `request_hash`: a replay or a conflict while the earlier claim lives, else (the
+/// key is new, or its uses have lapsed) the id a new execution takes.
+fn earlier_use(
+    executions: &impl ReadableTable<&'static str, &'static [u8]>,
+    id_key: &[u8],
+    org_id: &str,
+    key: &str,
+    request_hash: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Result<CreateOutcome, String>> {
+    for generation in 0.. {
+        let id = keyed_id(id_key, org_id, key, generation);
+        let Some(existing) = load(executions, &id)? else {
+            return Ok(Err(id));
+        };
+        if let Some(claim) = existing.claim.as_ref().filter(|c| c.expires_at > now) {
+            return Ok(Ok(if claim.request_hash == request_hash {
+                CreateOutcome::Replayed(existing)
+            } else {
+                CreateOutcome::KeyReused
+            }));
+        }
+    }
+    unreachable!("a key is used fewer than 2^32 times")
+}
+
+/// A new execution's stored form and index keys.
+struct Prepared {
+    record: Vec<u8>,
+    active: String,
+    by_org: String,
+}
+
+impl Prepared {
+    fn of(execution: &Execution) -> Result<Prepared> {
+        Ok(Prepared {
+            record: store::encode(execution)?,
+            active: active_key(execution),
+            by_org: by_org_key(execution),
+        })
+    }
+}
+
+/// The id of the execution an organization creates with an idempotency key: a
+/// version-4 UUID made of HMAC-SHA256 bits, so it reveals nothing of the key.
+/// `generation` counts earlier uses of the key whose 24 hours have lapsed.
+fn keyed_id(secret: &[u8], org_id: &str, key: &str, generation: u32) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    for part in [org_id.as_bytes(), key.as_bytes(), &generation.to_be_bytes()] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    let digest = mac.finalize().into_bytes();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    format!(
+        "exec_{}",
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    )
+}
+
+/// The hash that tells "same request" from "different request" for idempotency:
+/// method, path and the canonical (key-sorted) JSON body.
+pub fn request_hash(method: &str, path: &str, body: &Value) -> String {
+    hex::encode(Sha256::digest(format!("{method} {path}\n{body}")))
+}
+
+/// The usage `candidate`'s adapter expects `input` to consume.
+async fn estimate(
+    candidate: &routing::Candidate,
+    input: &Value,
+) -> Result<routing::Units, ApiError> {
+    let usage = candidate
+        .plugin
+        .estimate(&candidate.model, input.to_string())
+        .await
+        .map_err(failure_to_api)?;
+    Ok(routing::Units::from(&usage))
+}
+
+/// A failure an adapter reported before anything ran (e.g. while estimating).
+fn failure_to_api(failure: wit::Failure) -> ApiError {
+    let failure = failure::AttemptFailure::from(failure);
+    let code = failure.code();
+    tracing::info!(detail = %failure.detail(), "adapter refused the input");
+    ApiError::new(code, code.client_message())
+}
+
+/// One `details` entry per schema violation, named by its path in the input.
+fn schema_details(error: jsonschema::ValidationError<'_>) -> Vec<Detail> {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let path = error.instance_path().as_str().replace('/', ".");
+    let field = format!("input{path}");
+    // A message names the offending value; a long one only by a short prefix.
+    let message = match error.instance().as_ref() {
+        Value::String(text) => error.masked_with(quote(text)).to_string(),
+        other => {
+            let text = other.to_string();
+            if text.len() <= 40 {
+                error.to_string()
+            } else {
+                error.masked_with(quote(&text)).to_string()
+            }
+        }
+    };
+    match error.kind() {
+        Kind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            vec![Detail::new(
+                format!("{field}.{name}"),
+                DetailCode::Required,
+                format!("{name} is required"),
+            )]
+        }
+        Kind::AdditionalProperties { unexpected } => unexpected
+            .iter()
+            .map(|name| {
+                Detail::new(
+                    format!("{field}.{name}"),
+                    DetailCode::UnknownField,
+                    format!("unknown field {name}"),
+                )
+            })
+            .collect(),
+        Kind::Type { .. } => vec![Detail::new(field, DetailCode::InvalidType, message)],
+        Kind::Minimum { .. }
+        | Kind::Maximum { .. }
+        | Kind::ExclusiveMinimum { .. }
+        | Kind::ExclusiveMaximum { .. }
+        | Kind::MinLength { .. }
+        | Kind::MaxLength { .. }
+        | Kind::MinItems { .. }
+        | Kind::MaxItems { .. }
+        | Kind::MultipleOf { .. } => vec![Detail::new(field, DetailCode::OutOfRange, message)],
+        _ => vec![Detail::new(field, DetailCode::InvalidValue, message)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_ids_are_version_4_uuids_private_to_an_organization_and_a_generation() {
+        let id = keyed_id(b"secret", "org_a", "key-1", 0);
+        let uuid = uuid::Uuid::parse_str(id.strip_prefix("exec_").unwrap()).unwrap();
+        assert_eq!(uuid.get_version(), Some(uuid::Version::Random));
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(id, keyed_id(b"secret", "org_a", "key-1", 0));
+        for other in [
+            keyed_id(b"other secret", "org_a", "key-1", 0),
+            keyed_id(b"secret", "org_b", "key-1", 0),
+            keyed_id(b"secret", "org_a", "key-2", 0),
+            keyed_id(b"secret", "org_a", "key-1", 1),
+            // Lengths are part of the input: moving a byte across fields changes it.
+            keyed_id(b"secret", "org_ak", "ey-1", 0),
+        ] {
+            assert_ne!(id, other);
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The durable lifecycle: records and their indexes, compare-and-set updates with
+//! the webhook events they cause, endings that resolve the hold, and reads.
+
+use super::{lifecycle_event, model};
+use anyhow::Result;
+use redb::ReadableTable;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Execution, Executions, Status};
+use crate::billing::{self};
+use crate::clock;
+use crate::error::{ApiError, Code, DetailCode};
+use crate::files::audit::{Action, AuditEntry};
+use crate::files::grants::AttemptRef;
+use crate::money::Micros;
+use crate::store::{self, ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG};
+use crate::webhooks;
+
+impl Executions {
+    /// The execution `id` of `org_id` (another organization's is not found).
+    pub fn get(&self, org_id: &str, id: &str) -> Result<Option<Execution>> {
+        let execution = self
+            .store
+            .read(|txn| load(&txn.open_table(EXECUTIONS)?, id))?;
+        Ok(execution.filter(|e| e.organization_id == org_id))
+    }
+
+    /// Newest first, after `starting_after`, filtered by status and model.
+    pub fn list(
+        &self,
+        org_id: &str,
+        limit: usize,
+        starting_after: Option<&str>,
+        status: Option<Status>,
+        model: Option<&str>,
+    ) -> Result<(Vec<Execution>, bool), ApiError> {
+        self.store
+            .read(|txn| {
+                let executions = txn.open_table(EXECUTIONS)?;
+                let index = txn.open_table(EXECUTIONS_BY_ORG)?;
+                let prefix = format!("{org_id}/");
+                let start = match starting_after {
+                    Some(cursor) => {
+                        match load(&executions, cursor)?.filter(|e| e.organization_id == org_id) {
+                            Some(after) => by_org_key(&after) + "\u{0}",
+                            None => {
+                                return Ok(Err(ApiError::invalid(
+                                    "starting_after",
+                                    DetailCode::InvalidValue,
+                                    "no such execution",
+                                )));
+                            }
+                        }
+                    }
+                    None => prefix.clone(),
+                };
+                let page = store::page(
+                    &index,
+                    &executions,
+                    &prefix,
+                    &start,
+                    limit,
+                    |e: &Execution| {
+                        status.is_none_or(|s| s == e.status) && model.is_none_or(|m| m == e.model)
+                    },
+                )?;
+                Ok(Ok(page))
+            })
+            .map_err(ApiError::from)?
+    }
+
+    /// Applies `change` to a non-terminal execution in one transaction (a
+    /// compare-and-set: a terminal execution never changes again), with the webhook
+    /// events the change causes. Leaving the execution terminal removes it from the
+    /// dispatcher's queue. Returns the new
+    /// state, or `None` when the execution was already terminal.
+    pub async fn update<F>(&self, id: &str, change: F) -> Result<Option<Execution>>
+    where
+        F: FnOnce(&mut Execution, &redb::WriteTransaction) -> Result<()> + Send + 'static,
+    {
+        let id = id.to_string();
+        let updated = self
+            .store
+            .write(move |txn| {
+                let Some(mut execution) = load(&txn.open_table(EXECUTIONS)?, &id)? else {
+                    return Ok(None);
+                };
+                if execution.status.is_terminal() {
+                    return Ok(None);
+                }
+                let was_started = execution.started_at.is_some();
+                change(&mut execution, txn)?;
+                let queued = match lifecycle_event(was_started, &execution) {
+                    Some(event_type) => webhooks::enqueue(
+                        txn,
+                        webhooks::ExecutionEvent {
+                            event_type,
+                            organization_id: &execution.organization_id,
+                            execution_id: &execution.id,
+                            webhook_url: execution.webhook_url.as_deref(),
+                            data: execution.view(),
+                        },
+                    )?,
+                    None => false,
+                };
+                save(txn, &execution)?;
+                Ok(Some((execution, queued)))
+            })
+            .await?;
+        let Some((execution, queued)) = updated else {
+            return Ok(None);
+        };
+        if queued {
+            self.outbox.notify_one();
+        }
+        self.notify(&execution);
+        Ok(Some(execution))
+    }
+
+    /// Moves a non-terminal execution to a terminal state and resolves its hold,
+    /// in one transaction. Returns `None` when it was already terminal: a hold is
+    /// resolved exactly once, whatever races.
+    pub async fn finish(&self, id: &str, ending: Ending) -> Result<Option<Execution>> {
+        let now = clock::now();
+        self.update(id, move |execution, txn| {
+            let (status, outcome) = match ending {
+                Ending::Completed {
+                    cost,
+                    output,
+                    files,
+                } => {
+                    let origin = crate::files::Origin {
+                        actor: execution.id.clone(),
+                        address: None,
+                    };
+                    for record in &files {
+                        crate::files::insert(txn, record)?;
+                        let entry = AuditEntry::new(record, Action::Output, &origin);
+                        crate::files::audit::record(txn, &entry)?;
+                    }
+                    let charged = billing::settle(
+                        txn,
+                        &execution.organization_id,
+                        execution.hold_amount,
+                        cost,
+                        &execution.id,
+                    )?;
+                    execution.cost = Some(charged);
+                    execution.output = Some(output);
+                    (Status::Completed, "completed".to_string())
+                }
+                Ending::Failed { code, detail } => {
+                    execution.error = Some(model::ExecutionError::new(code));
+                    (Status::Failed, detail)
+                }
+                Ending::Cancelled => (Status::Cancelled, "cancelled by the client".to_string()),
+                Ending::Expired => {
+                    execution.error = Some(model::ExecutionError::new(Code::GenerationTimeout));
+                    (Status::Expired, "expired".to_string())
+                }
+            };
+            if status != Status::Completed {
+                billing::settle(
+                    txn,
+                    &execution.organization_id,
+                    execution.hold_amount,
+                    Micros::ZERO,
+                    &execution.id,
+                )?;
+            }
+            let failure = execution.error.as_ref().map(|error| error.code);
+            execution.close_attempt(&outcome, failure, now);
+            execution.completed_at = Some(now);
+            execution.set_status(status, now);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Rebuilds every organization's balances from the ledger entries and checks
+    /// them against the stored accounts, and that each organization's held amount is
+    /// exactly the holds of its non-terminal executions (no orphan hold).
+    pub fn verify_ledger(&self) -> Result<LedgerReport> {
+        self.store.read(|txn| {
+            let rebuilt = billing::rebuild_from_entries(txn)?;
+            let executions = txn.open_table(EXECUTIONS)?;
+            let mut open_holds: std::collections::BTreeMap<String, u64> = Default::default();
+            for row in txn.open_table(ACTIVE_EXECUTIONS)?.iter()? {
+                let (key, _) = row?;
+                let Some((id, _)) = parse_active_key(key.value()) else {
+                    continue;
+                };
+                if let Some(execution) = load(&executions, &id)? {
+                    *open_holds.entry(execution.organization_id).or_default() +=
+                        execution.hold_amount.0;
+                }
+            }
+            let mut mismatches = Vec::new();
+            for (org, from_entries) in &rebuilt {
+                let stored = billing::account(txn, org)?;
+                if stored != *from_entries {
+                    mismatches.push(format!(
+                        "{org}: stored {stored:?}, entries {from_entries:?}"
+                    ));
+                }
+                if stored.deposits.0 != stored.available.0 + stored.held.0 + stored.spent.0 {
+                    mismatches.push(format!("{org}: deposits != available + held + spent"));
+                }
+                let held = open_holds.get(org).copied().unwrap_or(0);
+                if stored.held.0 != held {
+                    mismatches.push(format!(
+                        "{org}: held {} but open executions hold {held}",
+                        stored.held
+                    ));
+                }
+            }
+            Ok(LedgerReport {
+                organizations: rebuilt.len(),
+                consistent: mismatches.is_empty(),
+                mismatches,
+            })
+        })
+    }
+
+    /// Ids of every non-terminal execution with its deadline, soonest first.
+    pub fn active(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+        self.store.read(|txn| {
+            let mut active = Vec::new();
+            for row in txn.open_table(ACTIVE_EXECUTIONS)?.iter()? {
+                let (key, _) = row?;
+                active.extend(parse_active_key(key.value()));
+            }
+            Ok(active)
+        })
+    }
+
+    /// The execution regardless of organization (the dispatcher's and operators' view).
+    pub fn store_get(&self, id: &str) -> Result<Option<Execution>> {
+        self.store
+            .read(|txn| load(&txn.open_table(EXECUTIONS)?, id))
+    }
+
+    /// The attempt execution `id` is running now, if it is running one.
+    pub fn running_attempt(&self, id: &str) -> Result<Option<AttemptRef>> {
+        let execution = self.store_get(id)?;
+        Ok(execution
+            .filter(|execution| !execution.status.is_terminal())
+            .and_then(|execution| {
+                let attempt_id = execution.open_attempt()?.id.clone();
+                Some(AttemptRef {
+                    organization_id: execution.organization_id,
+                    execution_id: execution.id,
+                    attempt_id,
+                })
+            }))
+    }
+}
+
+/// What [`Executions::verify_ledger`] found.
+#[derive(Debug, Serialize)]
+pub struct LedgerReport {
+    pub organizations: usize,
+    pub consistent: bool,
+    pub mismatches: Vec<String>,
+}
+
+/// How an execution ends.
+pub enum Ending {
+    /// settles `cost` (capped at the hold) and stores the output files' records
+    Completed {
+        cost: Micros,
+        output: Value,
+        files: Vec<crate::files::FileRecord>,
+    },
+    /// `detail` is for operators (the attempt's outcome); clients see `code`
+    Failed {
+        code: Code,
+        detail: String,
+    },
+    Cancelled,
+    Expired,
+}
+
+/// `{org}/{newest-first key}/{id}`: inverted creation time sorts newest first.
+pub(super) fn by_org_key(execution: &Execution) -> String {
+    let inverted = i64::MAX - execution.created_at.timestamp_micros();
+    format!(
+        "{}/{inverted:020}/{}",
+        execution.organization_id, execution.id
+    )
+}
+
+pub(super) fn load(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<Execution>> {
+    store::get(table, id)
+}
+
+/// Writes the record; a terminal execution leaves the active queue.
+pub(super) fn save(txn: &redb::WriteTransaction, execution: &Execution) -> Result<()> {
+    txn.open_table(EXECUTIONS)?
+        .insert(execution.id.as_str(), store::encode(execution)?.as_slice())?;
+    if execution.status.is_terminal() {
+        txn.open_table(ACTIVE_EXECUTIONS)?
+            .remove(active_key(execution).as_str())?;
+    }
+    Ok(())
+}
+
+/// `{expires_at ms:020}/{id}`: new entries append (ids are random, deadlines are
+/// not), which keeps a batch of accepts on few pages, and the queue reads in
+/// deadline order.
+pub(super) fn active_key(execution: &Execution) -> String {
+    format!(
+        "{:020}/{}",
+        execution.expires_at.timestamp_millis().max(0),
+        execution.id
+    )
+}
+
+/// Parses an [`active_key`].
+fn parse_active_key(key: &str) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
+    let (millis, id) = key.split_once('/')?;
+    let expires = chrono::DateTime::from_timestamp_millis(millis.parse().ok()?)?;
+    Some((id.to_string(), expires))
+}
