@@ -2,9 +2,6 @@
 //! estimated, and the record, its hold, its queue entry and its idempotency claim
 //! written in one transaction.
 
-use super::records::{active_key, by_org_key, load};
-use super::waiting::STREAM_BUFFER;
-use super::{failure, input};
 use anyhow::Result;
 use chrono::Duration;
 use hmac::{Hmac, Mac};
@@ -14,7 +11,10 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
+use super::records::{active_key, by_org_key, load};
+use super::waiting::STREAM_BUFFER;
 use super::{Claim, Execution, Executions, Mode, Status, StreamMessage};
+use super::{failure, input};
 use crate::auth::Caller;
 use crate::billing::{self, HoldResult};
 use crate::clock;

@@ -1,14 +1,14 @@
 //! The durable lifecycle: records and their indexes, compare-and-set updates with
 //! the webhook events they cause, endings that resolve the hold, and reads.
 
-use super::{lifecycle_event, model};
 use anyhow::Result;
 use redb::ReadableTable;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{Execution, Executions, Status};
-use crate::billing::{self};
+use super::{lifecycle_event, model};
+use crate::billing;
 use crate::clock;
 use crate::error::{ApiError, Code, DetailCode};
 use crate::files::audit::{Action, AuditEntry};
