@@ -490,7 +490,7 @@ impl ProviderConfig {
         ];
         for (field, entries) in lists {
             for (at, entry) in entries.iter().enumerate() {
-                crate::upstream::HostPattern::parse(entry)
+                crate::host_pattern::HostPattern::parse(entry)
                     .map_err(|error| format!("{field}[{at}]: {error}"))?;
             }
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod executions;
 pub mod file_fields;
 pub mod files;
+pub mod host_pattern;
 pub mod ids;
 pub mod money;
 pub mod netguard;

@@ -7,7 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Modules that must not import any other module of the host.
-const FOUNDATIONS: &[&str] = &["clock", "ids", "money", "store", "error", "durable"];
+const FOUNDATIONS: &[&str] = &[
+    "clock",
+    "ids",
+    "money",
+    "store",
+    "error",
+    "durable",
+    "host_pattern",
+];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 

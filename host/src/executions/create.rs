@@ -80,7 +80,7 @@ impl Executions {
         }
         let candidates = self
             .router
-            .ranked(&request.model, &routing::Units::default());
+            .ranked(&request.model, &crate::plugins::Units::default());
         let Some(first) = candidates.first() else {
             return Err(ApiError::invalid(
                 "model",
@@ -360,13 +360,13 @@ pub fn request_hash(method: &str, path: &str, body: &Value) -> String {
 async fn estimate(
     candidate: &routing::Candidate,
     input: &Value,
-) -> Result<routing::Units, ApiError> {
+) -> Result<crate::plugins::Units, ApiError> {
     let usage = candidate
         .plugin
         .estimate(&candidate.model, input.to_string())
         .await
         .map_err(failure_to_api)?;
-    Ok(routing::Units::from(&usage))
+    Ok(crate::plugins::Units::from(&usage))
 }
 
 /// A failure an adapter reported before anything ran (e.g. while estimating).

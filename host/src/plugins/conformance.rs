@@ -6,9 +6,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
 
+use super::Units;
 use super::{LoadedPlugin, Runtime, wit};
-use crate::routing::Units;
-use crate::upstream::HostPattern;
+use crate::host_pattern::HostPattern;
 
 /// One recorded exchange and what the adapter must make of it: the request it must
 /// build (`request`), how it must classify the provider's answer (`response` and
@@ -329,7 +329,11 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
         Exchange::Submit { input } => {
             let schema = serde_json::from_str(&model.input_schema).unwrap_or(Value::Null);
             let input = serde_json::from_str(input).unwrap_or(Value::Null);
-            super::example_grants(&schema, &input, plugin.manifest.capabilities.inline_files)
+            super::loaded::example_grants(
+                &schema,
+                &input,
+                plugin.manifest.capabilities.inline_files,
+            )
         }
         Exchange::Poll(_) => Vec::new(),
     };
@@ -1053,7 +1057,7 @@ mod tests {
                 model("asset", "Images land on v3.fal.media."),
                 model("port", "Mirrored at cdn.example:8443."),
             ],
-            ..super::super::empty_manifest()
+            ..super::super::runtime::empty_manifest()
         };
         assert_eq!(
             description_warnings(&manifest),

@@ -40,7 +40,10 @@ mod tests {
     #[test]
     fn a_plugin_built_with_the_sdk_stamps_and_exports_the_hosts_contract_version() {
         let wasm = component("target/test-plugins/template.wasm");
-        assert_eq!(super::super::api_version(&wasm).unwrap(), API_VERSION);
+        assert_eq!(
+            super::super::runtime::api_version(&wasm).unwrap(),
+            API_VERSION
+        );
         let mut exports = Vec::new();
         for payload in wasmparser::Parser::new(0).parse_all(&wasm) {
             if let wasmparser::Payload::ComponentExportSection(section) = payload.unwrap() {

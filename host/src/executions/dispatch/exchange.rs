@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::*;
 use crate::clock;
 use crate::plugins::wit;
-use crate::routing::{self, Candidate};
+use crate::routing::Candidate;
 use crate::upstream;
 
 impl Dispatcher {
@@ -165,7 +165,8 @@ impl Dispatcher {
                         text = full;
                     }
                     // A closing marker without usage keeps what an earlier event reported.
-                    if usage.is_none() || !routing::Units::from(&completion.usage).is_empty() {
+                    if usage.is_none() || !crate::plugins::Units::from(&completion.usage).is_empty()
+                    {
                         usage = Some(completion.usage);
                     }
                 }

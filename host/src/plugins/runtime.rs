@@ -1,0 +1,350 @@
+//! The process-wide engine: compiled-artifact cache, pooling allocator, epoch
+//! ticker, and a linker with a locked-down WASI in which nothing can wait. Loading a
+//! component checks its contract version and reads its manifest.
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::AdapterPluginPre;
+use super::loaded::LoadedPlugin;
+use super::{PluginLimits, SUPPORTED_API_VERSIONS, pool, wit};
+
+const API_VERSION_SECTION: &str = "modelroute:api-version";
+/// The epoch advances this often; call deadlines are counted in ticks.
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Bytes of guest stderr kept per call for the logs.
+pub(super) const STDERR_CAPTURE: usize = 16 * 1024;
+/// Instance slots beyond one per call thread: loading and validating a version
+/// (start-up, installs, the plugins directory watcher) instantiates it too.
+const LOAD_SLOTS: u32 = 64;
+/// The WASI functions that wait, by interface (at the version `wasmtime-wasi`
+/// defines; the unit test `a_sleeping_adapter_traps_at_once_and_frees_its_thread`
+/// fails if an upgrade moves it). A host function that blocks is out of the epoch
+/// deadline's reach, so an adapter that waited would hold its thread and instance
+/// slot for as long as it liked; these trap instead. Reading the clocks stays
+/// allowed: a guest spinning on them is stopped by the deadline like any loop.
+const WAITING_FUNCTIONS: &[(&str, &[&str])] = &[
+    ("wasi:io/poll@0.2.12", &["poll", "[method]pollable.block"]),
+    (
+        "wasi:clocks/monotonic-clock@0.2.12",
+        &["subscribe-duration", "subscribe-instant"],
+    ),
+];
+
+/// What one call's store holds: a WASI context with no files, network or environment.
+pub struct CallState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: StoreLimits,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+pub struct Runtime {
+    pub(super) engine: Engine,
+    linker: Linker<CallState>,
+    pub(super) limits: PluginLimits,
+    cache_dir: PathBuf,
+    pub(super) calls: pool::CallPool,
+}
+
+impl Runtime {
+    /// Builds the engine and starts its epoch ticker and call threads. `cache_dir`
+    /// keeps compiled artifacts keyed by the wasm's hash and the engine's
+    /// compatibility hash. The pooling allocator has an instance slot for each call
+    /// thread plus `LOAD_SLOTS`, so a call never fails for want of a slot.
+    pub fn new(limits: PluginLimits, cache_dir: PathBuf) -> Result<Arc<Runtime>> {
+        let memory_limit = (limits.memory_limit_mb as usize) << 20;
+        let slots = u32::try_from(limits.call_threads)
+            .ok()
+            .and_then(|threads| threads.checked_add(LOAD_SLOTS))
+            .context("plugins.call_threads is too large")?;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 2)
+            .total_stacks(slots)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size(memory_limit)
+            // Returning a slot's memory to the kernel flushes every core's TLB:
+            // do it for many slots at once rather than after every call.
+            .decommit_batch_size(64)
+            // Reset the first pages an adapter touches with memset and keep them:
+            // cheaper than faulting them back in on every call.
+            .linear_memory_keep_resident(128 << 10)
+            .table_keep_resident(64 << 10);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Pooled slots need no more reservation than the memory limit.
+            .memory_reservation(memory_limit as u64)
+            .memory_reservation_for_growth(0);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        forbid_waiting(&mut linker)?;
+        std::fs::create_dir_all(&cache_dir)
+            .with_context(|| format!("creating {}", cache_dir.display()))?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        let calls = pool::CallPool::new(limits.call_threads, limits.call_queue)
+            .context("starting the adapter call threads")?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            limits,
+            cache_dir,
+            calls,
+        }))
+    }
+
+    /// Checks the contract version, compiles (or loads the cached artifact),
+    /// instantiates once and reads the manifest. Nothing is registered here.
+    pub fn load(self: &Arc<Self>, wasm: &[u8]) -> Result<Arc<LoadedPlugin>> {
+        let api_version = api_version(wasm)?;
+        if !SUPPORTED_API_VERSIONS.contains(&api_version.as_str()) {
+            bail!(
+                "the plugin speaks contract {api_version}; this host supports {}",
+                SUPPORTED_API_VERSIONS.join(", ")
+            );
+        }
+        let sha256 = hex::encode(Sha256::digest(wasm));
+        let component = self.compile_cached(wasm, &sha256)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("the plugin imports something the host does not provide")?;
+        let pre = AdapterPluginPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the plugin does not export the adapter")?;
+        let mut plugin = LoadedPlugin {
+            name: String::new(),
+            version: String::new(),
+            api_version,
+            sha256,
+            manifest: empty_manifest(),
+            loaded_at: Utc::now(),
+            wasm: wasm.into(),
+            pre,
+            runtime: self.clone(),
+            calls: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+        };
+        let manifest = plugin
+            .call("describe", |adapter, store| adapter.call_describe(store))
+            .map_err(|e| anyhow!("{e}"))?;
+        if manifest.name.trim().is_empty() {
+            bail!("the manifest has no name");
+        }
+        plugin.name = manifest.name.clone();
+        plugin.version = manifest.version.clone();
+        plugin.manifest = manifest;
+        Ok(Arc::new(plugin))
+    }
+
+    fn compile_cached(&self, wasm: &[u8], sha256: &str) -> Result<Component> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let path = self
+            .cache_dir
+            .join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
+        if path.exists() {
+            // SAFETY: the file was written by `precompile_component` of an engine with
+            // the same compatibility hash, in a directory only this host writes.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "recompiling a bad cache entry")
+                }
+            }
+        }
+        let compiled = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(anyhow::Error::from)
+            .context("the plugin is not a valid WebAssembly component")?;
+        // Several servers may share the cache: written privately, renamed atomically.
+        crate::durable::write(&path, &compiled)
+            .with_context(|| format!("writing {}", path.display()))?;
+        // SAFETY: produced just above by this engine.
+        Ok(unsafe { Component::deserialize(&self.engine, &compiled) }?)
+    }
+}
+
+/// Shadows each of [`WAITING_FUNCTIONS`] with a function that traps.
+fn forbid_waiting(linker: &mut Linker<CallState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    for (interface, functions) in WAITING_FUNCTIONS {
+        let mut instance = linker.instance(interface)?;
+        for function in *functions {
+            let what = format!("{interface}#{function}");
+            instance.func_new(function, move |_, _, _, _| {
+                Err(wasmtime::Error::msg(format!(
+                    "{what}: adapters may not wait (no sleeping, no polling)"
+                )))
+            })?;
+        }
+    }
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Reads the contract version the SDK stamped into the component.
+pub(super) fn api_version(wasm: &[u8]) -> Result<String> {
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let payload = payload.context("the file is not WebAssembly")?;
+        if let wasmparser::Payload::CustomSection(section) = payload
+            && section.name() == API_VERSION_SECTION
+        {
+            return String::from_utf8(section.data().to_vec())
+                .map_err(|_| anyhow!("the contract version section is not text"));
+        }
+    }
+    bail!("the plugin carries no contract version (was it built with modelroute-sdk?)")
+}
+
+pub(super) fn empty_manifest() -> wit::Manifest {
+    wit::Manifest {
+        name: String::new(),
+        version: String::new(),
+        default_base_url: String::new(),
+        allowed_hosts: Vec::new(),
+        auth: wit::AuthScheme::None,
+        capabilities: wit::Capabilities {
+            cancel: false,
+            webhooks: false,
+            streaming: false,
+            inline_files: false,
+            idempotent_submit: false,
+        },
+        models: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::CallError;
+    use crate::plugins::tests::*;
+    use std::time::Instant;
+
+    async fn build_submit(
+        plugin: &Arc<LoadedPlugin>,
+        prompt: &str,
+    ) -> Result<Result<wit::HttpRequest, wit::Failure>, CallError> {
+        let model = &plugin.manifest.models[0];
+        let ctx = wit::CallContext {
+            slug: model.slug.clone(),
+            provider_model: model.provider_model.clone(),
+            base_url: "http://127.0.0.1:9".into(),
+            attempt_id: "att_test".into(),
+            callback_url: None,
+            files: Vec::new(),
+            stream: false,
+        };
+        let input = serde_json::json!({ "prompt": prompt }).to_string();
+        plugin
+            .call_async("build-submit", move |adapter, store| {
+                adapter.call_build_submit(store, &ctx, &input)
+            })
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sleeping_adapter_traps_at_once_and_frees_its_thread() {
+        // One thread, and a budget far longer than the test: a sleep that were let
+        // block would hold the thread, and the next call would wait for it.
+        let runtime = runtime(PluginLimits {
+            call_threads: 1,
+            call_timeout_ms: 120_000,
+            ..PluginLimits::default()
+        });
+        let hostile = load(&runtime, "target/test-plugins/hostile.wasm").await;
+        let started = Instant::now();
+        let error = build_submit(&hostile, "sleep").await.unwrap_err();
+        assert!(
+            matches!(&error, CallError::Trap { message, .. } if message.contains("adapters may not wait")),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let request = build_submit(&hostile, "hello").await.unwrap().unwrap();
+        assert!(
+            request.url.ends_with("/v1/chat/completions"),
+            "{}",
+            request.url
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn adapter_calls_run_while_the_shared_blocking_pool_is_saturated() {
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            let runtime = runtime(PluginLimits {
+                call_timeout_ms: 500,
+                ..PluginLimits::default()
+            });
+            let openai = load(&runtime, "plugins/dist/openai.wasm").await;
+            // Slow blocking work (a name lookup that never answers, a stuck disk)
+            // holds tokio's only blocking thread for as long as the test runs.
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let (started, running) = tokio::sync::oneshot::channel();
+            let stuck = tokio::task::spawn_blocking(move || {
+                let _ = started.send(());
+                let _ = released.recv();
+            });
+            running.await.unwrap();
+            for _ in 0..3 {
+                let request = build_submit(&openai, "hello").await;
+                assert!(matches!(request, Ok(Ok(_))), "{request:?}");
+            }
+            release.send(()).unwrap();
+            stuck.await.unwrap();
+        });
+    }
+}

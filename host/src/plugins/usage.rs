@@ -1,0 +1,128 @@
+//! What a call consumed or is expected to consume, in the units prices are set in.
+
+use serde::{Deserialize, Serialize};
+
+use super::wit;
+
+/// The quantities an input is expected to consume (a stored copy of the adapter's
+/// estimate), used to price candidates against each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Units {
+    pub requests: u32,
+    pub images: u32,
+    pub megapixels_milli: u64,
+    pub seconds_milli: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Units {
+    /// Whether nothing billable beyond requests is counted.
+    pub fn is_empty(&self) -> bool {
+        self.images == 0
+            && self.megapixels_milli == 0
+            && self.seconds_milli == 0
+            && self.input_tokens == 0
+            && self.output_tokens == 0
+    }
+
+    /// Whether these units count anything `price` charges for beyond requests. A
+    /// price with no such unit is met by any units.
+    pub fn meet(&self, price: &wit::Price) -> bool {
+        let priced = [
+            (price.per_image, u64::from(self.images)),
+            (price.per_megapixel, self.megapixels_milli),
+            (price.per_second, self.seconds_milli),
+            (price.per_million_input_tokens, self.input_tokens),
+            (price.per_million_output_tokens, self.output_tokens),
+        ];
+        let charged: Vec<u64> = priced
+            .iter()
+            .filter(|(unit_price, _)| *unit_price > 0)
+            .map(|(_, quantity)| *quantity)
+            .collect();
+        charged.is_empty() || charged.iter().any(|quantity| *quantity > 0)
+    }
+
+    /// These units with at least `requests` requests.
+    pub fn max_requests(self, requests: u32) -> Units {
+        Units {
+            requests: self.requests.max(requests),
+            ..self
+        }
+    }
+}
+
+impl From<&wit::Usage> for Units {
+    fn from(usage: &wit::Usage) -> Units {
+        Units {
+            requests: usage.requests,
+            images: usage.images,
+            megapixels_milli: usage.megapixels_milli,
+            seconds_milli: usage.seconds_milli,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price_zero() -> wit::Price {
+        wit::Price {
+            per_request: 0,
+            per_image: 0,
+            per_megapixel: 0,
+            per_second: 0,
+            per_million_input_tokens: 0,
+            per_million_output_tokens: 0,
+        }
+    }
+
+    fn usage() -> Units {
+        Units {
+            requests: 1,
+            ..Units::default()
+        }
+    }
+
+    /// Regression: an adapter priced per megapixel that reported `images: 1` on
+    /// completion was charged $0; such usage does not meet its price.
+    #[test]
+    fn usage_meets_a_price_only_by_a_unit_the_price_charges_for() {
+        let per_megapixel = wit::Price {
+            per_megapixel: 40_000,
+            ..price_zero()
+        };
+        let images_only = Units {
+            images: 1,
+            ..usage()
+        };
+        assert!(!images_only.meet(&per_megapixel));
+        let measured = Units {
+            megapixels_milli: 1_048,
+            ..usage()
+        };
+        assert!(measured.meet(&per_megapixel));
+        // A per-request price is met by any usage, reported or not.
+        let per_request = wit::Price {
+            per_request: 10_000,
+            ..price_zero()
+        };
+        assert!(usage().meet(&per_request) && Units::default().meet(&per_request));
+        // Tokens meet a token price even when only one side is counted.
+        assert!(
+            Units {
+                output_tokens: 5,
+                ..usage()
+            }
+            .meet(&wit::Price {
+                per_million_input_tokens: 180_000,
+                per_million_output_tokens: 180_000,
+                ..price_zero()
+            })
+        );
+    }
+}
