@@ -1,0 +1,362 @@
+//! The conformance kit behind `modelroute plugin check`: loads a plugin as the server
+//! would, then runs it against fixtures — the kit's own (how every adapter must treat
+//! common provider failures) and the author's recorded exchanges.
+
+use serde_json::Value;
+use std::sync::Arc;
+
+use super::{LoadedPlugin, Runtime, wit};
+
+mod compare;
+mod fixtures;
+#[cfg(test)]
+mod tests;
+mod warnings;
+
+pub use compare::body_mismatches;
+use compare::{outcome_mismatches, request_mismatches};
+pub use fixtures::{Expect, ExpectRequest, Fixture, FixtureJob, FixtureResponse};
+use warnings::completion_warnings;
+pub use warnings::description_warnings;
+
+pub struct Check {
+    pub name: String,
+    /// one line per mismatch
+    pub failure: Option<String>,
+}
+
+/// What `plugin check` reports: checks pass or fail; warnings name what works but
+/// will not go as the author likely means (they never fail the plugin).
+pub struct Report {
+    pub checks: Vec<Check>,
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    pub fn failed(&self) -> usize {
+        self.checks.iter().filter(|c| c.failure.is_some()).count()
+    }
+}
+
+/// Runs every check; a plugin that does not load fails the first one and stops.
+pub fn check(runtime: &Arc<Runtime>, wasm: &[u8], fixtures: &[Fixture]) -> Report {
+    let mut checks = Vec::new();
+    let mut warnings: Vec<String> = size_warning(wasm.len()).into_iter().collect();
+    let mut record = |name: String, result: Result<(), String>| {
+        checks.push(Check {
+            name,
+            failure: result.err(),
+        });
+    };
+    let plugin = match runtime.load(wasm) {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            record(
+                "contract version and manifest".into(),
+                Err(format!("{error:#}")),
+            );
+            return Report { checks, warnings };
+        }
+    };
+    record(
+        format!(
+            "loads as {} {} (contract {})",
+            plugin.name, plugin.version, plugin.api_version
+        ),
+        Ok(()),
+    );
+    record(
+        "manifest, schemas, examples, smoke calls".into(),
+        plugin.validate().map_err(|e| format!("{e:#}")),
+    );
+    warnings.extend(description_warnings(&plugin.manifest));
+    for model in &plugin.manifest.models {
+        for (name, fixture) in own_fixtures(&model.slug) {
+            record(
+                format!("{}: {name}", model.slug),
+                run(&plugin, &fixture, &mut warnings),
+            );
+        }
+        if plugin.manifest.capabilities.idempotent_submit {
+            record(
+                format!("{}: the submit carries its attempt id", model.slug),
+                submit_carries_attempt_id(&plugin, model),
+            );
+        }
+    }
+    for fixture in fixtures {
+        record(
+            format!("{}: {}", fixture.model, fixture.name),
+            run(&plugin, fixture, &mut warnings),
+        );
+    }
+    Report { checks, warnings }
+}
+
+/// Above this a component was most likely built without the small-size profile.
+pub const LARGE_COMPONENT_BYTES: usize = 1024 * 1024;
+
+/// A component's size as the report shows it, e.g. `149 KB (152801 bytes)`.
+pub fn describe_size(bytes: usize) -> String {
+    let kb = bytes as f64 / 1024.0;
+    if kb >= 1024.0 {
+        format!("{:.1} MB ({bytes} bytes)", kb / 1024.0)
+    } else {
+        format!("{kb:.0} KB ({bytes} bytes)")
+    }
+}
+
+/// A warning for a component large enough to mean a build with the default release
+/// profile: every byte is compiled and kept per installed version.
+pub fn size_warning(bytes: usize) -> Option<String> {
+    (bytes > LARGE_COMPONENT_BYTES).then(|| {
+        format!(
+            "the component is {}; adapters built with the SDK template's [profile.release] \
+             (opt-level = \"s\", lto = true, strip = true, codegen-units = 1) are about 150 KB",
+            describe_size(bytes)
+        )
+    })
+}
+
+/// What every adapter must do with common provider failures.
+fn own_fixtures(slug: &str) -> Vec<(&'static str, Fixture)> {
+    let failing =
+        |status: u16, headers: Vec<(String, String)>, body: Value, code: Option<&str>| Fixture {
+            name: String::new(),
+            model: slug.to_string(),
+            input: None,
+            job: None,
+            request: None,
+            response: Some(FixtureResponse {
+                status,
+                headers,
+                body,
+            }),
+            expect: Some(Expect {
+                outcome: "failed".into(),
+                code: code.map(str::to_string),
+                retryable: Some(true),
+                ..Expect::default()
+            }),
+        };
+    let throttled = vec![("retry-after".to_string(), "3".to_string())];
+    let error = serde_json::json!({"error": {"message": "provider trouble"}});
+    vec![
+        (
+            "429 is a retryable failure",
+            failing(429, throttled, error.clone(), None),
+        ),
+        (
+            "500 is a retryable failure",
+            failing(500, Vec::new(), error.clone(), None),
+        ),
+        (
+            "503 is a retryable failure",
+            failing(503, Vec::new(), error.clone(), None),
+        ),
+        (
+            "401 is our credential, a retryable failure",
+            failing(401, Vec::new(), error, None),
+        ),
+        (
+            "a truncated 200 is a retryable failure",
+            failing(200, Vec::new(), Value::String("{\"id\": \"tr".into()), None),
+        ),
+        (
+            "an HTML error page is a retryable failure",
+            failing(
+                502,
+                Vec::new(),
+                Value::String("<html>Bad gateway</html>".into()),
+                None,
+            ),
+        ),
+    ]
+}
+
+/// An adapter declaring `idempotent-submit` must send the attempt id as the
+/// provider's key: the host re-sends a cut submit trusting that it does.
+fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &wit::Model) -> Result<(), String> {
+    let attempt_id = "att_conformance_key";
+    let ctx = wit::CallContext {
+        slug: model.slug.clone(),
+        provider_model: model.provider_model.clone(),
+        base_url: plugin.manifest.default_base_url.clone(),
+        attempt_id: attempt_id.into(),
+        callback_url: None,
+        files: Vec::new(),
+        stream: false,
+    };
+    let request = plugin
+        .call("build-submit", |adapter, store| {
+            adapter.call_build_submit(store, &ctx, &model.example_input)
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|failure| format!("the example input was refused: {}", failure.message))?;
+    let in_headers = request
+        .headers
+        .iter()
+        .any(|(_, value)| value.contains(attempt_id));
+    let in_body = request
+        .body
+        .is_some_and(|body| String::from_utf8_lossy(&body).contains(attempt_id));
+    if in_headers || in_body {
+        Ok(())
+    } else {
+        Err("the manifest declares idempotent-submit, but build-submit does not send call-context.attempt-id".into())
+    }
+}
+
+/// Which call an exchange is: the submit of a canonical input or a poll of a job.
+enum Exchange {
+    Submit { input: String },
+    Poll(wit::Job),
+}
+
+/// The message of the SDK's default `build_poll`.
+const DOES_NOT_POLL: &str = "this adapter does not poll";
+
+/// Runs one fixture; every mismatch is one line of the error. Warnings about what
+/// the exchange shows go to `warnings`.
+fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> Result<(), String> {
+    let model = plugin
+        .model(&fixture.model)
+        .ok_or_else(|| format!("the manifest has no model {:?}", fixture.model))?;
+    if fixture.input.is_some() && fixture.job.is_some() {
+        return Err(
+            "the fixture gives both input (a submit) and job (a poll); a poll has no input".into(),
+        );
+    }
+    if fixture.request.is_none() && fixture.response.is_none() {
+        return Err("the fixture gives neither request nor response".into());
+    }
+    if fixture.response.is_some() != fixture.expect.is_some() {
+        return Err(
+            "response and expect go together: the fixture gives one without the other".into(),
+        );
+    }
+    let exchange = match &fixture.job {
+        Some(job) => Exchange::Poll(wit::Job {
+            id: job.id.clone(),
+            state: job.state.clone(),
+        }),
+        None => Exchange::Submit {
+            input: match &fixture.input {
+                Some(input) => input.to_string(),
+                None => model.example_input.clone(),
+            },
+        },
+    };
+    let files = match &exchange {
+        Exchange::Submit { input } => {
+            let schema = serde_json::from_str(&model.input_schema).unwrap_or(Value::Null);
+            let input = serde_json::from_str(input).unwrap_or(Value::Null);
+            super::loaded::example_grants(
+                &schema,
+                &input,
+                plugin.manifest.capabilities.inline_files,
+            )
+        }
+        Exchange::Poll(_) => Vec::new(),
+    };
+    let ctx = wit::CallContext {
+        slug: model.slug.clone(),
+        provider_model: model.provider_model.clone(),
+        base_url: plugin.manifest.default_base_url.clone(),
+        attempt_id: "att_conformance".into(),
+        callback_url: None,
+        files,
+        stream: false,
+    };
+    let mut mismatches = Vec::new();
+    if let Some(expected) = &fixture.request {
+        let built = match &exchange {
+            Exchange::Submit { input } => plugin
+                .call("build-submit", |adapter, store| {
+                    adapter.call_build_submit(store, &ctx, input)
+                })
+                .map_err(|e| e.to_string())?
+                .map_err(|f| format!("build-submit refused the input: {}", f.message)),
+            Exchange::Poll(job) => plugin
+                .call("build-poll", |adapter, store| {
+                    adapter.call_build_poll(store, &ctx, job)
+                })
+                .map_err(|e| e.to_string())?
+                .map_err(|f| format!("build-poll refused the job: {}", f.message)),
+        };
+        match built {
+            Ok(request) => mismatches.extend(request_mismatches(expected, &request)),
+            Err(refused) => mismatches.push(refused),
+        }
+    }
+    if let (Some(response), Some(expect)) = (&fixture.response, &fixture.expect) {
+        let response = wit::HttpResponse {
+            status: response.status,
+            headers: response.headers.clone(),
+            body: match &response.body {
+                Value::String(text) => text.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            },
+        };
+        let outcome = parse_response(plugin, &ctx, &exchange, &response)?;
+        mismatches.extend(outcome_mismatches(&outcome, expect));
+        let about = |what: String| format!("{}: {}: {what}", fixture.model, fixture.name);
+        match &outcome {
+            wit::Outcome::Completed(completion) => warnings.extend(
+                completion_warnings(&plugin.manifest, model, completion)
+                    .into_iter()
+                    .map(about),
+            ),
+            wit::Outcome::Pending(pending) => {
+                if let Err(why) = polls(plugin, &ctx, &pending.job) {
+                    mismatches.push(why);
+                }
+            }
+            wit::Outcome::Failed(_) => {}
+        }
+    }
+    if mismatches.is_empty() {
+        Ok(())
+    } else {
+        Err(mismatches.join("\n"))
+    }
+}
+
+/// Classifies `response` as the answer to `exchange`: the kit's one call of
+/// `parse-response`.
+fn parse_response(
+    plugin: &LoadedPlugin,
+    ctx: &wit::CallContext,
+    exchange: &Exchange,
+    response: &wit::HttpResponse,
+) -> Result<wit::Outcome, String> {
+    let answered = match exchange {
+        Exchange::Submit { input } => wit::Answered::Submit(input.clone()),
+        Exchange::Poll(job) => wit::Answered::Poll(job.clone()),
+    };
+    plugin
+        .call("parse-response", |adapter, store| {
+            adapter.call_parse_response(store, ctx, &answered, response)
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// An adapter that answers `pending` must build the poll of the job it returned:
+/// the host would otherwise never learn how the job ends.
+fn polls(plugin: &LoadedPlugin, ctx: &wit::CallContext, job: &wit::Job) -> Result<(), String> {
+    let built = plugin
+        .call("build-poll", |adapter, store| {
+            adapter.call_build_poll(store, ctx, job)
+        })
+        .map_err(|e| e.to_string())?;
+    match built {
+        Ok(_) => Ok(()),
+        Err(failure) if failure.message == DOES_NOT_POLL => {
+            Err("answers pending but does not implement build-poll".into())
+        }
+        Err(failure) => Err(format!(
+            "answers pending, but build-poll refuses the job it returned (id {:?}): {}",
+            job.id, failure.message
+        )),
+    }
+}
