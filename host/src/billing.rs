@@ -12,7 +12,13 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::money::Micros;
-use crate::store::{self, ACCOUNTS, LEDGER, Store};
+use crate::store::{self, Store};
+
+crate::store::table!(ACCOUNTS = "accounts");
+crate::store::table! {
+    /// `{org}/{UUID v7}` → ledger entry (time-ordered within an organization)
+    LEDGER = "ledger"
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {

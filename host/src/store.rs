@@ -17,40 +17,56 @@ use tokio::sync::{mpsc, oneshot};
 /// JSON-encoded records keyed by id.
 pub type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
 
-pub const ORGANIZATIONS: JsonTable = TableDefinition::new("organizations");
-/// API keys by the hex SHA-256 of their secret.
-pub const API_KEYS: JsonTable = TableDefinition::new("api_keys");
-/// `{org}/{key id}` → secret hash
-pub const API_KEYS_BY_ORG: JsonTable = TableDefinition::new("api_keys_by_org");
-/// hex SHA-256 of a rotated key's previous secret → `{org}/{key id}`
-pub const API_KEY_PREVIOUS_SECRETS: JsonTable = TableDefinition::new("api_key_previous_secrets");
-pub const ACCOUNTS: JsonTable = TableDefinition::new("accounts");
-/// `{org}/{UUID v7}` → ledger entry (time-ordered within an organization)
-pub const LEDGER: JsonTable = TableDefinition::new("ledger");
-pub const EXECUTIONS: JsonTable = TableDefinition::new("executions");
-/// `{org}/{newest-first sort key}/{exec}` → empty
-pub const EXECUTIONS_BY_ORG: JsonTable = TableDefinition::new("executions_by_org");
-/// `{expires_at ms}/{execution}` of every execution that is not terminal: the
-/// dispatcher's durable queue
-pub const ACTIVE_EXECUTIONS: JsonTable = TableDefinition::new("active_executions");
-pub const FILES: JsonTable = TableDefinition::new("files");
-/// `{org}/{newest-first sort key}/{file}` → empty
-pub const FILES_BY_ORG: JsonTable = TableDefinition::new("files_by_org");
-/// `{expires_at ms:020}/{file}` → empty: the expiry sweeper's queue
-pub const FILES_BY_EXPIRY: JsonTable = TableDefinition::new("files_by_expiry");
-/// `{file}/{µs:020}/{nonce}` → audit entry
-pub const FILE_AUDIT: JsonTable = TableDefinition::new("file_audit");
-pub const WEBHOOK_ENDPOINTS: JsonTable = TableDefinition::new("webhook_endpoints");
-/// `{org}/{newest-first sort key}/{endpoint}` → empty
-pub const WEBHOOK_ENDPOINTS_BY_ORG: JsonTable = TableDefinition::new("webhook_endpoints_by_org");
-/// `evt_…` → the event's exact body, kept for redeliveries
-pub const WEBHOOK_EVENTS: JsonTable = TableDefinition::new("webhook_events");
-/// `dlv_…` → one event's delivery to one URL
-pub const WEBHOOK_DELIVERIES: JsonTable = TableDefinition::new("webhook_deliveries");
-/// `{next attempt ms:020}/{delivery}` → empty: the durable outbox
-pub const WEBHOOK_DUE: JsonTable = TableDefinition::new("webhook_due");
-/// counters and singletons
-pub const META: JsonTable = TableDefinition::new("meta");
+/// Every table of the store: each is declared by the module that owns it, with
+/// [`table!`], and created when the store opens.
+#[linkme::distributed_slice]
+pub static TABLES: [JsonTable];
+
+/// Declares a table the calling module owns: `table!(EXECUTIONS = "executions");`.
+/// Only the declaring module opens it; others go through its functions.
+macro_rules! table {
+    ($(#[$doc:meta])* $vis:vis $name:ident = $label:literal) => {
+        $(#[$doc])*
+        $vis const $name: $crate::store::JsonTable = redb::TableDefinition::new($label);
+        const _: () = {
+            #[linkme::distributed_slice($crate::store::TABLES)]
+            static TABLE: $crate::store::JsonTable = $name;
+        };
+    };
+}
+pub(crate) use table;
+
+table! {
+    /// counters and singletons
+    pub META = "meta"
+}
+
+table!(pub ORGANIZATIONS = "organizations");
+table! {
+    /// API keys by the hex SHA-256 of their secret.
+    pub API_KEYS = "api_keys"
+}
+table! {
+    /// `{org}/{key id}` → secret hash
+    pub API_KEYS_BY_ORG = "api_keys_by_org"
+}
+table! {
+    /// hex SHA-256 of a rotated key's previous secret → `{org}/{key id}`
+    pub API_KEY_PREVIOUS_SECRETS = "api_key_previous_secrets"
+}
+table!(pub FILES = "files");
+table! {
+    /// `{org}/{newest-first sort key}/{file}` → empty
+    pub FILES_BY_ORG = "files_by_org"
+}
+table! {
+    /// `{expires_at ms:020}/{file}` → empty: the expiry sweeper's queue
+    pub FILES_BY_EXPIRY = "files_by_expiry"
+}
+table! {
+    /// `{file}/{µs:020}/{nonce}` → audit entry
+    pub FILE_AUDIT = "file_audit"
+}
 
 type Commit = Box<dyn FnOnce() + Send>;
 type WriteOp = Box<dyn FnOnce(&WriteTransaction) -> Result<Commit> + Send>;
@@ -71,28 +87,8 @@ impl Store {
         let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
         let db = Arc::new(db);
         let txn = db.begin_write()?;
-        for table in [
-            ORGANIZATIONS,
-            API_KEYS,
-            API_KEYS_BY_ORG,
-            API_KEY_PREVIOUS_SECRETS,
-            ACCOUNTS,
-            LEDGER,
-            EXECUTIONS,
-            EXECUTIONS_BY_ORG,
-            ACTIVE_EXECUTIONS,
-            FILES,
-            FILES_BY_ORG,
-            FILES_BY_EXPIRY,
-            FILE_AUDIT,
-            WEBHOOK_ENDPOINTS,
-            WEBHOOK_ENDPOINTS_BY_ORG,
-            WEBHOOK_EVENTS,
-            WEBHOOK_DELIVERIES,
-            WEBHOOK_DUE,
-            META,
-        ] {
-            txn.open_table(table)?;
+        for table in TABLES {
+            txn.open_table(*table)?;
         }
         txn.commit()?;
 
@@ -253,6 +249,25 @@ pub fn page<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every owner's tables reach the store, once each.
+    #[test]
+    fn every_declared_table_is_collected_once() {
+        use redb::TableHandle;
+        let names: Vec<&str> = TABLES.iter().map(|table| table.name()).collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for owned in [
+            "executions",
+            "ledger",
+            "webhook_due",
+            "files",
+            "api_keys",
+            "meta",
+        ] {
+            assert!(unique.contains(owned), "{owned} missing from {names:?}");
+        }
+    }
 
     #[tokio::test]
     async fn concurrent_writes_are_batched_and_all_acknowledged_after_commit() {

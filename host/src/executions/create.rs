@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use super::records::{active_key, by_org_key, load};
 use super::waiting::STREAM_BUFFER;
+use super::{ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG};
 use super::{Claim, Execution, Executions, Mode, Status, StreamMessage};
 use super::{failure, input};
 use crate::auth::Caller;
@@ -24,7 +25,7 @@ use crate::ids::new_id;
 use crate::money::Micros;
 use crate::plugins::wit;
 use crate::routing::{self};
-use crate::store::{self, ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG};
+use crate::store;
 
 /// A validated `POST /v1/executions` body.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ use redb::ReadableTable;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::{ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG};
 use super::{Execution, Executions, Status};
 use super::{lifecycle_event, model};
 use crate::billing;
@@ -14,7 +15,7 @@ use crate::error::{ApiError, Code, DetailCode};
 use crate::files::audit::{Action, AuditEntry};
 use crate::files::grants::AttemptRef;
 use crate::money::Micros;
-use crate::store::{self, ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG};
+use crate::store;
 use crate::webhooks;
 
 impl Executions {

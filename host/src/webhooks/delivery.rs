@@ -20,11 +20,10 @@ use super::{
     Delivery, Endpoint, StoredEvent, Target, default_secret, retire_delivery, save_delivery,
     save_endpoint,
 };
+use super::{WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_ENDPOINTS, WEBHOOK_EVENTS};
 use crate::clock;
 use crate::netguard::Guard;
-use crate::store::{
-    self, Store, WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_ENDPOINTS, WEBHOOK_EVENTS,
-};
+use crate::store::{self, Store};
 use redb::ReadableTable;
 
 /// Waits before each retry: five retries after the first attempt.

@@ -7,8 +7,9 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use std::collections::BTreeMap;
 
 use super::{Endpoint, MAX_ENDPOINTS, new_secret};
+use super::{WEBHOOK_ENDPOINTS, WEBHOOK_ENDPOINTS_BY_ORG};
 use crate::ids::has_prefix;
-use crate::store::{self, META, Store, WEBHOOK_ENDPOINTS, WEBHOOK_ENDPOINTS_BY_ORG};
+use crate::store::{self, META, Store};
 
 /// Why an endpoint was not created.
 #[derive(Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use crate::clock;
 use crate::ids::{new_id, new_short_id};
-use crate::store::{self, WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_EVENTS};
+use crate::store;
 
 pub const EVENT_TYPES: [&str; 5] = [
     "execution.started",
@@ -30,6 +30,24 @@ pub const EVENT_TYPES: [&str; 5] = [
     "execution.cancelled",
     "execution.expired",
 ];
+
+crate::store::table!(WEBHOOK_ENDPOINTS = "webhook_endpoints");
+crate::store::table! {
+    /// `{org}/{newest-first sort key}/{endpoint}` → empty
+    WEBHOOK_ENDPOINTS_BY_ORG = "webhook_endpoints_by_org"
+}
+crate::store::table! {
+    /// `evt_…` → the event's exact body, kept for redeliveries
+    WEBHOOK_EVENTS = "webhook_events"
+}
+crate::store::table! {
+    /// `dlv_…` → one event's delivery to one URL
+    WEBHOOK_DELIVERIES = "webhook_deliveries"
+}
+crate::store::table! {
+    /// `{next attempt ms:020}/{delivery}` → empty: the durable outbox
+    WEBHOOK_DUE = "webhook_due"
+}
 
 /// Most webhook endpoints an organization may have (deactivated ones count;
 /// deleted ones do not).
