@@ -6,8 +6,9 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, replicate};
+use rust_decimal::Decimal;
 
-use crate::support::{Server, eventually, flux_input, replicate_provider};
+use crate::support::{Server, decimal, eventually, flux_input, replicate_provider};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -94,26 +95,19 @@ async fn a_thousand_parallel_creates_never_overspend_and_survive_kill_9() {
         )
         .await
         .body;
-    let spent: f64 = listed["data"]
+    let spent: Decimal = listed["data"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| {
-            e["cost"]
-                .as_str()
-                .map_or(0.0, |c| c.parse::<f64>().unwrap())
-        })
+        .map(|e| e["cost"].as_str().map_or(Decimal::ZERO, decimal))
         .sum();
     let balance = server
         .call(Method::GET, "/v1/balance", Some(&key), None, &[])
         .await
         .body;
-    let available: f64 = balance["available"].as_str().unwrap().parse().unwrap();
-    assert!(
-        (available + spent - 4.8).abs() < 1e-9,
-        "{available} + {spent} != 4.8"
-    );
-    assert!(available >= 0.0);
+    let available = decimal(balance["available"].as_str().unwrap());
+    assert_eq!(available + spent, decimal("4.8"), "{available} + {spent}");
+    assert!(available >= Decimal::ZERO);
 }
 
 /// Regression: a credit that would overflow an organization's balance failed its

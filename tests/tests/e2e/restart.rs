@@ -10,7 +10,11 @@ use std::time::Duration;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Fault, replicate};
 
 use crate::executions::wait_status;
-use crate::support::{Options, ProviderSpec, Server, flux_input, replicate_provider, wait_until};
+use rust_decimal::Decimal;
+
+use crate::support::{
+    Options, ProviderSpec, Server, decimal, flux_input, replicate_provider, wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -231,24 +235,19 @@ async fn executions_cut_at_any_point_all_finish_after_kill_9() {
     emulator.set_always(None);
     server.restart().await;
 
-    let mut spent = 0.0;
+    let mut spent = Decimal::ZERO;
     for id in &ids {
         // The provider never fails: a restart is not a failed attempt, so every
         // execution completes (regression: cut attempts spent the attempt budget,
         // and executions cut by a few restarts ended FAILED).
         let execution = server.wait_terminal(id, WAIT).await;
         assert_eq!(execution["status"], "COMPLETED", "{execution}");
-        spent += execution["cost"]
-            .as_str()
-            .map_or(0.0, |c| c.parse::<f64>().unwrap());
+        spent += execution["cost"].as_str().map_or(Decimal::ZERO, decimal);
     }
     let balance = server.get("/v1/balance").await.body;
     assert_eq!(balance["held"], "0", "no orphan hold");
-    let available: f64 = balance["available"].as_str().unwrap().parse().unwrap();
-    assert!(
-        (available + spent - 100.0).abs() < 1e-9,
-        "{available} + {spent} != 100"
-    );
+    let available = decimal(balance["available"].as_str().unwrap());
+    assert_eq!(available + spent, decimal("100"), "{available} + {spent}");
 }
 
 /// Several hundred executions, the server killed three times at random moments,

@@ -526,3 +526,10 @@ where
     })
     .await
 }
+
+/// An amount of money as the API writes it (decimal text), exactly.
+pub fn decimal(amount: &str) -> rust_decimal::Decimal {
+    amount
+        .parse()
+        .unwrap_or_else(|e| panic!("{amount:?} is not a decimal amount: {e}"))
+}
