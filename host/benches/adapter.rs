@@ -1,5 +1,6 @@
-//! What one adapter call costs the host: a fresh store, instantiation from the
-//! `InstancePre`, the call, and the conversions across the boundary.
+//! What one adapter call costs the host, as the dispatcher makes it: the hop to an
+//! adapter thread, a fresh store, instantiation from the `InstancePre`, the call,
+//! and the conversions across the boundary.
 //! `make bench` builds the plugins first; figures go in the README.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -7,7 +8,8 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use modelroute::plugins::PluginLimits;
-use modelroute::plugins::{Runtime, wit};
+use modelroute::plugins::Runtime;
+use modelroute::plugins::types::{Answered, CallContext, HttpResponse};
 
 fn plugin_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,8 +17,8 @@ fn plugin_path(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"))
 }
 
-fn context() -> wit::CallContext {
-    wit::CallContext {
+fn context() -> CallContext {
+    CallContext {
         slug: "flux-1.1-pro".into(),
         provider_model: "black-forest-labs/flux-1.1-pro".into(),
         base_url: "http://127.0.0.1:9101".into(),
@@ -49,30 +51,27 @@ fn adapter_calls(c: &mut Criterion) {
     let plugin = runtime.load(&wasm).expect("load");
     let ctx = context();
     let input = r#"{"prompt":"a lighthouse at dusk","width":1024,"height":768}"#;
+    let calls = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     c.bench_function("build-submit", |b| {
         b.iter(|| {
-            plugin
-                .call("build-submit", |adapter, store| {
-                    adapter.call_build_submit(store, &ctx, input)
-                })
-                .expect("call")
+            calls
+                .block_on(plugin.build_submit(&ctx, input.to_string()))
                 .expect("request")
         })
     });
 
-    let response = wit::HttpResponse {
+    let response = HttpResponse {
         status: 200,
         headers: vec![("content-type".into(), "application/json".into())],
         body: br#"{"id":"p1","status":"succeeded","output":"https://replicate.delivery/p1.png","error":null,"urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel"},"metrics":{"predict_time":1.2}}"#.to_vec(),
     };
-    let answered = wit::Answered::Submit(input.to_string());
+    let answered = Answered::Submit(input.to_string());
     c.bench_function("parse-response", |b| {
         b.iter(|| {
-            plugin
-                .call("parse-response", |adapter, store| {
-                    adapter.call_parse_response(store, &ctx, &answered, &response)
-                })
-                .expect("call")
+            black_box(calls.block_on(plugin.parse_response(&ctx, &answered, response.clone())))
         })
     });
 }

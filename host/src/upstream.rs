@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use std::time::Duration;
 
 use crate::host_pattern::HostPattern;
-use crate::plugins::wit;
+use crate::plugins::types;
 
 /// Largest API response body we read (base64 images make these large).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -36,7 +36,7 @@ pub struct Upstream {
 /// Where a request may go and what credential it carries.
 pub struct Target<'a> {
     pub hosts: &'a Hosts,
-    pub auth: &'a wit::AuthScheme,
+    pub auth: &'a types::AuthScheme,
     pub credential: Option<&'a str>,
 }
 
@@ -116,8 +116,8 @@ impl Upstream {
     pub async fn send(
         &self,
         target: &Target<'_>,
-        request: &wit::HttpRequest,
-    ) -> Result<wit::HttpResponse, UpstreamError> {
+        request: &types::HttpRequest,
+    ) -> Result<types::HttpResponse, UpstreamError> {
         let response = self.open(target, request).await?;
         read(response).await
     }
@@ -127,18 +127,18 @@ impl Upstream {
     pub async fn open(
         &self,
         target: &Target<'_>,
-        request: &wit::HttpRequest,
+        request: &types::HttpRequest,
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = target.hosts.check(&request.url)?;
         let credential = target
             .credential
             .filter(|_| target.hosts.carries_credential(&url));
         let method = match request.method {
-            wit::Method::Get => reqwest::Method::GET,
-            wit::Method::Post => reqwest::Method::POST,
-            wit::Method::Put => reqwest::Method::PUT,
-            wit::Method::Patch => reqwest::Method::PATCH,
-            wit::Method::Delete => reqwest::Method::DELETE,
+            types::Method::Get => reqwest::Method::GET,
+            types::Method::Post => reqwest::Method::POST,
+            types::Method::Put => reqwest::Method::PUT,
+            types::Method::Patch => reqwest::Method::PATCH,
+            types::Method::Delete => reqwest::Method::DELETE,
         };
         let timeout = request
             .timeout_ms
@@ -153,9 +153,9 @@ impl Upstream {
         }
         if let Some(secret) = credential {
             builder = match target.auth {
-                wit::AuthScheme::None => builder,
-                wit::AuthScheme::Bearer => builder.bearer_auth(secret),
-                wit::AuthScheme::Header(header) => {
+                types::AuthScheme::None => builder,
+                types::AuthScheme::Bearer => builder.bearer_auth(secret),
+                types::AuthScheme::Header(header) => {
                     builder.header(&header.name, format!("{}{secret}", header.prefix))
                 }
             };
@@ -201,7 +201,7 @@ impl Upstream {
 }
 
 /// Reads a whole response (size-capped) into the boundary's shape.
-pub async fn read(response: reqwest::Response) -> Result<wit::HttpResponse, UpstreamError> {
+pub async fn read(response: reqwest::Response) -> Result<types::HttpResponse, UpstreamError> {
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -209,7 +209,7 @@ pub async fn read(response: reqwest::Response) -> Result<wit::HttpResponse, Upst
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
         .collect();
     let body = read_capped(response, MAX_RESPONSE_BYTES).await?;
-    Ok(wit::HttpResponse {
+    Ok(types::HttpResponse {
         status,
         headers,
         body: body.to_vec(),

@@ -14,11 +14,11 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::money::Micros;
-use crate::plugins::{catalogue, wit};
+use crate::plugins::{catalogue, types};
 
 fn describe(app: &App, slug: &str) -> Option<Value> {
     let candidates = app.router.candidates(slug);
-    let models: Vec<&wit::Model> = candidates.iter().map(|c| &c.model).collect();
+    let models: Vec<&types::Model> = candidates.iter().map(|c| &c.model).collect();
     let definition = catalogue::public(slug, &models)?;
     let cheapest = candidates.iter().map(|c| &c.model.price).min_by_key(|p| {
         (
@@ -40,7 +40,7 @@ fn describe(app: &App, slug: &str) -> Option<Value> {
 }
 
 /// Unit prices as decimal strings, only the units that are charged.
-fn pricing(price: &wit::Price) -> Value {
+fn pricing(price: &types::Price) -> Value {
     let mut pricing = serde_json::Map::new();
     pricing.insert("currency".into(), json!("USD"));
     for (name, value) in [

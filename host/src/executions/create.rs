@@ -23,7 +23,7 @@ use crate::error::{ApiError, Code, Detail, DetailCode, quote};
 use crate::file_fields::{FileField, file_fields};
 use crate::ids::new_id;
 use crate::money::Micros;
-use crate::plugins::wit;
+use crate::plugins::types;
 use crate::routing::{self};
 use crate::store;
 
@@ -371,7 +371,7 @@ async fn estimate(
 }
 
 /// A failure an adapter reported before anything ran (e.g. while estimating).
-fn failure_to_api(failure: wit::Failure) -> ApiError {
+fn failure_to_api(failure: types::Failure) -> ApiError {
     let failure = failure::AttemptFailure::from(failure);
     let code = failure.code();
     tracing::info!(detail = %failure.detail(), "adapter refused the input");

@@ -14,7 +14,7 @@
 //! [`retry`]: AttemptFailure::retry
 
 use crate::error::Code;
-use crate::plugins::wit;
+use crate::plugins::types;
 use crate::upstream::UpstreamError;
 
 /// Whose fault a failure is.
@@ -129,10 +129,10 @@ impl AttemptFailure {
 }
 
 /// The adapter's classification, with its own retry verdict and `Retry-After`.
-impl From<wit::Failure> for AttemptFailure {
-    fn from(failure: wit::Failure) -> AttemptFailure {
+impl From<types::Failure> for AttemptFailure {
+    fn from(failure: types::Failure) -> AttemptFailure {
         AttemptFailure {
-            kind: Kind::Reported(Code::from(failure.code)),
+            kind: Kind::Reported(failure.code),
             message: failure.message,
             retry: failure.retryable,
             retry_after_ms: failure.retry_after_ms,
@@ -185,8 +185,8 @@ mod tests {
     fn the_retry_verdict_and_the_clients_retryable_are_distinct() {
         // The adapter says another attempt is pointless, though the code is one a
         // client may retry later.
-        let reported = AttemptFailure::from(wit::Failure {
-            code: wit::ErrorCode::RateLimited,
+        let reported = AttemptFailure::from(types::Failure {
+            code: Code::RateLimited,
             message: "daily quota".into(),
             retryable: false,
             retry_after_ms: Some(3000),

@@ -16,7 +16,7 @@ use crate::clock;
 use crate::error::{ApiError, Code, Detail, DetailCode};
 use crate::file_fields::{FileField, field_file_ids, file_fields};
 use crate::ids::has_prefix;
-use crate::plugins::wit;
+use crate::plugins::types;
 
 /// One attempt of an execution: whom a grant is for.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ impl Files {
         input: &Value,
         input_schema: &str,
         inline: bool,
-    ) -> Result<Vec<wit::FileGrant>> {
+    ) -> Result<Vec<types::FileGrant>> {
         let AttemptRef {
             organization_id,
             execution_id,
@@ -66,7 +66,7 @@ impl Files {
             let signature =
                 self.signer
                     .sign_grant(&record.file_id, execution_id, attempt_id, expires);
-            grants.push(wit::FileGrant {
+            grants.push(types::FileGrant {
                 file_id: record.file_id.clone(),
                 url: format!(
                     "{}/files/grant/{}?execution={execution_id}&attempt={attempt_id}&expires={expires}&signature={signature}",

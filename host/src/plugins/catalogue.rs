@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use super::{LoadedPlugin, wit};
+use super::{LoadedPlugin, types};
 
 /// A model as the catalogue shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,12 +63,12 @@ fn modality_name(name: &str) -> &'static str {
     }
 }
 
-fn modality(modality: wit::Modality) -> &'static str {
+fn modality(modality: types::Modality) -> &'static str {
     match modality {
-        wit::Modality::Image => "image",
-        wit::Modality::Video => "video",
-        wit::Modality::Audio => "audio",
-        wit::Modality::Text => "text",
+        types::Modality::Image => "image",
+        types::Modality::Video => "video",
+        types::Modality::Audio => "audio",
+        types::Modality::Text => "text",
     }
 }
 
@@ -79,7 +79,7 @@ pub fn canonical(slug: &str) -> Option<&'static Definition> {
 
 /// How the catalogue shows `slug`, served by `models` (one per adapter, in any
 /// order); `None` when nothing serves it.
-pub fn public(slug: &str, models: &[&wit::Model]) -> Option<Definition> {
+pub fn public(slug: &str, models: &[&types::Model]) -> Option<Definition> {
     let first = models.first()?;
     if let Some(definition) = canonical(slug) {
         return Some(definition.clone());
@@ -121,7 +121,11 @@ pub fn check_agreement<'a>(
 
 /// [`check_agreement`] on manifests: adapter `name` serving `models`, beside
 /// `others` as (name, models).
-fn check_models(name: &str, models: &[wit::Model], others: &[(&str, &[wit::Model])]) -> Result<()> {
+fn check_models(
+    name: &str,
+    models: &[types::Model],
+    others: &[(&str, &[types::Model])],
+) -> Result<()> {
     for model in models {
         let slug = &model.slug;
         let schema: Value = serde_json::from_str(&model.input_schema)?;
@@ -164,15 +168,15 @@ fn check_models(name: &str, models: &[wit::Model], others: &[(&str, &[wit::Model
 mod tests {
     use super::*;
 
-    fn model(slug: &str, description: &str, schema: &str) -> wit::Model {
-        wit::Model {
+    fn model(slug: &str, description: &str, schema: &str) -> types::Model {
+        types::Model {
             slug: slug.into(),
             provider_model: "provider/model".into(),
-            modality: wit::Modality::Image,
+            modality: types::Modality::Image,
             description: description.into(),
             input_schema: schema.into(),
             example_input: "{}".into(),
-            price: wit::Price {
+            price: types::Price {
                 per_request: 0,
                 per_image: 1,
                 per_megapixel: 0,

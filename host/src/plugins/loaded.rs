@@ -16,7 +16,7 @@ use crate::file_fields::{field_file_ids, file_fields};
 use super::bindings::AdapterPluginPre;
 use super::bindings::exports::modelroute::provider::adapter::Guest;
 use super::runtime::{CallState, EPOCH_TICK, Runtime, STDERR_CAPTURE};
-use super::{CallError, pool, wit};
+use super::{CallError, pool, types, wit};
 
 /// One loaded version of one plugin.
 pub struct LoadedPlugin {
@@ -24,7 +24,7 @@ pub struct LoadedPlugin {
     pub version: String,
     pub api_version: String,
     pub sha256: String,
-    pub manifest: wit::Manifest,
+    pub manifest: types::Manifest,
     pub loaded_at: DateTime<Utc>,
     /// the component, kept to be written to the data directory when it is swapped
     pub(super) wasm: Arc<[u8]>,
@@ -72,7 +72,7 @@ impl LoadedPlugin {
             })
             .map_err(|e| anyhow!("{e}"))?
             .map_err(|f| anyhow!("model {slug}: estimating the example failed: {}", f.message))?;
-            let ctx = wit::CallContext {
+            let ctx = wit::CallContext::from(&types::CallContext {
                 slug: slug.clone(),
                 provider_model: model.provider_model.clone(),
                 base_url: manifest.default_base_url.clone(),
@@ -80,7 +80,7 @@ impl LoadedPlugin {
                 callback_url: None,
                 files: example_grants(&schema, &example, manifest.capabilities.inline_files),
                 stream: false,
-            };
+            });
             self.call("build-submit", |adapter, store| {
                 adapter.call_build_submit(store, &ctx, &model.example_input)
             })
@@ -95,7 +95,7 @@ impl LoadedPlugin {
         Ok(())
     }
 
-    pub fn model(&self, slug: &str) -> Option<&wit::Model> {
+    pub fn model(&self, slug: &str) -> Option<&types::Model> {
         self.manifest.models.iter().find(|m| m.slug == slug)
     }
 
@@ -199,10 +199,10 @@ pub(super) fn example_grants(
     schema: &serde_json::Value,
     example: &serde_json::Value,
     inline: bool,
-) -> Vec<wit::FileGrant> {
+) -> Vec<types::FileGrant> {
     field_file_ids(&file_fields(schema), example)
         .into_iter()
-        .map(|file_id| wit::FileGrant {
+        .map(|file_id| types::FileGrant {
             url: format!("https://example.invalid/files/grant/{file_id}"),
             file_id,
             content_type: "image/png".into(),

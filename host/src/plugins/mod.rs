@@ -19,6 +19,7 @@ mod loaded;
 mod pool;
 mod registry;
 mod runtime;
+pub mod types;
 mod usage;
 
 pub use contract::{API_VERSION, SUPPORTED_API_VERSIONS};
@@ -39,8 +40,8 @@ mod bindings {
     });
 }
 
-/// The contract's types, as the host sees them.
-pub use bindings::modelroute::provider::types as wit;
+/// The contract's types as generated; the rest of the host uses [`types`].
+use bindings::modelroute::provider::types as wit;
 
 /// Why a plugin call produced no answer. Either way the attempt fails cleanly.
 #[derive(Debug, thiserror::Error)]

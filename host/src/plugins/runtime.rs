@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::AdapterPluginPre;
 use super::loaded::LoadedPlugin;
-use super::{PluginLimits, SUPPORTED_API_VERSIONS, pool, wit};
+use super::{PluginLimits, SUPPORTED_API_VERSIONS, pool, types};
 
 const API_VERSION_SECTION: &str = "modelroute:api-version";
 /// The epoch advances this often; call deadlines are counted in ticks.
@@ -167,7 +167,7 @@ impl Runtime {
         }
         plugin.name = manifest.name.clone();
         plugin.version = manifest.version.clone();
-        plugin.manifest = manifest;
+        plugin.manifest = manifest.into();
         Ok(Arc::new(plugin))
     }
 
@@ -235,14 +235,14 @@ pub(super) fn api_version(wasm: &[u8]) -> Result<String> {
     bail!("the plugin carries no contract version (was it built with modelroute-sdk?)")
 }
 
-pub(super) fn empty_manifest() -> wit::Manifest {
-    wit::Manifest {
+pub(super) fn empty_manifest() -> types::Manifest {
+    types::Manifest {
         name: String::new(),
         version: String::new(),
         default_base_url: String::new(),
         allowed_hosts: Vec::new(),
-        auth: wit::AuthScheme::None,
-        capabilities: wit::Capabilities {
+        auth: types::AuthScheme::None,
+        capabilities: types::Capabilities {
             cancel: false,
             webhooks: false,
             streaming: false,
@@ -256,8 +256,8 @@ pub(super) fn empty_manifest() -> wit::Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::CallError;
     use crate::plugins::tests::*;
+    use crate::plugins::{CallError, wit};
     use std::time::Instant;
 
     async fn build_submit(

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::wit;
+use super::types;
 
 /// The quantities an input is expected to consume (a stored copy of the adapter's
 /// estimate), used to price candidates against each other.
@@ -28,7 +28,7 @@ impl Units {
 
     /// Whether these units count anything `price` charges for beyond requests. A
     /// price with no such unit is met by any units.
-    pub fn meet(&self, price: &wit::Price) -> bool {
+    pub fn meet(&self, price: &types::Price) -> bool {
         let priced = [
             (price.per_image, u64::from(self.images)),
             (price.per_megapixel, self.megapixels_milli),
@@ -53,8 +53,8 @@ impl Units {
     }
 }
 
-impl From<&wit::Usage> for Units {
-    fn from(usage: &wit::Usage) -> Units {
+impl From<&types::Usage> for Units {
+    fn from(usage: &types::Usage) -> Units {
         Units {
             requests: usage.requests,
             images: usage.images,
@@ -70,8 +70,8 @@ impl From<&wit::Usage> for Units {
 mod tests {
     use super::*;
 
-    fn price_zero() -> wit::Price {
-        wit::Price {
+    fn price_zero() -> types::Price {
+        types::Price {
             per_request: 0,
             per_image: 0,
             per_megapixel: 0,
@@ -92,7 +92,7 @@ mod tests {
     /// completion was charged $0; such usage does not meet its price.
     #[test]
     fn usage_meets_a_price_only_by_a_unit_the_price_charges_for() {
-        let per_megapixel = wit::Price {
+        let per_megapixel = types::Price {
             per_megapixel: 40_000,
             ..price_zero()
         };
@@ -107,7 +107,7 @@ mod tests {
         };
         assert!(measured.meet(&per_megapixel));
         // A per-request price is met by any usage, reported or not.
-        let per_request = wit::Price {
+        let per_request = types::Price {
             per_request: 10_000,
             ..price_zero()
         };
@@ -118,7 +118,7 @@ mod tests {
                 output_tokens: 5,
                 ..usage()
             }
-            .meet(&wit::Price {
+            .meet(&types::Price {
                 per_million_input_tokens: 180_000,
                 per_million_output_tokens: 180_000,
                 ..price_zero()

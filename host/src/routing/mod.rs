@@ -25,7 +25,7 @@ use crate::clock;
 use crate::config::{self, Config, PriceOverride, ProviderConfig, ProviderModelConfig};
 use crate::host_pattern::HostPattern;
 use crate::money::Micros;
-use crate::plugins::{LoadedPlugin, Registry, Units, wit};
+use crate::plugins::{LoadedPlugin, Registry, Units, types};
 use crate::upstream::{self, Hosts};
 use breaker::Breaker;
 use health::Health;
@@ -186,7 +186,7 @@ impl Provider {
 pub struct Candidate {
     pub provider: Arc<Provider>,
     pub plugin: Arc<LoadedPlugin>,
-    pub model: wit::Model,
+    pub model: types::Model,
     /// the operator's preference (cost is divided by it when ranking)
     weight: f64,
     pinned: bool,
@@ -274,12 +274,12 @@ impl Router {
 
     /// The catalogue entry of a slug: the first loaded model description (the same
     /// slug means the same canonical input whichever adapter serves it).
-    pub fn model(&self, slug: &str) -> Option<wit::Model> {
+    pub fn model(&self, slug: &str) -> Option<types::Model> {
         self.candidates(slug).into_iter().next().map(|c| c.model)
     }
 }
 
-fn apply_price_override(price: &mut wit::Price, with: &PriceOverride) {
+fn apply_price_override(price: &mut types::Price, with: &PriceOverride) {
     let set = |field: &mut u64, value: Option<Micros>| {
         if let Some(value) = value {
             *field = value.0;
@@ -300,7 +300,7 @@ fn apply_price_override(price: &mut wit::Price, with: &PriceOverride) {
 }
 
 /// What `usage` costs at `price`, rounded up to the micro-dollar.
-pub fn cost(price: &wit::Price, usage: &Units) -> Micros {
+pub fn cost(price: &types::Price, usage: &Units) -> Micros {
     let scaled = |unit_price: u64, quantity: u64, per: u64| -> u64 {
         ((unit_price as u128 * quantity as u128).div_ceil(per as u128)).min(u64::MAX as u128) as u64
     };
@@ -329,8 +329,8 @@ pub fn cost(price: &wit::Price, usage: &Units) -> Micros {
 mod tests {
     use super::*;
 
-    fn price() -> wit::Price {
-        wit::Price {
+    fn price() -> types::Price {
+        types::Price {
             per_request: 0,
             per_image: 40_000,
             per_megapixel: 0,

@@ -10,7 +10,7 @@ use crate::clock;
 use crate::executions::model::{Attempt, Execution, JobRecord, Status};
 use crate::files::grants::AttemptRef;
 use crate::ids::new_short_id;
-use crate::plugins::wit;
+use crate::plugins::types;
 use crate::routing::Candidate;
 
 impl Dispatcher {
@@ -117,7 +117,7 @@ impl Dispatcher {
             .exchange(
                 &candidate,
                 &ctx,
-                &wit::Answered::Submit(input),
+                &types::Answered::Submit(input),
                 &request,
                 &execution.id,
             )
@@ -178,7 +178,7 @@ impl Dispatcher {
             (Some(job), Some(candidate)) => {
                 tracing::info!(execution = %execution.id, job = %job.id, "resuming a provider job");
                 let ctx = context(execution, &candidate, &attempt.id, &self.callbacks);
-                let job = wit::Job {
+                let job = types::Job {
                     id: job.id,
                     state: job.state,
                 };
@@ -210,8 +210,8 @@ impl Dispatcher {
         &self,
         id: &str,
         candidate: &Candidate,
-        ctx: &wit::CallContext,
-        mut job: wit::Job,
+        ctx: &types::CallContext,
+        mut job: types::Job,
         mut delay_ms: u32,
     ) -> Result<AttemptEnd> {
         let mut errors = 0;
@@ -245,7 +245,7 @@ impl Dispatcher {
                 Ok(request) => request,
                 Err(failure) => return Ok(AttemptEnd::Failed(failure.into())),
             };
-            let polled_job = wit::Answered::Poll(job.clone());
+            let polled_job = types::Answered::Poll(job.clone());
             let Some((outcome, answered)) = self
                 .exchange(candidate, ctx, &polled_job, &request, id)
                 .await

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::*;
-use crate::plugins::wit;
+use crate::plugins::types;
 
 impl Dispatcher {
     /// A provider called back for `provider` with `token`: checks the token, has the
@@ -43,15 +43,15 @@ impl Dispatcher {
             return Ok(true);
         };
         let ctx = context(&execution, &candidate, &attempt.id, &self.callbacks);
-        let job = wit::Job {
+        let job = types::Job {
             id: job.id,
             state: job.state,
         };
         let verdict = candidate
             .plugin
-            .parse_webhook(&ctx, job, headers, body)
+            .parse_webhook(&ctx, &job, headers, body)
             .await;
-        if verdict == wit::CallbackVerdict::PollNow {
+        if verdict == types::CallbackVerdict::PollNow {
             self.waker(&execution.id).notify_one();
         }
         Ok(true)

@@ -8,7 +8,7 @@ use super::*;
 use crate::clock;
 use crate::executions::Ending;
 use crate::executions::model::{Attempt, Execution, JobRecord, Status};
-use crate::plugins::wit;
+use crate::plugins::types;
 use crate::routing::Candidate;
 
 impl Dispatcher {
@@ -52,7 +52,7 @@ impl Dispatcher {
             return;
         };
         let ctx = context(execution, &candidate, &attempt.id, &self.callbacks);
-        let job = wit::Job {
+        let job = types::Job {
             id: job.id,
             state: job.state,
         };
@@ -64,10 +64,10 @@ impl Dispatcher {
         &self,
         execution_id: &str,
         candidate: &Candidate,
-        ctx: &wit::CallContext,
-        job: wit::Job,
+        ctx: &types::CallContext,
+        job: types::Job,
     ) {
-        let Some(request) = candidate.plugin.build_cancel(ctx, job).await else {
+        let Some(request) = candidate.plugin.build_cancel(ctx, &job).await else {
             return;
         };
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::clock;
-use crate::plugins::wit;
+use crate::plugins::types;
 use crate::routing::Candidate;
 use crate::upstream;
 
@@ -23,9 +23,9 @@ impl Dispatcher {
     pub(super) async fn exchange(
         &self,
         candidate: &Candidate,
-        ctx: &wit::CallContext,
-        answered: &wit::Answered,
-        request: &wit::HttpRequest,
+        ctx: &types::CallContext,
+        answered: &types::Answered,
+        request: &types::HttpRequest,
         execution_id: &str,
     ) -> Option<(Answer, bool)> {
         let provider = &candidate.provider;
@@ -45,7 +45,7 @@ impl Dispatcher {
         };
         let started = Instant::now();
         let sent = self.send(candidate, ctx, answered, request, execution_id);
-        let submit = matches!(answered, wit::Answered::Submit(_));
+        let submit = matches!(answered, types::Answered::Submit(_));
         let result = if submit && candidate.plugin.manifest.capabilities.cancel {
             sent.await
         } else {
@@ -78,9 +78,9 @@ impl Dispatcher {
     pub(super) async fn send(
         &self,
         candidate: &Candidate,
-        ctx: &wit::CallContext,
-        answered: &wit::Answered,
-        request: &wit::HttpRequest,
+        ctx: &types::CallContext,
+        answered: &types::Answered,
+        request: &types::HttpRequest,
         execution_id: &str,
     ) -> Result<(Answer, bool), upstream::UpstreamError> {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
@@ -101,7 +101,7 @@ impl Dispatcher {
             let response = upstream::read(response).await?;
             candidate
                 .plugin
-                .parse_response(ctx, answered.clone(), response)
+                .parse_response(ctx, answered, response)
                 .await
                 .into()
         };
@@ -113,7 +113,7 @@ impl Dispatcher {
     pub(super) async fn consume_stream(
         &self,
         candidate: &Candidate,
-        ctx: &wit::CallContext,
+        ctx: &types::CallContext,
         execution_id: &str,
         response: reqwest::Response,
     ) -> Answer {
@@ -134,7 +134,7 @@ impl Dispatcher {
     pub(super) async fn read_stream(
         &self,
         candidate: &Candidate,
-        ctx: &wit::CallContext,
+        ctx: &types::CallContext,
         execution_id: &str,
         response: reqwest::Response,
         forwarded: &mut bool,
@@ -143,7 +143,7 @@ impl Dispatcher {
         use futures_util::StreamExt;
         let mut events = response.bytes_stream().eventsource();
         let mut text = String::new();
-        let mut usage: Option<wit::Usage> = None;
+        let mut usage: Option<types::Usage> = None;
         let mut finished = false;
         while let Some(event) = events.next().await {
             let data = match event {
@@ -154,12 +154,12 @@ impl Dispatcher {
                 }
             };
             match candidate.plugin.parse_stream_event(ctx, data).await {
-                wit::StreamEvent::Delta(delta) => {
+                types::StreamEvent::Delta(delta) => {
                     text.push_str(&delta);
                     self.executions.publish_delta(execution_id, delta);
                     *forwarded = true;
                 }
-                wit::StreamEvent::Done(completion) => {
+                types::StreamEvent::Done(completion) => {
                     finished = true;
                     if let Some(full) = completion.text {
                         text = full;
@@ -170,8 +170,8 @@ impl Dispatcher {
                         usage = Some(completion.usage);
                     }
                 }
-                wit::StreamEvent::Skip => {}
-                wit::StreamEvent::Failed(failure) => return Answer::Failed(failure.into()),
+                types::StreamEvent::Skip => {}
+                types::StreamEvent::Failed(failure) => return Answer::Failed(failure.into()),
             }
         }
         if !finished {
@@ -181,7 +181,7 @@ impl Dispatcher {
                 "the provider's stream ended before it finished",
             ));
         }
-        let usage = usage.unwrap_or(wit::Usage {
+        let usage = usage.unwrap_or(types::Usage {
             requests: 1,
             images: 0,
             megapixels_milli: 0,
@@ -190,7 +190,7 @@ impl Dispatcher {
             // Four characters a token, when the provider reported no usage.
             output_tokens: (text.chars().count() as u64).div_ceil(4),
         });
-        Answer::Completed(wit::Completion {
+        Answer::Completed(types::Completion {
             text: Some(text),
             assets: Vec::new(),
             usage,

@@ -31,7 +31,7 @@ use crate::callbacks::CallbackSigner;
 use crate::clock;
 use crate::config::ExecutionSettings;
 use crate::files::Files;
-use crate::plugins::wit;
+use crate::plugins::types;
 use crate::routing::{Candidate, Router};
 use crate::upstream::{self, Target, Upstream};
 
@@ -58,7 +58,7 @@ pub struct Dispatcher {
 /// How an attempt ended.
 enum AttemptEnd {
     /// with the candidate that produced it (its provider, plugin and price)
-    Completed(wit::Completion, Box<Candidate>),
+    Completed(types::Completion, Box<Candidate>),
     Failed(AttemptFailure),
     /// cut by a restart before the provider acknowledged it: a failure of ours,
     /// which does not spend the execution's attempts
@@ -78,17 +78,17 @@ const DEFER_MS: u64 = 500;
 
 /// A provider's answer as an attempt reads it.
 enum Answer {
-    Completed(wit::Completion),
-    Pending(wit::Pending),
+    Completed(types::Completion),
+    Pending(types::Pending),
     Failed(AttemptFailure),
 }
 
-impl From<wit::Outcome> for Answer {
-    fn from(outcome: wit::Outcome) -> Answer {
+impl From<types::Outcome> for Answer {
+    fn from(outcome: types::Outcome) -> Answer {
         match outcome {
-            wit::Outcome::Completed(completion) => Answer::Completed(completion),
-            wit::Outcome::Pending(pending) => Answer::Pending(pending),
-            wit::Outcome::Failed(failure) => Answer::Failed(failure.into()),
+            types::Outcome::Completed(completion) => Answer::Completed(completion),
+            types::Outcome::Pending(pending) => Answer::Pending(pending),
+            types::Outcome::Failed(failure) => Answer::Failed(failure.into()),
         }
     }
 }
@@ -225,14 +225,14 @@ fn context(
     candidate: &Candidate,
     attempt_id: &str,
     callbacks: &CallbackSigner,
-) -> wit::CallContext {
+) -> types::CallContext {
     let callback_url = candidate
         .plugin
         .manifest
         .capabilities
         .webhooks
         .then(|| callbacks.url(&candidate.provider.name, &execution.id, attempt_id));
-    wit::CallContext {
+    types::CallContext {
         slug: execution.model.clone(),
         provider_model: candidate.model.provider_model.clone(),
         base_url: candidate.provider.base_url(&candidate.plugin),

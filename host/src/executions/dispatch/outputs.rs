@@ -8,7 +8,7 @@ use super::*;
 use crate::executions::Ending;
 use crate::executions::model::Execution;
 use crate::files::FileRecord;
-use crate::plugins::wit;
+use crate::plugins::types;
 use crate::routing::{self, Candidate};
 
 impl Dispatcher {
@@ -18,7 +18,7 @@ impl Dispatcher {
         &self,
         execution: &Execution,
         candidate: &Candidate,
-        completion: wit::Completion,
+        completion: types::Completion,
     ) -> Result<Option<AttemptFailure>> {
         if completion
             .text
@@ -72,16 +72,16 @@ impl Dispatcher {
         &self,
         execution: &Execution,
         candidate: &Candidate,
-        completion: &wit::Completion,
+        completion: &types::Completion,
     ) -> Result<(Value, Vec<FileRecord>), AttemptFailure> {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let mut records: Vec<FileRecord> = Vec::new();
-        let mut entries: Vec<(wit::Modality, Value)> = Vec::new();
+        let mut entries: Vec<(types::Modality, Value)> = Vec::new();
         for asset in &completion.assets {
             let org = &execution.organization_id;
             let max = self.settings.max_asset_bytes;
             let stored = match &asset.source {
-                wit::AssetSource::Inline(bytes) => {
+                types::AssetSource::Inline(bytes) => {
                     let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
                         bytes::Bytes::copy_from_slice(bytes),
                     )]);
@@ -90,7 +90,7 @@ impl Dispatcher {
                         .await
                         .map_err(|e| e.to_string())
                 }
-                wit::AssetSource::Url(url) => match self.upstream.fetch(&allowed, url).await {
+                types::AssetSource::Url(url) => match self.upstream.fetch(&allowed, url).await {
                     Ok(response) => self
                         .files
                         .ingest_output(org, response.bytes_stream(), max)
@@ -111,13 +111,13 @@ impl Dispatcher {
                 }
             };
             let entry = match asset.modality {
-                wit::Modality::Image => json!({
+                types::Modality::Image => json!({
                     "file_id": record.file_id,
                     "format": ingested.format,
                     "width": ingested.dimensions.map(|d| d.0),
                     "height": ingested.dimensions.map(|d| d.1),
                 }),
-                wit::Modality::Video | wit::Modality::Audio | wit::Modality::Text => {
+                types::Modality::Video | types::Modality::Audio | types::Modality::Text => {
                     // Providers that do not report a length produced what was asked.
                     let requested = execution.usage_estimate.seconds_milli;
                     let duration_ms = asset.duration_ms.or((requested > 0).then_some(requested));
@@ -136,14 +136,17 @@ impl Dispatcher {
 }
 
 /// The canonical output of SPEC §4, one shape per modality.
-fn canonical_output(completion: &wit::Completion, entries: Vec<(wit::Modality, Value)>) -> Value {
+fn canonical_output(
+    completion: &types::Completion,
+    entries: Vec<(types::Modality, Value)>,
+) -> Value {
     let mut output = serde_json::Map::new();
     for (modality, entry) in entries {
         let key = match modality {
-            wit::Modality::Image => "images",
-            wit::Modality::Video => "videos",
-            wit::Modality::Audio => "audio",
-            wit::Modality::Text => "files",
+            types::Modality::Image => "images",
+            types::Modality::Video => "videos",
+            types::Modality::Audio => "audio",
+            types::Modality::Text => "files",
         };
         output
             .entry(key)
@@ -171,10 +174,10 @@ mod tests {
 
     #[test]
     fn text_completions_carry_text_and_token_usage() {
-        let completion = wit::Completion {
+        let completion = types::Completion {
             text: Some("hello".into()),
             assets: Vec::new(),
-            usage: wit::Usage {
+            usage: types::Usage {
                 requests: 1,
                 images: 0,
                 megapixels_milli: 0,

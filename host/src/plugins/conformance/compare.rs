@@ -4,22 +4,22 @@
 use serde_json::Value;
 
 use super::{Expect, ExpectRequest};
-use crate::plugins::wit;
+use crate::plugins::types;
 
-fn method_name(method: wit::Method) -> &'static str {
+fn method_name(method: types::Method) -> &'static str {
     match method {
-        wit::Method::Get => "GET",
-        wit::Method::Post => "POST",
-        wit::Method::Put => "PUT",
-        wit::Method::Patch => "PATCH",
-        wit::Method::Delete => "DELETE",
+        types::Method::Get => "GET",
+        types::Method::Post => "POST",
+        types::Method::Put => "PUT",
+        types::Method::Patch => "PATCH",
+        types::Method::Delete => "DELETE",
     }
 }
 
 /// How `request` differs from `expected`, one line per difference.
 pub(super) fn request_mismatches(
     expected: &ExpectRequest,
-    request: &wit::HttpRequest,
+    request: &types::HttpRequest,
 ) -> Vec<String> {
     let mut mismatches = Vec::new();
     let method = method_name(request.method);
@@ -138,10 +138,10 @@ fn compare_json(expected: &Value, sent: Option<&Value>, at: &str, out: &mut Vec<
 }
 
 /// How `outcome` differs from `expect`, one line per difference.
-pub(super) fn outcome_mismatches(outcome: &wit::Outcome, expect: &Expect) -> Vec<String> {
+pub(super) fn outcome_mismatches(outcome: &types::Outcome, expect: &Expect) -> Vec<String> {
     let mut mismatches = Vec::new();
     match (outcome, expect.outcome.as_str()) {
-        (wit::Outcome::Completed(completion), "completed") => {
+        (types::Outcome::Completed(completion), "completed") => {
             if let Some(text) = &expect.text
                 && completion.text.as_deref() != Some(text.as_str())
             {
@@ -159,10 +159,9 @@ pub(super) fn outcome_mismatches(outcome: &wit::Outcome, expect: &Expect) -> Vec
                 ));
             }
         }
-        (wit::Outcome::Pending(_), "pending") => {}
-        (wit::Outcome::Failed(failure), "failed") => {
-            let code =
-                serde_json::to_value(crate::error::Code::from(failure.code)).unwrap_or_default();
+        (types::Outcome::Pending(_), "pending") => {}
+        (types::Outcome::Failed(failure), "failed") => {
+            let code = serde_json::to_value(failure.code).unwrap_or_default();
             if let Some(expected) = &expect.code
                 && code.as_str() != Some(expected.as_str())
             {
@@ -195,10 +194,10 @@ pub(super) fn outcome_mismatches(outcome: &wit::Outcome, expect: &Expect) -> Vec
     mismatches
 }
 
-fn describe(outcome: &wit::Outcome) -> String {
+fn describe(outcome: &types::Outcome) -> String {
     match outcome {
-        wit::Outcome::Completed(_) => "completed".into(),
-        wit::Outcome::Pending(_) => "pending".into(),
-        wit::Outcome::Failed(f) => format!("failed ({:?}: {})", f.code, f.message),
+        types::Outcome::Completed(_) => "completed".into(),
+        types::Outcome::Pending(_) => "pending".into(),
+        types::Outcome::Failed(f) => format!("failed ({:?}: {})", f.code, f.message),
     }
 }

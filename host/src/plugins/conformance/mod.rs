@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::sync::Arc;
 
-use super::{LoadedPlugin, Runtime, wit};
+use super::{LoadedPlugin, Runtime, types, wit};
 
 mod compare;
 mod fixtures;
@@ -176,9 +176,9 @@ fn own_fixtures(slug: &str) -> Vec<(&'static str, Fixture)> {
 
 /// An adapter declaring `idempotent-submit` must send the attempt id as the
 /// provider's key: the host re-sends a cut submit trusting that it does.
-fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &wit::Model) -> Result<(), String> {
+fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &types::Model) -> Result<(), String> {
     let attempt_id = "att_conformance_key";
-    let ctx = wit::CallContext {
+    let ctx = types::CallContext {
         slug: model.slug.clone(),
         provider_model: model.provider_model.clone(),
         base_url: plugin.manifest.default_base_url.clone(),
@@ -187,11 +187,7 @@ fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &wit::Model) -> Resul
         files: Vec::new(),
         stream: false,
     };
-    let request = plugin
-        .call("build-submit", |adapter, store| {
-            adapter.call_build_submit(store, &ctx, &model.example_input)
-        })
-        .map_err(|e| e.to_string())?
+    let request = build_submit(plugin, &ctx, &model.example_input)?
         .map_err(|failure| format!("the example input was refused: {}", failure.message))?;
     let in_headers = request
         .headers
@@ -210,7 +206,7 @@ fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &wit::Model) -> Resul
 /// Which call an exchange is: the submit of a canonical input or a poll of a job.
 enum Exchange {
     Submit { input: String },
-    Poll(wit::Job),
+    Poll(types::Job),
 }
 
 /// The message of the SDK's default `build_poll`.
@@ -236,7 +232,7 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
         );
     }
     let exchange = match &fixture.job {
-        Some(job) => Exchange::Poll(wit::Job {
+        Some(job) => Exchange::Poll(types::Job {
             id: job.id.clone(),
             state: job.state.clone(),
         }),
@@ -259,7 +255,7 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
         }
         Exchange::Poll(_) => Vec::new(),
     };
-    let ctx = wit::CallContext {
+    let ctx = types::CallContext {
         slug: model.slug.clone(),
         provider_model: model.provider_model.clone(),
         base_url: plugin.manifest.default_base_url.clone(),
@@ -271,17 +267,9 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
     let mut mismatches = Vec::new();
     if let Some(expected) = &fixture.request {
         let built = match &exchange {
-            Exchange::Submit { input } => plugin
-                .call("build-submit", |adapter, store| {
-                    adapter.call_build_submit(store, &ctx, input)
-                })
-                .map_err(|e| e.to_string())?
+            Exchange::Submit { input } => build_submit(plugin, &ctx, input)?
                 .map_err(|f| format!("build-submit refused the input: {}", f.message)),
-            Exchange::Poll(job) => plugin
-                .call("build-poll", |adapter, store| {
-                    adapter.call_build_poll(store, &ctx, job)
-                })
-                .map_err(|e| e.to_string())?
+            Exchange::Poll(job) => build_poll(plugin, &ctx, job)?
                 .map_err(|f| format!("build-poll refused the job: {}", f.message)),
         };
         match built {
@@ -290,7 +278,7 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
         }
     }
     if let (Some(response), Some(expect)) = (&fixture.response, &fixture.expect) {
-        let response = wit::HttpResponse {
+        let response = types::HttpResponse {
             status: response.status,
             headers: response.headers.clone(),
             body: match &response.body {
@@ -302,17 +290,17 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
         mismatches.extend(outcome_mismatches(&outcome, expect));
         let about = |what: String| format!("{}: {}: {what}", fixture.model, fixture.name);
         match &outcome {
-            wit::Outcome::Completed(completion) => warnings.extend(
+            types::Outcome::Completed(completion) => warnings.extend(
                 completion_warnings(&plugin.manifest, model, completion)
                     .into_iter()
                     .map(about),
             ),
-            wit::Outcome::Pending(pending) => {
+            types::Outcome::Pending(pending) => {
                 if let Err(why) = polls(plugin, &ctx, &pending.job) {
                     mismatches.push(why);
                 }
             }
-            wit::Outcome::Failed(_) => {}
+            types::Outcome::Failed(_) => {}
         }
     }
     if mismatches.is_empty() {
@@ -326,30 +314,69 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
 /// `parse-response`.
 fn parse_response(
     plugin: &LoadedPlugin,
-    ctx: &wit::CallContext,
+    ctx: &types::CallContext,
     exchange: &Exchange,
-    response: &wit::HttpResponse,
-) -> Result<wit::Outcome, String> {
-    let answered = match exchange {
-        Exchange::Submit { input } => wit::Answered::Submit(input.clone()),
-        Exchange::Poll(job) => wit::Answered::Poll(job.clone()),
-    };
+    response: &types::HttpResponse,
+) -> Result<types::Outcome, String> {
+    let answered = wit::Answered::from(&match exchange {
+        Exchange::Submit { input } => types::Answered::Submit(input.clone()),
+        Exchange::Poll(job) => types::Answered::Poll(job.clone()),
+    });
+    let (ctx, response) = (
+        wit::CallContext::from(ctx),
+        wit::HttpResponse::from(response.clone()),
+    );
     plugin
         .call("parse-response", |adapter, store| {
-            adapter.call_parse_response(store, ctx, &answered, response)
+            adapter.call_parse_response(store, &ctx, &answered, &response)
+        })
+        .map(types::Outcome::from)
+        .map_err(|e| e.to_string())
+}
+
+/// `build-submit` of `input`, in the host's types; `Err` when the call gave no
+/// answer.
+fn build_submit(
+    plugin: &LoadedPlugin,
+    ctx: &types::CallContext,
+    input: &str,
+) -> Result<Result<types::HttpRequest, types::Failure>, String> {
+    let ctx = wit::CallContext::from(ctx);
+    plugin
+        .call("build-submit", |adapter, store| {
+            adapter.call_build_submit(store, &ctx, input)
+        })
+        .map(|built| {
+            built
+                .map(types::HttpRequest::from)
+                .map_err(types::Failure::from)
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// `build-poll` of `job`, in the host's types.
+fn build_poll(
+    plugin: &LoadedPlugin,
+    ctx: &types::CallContext,
+    job: &types::Job,
+) -> Result<Result<types::HttpRequest, types::Failure>, String> {
+    let (ctx, job) = (wit::CallContext::from(ctx), wit::Job::from(job));
+    plugin
+        .call("build-poll", |adapter, store| {
+            adapter.call_build_poll(store, &ctx, &job)
+        })
+        .map(|built| {
+            built
+                .map(types::HttpRequest::from)
+                .map_err(types::Failure::from)
         })
         .map_err(|e| e.to_string())
 }
 
 /// An adapter that answers `pending` must build the poll of the job it returned:
 /// the host would otherwise never learn how the job ends.
-fn polls(plugin: &LoadedPlugin, ctx: &wit::CallContext, job: &wit::Job) -> Result<(), String> {
-    let built = plugin
-        .call("build-poll", |adapter, store| {
-            adapter.call_build_poll(store, ctx, job)
-        })
-        .map_err(|e| e.to_string())?;
-    match built {
+fn polls(plugin: &LoadedPlugin, ctx: &types::CallContext, job: &types::Job) -> Result<(), String> {
+    match build_poll(plugin, ctx, job)? {
         Ok(_) => Ok(()),
         Err(failure) if failure.message == DOES_NOT_POLL => {
             Err("answers pending but does not implement build-poll".into())

@@ -286,14 +286,14 @@ fn assets_off_the_allowed_hosts_and_usage_the_price_cannot_read_are_warned_about
 
 #[test]
 fn a_description_naming_the_provider_or_its_hosts_is_warned_about() {
-    let model = |slug: &str, description: &str| wit::Model {
+    let model = |slug: &str, description: &str| types::Model {
         slug: slug.into(),
         provider_model: String::new(),
-        modality: wit::Modality::Image,
+        modality: types::Modality::Image,
         description: description.into(),
         input_schema: String::new(),
         example_input: String::new(),
-        price: wit::Price {
+        price: types::Price {
             per_request: 0,
             per_image: 1,
             per_megapixel: 0,
@@ -302,7 +302,7 @@ fn a_description_naming_the_provider_or_its_hosts_is_warned_about() {
             per_million_output_tokens: 0,
         },
     };
-    let manifest = wit::Manifest {
+    let manifest = types::Manifest {
         name: "fal".into(),
         default_base_url: "https://queue.fal.run".into(),
         allowed_hosts: vec!["v3.fal.media".into(), "cdn.example:8443".into()],

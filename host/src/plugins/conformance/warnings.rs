@@ -3,14 +3,14 @@
 
 use crate::host_pattern::HostPattern;
 use crate::plugins::Units;
-use crate::plugins::wit;
+use crate::plugins::types;
 
 /// What a completion shows that the host will not treat as the author likely means:
 /// an asset it will refuse to fetch, usage it cannot price.
 pub(super) fn completion_warnings(
-    manifest: &wit::Manifest,
-    model: &wit::Model,
-    completion: &wit::Completion,
+    manifest: &types::Manifest,
+    model: &types::Model,
+    completion: &types::Completion,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     // As the host allows them when the operator names no hosts of their own: the
@@ -26,7 +26,7 @@ pub(super) fn completion_warnings(
         )
         .collect();
     for asset in &completion.assets {
-        let wit::AssetSource::Url(address) = &asset.source else {
+        let types::AssetSource::Url(address) = &asset.source else {
             continue;
         };
         let parsed = url::Url::parse(address)
@@ -54,7 +54,7 @@ pub(super) fn completion_warnings(
     warnings
 }
 
-fn priced_units(price: &wit::Price) -> Vec<&'static str> {
+fn priced_units(price: &types::Price) -> Vec<&'static str> {
     [
         (price.per_image, "per-image"),
         (price.per_megapixel, "per-megapixel"),
@@ -71,7 +71,7 @@ fn priced_units(price: &wit::Price) -> Vec<&'static str> {
 /// Catalogue descriptions are shown to clients, who must not learn which provider
 /// serves a model: a description naming the plugin, its base URL's host or one of
 /// its allowed hosts (as a whole word, in any case) is warned about.
-pub fn description_warnings(manifest: &wit::Manifest) -> Vec<String> {
+pub fn description_warnings(manifest: &types::Manifest) -> Vec<String> {
     let base_host = url::Url::parse(&manifest.default_base_url)
         .ok()
         .and_then(|url| url.host_str().map(str::to_string));

@@ -1,0 +1,434 @@
+//! The adapter contract's values as the rest of the host uses them: plain Rust types
+//! the host owns, converted at the boundary, so the generated bindings stay inside
+//! `plugins/` and a contract change is felt here, not in every module.
+//!
+//! Field names follow the WIT (`sdk/wit/adapter.wit`), where each is documented.
+
+use crate::error::Code;
+
+use super::wit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modality {
+    Image,
+    Video,
+    Audio,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderAuth {
+    pub name: String,
+    pub prefix: String,
+}
+
+/// Where the host puts the provider credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthScheme {
+    None,
+    Bearer,
+    Header(HeaderAuth),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub cancel: bool,
+    pub webhooks: bool,
+    pub streaming: bool,
+    pub inline_files: bool,
+    pub idempotent_submit: bool,
+}
+
+/// Unit prices in micro-dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Price {
+    pub per_request: u64,
+    pub per_image: u64,
+    pub per_megapixel: u64,
+    pub per_second: u64,
+    pub per_million_input_tokens: u64,
+    pub per_million_output_tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub requests: u32,
+    pub images: u32,
+    pub megapixels_milli: u64,
+    pub seconds_milli: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub slug: String,
+    pub provider_model: String,
+    pub modality: Modality,
+    pub description: String,
+    pub input_schema: String,
+    pub example_input: String,
+    pub price: Price,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub default_base_url: String,
+    pub allowed_hosts: Vec<String>,
+    pub auth: AuthScheme,
+    pub capabilities: Capabilities,
+    pub models: Vec<Model>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileGrant {
+    pub file_id: String,
+    pub url: String,
+    pub content_type: String,
+    pub bytes: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub slug: String,
+    pub provider_model: String,
+    pub base_url: String,
+    pub attempt_id: String,
+    pub callback_url: Option<String>,
+    pub files: Vec<FileGrant>,
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub state: String,
+}
+
+/// What a response answers: the submit (built from this canonical input) or a poll.
+#[derive(Debug, Clone)]
+pub enum Answered {
+    Submit(String),
+    Poll(Job),
+}
+
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub job: Job,
+    pub poll_after_ms: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum AssetSource {
+    Url(String),
+    Inline(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Asset {
+    pub source: AssetSource,
+    pub modality: Modality,
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: Option<String>,
+    pub assets: Vec<Asset>,
+    pub usage: Usage,
+}
+
+/// An adapter's classification of a failure, its code one of the 12.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub code: Code,
+    pub message: String,
+    pub retryable: bool,
+    pub retry_after_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Completed(Completion),
+    Pending(Pending),
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    Delta(String),
+    Done(Completion),
+    Failed(Failure),
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackVerdict {
+    PollNow,
+    KeepWaiting,
+}
+
+// From the guest.
+
+impl From<wit::Modality> for Modality {
+    fn from(modality: wit::Modality) -> Modality {
+        match modality {
+            wit::Modality::Image => Modality::Image,
+            wit::Modality::Video => Modality::Video,
+            wit::Modality::Audio => Modality::Audio,
+            wit::Modality::Text => Modality::Text,
+        }
+    }
+}
+
+impl From<wit::Method> for Method {
+    fn from(method: wit::Method) -> Method {
+        match method {
+            wit::Method::Get => Method::Get,
+            wit::Method::Post => Method::Post,
+            wit::Method::Put => Method::Put,
+            wit::Method::Patch => Method::Patch,
+            wit::Method::Delete => Method::Delete,
+        }
+    }
+}
+
+impl From<wit::AuthScheme> for AuthScheme {
+    fn from(auth: wit::AuthScheme) -> AuthScheme {
+        match auth {
+            wit::AuthScheme::None => AuthScheme::None,
+            wit::AuthScheme::Bearer => AuthScheme::Bearer,
+            wit::AuthScheme::Header(header) => AuthScheme::Header(HeaderAuth {
+                name: header.name,
+                prefix: header.prefix,
+            }),
+        }
+    }
+}
+
+impl From<wit::Price> for Price {
+    fn from(price: wit::Price) -> Price {
+        Price {
+            per_request: price.per_request,
+            per_image: price.per_image,
+            per_megapixel: price.per_megapixel,
+            per_second: price.per_second,
+            per_million_input_tokens: price.per_million_input_tokens,
+            per_million_output_tokens: price.per_million_output_tokens,
+        }
+    }
+}
+
+impl From<wit::Usage> for Usage {
+    fn from(usage: wit::Usage) -> Usage {
+        Usage {
+            requests: usage.requests,
+            images: usage.images,
+            megapixels_milli: usage.megapixels_milli,
+            seconds_milli: usage.seconds_milli,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+        }
+    }
+}
+
+impl From<wit::Model> for Model {
+    fn from(model: wit::Model) -> Model {
+        Model {
+            slug: model.slug,
+            provider_model: model.provider_model,
+            modality: model.modality.into(),
+            description: model.description,
+            input_schema: model.input_schema,
+            example_input: model.example_input,
+            price: model.price.into(),
+        }
+    }
+}
+
+impl From<wit::Manifest> for Manifest {
+    fn from(manifest: wit::Manifest) -> Manifest {
+        let capabilities = manifest.capabilities;
+        Manifest {
+            name: manifest.name,
+            version: manifest.version,
+            default_base_url: manifest.default_base_url,
+            allowed_hosts: manifest.allowed_hosts,
+            auth: manifest.auth.into(),
+            capabilities: Capabilities {
+                cancel: capabilities.cancel,
+                webhooks: capabilities.webhooks,
+                streaming: capabilities.streaming,
+                inline_files: capabilities.inline_files,
+                idempotent_submit: capabilities.idempotent_submit,
+            },
+            models: manifest.models.into_iter().map(Model::from).collect(),
+        }
+    }
+}
+
+impl From<wit::HttpRequest> for HttpRequest {
+    fn from(request: wit::HttpRequest) -> HttpRequest {
+        HttpRequest {
+            method: request.method.into(),
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            timeout_ms: request.timeout_ms,
+        }
+    }
+}
+
+impl From<wit::Job> for Job {
+    fn from(job: wit::Job) -> Job {
+        Job {
+            id: job.id,
+            state: job.state,
+        }
+    }
+}
+
+impl From<wit::Completion> for Completion {
+    fn from(completion: wit::Completion) -> Completion {
+        Completion {
+            text: completion.text,
+            assets: completion
+                .assets
+                .into_iter()
+                .map(|asset| Asset {
+                    source: match asset.source {
+                        wit::AssetSource::Url(url) => AssetSource::Url(url),
+                        wit::AssetSource::Inline(bytes) => AssetSource::Inline(bytes),
+                    },
+                    modality: asset.modality.into(),
+                    duration_ms: asset.duration_ms,
+                })
+                .collect(),
+            usage: completion.usage.into(),
+        }
+    }
+}
+
+impl From<wit::Failure> for Failure {
+    fn from(failure: wit::Failure) -> Failure {
+        Failure {
+            code: failure.code.into(),
+            message: failure.message,
+            retryable: failure.retryable,
+            retry_after_ms: failure.retry_after_ms,
+        }
+    }
+}
+
+impl From<wit::Outcome> for Outcome {
+    fn from(outcome: wit::Outcome) -> Outcome {
+        match outcome {
+            wit::Outcome::Completed(completion) => Outcome::Completed(completion.into()),
+            wit::Outcome::Pending(pending) => Outcome::Pending(Pending {
+                job: pending.job.into(),
+                poll_after_ms: pending.poll_after_ms,
+            }),
+            wit::Outcome::Failed(failure) => Outcome::Failed(failure.into()),
+        }
+    }
+}
+
+impl From<wit::StreamEvent> for StreamEvent {
+    fn from(event: wit::StreamEvent) -> StreamEvent {
+        match event {
+            wit::StreamEvent::Delta(text) => StreamEvent::Delta(text),
+            wit::StreamEvent::Done(completion) => StreamEvent::Done(completion.into()),
+            wit::StreamEvent::Failed(failure) => StreamEvent::Failed(failure.into()),
+            wit::StreamEvent::Skip => StreamEvent::Skip,
+        }
+    }
+}
+
+impl From<wit::CallbackVerdict> for CallbackVerdict {
+    fn from(verdict: wit::CallbackVerdict) -> CallbackVerdict {
+        match verdict {
+            wit::CallbackVerdict::PollNow => CallbackVerdict::PollNow,
+            wit::CallbackVerdict::KeepWaiting => CallbackVerdict::KeepWaiting,
+        }
+    }
+}
+
+// To the guest.
+
+impl From<&Job> for wit::Job {
+    fn from(job: &Job) -> wit::Job {
+        wit::Job {
+            id: job.id.clone(),
+            state: job.state.clone(),
+        }
+    }
+}
+
+impl From<&CallContext> for wit::CallContext {
+    fn from(ctx: &CallContext) -> wit::CallContext {
+        wit::CallContext {
+            slug: ctx.slug.clone(),
+            provider_model: ctx.provider_model.clone(),
+            base_url: ctx.base_url.clone(),
+            attempt_id: ctx.attempt_id.clone(),
+            callback_url: ctx.callback_url.clone(),
+            files: ctx
+                .files
+                .iter()
+                .map(|grant| wit::FileGrant {
+                    file_id: grant.file_id.clone(),
+                    url: grant.url.clone(),
+                    content_type: grant.content_type.clone(),
+                    bytes: grant.bytes.clone(),
+                })
+                .collect(),
+            stream: ctx.stream,
+        }
+    }
+}
+
+impl From<&Answered> for wit::Answered {
+    fn from(answered: &Answered) -> wit::Answered {
+        match answered {
+            Answered::Submit(input) => wit::Answered::Submit(input.clone()),
+            Answered::Poll(job) => wit::Answered::Poll(job.into()),
+        }
+    }
+}
+
+impl From<HttpResponse> for wit::HttpResponse {
+    fn from(response: HttpResponse) -> wit::HttpResponse {
+        wit::HttpResponse {
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+        }
+    }
+}
