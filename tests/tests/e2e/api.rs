@@ -453,18 +453,60 @@ async fn each_key_is_rate_limited_with_headers_and_retry_after() {
 
 /// Regression: an oversized plugin upload was refused in plain text, not in the
 /// envelope, and rolling back a plugin that does not exist was a `409`.
+///
+/// The answer is read while the body is still being written, and a write cut off
+/// by the server's refusal is expected: with a client that reads only after its
+/// last byte went out, the test failed on a broken pipe whenever the server
+/// answered and closed first.
 #[tokio::test]
 async fn operator_refusals_are_in_the_envelope() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = server().await;
-    let reply = reqwest::Client::new()
-        .put(format!("{}/admin/v1/plugins/huge", server.url))
-        .bearer_auth(&server.admin_token)
-        .body(vec![0u8; 51 * 1024 * 1024])
-        .send()
+    let address = server.url.trim_start_matches("http://");
+    let connection = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut reader, mut writer) = connection.into_split();
+    let head = format!(
+        "PUT /admin/v1/plugins/huge HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        server.admin_token,
+        51 * 1024 * 1024
+    );
+    tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![0u8; 1024 * 1024];
+        for _ in 0..51 {
+            writer.write_all(&chunk).await?;
+        }
+        std::io::Result::Ok(())
+    });
+    // The whole answer: its head, then as many bytes as its Content-Length says.
+    let mut answer = Vec::new();
+    let read_answer = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = reader.read(&mut chunk).await.unwrap();
+            answer.extend_from_slice(&chunk[..read]);
+            let text = String::from_utf8_lossy(&answer).to_lowercase();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|value| value.trim().parse::<usize>().ok());
+                if read == 0 || length.is_some_and(|length| body.len() >= length) {
+                    break;
+                }
+            } else if read == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read_answer)
         .await
-        .unwrap();
-    assert_eq!(reply.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body: serde_json::Value = reply.json().await.unwrap();
+        .expect("an answer to the upload");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON envelope");
     assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE", "{body}");
     let rollback = server
         .call(
