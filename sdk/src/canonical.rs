@@ -66,6 +66,12 @@ pub fn model(slug: &str, provider_model: &str, price: Price) -> Model {
     }
 }
 
+/// What a text-to-image input is expected to consume: one image of its size.
+pub fn image_estimate(input: &Value) -> crate::Usage {
+    let (width, height) = image_size(input);
+    crate::Usage::images(1, width, height)
+}
+
 /// Width and height of a text-to-image input, with the schema's defaults.
 pub fn image_size(input: &Value) -> (u64, u64) {
     let side = |name: &str| input[name].as_u64().unwrap_or(1024);

@@ -79,9 +79,7 @@ impl Executions {
                 return self.respond(outcome);
             }
         }
-        let candidates = self
-            .router
-            .ranked(&request.model, &crate::plugins::Units::default());
+        let candidates = self.router.ranked(&request.model, &types::Usage::default());
         let Some(first) = candidates.first() else {
             return Err(ApiError::invalid(
                 "model",
@@ -358,16 +356,13 @@ pub fn request_hash(method: &str, path: &str, body: &Value) -> String {
 }
 
 /// The usage `candidate`'s adapter expects `input` to consume.
-async fn estimate(
-    candidate: &routing::Candidate,
-    input: &Value,
-) -> Result<crate::plugins::Units, ApiError> {
+async fn estimate(candidate: &routing::Candidate, input: &Value) -> Result<types::Usage, ApiError> {
     let usage = candidate
         .plugin
         .estimate(&candidate.model, input.to_string())
         .await
         .map_err(failure_to_api)?;
-    Ok(crate::plugins::Units::from(&usage))
+    Ok(usage)
 }
 
 /// A failure an adapter reported before anything ran (e.g. while estimating).

@@ -123,7 +123,7 @@ pub struct Execution {
     pub estimated_cost: Micros,
     /// what the adapter expects the input to consume (ranks providers on retries)
     #[serde(default)]
-    pub usage_estimate: crate::plugins::Units,
+    pub usage_estimate: crate::plugins::types::Usage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<Micros>,
     pub created_at: DateTime<Utc>,

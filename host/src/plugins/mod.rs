@@ -29,7 +29,6 @@ pub use limits::PluginLimits;
 pub use loaded::LoadedPlugin;
 pub use registry::Registry;
 pub use runtime::{CallState, Runtime};
-pub use usage::Units;
 
 use crate::error::Code;
 

@@ -4,6 +4,8 @@
 //!
 //! Field names follow the WIT (`sdk/wit/adapter.wit`), where each is documented.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Code;
 
 use super::wit;
@@ -59,7 +61,9 @@ pub struct Price {
     pub per_million_output_tokens: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a call consumed, or is estimated to consume (an execution stores its
+/// estimate in this shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Usage {
     pub requests: u32,
     pub images: u32,

@@ -1,22 +1,8 @@
-//! What a call consumed or is expected to consume, in the units prices are set in.
+//! Usage against prices: whether reported usage counts what a price charges for.
 
-use serde::{Deserialize, Serialize};
+use super::types::{Price, Usage};
 
-use super::types;
-
-/// The quantities an input is expected to consume (a stored copy of the adapter's
-/// estimate), used to price candidates against each other.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Units {
-    pub requests: u32,
-    pub images: u32,
-    pub megapixels_milli: u64,
-    pub seconds_milli: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
-impl Units {
+impl Usage {
     /// Whether nothing billable beyond requests is counted.
     pub fn is_empty(&self) -> bool {
         self.images == 0
@@ -28,7 +14,7 @@ impl Units {
 
     /// Whether these units count anything `price` charges for beyond requests. A
     /// price with no such unit is met by any units.
-    pub fn meet(&self, price: &types::Price) -> bool {
+    pub fn meet(&self, price: &Price) -> bool {
         let priced = [
             (price.per_image, u64::from(self.images)),
             (price.per_megapixel, self.megapixels_milli),
@@ -45,23 +31,10 @@ impl Units {
     }
 
     /// These units with at least `requests` requests.
-    pub fn max_requests(self, requests: u32) -> Units {
-        Units {
+    pub fn max_requests(self, requests: u32) -> Usage {
+        Usage {
             requests: self.requests.max(requests),
             ..self
-        }
-    }
-}
-
-impl From<&types::Usage> for Units {
-    fn from(usage: &types::Usage) -> Units {
-        Units {
-            requests: usage.requests,
-            images: usage.images,
-            megapixels_milli: usage.megapixels_milli,
-            seconds_milli: usage.seconds_milli,
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
         }
     }
 }
@@ -70,8 +43,8 @@ impl From<&types::Usage> for Units {
 mod tests {
     use super::*;
 
-    fn price_zero() -> types::Price {
-        types::Price {
+    fn price_zero() -> Price {
+        Price {
             per_request: 0,
             per_image: 0,
             per_megapixel: 0,
@@ -81,10 +54,10 @@ mod tests {
         }
     }
 
-    fn usage() -> Units {
-        Units {
+    fn usage() -> Usage {
+        Usage {
             requests: 1,
-            ..Units::default()
+            ..Usage::default()
         }
     }
 
@@ -92,33 +65,33 @@ mod tests {
     /// completion was charged $0; such usage does not meet its price.
     #[test]
     fn usage_meets_a_price_only_by_a_unit_the_price_charges_for() {
-        let per_megapixel = types::Price {
+        let per_megapixel = Price {
             per_megapixel: 40_000,
             ..price_zero()
         };
-        let images_only = Units {
+        let images_only = Usage {
             images: 1,
             ..usage()
         };
         assert!(!images_only.meet(&per_megapixel));
-        let measured = Units {
+        let measured = Usage {
             megapixels_milli: 1_048,
             ..usage()
         };
         assert!(measured.meet(&per_megapixel));
         // A per-request price is met by any usage, reported or not.
-        let per_request = types::Price {
+        let per_request = Price {
             per_request: 10_000,
             ..price_zero()
         };
-        assert!(usage().meet(&per_request) && Units::default().meet(&per_request));
+        assert!(usage().meet(&per_request) && Usage::default().meet(&per_request));
         // Tokens meet a token price even when only one side is counted.
         assert!(
-            Units {
+            Usage {
                 output_tokens: 5,
                 ..usage()
             }
-            .meet(&types::Price {
+            .meet(&Price {
                 per_million_input_tokens: 180_000,
                 per_million_output_tokens: 180_000,
                 ..price_zero()

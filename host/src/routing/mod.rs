@@ -25,7 +25,8 @@ use crate::clock;
 use crate::config::{self, Config, PriceOverride, ProviderConfig, ProviderModelConfig};
 use crate::host_pattern::HostPattern;
 use crate::money::Micros;
-use crate::plugins::{LoadedPlugin, Registry, Units, types};
+use crate::plugins::types::Usage;
+use crate::plugins::{LoadedPlugin, Registry, types};
 use crate::upstream::{self, Hosts};
 use breaker::Breaker;
 use health::Health;
@@ -255,7 +256,7 @@ impl Router {
     }
 
     /// [`Router::candidates`], best first for an input expected to consume `units`.
-    pub fn ranked(&self, slug: &str, units: &Units) -> Vec<Candidate> {
+    pub fn ranked(&self, slug: &str, units: &Usage) -> Vec<Candidate> {
         let mut candidates = self.candidates(slug);
         let score = |c: &Candidate| {
             (
@@ -300,7 +301,7 @@ fn apply_price_override(price: &mut types::Price, with: &PriceOverride) {
 }
 
 /// What `usage` costs at `price`, rounded up to the micro-dollar.
-pub fn cost(price: &types::Price, usage: &Units) -> Micros {
+pub fn cost(price: &types::Price, usage: &Usage) -> Micros {
     let scaled = |unit_price: u64, quantity: u64, per: u64| -> u64 {
         ((unit_price as u128 * quantity as u128).div_ceil(per as u128)).min(u64::MAX as u128) as u64
     };
@@ -340,8 +341,8 @@ mod tests {
         }
     }
 
-    fn usage() -> Units {
-        Units {
+    fn usage() -> Usage {
+        Usage {
             requests: 1,
             images: 0,
             megapixels_milli: 0,
@@ -353,13 +354,13 @@ mod tests {
 
     #[test]
     fn cost_multiplies_usage_by_unit_prices_and_rounds_up() {
-        let one_image = Units {
+        let one_image = Usage {
             images: 1,
             ..usage()
         };
         assert_eq!(cost(&price(), &one_image), Micros(40_000));
         // 10 and 256 tokens at $0.18 per million: 1.8 and 46.08, each rounded up.
-        let tokens = Units {
+        let tokens = Usage {
             input_tokens: 10,
             output_tokens: 256,
             ..usage()

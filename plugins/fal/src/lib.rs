@@ -47,10 +47,7 @@ impl Adapter for Fal {
                 canonical::model(
                     "flux-1.1-pro",
                     "fal-ai/flux-pro/v1.1",
-                    Price {
-                        per_image: 40_000,
-                        ..Price::default()
-                    },
+                    Price::per_image(40_000),
                 ),
                 canonical::model(
                     VIDEO,
@@ -68,8 +65,7 @@ impl Adapter for Fal {
         if model.slug == VIDEO {
             return Ok(Usage::seconds(canonical::video_seconds(input) as f64));
         }
-        let (width, height) = canonical::image_size(input);
-        Ok(Usage::images(1, width, height))
+        Ok(canonical::image_estimate(input))
     }
 
     fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure> {

@@ -64,8 +64,7 @@ impl Adapter for OpenAi {
             let max_tokens = input["max_tokens"].as_u64().unwrap_or(DEFAULT_MAX_TOKENS);
             Ok(Usage::tokens(prompt, max_tokens))
         } else {
-            let (width, height) = canonical::image_size(input);
-            Ok(Usage::images(1, width, height))
+            Ok(canonical::image_estimate(input))
         }
     }
 

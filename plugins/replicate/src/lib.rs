@@ -10,14 +10,8 @@ struct Replicate;
 /// Image editing; the other models are text to image.
 const KONTEXT: &str = "flux-kontext-pro";
 
-const PER_IMAGE: Price = Price {
-    per_request: 0,
-    per_image: 40_000,
-    per_megapixel: 0,
-    per_second: 0,
-    per_million_input_tokens: 0,
-    per_million_output_tokens: 0,
-};
+/// $0.04 an image.
+const PER_IMAGE: Price = Price::per_image(40_000);
 
 impl Adapter for Replicate {
     fn manifest(&self) -> Manifest {
@@ -46,8 +40,7 @@ impl Adapter for Replicate {
             // One image of about a megapixel, whatever the input's size.
             return Ok(Usage::images(1, 1024, 1024));
         }
-        let (width, height) = canonical::image_size(input);
-        Ok(Usage::images(1, width, height))
+        Ok(canonical::image_estimate(input))
     }
 
     fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure> {

@@ -165,8 +165,7 @@ impl Dispatcher {
                         text = full;
                     }
                     // A closing marker without usage keeps what an earlier event reported.
-                    if usage.is_none() || !crate::plugins::Units::from(&completion.usage).is_empty()
-                    {
+                    if usage.is_none() || !completion.usage.is_empty() {
                         usage = Some(completion.usage);
                     }
                 }

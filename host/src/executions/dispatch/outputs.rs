@@ -38,7 +38,7 @@ impl Dispatcher {
         // Usage that counts nothing the price charges for (a provider that does not
         // report usage, or an adapter reporting images for a per-megapixel price)
         // is charged the estimate: money must not hang on an adapter's footnote.
-        let mut units = crate::plugins::Units::from(&completion.usage);
+        let mut units = completion.usage;
         let price = &candidate.model.price;
         if units.is_empty() || !units.meet(price) {
             if !units.is_empty() {

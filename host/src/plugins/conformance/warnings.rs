@@ -2,7 +2,6 @@
 //! refuse, usage that meets no priced unit, descriptions that name the provider.
 
 use crate::host_pattern::HostPattern;
-use crate::plugins::Units;
 use crate::plugins::types;
 
 /// What a completion shows that the host will not treat as the author likely means:
@@ -44,7 +43,7 @@ pub(super) fn completion_warnings(
             Some(_) => {}
         }
     }
-    if !Units::from(&completion.usage).meet(&model.price) {
+    if !completion.usage.meet(&model.price) {
         warnings.push(format!(
             "the completion's usage counts none of the units {} is priced by ({}): the host will charge the estimate instead",
             model.slug,
