@@ -6,8 +6,6 @@
 //! redirected to another execution. A verified callback only wakes the attempt's
 //! poll loop: the provider's answer to that poll stays the source of truth.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::store::{self, Store};
@@ -38,9 +36,8 @@ impl CallbackSigner {
     }
 
     fn mac(&self, provider: &str, execution_id: &str, attempt_id: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
-        mac.update(format!("{provider}/{execution_id}/{attempt_id}").as_bytes());
-        hex::encode(mac.finalize().into_bytes())[..MAC_HEX].to_string()
+        let message = format!("{provider}/{execution_id}/{attempt_id}");
+        crate::mac::hmac_hex(&self.key, &message)[..MAC_HEX].to_string()
     }
 
     /// The callback URL for one attempt at `provider`.

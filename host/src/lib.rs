@@ -14,6 +14,7 @@ pub mod file_fields;
 pub mod files;
 pub mod host_pattern;
 pub mod ids;
+pub mod mac;
 pub mod money;
 pub mod netguard;
 pub mod plugins;

@@ -15,6 +15,7 @@ const FOUNDATIONS: &[&str] = &[
     "error",
     "durable",
     "host_pattern",
+    "mac",
 ];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;

@@ -358,13 +358,9 @@ pub async fn install_plugin(
     let wasm = wasm.map_err(|rejection| super::body_refused(rejection, super::MAX_PLUGIN_BYTES))?;
     let runtime = app.runtime.clone();
     let started = std::time::Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let plugin = runtime.load(&wasm)?;
-        plugin.validate()?;
-        Ok::<_, anyhow::Error>(plugin)
-    })
-    .await
-    .map_err(anyhow::Error::from)?;
+    let loaded = tokio::task::spawn_blocking(move || runtime.load_validated(&wasm))
+        .await
+        .map_err(anyhow::Error::from)?;
     let plugin = loaded.map_err(|error| {
         ApiError::invalid(
             "plugin",

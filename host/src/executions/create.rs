@@ -4,7 +4,6 @@
 
 use anyhow::Result;
 use chrono::Duration;
-use hmac::{Hmac, Mac};
 use redb::ReadableTable;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -335,12 +334,13 @@ impl Prepared {
 /// version-4 UUID made of HMAC-SHA256 bits, so it reveals nothing of the key.
 /// `generation` counts earlier uses of the key whose 24 hours have lapsed.
 fn keyed_id(secret: &[u8], org_id: &str, key: &str, generation: u32) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    // Each part length-prefixed, so no two (organization, key) pairs share a message.
+    let mut message = Vec::new();
     for part in [org_id.as_bytes(), key.as_bytes(), &generation.to_be_bytes()] {
-        mac.update(&(part.len() as u64).to_be_bytes());
-        mac.update(part);
+        message.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        message.extend_from_slice(part);
     }
-    let digest = mac.finalize().into_bytes();
+    let digest = crate::mac::hmac_sha256(secret, &[&message]);
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     format!(

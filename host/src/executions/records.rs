@@ -285,10 +285,10 @@ pub enum Ending {
 
 /// `{org}/{newest-first key}/{id}`: inverted creation time sorts newest first.
 pub(super) fn by_org_key(execution: &Execution) -> String {
-    let inverted = i64::MAX - execution.created_at.timestamp_micros();
-    format!(
-        "{}/{inverted:020}/{}",
-        execution.organization_id, execution.id
+    crate::ids::newest_first_key(
+        &execution.organization_id,
+        execution.created_at,
+        &execution.id,
     )
 }
 

@@ -761,11 +761,7 @@ fn sniff(head: &[u8]) -> (String, String) {
 
 /// `{org}/{newest-first key}/{file}`.
 fn by_org_key(record: &FileRecord) -> String {
-    let inverted = i64::MAX - record.created_at.timestamp_micros();
-    format!(
-        "{}/{inverted:020}/{}",
-        record.organization_id, record.file_id
-    )
+    crate::ids::newest_first_key(&record.organization_id, record.created_at, &record.file_id)
 }
 
 fn expiry_key_prefix(at: DateTime<Utc>) -> String {

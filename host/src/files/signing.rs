@@ -7,9 +7,7 @@
 //! needs to go on.
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, Code};
@@ -112,9 +110,7 @@ impl UrlSigner {
     }
 
     fn mac(&self, message: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
-        mac.update(message.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        crate::mac::hmac_hex(&self.key, message)
     }
 
     fn holds(&self, message: &str, signature: &str) -> bool {

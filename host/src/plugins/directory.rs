@@ -24,11 +24,7 @@ fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Result<Vec<Arc<LoadedPlugin>>
     paths.sort();
     paths
         .iter()
-        .map(|path| {
-            let plugin = runtime.load(&std::fs::read(path)?)?;
-            plugin.validate()?;
-            Ok(plugin)
-        })
+        .map(|path| runtime.load_validated(&std::fs::read(path)?))
         .zip(&paths)
         .map(|(loaded, path): (Result<Arc<LoadedPlugin>>, _)| {
             loaded.with_context(|| format!("loading plugin {}", path.display()))
@@ -103,8 +99,7 @@ pub fn watch_dir(runtime: Arc<Runtime>, registry: Arc<Registry>, dir: PathBuf) {
                 let (runtime, registry) = (runtime.clone(), registry.clone());
                 let file = path.clone();
                 let swapped = tokio::task::spawn_blocking(move || {
-                    let plugin = runtime.load(&std::fs::read(&file)?)?;
-                    plugin.validate()?;
+                    let plugin = runtime.load_validated(&std::fs::read(&file)?)?;
                     if let Some(installed) = registry.installed() {
                         installed.saw_in_plugins_dir(&plugin.name, &plugin.sha256);
                     }

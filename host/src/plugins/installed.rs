@@ -163,8 +163,7 @@ impl Installed {
         if sha256 != version.sha256 {
             bail!("{} is damaged: its sha256 is {sha256}", path.display());
         }
-        let plugin = runtime.load(&wasm)?;
-        plugin.validate()?;
+        let plugin = runtime.load_validated(&wasm)?;
         if plugin.name != name {
             bail!("{} is the adapter {:?}", path.display(), plugin.name);
         }

@@ -126,6 +126,14 @@ impl Runtime {
         }))
     }
 
+    /// [`Runtime::load`], then [`LoadedPlugin::validate`]: what every version passes
+    /// before it may go live (start-up, installs, the plugins directory).
+    pub fn load_validated(self: &Arc<Self>, wasm: &[u8]) -> Result<Arc<LoadedPlugin>> {
+        let plugin = self.load(wasm)?;
+        plugin.validate()?;
+        Ok(plugin)
+    }
+
     /// Checks the contract version, compiles (or loads the cached artifact),
     /// instantiates once and reads the manifest. Nothing is registered here.
     pub fn load(self: &Arc<Self>, wasm: &[u8]) -> Result<Arc<LoadedPlugin>> {

@@ -10,8 +10,6 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
@@ -349,9 +347,7 @@ impl Webhooks {
 
 /// `hex(HMAC-SHA256(secret, "{timestamp}.{body}"))`
 pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(format!("{timestamp}.{body}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    crate::mac::hmac_hex(secret.as_bytes(), &format!("{timestamp}.{body}"))
 }
 
 /// A transport error in words a client can act on (with the guard's refusal, when

@@ -123,11 +123,7 @@ pub async fn organization_secret(store: &Store, org_id: &str) -> Result<String> 
 
 /// `{org}/{newest-first key}/{endpoint}`.
 fn by_org_key(endpoint: &Endpoint) -> String {
-    let inverted = i64::MAX - endpoint.created_at.timestamp_micros();
-    format!(
-        "{}/{inverted:020}/{}",
-        endpoint.organization_id, endpoint.id
-    )
+    crate::ids::newest_first_key(&endpoint.organization_id, endpoint.created_at, &endpoint.id)
 }
 
 pub(super) fn endpoints_of(txn: &WriteTransaction, org_id: &str) -> Result<Vec<Endpoint>> {
