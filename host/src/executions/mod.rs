@@ -805,7 +805,7 @@ async fn estimate(
 /// A failure an adapter reported before anything ran (e.g. while estimating).
 fn failure_to_api(failure: &wit::Failure) -> ApiError {
     let code = Code::from(failure.code);
-    tracing::info!(?code, message = %failure.message, "adapter refused the input");
+    tracing::info!(%code, message = %failure.message, "adapter refused the input");
     ApiError::new(code, code.client_message())
 }
 

@@ -59,9 +59,10 @@ impl Dispatcher {
             Decision::Retry(delay) => (true, delay),
             Decision::Fail => (false, Duration::ZERO),
         };
-        tracing::info!(execution = %execution.id, code = ?failure.code, message = %failure.message, retry, "attempt failed");
-        let detail = format!("{:?}: {}", failure.code, failure.message);
         let code = Code::from(failure.code);
+        tracing::info!(execution = %execution.id, %code, message = %failure.message, retry, retry_in_ms = delay.as_millis() as u64, "attempt failed");
+        // Operators read the code by its API name (`RATE_LIMITED`).
+        let detail = format!("{code}: {}", failure.message);
         let updated = if retry {
             self.executions
                 .update(&execution.id, move |execution, _| {

@@ -133,6 +133,17 @@ async fn retry_after_does_not_hold_back_failover_to_another_provider() {
     assert_eq!(healthy.count("/v1/models/"), 1);
     let latency = execution["latency_ms"].as_u64().unwrap();
     assert!(latency < 10_000, "failover waited {latency} ms");
+    // Operators read the failed attempt's code by its API name, not the Rust one.
+    let id = execution["id"].as_str().unwrap();
+    let record = server
+        .admin_get(&format!("/admin/v1/executions/{id}"))
+        .await
+        .body;
+    let limited_attempt = &record["attempts"][0];
+    assert_eq!(limited_attempt["failure"], "RATE_LIMITED", "{record}");
+    let outcome = limited_attempt["outcome"].as_str().unwrap();
+    assert!(outcome.starts_with("RATE_LIMITED: "), "{outcome}");
+    assert_eq!(record["attempts"][1]["outcome"], "completed", "{record}");
 }
 
 /// Regression: while the only provider's breaker was open, every attempt failed at
