@@ -194,6 +194,29 @@ async fn an_open_breaker_defers_executions_instead_of_failing_them() {
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "COMPLETED", "{execution}");
     assert_eq!(emulator.count("/v1/chat/completions"), 6);
+
+    // The operator sees why it waited, and each breaker transition once.
+    let log = server.log();
+    let lines = |text: &str| log.lines().filter(|l| l.contains(text)).count();
+    assert_eq!(lines("circuit breaker opened: 5 of the last 5"), 1, "{log}");
+    assert_eq!(lines("circuit breaker half-open"), 1, "{log}");
+    assert_eq!(lines("circuit breaker closed"), 1, "{log}");
+    let waits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("execution waits") && l.contains(&id))
+        .collect();
+    assert_eq!(waits.len(), 1, "logged once, not every look: {log}");
+    assert!(
+        waits[0].contains("its circuit breaker is open for"),
+        "{}",
+        waits[0]
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("execution stopped waiting") && l.contains(&id)),
+        "{log}"
+    );
+    assert!(!log.contains("ModelOverloaded"), "{log}");
 }
 
 /// A slow provider is not a failed one: its execution completes. Its observed
