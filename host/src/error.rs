@@ -32,6 +32,31 @@ pub enum Code {
 }
 
 impl Code {
+    /// The name clients see, as serialized (`RATE_LIMITED`): also the one operators
+    /// read in logs and attempt records, never the Rust name.
+    pub fn as_str(self) -> &'static str {
+        use Code::*;
+        match self {
+            InputValidationError => "INPUT_VALIDATION_ERROR",
+            ContentModerationRejected => "CONTENT_MODERATION_REJECTED",
+            FileNotFound => "FILE_NOT_FOUND",
+            FileFormatUnsupported => "FILE_FORMAT_UNSUPPORTED",
+            InsufficientBalance => "INSUFFICIENT_BALANCE",
+            RateLimited => "RATE_LIMITED",
+            ModelOverloaded => "MODEL_OVERLOADED",
+            ModelUnavailable => "MODEL_UNAVAILABLE",
+            GenerationTimeout => "GENERATION_TIMEOUT",
+            GenerationFailed => "GENERATION_FAILED",
+            ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            InternalError => "INTERNAL_ERROR",
+            Unauthorized => "UNAUTHORIZED",
+            Forbidden => "FORBIDDEN",
+            NotFound => "NOT_FOUND",
+            Conflict => "CONFLICT",
+            PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+        }
+    }
+
     pub fn status(self) -> StatusCode {
         use Code::*;
         match self {
@@ -105,6 +130,12 @@ impl Code {
             Conflict => "The request conflicts with the current state.",
             PayloadTooLarge => "The request body is too large.",
         }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -301,5 +332,34 @@ mod tests {
             serde_json::to_string(&Code::ContentModerationRejected).unwrap(),
             "\"CONTENT_MODERATION_REJECTED\""
         );
+    }
+
+    /// Operators read codes in logs and attempt records by the names clients see.
+    #[test]
+    fn every_code_displays_as_its_serialized_name() {
+        use Code::*;
+        for code in [
+            InputValidationError,
+            ContentModerationRejected,
+            FileNotFound,
+            FileFormatUnsupported,
+            InsufficientBalance,
+            RateLimited,
+            ModelOverloaded,
+            ModelUnavailable,
+            GenerationTimeout,
+            GenerationFailed,
+            ServiceUnavailable,
+            InternalError,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.to_string());
+            assert_eq!(code.as_str(), code.to_string());
+        }
+        assert_eq!(format!("{}", RateLimited), "RATE_LIMITED");
     }
 }

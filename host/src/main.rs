@@ -4,7 +4,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use modelroute::auth::OperatorToken;
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -146,7 +147,11 @@ enum AdminCommand {
     },
 }
 
-fn main() -> Result<()> {
+/// Every command ends on an error the same way: one line, `error: <message>:
+/// <cause>: …`, and exit code 1. Never `main`'s `Debug` rendering of the error,
+/// which adds a backtrace whenever `RUST_BACKTRACE` is set: a typo in an operator's
+/// file is not a crash.
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -155,7 +160,28 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new()?;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error`'s message and its causes, `: `-separated, on one line (a cause that
+/// spans lines, e.g. a TOML parse error with its excerpt, is folded).
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {
         Command::Serve { config, dev } => {
             let mut config = modelroute::config::Config::load(config.as_deref())?;
@@ -275,6 +301,14 @@ async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
         AdminCommand::InstallPlugin { name, file } => {
             let wasm =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            // Checked here, before the server spends a compile on the wrong file.
+            let manifest_name = manifest_name(file, &wasm).await?;
+            if manifest_name != *name {
+                bail!(
+                    "{} is the plugin {manifest_name:?}, not {name:?} (its manifest names it)",
+                    file.display()
+                );
+            }
             client
                 .put(format!("{base}/admin/v1/plugins/{name}"))
                 .body(wasm)
@@ -290,9 +324,25 @@ async fn admin(connection: Connection, command: AdminCommand) -> Result<()> {
         .with_context(|| format!("reaching {base}"))?;
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
-    println!("{}", serde_json::to_string_pretty(&body)?);
     if !status.is_success() {
-        bail!("the server answered {status}");
+        match body["error"]["message"].as_str() {
+            Some(message) => bail!("the server answered {status}: {message}"),
+            None => bail!("the server answered {status}"),
+        }
     }
+    println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())
+}
+
+/// The name `wasm`'s manifest gives the plugin, read by loading it as the server
+/// and `plugin check` do (in a private scratch cache, removed afterwards).
+async fn manifest_name(file: &Path, wasm: &[u8]) -> Result<String> {
+    use modelroute::plugins::Runtime;
+    let cache = std::env::temp_dir().join(format!("modelroute-name-{}", std::process::id()));
+    let runtime = Runtime::new(Default::default(), cache.clone())?;
+    let wasm = wasm.to_vec();
+    let loaded = tokio::task::spawn_blocking(move || runtime.load(&wasm)).await;
+    let _ = std::fs::remove_dir_all(&cache);
+    let plugin = loaded?.with_context(|| format!("loading {}", file.display()))?;
+    Ok(plugin.name.clone())
 }

@@ -119,12 +119,7 @@ impl AttemptFailure {
 
     /// The attempt record's line: the code by its API name, then the message.
     pub fn detail(&self) -> String {
-        let code = serde_json::to_value(self.code()).unwrap_or_default();
-        format!(
-            "{}: {}",
-            code.as_str().unwrap_or("INTERNAL_ERROR"),
-            self.message
-        )
+        format!("{}: {}", self.code(), self.message)
     }
 }
 

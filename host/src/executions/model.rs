@@ -254,7 +254,7 @@ mod tests {
             started_at: Utc::now(),
             ended_at: Some(Utc::now()),
             job: None,
-            outcome: Some(format!("{failure:?}")),
+            outcome: Some(failure.to_string()),
             failure: Some(failure),
         }
     }

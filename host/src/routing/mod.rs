@@ -15,7 +15,7 @@
 mod breaker;
 pub mod health;
 
-pub use breaker::State as BreakerState;
+pub use breaker::{Pass, State as BreakerState, Transition};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -178,6 +178,80 @@ impl Provider {
     /// probe reached it and its breaker lets the request through.
     pub fn would_allow(&self, now: std::time::Instant) -> bool {
         self.health.is_up() && self.breaker.would_allow(now)
+    }
+
+    /// Why a new request may not go to the provider at `now`, for the log of an
+    /// execution that waits; `None` when it may.
+    pub fn unavailable_because(&self, now: std::time::Instant) -> Option<String> {
+        if !self.health.is_up() {
+            return Some("its last health probe failed".into());
+        }
+        if let Some(left) = self.breaker.cool_down_left(now) {
+            return Some(format!(
+                "its circuit breaker is open for {:.1} s more",
+                left.as_secs_f64()
+            ));
+        }
+        (!self.breaker.would_allow(now))
+            .then(|| "its circuit breaker is half-open and its one probe is in flight".into())
+    }
+
+    /// Leave for one request to go now (see [`Breaker::try_acquire`]); the first
+    /// probe after a cool-down logs the open → half-open transition.
+    pub fn try_acquire(&self, now: std::time::Instant) -> Option<Pass> {
+        let pass = self.breaker.try_acquire(now)?;
+        if pass.half_opened {
+            log_transition(&self.name, Transition::HalfOpened);
+        }
+        Some(pass)
+    }
+
+    /// Records a request's outcome in the breaker, logging the transition it
+    /// caused, if any.
+    pub fn record(
+        &self,
+        success: bool,
+        latency: Option<std::time::Duration>,
+        now: std::time::Instant,
+    ) {
+        if let Some(transition) = self.breaker.record(success, latency, now) {
+            log_transition(&self.name, transition);
+        }
+    }
+}
+
+/// One log line per breaker transition: opening and reopening warn (traffic stops),
+/// half-opening and closing inform.
+fn log_transition(provider: &str, transition: Transition) {
+    let cool_down_s = breaker::COOL_DOWN.as_secs();
+    match transition {
+        Transition::Opened {
+            failures,
+            samples,
+            window,
+        } => tracing::warn!(
+            provider,
+            failures,
+            samples,
+            window,
+            cool_down_s,
+            "circuit breaker opened: {failures} of the last {samples} requests failed (opens at {:.0} % of at least {} in a window of {window}); no new requests for {cool_down_s} s",
+            breaker::OPEN_RATIO * 100.0,
+            breaker::MIN_SAMPLES,
+        ),
+        Transition::HalfOpened => tracing::info!(
+            provider,
+            "circuit breaker half-open: the cool-down passed, one probe request goes through"
+        ),
+        Transition::Closed => tracing::info!(
+            provider,
+            "circuit breaker closed: a request succeeded, traffic flows again"
+        ),
+        Transition::Reopened => tracing::warn!(
+            provider,
+            cool_down_s,
+            "circuit breaker reopened: the probe request failed; no new requests for {cool_down_s} s"
+        ),
     }
 }
 

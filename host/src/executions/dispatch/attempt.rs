@@ -14,7 +14,15 @@ use crate::plugins::types;
 use crate::routing::Candidate;
 
 impl Dispatcher {
-    pub(super) async fn start_attempt(&self, execution: &Execution) -> Result<AttemptEnd> {
+    /// Starts an attempt at the best provider that takes traffic now, or defers.
+    /// `waiting` is when the execution began waiting for a provider (kept by the
+    /// caller across deferrals), so the wait is logged once when it starts, with
+    /// what it waits for, and once when it ends, with how long it took.
+    pub(super) async fn start_attempt(
+        &self,
+        execution: &Execution,
+        waiting: &mut Option<std::time::Instant>,
+    ) -> Result<AttemptEnd> {
         let ranked = self
             .router
             .ranked(&execution.model, &execution.usage_estimate);
@@ -38,8 +46,37 @@ impl Dispatcher {
                 .any(|a| a.provider == c.provider.name)
         });
         let Some(candidate) = untried.or(ready.first()).map(|c| (*c).clone()) else {
+            if waiting.is_none() {
+                *waiting = Some(now);
+                let waiting_for: Vec<String> = ranked
+                    .iter()
+                    .map(|c| {
+                        let why = c
+                            .provider
+                            .unavailable_because(now)
+                            .unwrap_or_else(|| "available".into());
+                        format!("{}: {why}", c.provider.name)
+                    })
+                    .collect();
+                let expires_in_s = (execution.expires_at - clock::now()).num_seconds();
+                tracing::warn!(
+                    execution = %execution.id,
+                    model = %execution.model,
+                    waiting_for = %waiting_for.join("; "),
+                    expires_in_s,
+                    "execution waits: no provider of its model takes traffic now; it looks again every {DEFER_MS} ms until one does or it expires"
+                );
+            }
             return Ok(AttemptEnd::Deferred);
         };
+        if let Some(since) = waiting.take() {
+            tracing::info!(
+                execution = %execution.id,
+                provider = %candidate.provider.name,
+                waited_ms = now.saturating_duration_since(since).as_millis() as u64,
+                "execution stopped waiting: a provider takes traffic again"
+            );
+        }
         let now = clock::now();
         let attempt = Attempt {
             id: new_short_id("att"),

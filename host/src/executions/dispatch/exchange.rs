@@ -29,18 +29,31 @@ impl Dispatcher {
         execution_id: &str,
     ) -> Option<(Answer, bool)> {
         let provider = &candidate.provider;
-        let Some(pass) = provider.breaker.try_acquire(clock::instant()) else {
+        let Some(pass) = provider.try_acquire(clock::instant()) else {
             let open =
                 AttemptFailure::new(Kind::BreakerOpen, "the provider's circuit breaker is open");
             return Some((Answer::Failed(open), false));
         };
         let ended = self.executions.ended(execution_id);
         tokio::pin!(ended);
-        let _permit = tokio::select! {
-            permit = provider.bulkhead.acquire() => permit,
-            () = &mut ended => {
-                provider.breaker.release(pass);
-                return None;
+        // A full bulkhead is a wait operators should see: logged when it starts and
+        // when it ends, with how long it took.
+        let _permit = match provider.bulkhead.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let since = Instant::now();
+                tracing::info!(execution = %execution_id, provider = %provider.name, "waiting for the provider's bulkhead: max_concurrency requests are in flight");
+                let permit = tokio::select! {
+                    permit = provider.bulkhead.acquire() => permit,
+                    () = &mut ended => {
+                        tracing::info!(execution = %execution_id, provider = %provider.name, waited_ms = since.elapsed().as_millis() as u64, "stopped waiting for the provider's bulkhead: the execution ended");
+                        provider.breaker.release(pass);
+                        return None;
+                    }
+                };
+                tracing::info!(execution = %execution_id, provider = %provider.name, waited_ms = since.elapsed().as_millis() as u64, "the provider's bulkhead let the request through");
+                // The bulkhead is never closed.
+                permit.ok()
             }
         };
         let started = Instant::now();
@@ -62,13 +75,11 @@ impl Dispatcher {
             Ok((outcome, answered)) => {
                 // A provider that answers, even "no" to a bad input, is healthy.
                 let healthy = !matches!(&outcome, Answer::Failed(f) if f.retry);
-                provider
-                    .breaker
-                    .record(healthy, Some(started.elapsed()), clock::instant());
+                provider.record(healthy, Some(started.elapsed()), clock::instant());
                 (outcome, answered)
             }
             Err(error) => {
-                provider.breaker.record(false, None, clock::instant());
+                provider.record(false, None, clock::instant());
                 (Answer::Failed(error.into()), false)
             }
         })

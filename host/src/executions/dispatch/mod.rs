@@ -175,6 +175,8 @@ impl Dispatcher {
     }
 
     pub(super) async fn drive(&self, id: &str) -> Result<()> {
+        // Since when the execution waits for a provider (see `start_attempt`).
+        let mut waiting = None;
         loop {
             let Some(execution) = self.executions.store_get(id)? else {
                 return Ok(());
@@ -184,7 +186,7 @@ impl Dispatcher {
             }
             let end = match execution.open_attempt().cloned() {
                 Some(attempt) => self.resume(&execution, attempt).await?,
-                None => self.start_attempt(&execution).await?,
+                None => self.start_attempt(&execution, &mut waiting).await?,
             };
             let (failure, counts) = match end {
                 AttemptEnd::Abandoned => return Ok(()),

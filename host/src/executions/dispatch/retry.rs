@@ -59,7 +59,7 @@ impl Dispatcher {
         };
         let detail = failure.detail();
         let code = failure.code();
-        tracing::info!(execution = %execution.id, side = ?failure.side(), %detail, retry, "attempt failed");
+        tracing::info!(execution = %execution.id, side = ?failure.side(), %detail, retry, retry_in_ms = delay.as_millis() as u64, "attempt failed");
         let updated = if retry {
             self.executions
                 .update(&execution.id, move |execution, _| {

@@ -133,6 +133,17 @@ async fn retry_after_does_not_hold_back_failover_to_another_provider() {
     assert_eq!(healthy.count("/v1/models/"), 1);
     let latency = execution["latency_ms"].as_u64().unwrap();
     assert!(latency < 10_000, "failover waited {latency} ms");
+    // Operators read the failed attempt's code by its API name, not the Rust one.
+    let id = execution["id"].as_str().unwrap();
+    let record = server
+        .admin_get(&format!("/admin/v1/executions/{id}"))
+        .await
+        .body;
+    let limited_attempt = &record["attempts"][0];
+    assert_eq!(limited_attempt["failure"], "RATE_LIMITED", "{record}");
+    let outcome = limited_attempt["outcome"].as_str().unwrap();
+    assert!(outcome.starts_with("RATE_LIMITED: "), "{outcome}");
+    assert_eq!(record["attempts"][1]["outcome"], "completed", "{record}");
 }
 
 /// Regression: while the only provider's breaker was open, every attempt failed at
@@ -183,6 +194,29 @@ async fn an_open_breaker_defers_executions_instead_of_failing_them() {
     let execution = server.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "COMPLETED", "{execution}");
     assert_eq!(emulator.count("/v1/chat/completions"), 6);
+
+    // The operator sees why it waited, and each breaker transition once.
+    let log = server.log();
+    let lines = |text: &str| log.lines().filter(|l| l.contains(text)).count();
+    assert_eq!(lines("circuit breaker opened: 5 of the last 5"), 1, "{log}");
+    assert_eq!(lines("circuit breaker half-open"), 1, "{log}");
+    assert_eq!(lines("circuit breaker closed"), 1, "{log}");
+    let waits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("execution waits") && l.contains(&id))
+        .collect();
+    assert_eq!(waits.len(), 1, "logged once, not every look: {log}");
+    assert!(
+        waits[0].contains("its circuit breaker is open for"),
+        "{}",
+        waits[0]
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("execution stopped waiting") && l.contains(&id)),
+        "{log}"
+    );
+    assert!(!log.contains("ModelOverloaded"), "{log}");
 }
 
 /// A slow provider is not a failed one: its execution completes. Its observed
