@@ -41,33 +41,6 @@ table! {
     pub META = "meta"
 }
 
-table!(pub ORGANIZATIONS = "organizations");
-table! {
-    /// API keys by the hex SHA-256 of their secret.
-    pub API_KEYS = "api_keys"
-}
-table! {
-    /// `{org}/{key id}` → secret hash
-    pub API_KEYS_BY_ORG = "api_keys_by_org"
-}
-table! {
-    /// hex SHA-256 of a rotated key's previous secret → `{org}/{key id}`
-    pub API_KEY_PREVIOUS_SECRETS = "api_key_previous_secrets"
-}
-table!(pub FILES = "files");
-table! {
-    /// `{org}/{newest-first sort key}/{file}` → empty
-    pub FILES_BY_ORG = "files_by_org"
-}
-table! {
-    /// `{expires_at ms:020}/{file}` → empty: the expiry sweeper's queue
-    pub FILES_BY_EXPIRY = "files_by_expiry"
-}
-table! {
-    /// `{file}/{µs:020}/{nonce}` → audit entry
-    pub FILE_AUDIT = "file_audit"
-}
-
 type Commit = Box<dyn FnOnce() + Send>;
 type WriteOp = Box<dyn FnOnce(&WriteTransaction) -> Result<Commit> + Send>;
 

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::{FILE_AUDIT, FILES};
 use super::{FileRecord, Origin};
 use crate::clock;
-use crate::store::{self, FILE_AUDIT, FILES, Store};
+use crate::store::{self, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

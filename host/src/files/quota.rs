@@ -21,10 +21,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::FILES;
 use super::FileRecord;
 use crate::config::FileSettings;
 use crate::error::{ApiError, Code};
-use crate::store::{self, FILES, JsonTable};
+use crate::store::{self, JsonTable};
 
 /// Per organization: its usage and the operator's override of the quota.
 const FILE_USAGE: JsonTable = TableDefinition::new("file_usage");

@@ -7,10 +7,10 @@ use chrono::{DateTime, Duration, Utc};
 use redb::TableError;
 use std::sync::Arc;
 
+use super::FILES_BY_EXPIRY;
 use super::audit::{self, Action, AuditEntry};
 use super::{Files, Origin, ReadTables, UNREFERENCED, expiry_key_prefix, remove};
 use crate::clock;
-use crate::store::FILES_BY_EXPIRY;
 
 impl Files {
     /// Deletes every file whose time has come, and the bytes of files removed

@@ -1,0 +1,47 @@
+//! Settings of executions: attempts, timeouts and per-model overrides.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionSettings {
+    pub expiry_seconds: u64,
+    /// per-model overrides, by slug
+    pub models: BTreeMap<String, ModelSettings>,
+    pub max_attempts: u32,
+    pub upstream_timeout_ms: u64,
+    pub max_asset_bytes: u64,
+    /// how often a job whose provider will call back is polled anyway
+    pub callback_fallback_poll_ms: u64,
+}
+
+impl Default for ExecutionSettings {
+    fn default() -> Self {
+        ExecutionSettings {
+            expiry_seconds: 1800,
+            models: BTreeMap::new(),
+            max_attempts: 4,
+            upstream_timeout_ms: 60_000,
+            max_asset_bytes: 150 * 1024 * 1024,
+            callback_fallback_poll_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// how long an execution of this model may take before it is EXPIRED
+    pub expiry_seconds: u64,
+}
+
+impl ExecutionSettings {
+    pub fn expiry(&self, slug: &str) -> chrono::Duration {
+        let seconds = self
+            .models
+            .get(slug)
+            .map_or(self.expiry_seconds, |m| m.expiry_seconds);
+        chrono::Duration::seconds(seconds.min(i64::MAX as u64) as i64)
+    }
+}
