@@ -375,6 +375,8 @@ pub async fn install_plugin(
             format!("the plugin calls itself {:?}, not {name:?}", plugin.name),
         ));
     }
+    // Checked here to answer 400 with the reason; `activate` checks again under
+    // its lock, against an install that raced this one.
     app.registry.check_agreement(&plugin).map_err(|error| {
         ApiError::invalid(
             "plugin",

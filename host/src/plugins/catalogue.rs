@@ -177,12 +177,8 @@ mod tests {
             input_schema: schema.into(),
             example_input: "{}".into(),
             price: types::Price {
-                per_request: 0,
                 per_image: 1,
-                per_megapixel: 0,
-                per_second: 0,
-                per_million_input_tokens: 0,
-                per_million_output_tokens: 0,
+                ..Default::default()
             },
         }
     }

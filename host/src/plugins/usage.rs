@@ -43,17 +43,6 @@ impl Usage {
 mod tests {
     use super::*;
 
-    fn price_zero() -> Price {
-        Price {
-            per_request: 0,
-            per_image: 0,
-            per_megapixel: 0,
-            per_second: 0,
-            per_million_input_tokens: 0,
-            per_million_output_tokens: 0,
-        }
-    }
-
     fn usage() -> Usage {
         Usage {
             requests: 1,
@@ -67,7 +56,7 @@ mod tests {
     fn usage_meets_a_price_only_by_a_unit_the_price_charges_for() {
         let per_megapixel = Price {
             per_megapixel: 40_000,
-            ..price_zero()
+            ..Price::default()
         };
         let images_only = Usage {
             images: 1,
@@ -82,7 +71,7 @@ mod tests {
         // A per-request price is met by any usage, reported or not.
         let per_request = Price {
             per_request: 10_000,
-            ..price_zero()
+            ..Price::default()
         };
         assert!(usage().meet(&per_request) && Usage::default().meet(&per_request));
         // Tokens meet a token price even when only one side is counted.
@@ -94,7 +83,7 @@ mod tests {
             .meet(&Price {
                 per_million_input_tokens: 180_000,
                 per_million_output_tokens: 180_000,
-                ..price_zero()
+                ..Price::default()
             })
         );
     }

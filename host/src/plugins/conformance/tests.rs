@@ -294,12 +294,8 @@ fn a_description_naming_the_provider_or_its_hosts_is_warned_about() {
         input_schema: String::new(),
         example_input: String::new(),
         price: types::Price {
-            per_request: 0,
             per_image: 1,
-            per_megapixel: 0,
-            per_second: 0,
-            per_million_input_tokens: 0,
-            per_million_output_tokens: 0,
+            ..Default::default()
         },
     };
     let manifest = types::Manifest {
