@@ -261,6 +261,26 @@ mod tests {
         }
     }
 
+    /// Regression: fal's `OK` callback was read as "still pending", which the host
+    /// takes as no news, so the job waited for its fallback poll instead of waking.
+    #[test]
+    fn a_finished_jobs_callback_polls_it_now_and_a_ping_does_not() {
+        let c = ctx("flux-1.1-pro");
+        let job = Job {
+            id: "req_1".into(),
+            state: String::new(),
+        };
+        let verdict = |body: Value| Fal.parse_webhook(&c, &job, &[], body.to_string().as_bytes());
+        for status in ["OK", "ERROR"] {
+            let callback = json!({"request_id": "req_1", "status": status, "payload": null});
+            assert_eq!(verdict(callback), CallbackVerdict::PollNow, "{status}");
+        }
+        assert_eq!(
+            verdict(json!({"status": "IN_PROGRESS"})),
+            CallbackVerdict::KeepWaiting
+        );
+    }
+
     #[test]
     fn submit_status_then_result() {
         let c = ctx("flux-1.1-pro");
