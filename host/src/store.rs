@@ -5,9 +5,17 @@
 //! then answers each caller only after the commit returned: an acknowledged write is
 //! on disk. A write closure must not block; its domain rejections are values in its
 //! `Ok`, while an `Err` aborts the whole batch (a storage failure).
+//!
+//! Domain code never sees the engine: it gets a [`Snapshot`] or a [`Txn`] and hands
+//! it to the storage functions of the module that owns the data (each module's
+//! `storage.rs`, the only place that declares and opens its tables). A write that
+//! spans modules (an execution, its hold and its webhook event) passes the one
+//! [`Txn`] through each, so it commits whole or not at all. A second backend plugs in
+//! here and in those `storage.rs` files, nowhere else.
 
 use anyhow::{Context, Result, anyhow};
 use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
+use redb::{ReadOnlyTable, ReadableTable, Table};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -41,8 +49,41 @@ table! {
     pub META = "meta"
 }
 
+/// A consistent snapshot of the store, to read from.
+pub struct Snapshot(ReadTransaction);
+
+/// The write transaction of the current batch: everything written through it commits
+/// together, or nothing does.
+pub struct Txn<'a>(&'a WriteTransaction);
+
+/// Opens tables for reading, from a [`Snapshot`] or inside a [`Txn`], so that a
+/// module's read functions are written once for both.
+pub trait Reader {
+    type Table<'t>: ReadableTable<&'static str, &'static [u8]>
+    where
+        Self: 't;
+    fn open_table(&self, table: JsonTable) -> Result<Self::Table<'_>>;
+}
+
+impl Reader for Snapshot {
+    type Table<'t> = ReadOnlyTable<&'static str, &'static [u8]>;
+    fn open_table(&self, table: JsonTable) -> Result<Self::Table<'_>> {
+        Ok(self.0.open_table(table)?)
+    }
+}
+
+impl Reader for Txn<'_> {
+    type Table<'t>
+        = Table<'t, &'static str, &'static [u8]>
+    where
+        Self: 't;
+    fn open_table(&self, table: JsonTable) -> Result<Self::Table<'_>> {
+        Ok(self.0.open_table(table)?)
+    }
+}
+
 type Commit = Box<dyn FnOnce() + Send>;
-type WriteOp = Box<dyn FnOnce(&WriteTransaction) -> Result<Commit> + Send>;
+type WriteOp = Box<dyn FnOnce(&Txn) -> Result<Commit> + Send>;
 
 /// How many queued writes one transaction may absorb. Under load a commit costs
 /// little more for a bigger batch (most of it is the fsync and the pages it writes),
@@ -74,16 +115,15 @@ impl Store {
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot).
-    pub fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_read()?;
-        f(&txn)
+    pub fn read<T>(&self, f: impl FnOnce(&Snapshot) -> Result<T>) -> Result<T> {
+        f(&Snapshot(self.db.begin_read()?))
     }
 
     /// Runs `f` in the next batch's write transaction and answers after the commit.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+        F: FnOnce(&Txn) -> Result<T> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
         let op: WriteOp = Box::new(move |txn| {
@@ -118,7 +158,7 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteOp>) {
         let mut commits = Vec::with_capacity(batch.len());
         let mut failed = None;
         for op in batch {
-            match op(&txn) {
+            match op(&Txn(&txn)) {
                 Ok(commit) => commits.push(commit),
                 Err(error) => {
                     failed = Some(error);
@@ -160,7 +200,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 /// Reads one record through any readable table.
 pub fn get<T: DeserializeOwned>(
-    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
 ) -> Result<Option<T>> {
     match table.get(key)? {
@@ -190,8 +230,8 @@ pub async fn signing_key(store: &Store, name: &'static str) -> Result<Vec<u8>> {
 /// `start`, loads each id from `records`, keeps what `keep` accepts, and stops at
 /// `limit`. Returns the page and whether more follow.
 pub fn page<T: DeserializeOwned>(
-    index: &impl redb::ReadableTable<&'static str, &'static [u8]>,
-    records: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    index: &impl ReadableTable<&'static str, &'static [u8]>,
+    records: &impl ReadableTable<&'static str, &'static [u8]>,
     prefix: &str,
     start: &str,
     limit: usize,

@@ -109,3 +109,39 @@ fn the_foundations_import_nothing_of_the_host() {
         assert!(edges.is_empty(), "{module} imports {edges:?}");
     }
 }
+
+/// What only the storage layer may name: the engine, its tables, the record codec.
+const STORAGE_MARKS: &[&str] = &[
+    "redb::",
+    "open_table(",
+    "store::table!",
+    "store::get(",
+    "store::get::<",
+    "store::encode(",
+    "store::decode(",
+    "store::page(",
+];
+
+/// Each module keeps its persistence behind its own `db.rs` (the seam where a second
+/// backend plugs in): no other file of the host names the engine or a table.
+#[test]
+fn only_store_and_each_modules_db_touch_tables() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut offenders = Vec::new();
+    for path in walk(&src) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name == "db.rs" || path == src.join("store.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (number, line) in code.lines().enumerate() {
+            let line = line.split("//").next().unwrap_or_default();
+            if let Some(mark) = STORAGE_MARKS.iter().find(|mark| line.contains(*mark)) {
+                let relative = path.strip_prefix(&src).unwrap().display();
+                offenders.push(format!("{relative}:{}: {mark}", number + 1));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "storage outside db.rs:\n{}", offenders.join("\n"));
+}

@@ -4,13 +4,12 @@
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{API_KEY_PREVIOUS_SECRETS, API_KEYS, API_KEYS_BY_ORG};
+use super::db;
 use crate::ids::new_short_id;
-use crate::store;
+use crate::store::{Reader, Txn};
 
 /// Most keys an organization may have active at once.
 pub const MAX_ACTIVE_KEYS: usize = 20;
@@ -111,12 +110,12 @@ impl ApiKey {
 }
 
 /// Creates a key for `org_id` and returns it with its secret (shown once).
-pub fn create_key(txn: &WriteTransaction, org_id: &str, scope: Scope) -> Result<(ApiKey, String)> {
+pub fn create_key(txn: &Txn, org_id: &str, scope: Scope) -> Result<(ApiKey, String)> {
     create_named_key(txn, org_id, scope, None)
 }
 
 fn create_named_key(
-    txn: &WriteTransaction,
+    txn: &Txn,
     org_id: &str,
     scope: Scope,
     name: Option<String>,
@@ -133,36 +132,13 @@ fn create_named_key(
         expires_at: None,
         previous: None,
     };
-    save_key(txn, &key)?;
-    txn.open_table(API_KEYS_BY_ORG)?.insert(
-        format!("{org_id}/{}", key.id).as_str(),
-        key.secret_hash.as_bytes(),
-    )?;
+    db::insert_key(txn, &key)?;
     Ok((key, secret))
 }
 
-fn save_key(txn: &WriteTransaction, key: &ApiKey) -> Result<()> {
-    txn.open_table(API_KEYS)?
-        .insert(key.secret_hash.as_str(), store::encode(key)?.as_slice())?;
-    Ok(())
-}
-
 /// Every key of `org_id`, oldest first.
-pub fn keys_of(txn: &ReadTransaction, org_id: &str) -> Result<Vec<ApiKey>> {
-    let prefix = format!("{org_id}/");
-    let index = txn.open_table(API_KEYS_BY_ORG)?;
-    let keys = txn.open_table(API_KEYS)?;
-    let mut found = Vec::new();
-    for row in index.range(prefix.as_str()..)? {
-        let (name, hash) = row?;
-        if !name.value().starts_with(&prefix) {
-            break;
-        }
-        let hash = std::str::from_utf8(hash.value())?;
-        if let Some(key) = store::get::<ApiKey>(&keys, hash)? {
-            found.push(key);
-        }
-    }
+pub fn keys_of(reader: &impl Reader, org_id: &str) -> Result<Vec<ApiKey>> {
+    let mut found = db::keys_of(reader, org_id)?;
     found.sort_by_key(|k| k.created_at);
     Ok(found)
 }
@@ -177,7 +153,7 @@ pub enum KeyRefusal {
 /// Creates a key unless the organization already has [`MAX_ACTIVE_KEYS`] active
 /// (live) ones. Rotation keeps a key's id, so it never changes the count.
 pub fn create_key_checked(
-    txn: &WriteTransaction,
+    txn: &Txn,
     org_id: &str,
     scope: Scope,
     name: Option<String>,
@@ -189,43 +165,18 @@ pub fn create_key_checked(
     Ok(Ok(create_named_key(txn, org_id, scope, name)?))
 }
 
-fn active_keys(txn: &WriteTransaction, org_id: &str, now: DateTime<Utc>) -> Result<usize> {
-    let prefix = format!("{org_id}/");
-    let index = txn.open_table(API_KEYS_BY_ORG)?;
-    let keys = txn.open_table(API_KEYS)?;
-    let mut active = 0;
-    for row in redb::ReadableTable::range(&index, prefix.as_str()..)? {
-        let (name, hash) = row?;
-        if !name.value().starts_with(&prefix) {
-            break;
-        }
-        let key: Option<ApiKey> = store::get(&keys, std::str::from_utf8(hash.value())?)?;
-        active += key.is_some_and(|k| k.is_live(now)) as usize;
-    }
-    Ok(active)
-}
-
-fn find_key(txn: &WriteTransaction, org_id: &str, key_id: &str) -> Result<Option<ApiKey>> {
-    let index = txn.open_table(API_KEYS_BY_ORG)?;
-    let Some(hash) = redb::ReadableTable::get(&index, format!("{org_id}/{key_id}").as_str())?
-    else {
-        return Ok(None);
-    };
-    let hash = std::str::from_utf8(hash.value())?.to_string();
-    store::get(&txn.open_table(API_KEYS)?, &hash)
+fn active_keys(txn: &Txn, org_id: &str, now: DateTime<Utc>) -> Result<usize> {
+    let keys = db::keys_of(txn, org_id)?;
+    Ok(keys.iter().filter(|k| k.is_live(now)).count())
 }
 
 /// Revokes a key at once. Revoking a revoked key is harmless.
-pub fn revoke_key(
-    txn: &WriteTransaction,
-    org_id: &str,
-    key_id: &str,
-) -> Result<Result<ApiKey, KeyRefusal>> {
-    let Some(mut key) = find_key(txn, org_id, key_id)? else {
+pub fn revoke_key(txn: &Txn, org_id: &str, key_id: &str) -> Result<Result<ApiKey, KeyRefusal>> {
+    let Some(mut key) = db::find_key(txn, org_id, key_id)? else {
         return Ok(Err(KeyRefusal::NotFound));
     };
     key.revoked_at.get_or_insert(crate::clock::now());
-    save_key(txn, &key)?;
+    db::save_key(txn, &key)?;
     Ok(Ok(key))
 }
 
@@ -239,32 +190,18 @@ pub struct Rotated {
 /// Gives the key a new secret; it keeps its id, name and scope, and the secret it
 /// had keeps working for [`ROTATION_GRACE`] more. A key has at most two working
 /// secrets: rotating again ends the grace of the secret the last rotation replaced.
-pub fn rotate_key(
-    txn: &WriteTransaction,
-    org_id: &str,
-    key_id: &str,
-) -> Result<Result<Rotated, KeyRefusal>> {
+pub fn rotate_key(txn: &Txn, org_id: &str, key_id: &str) -> Result<Result<Rotated, KeyRefusal>> {
     let now = crate::clock::now();
-    let Some(mut key) = find_key(txn, org_id, key_id)?.filter(|k| k.is_live(now)) else {
+    let Some(mut key) = db::find_key(txn, org_id, key_id)?.filter(|k| k.is_live(now)) else {
         return Ok(Err(KeyRefusal::NotFound));
     };
-    let mut previous_secrets = txn.open_table(API_KEY_PREVIOUS_SECRETS)?;
-    if let Some(earlier) = &key.previous {
-        previous_secrets.remove(earlier.hash.as_str())?;
-    }
-    let index_key = format!("{org_id}/{key_id}");
-    previous_secrets.insert(key.secret_hash.as_str(), index_key.as_bytes())?;
-    txn.open_table(API_KEYS)?.remove(key.secret_hash.as_str())?;
-
     let secret = generate_secret();
     let valid_until = now + ROTATION_GRACE;
-    key.previous = Some(PreviousSecret {
+    let retired = key.previous.replace(PreviousSecret {
         hash: std::mem::replace(&mut key.secret_hash, hash_secret(&secret)),
         valid_until,
     });
-    save_key(txn, &key)?;
-    txn.open_table(API_KEYS_BY_ORG)?
-        .insert(index_key.as_str(), key.secret_hash.as_bytes())?;
+    db::save_rotated_key(txn, &key, retired.as_ref().map(|r| r.hash.as_str()))?;
     Ok(Ok(Rotated {
         key,
         secret,

@@ -5,6 +5,7 @@
 //! SHA-256 of a secret is stored: the secret has 256 bits of entropy, so a slow hash
 //! would buy nothing.
 
+mod db;
 mod keys;
 mod operator;
 mod organizations;
@@ -22,26 +23,9 @@ pub use organizations::{
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use redb::ReadTransaction;
 use subtle::ConstantTimeEq;
 
-use crate::store;
-
-crate::store::table! {
-    ORGANIZATIONS = "organizations"
-}
-crate::store::table! {
-    /// API keys by the hex SHA-256 of their secret.
-    API_KEYS = "api_keys"
-}
-crate::store::table! {
-    /// `{org}/{key id}` → secret hash
-    API_KEYS_BY_ORG = "api_keys_by_org"
-}
-crate::store::table! {
-    /// hex SHA-256 of a rotated key's previous secret → `{org}/{key id}`
-    API_KEY_PREVIOUS_SECRETS = "api_key_previous_secrets"
-}
+use crate::store::Reader;
 
 /// Who is calling: resolved from a valid, live key.
 #[derive(Debug, Clone)]
@@ -60,7 +44,7 @@ impl Caller {
 /// The caller a bearer secret stands for, if it is well formed, known and live.
 /// An empty secret is never anyone's.
 pub fn authenticate(
-    txn: &ReadTransaction,
+    reader: &impl Reader,
     secret: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Caller>> {
@@ -68,14 +52,13 @@ pub fn authenticate(
         return Ok(None);
     }
     let hash = hash_secret(secret);
-    let keys = txn.open_table(API_KEYS)?;
     // The tables are keyed by the hash, so the compares below are belt and braces
     // against a corrupted row; constant-time like every secret comparison here.
     let matches = |stored: &str| -> bool { stored.as_bytes().ct_eq(hash.as_bytes()).into() };
-    let live = match store::get::<ApiKey>(&keys, &hash)? {
+    let live = match db::key_by_hash(reader, &hash)? {
         Some(key) => Some(key).filter(|key| matches(&key.secret_hash)),
         // A rotated key's previous secret, during its grace.
-        None => previous_secret_owner(txn, &keys, &hash)?.filter(|key| {
+        None => db::key_by_previous_hash(reader, &hash)?.filter(|key| {
             key.previous
                 .as_ref()
                 .is_some_and(|previous| matches(&previous.hash) && previous.valid_until > now)
@@ -89,22 +72,6 @@ pub fn authenticate(
         key_id: key.id,
         scope: key.scope,
     }))
-}
-
-/// The key whose previous secret hashes to `hash`, if any.
-fn previous_secret_owner(
-    txn: &ReadTransaction,
-    keys: &impl redb::ReadableTable<&'static str, &'static [u8]>,
-    hash: &str,
-) -> Result<Option<ApiKey>> {
-    let Some(index_key) = txn.open_table(API_KEY_PREVIOUS_SECRETS)?.get(hash)? else {
-        return Ok(None);
-    };
-    let index = txn.open_table(API_KEYS_BY_ORG)?;
-    let Some(current) = index.get(std::str::from_utf8(index_key.value())?)? else {
-        return Ok(None);
-    };
-    store::get(keys, std::str::from_utf8(current.value())?)
 }
 
 #[cfg(test)]

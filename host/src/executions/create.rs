@@ -4,15 +4,13 @@
 
 use anyhow::Result;
 use chrono::Duration;
-use redb::ReadableTable;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
-use super::records::{active_key, by_org_key, load};
+use super::db;
 use super::waiting::STREAM_BUFFER;
-use super::{ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG};
 use super::{Claim, Execution, Executions, Mode, Status, StreamMessage};
 use super::{failure, input};
 use crate::auth::Caller;
@@ -24,7 +22,7 @@ use crate::ids::new_id;
 use crate::money::Micros;
 use crate::plugins::types;
 use crate::routing::{self};
-use crate::store;
+use crate::store::Reader;
 
 /// A validated `POST /v1/executions` body.
 #[derive(Debug, Clone)]
@@ -63,10 +61,9 @@ impl Executions {
         // its files may be gone, its model retired, the balance spent since.
         if let Some((key, request_hash)) = &idempotency {
             let now = clock::now();
-            let earlier = self.store.read(|txn| {
-                let executions = txn.open_table(EXECUTIONS)?;
+            let earlier = self.store.read(|snapshot| {
                 earlier_use(
-                    &executions,
+                    snapshot,
                     &self.id_key,
                     &caller.org_id,
                     key,
@@ -191,18 +188,17 @@ impl Executions {
             });
         });
         // Encoding and keys are prepared here, off the single writer thread.
-        let mut prepared = Prepared::of(&execution)?;
+        let mut prepared = db::Prepared::of(&execution)?;
         let id_key = self.id_key.clone();
         self.store
             .write(move |txn| {
-                let mut executions = txn.open_table(EXECUTIONS)?;
                 if let Some((key, request_hash)) = &key {
                     let org = &execution.organization_id;
-                    match earlier_use(&executions, &id_key, org, key, request_hash, now)? {
+                    match earlier_use(txn, &id_key, org, key, request_hash, now)? {
                         Ok(outcome) => return Ok(outcome),
                         Err(free) if free != execution.id => {
                             execution.id = free;
-                            prepared = Prepared::of(&execution)?;
+                            prepared = db::Prepared::of(&execution)?;
                         }
                         Err(_) => {}
                     }
@@ -219,11 +215,7 @@ impl Executions {
                     }
                     HoldResult::Placed => {}
                 }
-                executions.insert(execution.id.as_str(), prepared.record.as_slice())?;
-                txn.open_table(ACTIVE_EXECUTIONS)?
-                    .insert(prepared.active.as_str(), [].as_slice())?;
-                txn.open_table(EXECUTIONS_BY_ORG)?
-                    .insert(prepared.by_org.as_str(), [].as_slice())?;
+                db::insert(txn, &prepared)?;
                 Ok(CreateOutcome::Created(execution))
             })
             .await
@@ -290,7 +282,7 @@ pub enum CreateOutcome {
 /// `request_hash`: a replay or a conflict while the earlier claim lives, else (the
 /// key is new, or its uses have lapsed) the id a new execution takes.
 fn earlier_use(
-    executions: &impl ReadableTable<&'static str, &'static [u8]>,
+    reader: &impl Reader,
     id_key: &[u8],
     org_id: &str,
     key: &str,
@@ -299,7 +291,7 @@ fn earlier_use(
 ) -> Result<Result<CreateOutcome, String>> {
     for generation in 0.. {
         let id = keyed_id(id_key, org_id, key, generation);
-        let Some(existing) = load(executions, &id)? else {
+        let Some(existing) = db::load(reader, &id)? else {
             return Ok(Err(id));
         };
         if let Some(claim) = existing.claim.as_ref().filter(|c| c.expires_at > now) {
@@ -311,23 +303,6 @@ fn earlier_use(
         }
     }
     unreachable!("a key is used fewer than 2^32 times")
-}
-
-/// A new execution's stored form and index keys.
-struct Prepared {
-    record: Vec<u8>,
-    active: String,
-    by_org: String,
-}
-
-impl Prepared {
-    fn of(execution: &Execution) -> Result<Prepared> {
-        Ok(Prepared {
-            record: store::encode(execution)?,
-            active: active_key(execution),
-            by_org: by_org_key(execution),
-        })
-    }
 }
 
 /// The id of the execution an organization creates with an idempotency key: a

@@ -4,6 +4,7 @@
 //! attempt failed.
 
 mod create;
+mod db;
 pub mod dispatch;
 mod failure;
 pub mod input;
@@ -24,17 +25,6 @@ pub use create::{CreateOutcome, CreateRequest, Created, IDEMPOTENT_ID_KEY, reque
 pub use model::{Claim, Execution, Mode, Status};
 pub use records::{Ending, LedgerReport};
 pub use waiting::StreamMessage;
-
-crate::store::table!(EXECUTIONS = "executions");
-crate::store::table! {
-    /// `{org}/{newest-first sort key}/{exec}` → empty
-    EXECUTIONS_BY_ORG = "executions_by_org"
-}
-crate::store::table! {
-    /// `{expires_at ms}/{execution}` of every execution that is not terminal: the
-    /// dispatcher's durable queue
-    ACTIVE_EXECUTIONS = "active_executions"
-}
 
 pub struct Executions {
     store: Store,

@@ -2,11 +2,10 @@
 //! the webhook events they cause, endings that resolve the hold, and reads.
 
 use anyhow::Result;
-use redb::ReadableTable;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{ACTIVE_EXECUTIONS, EXECUTIONS, EXECUTIONS_BY_ORG};
+use super::db;
 use super::{Execution, Executions, Status};
 use super::{lifecycle_event, model};
 use crate::billing;
@@ -15,15 +14,13 @@ use crate::error::{ApiError, Code, DetailCode};
 use crate::files::audit::{Action, AuditEntry};
 use crate::files::grants::AttemptRef;
 use crate::money::Micros;
-use crate::store;
+use crate::store::Txn;
 use crate::webhooks;
 
 impl Executions {
     /// The execution `id` of `org_id` (another organization's is not found).
     pub fn get(&self, org_id: &str, id: &str) -> Result<Option<Execution>> {
-        let execution = self
-            .store
-            .read(|txn| load(&txn.open_table(EXECUTIONS)?, id))?;
+        let execution = self.store.read(|snapshot| db::load(snapshot, id))?;
         Ok(execution.filter(|e| e.organization_id == org_id))
     }
 
@@ -37,14 +34,11 @@ impl Executions {
         model: Option<&str>,
     ) -> Result<(Vec<Execution>, bool), ApiError> {
         self.store
-            .read(|txn| {
-                let executions = txn.open_table(EXECUTIONS)?;
-                let index = txn.open_table(EXECUTIONS_BY_ORG)?;
-                let prefix = format!("{org_id}/");
-                let start = match starting_after {
+            .read(|snapshot| {
+                let after = match starting_after {
                     Some(cursor) => {
-                        match load(&executions, cursor)?.filter(|e| e.organization_id == org_id) {
-                            Some(after) => by_org_key(&after) + "\u{0}",
+                        match db::load(snapshot, cursor)?.filter(|e| e.organization_id == org_id) {
+                            Some(after) => Some(after),
                             None => {
                                 return Ok(Err(ApiError::invalid(
                                     "starting_after",
@@ -54,18 +48,11 @@ impl Executions {
                             }
                         }
                     }
-                    None => prefix.clone(),
+                    None => None,
                 };
-                let page = store::page(
-                    &index,
-                    &executions,
-                    &prefix,
-                    &start,
-                    limit,
-                    |e: &Execution| {
-                        status.is_none_or(|s| s == e.status) && model.is_none_or(|m| m == e.model)
-                    },
-                )?;
+                let page = db::page_of_org(snapshot, org_id, after.as_ref(), limit, |e| {
+                    status.is_none_or(|s| s == e.status) && model.is_none_or(|m| m == e.model)
+                })?;
                 Ok(Ok(page))
             })
             .map_err(ApiError::from)?
@@ -78,13 +65,13 @@ impl Executions {
     /// state, or `None` when the execution was already terminal.
     pub async fn update<F>(&self, id: &str, change: F) -> Result<Option<Execution>>
     where
-        F: FnOnce(&mut Execution, &redb::WriteTransaction) -> Result<()> + Send + 'static,
+        F: FnOnce(&mut Execution, &Txn) -> Result<()> + Send + 'static,
     {
         let id = id.to_string();
         let updated = self
             .store
             .write(move |txn| {
-                let Some(mut execution) = load(&txn.open_table(EXECUTIONS)?, &id)? else {
+                let Some(mut execution) = db::load(txn, &id)? else {
                     return Ok(None);
                 };
                 if execution.status.is_terminal() {
@@ -105,7 +92,7 @@ impl Executions {
                     )?,
                     None => false,
                 };
-                save(txn, &execution)?;
+                db::save(txn, &execution)?;
                 Ok(Some((execution, queued)))
             })
             .await?;
@@ -185,14 +172,9 @@ impl Executions {
     pub fn verify_ledger(&self) -> Result<LedgerReport> {
         self.store.read(|txn| {
             let rebuilt = billing::rebuild_from_entries(txn)?;
-            let executions = txn.open_table(EXECUTIONS)?;
             let mut open_holds: std::collections::BTreeMap<String, u64> = Default::default();
-            for row in txn.open_table(ACTIVE_EXECUTIONS)?.iter()? {
-                let (key, _) = row?;
-                let Some((id, _)) = parse_active_key(key.value()) else {
-                    continue;
-                };
-                if let Some(execution) = load(&executions, &id)? {
+            for (id, _) in db::active(txn)? {
+                if let Some(execution) = db::load(txn, &id)? {
                     *open_holds.entry(execution.organization_id).or_default() +=
                         execution.hold_amount.0;
                 }
@@ -226,20 +208,12 @@ impl Executions {
 
     /// Ids of every non-terminal execution with its deadline, soonest first.
     pub fn active(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
-        self.store.read(|txn| {
-            let mut active = Vec::new();
-            for row in txn.open_table(ACTIVE_EXECUTIONS)?.iter()? {
-                let (key, _) = row?;
-                active.extend(parse_active_key(key.value()));
-            }
-            Ok(active)
-        })
+        self.store.read(db::active)
     }
 
     /// The execution regardless of organization (the dispatcher's and operators' view).
     pub fn store_get(&self, id: &str) -> Result<Option<Execution>> {
-        self.store
-            .read(|txn| load(&txn.open_table(EXECUTIONS)?, id))
+        self.store.read(|snapshot| db::load(snapshot, id))
     }
 
     /// The attempt execution `id` is running now, if it is running one.
@@ -281,49 +255,4 @@ pub enum Ending {
     },
     Cancelled,
     Expired,
-}
-
-/// `{org}/{newest-first key}/{id}`: inverted creation time sorts newest first.
-pub(super) fn by_org_key(execution: &Execution) -> String {
-    crate::ids::newest_first_key(
-        &execution.organization_id,
-        execution.created_at,
-        &execution.id,
-    )
-}
-
-pub(super) fn load(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    id: &str,
-) -> Result<Option<Execution>> {
-    store::get(table, id)
-}
-
-/// Writes the record; a terminal execution leaves the active queue.
-pub(super) fn save(txn: &redb::WriteTransaction, execution: &Execution) -> Result<()> {
-    txn.open_table(EXECUTIONS)?
-        .insert(execution.id.as_str(), store::encode(execution)?.as_slice())?;
-    if execution.status.is_terminal() {
-        txn.open_table(ACTIVE_EXECUTIONS)?
-            .remove(active_key(execution).as_str())?;
-    }
-    Ok(())
-}
-
-/// `{expires_at ms:020}/{id}`: new entries append (ids are random, deadlines are
-/// not), which keeps a batch of accepts on few pages, and the queue reads in
-/// deadline order.
-pub(super) fn active_key(execution: &Execution) -> String {
-    format!(
-        "{:020}/{}",
-        execution.expires_at.timestamp_millis().max(0),
-        execution.id
-    )
-}
-
-/// Parses an [`active_key`].
-fn parse_active_key(key: &str) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
-    let (millis, id) = key.split_once('/')?;
-    let expires = chrono::DateTime::from_timestamp_millis(millis.parse().ok()?)?;
-    Some((id.to_string(), expires))
 }

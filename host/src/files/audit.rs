@@ -5,13 +5,12 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{FILE_AUDIT, FILES};
+use super::db;
 use super::{FileRecord, Origin};
 use crate::clock;
-use crate::store::{self, Store};
+use crate::store::{Store, Txn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,17 +53,9 @@ impl AuditEntry {
     }
 }
 
-/// Appends `entry` (inside a write transaction). Keys sort by file, then time.
-pub fn record(txn: &WriteTransaction, entry: &AuditEntry) -> Result<()> {
-    let key = format!(
-        "{}/{:020}/{}",
-        entry.file_id,
-        entry.at.timestamp_micros().max(0),
-        uuid::Uuid::new_v4().simple()
-    );
-    txn.open_table(FILE_AUDIT)?
-        .insert(key.as_str(), store::encode(entry)?.as_slice())?;
-    Ok(())
+/// Appends `entry`, in the transaction of the change it records.
+pub fn record(txn: &Txn, entry: &AuditEntry) -> Result<()> {
+    db::append_audit(txn, entry)
 }
 
 /// The trail of `file_id`, oldest first; `None` when no such file ever existed
@@ -73,23 +64,9 @@ pub fn trail(store: &Store, file_id: &str) -> Result<Option<Vec<AuditEntry>>> {
     if !crate::ids::has_prefix(file_id, "file") {
         return Ok(None);
     }
-    store.read(|txn| {
-        let entries = for_file(txn, file_id)?;
-        let exists = !entries.is_empty() || txn.open_table(FILES)?.get(file_id)?.is_some();
+    store.read(|snapshot| {
+        let entries = db::audit_of(snapshot, file_id)?;
+        let exists = !entries.is_empty() || db::file(snapshot, file_id)?.is_some();
         Ok(exists.then_some(entries))
     })
-}
-
-/// Every entry of `file_id`, oldest first (they outlive the file).
-pub fn for_file(txn: &ReadTransaction, file_id: &str) -> Result<Vec<AuditEntry>> {
-    let prefix = format!("{file_id}/");
-    let mut entries = Vec::new();
-    for row in txn.open_table(FILE_AUDIT)?.range(prefix.as_str()..)? {
-        let (key, value) = row?;
-        if !key.value().starts_with(&prefix) {
-            break;
-        }
-        entries.push(store::decode(value.value())?);
-    }
-    Ok(entries)
 }

@@ -6,15 +6,13 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::Files;
 use super::audit::{self, Action, AuditEntry};
-use super::layout::{ReadTables, by_org_key, get_any};
 use super::record::{FileRecord, FileStatus, Origin};
 use super::signing::Signature;
 use super::storage::ByteStream;
-use super::{FILES, FILES_BY_ORG};
+use super::{db, get_any};
 use crate::auth::Caller;
 use crate::clock;
 use crate::error::{ApiError, Code, DetailCode};
-use crate::store;
 
 impl Files {
     /// A live file of the caller's organization, in any state.
@@ -47,14 +45,11 @@ impl Files {
         let now = clock::now();
         let org = caller.org_id.as_str();
         self.store
-            .read(|txn| {
-                let records = txn.open_table(FILES)?;
-                let index = txn.open_table(FILES_BY_ORG)?;
-                let prefix = format!("{org}/");
-                let start = match starting_after {
-                    None => prefix.clone(),
-                    Some(cursor) => match get_any(txn, org, cursor, now)? {
-                        Some(after) => by_org_key(&after) + "\u{0}",
+            .read(|snapshot| {
+                let after = match starting_after {
+                    None => None,
+                    Some(cursor) => match get_any(snapshot, org, cursor, now)? {
+                        Some(after) => Some(after),
                         None => {
                             return Ok(Err(ApiError::invalid(
                                 "starting_after",
@@ -64,14 +59,8 @@ impl Files {
                         }
                     },
                 };
-                let page = store::page(
-                    &index,
-                    &records,
-                    &prefix,
-                    &start,
-                    limit,
-                    |r: &FileRecord| r.expires_at > now,
-                )?;
+                let page =
+                    db::page_of_org(snapshot, org, after.as_ref(), limit, |r| r.expires_at > now)?;
                 Ok(Ok(page))
             })
             .map_err(ApiError::from)?
@@ -168,7 +157,9 @@ impl Files {
     ) -> Result<FileRecord, ApiError> {
         let now = clock::now();
         let verified = self.signer.verify_file(kind, file_id, signature, now)?;
-        let record: Option<FileRecord> = self.store.read(|txn| txn.file(&verified.file_id))?;
+        let record: Option<FileRecord> = self
+            .store
+            .read(|snapshot| db::file(snapshot, &verified.file_id))?;
         record.filter(|r| r.expires_at > now).ok_or_else(gone)
     }
 }

@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 
+use super::Files;
 use super::audit::{self, Action, AuditEntry};
-use super::layout::{get_any, remove};
 use super::record::{FileRecord, Origin};
-use super::{Files, UNREFERENCED};
+use super::{db, get_any};
 use crate::auth::{self, Caller};
 use crate::clock;
 use crate::error::ApiError;
@@ -20,7 +20,7 @@ impl Files {
         }
     }
 
-    /// Removes objects noted [`UNREFERENCED`] by a committed write, then the notes.
+    /// Removes objects noted unreferenced by a committed write, then the notes.
     pub(super) async fn purge(&self, objects: Vec<String>) {
         if objects.is_empty() {
             return;
@@ -28,13 +28,7 @@ impl Files {
         self.discard(objects.clone()).await;
         let forgotten = self
             .store
-            .write(move |txn| {
-                let mut table = txn.open_table(UNREFERENCED)?;
-                for object in &objects {
-                    table.remove(object.as_str())?;
-                }
-                Ok(())
-            })
+            .write(move |txn| db::forget_unreferenced(txn, &objects))
             .await;
         if let Err(error) = forgotten {
             tracing::warn!(
@@ -61,7 +55,7 @@ impl Files {
                 let Some(record) = get_any(txn, &org, &id, now)? else {
                     return Ok(None);
                 };
-                remove(txn, &record)?;
+                db::remove(txn, &record)?;
                 audit::record(txn, &AuditEntry::new(&record, Action::Delete, &origin))?;
                 Ok(Some(record))
             })

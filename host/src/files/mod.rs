@@ -10,10 +10,10 @@
 //! [`quota`]; expired files are deleted by [`Files::sweep`].
 
 pub mod audit;
+mod db;
 mod download;
 pub mod grants;
 mod ingest;
-mod layout;
 mod lifecycle;
 pub mod quota;
 mod record;
@@ -22,41 +22,20 @@ pub mod storage;
 mod sweep;
 mod upload;
 
-use redb::TableDefinition;
+use anyhow::Result;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 use crate::config::FileSettings;
-use crate::store::{self, Store};
-use layout::{ReadTables, expiry_key_prefix, get_any, remove};
-pub use layout::{get, insert};
+use crate::store::{Reader, Store};
+pub use db::insert;
 use quota::InFlight;
 pub use record::{FileRecord, FileStatus, IngestError, Ingested, Origin, UploadTicket};
 use signing::UrlSigner;
 use storage::Storage;
 
-crate::store::table! {
-    FILES = "files"
-}
-crate::store::table! {
-    /// `{org}/{newest-first sort key}/{file}` → empty
-    FILES_BY_ORG = "files_by_org"
-}
-crate::store::table! {
-    /// `{expires_at ms:020}/{file}` → empty: the expiry sweeper's queue
-    FILES_BY_EXPIRY = "files_by_expiry"
-}
-crate::store::table! {
-    /// `{file}/{µs:020}/{nonce}` → audit entry
-    FILE_AUDIT = "file_audit"
-}
-
 /// The store's name for the key that signs file URLs.
 pub const FILE_URL_KEY: &str = "file-url-key";
-
-/// Stored objects whose record is gone, noted in the transaction that removed it:
-/// their bytes are deleted after the commit ([`Files::purge`]), or by the next sweep
-/// when a crash came in between.
-const UNREFERENCED: store::JsonTable = TableDefinition::new("file_objects_unreferenced");
 
 pub struct Files {
     store: Store,
@@ -95,6 +74,28 @@ impl Files {
     pub fn storage(&self) -> &dyn Storage {
         self.storage.as_ref()
     }
+}
+
+/// The live file `file_id` of `org_id` in any state; another organization's or an
+/// expired file is indistinguishable from a missing one.
+fn get_any(
+    reader: &impl Reader,
+    org_id: &str,
+    file_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<FileRecord>> {
+    let record = db::file(reader, file_id)?;
+    Ok(record.filter(|r| r.organization_id == org_id && r.expires_at > now))
+}
+
+/// The live, ready file `file_id` of `org_id` (what executions may use).
+pub fn get(
+    reader: &impl Reader,
+    org_id: &str,
+    file_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<FileRecord>> {
+    Ok(get_any(reader, org_id, file_id, now)?.filter(|r| r.status == FileStatus::Ready))
 }
 
 #[cfg(test)]
@@ -173,7 +174,7 @@ mod tests {
         // The sweep reads at a time when both upload URLs have lapsed…
         let later = confirmed.expires_at + Duration::minutes(1);
         let due = files.due_for_expiry(later).unwrap();
-        let due_ids: Vec<&str> = due.iter().map(|(_, id)| id.as_str()).collect();
+        let due_ids: Vec<&str> = due.iter().map(|due| due.file_id.as_str()).collect();
         assert!(due_ids.contains(&confirmed.file_id.as_str()), "{due_ids:?}");
         assert!(due_ids.contains(&lapsed.file_id.as_str()), "{due_ids:?}");
         // …then a confirm commits before the sweep's write.
@@ -198,7 +199,7 @@ mod tests {
         assert!(files.storage().open(lapsed.object_key()).await.is_err());
         let usage = files
             .store
-            .read(|txn| quota::usage(txn, &fixture.caller.org_id))
+            .read(|txn| db::usage(txn, &fixture.caller.org_id))
             .unwrap();
         assert_eq!((usage.files, usage.bytes), (1, 20), "{usage:?}");
     }
@@ -214,7 +215,7 @@ mod tests {
         // The record's removal commits; the process dies before the bytes go.
         files
             .store
-            .write(move |txn| remove(txn, &removed))
+            .write(move |txn| db::remove(txn, &removed))
             .await
             .unwrap();
         assert!(files.storage().open(record.object_key()).await.is_ok());

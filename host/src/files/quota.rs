@@ -16,23 +16,14 @@
 //! are built once from the file records when the table is first used.
 
 use anyhow::Result;
-use redb::{ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::FILES;
-use super::FileRecord;
+use super::db;
 use crate::config::FileSettings;
 use crate::error::{ApiError, Code};
-use crate::store::{self, JsonTable};
-
-/// Per organization: its usage and the operator's override of the quota.
-const FILE_USAGE: JsonTable = TableDefinition::new("file_usage");
-
-/// The key (no organization id looks like it) whose presence says the counters were
-/// built from the file records.
-const COUNTED: &str = "~counted";
+use crate::store::Txn;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OrgFiles {
@@ -114,98 +105,23 @@ pub fn over_quota(usage: &OrgFiles, settings: &FileSettings, replacing: u64) -> 
     )
 }
 
-/// The organization's usage as of `txn` (zero before the counters were built: the
-/// commit's check, in a write transaction, is the one that holds).
-pub fn usage(txn: &ReadTransaction, org_id: &str) -> Result<OrgFiles> {
-    let table = match txn.open_table(FILE_USAGE) {
-        Ok(table) => table,
-        Err(TableError::TableDoesNotExist(_)) => return Ok(OrgFiles::default()),
-        Err(error) => return Err(error.into()),
-    };
-    Ok(store::get(&table, org_id)?.unwrap_or_default())
-}
-
-/// The organization's usage inside a write transaction (building the counters if
-/// this is their first use).
-pub fn usage_for_update(txn: &WriteTransaction, org_id: &str) -> Result<OrgFiles> {
-    counted(txn)?;
-    Ok(store::get(&txn.open_table(FILE_USAGE)?, org_id)?.unwrap_or_default())
-}
-
 /// Sets (`Some(Some(_))`) or clears (`Some(None)`) the operator's overrides; `None`
 /// leaves one as it is.
 pub fn set_quota(
-    txn: &WriteTransaction,
+    txn: &Txn,
     org_id: &str,
     quota_bytes: Option<Option<u64>>,
     quota_files: Option<Option<u64>>,
 ) -> Result<OrgFiles> {
-    let mut usage = usage_for_update(txn, org_id)?;
+    let mut usage = db::usage_for_update(txn, org_id)?;
     if let Some(quota) = quota_bytes {
         usage.quota_bytes = quota;
     }
     if let Some(quota) = quota_files {
         usage.quota_files = quota;
     }
-    put(txn, org_id, &usage)?;
+    db::put_usage(txn, org_id, &usage)?;
     Ok(usage)
-}
-
-/// Counts a change of one file record, from `before` to `after` (either absent).
-/// Called before the record itself is written, in the same transaction.
-pub fn account(
-    txn: &WriteTransaction,
-    before: Option<&FileRecord>,
-    after: Option<&FileRecord>,
-) -> Result<()> {
-    counted(txn)?;
-    let mut changes: Vec<(&str, i128, i128)> = Vec::with_capacity(2);
-    if let Some(record) = before {
-        changes.push((&record.organization_id, -(record.size_bytes as i128), -1));
-    }
-    if let Some(record) = after {
-        changes.push((&record.organization_id, record.size_bytes as i128, 1));
-    }
-    for (org_id, bytes, files) in changes {
-        let mut usage: OrgFiles =
-            store::get(&txn.open_table(FILE_USAGE)?, org_id)?.unwrap_or_default();
-        usage.bytes = apply(usage.bytes, bytes);
-        usage.files = apply(usage.files, files);
-        put(txn, org_id, &usage)?;
-    }
-    Ok(())
-}
-
-fn apply(value: u64, delta: i128) -> u64 {
-    (value as i128 + delta).clamp(0, u64::MAX as i128) as u64
-}
-
-fn put(txn: &WriteTransaction, org_id: &str, usage: &OrgFiles) -> Result<()> {
-    txn.open_table(FILE_USAGE)?
-        .insert(org_id, store::encode(usage)?.as_slice())?;
-    Ok(())
-}
-
-/// Builds the counters from the file records, once (a store written before quotas
-/// existed has records and no counters).
-fn counted(txn: &WriteTransaction) -> Result<()> {
-    let mut table = txn.open_table(FILE_USAGE)?;
-    if table.get(COUNTED)?.is_some() {
-        return Ok(());
-    }
-    let mut totals: HashMap<String, OrgFiles> = HashMap::new();
-    for row in txn.open_table(FILES)?.iter()? {
-        let (_, value) = row?;
-        let record: FileRecord = store::decode(value.value())?;
-        let usage = totals.entry(record.organization_id).or_default();
-        usage.bytes += record.size_bytes;
-        usage.files += 1;
-    }
-    for (org_id, usage) in totals {
-        table.insert(org_id.as_str(), store::encode(&usage)?.as_slice())?;
-    }
-    table.insert(COUNTED, [].as_slice())?;
-    Ok(())
 }
 
 /// Bytes of uploads still streaming in, per organization.

@@ -4,12 +4,10 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
-use redb::TableError;
 use std::sync::Arc;
 
-use super::FILES_BY_EXPIRY;
 use super::audit::{self, Action, AuditEntry};
-use super::{Files, Origin, ReadTables, UNREFERENCED, expiry_key_prefix, remove};
+use super::{Files, Origin, db};
 use crate::clock;
 
 impl Files {
@@ -29,40 +27,15 @@ impl Files {
         Ok(count)
     }
 
-    /// Up to 1,000 objects noted [`UNREFERENCED`].
+    /// Up to 1,000 objects noted unreferenced.
     pub(super) fn unreferenced_objects(&self) -> Result<Vec<String>> {
-        self.store.read(|txn| {
-            let table = match txn.open_table(UNREFERENCED) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(error) => return Err(error.into()),
-            };
-            let mut objects = Vec::new();
-            for row in table.range::<&str>(..)?.take(1000) {
-                objects.push(row?.0.value().to_string());
-            }
-            Ok(objects)
-        })
+        self.store.read(|snapshot| db::unreferenced(snapshot, 1000))
     }
 
-    /// Up to 1,000 files whose expiry has passed at `now`, as the expiry index
-    /// names them: `(index key, file id)`.
-    pub(super) fn due_for_expiry(&self, now: DateTime<Utc>) -> Result<Vec<(String, String)>> {
-        let due_before = expiry_key_prefix(now);
-        self.store.read(|txn| {
-            let mut due = Vec::new();
-            for row in txn
-                .open_table(FILES_BY_EXPIRY)?
-                .range(..due_before.as_str())?
-                .take(1000)
-            {
-                let (key, _) = row?;
-                let key = key.value().to_string();
-                let id = key.rsplit('/').next().unwrap_or_default().to_string();
-                due.push((key, id));
-            }
-            Ok(due)
-        })
+    /// Up to 1,000 files whose expiry has passed at `now`.
+    pub(super) fn due_for_expiry(&self, now: DateTime<Utc>) -> Result<Vec<db::Due>> {
+        self.store
+            .read(|snapshot| db::due_for_expiry(snapshot, now, 1000))
     }
 
     /// Removes the records of `due` that are still expired at `now`, checked again
@@ -71,7 +44,7 @@ impl Files {
     /// no record points to them.
     pub(super) async fn expire(
         &self,
-        due: Vec<(String, String)>,
+        due: Vec<db::Due>,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>> {
         self.store
@@ -81,18 +54,16 @@ impl Files {
                     address: None,
                 };
                 let mut objects = Vec::new();
-                for (key, id) in &due {
-                    match txn.file(id)? {
+                for due in &due {
+                    match db::file(txn, &due.file_id)? {
                         Some(record) if record.expires_at <= now => {
-                            remove(txn, &record)?;
+                            db::remove(txn, &record)?;
                             audit::record(txn, &AuditEntry::new(&record, Action::Expire, &origin))?;
                             objects.push(record.object_key().to_string());
                         }
                         Some(_) => {}
                         // An index entry left without its record.
-                        None => {
-                            txn.open_table(FILES_BY_EXPIRY)?.remove(key.as_str())?;
-                        }
+                        None => db::drop_due(txn, due)?,
                     }
                 }
                 Ok(objects)

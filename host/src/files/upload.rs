@@ -6,19 +6,16 @@ use bytes::Bytes;
 use chrono::Duration;
 use futures_util::{Stream, StreamExt};
 
-use super::FILES;
-use super::Files;
 use super::audit::{self, Action, AuditEntry};
 use super::download::gone;
-use super::layout::{get_any, insert, remove_expiry, save, unreferenced};
 use super::quota;
 use super::record::{FileRecord, FileStatus, IngestError, Origin, UploadTicket};
 use super::signing::Signature;
+use super::{Files, db, get_any};
 use crate::auth::Caller;
 use crate::clock;
 use crate::error::{ApiError, Code, DetailCode};
 use crate::ids::{new_id, new_short_id};
-use crate::store;
 
 impl Files {
     /// `POST /v1/files/upload`: a pending file and the signed URL its bytes go to.
@@ -60,14 +57,14 @@ impl Files {
         let settings = self.settings.clone();
         self.store
             .write(move |txn| {
-                let usage = quota::usage_for_update(txn, &stored.organization_id)?;
+                let usage = db::usage_for_update(txn, &stored.organization_id)?;
                 if let Err(full) = usage.admit_new_file(&settings) {
                     return Ok(Err(full));
                 }
                 if declared_size.is_some_and(|size| size > usage.room(&settings, 0)) {
                     return Ok(Err(quota::over_quota(&usage, &settings, 0)));
                 }
-                insert(txn, &stored)?;
+                db::insert(txn, &stored)?;
                 audit::record(txn, &AuditEntry::new(&stored, Action::UploadUrl, &origin))?;
                 Ok(Ok(()))
             })
@@ -108,7 +105,7 @@ impl Files {
         // earlier PUT of it holds (they are replaced).
         let usage = self
             .store
-            .read(|txn| quota::usage(txn, &record.organization_id))?;
+            .read(|snapshot| db::usage(snapshot, &record.organization_id))?;
         let replacing = record.size_bytes;
         let room = usage.room(&self.settings, replacing);
         if declared_length.is_some_and(|length| length > room) {
@@ -158,8 +155,7 @@ impl Files {
         let updated = self
             .store
             .write(move |txn| {
-                let Some(mut record) = store::get::<FileRecord>(&txn.open_table(FILES)?, &id)?
-                else {
+                let Some(mut record) = db::file(txn, &id)? else {
                     return Ok(Err(gone()));
                 };
                 if record.status == FileStatus::Ready {
@@ -169,19 +165,19 @@ impl Files {
                     )));
                 }
                 // Other uploads of the organization may have committed meanwhile.
-                let usage = quota::usage_for_update(txn, &record.organization_id)?;
+                let usage = db::usage_for_update(txn, &record.organization_id)?;
                 if ingested.size_bytes > usage.room(&settings, record.size_bytes) {
                     return Ok(Err(quota::over_quota(&usage, &settings, record.size_bytes)));
                 }
                 let replaced = record.object.replace(uploaded);
                 if let Some(object) = &replaced {
-                    unreferenced(txn, object)?;
+                    db::note_unreferenced(txn, object)?;
                 }
                 record.status = FileStatus::Uploaded;
                 record.content_type = ingested.content_type;
                 record.size_bytes = ingested.size_bytes;
                 record.sha256 = ingested.sha256;
-                save(txn, &record)?;
+                db::save(txn, &record)?;
                 audit::record(txn, &AuditEntry::new(&record, Action::Upload, &origin))?;
                 Ok(Ok((record, replaced)))
             })
@@ -225,10 +221,10 @@ impl Files {
                     FileStatus::Ready => return Ok(Ok(record)),
                     FileStatus::Uploaded => {}
                 }
-                remove_expiry(txn, &record)?;
+                db::remove_expiry(txn, &record)?;
                 record.status = FileStatus::Ready;
                 record.expires_at = now + Duration::days(record.ttl_days.into());
-                save(txn, &record)?;
+                db::save(txn, &record)?;
                 audit::record(txn, &AuditEntry::new(&record, Action::Confirm, &origin))?;
                 Ok(Ok(record))
             })

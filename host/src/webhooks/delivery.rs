@@ -14,15 +14,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
-use super::{
-    Delivery, Endpoint, StoredEvent, Target, default_secret, retire_delivery, save_delivery,
-    save_endpoint,
-};
-use super::{WEBHOOK_DELIVERIES, WEBHOOK_DUE, WEBHOOK_ENDPOINTS, WEBHOOK_EVENTS};
+use super::{Delivery, Target, db, default_secret, retire_delivery};
 use crate::clock;
 use crate::netguard::Guard;
-use crate::store::{self, Store};
-use redb::ReadableTable;
+use crate::store::Store;
 
 /// Waits before each retry: five retries after the first attempt.
 pub const RETRY_SCHEDULE_MINUTES: [i64; 5] = [2, 4, 8, 16, 30];
@@ -114,32 +109,9 @@ impl Webhooks {
     /// pending one is due.
     async fn dispatch_due(self: &Arc<Self>) -> Result<Option<DateTime<Utc>>> {
         let now = clock::now();
-        let horizon = format!("{:020}/~", now.timestamp_millis().max(0));
-        let (due, next) = self.store.read(|txn| {
-            let table = txn.open_table(WEBHOOK_DUE)?;
+        let (due, next) = self.store.read(|snapshot| {
             let in_flight = self.in_flight.lock().expect("in-flight poisoned");
-            let mut due = Vec::new();
-            let mut next = None;
-            for row in table.iter()? {
-                let (key, _) = row?;
-                let key = key.value();
-                let (at, id) = key.split_once('/').unwrap_or_default();
-                if in_flight.contains(id) {
-                    continue;
-                }
-                if key > horizon.as_str() {
-                    next = at
-                        .parse::<i64>()
-                        .ok()
-                        .and_then(DateTime::<Utc>::from_timestamp_millis);
-                    break;
-                }
-                due.push(id.to_string());
-                if due.len() >= CONCURRENCY * 4 {
-                    break;
-                }
-            }
-            Ok((due, next))
+            db::due(snapshot, now, CONCURRENCY * 4, |id| in_flight.contains(id))
         })?;
         for id in due {
             let permit = self.permits.clone().acquire_owned().await?;
@@ -170,37 +142,30 @@ impl Webhooks {
             let id = id.clone();
             self.store
                 .write(move |txn| {
-                    let Some(delivery) =
-                        store::get::<Delivery>(&txn.open_table(WEBHOOK_DELIVERIES)?, &id)?
-                    else {
+                    let Some(delivery) = db::delivery(txn, &id)? else {
                         return Ok(None);
                     };
-                    let event: Option<StoredEvent> =
-                        store::get(&txn.open_table(WEBHOOK_EVENTS)?, &delivery.event_id)?;
+                    let event = db::event(txn, &delivery.event_id)?;
                     let (url, secret, headers) = match &delivery.target {
                         Target::Url(url) => (
                             Some(url.clone()),
                             default_secret(txn, &delivery.organization_id)?,
                             Default::default(),
                         ),
-                        Target::Endpoint(endpoint_id) => {
-                            let endpoint: Option<Endpoint> =
-                                store::get(&txn.open_table(WEBHOOK_ENDPOINTS)?, endpoint_id)?;
-                            match endpoint {
-                                Some(e) if !e.is_active => {
-                                    return Ok(Some((
-                                        delivery,
-                                        None,
-                                        None,
-                                        String::new(),
-                                        Default::default(),
-                                        true,
-                                    )));
-                                }
-                                Some(e) => (Some(e.url), e.secret, e.headers),
-                                None => (None, String::new(), Default::default()),
+                        Target::Endpoint(endpoint_id) => match db::endpoint(txn, endpoint_id)? {
+                            Some(e) if !e.is_active => {
+                                return Ok(Some((
+                                    delivery,
+                                    None,
+                                    None,
+                                    String::new(),
+                                    Default::default(),
+                                    true,
+                                )));
                             }
-                        }
+                            Some(e) => (Some(e.url), e.secret, e.headers),
+                            None => (None, String::new(), Default::default()),
+                        },
                     };
                     Ok(Some((delivery, event, url, secret, headers, false)))
                 })
@@ -273,9 +238,7 @@ impl Webhooks {
         self.store
             .write(move |txn| {
                 // Re-read: only a still-pending delivery with the same count changes.
-                let Some(mut current) =
-                    store::get::<Delivery>(&txn.open_table(WEBHOOK_DELIVERIES)?, &delivery.id)?
-                else {
+                let Some(mut current) = db::delivery(txn, &delivery.id)? else {
                     return Ok(());
                 };
                 if current.attempts != delivery.attempts {
@@ -285,7 +248,7 @@ impl Webhooks {
                     Attempted::Paused => {
                         let at = now + Duration::minutes(PAUSED_RECHECK_MINUTES);
                         let previous_due = std::mem::replace(&mut current.next_attempt_at, at);
-                        return save_delivery(txn, &current, Some(previous_due));
+                        return db::save_delivery(txn, &current, Some(previous_due));
                     }
                     Attempted::Abandoned(reason) => {
                         current.last_error = Some(reason.to_string());
@@ -308,7 +271,7 @@ impl Webhooks {
                 match retry {
                     Some(at) => {
                         let previous_due = std::mem::replace(&mut current.next_attempt_at, at);
-                        save_delivery(txn, &current, Some(previous_due))?;
+                        db::save_delivery(txn, &current, Some(previous_due))?;
                     }
                     None => {
                         if dead {
@@ -317,10 +280,9 @@ impl Webhooks {
                         retire_delivery(txn, &current)?;
                     }
                 }
-                if let Target::Endpoint(endpoint_id) = &current.target {
-                    let endpoint: Option<Endpoint> =
-                        store::get(&txn.open_table(WEBHOOK_ENDPOINTS)?, endpoint_id)?;
-                    if let Some(mut endpoint) = endpoint {
+                if let Target::Endpoint(endpoint_id) = &current.target
+                    && let Some(mut endpoint) = db::endpoint(txn, endpoint_id)?
+                {
                         if delivered {
                             endpoint.failure_count = 0;
                             endpoint.last_success = Some(now);
@@ -336,8 +298,7 @@ impl Webhooks {
                                 tracing::warn!(endpoint = %endpoint.id, "webhook endpoint deactivated after repeated failed deliveries");
                             }
                         }
-                        save_endpoint(txn, &endpoint)?;
-                    }
+                    db::save_endpoint(txn, &endpoint)?;
                 }
                 Ok(())
             })

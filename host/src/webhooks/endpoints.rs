@@ -3,13 +3,11 @@
 //! reactivation). Handlers call these; only this module opens the endpoint tables.
 
 use anyhow::Result;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use std::collections::BTreeMap;
 
-use super::{Endpoint, MAX_ENDPOINTS, new_secret};
-use super::{WEBHOOK_ENDPOINTS, WEBHOOK_ENDPOINTS_BY_ORG};
+use super::{Endpoint, MAX_ENDPOINTS, db, new_secret};
 use crate::ids::has_prefix;
-use crate::store::{self, META, Store};
+use crate::store::{Reader, Store, Txn};
 
 /// Why an endpoint was not created.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,10 +19,10 @@ pub struct AtLimit;
 pub async fn create(store: &Store, endpoint: Endpoint) -> Result<Result<Endpoint, AtLimit>> {
     store
         .write(move |txn| {
-            if count_endpoints(txn, &endpoint.organization_id)? >= MAX_ENDPOINTS {
+            if db::count_endpoints(txn, &endpoint.organization_id)? >= MAX_ENDPOINTS {
                 return Ok(Err(AtLimit));
             }
-            insert_endpoint(txn, &endpoint)?;
+            db::insert_endpoint(txn, &endpoint)?;
             Ok(Ok(endpoint))
         })
         .await
@@ -32,7 +30,7 @@ pub async fn create(store: &Store, endpoint: Endpoint) -> Result<Result<Endpoint
 
 /// The endpoint `id` of `org_id` (another organization's is not found).
 pub fn get(store: &Store, org_id: &str, id: &str) -> Result<Option<Endpoint>> {
-    store.read(|txn| endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, org_id, id))
+    store.read(|snapshot| endpoint(snapshot, org_id, id))
 }
 
 /// A page of `org_id`'s endpoints, newest first, after `starting_after`.
@@ -42,7 +40,7 @@ pub fn list(
     limit: usize,
     starting_after: Option<&Endpoint>,
 ) -> Result<(Vec<Endpoint>, bool)> {
-    store.read(|txn| list_endpoints(txn, org_id, limit, starting_after))
+    store.read(|snapshot| db::page_of_org(snapshot, org_id, starting_after, limit))
 }
 
 /// What a `PATCH` changes; `None` leaves a property as it is.
@@ -89,12 +87,11 @@ pub async fn update(
     let (org_id, id) = (org_id.to_string(), id.to_string());
     store
         .write(move |txn| {
-            let Some(mut endpoint) = endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &org_id, &id)?
-            else {
+            let Some(mut endpoint) = endpoint(txn, &org_id, &id)? else {
                 return Ok(None);
             };
             changes.apply(&mut endpoint);
-            save_endpoint(txn, &endpoint)?;
+            db::save_endpoint(txn, &endpoint)?;
             Ok(Some(endpoint))
         })
         .await
@@ -106,9 +103,9 @@ pub async fn delete(store: &Store, org_id: &str, id: &str) -> Result<Option<Endp
     let (org_id, id) = (org_id.to_string(), id.to_string());
     store
         .write(move |txn| {
-            let endpoint = endpoint(&txn.open_table(WEBHOOK_ENDPOINTS)?, &org_id, &id)?;
+            let endpoint = endpoint(txn, &org_id, &id)?;
             if let Some(endpoint) = &endpoint {
-                remove_endpoint(txn, endpoint)?;
+                db::remove_endpoint(txn, endpoint)?;
             }
             Ok(endpoint)
         })
@@ -121,107 +118,28 @@ pub async fn organization_secret(store: &Store, org_id: &str) -> Result<String> 
     store.write(move |txn| default_secret(txn, &org_id)).await
 }
 
-/// `{org}/{newest-first key}/{endpoint}`.
-fn by_org_key(endpoint: &Endpoint) -> String {
-    crate::ids::newest_first_key(&endpoint.organization_id, endpoint.created_at, &endpoint.id)
-}
-
-pub(super) fn endpoints_of(txn: &WriteTransaction, org_id: &str) -> Result<Vec<Endpoint>> {
-    let endpoints = txn.open_table(WEBHOOK_ENDPOINTS)?;
-    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
-    let prefix = format!("{org_id}/");
-    let (all, _) = store::page(
-        &index,
-        &endpoints,
-        &prefix,
-        &prefix,
-        usize::MAX,
-        |_: &Endpoint| true,
-    )?;
-    Ok(all)
-}
-
-/// How many endpoints `org_id` has (inside a write transaction).
-fn count_endpoints(txn: &WriteTransaction, org_id: &str) -> Result<usize> {
-    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
-    let prefix = format!("{org_id}/");
-    let mut count = 0;
-    for row in index.range(prefix.as_str()..)? {
-        let (key, _) = row?;
-        if !key.value().starts_with(&prefix) {
-            break;
-        }
-        count += 1;
-    }
-    Ok(count)
+/// Every endpoint of `org_id`.
+pub(super) fn endpoints_of(reader: &impl Reader, org_id: &str) -> Result<Vec<Endpoint>> {
+    Ok(db::page_of_org(reader, org_id, None, usize::MAX)?.0)
 }
 
 /// The organization's default secret, which signs deliveries to per-execution
 /// `webhook_url`s; made on first use.
-pub fn default_secret(txn: &WriteTransaction, org_id: &str) -> Result<String> {
-    let name = format!("webhook-secret/{org_id}");
-    let mut meta = txn.open_table(META)?;
-    if let Some(secret) = store::get::<String>(&meta, &name)? {
+pub fn default_secret(txn: &Txn, org_id: &str) -> Result<String> {
+    if let Some(secret) = db::default_secret(txn, org_id)? {
         return Ok(secret);
     }
     let secret = new_secret();
-    meta.insert(name.as_str(), store::encode(&secret)?.as_slice())?;
+    db::put_default_secret(txn, org_id, &secret)?;
     Ok(secret)
 }
 
-fn insert_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
-    save_endpoint(txn, endpoint)?;
-    txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?
-        .insert(by_org_key(endpoint).as_str(), [].as_slice())?;
-    Ok(())
-}
-
-pub fn save_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
-    txn.open_table(WEBHOOK_ENDPOINTS)?
-        .insert(endpoint.id.as_str(), store::encode(endpoint)?.as_slice())?;
-    Ok(())
-}
-
-fn remove_endpoint(txn: &WriteTransaction, endpoint: &Endpoint) -> Result<()> {
-    txn.open_table(WEBHOOK_ENDPOINTS)?
-        .remove(endpoint.id.as_str())?;
-    txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?
-        .remove(by_org_key(endpoint).as_str())?;
-    Ok(())
-}
-
 /// The endpoint `id` of `org_id` (another organization's is not found).
-fn endpoint(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    org_id: &str,
-    id: &str,
-) -> Result<Option<Endpoint>> {
+fn endpoint(reader: &impl Reader, org_id: &str, id: &str) -> Result<Option<Endpoint>> {
     if !has_prefix(id, "wh") {
         return Ok(None);
     }
-    let endpoint: Option<Endpoint> = store::get(table, id)?;
-    Ok(endpoint.filter(|e| e.organization_id == org_id))
-}
-
-/// Newest first, after `starting_after`.
-fn list_endpoints(
-    txn: &ReadTransaction,
-    org_id: &str,
-    limit: usize,
-    starting_after: Option<&Endpoint>,
-) -> Result<(Vec<Endpoint>, bool)> {
-    let endpoints = txn.open_table(WEBHOOK_ENDPOINTS)?;
-    let index = txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?;
-    let prefix = format!("{org_id}/");
-    let start = starting_after.map_or(prefix.clone(), |after| by_org_key(after) + "\u{0}");
-    store::page(
-        &index,
-        &endpoints,
-        &prefix,
-        &start,
-        limit,
-        |_: &Endpoint| true,
-    )
+    Ok(db::endpoint(reader, id)?.filter(|e| e.organization_id == org_id))
 }
 
 #[cfg(test)]

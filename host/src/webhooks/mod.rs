@@ -6,22 +6,22 @@
 //! ([`delivery`]) sends what is due, signs every attempt, and reschedules failures;
 //! a redelivery sends the same stored body with the same `evt_` id.
 
+mod db;
 pub mod delivery;
 pub mod endpoints;
 
+pub use endpoints::default_secret;
 use endpoints::endpoints_of;
-pub use endpoints::{default_secret, save_endpoint};
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use crate::clock;
 use crate::ids::{new_id, new_short_id};
-use crate::store;
+use crate::store::Txn;
 
 pub const EVENT_TYPES: [&str; 5] = [
     "execution.started",
@@ -30,24 +30,6 @@ pub const EVENT_TYPES: [&str; 5] = [
     "execution.cancelled",
     "execution.expired",
 ];
-
-crate::store::table!(WEBHOOK_ENDPOINTS = "webhook_endpoints");
-crate::store::table! {
-    /// `{org}/{newest-first sort key}/{endpoint}` → empty
-    WEBHOOK_ENDPOINTS_BY_ORG = "webhook_endpoints_by_org"
-}
-crate::store::table! {
-    /// `evt_…` → the event's exact body, kept for redeliveries
-    WEBHOOK_EVENTS = "webhook_events"
-}
-crate::store::table! {
-    /// `dlv_…` → one event's delivery to one URL
-    WEBHOOK_DELIVERIES = "webhook_deliveries"
-}
-crate::store::table! {
-    /// `{next attempt ms:020}/{delivery}` → empty: the durable outbox
-    WEBHOOK_DUE = "webhook_due"
-}
 
 /// Most webhook endpoints an organization may have (deactivated ones count;
 /// deleted ones do not).
@@ -189,7 +171,7 @@ pub struct ExecutionEvent<'a> {
 /// Writes `event` into the outbox (inside the transaction that makes the change):
 /// one delivery per active endpoint that wants it, and one to the execution's
 /// `webhook_url`. Returns whether anything was queued.
-pub fn enqueue(txn: &WriteTransaction, event: ExecutionEvent<'_>) -> Result<bool> {
+pub fn enqueue(txn: &Txn, event: ExecutionEvent<'_>) -> Result<bool> {
     let ExecutionEvent {
         event_type,
         organization_id: org,
@@ -225,8 +207,7 @@ pub fn enqueue(txn: &WriteTransaction, event: ExecutionEvent<'_>) -> Result<bool
         body: body.to_string(),
         pending: targets.len() as u32,
     };
-    txn.open_table(WEBHOOK_EVENTS)?
-        .insert(event_id.as_str(), store::encode(&event)?.as_slice())?;
+    db::put_event(txn, &event_id, &event)?;
     for target in targets {
         let delivery = Delivery {
             id: new_short_id("dlv"),
@@ -240,64 +221,29 @@ pub fn enqueue(txn: &WriteTransaction, event: ExecutionEvent<'_>) -> Result<bool
             last_status: None,
             last_error: None,
         };
-        save_delivery(txn, &delivery, None)?;
+        db::save_delivery(txn, &delivery, None)?;
     }
     Ok(true)
 }
 
-/// Writes a delivery and keeps the due index in step (`previous_due`: the time it
-/// was due before this change).
-fn save_delivery(
-    txn: &WriteTransaction,
-    delivery: &Delivery,
-    previous_due: Option<DateTime<Utc>>,
-) -> Result<()> {
-    let mut due = txn.open_table(WEBHOOK_DUE)?;
-    if let Some(previous) = previous_due {
-        due.remove(due_key(previous, &delivery.id).as_str())?;
-    }
-    due.insert(
-        due_key(delivery.next_attempt_at, &delivery.id).as_str(),
-        [].as_slice(),
-    )?;
-    txn.open_table(WEBHOOK_DELIVERIES)?
-        .insert(delivery.id.as_str(), store::encode(delivery)?.as_slice())?;
-    Ok(())
-}
-
 /// Removes a delivery that reached its end (delivered or dead) from the outbox, and
 /// its event once no delivery of it is pending: the outbox holds only work to do.
-fn retire_delivery(txn: &WriteTransaction, delivery: &Delivery) -> Result<()> {
-    txn.open_table(WEBHOOK_DUE)?
-        .remove(due_key(delivery.next_attempt_at, &delivery.id).as_str())?;
-    txn.open_table(WEBHOOK_DELIVERIES)?
-        .remove(delivery.id.as_str())?;
-    let mut events = txn.open_table(WEBHOOK_EVENTS)?;
-    let event: Option<StoredEvent> = store::get(&events, &delivery.event_id)?;
-    match event {
+fn retire_delivery(txn: &Txn, delivery: &Delivery) -> Result<()> {
+    db::remove_delivery(txn, delivery)?;
+    match db::event(txn, &delivery.event_id)? {
         Some(mut event) if event.pending > 1 => {
             event.pending -= 1;
-            events.insert(
-                delivery.event_id.as_str(),
-                store::encode(&event)?.as_slice(),
-            )?;
+            db::put_event(txn, &delivery.event_id, &event)
         }
-        _ => {
-            events.remove(delivery.event_id.as_str())?;
-        }
+        _ => db::remove_event(txn, &delivery.event_id),
     }
-    Ok(())
-}
-
-fn due_key(at: DateTime<Utc>, delivery_id: &str) -> String {
-    format!("{:020}/{delivery_id}", at.timestamp_millis().max(0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Store;
-    use redb::{ReadableTable, ReadableTableMetadata};
+    use db::tests::{any_delivery, outbox_rows};
 
     fn event(
         event_type: &'static str,
@@ -324,34 +270,14 @@ mod tests {
             .await
             .unwrap();
         assert!(queued);
-        let count = |table| store.read(|txn| Ok(txn.open_table(table)?.len()?)).unwrap();
-        assert_eq!(
-            (
-                count(WEBHOOK_EVENTS),
-                count(WEBHOOK_DELIVERIES),
-                count(WEBHOOK_DUE)
-            ),
-            (1, 1, 1)
-        );
-        let delivery: Delivery = store
-            .read(|txn| {
-                let table = txn.open_table(WEBHOOK_DELIVERIES)?;
-                let (_, value) = table.first()?.unwrap();
-                store::decode(value.value())
-            })
-            .unwrap();
+        let rows = || store.read(|snapshot| Ok(outbox_rows(snapshot))).unwrap();
+        assert_eq!(rows(), (1, 1, 1));
+        let delivery = store.read(|snapshot| Ok(any_delivery(snapshot))).unwrap();
         store
             .write(move |txn| retire_delivery(txn, &delivery))
             .await
             .unwrap();
-        assert_eq!(
-            (
-                count(WEBHOOK_EVENTS),
-                count(WEBHOOK_DELIVERIES),
-                count(WEBHOOK_DUE)
-            ),
-            (0, 0, 0)
-        );
+        assert_eq!(rows(), (0, 0, 0));
     }
 
     #[tokio::test]

@@ -6,19 +6,14 @@
 //! deposits = available + held + spent. All functions run inside the caller's write
 //! transaction, next to the state change that causes them.
 
+mod db;
+
 use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::money::Micros;
-use crate::store::{self, Store};
-
-crate::store::table!(ACCOUNTS = "accounts");
-crate::store::table! {
-    /// `{org}/{UUID v7}` → ledger entry (time-ordered within an organization)
-    LEDGER = "ledger"
-}
+use crate::store::{Reader, Store, Txn};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
@@ -104,8 +99,8 @@ impl Account {
     }
 }
 
-pub fn account(txn: &ReadTransaction, org_id: &str) -> Result<Account> {
-    Ok(store::get(&txn.open_table(ACCOUNTS)?, org_id)?.unwrap_or_default())
+pub fn account(reader: &impl Reader, org_id: &str) -> Result<Account> {
+    db::account(reader, org_id)
 }
 
 /// The result of asking for a hold.
@@ -117,22 +112,21 @@ pub enum HoldResult {
 
 /// Moves `amount` from `debit` to `credit` and records the entry.
 fn post(
-    txn: &WriteTransaction,
+    txn: &Txn,
     org_id: &str,
     kind: EntryKind,
     amount: Micros,
     execution_id: Option<&str>,
     memo: Option<&str>,
 ) -> Result<()> {
-    let mut accounts = txn.open_table(ACCOUNTS)?;
-    let account = store::get(&accounts, org_id)?.unwrap_or_default();
+    let account = db::account(txn, org_id)?;
     let posting = Posting {
         kind,
         amount,
         execution_id,
         memo,
     };
-    post_to(txn, &mut accounts, (org_id, account), posting)
+    post_to(txn, (org_id, account), posting)
 }
 
 /// One entry to record.
@@ -143,10 +137,9 @@ struct Posting<'a> {
     memo: Option<&'a str>,
 }
 
-/// [`post`] to an account already read from the open `accounts` table.
+/// [`post`] to an account already read.
 fn post_to(
-    txn: &WriteTransaction,
-    accounts: &mut redb::Table<&'static str, &'static [u8]>,
+    txn: &Txn,
     (org_id, mut account): (&str, Account),
     Posting {
         kind,
@@ -165,7 +158,7 @@ fn post_to(
     if account.apply(debit, credit, amount).is_none() {
         bail!("ledger would go negative: {kind:?} {amount} for {org_id}");
     }
-    accounts.insert(org_id, store::encode(&account)?.as_slice())?;
+    db::put_account(txn, org_id, &account)?;
     // Opaque to clients (a global counter would let one organization gauge the
     // others' activity from its gaps), and time-ordered within the process, so
     // an organization's entries sort by creation under their ids.
@@ -181,11 +174,7 @@ fn post_to(
         memo: memo.map(str::to_string),
         created_at: crate::clock::now(),
     };
-    txn.open_table(LEDGER)?.insert(
-        format!("{org_id}/{uuid}").as_str(),
-        store::encode(&entry)?.as_slice(),
-    )?;
-    Ok(())
+    db::append_entry(txn, uuid, &entry)
 }
 
 /// The most an organization may be credited in all: far beyond any real balance,
@@ -203,13 +192,8 @@ pub enum Deposit {
 
 /// Credits `amount` to the organization's available balance. A foreseeable refusal
 /// is an answer, not an error: an error aborts every write of its commit batch.
-pub fn deposit(
-    txn: &WriteTransaction,
-    org_id: &str,
-    amount: Micros,
-    memo: &str,
-) -> Result<Deposit> {
-    let account: Account = store::get(&txn.open_table(ACCOUNTS)?, org_id)?.unwrap_or_default();
+pub fn deposit(txn: &Txn, org_id: &str, amount: Micros, memo: &str) -> Result<Deposit> {
+    let account = db::account(txn, org_id)?;
     if account
         .deposits
         .0
@@ -241,9 +225,7 @@ pub async fn credit(store: &Store, org_id: &str, amount: Micros, memo: String) -
                 return Ok(Credit::NoSuchOrganization);
             }
             Ok(match deposit(txn, &org_id, amount, &memo)? {
-                Deposit::Made => Credit::Made(
-                    store::get(&txn.open_table(ACCOUNTS)?, &org_id)?.unwrap_or_default(),
-                ),
+                Deposit::Made => Credit::Made(db::account(txn, &org_id)?),
                 Deposit::OverLimit => Credit::OverLimit,
             })
         })
@@ -251,14 +233,8 @@ pub async fn credit(store: &Store, org_id: &str, amount: Micros, memo: String) -
 }
 
 /// Holds `amount` for an execution when the available balance covers it.
-pub fn hold(
-    txn: &WriteTransaction,
-    org_id: &str,
-    amount: Micros,
-    execution_id: &str,
-) -> Result<HoldResult> {
-    let mut accounts = txn.open_table(ACCOUNTS)?;
-    let account: Account = store::get(&accounts, org_id)?.unwrap_or_default();
+pub fn hold(txn: &Txn, org_id: &str, amount: Micros, execution_id: &str) -> Result<HoldResult> {
+    let account = db::account(txn, org_id)?;
     if account.available < amount {
         return Ok(HoldResult::InsufficientBalance {
             available: account.available,
@@ -270,7 +246,7 @@ pub fn hold(
         execution_id: Some(execution_id),
         memo: None,
     };
-    post_to(txn, &mut accounts, (org_id, account), posting)?;
+    post_to(txn, (org_id, account), posting)?;
     Ok(HoldResult::Placed)
 }
 
@@ -279,7 +255,7 @@ pub fn hold(
 /// the platform. The caller guarantees this runs once per hold (it is part of the
 /// transition to a terminal state). Returns what was charged.
 pub fn settle(
-    txn: &WriteTransaction,
+    txn: &Txn,
     org_id: &str,
     held: Micros,
     cost: Micros,
@@ -329,53 +305,32 @@ const ENTRY_PREFIX: &str = "le_";
 /// entries about an execution, such as a cost it absorbed, are not the client's to
 /// see). `None` when `starting_after` names no entry of the organization.
 pub fn entries(
-    txn: &ReadTransaction,
+    reader: &impl Reader,
     org_id: &str,
     limit: usize,
     starting_after: Option<&str>,
 ) -> Result<Option<(Vec<Entry>, bool)>> {
-    let prefix = format!("{org_id}/");
-    let table = txn.open_table(LEDGER)?;
-    // Keys are `{org}/{uuid}`: the organization's range ends just before `{org}0`.
-    let end = match starting_after {
-        None => format!("{org_id}0"),
-        Some(id) => {
-            let Some(uuid) = id
-                .strip_prefix(ENTRY_PREFIX)
-                .and_then(|uuid| uuid::Uuid::try_parse(uuid).ok())
-            else {
-                return Ok(None);
-            };
-            let key = format!("{prefix}{uuid}");
-            if table.get(key.as_str())?.is_none() {
-                return Ok(None);
-            }
-            key
-        }
+    let before = match starting_after {
+        None => None,
+        Some(id) => match id
+            .strip_prefix(ENTRY_PREFIX)
+            .and_then(|uuid| uuid::Uuid::try_parse(uuid).ok())
+        {
+            Some(uuid) => Some(uuid),
+            None => return Ok(None),
+        },
     };
-    let mut entries = Vec::new();
-    for row in table.range(prefix.as_str()..end.as_str())?.rev() {
-        let (_, value) = row?;
-        let entry: Entry = store::decode(value.value())?;
-        if !Account::touches(entry.debit) && !Account::touches(entry.credit) {
-            continue;
-        }
-        if entries.len() == limit {
-            return Ok(Some((entries, true)));
-        }
-        entries.push(entry);
-    }
-    Ok(Some((entries, false)))
+    db::entries_newest_first(reader, org_id, before, limit, |entry| {
+        Account::touches(entry.debit) || Account::touches(entry.credit)
+    })
 }
 
 /// Rebuilds every organization's account from the ledger, for audits and tests.
 pub fn rebuild_from_entries(
-    txn: &ReadTransaction,
+    reader: &impl Reader,
 ) -> Result<std::collections::BTreeMap<String, Account>> {
     let mut accounts = std::collections::BTreeMap::<String, Account>::new();
-    for row in txn.open_table(LEDGER)?.iter()? {
-        let (_, value) = row?;
-        let entry: Entry = store::decode(value.value())?;
+    db::each_entry(reader, |entry| {
         let account = accounts.entry(entry.organization_id.clone()).or_default();
         if account
             .apply(entry.debit, entry.credit, entry.amount)
@@ -387,6 +342,7 @@ pub fn rebuild_from_entries(
                 entry.organization_id
             );
         }
-    }
+        Ok(())
+    })?;
     Ok(accounts)
 }
