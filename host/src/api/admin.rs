@@ -248,6 +248,15 @@ pub async fn verify_ledger(
     Ok(Json(json!(report)))
 }
 
+/// `GET /admin/v1/webhooks/outbox`: pending deliveries, how many are due now and
+/// in flight, and when the next one is due.
+pub async fn webhook_outbox(
+    State(app): State<Arc<App>>,
+    _: Operator,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(app.webhooks.backlog()?)))
+}
+
 /// `GET /admin/v1/executions/{id}`: the whole record, with every attempt (provider,
 /// plugin version, provider job, outcome). For operators only.
 pub async fn execution(

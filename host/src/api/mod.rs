@@ -84,6 +84,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/organizations/{id}/credit", post(admin::credit))
         .route("/plugins", get(admin::plugins))
         .route("/ledger/verify", get(admin::verify_ledger))
+        .route("/webhooks/outbox", get(admin::webhook_outbox))
         .route("/executions/{id}", get(admin::execution))
         .route("/files/{id}/audit", get(admin::file_audit))
         .route("/clock/advance", post(admin::advance_clock))

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{Delivery, Endpoint, StoredEvent};
 use crate::store::{self, META, Reader, Txn};
@@ -119,6 +119,11 @@ pub fn delivery(reader: &impl Reader, id: &str) -> Result<Option<Delivery>> {
     store::get(&reader.open_table(WEBHOOK_DELIVERIES)?, id)
 }
 
+/// How many deliveries are pending (the outbox holds only work to do).
+pub fn pending_deliveries(reader: &impl Reader) -> Result<u64> {
+    Ok(reader.open_table(WEBHOOK_DELIVERIES)?.len()?)
+}
+
 /// Writes a delivery and keeps the outbox's due order in step (`previous_due`: the
 /// time it was due before this change).
 pub fn save_delivery(
@@ -196,7 +201,6 @@ fn secret_key(org_id: &str) -> String {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use redb::ReadableTableMetadata;
 
     /// How many rows the outbox holds: (events, deliveries, due entries).
     pub fn outbox_rows(reader: &impl Reader) -> (u64, u64, u64) {

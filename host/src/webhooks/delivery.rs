@@ -41,6 +41,19 @@ pub struct Webhooks {
     permits: Arc<Semaphore>,
 }
 
+/// The outbox as an operator sees it. Nothing is due and nothing in flight means
+/// the worker is idle until `next_attempt_at` (by the service clock).
+#[derive(Debug, serde::Serialize)]
+pub struct Backlog {
+    /// deliveries not yet delivered nor given up
+    pub pending: u64,
+    /// of those, due now and not yet being sent
+    pub due: usize,
+    /// being sent now, their outcome not yet recorded
+    pub in_flight: usize,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
 /// How an attempt ended.
 enum Attempted {
     Sent(SendResult),
@@ -103,6 +116,23 @@ impl Webhooks {
                 }
             }
         });
+    }
+
+    /// The outbox now. A delivery stays due until its outcome is recorded and leaves
+    /// the in-flight set only after that, so reading the set first never misses one.
+    pub fn backlog(&self) -> Result<Backlog> {
+        let in_flight = self.in_flight.lock().expect("in-flight poisoned").clone();
+        let now = clock::now();
+        self.store.read(|snapshot| {
+            let (due, next_attempt_at) =
+                db::due(snapshot, now, usize::MAX, |id| in_flight.contains(id))?;
+            Ok(Backlog {
+                pending: db::pending_deliveries(snapshot)?,
+                due: due.len(),
+                in_flight: in_flight.len(),
+                next_attempt_at,
+            })
+        })
     }
 
     /// Starts every due delivery not already in flight; returns when the next

@@ -213,7 +213,7 @@ async fn a_failing_receiver_gets_the_exact_retry_schedule_on_a_driven_clock() {
         // (and with it when the next one is due).
         last_failure = wait_for_failure_after(&server, id, &last_failure).await;
         server.advance_clock(minutes * 60 - 60).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.wait_outbox_idle().await;
         assert_eq!(
             receiver.received().len(),
             retry + 1,
@@ -246,7 +246,8 @@ async fn a_failing_receiver_gets_the_exact_retry_schedule_on_a_driven_clock() {
     );
     // After five retries the delivery is dead.
     server.advance_clock(3600).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outbox = server.wait_outbox_idle().await;
+    assert_eq!(outbox["pending"], json!(0), "{outbox}");
     assert_eq!(receiver.received().len(), 6);
     // One failed delivery (of six attempts): the endpoint stays active.
     let listed = server.get("/v1/webhooks/endpoints").await;
@@ -358,7 +359,7 @@ async fn ten_failed_deliveries_deactivate_an_endpoint_and_reactivation_resumes()
     // Each step: one retry of each of the ten, one attempt of the late one. At the
     // fifth the ten have failed all six attempts.
     for expected in [32, 43, 54, 65] {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.wait_outbox_idle().await;
         server.advance_clock(31 * 60).await;
         receiver.wait_for(expected, WAIT).await;
     }
@@ -385,7 +386,7 @@ async fn ten_failed_deliveries_deactivate_an_endpoint_and_reactivation_resumes()
     // Paused while deactivated: time passes, nothing is sent.
     let before = received.len();
     server.advance_clock(31 * 60).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.wait_outbox_idle().await;
     assert_eq!(receiver.received().len(), before);
 
     // Reactivated: the pending delivery arrives, same event, and the count clears.
@@ -500,9 +501,9 @@ async fn undelivered_events_survive_kill_9_and_are_all_delivered_after_restart()
     }
     receiver.wait_for(5, WAIT).await;
     healthy.wait_for(5, WAIT).await;
-    // Each delivery is retired by one commit right after its answer; a second is
-    // ample for the last one, so none is left in the at-least-once window.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every answer is recorded before the kill, so none is left in the
+    // at-least-once window.
+    server.wait_outbox_idle().await;
     server.kill();
     receiver.answer_with(200);
     server.restart().await;
@@ -541,7 +542,7 @@ async fn undelivered_events_survive_kill_9_and_are_all_delivered_after_restart()
     }
     // What was delivered before the kill is not sent again.
     server.advance_clock(3600).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.wait_outbox_idle().await;
     assert_eq!(healthy.received().len(), 5, "a delivered event was resent");
 }
 
@@ -834,8 +835,9 @@ async fn a_test_send_leaves_the_endpoints_delivery_status_alone() {
     let delivered = test().await;
     assert_eq!(delivered.body["delivered"], json!(true));
     assert_eq!(status().await, untouched, "a test counted as a delivery");
-    // Nothing was queued for retry either: later, still the three sends.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing was queued for retry either: the outbox is empty, still three sends.
+    let outbox = server.wait_outbox_idle().await;
+    assert_eq!(outbox["pending"], json!(0), "{outbox}");
     assert_eq!(receiver.received().len(), 3);
     assert_eq!(status().await, untouched);
 }

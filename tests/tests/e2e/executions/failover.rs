@@ -183,7 +183,14 @@ async fn an_open_breaker_defers_executions_instead_of_failing_them() {
         emulator.count("/v1/chat/completions") >= 5
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The dispatcher says when it defers an execution instead of failing it.
+    wait_until("the retry waits for the breaker", WAIT, || async {
+        server
+            .log()
+            .lines()
+            .any(|line| line.contains("execution waits") && line.contains(&id))
+    })
+    .await;
     let waiting = server.get(&format!("/v1/executions/{id}")).await.body;
     assert_eq!(waiting["status"], "PROCESSING", "{waiting}");
     assert_eq!(emulator.count("/v1/chat/completions"), 5);
