@@ -143,5 +143,9 @@ fn only_store_and_each_modules_db_touch_tables() {
             }
         }
     }
-    assert!(offenders.is_empty(), "storage outside db.rs:\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "storage outside db.rs:\n{}",
+        offenders.join("\n")
+    );
 }

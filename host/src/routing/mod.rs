@@ -12,9 +12,11 @@
 //! The operator's provider entries are checked against the loaded adapters when the
 //! router is built, so a mistake stops the start with the field named.
 
+mod admission;
 mod breaker;
 pub mod health;
 
+pub use admission::Admission;
 pub use breaker::{Pass, State as BreakerState, Transition};
 
 use std::collections::HashMap;
@@ -45,9 +47,9 @@ pub struct Provider {
     health_path: Option<String>,
     pub health: Health,
     models: HashMap<String, ProviderModelConfig>,
-    pub breaker: Breaker,
+    breaker: Breaker,
     /// requests in flight to this provider
-    pub bulkhead: Semaphore,
+    bulkhead: Semaphore,
 }
 
 impl Provider {
@@ -194,29 +196,6 @@ impl Provider {
         }
         (!self.breaker.would_allow(now))
             .then(|| "its circuit breaker is half-open and its one probe is in flight".into())
-    }
-
-    /// Leave for one request to go now (see [`Breaker::try_acquire`]); the first
-    /// probe after a cool-down logs the open → half-open transition.
-    pub fn try_acquire(&self, now: std::time::Instant) -> Option<Pass> {
-        let pass = self.breaker.try_acquire(now)?;
-        if pass.half_opened {
-            log_transition(&self.name, Transition::HalfOpened);
-        }
-        Some(pass)
-    }
-
-    /// Records a request's outcome in the breaker, logging the transition it
-    /// caused, if any.
-    pub fn record(
-        &self,
-        success: bool,
-        latency: Option<std::time::Duration>,
-        now: std::time::Instant,
-    ) {
-        if let Some(transition) = self.breaker.record(success, latency, now) {
-            log_transition(&self.name, transition);
-        }
     }
 }
 

@@ -286,17 +286,31 @@ impl Server {
     /// recorded. The state query behind every "nothing more was sent" check.
     pub async fn wait_outbox_idle(&self) -> Value {
         let admin_token = self.admin_token.clone();
-        eventually("the webhook outbox is idle", Duration::from_secs(30), || {
-            let admin_token = admin_token.clone();
-            async move {
-                let reply = self
-                    .call(Method::GET, "/admin/v1/webhooks/outbox", Some(&admin_token), None, &[])
-                    .await;
-                assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-                let idle = reply.body["due"] == json!(0) && reply.body["in_flight"] == json!(0);
-                if idle { Ok(reply.body) } else { Err(reply.body) }
-            }
-        })
+        eventually(
+            "the webhook outbox is idle",
+            Duration::from_secs(30),
+            || {
+                let admin_token = admin_token.clone();
+                async move {
+                    let reply = self
+                        .call(
+                            Method::GET,
+                            "/admin/v1/webhooks/outbox",
+                            Some(&admin_token),
+                            None,
+                            &[],
+                        )
+                        .await;
+                    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+                    let idle = reply.body["due"] == json!(0) && reply.body["in_flight"] == json!(0);
+                    if idle {
+                        Ok(reply.body)
+                    } else {
+                        Err(reply.body)
+                    }
+                }
+            },
+        )
         .await
     }
 

@@ -28,34 +28,21 @@ impl Dispatcher {
         request: &types::HttpRequest,
         execution_id: &str,
     ) -> Option<(Answer, bool)> {
-        let provider = &candidate.provider;
-        let Some(pass) = provider.try_acquire(clock::instant()) else {
+        let Some(mut admission) = candidate.provider.admit(clock::instant()) else {
             let open =
                 AttemptFailure::new(Kind::BreakerOpen, "the provider's circuit breaker is open");
             return Some((Answer::Failed(open), false));
         };
+        // Returning early drops the admission, which gives the breaker's turn back.
         let ended = self.executions.ended(execution_id);
         tokio::pin!(ended);
-        // A full bulkhead is a wait operators should see: logged when it starts and
-        // when it ends, with how long it took.
-        let _permit = match provider.bulkhead.try_acquire() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let since = Instant::now();
-                tracing::info!(execution = %execution_id, provider = %provider.name, "waiting for the provider's bulkhead: max_concurrency requests are in flight");
-                let permit = tokio::select! {
-                    permit = provider.bulkhead.acquire() => permit,
-                    () = &mut ended => {
-                        tracing::info!(execution = %execution_id, provider = %provider.name, waited_ms = since.elapsed().as_millis() as u64, "stopped waiting for the provider's bulkhead: the execution ended");
-                        provider.breaker.release(pass);
-                        return None;
-                    }
-                };
-                tracing::info!(execution = %execution_id, provider = %provider.name, waited_ms = since.elapsed().as_millis() as u64, "the provider's bulkhead let the request through");
-                // The bulkhead is never closed.
-                permit.ok()
+        tokio::select! {
+            () = admission.take_slot(execution_id) => {}
+            () = &mut ended => {
+                tracing::info!(execution = %execution_id, provider = %candidate.provider.name, "stopped waiting for the provider's bulkhead: the execution ended");
+                return None;
             }
-        };
+        }
         let started = Instant::now();
         let sent = self.send(candidate, ctx, answered, request, execution_id);
         let submit = matches!(answered, types::Answered::Submit(_));
@@ -66,7 +53,6 @@ impl Dispatcher {
                 result = sent => result,
                 () = &mut ended => {
                     tracing::info!(execution = %execution_id, "provider request dropped: the execution ended");
-                    provider.breaker.release(pass);
                     return None;
                 }
             }
@@ -75,11 +61,11 @@ impl Dispatcher {
             Ok((outcome, answered)) => {
                 // A provider that answers, even "no" to a bad input, is healthy.
                 let healthy = !matches!(&outcome, Answer::Failed(f) if f.retry);
-                provider.record(healthy, Some(started.elapsed()), clock::instant());
+                admission.record(healthy, Some(started.elapsed()));
                 (outcome, answered)
             }
             Err(error) => {
-                provider.record(false, None, clock::instant());
+                admission.record(false, None);
                 (Answer::Failed(error.into()), false)
             }
         })
