@@ -1,6 +1,7 @@
 //! A complete adapter for a simple synchronous text API:
 //! `POST {base}/v1/generate {"model", "prompt", "max_tokens"}` →
-//! `{"text": "...", "usage": {"input_tokens": n, "output_tokens": m}}`. The API
+//! `{"text": "...", "usage": {"input_tokens": n, "output_tokens": m}, "stop_reason"}`
+//! (`"max_tokens"` when the limit cut the text). The API
 //! answers a repeated `Idempotency-Key` with the first request's result.
 //! Copy this folder, rename the crate, and change the four methods.
 
@@ -77,13 +78,20 @@ impl Adapter for Template {
         }
         let body = response.json()?;
         let Some(text) = body["text"].as_str() else {
-            return Err(Failure::new(ErrorCode::GenerationFailed, "the answer has no text"));
+            return Err(Failure::new(
+                ErrorCode::GenerationFailed,
+                "the answer has no text",
+            ));
         };
         let usage = Usage::tokens(
             body["usage"]["input_tokens"].as_u64().unwrap_or(0),
             body["usage"]["output_tokens"].as_u64().unwrap_or(0),
         );
-        Ok(Outcome::Completed(Completion::text(text, usage)))
+        // Say why it stopped when the API does; without it the host reports `stop`.
+        let cut = (body["stop_reason"] == "max_tokens").then_some(FinishReason::Length);
+        Ok(Outcome::Completed(
+            Completion::text(text, usage).with_finish_reason(cut),
+        ))
     }
 
     // An API that answers with a job to poll instead: return `Outcome::pending(id,
