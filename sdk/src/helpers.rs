@@ -2,8 +2,9 @@
 //! classifying HTTP failures, counting usage.
 
 use crate::{
-    Asset, AssetSource, CallContext, Completion, ErrorCode, Failure, FileGrant, HttpRequest,
-    HttpResponse, Job, Method, Modality, Outcome, Pending, Price, Usage,
+    Asset, AssetSource, CallContext, Completion, ErrorCode, Failure, FileGrant, FinishReason,
+    HttpRequest, HttpResponse, Job, Method, Modality, Outcome, Pending, Price, StreamDelta,
+    StreamEvent, Usage,
 };
 use serde_json::Value;
 
@@ -275,15 +276,38 @@ impl Completion {
                 })
                 .collect(),
             usage,
+            finish_reason: None,
+            tool_calls: Vec::new(),
         }
     }
 
+    /// A text answer. Set `finish_reason` (and `tool_calls`) when the provider says
+    /// why it stopped; left `None`, the host reports `stop`.
     pub fn text(text: impl Into<String>, usage: Usage) -> Self {
         Completion {
             text: Some(text.into()),
             assets: Vec::new(),
             usage,
+            finish_reason: None,
+            tool_calls: Vec::new(),
         }
+    }
+
+    /// The completion with why the model stopped, when the provider said.
+    pub fn with_finish_reason(mut self, finish_reason: Option<FinishReason>) -> Self {
+        self.finish_reason = finish_reason;
+        self
+    }
+}
+
+impl StreamEvent {
+    /// A piece of streamed text, and nothing else.
+    pub fn text(text: impl Into<String>) -> Self {
+        StreamEvent::Delta(StreamDelta {
+            text: text.into(),
+            tool_calls: Vec::new(),
+            finish_reason: None,
+        })
     }
 }
 

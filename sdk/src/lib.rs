@@ -34,8 +34,9 @@ pub use helpers::approx_tokens;
 
 pub use bindings::modelroute::provider::types::{
     Asset, AssetSource, AuthScheme, CallContext, CallbackVerdict, Capabilities, Completion,
-    ErrorCode, Failure, FileGrant, HeaderAuth, HttpRequest, HttpResponse, Job, Manifest, Method,
-    Modality, Model, Outcome, Pending, Price, StreamEvent, Usage,
+    ErrorCode, Failure, FileGrant, FinishReason, HeaderAuth, HttpRequest, HttpResponse, Job,
+    Manifest, Method, Modality, Model, Outcome, Pending, Price, StreamDelta, StreamEvent, ToolCall,
+    ToolCallDelta, Usage,
 };
 pub use serde_json::{self, Value, json};
 
@@ -108,6 +109,12 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// One server-sent event's `data` from a streaming response. An `Err` is the same
     /// as `Ok(StreamEvent::Failed(..))`.
+    ///
+    /// Each call stands alone (no state survives between calls): answer what this
+    /// event adds ([`StreamEvent::text`] for a piece of text; a [`StreamDelta`] with
+    /// [`ToolCallDelta`]s for fragments of tool calls, which the host joins by
+    /// index; its `finish_reason` when the event says why the model stopped), and
+    /// [`StreamEvent::Done`] when the stream ends.
     fn parse_stream_event(&self, _ctx: &CallContext, _data: &str) -> Result<StreamEvent, Failure> {
         Err(Failure::new(
             ErrorCode::InternalError,

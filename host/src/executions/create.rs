@@ -260,7 +260,7 @@ impl InputRules {
         let details: Vec<Detail> = self
             .validator
             .iter_errors(input)
-            .flat_map(schema_details)
+            .flat_map(input::schema_details)
             .collect();
         if details.is_empty() {
             Ok(())
@@ -346,56 +346,6 @@ fn failure_to_api(failure: types::Failure) -> ApiError {
     let code = failure.code();
     tracing::info!(detail = %failure.detail(), "adapter refused the input");
     ApiError::new(code, code.client_message())
-}
-
-/// One `details` entry per schema violation, named by its path in the input.
-fn schema_details(error: jsonschema::ValidationError<'_>) -> Vec<Detail> {
-    use jsonschema::error::ValidationErrorKind as Kind;
-    let path = error.instance_path().as_str().replace('/', ".");
-    let field = format!("input{path}");
-    // A message names the offending value; a long one only by a short prefix.
-    let message = match error.instance().as_ref() {
-        Value::String(text) => error.masked_with(quote(text)).to_string(),
-        other => {
-            let text = other.to_string();
-            if text.len() <= 40 {
-                error.to_string()
-            } else {
-                error.masked_with(quote(&text)).to_string()
-            }
-        }
-    };
-    match error.kind() {
-        Kind::Required { property } => {
-            let name = property.as_str().unwrap_or_default();
-            vec![Detail::new(
-                format!("{field}.{name}"),
-                DetailCode::Required,
-                format!("{name} is required"),
-            )]
-        }
-        Kind::AdditionalProperties { unexpected } => unexpected
-            .iter()
-            .map(|name| {
-                Detail::new(
-                    format!("{field}.{name}"),
-                    DetailCode::UnknownField,
-                    format!("unknown field {name}"),
-                )
-            })
-            .collect(),
-        Kind::Type { .. } => vec![Detail::new(field, DetailCode::InvalidType, message)],
-        Kind::Minimum { .. }
-        | Kind::Maximum { .. }
-        | Kind::ExclusiveMinimum { .. }
-        | Kind::ExclusiveMaximum { .. }
-        | Kind::MinLength { .. }
-        | Kind::MaxLength { .. }
-        | Kind::MinItems { .. }
-        | Kind::MaxItems { .. }
-        | Kind::MultipleOf { .. } => vec![Detail::new(field, DetailCode::OutOfRange, message)],
-        _ => vec![Detail::new(field, DetailCode::InvalidValue, message)],
-    }
 }
 
 #[cfg(test)]

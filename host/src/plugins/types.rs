@@ -167,6 +167,66 @@ pub struct Completion {
     pub text: Option<String>,
     pub assets: Vec<Asset>,
     pub usage: Usage,
+    pub finish_reason: Option<FinishReason>,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl Completion {
+    /// Why a text answer stopped, as the canonical output reports it: what the
+    /// adapter said, else `tool_calls` when the model called tools, else `stop`.
+    pub fn finish_reason(&self) -> FinishReason {
+        self.finish_reason.unwrap_or(if self.tool_calls.is_empty() {
+            FinishReason::Stop
+        } else {
+            FinishReason::ToolCalls
+        })
+    }
+}
+
+/// Why a text model stopped; serialized as the canonical output's `finish_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// The call as the canonical text output carries it (OpenAI's shape):
+    /// `{"id", "type": "function", "function": {"name", "arguments"}}`.
+    pub fn canonical(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        })
+    }
+}
+
+/// A fragment of a streamed tool call (see the WIT's `tool-call-delta`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+/// What one streamed event adds to the answer (see the WIT's `stream-delta`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDelta {
+    pub text: String,
+    pub tool_calls: Vec<ToolCallDelta>,
+    pub finish_reason: Option<FinishReason>,
 }
 
 /// An adapter's classification of a failure, its code one of the 12.
@@ -187,7 +247,7 @@ pub enum Outcome {
 
 #[derive(Debug, Clone)]
 pub enum StreamEvent {
-    Delta(String),
+    Delta(StreamDelta),
     Done(Completion),
     Failed(Failure),
     Skip,
@@ -336,6 +396,46 @@ impl From<wit::Completion> for Completion {
                 })
                 .collect(),
             usage: completion.usage.into(),
+            finish_reason: completion.finish_reason.map(FinishReason::from),
+            tool_calls: completion
+                .tool_calls
+                .into_iter()
+                .map(|call| ToolCall {
+                    id: call.id,
+                    name: call.name,
+                    arguments: call.arguments,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<wit::FinishReason> for FinishReason {
+    fn from(reason: wit::FinishReason) -> FinishReason {
+        match reason {
+            wit::FinishReason::Stop => FinishReason::Stop,
+            wit::FinishReason::Length => FinishReason::Length,
+            wit::FinishReason::ToolCalls => FinishReason::ToolCalls,
+            wit::FinishReason::ContentFilter => FinishReason::ContentFilter,
+        }
+    }
+}
+
+impl From<wit::StreamDelta> for StreamDelta {
+    fn from(delta: wit::StreamDelta) -> StreamDelta {
+        StreamDelta {
+            text: delta.text,
+            tool_calls: delta
+                .tool_calls
+                .into_iter()
+                .map(|call| ToolCallDelta {
+                    index: call.index,
+                    id: call.id,
+                    name: call.name,
+                    arguments: call.arguments,
+                })
+                .collect(),
+            finish_reason: delta.finish_reason.map(FinishReason::from),
         }
     }
 }
@@ -367,7 +467,7 @@ impl From<wit::Outcome> for Outcome {
 impl From<wit::StreamEvent> for StreamEvent {
     fn from(event: wit::StreamEvent) -> StreamEvent {
         match event {
-            wit::StreamEvent::Delta(text) => StreamEvent::Delta(text),
+            wit::StreamEvent::Delta(delta) => StreamEvent::Delta(delta.into()),
             wit::StreamEvent::Done(completion) => StreamEvent::Done(completion.into()),
             wit::StreamEvent::Failed(failure) => StreamEvent::Failed(failure.into()),
             wit::StreamEvent::Skip => StreamEvent::Skip,

@@ -12,6 +12,16 @@ struct OpenAi;
 const FLUX: &str = "flux-1.1-pro";
 const LLAMA: &str = "llama-3.1-8b-instruct";
 const DEFAULT_MAX_TOKENS: u64 = 256;
+/// The canonical chat input's options, sent under the same names when given.
+const CHAT_OPTIONS: [&str; 7] = [
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+];
 
 fn is_chat(slug: &str) -> bool {
     slug == LLAMA
@@ -56,13 +66,8 @@ impl Adapter for OpenAi {
 
     fn estimate(&self, model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
         if is_chat(&model.slug) {
-            let messages = messages(input)?;
-            let prompt: u64 = messages
-                .iter()
-                .map(|m| approx_tokens(m["content"].as_str().unwrap_or_default()))
-                .sum();
             let max_tokens = input["max_tokens"].as_u64().unwrap_or(DEFAULT_MAX_TOKENS);
-            Ok(Usage::tokens(prompt, max_tokens))
+            Ok(Usage::tokens(prompt_tokens(input)?, max_tokens))
         } else {
             Ok(canonical::image_estimate(input))
         }
@@ -70,14 +75,18 @@ impl Adapter for OpenAi {
 
     fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure> {
         if is_chat(&ctx.slug) {
+            // The canonical chat input is OpenAI's: its messages (every role, text
+            // parts, tool calls and results) and options go as they are.
             let mut body = json!({
                 "model": ctx.provider_model,
                 "messages": messages(input)?,
                 "max_tokens": input["max_tokens"].as_u64().unwrap_or(DEFAULT_MAX_TOKENS),
                 "stream": ctx.stream,
             });
-            if let Some(temperature) = input.get("temperature") {
-                body["temperature"] = temperature.clone();
+            for option in CHAT_OPTIONS {
+                if let Some(value) = input.get(option) {
+                    body[option] = value.clone();
+                }
             }
             if ctx.stream {
                 body["stream_options"] = json!({"include_usage": true});
@@ -135,11 +144,7 @@ impl Adapter for OpenAi {
     fn parse_stream_event(&self, _ctx: &CallContext, data: &str) -> Result<StreamEvent, Failure> {
         if data.trim() == "[DONE]" {
             // The end of the stream (its usage, when asked for, came just before).
-            return Ok(StreamEvent::Done(Completion {
-                text: None,
-                assets: Vec::new(),
-                usage: Usage::default(),
-            }));
+            return Ok(StreamEvent::Done(stream_end(Usage::default())));
         }
         let chunk: Value = serde_json::from_str(data).map_err(|e| {
             Failure::new(
@@ -150,24 +155,38 @@ impl Adapter for OpenAi {
         if chunk.get("error").is_some() {
             return Err(classify_error(&chunk, None));
         }
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            return Ok(StreamEvent::Done(Completion {
-                text: None,
-                assets: Vec::new(),
-                usage: token_usage(usage),
-            }));
-        }
         let choice = &chunk["choices"][0];
-        if choice["finish_reason"] == "content_filter" {
-            return Err(Failure::new(
-                ErrorCode::ContentModerationRejected,
-                "content filter",
+        let finish_reason = finish_reason(choice)?;
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            return Ok(StreamEvent::Done(
+                stream_end(token_usage(usage)).with_finish_reason(finish_reason),
             ));
         }
-        Ok(match choice["delta"]["content"].as_str() {
-            Some(text) if !text.is_empty() => StreamEvent::Delta(text.to_string()),
-            _ => StreamEvent::Skip,
-        })
+        let delta = &choice["delta"];
+        let tool_calls = match delta["tool_calls"].as_array() {
+            Some(fragments) => (0..).zip(fragments).map(tool_call_delta).collect(),
+            None => Vec::new(),
+        };
+        let text = delta["content"].as_str().unwrap_or_default().to_string();
+        if text.is_empty() && tool_calls.is_empty() && finish_reason.is_none() {
+            return Ok(StreamEvent::Skip);
+        }
+        Ok(StreamEvent::Delta(StreamDelta {
+            text,
+            tool_calls,
+            finish_reason,
+        }))
+    }
+}
+
+/// The end of a stream: no text of its own (its deltas carried it), and its usage.
+fn stream_end(usage: Usage) -> Completion {
+    Completion {
+        text: None,
+        assets: Vec::new(),
+        usage,
+        finish_reason: None,
+        tool_calls: Vec::new(),
     }
 }
 
@@ -178,6 +197,31 @@ fn messages(input: &Value) -> Result<&Vec<Value>, Failure> {
         .ok_or_else(|| Failure::new(ErrorCode::InputValidationError, "messages is required"))
 }
 
+/// The prompt's tokens, roughly: every message's text (a string or its text parts)
+/// and tool calls, and the tool definitions, which the provider puts in the prompt.
+fn prompt_tokens(input: &Value) -> Result<u64, Failure> {
+    let mut tokens = 0;
+    for message in messages(input)? {
+        let text = match &message["content"] {
+            Value::String(text) => text.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|part| part["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        };
+        tokens += approx_tokens(&text);
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            tokens += approx_tokens(&call["function"].to_string());
+        }
+    }
+    for tool in input["tools"].as_array().into_iter().flatten() {
+        tokens += approx_tokens(&tool["function"].to_string());
+    }
+    Ok(tokens)
+}
+
 fn token_usage(usage: &Value) -> Usage {
     Usage::tokens(
         usage["prompt_tokens"].as_u64().unwrap_or(0),
@@ -185,24 +229,89 @@ fn token_usage(usage: &Value) -> Usage {
     )
 }
 
+/// A choice's `finish_reason`; a content filter fails the answer.
+fn finish_reason(choice: &Value) -> Result<Option<FinishReason>, Failure> {
+    Ok(match choice["finish_reason"].as_str() {
+        Some("stop") => Some(FinishReason::Stop),
+        Some("length") => Some(FinishReason::Length),
+        // `function_call` is the name older servers give a tool call.
+        Some("tool_calls" | "function_call") => Some(FinishReason::ToolCalls),
+        Some("content_filter") => {
+            return Err(Failure::new(
+                ErrorCode::ContentModerationRejected,
+                "the completion was filtered",
+            ));
+        }
+        _ => None,
+    })
+}
+
+/// A function's `arguments`: JSON text, as OpenAI sends it; an object (as some
+/// compatible servers send it) is written out as its text.
+fn arguments(function: &Value) -> String {
+    match &function["arguments"] {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// One `delta.tool_calls` fragment; `position` stands in for a missing `index`.
+fn tool_call_delta((position, fragment): (u32, &Value)) -> ToolCallDelta {
+    let text = |value: &Value| value.as_str().map(str::to_string);
+    ToolCallDelta {
+        index: fragment["index"]
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(position),
+        id: text(&fragment["id"]),
+        name: text(&fragment["function"]["name"]),
+        arguments: arguments(&fragment["function"]),
+    }
+}
+
+/// A message's `tool_calls`, each of which must name its id and function.
+fn tool_calls(message: &Value) -> Result<Vec<ToolCall>, Failure> {
+    let mut calls = Vec::new();
+    for call in message["tool_calls"].as_array().into_iter().flatten() {
+        let (Some(id), Some(name)) = (call["id"].as_str(), call["function"]["name"].as_str())
+        else {
+            return Err(Failure::new(
+                ErrorCode::GenerationFailed,
+                "a tool call has no id or no function name",
+            ));
+        };
+        calls.push(ToolCall {
+            id: id.to_string(),
+            name: name.to_string(),
+            arguments: arguments(&call["function"]),
+        });
+    }
+    Ok(calls)
+}
+
 fn chat(body: &Value) -> Result<Outcome, Failure> {
     let choice = &body["choices"][0];
-    if choice["finish_reason"] == "content_filter" {
-        return Err(Failure::new(
-            ErrorCode::ContentModerationRejected,
-            "the completion was filtered",
-        ));
-    }
-    match choice["message"]["content"].as_str() {
-        Some(text) => Ok(Outcome::Completed(Completion::text(
-            text,
-            token_usage(&body["usage"]),
-        ))),
-        None => Err(Failure::new(
-            ErrorCode::GenerationFailed,
-            "the completion has no message content",
-        )),
-    }
+    let finish_reason = finish_reason(choice)?;
+    let message = &choice["message"];
+    let tool_calls = tool_calls(message)?;
+    // A message that only calls tools has no content.
+    let text = match message["content"].as_str() {
+        Some(text) => text,
+        None if !tool_calls.is_empty() => "",
+        None => {
+            return Err(Failure::new(
+                ErrorCode::GenerationFailed,
+                "the completion has no message content",
+            ));
+        }
+    };
+    let completion =
+        Completion::text(text, token_usage(&body["usage"])).with_finish_reason(finish_reason);
+    Ok(Outcome::Completed(Completion {
+        tool_calls,
+        ..completion
+    }))
 }
 
 /// The images of an answer; `asked` is the size requested, what a linked image is
@@ -255,6 +364,8 @@ fn images(body: &Value, asked: (u64, u64)) -> Result<Outcome, Failure> {
         text: None,
         assets,
         usage,
+        finish_reason: None,
+        tool_calls: Vec::new(),
     }))
 }
 
@@ -487,15 +598,225 @@ mod tests {
     fn stream_events_become_deltas_then_usage() {
         let c = ctx(LLAMA);
         let delta = r#"{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#;
-        assert!(matches!(event(&c, delta), StreamEvent::Delta(t) if t == "Hel"));
+        assert!(
+            matches!(event(&c, delta), StreamEvent::Delta(d) if d.text == "Hel" && d.finish_reason.is_none())
+        );
+        let role = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
+        assert!(matches!(event(&c, role), StreamEvent::Skip));
+        let finish = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#;
+        assert!(matches!(
+            event(&c, finish),
+            StreamEvent::Delta(d) if d.text.is_empty() && d.finish_reason == Some(FinishReason::Length)
+        ));
         let usage = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
         assert!(
-            matches!(event(&c, usage), StreamEvent::Done(done) if done.usage.output_tokens == 2)
+            matches!(event(&c, usage), StreamEvent::Done(done) if done.usage.output_tokens == 2 && done.text.is_none())
         );
         assert!(matches!(
             event(&c, "[DONE]"),
             StreamEvent::Done(done) if done.text.is_none() && done.usage.output_tokens == 0
         ));
         assert!(matches!(event(&c, "{oops"), StreamEvent::Failed(_)));
+        let filtered = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"}]}"#;
+        assert!(matches!(
+            event(&c, filtered),
+            StreamEvent::Failed(f) if f.code == ErrorCode::ContentModerationRejected
+        ));
+    }
+
+    /// The body `build_submit` sends for `input`.
+    fn chat_body(input: &Value, stream: bool) -> Value {
+        let ctx = CallContext {
+            stream,
+            ..ctx(LLAMA)
+        };
+        let request = OpenAi.build_submit(&ctx, input).unwrap();
+        serde_json::from_slice(request.body.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_chat_field_is_sent_in_openais_wire_format() {
+        let messages = json!([
+            {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+            {"role": "user", "content": "Weather in Paris?", "name": "ana"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+        ]);
+        let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}, "strict": true}}]);
+        let input = json!({
+            "messages": messages,
+            "max_tokens": 64,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "stop": ["END"],
+            "seed": 42,
+            "tools": tools,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "response_format": {"type": "json_object"},
+        });
+        let body = chat_body(&input, false);
+        assert_eq!(
+            body,
+            json!({
+                "model": "provider/model",
+                "messages": messages,
+                "max_tokens": 64,
+                "stream": false,
+                "temperature": 0.5,
+                "top_p": 0.9,
+                "stop": ["END"],
+                "seed": 42,
+                "tools": tools,
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                "response_format": {"type": "json_object"},
+            })
+        );
+        // Options left out are not sent; a stream asks for its usage.
+        let plain = json!({"messages": [{"role": "user", "content": "hi"}], "stop": "END", "tool_choice": "none"});
+        let body = chat_body(&plain, true);
+        let sent: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                "max_tokens",
+                "messages",
+                "model",
+                "stop",
+                "stream",
+                "stream_options",
+                "tool_choice"
+            ]
+        );
+        assert_eq!(
+            (body["stop"].as_str(), body["tool_choice"].as_str()),
+            (Some("END"), Some("none"))
+        );
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[test]
+    fn the_estimate_counts_text_parts_tool_calls_and_tool_definitions() {
+        let estimate = |input: Value| {
+            let model = ModelRef {
+                slug: LLAMA.into(),
+                provider_model: String::new(),
+            };
+            OpenAi.estimate(&model, &input).unwrap()
+        };
+        let parts = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "0123456789abcdef"},
+            {"type": "text", "text": "0123456789abcdef"},
+        ]}]});
+        // 33 characters (the parts joined by a space): 9 tokens.
+        assert_eq!(estimate(parts).input_tokens, 9);
+        let asked = json!({"messages": [{"role": "user", "content": "hi"}]});
+        let function = json!({"name": "get_weather", "description": "the weather in a city, by name", "parameters": {"type": "object"}});
+        let with_tools = json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": function}],
+        });
+        let definition = approx_tokens(&function.to_string());
+        assert_eq!(
+            estimate(with_tools).input_tokens,
+            estimate(asked).input_tokens + definition
+        );
+        let called = json!({"messages": [
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+        ]});
+        // An empty content counts a token, the call's function its text.
+        let call = approx_tokens(&json!({"name": "f", "arguments": "{\"a\":1}"}).to_string());
+        assert_eq!(estimate(called).input_tokens, 1 + call);
+    }
+
+    #[test]
+    fn answers_carry_tool_calls_and_why_they_finished() {
+        let called = r#"{"id":"chatcmpl-2","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[
+            {"id":"call_a","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}},
+            {"id":"call_b","type":"function","function":{"name":"get_time","arguments":{"zone":"CET"}}}
+        ]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":20,"completion_tokens":12}}"#;
+        let Outcome::Completed(completion) = parse(&ctx(LLAMA), None, &response(200, called))
+        else {
+            panic!("expected a completion");
+        };
+        assert_eq!(completion.text.as_deref(), Some(""));
+        assert_eq!(completion.finish_reason, Some(FinishReason::ToolCalls));
+        let calls: Vec<(&str, &str, &str)> = completion
+            .tool_calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("call_a", "get_weather", r#"{"city":"Paris"}"#),
+                ("call_b", "get_time", r#"{"zone":"CET"}"#)
+            ]
+        );
+
+        let cut = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hel"},"finish_reason":"length"}],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#;
+        let Outcome::Completed(completion) = parse(&ctx(LLAMA), None, &response(200, cut)) else {
+            panic!("expected a completion");
+        };
+        assert_eq!(completion.finish_reason, Some(FinishReason::Length));
+        assert!(completion.tool_calls.is_empty());
+
+        let nameless = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#;
+        let Outcome::Failed(failure) = parse(&ctx(LLAMA), None, &response(200, nameless)) else {
+            panic!("a tool call without a name is a failure");
+        };
+        assert_eq!(failure.code, ErrorCode::GenerationFailed);
+    }
+
+    #[test]
+    fn streamed_tool_calls_arrive_as_fragments_by_index() {
+        let c = ctx(LLAMA);
+        let chunks = [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"get_time","arguments":"{}"}}]},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+        ];
+        let mut fragments = Vec::new();
+        let mut finish = None;
+        for chunk in chunks {
+            let StreamEvent::Delta(delta) = event(&c, chunk) else {
+                panic!("{chunk} is a delta");
+            };
+            assert_eq!(delta.text, "");
+            fragments.extend(delta.tool_calls);
+            finish = finish.or(delta.finish_reason);
+        }
+        assert_eq!(finish, Some(FinishReason::ToolCalls));
+        let fragments: Vec<(u32, Option<&str>, Option<&str>, &str)> = fragments
+            .iter()
+            .map(|f| {
+                (
+                    f.index,
+                    f.id.as_deref(),
+                    f.name.as_deref(),
+                    f.arguments.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            fragments,
+            [
+                (0, Some("call_a"), Some("get_weather"), ""),
+                (0, None, None, r#"{"city":"#),
+                (0, None, None, r#""Paris"}"#),
+                (1, Some("call_b"), Some("get_time"), "{}"),
+            ]
+        );
+        // Joined by index, as the host does, the fragments are the calls.
+        let joined: String = fragments.iter().filter(|f| f.0 == 0).map(|f| f.3).collect();
+        assert_eq!(joined, r#"{"city":"Paris"}"#);
     }
 }

@@ -1,8 +1,8 @@
-//! A complete adapter for a simple synchronous text API:
-//! `POST {base}/v1/generate {"model", "prompt", "max_tokens"}` →
-//! `{"text": "...", "usage": {"input_tokens": n, "output_tokens": m}}`. The API
-//! answers a repeated `Idempotency-Key` with the first request's result.
-//! Copy this folder, rename the crate, and change the four methods.
+//! A complete adapter for a simple synchronous text API: `POST {base}/v1/generate
+//! {"model", "prompt", "max_tokens"}` → `{"text", "usage": {"input_tokens",
+//! "output_tokens"}, "stop_reason"}`, `"max_tokens"` when the limit cut the text. It
+//! answers a repeated `Idempotency-Key` with the first request's result. Copy this
+//! folder, rename the crate, and change the four methods.
 
 use modelroute_sdk::*;
 
@@ -76,21 +76,23 @@ impl Adapter for Template {
             return Err(Failure::from_status(response, response.text()));
         }
         let body = response.json()?;
-        let Some(text) = body["text"].as_str() else {
-            return Err(Failure::new(ErrorCode::GenerationFailed, "the answer has no text"));
-        };
+        let text = body["text"].as_str();
+        let text = text.ok_or_else(|| Failure::new(ErrorCode::GenerationFailed, "no text"))?;
         let usage = Usage::tokens(
             body["usage"]["input_tokens"].as_u64().unwrap_or(0),
             body["usage"]["output_tokens"].as_u64().unwrap_or(0),
         );
-        Ok(Outcome::Completed(Completion::text(text, usage)))
+        // Say why it stopped when the API does (else the host reports `stop`).
+        let cut = (body["stop_reason"] == "max_tokens").then_some(FinishReason::Length);
+        Ok(Outcome::Completed(
+            Completion::text(text, usage).with_finish_reason(cut),
+        ))
     }
 
-    // An API that answers with a job to poll instead: return `Outcome::pending(id,
-    // state, poll_after_ms)` and implement `build_poll`. `state` is yours, kept with
-    // the attempt and handed back with every poll: carry in it what the final answer
-    // will not repeat, e.g. the size asked for (`answered.input()` at submit), to
-    // report megapixels at completion.
+    // An API that answers with a job to poll instead: return `Outcome::pending(id, state,
+    // poll_after_ms)` and implement `build_poll`. `state` is yours, kept with the attempt
+    // and handed back with every poll: carry in it what the final answer will not repeat,
+    // e.g. the size asked for (`answered.input()` at submit), to report megapixels.
 }
 
 export_adapter!(Template);

@@ -1,8 +1,19 @@
 //! The OpenAI-compatible API as OpenAI, Together or vLLM serve it:
 //! `POST /v1/images/generations` and `POST /v1/chat/completions` (optionally streamed).
 //!
-//! A chat reply is `Echo:` and the words of the last user message, reversed, cut to
-//! `max_tokens` words; token counts are word counts.
+//! A chat reply is `Echo:` and the words of the last user message, reversed, cut at
+//! the first `stop` sequence (`finish_reason` `stop`) or to `max_tokens` words
+//! (`length`); token counts are word counts.
+//!
+//! Tool calls are scripted by the request: given `tools` and a last message from the
+//! user, the model calls the function `tool_choice` names, or with `"required"` the
+//! first tool the message names as a word (else the first tool), or with `"auto"` (the
+//! default) the first tool the message names, if any; `"none"` never calls. The
+//! call's arguments give every property of the tool's `parameters` the message's
+//! text; its id is `call_` and a hash of both. The answer then has no content and
+//! `finish_reason` `tool_calls`; streamed, each call comes as OpenAI sends it, its
+//! arguments in 8-character fragments. A request with a parameter OpenAI does not
+//! know is refused as OpenAI refuses it.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -175,6 +186,202 @@ fn text_of(message: &Value) -> String {
     }
 }
 
+/// The request parameters of OpenAI's chat completions this emulator knows.
+const CHAT_PARAMETERS: [&str; 22] = [
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+];
+
+/// What a chat request asks beyond its messages, checked as OpenAI checks it.
+fn chat_refusal(body: &Value, messages: &[Value]) -> Option<Response> {
+    let object = body.as_object()?;
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !CHAT_PARAMETERS.contains(&k.as_str()))
+    {
+        return Some(invalid(
+            &format!("Unrecognized request argument supplied: {unknown}"),
+            None,
+            None,
+        ));
+    }
+    let roles = ["system", "developer", "user", "assistant", "tool"];
+    for (i, message) in messages.iter().enumerate() {
+        let role = message["role"].as_str().unwrap_or_default();
+        let param = format!("messages.[{i}]");
+        if !roles.contains(&role) {
+            return Some(invalid(
+                &format!("Invalid value: '{role}'."),
+                Some(&param),
+                Some("invalid_value"),
+            ));
+        }
+        if role == "tool" && !message["tool_call_id"].is_string() {
+            let message = "Missing parameter 'tool_call_id': messages with role 'tool' must have a 'tool_call_id'.";
+            return Some(invalid(
+                message,
+                Some(&param),
+                Some("missing_required_parameter"),
+            ));
+        }
+    }
+    let range = |name: &str, max: f64| {
+        body.get(name)
+            .is_some_and(|v| !v.as_f64().is_some_and(|v| (0.0..=max).contains(&v)))
+            .then(|| {
+                invalid(
+                    &format!("Invalid '{name}'."),
+                    Some(name),
+                    Some("invalid_value"),
+                )
+            })
+    };
+    if let Some(refused) = range("temperature", 2.0).or_else(|| range("top_p", 1.0)) {
+        return Some(refused);
+    }
+    let stops = match body.get("stop") {
+        None | Some(Value::Null | Value::String(_)) => true,
+        Some(Value::Array(items)) => items.len() <= 4 && items.iter().all(Value::is_string),
+        Some(_) => false,
+    };
+    if !stops {
+        return Some(invalid(
+            "Invalid 'stop'.",
+            Some("stop"),
+            Some("invalid_value"),
+        ));
+    }
+    let tools = tool_names(body);
+    if body.get("tools").is_some() && tools.is_none() {
+        return Some(invalid(
+            "Invalid 'tools'.",
+            Some("tools"),
+            Some("invalid_value"),
+        ));
+    }
+    let tools = tools.unwrap_or_default();
+    let choice_ok = match &body["tool_choice"] {
+        Value::Null => true,
+        Value::String(choice) => {
+            choice == "none"
+                || (["auto", "required"].contains(&choice.as_str()) && !tools.is_empty())
+        }
+        named => named["function"]["name"]
+            .as_str()
+            .is_some_and(|n| tools.contains(&n)),
+    };
+    if !choice_ok {
+        return Some(invalid(
+            "Invalid 'tool_choice'.",
+            Some("tool_choice"),
+            Some("invalid_value"),
+        ));
+    }
+    let format = body["response_format"]["type"].as_str();
+    if body.get("response_format").is_some()
+        && !matches!(format, Some("text" | "json_object" | "json_schema"))
+    {
+        return Some(invalid(
+            "Invalid 'response_format'.",
+            Some("response_format"),
+            Some("invalid_value"),
+        ));
+    }
+    None
+}
+
+/// The names of the request's function tools; `None` when one is malformed.
+fn tool_names(body: &Value) -> Option<Vec<&str>> {
+    body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|tool| {
+            (tool["type"] == "function")
+                .then(|| tool["function"]["name"].as_str())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The tool the request's script calls for a last user message `text` (see the
+/// module's documentation).
+fn called_tool<'a>(body: &'a Value, text: &str) -> Option<&'a Value> {
+    let tools = body["tools"].as_array()?;
+    let name = |tool: &Value| {
+        tool["function"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let named_in_text = || {
+        tools.iter().find(|tool| {
+            text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+                .any(|w| w == name(tool))
+        })
+    };
+    match &body["tool_choice"] {
+        Value::String(choice) if choice == "none" => None,
+        Value::String(choice) if choice == "required" => named_in_text().or(tools.first()),
+        Value::Null | Value::String(_) => named_in_text(),
+        named => tools
+            .iter()
+            .find(|tool| name(tool) == named["function"]["name"].as_str().unwrap_or_default()),
+    }
+}
+
+/// A call of `tool` for the user's `text`: `(id, name, arguments)`.
+fn tool_call(tool: &Value, text: &str) -> (String, String, String) {
+    let name = tool["function"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let arguments: serde_json::Map<String, Value> = tool["function"]["parameters"]["properties"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(property, _)| (property.clone(), json!(text)))
+        .collect();
+    let arguments = Value::Object(arguments).to_string();
+    let id = format!("call_{:016x}", stable_hash(&format!("{name}\n{arguments}")));
+    (id, name, arguments)
+}
+
+/// The reply's text cut before the first of `stop` sequences, if any occurs.
+fn cut_at_stop(text: &str, stop: &Value) -> Option<String> {
+    let stops: Vec<&str> = match stop {
+        Value::String(one) => vec![one.as_str()],
+        Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s))
+        .min()
+        .map(|at| text[..at].to_string())
+}
+
 async fn chat(body: Bytes) -> Response {
     let Some(body) = body_json(&body) else {
         return not_json();
@@ -186,6 +393,9 @@ async fn chat(body: Bytes) -> Response {
     let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
         return invalid("messages is a required property", Some("messages"), None);
     };
+    if let Some(refused) = chat_refusal(&body, messages) {
+        return refused;
+    }
     let max_tokens = match body.get("max_tokens").or(body.get("max_completion_tokens")) {
         None | Some(Value::Null) => 256,
         Some(value) => match value.as_u64().filter(|&v| v >= 1) {
@@ -206,19 +416,40 @@ async fn chat(body: Bytes) -> Response {
         .iter()
         .rposition(|m| m["role"] == "user")
         .map_or("", |i| texts[i].as_str());
-    let words: Vec<&str> = if moderated {
-        Vec::new()
-    } else {
-        std::iter::once("Echo:")
-            .chain(last_user.split_whitespace().rev())
-            .take(max_tokens)
-            .collect()
+    let asked_of_user = messages.last().is_some_and(|m| m["role"] == "user");
+    let call = asked_of_user
+        .then(|| called_tool(&body, last_user))
+        .flatten()
+        .filter(|_| !moderated)
+        .map(|tool| tool_call(tool, last_user));
+    let echo: String = std::iter::once("Echo:")
+        .chain(last_user.split_whitespace().rev())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let stopped = cut_at_stop(&echo, &body["stop"]);
+    let all_words: Vec<&str> = match (&stopped, moderated || call.is_some()) {
+        (_, true) => Vec::new(),
+        (Some(cut), false) => cut.split_whitespace().collect(),
+        (None, false) => echo.split_whitespace().collect(),
     };
-    let finish_reason = if moderated { "content_filter" } else { "stop" };
+    let words: Vec<&str> = all_words.iter().copied().take(max_tokens).collect();
+    let finish_reason = if moderated {
+        "content_filter"
+    } else if call.is_some() {
+        "tool_calls"
+    } else if words.len() < all_words.len() {
+        "length"
+    } else {
+        "stop"
+    };
+    let completion_tokens = match &call {
+        Some((_, _, arguments)) => arguments.split_whitespace().count().max(1),
+        None => words.len(),
+    };
     let usage = json!({
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": words.len(),
-        "total_tokens": prompt_tokens + words.len(),
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     });
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = unix_now();
@@ -227,10 +458,28 @@ async fn chat(body: Bytes) -> Response {
         let delta = |delta: Value, finish: Value| {
             chunk(json!([{"index": 0, "delta": delta, "finish_reason": finish}]))
         };
-        let mut events = vec![delta(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-        )];
+        let mut events = Vec::new();
+        if let Some((call_id, name, arguments)) = &call {
+            events.push(delta(
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+                ]}),
+                Value::Null,
+            ));
+            let characters: Vec<char> = arguments.chars().collect();
+            events.extend(characters.chunks(8).map(|piece| {
+                let piece: String = piece.iter().collect();
+                delta(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                )
+            }));
+        } else {
+            events.push(delta(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+            ));
+        }
         events.extend(words.iter().enumerate().map(|(i, word)| {
             let space = if i + 1 < words.len() { " " } else { "" };
             delta(json!({"content": format!("{word}{space}")}), Value::Null)
@@ -254,6 +503,14 @@ async fn chat(body: Bytes) -> Response {
         text.push_str("data: [DONE]\n\n");
         return ([("content-type", "text/event-stream")], Body::from(text)).into_response();
     }
+    let message = match &call {
+        Some((call_id, name, arguments)) => {
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            ]})
+        }
+        None => json!({"role": "assistant", "content": words.join(" ")}),
+    };
     json_response(
         StatusCode::OK,
         json!({
@@ -261,7 +518,7 @@ async fn chat(body: Bytes) -> Response {
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.join(" ")}, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
             "usage": usage,
         }),
     )
@@ -479,6 +736,178 @@ mod tests {
         let plain = json!({"model": LLAMA, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
         let events = sse_data(&chat, plain).await;
         assert!(events.iter().all(|e| !e.contains("usage")));
+    }
+
+    fn weather() -> Value {
+        json!([
+            {"type": "function", "function": {"name": "get_time"}},
+            {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+        ])
+    }
+
+    #[tokio::test]
+    async fn tools_are_called_as_the_request_scripts_it() {
+        let (_emulator, _, chat) = emulator().await;
+        let ask = |content: &str, choice: Value| {
+            json!({"model": LLAMA, "tools": weather(), "tool_choice": choice,
+                   "messages": [{"role": "user", "content": content}]})
+        };
+        let (status, body) = post(
+            &chat,
+            DEFAULT_TOKEN,
+            ask("use get_weather for Paris", Value::Null),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let choice = &body["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        let call = &choice["message"]["tool_calls"][0];
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(call["type"], "function");
+        assert_eq!(
+            call["function"],
+            json!({"name": "get_weather", "arguments": "{\"city\":\"use get_weather for Paris\"}"})
+        );
+        let again = post(
+            &chat,
+            DEFAULT_TOKEN,
+            ask("use get_weather for Paris", Value::Null),
+        )
+        .await
+        .1;
+        assert_eq!(
+            again["choices"][0]["message"]["tool_calls"][0], *call,
+            "deterministic"
+        );
+
+        let called = |content: &str, choice: Value| {
+            let request = ask(content, choice);
+            let chat = chat.clone();
+            async move {
+                let body = post(&chat, DEFAULT_TOKEN, request).await.1;
+                body["choices"][0]["message"]["tool_calls"][0]["function"]["name"]
+                    .as_str()
+                    .map(str::to_string)
+            }
+        };
+        assert_eq!(called("hello there", json!("auto")).await, None);
+        assert_eq!(called("get_weather now", json!("none")).await, None);
+        assert_eq!(
+            called("hello there", json!("required")).await.as_deref(),
+            Some("get_time")
+        );
+        let named = json!({"type": "function", "function": {"name": "get_weather"}});
+        assert_eq!(
+            called("hello there", named).await.as_deref(),
+            Some("get_weather")
+        );
+
+        // A tool's result is answered in words.
+        let answered = json!({"model": LLAMA, "tools": weather(), "messages": [
+            {"role": "user", "content": "use get_weather"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
+        ]});
+        let body = post(&chat, DEFAULT_TOKEN, answered).await.1;
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            "Echo: get_weather use"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_tool_call_comes_in_fragments_by_index() {
+        let (_emulator, _, chat) = emulator().await;
+        let request = json!({"model": LLAMA, "stream": true, "tools": weather(), "tool_choice": "required",
+                             "messages": [{"role": "user", "content": "get_weather in Paris"}]});
+        let events = sse_data(&chat, request).await;
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let first = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(first["index"], 0);
+        assert_eq!(first["function"]["name"], "get_weather");
+        let arguments: String = chunks
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
+            .collect();
+        assert_eq!(arguments, r#"{"city":"get_weather in Paris"}"#);
+        assert!(chunks.len() > 4, "the arguments come in pieces");
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn max_tokens_cuts_with_length_and_a_stop_sequence_stops() {
+        let (_emulator, _, chat) = emulator().await;
+        let ask = |extra: Value| {
+            let mut request =
+                json!({"model": LLAMA, "messages": [{"role": "user", "content": "one two three"}]});
+            request
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            request
+        };
+        let body = post(&chat, DEFAULT_TOKEN, ask(json!({"max_tokens": 2})))
+            .await
+            .1;
+        assert_eq!(body["choices"][0]["message"]["content"], "Echo: three");
+        assert_eq!(body["choices"][0]["finish_reason"], "length");
+        let body = post(
+            &chat,
+            DEFAULT_TOKEN,
+            ask(json!({"stop": ["two", "zzz"], "seed": 3, "top_p": 0.5})),
+        )
+        .await
+        .1;
+        assert_eq!(body["choices"][0]["message"]["content"], "Echo: three");
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        let events = sse_data(&chat, ask(json!({"max_tokens": 1, "stream": true}))).await;
+        assert!(events[events.len() - 2].contains(r#""finish_reason":"length""#));
+    }
+
+    #[tokio::test]
+    async fn unknown_and_malformed_chat_parameters_are_refused_as_openai_does() {
+        let (_emulator, _, chat) = emulator().await;
+        let user = json!([{"role": "user", "content": "hi"}]);
+        for (extra, param) in [
+            (json!({"temprature": 1}), Value::Null),
+            (json!({"top_p": 2}), json!("top_p")),
+            (json!({"stop": ["a", "b", "c", "d", "e"]}), json!("stop")),
+            (json!({"tools": [{"type": "code"}]}), json!("tools")),
+            (json!({"tool_choice": "required"}), json!("tool_choice")),
+            (
+                json!({"tools": weather(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+                json!("tool_choice"),
+            ),
+            (
+                json!({"response_format": {"type": "xml"}}),
+                json!("response_format"),
+            ),
+            (
+                json!({"messages": [{"role": "tool", "content": "18 C"}]}),
+                json!("messages.[0]"),
+            ),
+        ] {
+            let mut request = json!({"model": LLAMA, "messages": user});
+            request
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let (status, body) = post(&chat, DEFAULT_TOKEN, request).await;
+            assert_eq!(status, 400, "{extra}: {body}");
+            assert_eq!(body["error"]["type"], "invalid_request_error", "{extra}");
+            assert_eq!(body["error"]["param"], param, "{extra}");
+        }
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! provider emulators on loopback, driven over HTTP like a client would.
 
 mod api;
+mod chat_input;
 mod cli_errors;
 mod executions;
 mod files;

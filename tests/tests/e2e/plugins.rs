@@ -231,7 +231,7 @@ fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
         (
             "plugins/dist/openai.wasm",
             Some("plugins/openai/fixtures.json"),
-            23,
+            26,
         ),
         ("plugins/dist/bfl.wasm", None, 14),
         ("plugins/dist/fal.wasm", None, 14),

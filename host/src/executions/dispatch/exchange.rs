@@ -139,9 +139,7 @@ impl Dispatcher {
         use eventsource_stream::Eventsource;
         use futures_util::StreamExt;
         let mut events = response.bytes_stream().eventsource();
-        let mut text = String::new();
-        let mut usage: Option<types::Usage> = None;
-        let mut finished = false;
+        let mut answer = Assembled::default();
         while let Some(event) = events.next().await {
             let data = match event {
                 Ok(event) => event.data,
@@ -152,44 +150,193 @@ impl Dispatcher {
             };
             match candidate.plugin.parse_stream_event(ctx, data).await {
                 types::StreamEvent::Delta(delta) => {
-                    text.push_str(&delta);
-                    self.executions.publish_delta(execution_id, delta);
-                    *forwarded = true;
-                }
-                types::StreamEvent::Done(completion) => {
-                    finished = true;
-                    if let Some(full) = completion.text {
-                        text = full;
+                    if !delta.text.is_empty() {
+                        self.executions
+                            .publish_delta(execution_id, delta.text.clone());
+                        *forwarded = true;
                     }
-                    // A closing marker without usage keeps what an earlier event reported.
-                    if usage.is_none() || !completion.usage.is_empty() {
-                        usage = Some(completion.usage);
-                    }
+                    answer.add(delta);
                 }
+                types::StreamEvent::Done(completion) => answer.finish(completion),
                 types::StreamEvent::Skip => {}
                 types::StreamEvent::Failed(failure) => return Answer::Failed(failure.into()),
             }
         }
-        if !finished {
+        match answer.completion() {
+            Some(completion) => Answer::Completed(completion),
             // Cut off: what arrived is not the answer, and is not billed.
-            return Answer::Failed(AttemptFailure::new(
+            None => Answer::Failed(AttemptFailure::new(
                 Kind::StreamCut,
                 "the provider's stream ended before it finished",
-            ));
+            )),
         }
-        let usage = usage.unwrap_or(types::Usage {
-            requests: 1,
-            images: 0,
-            megapixels_milli: 0,
-            seconds_milli: 0,
-            input_tokens: 0,
-            // Four characters a token, when the provider reported no usage.
-            output_tokens: (text.chars().count() as u64).div_ceil(4),
-        });
-        Answer::Completed(types::Completion {
-            text: Some(text),
+    }
+}
+
+/// A streamed answer put together from its events: text, tool calls joined from
+/// their fragments by index, the finish reason and the usage.
+#[derive(Debug, Default)]
+struct Assembled {
+    text: String,
+    tool_calls: std::collections::BTreeMap<u32, types::ToolCall>,
+    finish_reason: Option<types::FinishReason>,
+    /// as the provider reported it (none reported: empty, and the host charges the
+    /// estimate)
+    usage: types::Usage,
+    /// the adapter saw the stream's end
+    finished: bool,
+}
+
+impl Assembled {
+    fn add(&mut self, delta: types::StreamDelta) {
+        self.text.push_str(&delta.text);
+        for fragment in delta.tool_calls {
+            let call = self
+                .tool_calls
+                .entry(fragment.index)
+                .or_insert_with(|| types::ToolCall {
+                    id: String::new(),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+            if let Some(id) = fragment.id.filter(|id| !id.is_empty()) {
+                call.id = id;
+            }
+            if let Some(name) = fragment.name.filter(|name| !name.is_empty()) {
+                call.name = name;
+            }
+            call.arguments.push_str(&fragment.arguments);
+        }
+        if delta.finish_reason.is_some() {
+            self.finish_reason = delta.finish_reason;
+        }
+    }
+
+    /// The stream's end; what it states replaces what the deltas assembled.
+    fn finish(&mut self, completion: types::Completion) {
+        self.finished = true;
+        if let Some(full) = completion.text {
+            self.text = full;
+        }
+        if !completion.tool_calls.is_empty() {
+            self.tool_calls = (0..).zip(completion.tool_calls).collect();
+        }
+        if completion.finish_reason.is_some() {
+            self.finish_reason = completion.finish_reason;
+        }
+        // A closing marker without usage keeps what an earlier event reported.
+        if !completion.usage.is_empty() {
+            self.usage = completion.usage;
+        }
+    }
+
+    /// The completed answer; `None` when the stream never finished.
+    fn completion(self) -> Option<types::Completion> {
+        if !self.finished {
+            return None;
+        }
+        Some(types::Completion {
+            text: Some(self.text),
             assets: Vec::new(),
-            usage,
+            usage: self.usage,
+            finish_reason: self.finish_reason,
+            tool_calls: self.tool_calls.into_values().collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fragment(
+        index: u32,
+        id: Option<&str>,
+        name: Option<&str>,
+        arguments: &str,
+    ) -> types::ToolCallDelta {
+        types::ToolCallDelta {
+            index,
+            id: id.map(Into::into),
+            name: name.map(Into::into),
+            arguments: arguments.into(),
+        }
+    }
+
+    fn delta(text: &str, tool_calls: Vec<types::ToolCallDelta>) -> types::StreamDelta {
+        types::StreamDelta {
+            text: text.into(),
+            tool_calls,
+            finish_reason: None,
+        }
+    }
+
+    fn end() -> types::Completion {
+        types::Completion {
+            text: None,
+            assets: Vec::new(),
+            usage: types::Usage::default(),
+            finish_reason: None,
+            tool_calls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn tool_call_fragments_are_joined_by_index_in_order() {
+        let mut answer = Assembled::default();
+        answer.add(delta(
+            "",
+            vec![fragment(0, Some("call_a"), Some("get_weather"), "")],
+        ));
+        answer.add(delta(
+            "",
+            vec![fragment(1, Some("call_b"), Some("get_time"), "{}")],
+        ));
+        answer.add(delta("", vec![fragment(0, None, None, "{\"city\":")]));
+        answer.add(delta("", vec![fragment(0, None, None, "\"Paris\"}")]));
+        answer.add(types::StreamDelta {
+            finish_reason: Some(types::FinishReason::ToolCalls),
+            ..delta("", Vec::new())
+        });
+        answer.finish(end());
+        let completion = answer.completion().unwrap();
+        assert_eq!(completion.text.as_deref(), Some(""));
+        assert_eq!(
+            completion.finish_reason,
+            Some(types::FinishReason::ToolCalls)
+        );
+        let calls: Vec<(&str, &str, &str)> = completion
+            .tool_calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("call_a", "get_weather", "{\"city\":\"Paris\"}"),
+                ("call_b", "get_time", "{}")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_end_of_a_stream_overrides_what_deltas_said_and_a_stream_without_it_is_cut() {
+        let mut answer = Assembled::default();
+        answer.add(delta("Hel", Vec::new()));
+        answer.add(delta("lo", Vec::new()));
+        let cut = std::mem::take(&mut answer);
+        assert!(cut.completion().is_none());
+
+        let mut answer = Assembled::default();
+        answer.add(delta("Hel", Vec::new()));
+        answer.finish(types::Completion {
+            text: Some("Hello".into()),
+            finish_reason: Some(types::FinishReason::Length),
+            ..end()
+        });
+        let completion = answer.completion().unwrap();
+        assert_eq!(completion.text.as_deref(), Some("Hello"));
+        assert_eq!(completion.finish_reason, Some(types::FinishReason::Length));
+        assert!(completion.tool_calls.is_empty());
     }
 }

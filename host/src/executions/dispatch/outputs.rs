@@ -20,11 +20,13 @@ impl Dispatcher {
         candidate: &Candidate,
         completion: types::Completion,
     ) -> Result<Option<AttemptFailure>> {
-        if completion
-            .text
-            .as_ref()
-            .is_some_and(|t| t.len() > MAX_TEXT_OUTPUT)
-        {
+        let text_bytes = completion.text.as_ref().map_or(0, String::len)
+            + completion
+                .tool_calls
+                .iter()
+                .map(|c| c.id.len() + c.name.len() + c.arguments.len())
+                .sum::<usize>();
+        if text_bytes > MAX_TEXT_OUTPUT {
             let message = format!("the text output exceeds {MAX_TEXT_OUTPUT} bytes");
             return Ok(Some(AttemptFailure {
                 retry: false,
@@ -155,7 +157,10 @@ fn canonical_output(
             .expect("output lists are arrays")
             .push(entry);
     }
-    if let Some(text) = &completion.text {
+    // A text answer: its text (empty when the model only called tools), usage, why
+    // it stopped, and the tool calls when there are any.
+    if completion.text.is_some() || !completion.tool_calls.is_empty() {
+        let text = completion.text.as_deref().unwrap_or_default();
         output.insert("text".into(), json!(text));
         output.insert(
             "usage".into(),
@@ -164,6 +169,11 @@ fn canonical_output(
                 "output_tokens": completion.usage.output_tokens,
             }),
         );
+        output.insert("finish_reason".into(), json!(completion.finish_reason()));
+        if !completion.tool_calls.is_empty() {
+            let calls = completion.tool_calls.iter().map(types::ToolCall::canonical);
+            output.insert("tool_calls".into(), calls.collect());
+        }
     }
     Value::Object(output)
 }
@@ -172,23 +182,60 @@ fn canonical_output(
 mod tests {
     use super::*;
 
-    #[test]
-    fn text_completions_carry_text_and_token_usage() {
-        let completion = types::Completion {
-            text: Some("hello".into()),
+    fn text(text: Option<&str>) -> types::Completion {
+        types::Completion {
+            text: text.map(Into::into),
             assets: Vec::new(),
             usage: types::Usage {
                 requests: 1,
-                images: 0,
-                megapixels_milli: 0,
-                seconds_milli: 0,
                 input_tokens: 3,
                 output_tokens: 1,
+                ..types::Usage::default()
             },
+            finish_reason: None,
+            tool_calls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn text_completions_carry_text_token_usage_and_why_they_stopped() {
+        assert_eq!(
+            canonical_output(&text(Some("hello")), Vec::new()),
+            json!({"text": "hello", "usage": {"input_tokens": 3, "output_tokens": 1}, "finish_reason": "stop"})
+        );
+        let cut = types::Completion {
+            finish_reason: Some(types::FinishReason::Length),
+            ..text(Some("hel"))
         };
         assert_eq!(
-            canonical_output(&completion, Vec::new()),
-            json!({"text": "hello", "usage": {"input_tokens": 3, "output_tokens": 1}})
+            canonical_output(&cut, Vec::new())["finish_reason"],
+            "length"
         );
+    }
+
+    #[test]
+    fn tool_calls_come_out_in_openais_shape_with_their_finish_reason() {
+        let called = types::Completion {
+            tool_calls: vec![types::ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            }],
+            ..text(None)
+        };
+        assert_eq!(
+            canonical_output(&called, Vec::new()),
+            json!({
+                "text": "",
+                "usage": {"input_tokens": 3, "output_tokens": 1},
+                "finish_reason": "tool_calls",
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}],
+            })
+        );
+    }
+
+    #[test]
+    fn outputs_without_text_have_no_text_fields() {
+        assert_eq!(canonical_output(&text(None), Vec::new()), json!({}));
     }
 }

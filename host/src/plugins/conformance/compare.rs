@@ -158,6 +158,30 @@ pub(super) fn outcome_mismatches(outcome: &types::Outcome, expect: &Expect) -> V
                     completion.assets.len()
                 ));
             }
+            let finish_reason = completion.finish_reason();
+            if let Some(expected) = expect.finish_reason
+                && finish_reason != expected
+            {
+                mismatches.push(format!(
+                    "finish_reason: expected {}, got {}",
+                    serde_json::json!(expected),
+                    serde_json::json!(finish_reason)
+                ));
+            }
+            let calls: Vec<Value> = completion
+                .tool_calls
+                .iter()
+                .map(types::ToolCall::canonical)
+                .collect();
+            if let Some(expected) = &expect.tool_calls
+                && &calls != expected
+            {
+                mismatches.push(format!(
+                    "tool_calls: expected {}, got {}",
+                    truncate(&Value::from(expected.clone()).to_string(), 300),
+                    truncate(&Value::from(calls).to_string(), 300)
+                ));
+            }
         }
         (types::Outcome::Pending(_), "pending") => {}
         (types::Outcome::Failed(failure), "failed") => {

@@ -3,6 +3,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::plugins::types::FinishReason;
+
 /// One recorded exchange and what the adapter must make of it: the request it must
 /// build (`request`), how it must classify the provider's answer (`response` and
 /// `expect`), or both. Which call the exchange is follows from `job`: without it the
@@ -88,4 +90,13 @@ pub struct Expect {
     /// for `completed`: how many assets
     #[serde(default)]
     pub assets: Option<usize>,
+    /// for `completed`: why a text model stopped, as the canonical output says it
+    /// (`stop`, `length`, `tool_calls`, `content_filter`)
+    #[serde(default)]
+    pub finish_reason: Option<FinishReason>,
+    /// for `completed`: the tool calls, exactly, in the canonical output's shape
+    /// (`[{"id", "type": "function", "function": {"name", "arguments"}}]`; `[]` for
+    /// none)
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
 }

@@ -235,6 +235,50 @@ fn a_failure_must_carry_the_expected_wait() {
 }
 
 #[test]
+fn a_completion_must_finish_and_call_tools_as_expected() {
+    let answer = |content: Value, tool_calls: Value, finish: &str| {
+        json!({"status": 200, "body": {"choices": [{"index": 0, "message": {"role": "assistant", "content": content, "tool_calls": tool_calls}, "finish_reason": finish}],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 2}}})
+    };
+    let call =
+        json!({"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
+    let expecting = |name: &str, response: Value, finish: &str, calls: Value| {
+        json!({"name": name, "model": "llama-3.1-8b-instruct", "response": response,
+               "expect": {"outcome": "completed", "finish_reason": finish, "tool_calls": calls}})
+    };
+    let (failures, _) = run_kit(
+        "plugins/dist/openai.wasm",
+        &fixtures(json!([
+            expecting(
+                "called",
+                answer(Value::Null, json!([call]), "tool_calls"),
+                "tool_calls",
+                json!([call])
+            ),
+            expecting(
+                "unstated",
+                answer(json!("hi"), Value::Null, "eos"),
+                "stop",
+                json!([])
+            ),
+            expecting(
+                "wrong",
+                answer(json!("hi"), Value::Null, "length"),
+                "stop",
+                json!([call])
+            ),
+        ])),
+    );
+    assert_eq!(
+        failures,
+        [
+            "llama-3.1-8b-instruct: wrong: finish_reason: expected \"stop\", got \"length\"\n\
+             tool_calls: expected [{\"function\":{\"arguments\":\"{}\",\"name\":\"f\"},\"id\":\"call_1\",\"type\":\"function\"}], got []",
+        ]
+    );
+}
+
+#[test]
 fn assets_off_the_allowed_hosts_and_usage_the_price_cannot_read_are_warned_about() {
     let prediction = |output: Value| {
         json!({"name": "done", "model": "flux-1.1-pro", "job": {"id": "p1"},
