@@ -34,6 +34,7 @@ fn execution(org: &str) -> Execution {
         id: modelroute::ids::new_id("exec"),
         organization_id: org.to_string(),
         model: "llama-3.1-8b-instruct".into(),
+        fallbacks: Vec::new(),
         status: Status::Pending,
         input: json!({"messages": [{"role": "user", "content": "Say hello to the benchmark"}]}),
         metadata: json!({}),

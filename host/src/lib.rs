@@ -86,6 +86,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
     );
     let router = Arc::new(Router::new(&config, registry.clone()));
     router.check()?;
+    executions::check_default_fallbacks(&config.executions, &router)?;
     let storage = files::storage::LocalDisk::open(&data.join("files"))
         .with_context(|| format!("opening {}", data.join("files").display()))?;
     let files = Arc::new(Files::new(

@@ -93,6 +93,7 @@ fn execution(org: &str, estimate: Micros) -> Execution {
         id: modelroute::ids::new_id("exec"),
         organization_id: org.to_string(),
         model: "flux-1.1-pro".into(),
+        fallbacks: Vec::new(),
         status: Status::Pending,
         input: json!({}),
         metadata: json!({}),

@@ -15,7 +15,9 @@ use crate::auth::{Caller, Scope};
 use crate::billing;
 use crate::error::{ApiError, DetailCode, quote};
 use crate::executions::input::canonical_numbers;
-use crate::executions::{CreateRequest, Execution, Mode, Status, StreamMessage, request_hash};
+use crate::executions::{
+    CreateRequest, Execution, MAX_FALLBACK_MODELS, Mode, Status, StreamMessage, request_hash,
+};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
@@ -189,7 +191,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-/// Reads `{model, input, webhook_url?, metadata?, mode?, wait_seconds?}`, reporting
+/// Reads `{model, input, webhook_url?, metadata?, mode?, wait_seconds?,
+/// fallback_models?}`, reporting
 /// every problem at once.
 fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), ApiError> {
     let mut fields = Fields::new(
@@ -201,6 +204,7 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
             "metadata",
             "mode",
             "wait_seconds",
+            "fallback_models",
         ],
     );
     let model = fields.required_string("model");
@@ -229,6 +233,7 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
     let wait = fields
         .integer("wait_seconds", 1..=MAX_WAIT_SECONDS)
         .unwrap_or(DEFAULT_WAIT_SECONDS);
+    let fallback_models = fields.strings("fallback_models", MAX_FALLBACK_MODELS);
     let webhook_url = fields.string("webhook_url");
     if webhook_url.is_some_and(|url| {
         !url::Url::parse(url).is_ok_and(|parsed| matches!(parsed.scheme(), "https" | "http"))
@@ -247,6 +252,8 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
             metadata: Value::Object(metadata.cloned().unwrap_or_default()),
             mode,
             webhook_url: webhook_url.map(str::to_string),
+            fallback_models: fallback_models
+                .map(|models| models.into_iter().map(str::to_string).collect()),
         },
         Duration::from_secs(wait),
     ))

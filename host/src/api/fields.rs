@@ -145,6 +145,38 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An optional list of at most `max` non-empty strings (`[]` is a list too).
+    pub fn strings(&mut self, name: &str, max: usize) -> Option<Vec<&'a str>> {
+        let Value::Array(items) = self.present(name)? else {
+            self.refuse(
+                name,
+                DetailCode::InvalidType,
+                format!("{name} must be an array of strings"),
+            );
+            return None;
+        };
+        if items.len() > max {
+            self.refuse(
+                name,
+                DetailCode::OutOfRange,
+                format!("{name} may have at most {max} entries"),
+            );
+            return None;
+        }
+        let mut strings = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(text) if !text.is_empty() => strings.push(text),
+                _ => self.refuse(
+                    &format!("{name}[{i}]"),
+                    DetailCode::InvalidType,
+                    "must be a non-empty string",
+                ),
+            }
+        }
+        (strings.len() == items.len()).then_some(strings)
+    }
+
     /// `Ok` when nothing was refused, else every problem in one error.
     pub fn finish(self) -> Result<(), ApiError> {
         if self.details.is_empty() {

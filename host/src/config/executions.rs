@@ -29,11 +29,15 @@ impl Default for ExecutionSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ModelSettings {
-    /// how long an execution of this model may take before it is EXPIRED
-    pub expiry_seconds: u64,
+    /// how long an execution of this model may take before it is EXPIRED (else the
+    /// global `expiry_seconds`)
+    pub expiry_seconds: Option<u64>,
+    /// the models an execution goes on with when every provider of this one has
+    /// failed, unless the client names its own
+    pub fallback_models: Vec<String>,
 }
 
 impl ExecutionSettings {
@@ -41,7 +45,15 @@ impl ExecutionSettings {
         let seconds = self
             .models
             .get(slug)
-            .map_or(self.expiry_seconds, |m| m.expiry_seconds);
+            .and_then(|m| m.expiry_seconds)
+            .unwrap_or(self.expiry_seconds);
         chrono::Duration::seconds(seconds.min(i64::MAX as u64) as i64)
+    }
+
+    /// The operator's default fallbacks for `slug`.
+    pub fn fallback_models(&self, slug: &str) -> &[String] {
+        self.models
+            .get(slug)
+            .map_or(&[], |m| m.fallback_models.as_slice())
     }
 }

@@ -32,6 +32,9 @@ pub struct CreateRequest {
     pub metadata: Value,
     pub mode: Mode,
     pub webhook_url: Option<String>,
+    /// the models to go on with when every provider of `model` has failed; `None`:
+    /// the operator's defaults for `model`
+    pub fallback_models: Option<Vec<String>>,
 }
 
 /// The name of the server's secret for [`keyed_id`].
@@ -75,8 +78,7 @@ impl Executions {
                 return self.respond(outcome);
             }
         }
-        let candidates = self.router.ranked(&request.model, &types::Usage::default());
-        let Some(first) = candidates.first() else {
+        let Some(first) = self.first_candidate(&request.model) else {
             return Err(ApiError::invalid(
                 "model",
                 DetailCode::InvalidValue,
@@ -86,31 +88,28 @@ impl Executions {
                 ),
             ));
         };
-        let rules = self.input_rules(first)?;
+        let rules = self.input_rules(&first)?;
         rules.validate(&request.input)?;
         let input = input::canonical_numbers(request.input);
         self.files
             .check_input_files(&caller.org_id, &rules.files, &input)?;
-        // Rank the providers for what this input consumes, then price it with the
-        // adapter of the one that will run it.
-        let mut units = estimate(first, &input).await?;
-        let chosen = self
-            .router
-            .ranked(&request.model, &units)
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| first.clone());
-        if chosen.plugin.sha256 != first.plugin.sha256 {
-            units = estimate(&chosen, &input).await?;
-        }
-        let estimated_cost = routing::cost(&chosen.model.price, &units);
-        let hold_amount = Micros::hold_for(estimated_cost);
+        let (units, estimated_cost) = self.price(&first, &input).await?;
+        let fallbacks = self
+            .fallbacks(caller, &first, request.fallback_models, &input)
+            .await?;
+        // The hold covers the most expensive model the execution may run.
+        let hold_amount = fallbacks
+            .iter()
+            .map(|(_, cost)| Micros::hold_for(*cost))
+            .fold(Micros::hold_for(estimated_cost), Micros::max);
+        let fallbacks = fallbacks.into_iter().map(|(f, _)| f).collect();
 
         let now = clock::now();
         let execution = Execution {
             id: new_id("exec"),
             organization_id: caller.org_id.clone(),
             model: request.model.clone(),
+            fallbacks,
             status: Status::Pending,
             input,
             metadata: request.metadata,
@@ -133,6 +132,35 @@ impl Executions {
 
         let outcome = self.accept(execution, idempotency).await?;
         self.respond(outcome)
+    }
+
+    /// The best candidate serving `slug` for an input not yet estimated.
+    pub(super) fn first_candidate(&self, slug: &str) -> Option<routing::Candidate> {
+        self.router
+            .ranked(slug, &types::Usage::default())
+            .into_iter()
+            .next()
+    }
+
+    /// What the input is expected to consume and cost on `model`: the providers are
+    /// ranked for it, then it is priced with the adapter of the one that will run it.
+    pub(super) async fn price(
+        &self,
+        first: &routing::Candidate,
+        input: &Value,
+    ) -> Result<(types::Usage, Micros), ApiError> {
+        let mut units = estimate(first, input).await?;
+        let chosen = self
+            .router
+            .ranked(&first.model.slug, &units)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| first.clone());
+        if chosen.plugin.sha256 != first.plugin.sha256 {
+            units = estimate(&chosen, input).await?;
+        }
+        let cost = routing::cost(&chosen.model.price, &units);
+        Ok((units, cost))
     }
 
     /// The answer to a create: the new execution (dispatched), the one an earlier
@@ -222,7 +250,10 @@ impl Executions {
     }
 
     /// What `candidate`'s schema demands of an input (compiled once per version).
-    fn input_rules(&self, candidate: &routing::Candidate) -> Result<Arc<InputRules>, ApiError> {
+    pub(super) fn input_rules(
+        &self,
+        candidate: &routing::Candidate,
+    ) -> Result<Arc<InputRules>, ApiError> {
         let key = (
             candidate.plugin.sha256.clone(),
             candidate.model.slug.clone(),
@@ -252,11 +283,11 @@ impl Executions {
 pub(super) struct InputRules {
     validator: jsonschema::Validator,
     /// properties that name files
-    files: Vec<FileField>,
+    pub(super) files: Vec<FileField>,
 }
 
 impl InputRules {
-    fn validate(&self, input: &Value) -> Result<(), ApiError> {
+    pub(super) fn validate(&self, input: &Value) -> Result<(), ApiError> {
         let details: Vec<Detail> = self
             .validator
             .iter_errors(input)

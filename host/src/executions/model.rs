@@ -82,6 +82,9 @@ pub struct JobRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub id: String,
+    /// the model it ran (an execution may fall back to another)
+    #[serde(default)]
+    pub model: String,
     pub provider: String,
     pub plugin: String,
     pub plugin_version: String,
@@ -94,6 +97,15 @@ pub struct Attempt {
     /// the normalized code of a failed attempt
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Code>,
+}
+
+/// A model an execution may go on with when every provider of the one before it
+/// has failed, with what the input is expected to consume there (to rank its
+/// providers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    pub model: String,
+    pub usage_estimate: crate::plugins::types::Usage,
 }
 
 /// The `Idempotency-Key` an execution was created with: the request it stands for,
@@ -110,7 +122,11 @@ pub struct Claim {
 pub struct Execution {
     pub id: String,
     pub organization_id: String,
+    /// the model serving it: the one asked for, or the fallback it went on with
     pub model: String,
+    /// the models it may fall back to, in order
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<Fallback>,
     pub status: Status,
     pub input: Value,
     pub metadata: Value,
@@ -146,6 +162,22 @@ impl Execution {
     pub fn latency_ms(&self) -> Option<i64> {
         self.completed_at
             .map(|done| (done - self.created_at).num_milliseconds())
+    }
+
+    /// The model to go on with when every provider of the current one has failed.
+    pub fn next_fallback(&self) -> Option<&Fallback> {
+        match self.fallbacks.iter().position(|f| f.model == self.model) {
+            Some(current) => self.fallbacks.get(current + 1),
+            None => self.fallbacks.first(),
+        }
+    }
+
+    /// Failed attempts of the model serving now (each model has its own budget).
+    pub fn failures_of_current_model(&self) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| a.failure.is_some() && (a.model == self.model || a.model.is_empty()))
+            .count() as u32
     }
 
     /// The attempt still running, if any.
@@ -206,12 +238,19 @@ impl Execution {
         if let Some(error) = &self.error {
             view["error"] = json!(error);
         }
+        if !self.fallbacks.is_empty() {
+            view["fallback_models"] = self.fallback_slugs();
+        }
         view
+    }
+
+    fn fallback_slugs(&self) -> Value {
+        json!(self.fallbacks.iter().map(|f| &f.model).collect::<Vec<_>>())
     }
 
     /// The `202` answer to a create.
     pub fn accepted_view(&self) -> Value {
-        json!({
+        let mut view = json!({
             "id": self.id,
             "status": self.status,
             "model": self.model,
@@ -219,7 +258,11 @@ impl Execution {
             "estimated_cost": self.estimated_cost,
             "expires_at": self.expires_at,
             "created_at": self.created_at,
-        })
+        });
+        if !self.fallbacks.is_empty() {
+            view["fallback_models"] = self.fallback_slugs();
+        }
+        view
     }
 }
 
@@ -247,6 +290,7 @@ mod tests {
     fn failed_attempt(failure: Code) -> Attempt {
         Attempt {
             id: "att_1".into(),
+            model: "m".into(),
             provider: "p".into(),
             plugin: "p".into(),
             plugin_version: "1".into(),

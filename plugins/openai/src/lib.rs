@@ -11,6 +11,7 @@ struct OpenAi;
 
 const FLUX: &str = "flux-1.1-pro";
 const LLAMA: &str = "llama-3.1-8b-instruct";
+const LLAMA_70B: &str = "llama-3.1-70b-instruct";
 const DEFAULT_MAX_TOKENS: u64 = 256;
 /// The canonical chat input's options, sent under the same names when given.
 const CHAT_OPTIONS: [&str; 7] = [
@@ -24,7 +25,7 @@ const CHAT_OPTIONS: [&str; 7] = [
 ];
 
 fn is_chat(slug: &str) -> bool {
-    slug == LLAMA
+    slug == LLAMA || slug == LLAMA_70B
 }
 
 impl Adapter for OpenAi {
@@ -57,6 +58,15 @@ impl Adapter for OpenAi {
                     Price {
                         per_million_input_tokens: 180_000,
                         per_million_output_tokens: 180_000,
+                        ..Price::default()
+                    },
+                ),
+                canonical::model(
+                    LLAMA_70B,
+                    "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo",
+                    Price {
+                        per_million_input_tokens: 880_000,
+                        per_million_output_tokens: 880_000,
                         ..Price::default()
                     },
                 ),

@@ -33,7 +33,11 @@ const IMAGE_MODELS: [&str; 2] = [
     "black-forest-labs/FLUX.1.1-pro",
     "black-forest-labs/FLUX.1-schnell",
 ];
-const CHAT_MODELS: [&str; 2] = ["meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo", "gpt-4o-mini"];
+const CHAT_MODELS: [&str; 3] = [
+    "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo",
+    "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo",
+    "gpt-4o-mini",
+];
 
 /// The emulator's state (`Emulator::state`): its stored outputs.
 pub struct OpenAi {

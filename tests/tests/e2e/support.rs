@@ -129,6 +129,32 @@ impl Server {
     }
 
     pub async fn start_with(providers: &[ProviderSpec<'_>], options: Options<'_>) -> Server {
+        let mut server = Self::configure(providers, options);
+        server.launch().await;
+        let state = server.data.path().join("state");
+        server.api_key = read_trimmed(&state.join("dev-api-key"));
+        server.admin_token = read_trimmed(&state.join("admin-token"));
+        server
+    }
+
+    /// Runs a server that must refuse to start; answers what it printed.
+    pub fn refused(providers: &[ProviderSpec<'_>], options: Options<'_>) -> String {
+        let server = Self::configure(providers, options);
+        let output = Command::new(binary())
+            .args(["serve", "--dev", "--config"])
+            .arg(&server.config)
+            .env_remove("MODELROUTE_LISTEN")
+            .env_remove("MODELROUTE_DATA_DIR")
+            .output()
+            .expect("run modelroute");
+        let printed = String::from_utf8_lossy(&output.stderr).to_string()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "the server started: {printed}");
+        printed
+    }
+
+    /// Writes the configuration of a server; nothing runs yet.
+    fn configure(providers: &[ProviderSpec<'_>], options: Options<'_>) -> Server {
         let Options {
             executions,
             extra_plugins: extra,
@@ -179,7 +205,7 @@ impl Server {
         config.push_str(extra_config);
         let path = data.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut server = Server {
+        let server = Server {
             child: None,
             url: String::new(),
             data,
@@ -195,10 +221,6 @@ impl Server {
                 .build()
                 .expect("client"),
         };
-        server.launch().await;
-        let state = server.data.path().join("state");
-        server.api_key = read_trimmed(&state.join("dev-api-key"));
-        server.admin_token = read_trimmed(&state.join("admin-token"));
         server
     }
 

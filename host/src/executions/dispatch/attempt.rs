@@ -80,6 +80,7 @@ impl Dispatcher {
         let now = clock::now();
         let attempt = Attempt {
             id: new_short_id("att"),
+            model: execution.model.clone(),
             provider: candidate.provider.name.clone(),
             plugin: candidate.plugin.name.clone(),
             plugin_version: candidate.plugin.version.clone(),

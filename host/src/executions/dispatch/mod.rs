@@ -14,6 +14,7 @@ mod attempt;
 mod callbacks;
 mod cancel;
 mod exchange;
+mod fallback;
 mod outputs;
 mod retry;
 
@@ -191,6 +192,10 @@ impl Dispatcher {
             let (failure, counts) = match end {
                 AttemptEnd::Abandoned => return Ok(()),
                 AttemptEnd::Deferred => {
+                    // No provider of the model takes traffic: its fallback, if any.
+                    if self.fall_back(&execution, None).await? {
+                        continue;
+                    }
                     // Until a breaker lets a probe through, or the deadline.
                     let wait = Duration::from_millis(DEFER_MS);
                     clock::sleep_until(clock::now() + wait, wait).await;

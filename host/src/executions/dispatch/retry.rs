@@ -12,7 +12,8 @@ use crate::executions::model::Execution;
 impl Dispatcher {
     /// Records the failed attempt; then either waits out the backoff and returns true
     /// (try again), or ends the execution `FAILED` and returns false. An attempt that
-    /// `counts` spends one of the execution's `max_attempts`.
+    /// `counts` spends one of its model's `max_attempts`; once every provider of the
+    /// model has failed, the execution goes on with its next fallback model at once.
     pub(super) async fn retry_or_fail(
         &self,
         execution: &Execution,
@@ -23,12 +24,13 @@ impl Dispatcher {
         let Some(execution) = self.executions.store_get(&execution.id)? else {
             return Ok(false);
         };
-        let spent = execution
-            .attempts
-            .iter()
-            .filter(|a| a.failure.is_some())
-            .count() as u32
-            + u32::from(counts);
+        if counts
+            && self.model_exhausted(&execution, &failure)
+            && self.fall_back(&execution, Some(&failure)).await?
+        {
+            return Ok(true);
+        }
+        let spent = execution.failures_of_current_model() + u32::from(counts);
         let now = clock::now();
         // A provider's Retry-After holds back only a retry that goes back to it.
         let ready = clock::instant();

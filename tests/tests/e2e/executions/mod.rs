@@ -2,6 +2,7 @@
 //! helpers here are shared by them.
 
 mod failover;
+mod fallbacks;
 mod formats;
 mod lifecycle;
 mod requests;
