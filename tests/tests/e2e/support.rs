@@ -205,7 +205,7 @@ impl Server {
         config.push_str(extra_config);
         let path = data.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
-        let server = Server {
+        Server {
             child: None,
             url: String::new(),
             data,
@@ -220,8 +220,7 @@ impl Server {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
-        };
-        server
+        }
     }
 
     async fn launch(&mut self) {
