@@ -7,7 +7,7 @@ mod providers;
 mod server;
 mod webhooks;
 
-pub use executions::{ExecutionSettings, ModelSettings};
+pub use executions::{ExecutionSettings, ModelSettings, StreamTimeouts};
 pub use files::FileSettings;
 pub use providers::{
     MAX_UNIT_PRICE, PriceOverride, ProviderConfig, ProviderModelConfig, check_base_url,
@@ -114,6 +114,7 @@ impl Config {
         if self.executions.max_attempts == 0 {
             bail!("executions.max_attempts must be at least 1");
         }
+        self.executions.check_timeouts()?;
         self.webhooks.dns()?;
         let server = &self.server;
         for (name, value) in [

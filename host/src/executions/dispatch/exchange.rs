@@ -2,10 +2,11 @@
 //! classified by the adapter.
 
 use anyhow::Result;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::clock;
+use crate::config::StreamTimeouts;
 use crate::plugins::types;
 use crate::routing::Candidate;
 use crate::upstream;
@@ -82,7 +83,19 @@ impl Dispatcher {
     ) -> Result<(Answer, bool), upstream::UpstreamError> {
         let allowed = candidate.provider.allowed_hosts(&candidate.plugin);
         let target = target(candidate, &allowed);
-        let response = self.upstream.open(&target, request).await?;
+        // A streamed answer's first token is due within the model's timeout of the
+        // request, headers included: a silent provider fails the attempt early.
+        let timeouts = self.settings.stream_timeouts(&ctx.slug);
+        let first_due = Instant::now() + timeouts.first_token;
+        let opened = self.upstream.open(&target, request);
+        let response = if ctx.stream {
+            match tokio::time::timeout_at(first_due.into(), opened).await {
+                Ok(response) => response?,
+                Err(_) => return Ok((Answer::Failed(silent(timeouts.first_token, false)), false)),
+            }
+        } else {
+            opened.await?
+        };
         let success = response.status().is_success();
         let streamed = ctx.stream
             && success
@@ -92,8 +105,14 @@ impl Dispatcher {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("text/event-stream"));
         let outcome = if streamed {
-            self.consume_stream(candidate, ctx, execution_id, response)
-                .await
+            self.consume_stream(
+                candidate,
+                ctx,
+                execution_id,
+                response,
+                (first_due, timeouts),
+            )
+            .await
         } else {
             let response = upstream::read(response).await?;
             candidate
@@ -113,10 +132,18 @@ impl Dispatcher {
         ctx: &types::CallContext,
         execution_id: &str,
         response: reqwest::Response,
+        deadlines: (Instant, StreamTimeouts),
     ) -> Answer {
         let mut forwarded = false;
         let outcome = self
-            .read_stream(candidate, ctx, execution_id, response, &mut forwarded)
+            .read_stream(
+                candidate,
+                ctx,
+                execution_id,
+                response,
+                deadlines,
+                &mut forwarded,
+            )
             .await;
         if forwarded && matches!(outcome, Answer::Failed(_)) {
             // The client saw text of an attempt that failed: tell it to drop that
@@ -127,20 +154,30 @@ impl Dispatcher {
     }
 
     /// [`Dispatcher::consume_stream`]'s reading; `forwarded` is set once a delta
-    /// reached the client.
+    /// reached the client. An event that carries something is due by `first_due`,
+    /// then within the idle timeout of the one before (keep-alives do not count).
     pub(super) async fn read_stream(
         &self,
         candidate: &Candidate,
         ctx: &types::CallContext,
         execution_id: &str,
         response: reqwest::Response,
+        (first_due, timeouts): (Instant, StreamTimeouts),
         forwarded: &mut bool,
     ) -> Answer {
         use eventsource_stream::Eventsource;
         use futures_util::StreamExt;
         let mut events = response.bytes_stream().eventsource();
         let mut answer = Assembled::default();
-        while let Some(event) = events.next().await {
+        let mut due = first_due;
+        let mut started = false;
+        loop {
+            let event = match tokio::time::timeout_at(due.into(), events.next()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(_) if started => return Answer::Failed(silent(timeouts.idle, true)),
+                Err(_) => return Answer::Failed(silent(timeouts.first_token, false)),
+            };
             let data = match event {
                 Ok(event) => event.data,
                 Err(error) => {
@@ -148,7 +185,12 @@ impl Dispatcher {
                     return Answer::Failed(AttemptFailure::new(Kind::StreamBroken, message));
                 }
             };
-            match candidate.plugin.parse_stream_event(ctx, data).await {
+            let event = candidate.plugin.parse_stream_event(ctx, data).await;
+            if !matches!(event, types::StreamEvent::Skip) {
+                started = true;
+                due = Instant::now() + timeouts.idle;
+            }
+            match event {
                 types::StreamEvent::Delta(delta) => {
                     if !delta.text.is_empty() {
                         self.executions
@@ -171,6 +213,24 @@ impl Dispatcher {
             )),
         }
     }
+}
+
+/// A provider that went silent: no first token within `waited`, or (`started`) no
+/// event for `waited` after some. Not retried on the same provider before the
+/// others (a retry prefers a provider not tried yet).
+fn silent(waited: Duration, started: bool) -> AttemptFailure {
+    let message = if started {
+        format!(
+            "the provider's stream stalled: no event for {} ms",
+            waited.as_millis()
+        )
+    } else {
+        format!(
+            "the provider sent no first token within {} ms",
+            waited.as_millis()
+        )
+    };
+    AttemptFailure::new(Kind::Timeout, message)
 }
 
 /// A streamed answer put together from its events: text, tool calls joined from
