@@ -222,7 +222,7 @@ async fn a_chat_completion_is_an_execution_billed_as_its_header_says() {
         .filter(|r| r.path == "/v1/chat/completions")
         .count();
     assert_eq!(chats, 2, "a replay runs nothing");
-    ledger_verifies(&server).await;
+    ledger_verifies(server).await;
 }
 
 #[tokio::test]
