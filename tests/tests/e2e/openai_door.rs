@@ -657,3 +657,105 @@ async fn the_official_openai_python_sdk_works_against_the_door() {
     assert!(stdout.contains("ok"), "{stdout}");
     ledger_verifies(&server).await;
 }
+
+/// A client that hangs up before its answer, without an `Idempotency-Key`, cancels
+/// the execution (nobody can receive the answer; nothing is charged). With a key it
+/// runs on, and a replay answers it.
+#[tokio::test]
+async fn a_hang_up_cancels_unless_a_replay_can_fetch_the_answer() {
+    let emulator = emulator().await;
+    let server = Server::start(&[openai_provider(&emulator)]).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let send = |body: Value, key: Option<&'static str>| {
+        let mut request = impatient
+            .post(format!("{}{CHAT}", server.url))
+            .bearer_auth(&server.api_key)
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send()
+    };
+    let newest = || async {
+        let listed = server.get("/v1/executions?limit=1").await;
+        listed.body["data"][0]["id"].as_str().unwrap().to_string()
+    };
+
+    emulator.push_fault(Fault::Delay { ms: 2_000 });
+    assert!(send(chat("one"), None).await.is_err(), "the client gave up");
+    let id = newest().await;
+    let execution = server.wait_terminal(&id, Duration::from_secs(10)).await;
+    assert_eq!(execution["status"], "CANCELLED", "{execution}");
+    assert_eq!(settled(&server, &id).await, decimal("0"));
+
+    let mut body = chat("two");
+    body["stream"] = json!(true);
+    emulator.push_fault(Fault::Delay { ms: 2_000 });
+    assert!(send(body, None).await.is_err(), "the client gave up");
+    let id = newest().await;
+    let execution = server.wait_terminal(&id, Duration::from_secs(10)).await;
+    assert_eq!(execution["status"], "CANCELLED", "{execution}");
+
+    emulator.push_fault(Fault::Delay { ms: 1_000 });
+    assert!(send(chat("three"), Some("hang-up")).await.is_err());
+    let id = newest().await;
+    let execution = server.wait_terminal(&id, Duration::from_secs(10)).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    let replay = server
+        .call(
+            Method::POST,
+            CHAT,
+            Some(&server.api_key),
+            Some(chat("three")),
+            &[("Idempotency-Key", "hang-up")],
+        )
+        .await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(replay.body["id"], id.as_str());
+    assert_eq!(
+        replay.body["choices"][0]["message"]["content"],
+        "Echo: three"
+    );
+    ledger_verifies(&server).await;
+}
+
+/// An execution that does not finish by its deadline ends the request with
+/// `504 GENERATION_TIMEOUT` (the platform expires it; nothing is charged).
+#[tokio::test]
+async fn a_chat_past_its_deadline_is_a_generation_timeout() {
+    let emulator = emulator().await;
+    let server = Server::start_with(
+        &[openai_provider(&emulator)],
+        Options {
+            executions: "[executions.models.\"llama-3.1-8b-instruct\"]\nexpiry_seconds = 1",
+            ..Options::default()
+        },
+    )
+    .await;
+    emulator.set_always(Some(Fault::Hang));
+    let reply = server.post(CHAT, chat("hi")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(
+        openai_error(&reply),
+        ("api_error".into(), "GENERATION_TIMEOUT".into(), Value::Null)
+    );
+    let mut body = chat("hi");
+    body["stream"] = json!(true);
+    let (reply, _) = stream(&server, body, &[]).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        reply.body
+    );
+    emulator.set_always(None);
+    ledger_verifies(&server).await;
+}

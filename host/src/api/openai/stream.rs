@@ -240,6 +240,7 @@ pub async fn respond(
         keyed,
     };
     // Nothing is sent until a provider has answered.
+    let mut shown = execution.clone();
     let (first, done) = match session.next().await {
         Step::Text(text) => (vec![chunks.role(), chunks.text(&text)], false),
         Step::Ended(ended) if ended.status == Status::Completed => {
@@ -249,6 +250,8 @@ pub async fn respond(
                     .ending(&mut session.relay, &ended)
                     .map_err(|_| diverged())?,
             );
+            // Ended before the headers: they can tell its cost.
+            shown = *ended;
             (frames, true)
         }
         Step::Ended(ended) => return Err(ended_error(&ended)),
@@ -263,7 +266,6 @@ pub async fn respond(
         Step::Failed(error) => return Err(error),
     };
     let (sender, body) = channel();
-    let relayed = execution.clone();
     tokio::spawn(async move {
         for frame in first {
             if sender.send(frame).await.is_err() {
@@ -275,7 +277,7 @@ pub async fn respond(
         }
         relay(session, chunks, sender, request_id).await;
     });
-    Ok(sse(body, &relayed, false))
+    Ok(sse(body, &shown, false))
 }
 
 /// Sends the rest of the stream, until its end or the client hangs up (then the
