@@ -32,11 +32,20 @@ pub fn family(code: Code) -> &'static str {
 /// whether a client may retry it (the `x-should-retry` header OpenAI's SDKs read).
 pub fn envelope(error: &ApiError, request_id: &str) -> (Value, bool) {
     let retryable = error.code.retryable();
+    let first = error.details.first();
+    let param = first.and_then(|detail| param(&detail.field));
+    // A message that starts with the native field names the request's parameter.
+    let message = match (first, &param) {
+        (Some(detail), Some(param)) if error.message.starts_with(&detail.field) => {
+            format!("{param}{}", &error.message[detail.field.len()..])
+        }
+        _ => error.message.clone(),
+    };
     let body = json!({
         "error": {
-            "message": error.message,
+            "message": message,
             "type": family(error.code),
-            "param": error.details.first().and_then(|detail| param(&detail.field)),
+            "param": param,
             "code": error.code,
             "retryable": retryable,
             "request_id": request_id,
@@ -126,6 +135,7 @@ mod tests {
         let (body, retry) = envelope(&error, "req_1");
         assert!(!retry);
         assert_eq!(body["error"]["param"], "messages[0].role");
+        assert_eq!(body["error"]["message"], "messages[0].role: bad");
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["code"], "INPUT_VALIDATION_ERROR");
         assert_eq!(body["error"]["request_id"], "req_1");
