@@ -17,7 +17,12 @@ DIST := plugins/dist
 LOCAL_SDK := --config 'patch.crates-io.modelroute-sdk.path="$(CURDIR)/sdk"'
 TEMPLATE_OUT := target/template/$(PLUGIN_TARGET)/release/modelroute_template.wasm
 
-.PHONY: run test plugins build bench setup lint fmt clean
+.PHONY: run test plugins build bench setup lint fmt clean pydeps
+
+# The official openai Python SDK, which the OpenAI-compatible door's e2e test drives
+# (tests/openai_sdk). Installed from PyPI into target/pydeps, once per version.
+OPENAI_SDK_VERSION := 3.51.0
+PYDEPS := target/pydeps
 
 ## Installs what a fresh machine lacks (the wasm target).
 setup:
@@ -47,10 +52,17 @@ run: build
 	trap 'kill $$emulators 2>/dev/null' EXIT INT TERM; \
 	target/debug/modelroute serve --dev
 
+## Installs the openai Python SDK into target/pydeps when that version is missing
+## (the e2e test puts it on PYTHONPATH; nothing is installed system-wide).
+pydeps:
+	@test -d $(PYDEPS)/openai-$(OPENAI_SDK_VERSION).dist-info || \
+	  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --disable-pip-version-check --quiet \
+	    --target $(PYDEPS) openai==$(OPENAI_SDK_VERSION)
+
 ## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests,
 ## and a packaging of the SDK as it would be published (authors depend on it by
 ## version). Ends with one line totalling every test binary's results.
-test: build
+test: build pydeps
 	$(CARGO) package -p modelroute-sdk --allow-dirty
 	@set -o pipefail; $(CARGO) test --workspace --exclude modelroute-sdk 2>&1 | tee target/test.log
 	@awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \

@@ -15,8 +15,13 @@ use crate::ids::new_short_id;
 /// contract's envelope with that same id. An error answered by the HTTP framework
 /// rather than by a handler (an extractor's plain-text rejection, say a path
 /// segment that is not UTF-8) is put in the envelope too.
-pub(super) async fn request_id(request: Request, next: Next) -> Response {
+pub(super) async fn request_id(mut request: Request, next: Next) -> Response {
     let id = new_short_id("req");
+    request
+        .extensions_mut()
+        .insert(super::openai::RequestId(id.clone()));
+    // The OpenAI-compatible door answers its errors in OpenAI's shape.
+    let openai = super::openai::serves(request.uri().path());
     let mut response = next.run(request).await;
     let error = match response.extensions_mut().remove::<ApiError>() {
         Some(error) => Some(error),
@@ -27,7 +32,19 @@ pub(super) async fn request_id(request: Request, next: Next) -> Response {
         }
         None => None,
     };
-    if let Some(error) = error {
+    if let Some(error) = error.as_ref().filter(|_| openai) {
+        let (body, retry) = super::openai::errors::envelope(error, &id);
+        *response.body_mut() = Body::from(body.to_string());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        response.headers_mut().insert(
+            "x-should-retry",
+            HeaderValue::from_static(if retry { "true" } else { "false" }),
+        );
+    } else if let Some(error) = error {
         let mut body = json!({
             "code": error.code,
             "message": error.message,

@@ -1,4 +1,4 @@
-//! The gate every `/v1` and `/admin/v1` request passes before routing:
+//! The gate every `/v1`, `/openai/v1` and `/admin/v1` request passes before routing:
 //! authentication and rate limits, and the caller it resolves for handlers.
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -17,7 +17,7 @@ use crate::ratelimit::Decision;
 /// Where the gate looks for a credential.
 #[derive(Clone, Copy)]
 enum Guarded {
-    /// `/v1`: an API key
+    /// `/v1` and `/openai/v1`: an API key
     Api,
     /// `/admin/v1`: the operator token
     Admin,
@@ -32,7 +32,7 @@ impl Guarded {
         if under("/v1/provider-webhooks") {
             // Providers call back without an API key; the URL carries its own token.
             None
-        } else if under("/v1") {
+        } else if under("/v1") || under("/openai/v1") {
             Some(Guarded::Api)
         } else if under("/admin/v1") {
             Some(Guarded::Admin)
@@ -197,6 +197,9 @@ mod tests {
         assert_eq!(gated("/admin/v1/x"), Some(false));
         assert_eq!(gated("/v1/provider-webhooks/p/t"), None);
         assert_eq!(gated("/v1x"), None);
+        assert_eq!(gated("/openai/v1/chat/completions"), Some(true));
+        assert_eq!(gated("/openai/v1"), Some(true));
+        assert_eq!(gated("/openai/v1x"), None);
         assert_eq!(gated("/files/upload/file_x"), None);
         assert_eq!(gated("/healthz"), None);
     }

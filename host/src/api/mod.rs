@@ -10,6 +10,7 @@ mod gate;
 mod keys;
 mod lists;
 mod models;
+mod openai;
 mod webhooks;
 
 pub use body::{JsonObject, body_refused, known_fields, unknown_fields};
@@ -107,6 +108,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .nest("/files", signed)
         .nest("/v1", v1)
+        .nest(
+            openai::BASE,
+            openai::router().layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
+        )
         .nest("/admin/v1", admin)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 /// A fault applied to one incoming API request (output downloads are never faulted).
 /// As JSON: `{"kind": "status", "status": 503, "retry_after": 2}`, `{"kind": "delay",
-/// "ms": 100}`, `{"kind": "hang"}`, `{"kind": "reset"}`, `{"kind": "malformed"}`.
+/// "ms": 100}`, `{"kind": "hang"}`, `{"kind": "reset"}`, `{"kind": "malformed"}`,
+/// `{"kind": "cut_stream", "after": 2}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
@@ -27,6 +28,10 @@ pub enum Fault {
     Reset,
     /// `200` with a truncated JSON body.
     Malformed,
+    /// A streamed answer cut off after `after` pieces of text: no finish, no usage,
+    /// no `[DONE]`, as when a provider's connection drops mid-answer (emulators
+    /// that stream; a request that does not stream is answered normally).
+    CutStream { after: usize },
 }
 
 /// The faults of one emulator: a queue consumed one per API request, in order, then

@@ -383,7 +383,7 @@ async fn guard<D: Dialect>(
     request: Request,
     next: Next,
 ) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let bytes = to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
     common.requests.lock().unwrap().push(Recorded {
         method: parts.method.to_string(),
@@ -430,6 +430,10 @@ async fn guard<D: Dialect>(
             )
                 .into_response();
         }
+        // Applied by the handler, which knows where its stream's text is.
+        Some(Fault::CutStream { after }) => {
+            parts.extensions.insert(StreamCut(after));
+        }
         None => {}
     }
     if !common.to_second_host(&parts.headers) && !D::authorized(&parts.headers, &common.token) {
@@ -438,6 +442,10 @@ async fn guard<D: Dialect>(
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
+
+/// The [`Fault::CutStream`] a streaming handler applies: text pieces before the cut.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamCut(pub usize);
 
 /// Counts one request in flight until dropped (also when a fault unwinds).
 struct InFlight(Arc<Common>);

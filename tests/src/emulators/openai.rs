@@ -386,7 +386,7 @@ fn cut_at_stop(text: &str, stop: &Value) -> Option<String> {
         .map(|at| text[..at].to_string())
 }
 
-async fn chat(body: Bytes) -> Response {
+async fn chat(cut: Option<axum::Extension<super::StreamCut>>, body: Bytes) -> Response {
     let Some(body) = body_json(&body) else {
         return not_json();
     };
@@ -488,10 +488,15 @@ async fn chat(body: Bytes) -> Response {
             let space = if i + 1 < words.len() { " " } else { "" };
             delta(json!({"content": format!("{word}{space}")}), Value::Null)
         }));
-        // A prompt asking for it is cut off after its first word: no finish, no usage,
-        // no `[DONE]`, as when a provider's connection drops mid-answer.
-        if last_user.contains("[cut]") {
-            let text: String = events[..2]
+        // A prompt asking for it is cut off after its first word (a `cut_stream` fault
+        // after its count of words): no finish, no usage, no `[DONE]`, as when a
+        // provider's connection drops mid-answer.
+        let cut = match cut {
+            Some(axum::Extension(super::StreamCut(after))) => Some(after),
+            None => last_user.contains("[cut]").then_some(1),
+        };
+        if let Some(after) = cut {
+            let text: String = events[..(after + 1).min(events.len())]
                 .iter()
                 .map(|e| format!("data: {e}\n\n"))
                 .collect();

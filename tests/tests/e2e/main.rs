@@ -13,6 +13,7 @@ mod hardening_files;
 mod hardening_providers;
 mod hardening_sandbox;
 mod money;
+mod openai_door;
 mod plugin_author;
 mod plugin_mistakes;
 mod plugins;

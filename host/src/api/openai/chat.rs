@@ -1,0 +1,488 @@
+//! `POST /openai/v1/chat/completions`: OpenAI's request read into an ordinary
+//! execution of the canonical chat input, and the execution rendered as a
+//! `chat.completion` (streams: `stream.rs`).
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+use super::{RequestId, errors, finished, with_execution_headers};
+use crate::App;
+use crate::api::executions::idempotency_key;
+use crate::api::fields::Fields;
+use crate::api::{JsonObject, require};
+use crate::auth::{Caller, Scope};
+use crate::error::{ApiError, Detail, DetailCode, quote};
+use crate::executions::input::canonical_numbers;
+use crate::executions::{CreateRequest, Execution, Mode, request_hash};
+
+pub const PATH: &str = "/openai/v1/chat/completions";
+
+/// Every parameter the door reads; any other is refused, naming it.
+const PARAMS: &[&str] = &[
+    "model",
+    "models",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "n",
+];
+
+/// Parameters that go to the canonical input as they are (OpenAI's names are the
+/// canonical ones); its schema validates them.
+const PASSED: &[&str] = &[
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+];
+
+/// A chat request, read.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub create: CreateRequest,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// canonical input fields the client named otherwise
+    pub renames: Vec<(&'static str, &'static str)>,
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Execution)?;
+    let key = idempotency_key(&headers)?;
+    let chat = parse(&body)?;
+    let idempotency = key.map(|key| (key, request_hash("POST", PATH, &canonical(body))));
+    let keyed = idempotency.is_some();
+    let renames = chat.renames.clone();
+    let created = app
+        .executions
+        .create(&caller, chat.create, idempotency)
+        .await
+        .map_err(|error| errors::renamed(error, &renames))?;
+    if chat.stream {
+        return super::stream::respond(app, caller, request_id, created, chat.include_usage, keyed)
+            .await;
+    }
+    let replayed = created.replayed;
+    let execution = finished(&app, &caller, created.execution, keyed).await?;
+    let response = axum::Json(completion(&execution)).into_response();
+    Ok(with_execution_headers(response, &execution, replayed))
+}
+
+/// Reads an OpenAI chat request into an execution of the canonical chat input,
+/// reporting every problem at once.
+pub fn parse(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
+    let unknown: Vec<Detail> = body
+        .keys()
+        .filter(|name| !PARAMS.contains(&name.as_str()))
+        .map(|name| {
+            Detail::new(
+                name,
+                DetailCode::UnknownField,
+                format!("Unrecognized request argument supplied: {name}"),
+            )
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::validation(unknown));
+    }
+    let mut fields = Fields::new(body, PARAMS);
+    let model = model(&mut fields);
+    let messages = match fields.present("messages") {
+        None => {
+            fields.refuse("messages", DetailCode::Required, "messages is required");
+            None
+        }
+        Some(Value::Array(messages)) => Some(messages),
+        Some(_) => {
+            fields.refuse(
+                "messages",
+                DetailCode::InvalidType,
+                "messages must be an array",
+            );
+            None
+        }
+    };
+    let n = fields.present("n");
+    if n.is_some_and(|n| n.as_f64() != Some(1.0)) {
+        fields.refuse(
+            "n",
+            DetailCode::OutOfRange,
+            "only n = 1 is supported: one choice per request",
+        );
+    }
+    let stream = fields.boolean("stream").unwrap_or(false);
+    let mut include_usage = false;
+    if let Some(options) = fields.object("stream_options") {
+        if !stream {
+            fields.refuse(
+                "stream_options",
+                DetailCode::InvalidValue,
+                "stream_options is only allowed when stream is true",
+            );
+        }
+        for (name, value) in options {
+            match (name.as_str(), value) {
+                ("include_usage", Value::Bool(flag)) => include_usage = *flag,
+                ("include_usage", Value::Null) => {}
+                ("include_usage", _) => fields.refuse(
+                    "stream_options.include_usage",
+                    DetailCode::InvalidType,
+                    "stream_options.include_usage must be a boolean",
+                ),
+                (other, _) => fields.refuse(
+                    &format!("stream_options.{other}"),
+                    DetailCode::UnknownField,
+                    format!("Unrecognized request argument supplied: stream_options.{other}"),
+                ),
+            }
+        }
+    }
+    let mut input = Map::new();
+    if let Some(messages) = messages {
+        input.insert("messages".into(), Value::Array(messages.clone()));
+    }
+    let mut renames = Vec::new();
+    match (
+        fields.present("max_tokens"),
+        fields.present("max_completion_tokens"),
+    ) {
+        (Some(tokens), None) => {
+            input.insert("max_tokens".into(), tokens.clone());
+        }
+        (None, Some(tokens)) => {
+            input.insert("max_tokens".into(), tokens.clone());
+            renames.push(("max_tokens", "max_completion_tokens"));
+        }
+        (Some(a), Some(b)) if a == b => {
+            input.insert("max_tokens".into(), a.clone());
+        }
+        (Some(_), Some(_)) => fields.refuse(
+            "max_completion_tokens",
+            DetailCode::InvalidValue,
+            "give max_tokens or max_completion_tokens, not both",
+        ),
+        (None, None) => {}
+    }
+    for name in PASSED {
+        if let Some(value) = fields.present(name) {
+            input.insert((*name).into(), value.clone());
+        }
+    }
+    let metadata = metadata(&mut fields);
+    fields.finish()?;
+    Ok(ChatRequest {
+        create: CreateRequest {
+            model: model.unwrap_or_default(),
+            input: Value::Object(input),
+            metadata: Value::Object(metadata),
+            mode: if stream { Mode::Streaming } else { Mode::Sync },
+            webhook_url: None,
+        },
+        stream,
+        include_usage,
+        renames,
+    })
+}
+
+/// `model`, or `models: [primary]`. Fallbacks to further models are not served
+/// yet (issue #15, item 4): a list of several is refused rather than ignored.
+fn model(fields: &mut Fields<'_>) -> Option<String> {
+    let Some(models) = fields.present("models") else {
+        return fields.required_string("model").map(str::to_string);
+    };
+    let names: Option<Vec<&str>> = models
+        .as_array()
+        .filter(|list| !list.is_empty())
+        .and_then(|list| list.iter().map(Value::as_str).collect());
+    let Some(names) = names else {
+        fields.refuse(
+            "models",
+            DetailCode::InvalidType,
+            "models must be a non-empty array of model slugs",
+        );
+        return None;
+    };
+    let primary = names[0];
+    if names.iter().any(|name| *name != primary) {
+        fields.refuse(
+            "models",
+            DetailCode::InvalidValue,
+            "model fallbacks are not supported yet: give one model",
+        );
+        return None;
+    }
+    match fields.string("model") {
+        Some(model) if model != primary => {
+            fields.refuse(
+                "model",
+                DetailCode::InvalidValue,
+                format!(
+                    "model {} differs from models[0] {}",
+                    quote(model),
+                    quote(primary)
+                ),
+            );
+            None
+        }
+        _ => Some(primary.to_string()),
+    }
+}
+
+/// The execution's metadata: OpenAI's `metadata` as sent, and `user` under `user`,
+/// within the native limits (50 keys, 16 KiB).
+fn metadata(fields: &mut Fields<'_>) -> Map<String, Value> {
+    let mut metadata = fields.object("metadata").cloned().unwrap_or_default();
+    if let Some(user) = fields.string("user") {
+        match metadata.get("user") {
+            Some(Value::String(same)) if same == user => {}
+            Some(_) => fields.refuse(
+                "user",
+                DetailCode::InvalidValue,
+                "user and metadata.user differ; the execution's metadata keeps user under \"user\"",
+            ),
+            None => {
+                metadata.insert("user".into(), json!(user));
+            }
+        }
+    }
+    let size = serde_json::to_string(&metadata).map_or(0, |text| text.len());
+    if metadata.len() > 50 || size > 16 * 1024 {
+        fields.refuse(
+            "metadata",
+            DetailCode::OutOfRange,
+            "metadata (with user) is limited to 50 keys and 16 KiB",
+        );
+    }
+    metadata
+}
+
+/// The body as the idempotency check compares it: nulls dropped, numbers canonical
+/// (keys sort, so their order never matters).
+pub fn canonical(mut body: Map<String, Value>) -> Value {
+    body.retain(|_, value| !value.is_null());
+    canonical_numbers(Value::Object(body))
+}
+
+/// The canonical text output's `finish_reason` (`stop` when the adapter gave none).
+pub fn finish_reason(output: &Value) -> &str {
+    output["finish_reason"].as_str().unwrap_or("stop")
+}
+
+/// The canonical output's tool calls, when there are any.
+pub fn tool_calls(output: &Value) -> Option<&Vec<Value>> {
+    output["tool_calls"]
+        .as_array()
+        .filter(|calls| !calls.is_empty())
+}
+
+/// OpenAI's `usage` of a canonical text output.
+pub fn usage(output: &Value) -> Value {
+    let prompt = output["usage"]["input_tokens"].as_u64().unwrap_or(0);
+    let completion = output["usage"]["output_tokens"].as_u64().unwrap_or(0);
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+/// A completed execution as a `chat.completion`.
+pub fn completion(execution: &Execution) -> Value {
+    let output = execution.output.clone().unwrap_or(Value::Null);
+    let text = output["text"].as_str().unwrap_or_default();
+    let mut message = json!({"role": "assistant", "content": text});
+    if let Some(calls) = tool_calls(&output) {
+        message["tool_calls"] = json!(calls);
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+    }
+    json!({
+        "id": execution.id,
+        "object": "chat.completion",
+        "created": execution.created_at.timestamp(),
+        "model": execution.model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason(&output),
+        }],
+        "usage": usage(&output),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(body: Value) -> Result<ChatRequest, ApiError> {
+        parse(body.as_object().unwrap())
+    }
+
+    fn refused(body: Value) -> Vec<(String, DetailCode)> {
+        read(body)
+            .unwrap_err()
+            .details
+            .into_iter()
+            .map(|d| (d.field, d.code))
+            .collect()
+    }
+
+    #[test]
+    fn every_openai_parameter_maps_to_the_canonical_chat_input() {
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+        let messages = json!([
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "content": "42", "tool_call_id": "c1", "name": "f"},
+        ]);
+        let chat = read(json!({
+            "model": "m", "messages": messages, "max_completion_tokens": 50,
+            "temperature": 0.5, "top_p": 0.9, "stop": ["\n"], "seed": 7, "tools": tools,
+            "tool_choice": "auto", "response_format": {"type": "json_object"},
+            "stream": true, "stream_options": {"include_usage": true},
+            "user": "u-1", "metadata": {"team": "a"}, "n": 1,
+        }))
+        .unwrap();
+        assert_eq!(chat.create.model, "m");
+        assert_eq!(chat.create.mode, Mode::Streaming);
+        assert!(chat.stream && chat.include_usage);
+        assert_eq!(
+            chat.create.input,
+            json!({
+                "messages": messages, "max_tokens": 50, "temperature": 0.5, "top_p": 0.9,
+                "stop": ["\n"], "seed": 7, "tools": tools, "tool_choice": "auto",
+                "response_format": {"type": "json_object"},
+            })
+        );
+        assert_eq!(chat.create.metadata, json!({"team": "a", "user": "u-1"}));
+        assert_eq!(chat.renames, [("max_tokens", "max_completion_tokens")]);
+
+        let plain =
+            read(json!({"model": "m", "messages": [], "max_tokens": 5, "temperature": null}))
+                .unwrap();
+        assert_eq!(plain.create.mode, Mode::Sync);
+        assert_eq!(plain.create.input, json!({"messages": [], "max_tokens": 5}));
+        assert!(plain.renames.is_empty());
+        assert_eq!(plain.create.metadata, json!({}));
+    }
+
+    #[test]
+    fn unknown_parameters_are_refused_by_name() {
+        assert_eq!(
+            refused(json!({"model": "m", "messages": [], "frequency_penalty": 1})),
+            [("frequency_penalty".to_string(), DetailCode::UnknownField)]
+        );
+        assert_eq!(
+            refused(
+                json!({"model": "m", "messages": [], "stream": true, "stream_options": {"include_obfuscation": false}})
+            ),
+            [(
+                "stream_options.include_obfuscation".to_string(),
+                DetailCode::UnknownField
+            )]
+        );
+    }
+
+    #[test]
+    fn what_the_door_cannot_serve_is_refused() {
+        let cases = [
+            (json!({"model": "m", "messages": [], "n": 2}), "n"),
+            (json!({"messages": []}), "model"),
+            (json!({"model": "m"}), "messages"),
+            (json!({"model": "m", "messages": {}}), "messages"),
+            (
+                json!({"model": "m", "messages": [], "stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+            (
+                json!({"model": "m", "messages": [], "max_tokens": 1, "max_completion_tokens": 2}),
+                "max_completion_tokens",
+            ),
+            (json!({"models": ["a", "b"], "messages": []}), "models"),
+            (
+                json!({"model": "a", "models": ["b"], "messages": []}),
+                "model",
+            ),
+            (
+                json!({"model": "m", "messages": [], "user": "a", "metadata": {"user": "b"}}),
+                "user",
+            ),
+            (
+                json!({"model": "m", "messages": [], "stream": "yes"}),
+                "stream",
+            ),
+        ];
+        for (body, param) in cases {
+            let fields: Vec<String> = refused(body.clone()).into_iter().map(|(f, _)| f).collect();
+            assert_eq!(fields, [param], "{body}");
+        }
+        let many: Map<String, Value> = (0..50).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let fields = refused(json!({"model": "m", "messages": [], "metadata": many, "user": "u"}));
+        assert_eq!(fields[0].0, "metadata");
+        let one = read(json!({"models": ["a"], "messages": []})).unwrap();
+        assert_eq!(one.create.model, "a");
+    }
+
+    #[test]
+    fn a_completed_execution_renders_as_a_chat_completion() {
+        let mut execution: Execution = serde_json::from_value(json!({
+            "id": "exec_1", "organization_id": "org_1", "model": "llama", "status": "COMPLETED",
+            "input": {}, "metadata": {}, "mode": "SYNC", "hold_amount": "0.01",
+            "estimated_cost": "0.01", "created_at": "2026-11-24T10:00:00Z",
+            "expires_at": "2026-11-24T11:00:00Z", "attempts": [], "transitions": [],
+            "output": {"text": "hi", "usage": {"input_tokens": 3, "output_tokens": 1}},
+        }))
+        .unwrap();
+        let body = completion(&execution);
+        assert_eq!(body["id"], "exec_1");
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(body["created"], 1_795_514_400);
+        assert_eq!(body["model"], "llama");
+        assert_eq!(
+            body["choices"][0]["message"],
+            json!({"role": "assistant", "content": "hi"})
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            body["usage"],
+            json!({"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})
+        );
+
+        let call =
+            json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
+        execution.output = Some(
+            json!({"text": "", "usage": {}, "finish_reason": "tool_calls", "tool_calls": [call]}),
+        );
+        let body = completion(&execution);
+        assert_eq!(body["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(body["choices"][0]["message"]["tool_calls"], json!([call]));
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    }
+}
