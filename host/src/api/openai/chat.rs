@@ -17,7 +17,7 @@ use crate::api::{JsonObject, require};
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, Detail, DetailCode, quote};
 use crate::executions::input::canonical_numbers;
-use crate::executions::{CreateRequest, Execution, Mode, request_hash};
+use crate::executions::{CreateRequest, Execution, MAX_FALLBACK_MODELS, Mode, request_hash};
 
 pub const PATH: &str = "/openai/v1/chat/completions";
 
@@ -81,7 +81,7 @@ pub async fn create(
         .executions
         .create(&caller, chat.create, idempotency)
         .await
-        .map_err(|error| errors::renamed(error, &renames))?;
+        .map_err(|error| fallbacks_as_models(errors::renamed(error, &renames)))?;
     if chat.stream {
         return super::stream::respond(app, caller, request_id, created, chat.include_usage, keyed)
             .await;
@@ -110,7 +110,7 @@ pub fn parse(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
         return Err(ApiError::validation(unknown));
     }
     let mut fields = Fields::new(body, PARAMS);
-    let model = model(&mut fields);
+    let (model, fallback_models) = models(&mut fields);
     let messages = match fields.present("messages") {
         None => {
             fields.refuse("messages", DetailCode::Required, "messages is required");
@@ -201,6 +201,7 @@ pub fn parse(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
             metadata: Value::Object(metadata),
             mode: if stream { Mode::Streaming } else { Mode::Sync },
             webhook_url: None,
+            fallback_models,
         },
         stream,
         include_usage,
@@ -208,48 +209,67 @@ pub fn parse(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
     })
 }
 
-/// `model`, or `models: [primary]`. Fallbacks to further models are not served
-/// yet (issue #15, item 4): a list of several is refused rather than ignored.
-fn model(fields: &mut Fields<'_>) -> Option<String> {
+/// `model`, or `models: [primary, fallback, …]` (OpenRouter's convention): the
+/// primary and, when `models` is given, the fallbacks it names (`[]` for one).
+fn models(fields: &mut Fields<'_>) -> (Option<String>, Option<Vec<String>>) {
     let Some(models) = fields.present("models") else {
-        return fields.required_string("model").map(str::to_string);
+        let model = fields.required_string("model").map(str::to_string);
+        return (model, None);
     };
     let names: Option<Vec<&str>> = models
         .as_array()
         .filter(|list| !list.is_empty())
         .and_then(|list| list.iter().map(Value::as_str).collect());
-    let Some(names) = names else {
+    let Some(names) = names.filter(|names| names.iter().all(|name| !name.is_empty())) else {
         fields.refuse(
             "models",
             DetailCode::InvalidType,
             "models must be a non-empty array of model slugs",
         );
-        return None;
+        return (None, None);
     };
-    let primary = names[0];
-    if names.iter().any(|name| *name != primary) {
+    if names.len() > 1 + MAX_FALLBACK_MODELS {
         fields.refuse(
             "models",
-            DetailCode::InvalidValue,
-            "model fallbacks are not supported yet: give one model",
+            DetailCode::OutOfRange,
+            format!("models may name at most {} models", 1 + MAX_FALLBACK_MODELS),
         );
-        return None;
+        return (None, None);
     }
-    match fields.string("model") {
-        Some(model) if model != primary => {
-            fields.refuse(
-                "model",
-                DetailCode::InvalidValue,
-                format!(
-                    "model {} differs from models[0] {}",
-                    quote(model),
-                    quote(primary)
-                ),
-            );
-            None
-        }
-        _ => Some(primary.to_string()),
+    let primary = names[0];
+    if let Some(model) = fields.string("model").filter(|model| *model != primary) {
+        fields.refuse(
+            "model",
+            DetailCode::InvalidValue,
+            format!(
+                "model {} differs from models[0] {}",
+                quote(model),
+                quote(primary)
+            ),
+        );
+        return (None, None);
     }
+    let fallbacks = names[1..].iter().map(|name| name.to_string()).collect();
+    (Some(primary.to_string()), Some(fallbacks))
+}
+
+/// `error` with its `fallback_models[i]` details named as the client sent them,
+/// `models[i + 1]`.
+fn fallbacks_as_models(mut error: ApiError) -> ApiError {
+    for detail in &mut error.details {
+        let Some(index) = detail
+            .field
+            .strip_prefix("fallback_models[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|index| index.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let field = format!("models[{}]", index + 1);
+        error.message = error.message.replacen(&detail.field, &field, 1);
+        detail.field = field;
+    }
+    error
 }
 
 /// The execution's metadata: OpenAI's `metadata` as sent, and `user` under `user`,
@@ -425,7 +445,7 @@ mod tests {
                 json!({"model": "m", "messages": [], "max_tokens": 1, "max_completion_tokens": 2}),
                 "max_completion_tokens",
             ),
-            (json!({"models": ["a", "b"], "messages": []}), "models"),
+            (json!({"models": ["a", ""], "messages": []}), "models"),
             (
                 json!({"model": "a", "models": ["b"], "messages": []}),
                 "model",
@@ -448,6 +468,14 @@ mod tests {
         assert_eq!(fields[0].0, "metadata");
         let one = read(json!({"models": ["a"], "messages": []})).unwrap();
         assert_eq!(one.create.model, "a");
+        assert_eq!(one.create.fallback_models, Some(Vec::new()));
+        let two = read(json!({"models": ["a", "b"], "messages": []})).unwrap();
+        assert_eq!(
+            (two.create.model.as_str(), two.create.fallback_models),
+            ("a", Some(vec!["b".to_string()]))
+        );
+        let plain = read(json!({"model": "a", "messages": []})).unwrap();
+        assert_eq!(plain.create.fallback_models, None);
     }
 
     #[test]

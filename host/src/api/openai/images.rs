@@ -152,6 +152,7 @@ fn parse(body: &Map<String, Value>) -> Result<ImageRequest, ApiError> {
             metadata: Value::Object(metadata),
             mode: Mode::Sync,
             webhook_url: None,
+            fallback_models: None,
         },
         n,
         b64,
