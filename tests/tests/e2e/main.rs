@@ -14,6 +14,7 @@ mod hardening_providers;
 mod hardening_sandbox;
 mod money;
 mod openai_door;
+mod openai_door_models;
 mod plugin_author;
 mod plugin_mistakes;
 mod plugins;

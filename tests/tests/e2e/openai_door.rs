@@ -232,7 +232,7 @@ async fn the_door_refuses_in_openai_s_shape_with_the_platform_s_codes() {
     let cases = [
         (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
         (json!({"n": 2}), "n"),
-        (json!({"models": [LLAMA, "gpt-x"]}), "models"),
+        (json!({"models": [LLAMA, "gpt-x"]}), "models[1]"),
         (
             json!({"messages": [{"role": "robot", "content": "hi"}]}),
             "messages[0].role",
