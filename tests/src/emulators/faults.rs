@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 /// A fault applied to one incoming API request (output downloads are never faulted).
 /// As JSON: `{"kind": "status", "status": 503, "retry_after": 2}`, `{"kind": "delay",
 /// "ms": 100}`, `{"kind": "hang"}`, `{"kind": "reset"}`, `{"kind": "malformed"}`,
-/// `{"kind": "cut_stream", "after": 2}`.
+/// `{"kind": "cut_stream", "after": 2}`, `{"kind": "stall_stream", "after": 0}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
@@ -32,6 +32,10 @@ pub enum Fault {
     /// no `[DONE]`, as when a provider's connection drops mid-answer (emulators
     /// that stream; a request that does not stream is answered normally).
     CutStream { after: usize },
+    /// A streamed answer that stops after `after` pieces of text and then sends
+    /// nothing more, holding the connection open, as a stalled provider does (with
+    /// `after` 0, not even a first token).
+    StallStream { after: usize },
 }
 
 /// The faults of one emulator: a queue consumed one per API request, in order, then

@@ -432,7 +432,13 @@ async fn guard<D: Dialect>(
         }
         // Applied by the handler, which knows where its stream's text is.
         Some(Fault::CutStream { after }) => {
-            parts.extensions.insert(StreamCut(after));
+            parts.extensions.insert(StreamCut {
+                after,
+                stall: false,
+            });
+        }
+        Some(Fault::StallStream { after }) => {
+            parts.extensions.insert(StreamCut { after, stall: true });
         }
         None => {}
     }
@@ -443,9 +449,13 @@ async fn guard<D: Dialect>(
         .await
 }
 
-/// The [`Fault::CutStream`] a streaming handler applies: text pieces before the cut.
+/// The [`Fault::CutStream`] or [`Fault::StallStream`] a streaming handler applies:
+/// the text pieces before the cut, and whether the connection then stays open.
 #[derive(Debug, Clone, Copy)]
-pub struct StreamCut(pub usize);
+pub struct StreamCut {
+    pub after: usize,
+    pub stall: bool,
+}
 
 /// Counts one request in flight until dropped (also when a fault unwinds).
 struct InFlight(Arc<Common>);

@@ -492,15 +492,30 @@ async fn chat(cut: Option<axum::Extension<super::StreamCut>>, body: Bytes) -> Re
         // after its count of words): no finish, no usage, no `[DONE]`, as when a
         // provider's connection drops mid-answer.
         let cut = match cut {
-            Some(axum::Extension(super::StreamCut(after))) => Some(after),
-            None => last_user.contains("[cut]").then_some(1),
+            Some(axum::Extension(cut)) => Some(cut),
+            None => last_user.contains("[cut]").then_some(super::StreamCut {
+                after: 1,
+                stall: false,
+            }),
         };
-        if let Some(after) = cut {
-            let text: String = events[..(after + 1).min(events.len())]
+        if let Some(cut) = cut {
+            let text: String = events[..(cut.after + 1).min(events.len())]
                 .iter()
                 .map(|e| format!("data: {e}\n\n"))
                 .collect();
-            return ([("content-type", "text/event-stream")], Body::from(text)).into_response();
+            let body = if cut.stall {
+                // What was sent, then silence on an open connection.
+                let sent = futures_util::stream::once(async move {
+                    Ok::<_, std::convert::Infallible>(Bytes::from(text))
+                });
+                Body::from_stream(futures_util::StreamExt::chain(
+                    sent,
+                    futures_util::stream::pending(),
+                ))
+            } else {
+                Body::from(text)
+            };
+            return ([("content-type", "text/event-stream")], body).into_response();
         }
         events.push(delta(json!({}), json!(finish_reason)));
         if body["stream_options"]["include_usage"] == true {

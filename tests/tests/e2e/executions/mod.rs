@@ -6,6 +6,7 @@ mod fallbacks;
 mod formats;
 mod lifecycle;
 mod requests;
+mod stalls;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

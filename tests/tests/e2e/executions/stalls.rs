@@ -1,0 +1,125 @@
+//! Silent and stalled providers (SPEC §12): a streamed attempt whose provider sends
+//! no first token within the model's first-token timeout, or stops sending within
+//! its idle timeout, fails as GENERATION_TIMEOUT and the execution goes on; a
+//! client streaming through the OpenAI door gets the whole answer once.
+
+use super::*;
+
+const TIMEOUTS: &str = "first_token_timeout_ms = 500\nidle_timeout_ms = 500";
+
+/// Streams a chat through the OpenAI door; answers the text and whether `[DONE]`
+/// ended it.
+async fn streamed_chat(server: &Server, prompt: &str) -> (String, bool, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/openai/v1/chat/completions", server.url))
+        .bearer_auth(&server.api_key)
+        .json(&json!({
+            "model": "llama-3.1-8b-instruct",
+            "stream": true,
+            "messages": [{"role": "user", "content": prompt}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = response
+        .headers()
+        .get("x-modelroute-execution-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = tokio::time::timeout(WAIT, response.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let text = body
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    (text, body.ends_with("data: [DONE]\n\n"), id)
+}
+
+async fn first_attempt(server: &Server, id: &str) -> Value {
+    let record = server
+        .admin_get(&format!("/admin/v1/executions/{id}"))
+        .await
+        .body;
+    record["attempts"][0].clone()
+}
+
+#[tokio::test]
+async fn a_provider_that_sends_no_first_token_fails_the_attempt_and_the_retry_answers() {
+    let emulator = openai_emulator().await;
+    let server = Server::start_with(
+        &[openai_provider(&emulator)],
+        Options {
+            executions: TIMEOUTS,
+            ..Options::default()
+        },
+    )
+    .await;
+    emulator.push_fault(Fault::StallStream { after: 0 });
+    let (text, done, id) = streamed_chat(&server, "one two three").await;
+    assert_eq!(text, "Echo: three two one");
+    assert!(done, "the stream ended without [DONE]");
+    assert_eq!(emulator.count("/v1/chat/completions"), 2);
+    let silent = first_attempt(&server, &id).await;
+    assert_eq!(silent["failure"], "GENERATION_TIMEOUT", "{silent}");
+    let outcome = silent["outcome"].as_str().unwrap();
+    assert!(
+        outcome.contains("no first token within 500 ms"),
+        "{outcome}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_midway_is_finished_by_the_retry_without_repeating_text() {
+    let emulator = openai_emulator().await;
+    let server = Server::start_with(
+        &[openai_provider(&emulator)],
+        Options {
+            executions: TIMEOUTS,
+            ..Options::default()
+        },
+    )
+    .await;
+    emulator.push_fault(Fault::StallStream { after: 2 });
+    let (text, done, id) = streamed_chat(&server, "one two three").await;
+    assert_eq!(text, "Echo: three two one", "nothing lost, nothing twice");
+    assert!(done, "the stream ended without [DONE]");
+    let stalled = first_attempt(&server, &id).await;
+    assert_eq!(stalled["failure"], "GENERATION_TIMEOUT", "{stalled}");
+    let outcome = stalled["outcome"].as_str().unwrap();
+    assert!(
+        outcome.contains("stalled: no event for 500 ms"),
+        "{outcome}"
+    );
+    // Only the completed attempt is billed.
+    let execution = server.get(&format!("/v1/executions/{id}")).await.body;
+    assert_eq!(execution["status"], "COMPLETED");
+}
+
+#[test]
+fn a_stream_timeout_below_100_ms_stops_the_start_naming_the_field() {
+    let printed = Server::refused(
+        &[],
+        Options {
+            executions: "[executions.models.\"llama-3.1-8b-instruct\"]\nidle_timeout_ms = 5",
+            ..Options::default()
+        },
+    );
+    assert!(
+        printed.contains(
+            "executions.models.\"llama-3.1-8b-instruct\".idle_timeout_ms must be at least 100"
+        ),
+        "{printed}"
+    );
+}
