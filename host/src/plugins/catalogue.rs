@@ -21,6 +21,9 @@ pub struct Definition {
     pub modality: &'static str,
     pub description: String,
     pub input_schema: Value,
+    /// the canonical input preset the schema is (or, for an operator's own
+    /// schema, the preset its inputs follow); empty for an adapter's own schema
+    pub input: String,
 }
 
 #[derive(Deserialize)]
@@ -37,22 +40,48 @@ struct CanonicalModel {
     input: String,
 }
 
+static FILE: LazyLock<CanonicalFile> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../../../sdk/canonical/models.json"))
+        .expect("sdk/canonical/models.json is valid")
+});
+
 static CANONICAL: LazyLock<BTreeMap<String, Definition>> = LazyLock::new(|| {
-    let file: CanonicalFile =
-        serde_json::from_str(include_str!("../../../sdk/canonical/models.json"))
-            .expect("sdk/canonical/models.json is valid");
+    let file = &*FILE;
     file.models
-        .into_iter()
+        .iter()
         .map(|model| {
             let definition = Definition {
                 modality: modality_name(&model.modality),
-                description: model.description,
+                description: model.description.clone(),
                 input_schema: file.inputs[&model.input].clone(),
+                input: model.input.clone(),
             };
-            (model.slug, definition)
+            (model.slug.clone(), definition)
         })
         .collect()
 });
+
+/// The canonical input preset `name`'s JSON Schema (`chat`, `text-to-image`, …).
+pub fn preset(name: &str) -> Option<&'static Value> {
+    FILE.inputs.get(name)
+}
+
+/// The names of the canonical input presets, sorted.
+pub fn presets() -> Vec<&'static str> {
+    FILE.inputs.keys().map(String::as_str).collect()
+}
+
+/// The modality of the canonical models taking preset `name` (`text` for `chat`),
+/// when they agree; `None` when no canonical model takes it.
+pub fn preset_modality(name: &str) -> Option<&'static str> {
+    let mut modalities = FILE
+        .models
+        .iter()
+        .filter(|model| model.input == name)
+        .map(|model| modality_name(&model.modality));
+    let first = modalities.next()?;
+    modalities.all(|m| m == first).then_some(first)
+}
 
 fn modality_name(name: &str) -> &'static str {
     match name {
@@ -101,6 +130,7 @@ pub fn public(slug: &str, models: &[&types::Model]) -> Option<Definition> {
             format!("{article} {modality} model.")
         },
         input_schema: serde_json::from_str(&first.input_schema).unwrap_or(Value::Null),
+        input: first.input.clone(),
     })
 }
 
@@ -180,6 +210,7 @@ mod tests {
                 per_image: 1,
                 ..Default::default()
             },
+            input: String::new(),
         }
     }
 

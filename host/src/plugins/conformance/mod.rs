@@ -181,6 +181,7 @@ fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &types::Model) -> Res
     let ctx = types::CallContext {
         slug: model.slug.clone(),
         provider_model: model.provider_model.clone(),
+        input: model.input.clone(),
         base_url: plugin.manifest.default_base_url.clone(),
         attempt_id: attempt_id.into(),
         callback_url: None,
@@ -258,6 +259,7 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
     let ctx = types::CallContext {
         slug: model.slug.clone(),
         provider_model: model.provider_model.clone(),
+        input: model.input.clone(),
         base_url: plugin.manifest.default_base_url.clone(),
         attempt_id: "att_conformance".into(),
         callback_url: None,
