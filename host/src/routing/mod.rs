@@ -79,7 +79,11 @@ impl Provider {
 
     /// Checks the provider against its adapter in `registry`; an error names the
     /// field below `providers[i]` that is wrong.
-    fn check(&self, registry: &Registry) -> Result<(), String> {
+    fn check(
+        &self,
+        registry: &Registry,
+        declared: &HashMap<String, types::Model>,
+    ) -> Result<(), String> {
         let Some(plugin) = registry.get(&self.adapter) else {
             let mut loaded: Vec<String> = registry.all().iter().map(|p| p.name.clone()).collect();
             loaded.sort();
@@ -90,6 +94,22 @@ impl Provider {
             ));
         };
         for slug in self.models.keys() {
+            if let Some(model) = declared.get(slug) {
+                if !plugin.manifest.declared_inputs.contains(&model.input) {
+                    let inputs = &plugin.manifest.declared_inputs;
+                    return Err(format!(
+                        "models.{slug:?}: the {:?} adapter does not serve operator-declared models of input {:?} (it serves declared inputs: {})",
+                        self.adapter,
+                        model.input,
+                        if inputs.is_empty() {
+                            "none".to_string()
+                        } else {
+                            inputs.join(", ")
+                        }
+                    ));
+                }
+                continue;
+            }
             if plugin.model(slug).is_none() {
                 let served: Vec<&str> = plugin
                     .manifest
@@ -249,6 +269,37 @@ pub struct Candidate {
 pub struct Router {
     providers: Vec<Arc<Provider>>,
     registry: Arc<Registry>,
+    /// the operator's declared models by slug, as manifest entries (the provider
+    /// model left empty: each provider entry names its own)
+    declared: HashMap<String, types::Model>,
+}
+
+/// A declared model as a manifest entry would be: what the catalogue, validation,
+/// estimates and the adapter's call context read.
+fn declared_model(declared: &config::DeclaredModel) -> types::Model {
+    let price = declared
+        .price
+        .as_ref()
+        .map_or_else(types::Price::default, |with| {
+            let mut price = types::Price::default();
+            apply_price_override(&mut price, with);
+            price
+        });
+    types::Model {
+        slug: declared.slug.clone(),
+        provider_model: String::new(),
+        modality: match declared.modality.as_str() {
+            "image" => types::Modality::Image,
+            "video" => types::Modality::Video,
+            "audio" => types::Modality::Audio,
+            _ => types::Modality::Text,
+        },
+        description: declared.description.clone(),
+        input_schema: declared.schema().to_string(),
+        example_input: String::new(),
+        price,
+        input: declared.preset().to_string(),
+    }
 }
 
 impl Router {
@@ -261,6 +312,33 @@ impl Router {
                 .map(|p| Arc::new(Provider::new(p, loopback_http)))
                 .collect(),
             registry,
+            declared: config
+                .models
+                .iter()
+                .map(|model| (model.slug.clone(), declared_model(model)))
+                .collect(),
+        }
+    }
+
+    /// The slugs the operator declared, sorted.
+    pub fn declared_slugs(&self) -> Vec<String> {
+        let mut slugs: Vec<String> = self.declared.keys().cloned().collect();
+        slugs.sort();
+        slugs
+    }
+
+    /// `provider`'s entry for `slug` on `plugin`: the operator's declaration when
+    /// `slug` is declared and the adapter serves declared models of its input
+    /// preset (the declaration wins over an adapter that later names the slug), else
+    /// the adapter's own manifest entry.
+    fn served_model(&self, plugin: &LoadedPlugin, slug: &str) -> Option<types::Model> {
+        match self.declared.get(slug) {
+            Some(declared) => plugin
+                .manifest
+                .declared_inputs
+                .contains(&declared.input)
+                .then(|| declared.clone()),
+            None => plugin.model(slug).cloned(),
         }
     }
 
@@ -268,10 +346,33 @@ impl Router {
     /// model it does not serve, a base URL its allowed hosts leave out or a
     /// credential that would go over plain http is refused, naming the field
     /// (`providers[2].allowed_hosts: …`).
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self, config: &Config) -> anyhow::Result<()> {
+        for (index, model) in config.models.iter().enumerate() {
+            let slug = &model.slug;
+            let mut defining: Vec<String> = self
+                .registry
+                .all()
+                .iter()
+                .filter(|plugin| plugin.model(slug).is_some())
+                .map(|plugin| plugin.name.clone())
+                .collect();
+            if !defining.is_empty() {
+                defining.sort();
+                anyhow::bail!(
+                    "models[{index}].slug: {slug:?} is already defined by the {} adapter's manifest; serve it through [providers.models.{slug:?}] instead of declaring it",
+                    defining.join(", ")
+                );
+            }
+            if !self.providers.iter().any(|p| p.models.contains_key(slug)) {
+                anyhow::bail!(
+                    "models[{index}].slug: no provider serves {slug:?} (add [providers.models.{slug:?}] with its provider_model to a provider whose adapter serves declared {:?} models)",
+                    model.preset()
+                );
+            }
+        }
         for (index, provider) in self.providers.iter().enumerate() {
             provider
-                .check(&self.registry)
+                .check(&self.registry, &self.declared)
                 .map_err(|error| anyhow::anyhow!("providers[{index}].{error}"))?;
         }
         Ok(())
@@ -286,7 +387,7 @@ impl Router {
             .filter_map(|provider| {
                 let overrides = provider.models.get(slug)?;
                 let plugin = self.registry.get(&provider.adapter)?;
-                let mut model = plugin.model(slug)?.clone();
+                let mut model = self.served_model(&plugin, slug)?;
                 if let Some(name) = &overrides.provider_model {
                     model.provider_model = name.clone();
                 }
