@@ -93,7 +93,10 @@ impl Provider {
                 loaded.join(", ")
             ));
         };
-        for slug in self.models.keys() {
+        // In slug order, so that the same config always names the same mistake.
+        let mut slugs: Vec<&String> = self.models.keys().collect();
+        slugs.sort();
+        for slug in slugs {
             if let Some(model) = declared.get(slug) {
                 if !plugin.manifest.declared_inputs.contains(&model.input) {
                     let inputs = &plugin.manifest.declared_inputs;
