@@ -38,6 +38,8 @@ struct CanonicalModel {
     modality: String,
     description: String,
     input: String,
+    #[serde(default)]
+    example: Value,
 }
 
 static FILE: LazyLock<CanonicalFile> = LazyLock::new(|| {
@@ -81,6 +83,38 @@ pub fn preset_modality(name: &str) -> Option<&'static str> {
         .map(|model| modality_name(&model.modality));
     let first = modalities.next()?;
     modalities.all(|m| m == first).then_some(first)
+}
+
+/// How a fixture names an operator-declared model of preset `p`: `declared:p`.
+pub const DECLARED_PREFIX: &str = "declared:";
+
+/// A stand-in for a model the operator declares with preset `name`, as the kit and
+/// the pre-install checks call an adapter that lists it in `declared-inputs`: a slug
+/// no adapter names, an operator's provider model, the preset's schema, and the
+/// example of a canonical model taking it. `None` for an unknown preset.
+pub fn declared_example(name: &str) -> Option<types::Model> {
+    let schema = preset(name)?;
+    let example = FILE
+        .models
+        .iter()
+        .find(|model| model.input == name && !model.example.is_null())
+        .map_or_else(|| "{}".to_string(), |model| model.example.to_string());
+    let modality = match preset_modality(name) {
+        Some("image") => types::Modality::Image,
+        Some("video") => types::Modality::Video,
+        Some("audio") => types::Modality::Audio,
+        _ => types::Modality::Text,
+    };
+    Some(types::Model {
+        slug: format!("operator-declared-{name}"),
+        provider_model: format!("operator/declared-{name}"),
+        modality,
+        description: "A model the operator declares.".into(),
+        input_schema: schema.to_string(),
+        example_input: example,
+        price: types::Price::default(),
+        input: name.to_string(),
+    })
 }
 
 fn modality_name(name: &str) -> &'static str {
@@ -230,6 +264,31 @@ mod tests {
             assert!(!definition.description.is_empty());
         }
         assert_eq!(canonical("flux-1.1-pro").unwrap().modality, "image");
+    }
+
+    #[test]
+    fn presets_have_a_modality_and_a_stand_in_declared_model() {
+        assert_eq!(
+            presets(),
+            ["chat", "image-edit", "text-to-image", "text-to-video"]
+        );
+        assert_eq!(preset_modality("chat"), Some("text"));
+        assert_eq!(preset_modality("text-to-image"), Some("image"));
+        assert_eq!(preset_modality("chatt"), None);
+        let chat = declared_example("chat").unwrap();
+        assert_eq!(
+            (chat.input.as_str(), chat.modality),
+            ("chat", types::Modality::Text)
+        );
+        assert!(canonical(&chat.slug).is_none());
+        let schema: Value = serde_json::from_str(&chat.input_schema).unwrap();
+        let example: Value = serde_json::from_str(&chat.example_input).unwrap();
+        assert!(
+            jsonschema::validator_for(&schema)
+                .unwrap()
+                .is_valid(&example)
+        );
+        assert!(declared_example("chatt").is_none());
     }
 
     /// Regression: `GET /v1/models/flux-1.1-pro` showed a third-party adapter's

@@ -54,7 +54,18 @@ impl LoadedPlugin {
         if manifest.models.is_empty() {
             bail!("the manifest serves no models");
         }
-        for model in &manifest.models {
+        let mut declared = Vec::new();
+        for preset in &manifest.declared_inputs {
+            let example = super::catalogue::declared_example(preset).ok_or_else(|| {
+                anyhow!(
+                    "declared-inputs: unknown input preset {preset:?} (presets: {})",
+                    super::catalogue::presets().join(", ")
+                )
+            })?;
+            declared.push(example);
+        }
+        // Each declared preset is smoke-tested as a model the operator might declare.
+        for model in manifest.models.iter().chain(&declared) {
             let slug = &model.slug;
             let schema: serde_json::Value = serde_json::from_str(&model.input_schema)
                 .map_err(|e| anyhow!("model {slug}: the input schema is not JSON: {e}"))?;
