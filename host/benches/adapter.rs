@@ -21,6 +21,7 @@ fn context() -> CallContext {
     CallContext {
         slug: "flux-1.1-pro".into(),
         provider_model: "black-forest-labs/flux-1.1-pro".into(),
+        input: "text-to-image".into(),
         base_url: "http://127.0.0.1:9101".into(),
         attempt_id: "att_bench".into(),
         callback_url: None,

@@ -85,7 +85,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         config.plugins_dir.clone(),
     );
     let router = Arc::new(Router::new(&config, registry.clone()));
-    router.check()?;
+    router.check(&config)?;
     executions::check_default_fallbacks(&config.executions, &router)?;
     let storage = files::storage::LocalDisk::open(&data.join("files"))
         .with_context(|| format!("opening {}", data.join("files").display()))?;

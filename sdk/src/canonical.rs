@@ -17,6 +17,22 @@ fn definitions() -> &'static Value {
     DEFINITIONS.get_or_init(|| serde_json::from_str(MODELS_JSON).expect("canonical/models.json"))
 }
 
+/// The `chat` input preset's name: what `CallContext::input` and `ModelRef::input`
+/// say for a model taking the canonical chat input (OpenAI's chat request).
+pub const CHAT: &str = "chat";
+/// The `text-to-image` input preset's name.
+pub const TEXT_TO_IMAGE: &str = "text-to-image";
+
+/// The names of the canonical input presets (`chat`, `text-to-image`, …): what a
+/// manifest's `declared_inputs` may list, and what `CallContext::input` names.
+pub fn inputs() -> Vec<&'static str> {
+    definitions()["inputs"]
+        .as_object()
+        .into_iter()
+        .flat_map(|inputs| inputs.keys().map(String::as_str))
+        .collect()
+}
+
 /// The canonical input schema `name` (`text-to-image`, `image-edit`, `chat`,
 /// `text-to-video`), as JSON text.
 pub fn input_schema(name: &str) -> Option<String> {

@@ -35,8 +35,8 @@ pub use helpers::approx_tokens;
 pub use bindings::modelroute::provider::types::{
     Asset, AssetSource, AuthScheme, CallContext, CallbackVerdict, Capabilities, Completion,
     ErrorCode, Failure, FileGrant, FinishReason, HeaderAuth, HttpRequest, HttpResponse, Job,
-    Manifest, Method, Modality, Model, Outcome, Pending, Price, StreamDelta, StreamEvent, ToolCall,
-    ToolCallDelta, Usage,
+    Manifest, Method, Modality, Model, ModelRef, Outcome, Pending, Price, StreamDelta, StreamEvent,
+    ToolCall, ToolCallDelta, Usage,
 };
 pub use serde_json::{self, Value, json};
 
@@ -150,13 +150,6 @@ impl<'a> Answered<'a> {
     }
 }
 
-/// The model an estimate is for.
-#[derive(Debug, Clone)]
-pub struct ModelRef {
-    pub slug: String,
-    pub provider_model: String,
-}
-
 /// Registers `$adapter` (a type implementing [`Adapter`] and [`Default`]) as this
 /// plugin's adapter and stamps the contract version into the component.
 #[macro_export]
@@ -197,12 +190,8 @@ impl bindings::exports::modelroute::provider::adapter::Guest for Component {
         __modelroute_adapter().manifest()
     }
 
-    fn estimate(slug: String, provider_model: String, input: String) -> Result<Usage, Failure> {
+    fn estimate(model: ModelRef, input: String) -> Result<Usage, Failure> {
         let input = parse_input(&input)?;
-        let model = ModelRef {
-            slug,
-            provider_model,
-        };
         __modelroute_adapter().estimate(&model, &input)
     }
 

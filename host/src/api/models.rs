@@ -1,6 +1,6 @@
 //! `/v1/models`: the catalogue. Descriptions and schemas come from the canonical
-//! definitions (see `plugins::catalogue`), prices from the adapters serving a
-//! model; it never names a provider or an adapter. A model is `available` while a provider serving
+//! definitions (see `plugins::catalogue`) or the operator's declarations
+//! (`[[models]]`), prices from the adapters serving a model (or the declaration); it never names a provider or an adapter. A model is `available` while a provider serving
 //! it can take traffic: its last health probe reached it and its breaker is not open.
 
 use axum::Json;
@@ -70,6 +70,7 @@ pub async fn list(
         .all()
         .iter()
         .flat_map(|plugin| plugin.manifest.models.iter().map(|m| m.slug.clone()))
+        .chain(app.router.declared_slugs())
         .collect();
     let (slugs, has_more) = page.of(slugs.into_iter().collect(), String::as_str)?;
     let models = slugs

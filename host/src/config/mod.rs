@@ -3,12 +3,14 @@
 
 mod executions;
 mod files;
+mod models;
 mod providers;
 mod server;
 mod webhooks;
 
 pub use executions::{ExecutionSettings, ModelSettings, StreamTimeouts};
 pub use files::FileSettings;
+pub use models::{DeclaredModel, check_slug};
 pub use providers::{
     MAX_UNIT_PRICE, PriceOverride, ProviderConfig, ProviderModelConfig, check_base_url,
 };
@@ -50,6 +52,9 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    /// models the operator declares, served by adapters of a generic wire format
+    #[serde(default)]
+    pub models: Vec<DeclaredModel>,
     /// Development conveniences (`--dev`): a bootstrap organization and key.
     #[serde(skip)]
     pub dev: bool,
@@ -87,6 +92,18 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        let mut declared = std::collections::HashMap::new();
+        for (index, model) in self.models.iter().enumerate() {
+            model
+                .validate()
+                .map_err(|error| anyhow::anyhow!("models[{index}].{error}"))?;
+            if let Some(first) = declared.insert(model.slug.as_str(), index) {
+                bail!(
+                    "models[{index}].slug: {:?} is declared twice (models[{first}] too)",
+                    model.slug
+                );
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (index, provider) in self.providers.iter().enumerate() {
             if !names.insert(&provider.name) {
@@ -98,6 +115,13 @@ impl Config {
             provider
                 .validate()
                 .map_err(|error| anyhow::anyhow!("providers[{index}].{error}"))?;
+            for (slug, model) in &provider.models {
+                if declared.contains_key(slug.as_str()) && model.provider_model.is_none() {
+                    bail!(
+                        "providers[{index}].models.{slug:?}.provider_model: required for a model the operator declares (the provider's own name for it)"
+                    );
+                }
+            }
         }
         if let Some(proxy) = &self.upstream.proxy
             && !url::Url::parse(proxy)
@@ -225,6 +249,147 @@ mod tests {
         config
             .validate()
             .expect("a high price that is still a price");
+    }
+
+    /// The config with an openai provider serving `qwen` and the declarations
+    /// `models` (TOML of `[[models]]` tables).
+    fn with_declared(models: &str, provider_model: &str) -> String {
+        format!(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\nplugins_dir = \"p\"\npublic_url = \"http://127.0.0.1:1\"\n[[providers]]\nname = \"a\"\nadapter = \"openai\"\n[providers.models.\"qwen\"]\n{provider_model}\n{models}"
+        )
+    }
+
+    const QWEN: &str = "[[models]]\nslug = \"qwen\"\nmodality = \"text\"\ndescription = \"An open chat model.\"\ninput = \"chat\"\nprice = { per_million_input_tokens = \"0.9\", per_million_output_tokens = \"0.9\" }\n";
+
+    fn declared_refusal(models: &str) -> String {
+        let text = with_declared(models, "provider_model = \"Qwen/Qwen2.5\"");
+        let config: Config = toml::from_str(&text).unwrap();
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_declaration_is_taken_with_a_preset_or_an_inline_schema() {
+        let text = with_declared(QWEN, "provider_model = \"Qwen/Qwen2.5\"");
+        let config: Config = toml::from_str(&text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.models[0].preset(), "chat");
+        assert_eq!(
+            config.models[0].schema(),
+            *crate::plugins::catalogue::preset("chat").unwrap()
+        );
+        let inline = QWEN.replace(
+            "input = \"chat\"",
+            "input = \"chat\"\ninput_schema = '{\"type\": \"object\", \"required\": [\"messages\"]}'",
+        );
+        let config: Config =
+            toml::from_str(&with_declared(&inline, "provider_model = \"q\"")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.models[0].schema()["required"][0], "messages");
+        let table = QWEN.replace(
+            "input = \"chat\"",
+            "input = \"chat\"\ninput_schema = { type = \"object\", required = [\"messages\"] }",
+        );
+        let config: Config =
+            toml::from_str(&with_declared(&table, "provider_model = \"q\"")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.models[0].schema()["type"], "object");
+    }
+
+    #[test]
+    fn bad_declarations_are_refused_naming_the_field() {
+        let swap = |from: &str, to: &str| QWEN.replace(from, to);
+        let cases = [
+            (
+                swap("slug = \"qwen\"", "slug = \"Qwen 2\""),
+                "models[0].slug: \"Qwen 2\" is not a slug",
+            ),
+            (
+                swap("slug = \"qwen\"", "slug = \"llama-3.1-8b-instruct\""),
+                "models[0].slug: \"llama-3.1-8b-instruct\" is a canonical model",
+            ),
+            (
+                swap("input = \"chat\"", "input = \"chatt\""),
+                "models[0].input: unknown preset \"chatt\" (presets: chat, ",
+            ),
+            (swap("input = \"chat\"\n", ""), "models[0].input: required"),
+            (
+                swap("modality = \"text\"", "modality = \"image\""),
+                "models[0].modality: \"image\", but the \"chat\" preset is for text models",
+            ),
+            (
+                swap("modality = \"text\"", "modality = \"speech\""),
+                "models[0].modality: \"speech\" is none of",
+            ),
+            (
+                swap(
+                    "description = \"An open chat model.\"",
+                    "description = \" \"",
+                ),
+                "models[0].description: must not be empty",
+            ),
+            (
+                swap(
+                    "input = \"chat\"",
+                    "input = \"chat\"\ninput_schema = { type = \"objekt\" }",
+                ),
+                "models[0].input_schema: not a valid JSON Schema",
+            ),
+            (
+                swap(
+                    "input = \"chat\"",
+                    "input = \"chat\"\ninput_schema = \"{not json\"",
+                ),
+                "models[0].input_schema: not JSON",
+            ),
+            (
+                swap(
+                    "input = \"chat\"",
+                    "input = \"chat\"\ninput_schema = \"[1]\"",
+                ),
+                "models[0].input_schema: a JSON Schema must be an object",
+            ),
+            (
+                swap(
+                    "per_million_input_tokens = \"0.9\"",
+                    "per_million_input_tokens = \"9000\"",
+                ),
+                "models[0].price.per_million_input_tokens: 9000 USD is more than",
+            ),
+            (
+                swap(
+                    "price = { per_million_input_tokens = \"0.9\", per_million_output_tokens = \"0.9\" }",
+                    "price = { per_request = \"0\" }",
+                ),
+                "models[0].price: no unit is priced above zero",
+            ),
+            (
+                swap(
+                    "price = { per_million_input_tokens = \"0.9\", per_million_output_tokens = \"0.9\" }\n",
+                    "",
+                ),
+                "models[0].price: required",
+            ),
+            (
+                format!("{QWEN}{QWEN}"),
+                "models[1].slug: \"qwen\" is declared twice",
+            ),
+        ];
+        for (models, expected) in cases {
+            let message = declared_refusal(&models);
+            assert!(message.starts_with(expected), "{models}: {message}");
+        }
+        // Each provider serving a declared model names it in its own terms.
+        let text = with_declared(QWEN, "");
+        let config: Config = toml::from_str(&text).unwrap();
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.starts_with("providers[0].models.\"qwen\".provider_model: required"),
+            "{message}"
+        );
+        // An unknown key is a parse error, naming it.
+        let text = with_declared(&format!("{QWEN}inputs = \"chat\"\n"), "");
+        let error = toml::from_str::<Config>(&text).unwrap_err().to_string();
+        assert!(error.contains("inputs"), "{error}");
     }
 
     #[test]

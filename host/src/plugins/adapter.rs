@@ -31,9 +31,9 @@ impl LoadedPlugin {
         model: &Model,
         input: String,
     ) -> Result<Usage, Failure> {
-        let (slug, provider_model) = (model.slug.clone(), model.provider_model.clone());
+        let model = wit::ModelRef::from(model);
         self.call_async("estimate", move |adapter, store| {
-            adapter.call_estimate(store, &slug, &provider_model, &input)
+            adapter.call_estimate(store, &model, &input)
         })
         .await
         .map_err(no_answer)?

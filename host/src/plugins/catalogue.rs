@@ -21,6 +21,9 @@ pub struct Definition {
     pub modality: &'static str,
     pub description: String,
     pub input_schema: Value,
+    /// the canonical input preset the schema is (or, for an operator's own
+    /// schema, the preset its inputs follow); empty for an adapter's own schema
+    pub input: String,
 }
 
 #[derive(Deserialize)]
@@ -35,24 +38,84 @@ struct CanonicalModel {
     modality: String,
     description: String,
     input: String,
+    #[serde(default)]
+    example: Value,
 }
 
+static FILE: LazyLock<CanonicalFile> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../../../sdk/canonical/models.json"))
+        .expect("sdk/canonical/models.json is valid")
+});
+
 static CANONICAL: LazyLock<BTreeMap<String, Definition>> = LazyLock::new(|| {
-    let file: CanonicalFile =
-        serde_json::from_str(include_str!("../../../sdk/canonical/models.json"))
-            .expect("sdk/canonical/models.json is valid");
+    let file = &*FILE;
     file.models
-        .into_iter()
+        .iter()
         .map(|model| {
             let definition = Definition {
                 modality: modality_name(&model.modality),
-                description: model.description,
+                description: model.description.clone(),
                 input_schema: file.inputs[&model.input].clone(),
+                input: model.input.clone(),
             };
-            (model.slug, definition)
+            (model.slug.clone(), definition)
         })
         .collect()
 });
+
+/// The canonical input preset `name`'s JSON Schema (`chat`, `text-to-image`, …).
+pub fn preset(name: &str) -> Option<&'static Value> {
+    FILE.inputs.get(name)
+}
+
+/// The names of the canonical input presets, sorted.
+pub fn presets() -> Vec<&'static str> {
+    FILE.inputs.keys().map(String::as_str).collect()
+}
+
+/// The modality of the canonical models taking preset `name` (`text` for `chat`),
+/// when they agree; `None` when no canonical model takes it.
+pub fn preset_modality(name: &str) -> Option<&'static str> {
+    let mut modalities = FILE
+        .models
+        .iter()
+        .filter(|model| model.input == name)
+        .map(|model| modality_name(&model.modality));
+    let first = modalities.next()?;
+    modalities.all(|m| m == first).then_some(first)
+}
+
+/// How a fixture names an operator-declared model of preset `p`: `declared:p`.
+pub const DECLARED_PREFIX: &str = "declared:";
+
+/// A stand-in for a model the operator declares with preset `name`, as the kit and
+/// the pre-install checks call an adapter that lists it in `declared-inputs`: a slug
+/// no adapter names, an operator's provider model, the preset's schema, and the
+/// example of a canonical model taking it. `None` for an unknown preset.
+pub fn declared_example(name: &str) -> Option<types::Model> {
+    let schema = preset(name)?;
+    let example = FILE
+        .models
+        .iter()
+        .find(|model| model.input == name && !model.example.is_null())
+        .map_or_else(|| "{}".to_string(), |model| model.example.to_string());
+    let modality = match preset_modality(name) {
+        Some("image") => types::Modality::Image,
+        Some("video") => types::Modality::Video,
+        Some("audio") => types::Modality::Audio,
+        _ => types::Modality::Text,
+    };
+    Some(types::Model {
+        slug: format!("operator-declared-{name}"),
+        provider_model: format!("operator/declared-{name}"),
+        modality,
+        description: "A model the operator declares.".into(),
+        input_schema: schema.to_string(),
+        example_input: example,
+        price: types::Price::default(),
+        input: name.to_string(),
+    })
+}
 
 fn modality_name(name: &str) -> &'static str {
     match name {
@@ -101,6 +164,7 @@ pub fn public(slug: &str, models: &[&types::Model]) -> Option<Definition> {
             format!("{article} {modality} model.")
         },
         input_schema: serde_json::from_str(&first.input_schema).unwrap_or(Value::Null),
+        input: first.input.clone(),
     })
 }
 
@@ -180,6 +244,7 @@ mod tests {
                 per_image: 1,
                 ..Default::default()
             },
+            input: String::new(),
         }
     }
 
@@ -199,6 +264,31 @@ mod tests {
             assert!(!definition.description.is_empty());
         }
         assert_eq!(canonical("flux-1.1-pro").unwrap().modality, "image");
+    }
+
+    #[test]
+    fn presets_have_a_modality_and_a_stand_in_declared_model() {
+        assert_eq!(
+            presets(),
+            ["chat", "image-edit", "text-to-image", "text-to-video"]
+        );
+        assert_eq!(preset_modality("chat"), Some("text"));
+        assert_eq!(preset_modality("text-to-image"), Some("image"));
+        assert_eq!(preset_modality("chatt"), None);
+        let chat = declared_example("chat").unwrap();
+        assert_eq!(
+            (chat.input.as_str(), chat.modality),
+            ("chat", types::Modality::Text)
+        );
+        assert!(canonical(&chat.slug).is_none());
+        let schema: Value = serde_json::from_str(&chat.input_schema).unwrap();
+        let example: Value = serde_json::from_str(&chat.example_input).unwrap();
+        assert!(
+            jsonschema::validator_for(&schema)
+                .unwrap()
+                .is_valid(&example)
+        );
+        assert!(declared_example("chatt").is_none());
     }
 
     /// Regression: `GET /v1/models/flux-1.1-pro` showed a third-party adapter's

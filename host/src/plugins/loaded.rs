@@ -54,7 +54,18 @@ impl LoadedPlugin {
         if manifest.models.is_empty() {
             bail!("the manifest serves no models");
         }
-        for model in &manifest.models {
+        let mut declared = Vec::new();
+        for preset in &manifest.declared_inputs {
+            let example = super::catalogue::declared_example(preset).ok_or_else(|| {
+                anyhow!(
+                    "declared-inputs: unknown input preset {preset:?} (presets: {})",
+                    super::catalogue::presets().join(", ")
+                )
+            })?;
+            declared.push(example);
+        }
+        // Each declared preset is smoke-tested as a model the operator might declare.
+        for model in manifest.models.iter().chain(&declared) {
             let slug = &model.slug;
             let schema: serde_json::Value = serde_json::from_str(&model.input_schema)
                 .map_err(|e| anyhow!("model {slug}: the input schema is not JSON: {e}"))?;
@@ -65,16 +76,16 @@ impl LoadedPlugin {
             if let Some(error) = validator.iter_errors(&example).next() {
                 bail!("model {slug}: the example input breaks the schema: {error}");
             }
-            let (provider_model, input) =
-                (model.provider_model.clone(), model.example_input.clone());
+            let (model_ref, input) = (wit::ModelRef::from(model), model.example_input.clone());
             self.call("estimate", |adapter, store| {
-                adapter.call_estimate(store, slug, &provider_model, &input)
+                adapter.call_estimate(store, &model_ref, &input)
             })
             .map_err(|e| anyhow!("{e}"))?
             .map_err(|f| anyhow!("model {slug}: estimating the example failed: {}", f.message))?;
             let ctx = wit::CallContext::from(&types::CallContext {
                 slug: slug.clone(),
                 provider_model: model.provider_model.clone(),
+                input: model.input.clone(),
                 base_url: manifest.default_base_url.clone(),
                 attempt_id: "att_validation".into(),
                 callback_url: None,

@@ -258,6 +258,7 @@ pub(super) fn empty_manifest() -> types::Manifest {
             idempotent_submit: false,
         },
         models: Vec::new(),
+        declared_inputs: Vec::new(),
     }
 }
 
@@ -276,6 +277,7 @@ mod tests {
         let ctx = wit::CallContext {
             slug: model.slug.clone(),
             provider_model: model.provider_model.clone(),
+            input: model.input.clone(),
             base_url: "http://127.0.0.1:9".into(),
             attempt_id: "att_test".into(),
             callback_url: None,

@@ -82,6 +82,11 @@ pub struct Model {
     pub input_schema: String,
     pub example_input: String,
     pub price: Price,
+    /// the canonical input preset the model's input follows (`chat`, …), or empty
+    /// for an adapter's own schema: not in the WIT's `model`, the host knows it (the
+    /// canonical definition of the slug, or the operator's declaration) and tells
+    /// the adapter with every call (`model-ref.input`, `call-context.input`)
+    pub input: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +98,8 @@ pub struct Manifest {
     pub auth: AuthScheme,
     pub capabilities: Capabilities,
     pub models: Vec<Model>,
+    /// the input presets the adapter serves for operator-declared models
+    pub declared_inputs: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +130,7 @@ pub struct FileGrant {
 pub struct CallContext {
     pub slug: String,
     pub provider_model: String,
+    pub input: String,
     pub base_url: String,
     pub attempt_id: String,
     pub callback_url: Option<String>,
@@ -326,13 +334,16 @@ impl From<wit::Usage> for Usage {
 impl From<wit::Model> for Model {
     fn from(model: wit::Model) -> Model {
         Model {
-            slug: model.slug,
             provider_model: model.provider_model,
             modality: model.modality.into(),
             description: model.description,
             input_schema: model.input_schema,
             example_input: model.example_input,
             price: model.price.into(),
+            input: super::catalogue::canonical(&model.slug)
+                .map(|definition| definition.input.to_string())
+                .unwrap_or_default(),
+            slug: model.slug,
         }
     }
 }
@@ -354,6 +365,7 @@ impl From<wit::Manifest> for Manifest {
                 idempotent_submit: capabilities.idempotent_submit,
             },
             models: manifest.models.into_iter().map(Model::from).collect(),
+            declared_inputs: manifest.declared_inputs,
         }
     }
 }
@@ -486,6 +498,16 @@ impl From<wit::CallbackVerdict> for CallbackVerdict {
 
 // To the guest.
 
+impl From<&Model> for wit::ModelRef {
+    fn from(model: &Model) -> wit::ModelRef {
+        wit::ModelRef {
+            slug: model.slug.clone(),
+            provider_model: model.provider_model.clone(),
+            input: model.input.clone(),
+        }
+    }
+}
+
 impl From<&Job> for wit::Job {
     fn from(job: &Job) -> wit::Job {
         wit::Job {
@@ -500,6 +522,7 @@ impl From<&CallContext> for wit::CallContext {
         wit::CallContext {
             slug: ctx.slug.clone(),
             provider_model: ctx.provider_model.clone(),
+            input: ctx.input.clone(),
             base_url: ctx.base_url.clone(),
             attempt_id: ctx.attempt_id.clone(),
             callback_url: ctx.callback_url.clone(),

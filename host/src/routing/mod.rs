@@ -14,6 +14,7 @@
 
 mod admission;
 mod breaker;
+mod declared;
 pub mod health;
 
 pub use admission::Admission;
@@ -79,7 +80,11 @@ impl Provider {
 
     /// Checks the provider against its adapter in `registry`; an error names the
     /// field below `providers[i]` that is wrong.
-    fn check(&self, registry: &Registry) -> Result<(), String> {
+    fn check(
+        &self,
+        registry: &Registry,
+        declared: &HashMap<String, types::Model>,
+    ) -> Result<(), String> {
         let Some(plugin) = registry.get(&self.adapter) else {
             let mut loaded: Vec<String> = registry.all().iter().map(|p| p.name.clone()).collect();
             loaded.sort();
@@ -89,7 +94,26 @@ impl Provider {
                 loaded.join(", ")
             ));
         };
-        for slug in self.models.keys() {
+        // In slug order, so that the same config always names the same mistake.
+        let mut slugs: Vec<&String> = self.models.keys().collect();
+        slugs.sort();
+        for slug in slugs {
+            if let Some(model) = declared.get(slug) {
+                if !plugin.manifest.declared_inputs.contains(&model.input) {
+                    let inputs = &plugin.manifest.declared_inputs;
+                    return Err(format!(
+                        "models.{slug:?}: the {:?} adapter does not serve operator-declared models of input {:?} (it serves declared inputs: {})",
+                        self.adapter,
+                        model.input,
+                        if inputs.is_empty() {
+                            "none".to_string()
+                        } else {
+                            inputs.join(", ")
+                        }
+                    ));
+                }
+                continue;
+            }
             if plugin.model(slug).is_none() {
                 let served: Vec<&str> = plugin
                     .manifest
@@ -249,6 +273,9 @@ pub struct Candidate {
 pub struct Router {
     providers: Vec<Arc<Provider>>,
     registry: Arc<Registry>,
+    /// the operator's declared models by slug, as manifest entries (the provider
+    /// model left empty: each provider entry names its own)
+    declared: HashMap<String, types::Model>,
 }
 
 impl Router {
@@ -261,6 +288,33 @@ impl Router {
                 .map(|p| Arc::new(Provider::new(p, loopback_http)))
                 .collect(),
             registry,
+            declared: config
+                .models
+                .iter()
+                .map(|model| (model.slug.clone(), declared::declared_model(model)))
+                .collect(),
+        }
+    }
+
+    /// The slugs the operator declared, sorted.
+    pub fn declared_slugs(&self) -> Vec<String> {
+        let mut slugs: Vec<String> = self.declared.keys().cloned().collect();
+        slugs.sort();
+        slugs
+    }
+
+    /// `provider`'s entry for `slug` on `plugin`: the operator's declaration when
+    /// `slug` is declared and the adapter serves declared models of its input
+    /// preset (the declaration wins over an adapter that later names the slug), else
+    /// the adapter's own manifest entry.
+    fn served_model(&self, plugin: &LoadedPlugin, slug: &str) -> Option<types::Model> {
+        match self.declared.get(slug) {
+            Some(declared) => plugin
+                .manifest
+                .declared_inputs
+                .contains(&declared.input)
+                .then(|| declared.clone()),
+            None => plugin.model(slug).cloned(),
         }
     }
 
@@ -268,10 +322,33 @@ impl Router {
     /// model it does not serve, a base URL its allowed hosts leave out or a
     /// credential that would go over plain http is refused, naming the field
     /// (`providers[2].allowed_hosts: …`).
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self, config: &Config) -> anyhow::Result<()> {
+        for (index, model) in config.models.iter().enumerate() {
+            let slug = &model.slug;
+            let mut defining: Vec<String> = self
+                .registry
+                .all()
+                .iter()
+                .filter(|plugin| plugin.model(slug).is_some())
+                .map(|plugin| plugin.name.clone())
+                .collect();
+            if !defining.is_empty() {
+                defining.sort();
+                anyhow::bail!(
+                    "models[{index}].slug: {slug:?} is already defined by the {} adapter's manifest; serve it through [providers.models.{slug:?}] instead of declaring it",
+                    defining.join(", ")
+                );
+            }
+            if !self.providers.iter().any(|p| p.models.contains_key(slug)) {
+                anyhow::bail!(
+                    "models[{index}].slug: no provider serves {slug:?} (add [providers.models.{slug:?}] with its provider_model to a provider whose adapter serves declared {:?} models)",
+                    model.preset()
+                );
+            }
+        }
         for (index, provider) in self.providers.iter().enumerate() {
             provider
-                .check(&self.registry)
+                .check(&self.registry, &self.declared)
                 .map_err(|error| anyhow::anyhow!("providers[{index}].{error}"))?;
         }
         Ok(())
@@ -286,7 +363,7 @@ impl Router {
             .filter_map(|provider| {
                 let overrides = provider.models.get(slug)?;
                 let plugin = self.registry.get(&provider.adapter)?;
-                let mut model = plugin.model(slug)?.clone();
+                let mut model = self.served_model(&plugin, slug)?;
                 if let Some(name) = &overrides.provider_model {
                     model.provider_model = name.clone();
                 }
@@ -380,44 +457,4 @@ pub fn cost(price: &types::Price, usage: &Usage) -> Micros {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn price() -> types::Price {
-        types::Price {
-            per_request: 0,
-            per_image: 40_000,
-            per_megapixel: 0,
-            per_second: 0,
-            per_million_input_tokens: 180_000,
-            per_million_output_tokens: 180_000,
-        }
-    }
-
-    fn usage() -> Usage {
-        Usage {
-            requests: 1,
-            images: 0,
-            megapixels_milli: 0,
-            seconds_milli: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-        }
-    }
-
-    #[test]
-    fn cost_multiplies_usage_by_unit_prices_and_rounds_up() {
-        let one_image = Usage {
-            images: 1,
-            ..usage()
-        };
-        assert_eq!(cost(&price(), &one_image), Micros(40_000));
-        // 10 and 256 tokens at $0.18 per million: 1.8 and 46.08, each rounded up.
-        let tokens = Usage {
-            input_tokens: 10,
-            output_tokens: 256,
-            ..usage()
-        };
-        assert_eq!(cost(&price(), &tokens), Micros(2 + 47));
-    }
-}
+mod tests;

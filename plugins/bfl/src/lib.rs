@@ -44,6 +44,7 @@ impl Adapter for Bfl {
                 inline_files: true,
                 idempotent_submit: false,
             },
+            declared_inputs: Vec::new(),
             models: vec![
                 canonical::model("flux-1.1-pro", "flux-pro-1.1", PER_IMAGE),
                 canonical::model(KONTEXT, "flux-kontext-pro", PER_IMAGE),
@@ -191,6 +192,7 @@ mod tests {
     fn ctx() -> CallContext {
         CallContext {
             slug: "flux-1.1-pro".into(),
+            input: "text-to-image".into(),
             provider_model: "flux-pro-1.1".into(),
             base_url: "https://api.bfl.ai".into(),
             attempt_id: "att_1".into(),
@@ -240,6 +242,7 @@ mod tests {
     fn kontext_ctx(bytes: Option<Vec<u8>>) -> CallContext {
         CallContext {
             slug: KONTEXT.into(),
+            input: "image-edit".into(),
             provider_model: "flux-kontext-pro".into(),
             files: vec![FileGrant {
                 file_id: FILE.into(),

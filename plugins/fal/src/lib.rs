@@ -43,6 +43,7 @@ impl Adapter for Fal {
                 inline_files: false,
                 idempotent_submit: false,
             },
+            declared_inputs: Vec::new(),
             models: vec![
                 canonical::model(
                     "flux-1.1-pro",
@@ -244,6 +245,12 @@ mod tests {
     fn ctx(slug: &str) -> CallContext {
         CallContext {
             slug: slug.into(),
+            input: if slug == VIDEO {
+                "text-to-video"
+            } else {
+                "text-to-image"
+            }
+            .into(),
             provider_model: "fal-ai/flux-pro/v1.1".into(),
             base_url: "https://queue.fal.run".into(),
             attempt_id: "att_1".into(),
@@ -338,6 +345,7 @@ mod tests {
             .estimate(
                 &ModelRef {
                     slug: VIDEO.into(),
+                    input: "text-to-video".into(),
                     provider_model: String::new(),
                 },
                 &json!({"prompt": "x", "duration": 10}),

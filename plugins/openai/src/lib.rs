@@ -24,8 +24,23 @@ const CHAT_OPTIONS: [&str; 7] = [
     "response_format",
 ];
 
-fn is_chat(slug: &str) -> bool {
-    slug == LLAMA || slug == LLAMA_70B
+/// Whether a call's input is the canonical chat input (else it is a text-to-image
+/// one): the host says which preset the model's input follows, for the canonical
+/// models and for any the operator declares alike, so no slug is compared here.
+fn is_chat(input: &str) -> bool {
+    input == canonical::CHAT
+}
+
+/// Refuses a preset this adapter does not translate (the host only routes the
+/// presets of `declared_inputs` and of the canonical models served here).
+fn check_input(input: &str) -> Result<(), Failure> {
+    if is_chat(input) || input == canonical::TEXT_TO_IMAGE {
+        return Ok(());
+    }
+    Err(Failure::new(
+        ErrorCode::InternalError,
+        format!("input preset {input:?} is neither chat nor text-to-image"),
+    ))
 }
 
 impl Adapter for OpenAi {
@@ -43,6 +58,7 @@ impl Adapter for OpenAi {
                 inline_files: false,
                 idempotent_submit: false,
             },
+            declared_inputs: vec![canonical::CHAT.into(), canonical::TEXT_TO_IMAGE.into()],
             models: vec![
                 canonical::model(
                     FLUX,
@@ -75,7 +91,8 @@ impl Adapter for OpenAi {
     }
 
     fn estimate(&self, model: &ModelRef, input: &Value) -> Result<Usage, Failure> {
-        if is_chat(&model.slug) {
+        check_input(&model.input)?;
+        if is_chat(&model.input) {
             let max_tokens = input["max_tokens"].as_u64().unwrap_or(DEFAULT_MAX_TOKENS);
             Ok(Usage::tokens(prompt_tokens(input)?, max_tokens))
         } else {
@@ -84,7 +101,8 @@ impl Adapter for OpenAi {
     }
 
     fn build_submit(&self, ctx: &CallContext, input: &Value) -> Result<HttpRequest, Failure> {
-        if is_chat(&ctx.slug) {
+        check_input(&ctx.input)?;
+        if is_chat(&ctx.input) {
             // The canonical chat input is OpenAI's: its messages (every role, text
             // parts, tool calls and results) and options go as they are.
             let mut body = json!({
@@ -141,7 +159,7 @@ impl Adapter for OpenAi {
             return Err(api_error(response));
         }
         let body = response.json()?;
-        if is_chat(&ctx.slug) {
+        if is_chat(&ctx.input) {
             chat(&body)
         } else {
             // The submit's answer comes with its input: the size asked for is the
@@ -455,6 +473,12 @@ mod tests {
     fn ctx(slug: &str) -> CallContext {
         CallContext {
             slug: slug.into(),
+            input: if slug == LLAMA {
+                canonical::CHAT
+            } else {
+                canonical::TEXT_TO_IMAGE
+            }
+            .into(),
             provider_model: "provider/model".into(),
             base_url: "https://api.together.xyz".into(),
             attempt_id: "att_1".into(),
@@ -518,6 +542,7 @@ mod tests {
             .estimate(
                 &ModelRef {
                     slug: LLAMA.into(),
+                    input: canonical::CHAT.into(),
                     provider_model: String::new(),
                 },
                 &input,
@@ -716,6 +741,7 @@ mod tests {
         let estimate = |input: Value| {
             let model = ModelRef {
                 slug: LLAMA.into(),
+                input: canonical::CHAT.into(),
                 provider_model: String::new(),
             };
             OpenAi.estimate(&model, &input).unwrap()
@@ -828,5 +854,64 @@ mod tests {
         // Joined by index, as the host does, the fragments are the calls.
         let joined: String = fragments.iter().filter(|f| f.0 == 0).map(|f| f.3).collect();
         assert_eq!(joined, r#"{"city":"Paris"}"#);
+    }
+
+    /// An operator-declared slug is served by its input preset, never by its name:
+    /// the same unknown slug goes to chat completions or to image generations as
+    /// the host says, with the operator's provider model.
+    #[test]
+    fn declared_models_are_translated_by_their_input_preset() {
+        let manifest = OpenAi.manifest();
+        assert_eq!(
+            manifest.declared_inputs,
+            [canonical::CHAT, canonical::TEXT_TO_IMAGE]
+        );
+        let declared = |input: &str| CallContext {
+            slug: "qwen-2.5-72b-instruct".into(),
+            input: input.into(),
+            provider_model: "Qwen/Qwen2.5-72B-Instruct".into(),
+            ..ctx(LLAMA)
+        };
+        let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8});
+        let request = OpenAi
+            .build_submit(&declared(canonical::CHAT), &chat)
+            .unwrap();
+        assert_eq!(request.url, "https://api.together.xyz/v1/chat/completions");
+        let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["model"], "Qwen/Qwen2.5-72B-Instruct");
+        let model = |input: &str| ModelRef {
+            slug: "qwen-2.5-72b-instruct".into(),
+            provider_model: "Qwen/Qwen2.5-72B-Instruct".into(),
+            input: input.into(),
+        };
+        let usage = OpenAi.estimate(&model(canonical::CHAT), &chat).unwrap();
+        assert_eq!(usage.output_tokens, 8);
+        let answer = r#"{"choices":[{"message":{"content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        let Outcome::Completed(completion) =
+            parse(&declared(canonical::CHAT), None, &response(200, answer))
+        else {
+            panic!("expected a completion");
+        };
+        assert_eq!(completion.text.as_deref(), Some("Hello"));
+
+        let image = json!({"prompt": "a cat", "width": 512, "height": 512});
+        let request = OpenAi
+            .build_submit(&declared(canonical::TEXT_TO_IMAGE), &image)
+            .unwrap();
+        assert_eq!(
+            request.url,
+            "https://api.together.xyz/v1/images/generations"
+        );
+        let usage = OpenAi
+            .estimate(&model(canonical::TEXT_TO_IMAGE), &image)
+            .unwrap();
+        assert_eq!(usage.images, 1);
+
+        // A preset it does not translate is refused rather than guessed at.
+        let edit = OpenAi
+            .build_submit(&declared("image-edit"), &image)
+            .unwrap_err();
+        assert_eq!(edit.code, ErrorCode::InternalError);
+        assert!(OpenAi.estimate(&model(""), &image).is_err());
     }
 }

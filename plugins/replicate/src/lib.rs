@@ -28,6 +28,7 @@ impl Adapter for Replicate {
                 inline_files: false,
                 idempotent_submit: false,
             },
+            declared_inputs: Vec::new(),
             models: vec![
                 canonical::model("flux-1.1-pro", "black-forest-labs/flux-1.1-pro", PER_IMAGE),
                 canonical::model(KONTEXT, "black-forest-labs/flux-kontext-pro", PER_IMAGE),
@@ -236,6 +237,7 @@ mod tests {
     fn ctx() -> CallContext {
         CallContext {
             slug: "flux-1.1-pro".into(),
+            input: "text-to-image".into(),
             provider_model: "black-forest-labs/flux-1.1-pro".into(),
             base_url: "https://api.replicate.com".into(),
             attempt_id: "att_1".into(),
@@ -273,6 +275,7 @@ mod tests {
     fn kontext_ctx(files: Vec<FileGrant>) -> CallContext {
         CallContext {
             slug: KONTEXT.into(),
+            input: "image-edit".into(),
             provider_model: "black-forest-labs/flux-kontext-pro".into(),
             files,
             ..ctx()

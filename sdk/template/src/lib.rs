@@ -34,6 +34,7 @@ impl Adapter for Template {
                 inline_files: false,
                 idempotent_submit: true,
             },
+            declared_inputs: Vec::new(),
             models: vec![Model {
                 slug: "template-text".into(),
                 provider_model: "example-small".into(),

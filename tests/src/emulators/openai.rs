@@ -33,10 +33,13 @@ const IMAGE_MODELS: [&str; 2] = [
     "black-forest-labs/FLUX.1.1-pro",
     "black-forest-labs/FLUX.1-schnell",
 ];
-const CHAT_MODELS: [&str; 3] = [
+/// The chat models it serves; `Qwen/Qwen2.5-72B-Instruct-Turbo` stands for a model
+/// an operator declares (no adapter names it).
+const CHAT_MODELS: [&str; 4] = [
     "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo",
     "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo",
     "gpt-4o-mini",
+    "Qwen/Qwen2.5-72B-Instruct-Turbo",
 ];
 
 /// The emulator's state (`Emulator::state`): its stored outputs.

@@ -4,6 +4,7 @@
 mod api;
 mod chat_input;
 mod cli_errors;
+mod declared_models;
 mod executions;
 mod files;
 mod hardening_api;

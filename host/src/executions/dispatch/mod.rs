@@ -242,6 +242,7 @@ fn context(
     types::CallContext {
         slug: execution.model.clone(),
         provider_model: candidate.model.provider_model.clone(),
+        input: candidate.model.input.clone(),
         base_url: candidate.provider.base_url(&candidate.plugin),
         attempt_id: attempt_id.to_string(),
         callback_url,

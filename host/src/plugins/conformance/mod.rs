@@ -84,6 +84,25 @@ pub fn check(runtime: &Arc<Runtime>, wasm: &[u8], fixtures: &[Fixture]) -> Repor
             );
         }
     }
+    for preset in &plugin.manifest.declared_inputs {
+        let Some(model) = super::catalogue::declared_example(preset) else {
+            continue; // the manifest check above failed on it
+        };
+        for (name, fixture) in
+            own_fixtures(&format!("{}{preset}", super::catalogue::DECLARED_PREFIX))
+        {
+            record(
+                format!("declared {preset} model: {name}"),
+                run(&plugin, &fixture, &mut warnings),
+            );
+        }
+        if plugin.manifest.capabilities.idempotent_submit {
+            record(
+                format!("declared {preset} model: the submit carries its attempt id"),
+                submit_carries_attempt_id(&plugin, &model),
+            );
+        }
+    }
     for fixture in fixtures {
         record(
             format!("{}: {}", fixture.model, fixture.name),
@@ -181,6 +200,7 @@ fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &types::Model) -> Res
     let ctx = types::CallContext {
         slug: model.slug.clone(),
         provider_model: model.provider_model.clone(),
+        input: model.input.clone(),
         base_url: plugin.manifest.default_base_url.clone(),
         attempt_id: attempt_id.into(),
         callback_url: None,
@@ -203,6 +223,26 @@ fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &types::Model) -> Res
     }
 }
 
+/// The model a fixture names: one of the manifest's, or `declared:<preset>` for a
+/// model the operator declares with a preset the manifest lists in
+/// `declared-inputs` (see [`super::catalogue::declared_example`]).
+fn fixture_model(plugin: &LoadedPlugin, name: &str) -> Result<types::Model, String> {
+    if let Some(preset) = name.strip_prefix(super::catalogue::DECLARED_PREFIX) {
+        if !plugin.manifest.declared_inputs.iter().any(|p| p == preset) {
+            return Err(format!(
+                "the manifest's declared-inputs do not list {preset:?} (they list: {})",
+                plugin.manifest.declared_inputs.join(", ")
+            ));
+        }
+        return super::catalogue::declared_example(preset)
+            .ok_or_else(|| format!("{preset:?} is no input preset"));
+    }
+    plugin
+        .model(name)
+        .cloned()
+        .ok_or_else(|| format!("the manifest has no model {name:?}"))
+}
+
 /// Which call an exchange is: the submit of a canonical input or a poll of a job.
 enum Exchange {
     Submit { input: String },
@@ -215,9 +255,8 @@ const DOES_NOT_POLL: &str = "this adapter does not poll";
 /// Runs one fixture; every mismatch is one line of the error. Warnings about what
 /// the exchange shows go to `warnings`.
 fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> Result<(), String> {
-    let model = plugin
-        .model(&fixture.model)
-        .ok_or_else(|| format!("the manifest has no model {:?}", fixture.model))?;
+    let model = fixture_model(plugin, &fixture.model)?;
+    let model = &model;
     if fixture.input.is_some() && fixture.job.is_some() {
         return Err(
             "the fixture gives both input (a submit) and job (a poll); a poll has no input".into(),
@@ -258,6 +297,7 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
     let ctx = types::CallContext {
         slug: model.slug.clone(),
         provider_model: model.provider_model.clone(),
+        input: model.input.clone(),
         base_url: plugin.manifest.default_base_url.clone(),
         attempt_id: "att_conformance".into(),
         callback_url: None,

@@ -341,6 +341,7 @@ fn a_description_naming_the_provider_or_its_hosts_is_warned_about() {
             per_image: 1,
             ..Default::default()
         },
+        input: String::new(),
     };
     let manifest = types::Manifest {
         name: "fal".into(),
