@@ -12,6 +12,7 @@ mod adapter;
 pub mod catalogue;
 pub mod conformance;
 mod contract;
+mod convert;
 mod directory;
 mod installed;
 mod limits;
