@@ -15,7 +15,7 @@ use crate::api::executions::idempotency_key;
 use crate::api::fields::Fields;
 use crate::api::{JsonObject, require};
 use crate::auth::{Caller, Scope};
-use crate::error::{ApiError, Detail, DetailCode, quote};
+use crate::error::{ApiError, DetailCode, quote};
 use crate::executions::input::canonical_numbers;
 use crate::executions::{CreateRequest, Execution, MAX_FALLBACK_MODELS, Mode, request_hash};
 
@@ -95,20 +95,7 @@ pub async fn create(
 /// Reads an OpenAI chat request into an execution of the canonical chat input,
 /// reporting every problem at once.
 pub fn parse(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
-    let unknown: Vec<Detail> = body
-        .keys()
-        .filter(|name| !PARAMS.contains(&name.as_str()))
-        .map(|name| {
-            Detail::new(
-                name,
-                DetailCode::UnknownField,
-                format!("Unrecognized request argument supplied: {name}"),
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::validation(unknown));
-    }
+    super::refuse_unknown(body, PARAMS)?;
     let mut fields = Fields::new(body, PARAMS);
     let (model, fallback_models) = models(&mut fields);
     let messages = match fields.present("messages") {

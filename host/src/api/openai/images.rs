@@ -18,7 +18,7 @@ use crate::api::executions::idempotency_key;
 use crate::api::fields::Fields;
 use crate::api::{JsonObject, require};
 use crate::auth::{Caller, Scope};
-use crate::error::{ApiError, Detail, DetailCode, quote};
+use crate::error::{ApiError, DetailCode, quote};
 use crate::executions::{CreateRequest, Mode, request_hash};
 use crate::files::Origin;
 use crate::plugins::{catalogue, types};
@@ -96,20 +96,7 @@ pub async fn create(
 /// Reads the request into the canonical image input (`size` "WxH" → `width` and
 /// `height`), reporting every problem at once.
 fn parse(body: &Map<String, Value>) -> Result<ImageRequest, ApiError> {
-    let unknown: Vec<Detail> = body
-        .keys()
-        .filter(|name| !PARAMS.contains(&name.as_str()))
-        .map(|name| {
-            Detail::new(
-                name,
-                DetailCode::UnknownField,
-                format!("Unrecognized request argument supplied: {name}"),
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::validation(unknown));
-    }
+    super::refuse_unknown(body, PARAMS)?;
     let mut fields = Fields::new(body, PARAMS);
     let model = fields.required_string("model");
     let mut input = Map::new();

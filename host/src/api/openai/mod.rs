@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::App;
 use crate::auth::Caller;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, Detail, DetailCode};
 use crate::executions::{Execution, Status};
 
 /// The door's base path.
@@ -49,6 +49,29 @@ pub fn router() -> Router<Arc<App>> {
         .route("/images/generations", post(images::create))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::get))
+}
+
+/// Refuses, as OpenAI does, every parameter of `body` outside `params`, each named.
+fn refuse_unknown(
+    body: &serde_json::Map<String, serde_json::Value>,
+    params: &[&str],
+) -> Result<(), ApiError> {
+    let unknown: Vec<Detail> = body
+        .keys()
+        .filter(|name| !params.contains(&name.as_str()))
+        .map(|name| {
+            Detail::new(
+                name,
+                DetailCode::UnknownField,
+                format!("Unrecognized request argument supplied: {name}"),
+            )
+        })
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(unknown))
+    }
 }
 
 /// When a request stops waiting for `execution`: its own deadline (then the expiry

@@ -47,6 +47,20 @@ async fn streamed_chat(server: &Server, prompt: &str) -> (String, bool, String) 
     (text, body.ends_with("data: [DONE]\n\n"), id)
 }
 
+/// A server whose streams time out after 500 ms of silence, and its provider.
+async fn with_short_timeouts() -> (Emulator<openai::OpenAi>, Server) {
+    let emulator = openai_emulator().await;
+    let server = Server::start_with(
+        &[openai_provider(&emulator)],
+        Options {
+            executions: TIMEOUTS,
+            ..Options::default()
+        },
+    )
+    .await;
+    (emulator, server)
+}
+
 async fn first_attempt(server: &Server, id: &str) -> Value {
     let record = server
         .admin_get(&format!("/admin/v1/executions/{id}"))
@@ -57,15 +71,7 @@ async fn first_attempt(server: &Server, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_provider_that_sends_no_first_token_fails_the_attempt_and_the_retry_answers() {
-    let emulator = openai_emulator().await;
-    let server = Server::start_with(
-        &[openai_provider(&emulator)],
-        Options {
-            executions: TIMEOUTS,
-            ..Options::default()
-        },
-    )
-    .await;
+    let (emulator, server) = with_short_timeouts().await;
     emulator.push_fault(Fault::StallStream { after: 0 });
     let (text, done, id) = streamed_chat(&server, "one two three").await;
     assert_eq!(text, "Echo: three two one");
@@ -82,15 +88,7 @@ async fn a_provider_that_sends_no_first_token_fails_the_attempt_and_the_retry_an
 
 #[tokio::test]
 async fn a_stream_that_stalls_midway_is_finished_by_the_retry_without_repeating_text() {
-    let emulator = openai_emulator().await;
-    let server = Server::start_with(
-        &[openai_provider(&emulator)],
-        Options {
-            executions: TIMEOUTS,
-            ..Options::default()
-        },
-    )
-    .await;
+    let (emulator, server) = with_short_timeouts().await;
     emulator.push_fault(Fault::StallStream { after: 2 });
     let (text, done, id) = streamed_chat(&server, "one two three").await;
     assert_eq!(text, "Echo: three two one", "nothing lost, nothing twice");
