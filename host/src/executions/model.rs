@@ -99,6 +99,14 @@ pub struct Attempt {
     pub failure: Option<Code>,
 }
 
+impl Attempt {
+    /// Whether it ran `model` (a record from before fallbacks names none: it ran the
+    /// only model its execution had).
+    pub fn ran(&self, model: &str) -> bool {
+        self.model == model || self.model.is_empty()
+    }
+}
+
 /// A model an execution may go on with when every provider of the one before it
 /// has failed, with what the input is expected to consume there (to rank its
 /// providers).
@@ -176,7 +184,7 @@ impl Execution {
     pub fn failures_of_current_model(&self) -> u32 {
         self.attempts
             .iter()
-            .filter(|a| a.failure.is_some() && (a.model == self.model || a.model.is_empty()))
+            .filter(|a| a.failure.is_some() && a.ran(&self.model))
             .count() as u32
     }
 

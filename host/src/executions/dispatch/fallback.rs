@@ -17,7 +17,7 @@ impl Dispatcher {
         let failed_here = |provider: &str| {
             execution.attempts.iter().any(|a| {
                 a.provider == provider
-                    && (a.model == execution.model || a.model.is_empty())
+                    && a.ran(&execution.model)
                     && (a.failure.is_some() || a.ended_at.is_none())
             })
         };
