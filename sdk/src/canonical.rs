@@ -79,7 +79,29 @@ pub fn model(slug: &str, provider_model: &str, price: Price) -> Model {
         input_schema: definitions["inputs"][text("input")].to_string(),
         example_input: definition["example"].to_string(),
         price,
+        accepts_prefill: false,
     }
+}
+
+impl Model {
+    /// The model continues an assistant prefill ([`prefill`]): say so only when the
+    /// provider's answer then is the text that follows the prefill.
+    pub fn accepting_prefill(self) -> Model {
+        Model {
+            accepts_prefill: true,
+            ..self
+        }
+    }
+}
+
+/// The text a chat input asks the answer to continue, when the host asks a model
+/// that `accepts_prefill` to go on with an answer cut mid-stream at another
+/// provider (clients cannot set it: the chat schema has no such property). Send it
+/// as the assistant's last message, in whatever way makes the provider continue
+/// that message instead of answering anew; the answer's text is then only what
+/// follows it (the host joins the two).
+pub fn prefill(input: &Value) -> Option<&str> {
+    input["prefill"].as_str().filter(|text| !text.is_empty())
 }
 
 /// What a text-to-image input is expected to consume: one image of its size.

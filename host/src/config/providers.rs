@@ -51,6 +51,9 @@ pub struct ProviderModelConfig {
     pub provider_model: Option<String>,
     /// unit prices (USD decimal strings) replacing the adapter's defaults
     pub price: Option<PriceOverride>,
+    /// whether this provider continues an assistant prefill for the model (a chat
+    /// model), replacing the adapter's word; operator-declared models default to no
+    pub accepts_prefill: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

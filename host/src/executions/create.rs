@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::db;
-use super::waiting::STREAM_BUFFER;
+use super::waiting::{LiveStream, STREAM_BUFFER};
 use super::{Claim, Execution, Executions, Mode, Status, StreamMessage};
 use super::{failure, input};
 use crate::auth::Caller;
@@ -171,7 +171,8 @@ impl Executions {
                 // Subscribe before dispatch, so the stream misses nothing.
                 let events = (execution.mode == Mode::Streaming).then(|| {
                     let (sender, receiver) = broadcast::channel(STREAM_BUFFER);
-                    self.lock_streams().insert(execution.id.clone(), sender);
+                    self.lock_streams()
+                        .insert(execution.id.clone(), LiveStream::new(sender));
                     receiver
                 });
                 let _ = self.dispatch.send(execution.id.clone());

@@ -11,11 +11,12 @@ mod fallbacks;
 pub mod input;
 pub mod model;
 mod records;
+pub mod relay;
 mod waiting;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::config::ExecutionSettings;
 use crate::files::Files;
@@ -38,7 +39,7 @@ pub struct Executions {
     /// the latest status of executions someone is waiting on
     watchers: Mutex<HashMap<String, watch::Sender<Status>>>,
     /// event streams of running `STREAMING` executions
-    streams: Mutex<HashMap<String, broadcast::Sender<StreamMessage>>>,
+    streams: Mutex<HashMap<String, waiting::LiveStream>>,
     dispatch: tokio::sync::mpsc::UnboundedSender<String>,
     /// wakes the webhook delivery worker
     outbox: Arc<tokio::sync::Notify>,

@@ -63,6 +63,14 @@ static CANONICAL: LazyLock<BTreeMap<String, Definition>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The chat input preset: the only one whose models continue an assistant prefill.
+pub const CHAT: &str = "chat";
+
+/// The chat input's field the host adds (clients cannot: the schema has no such
+/// property) when it asks a model that `accepts_prefill` to continue an answer cut
+/// mid-stream: the text already delivered, which the answer continues.
+pub const PREFILL: &str = "prefill";
+
 /// The canonical input preset `name`'s JSON Schema (`chat`, `text-to-image`, …).
 pub fn preset(name: &str) -> Option<&'static Value> {
     FILE.inputs.get(name)
@@ -113,6 +121,7 @@ pub fn declared_example(name: &str) -> Option<types::Model> {
         input_schema: schema.to_string(),
         example_input: example,
         price: types::Price::default(),
+        accepts_prefill: false,
         input: name.to_string(),
     })
 }
@@ -244,6 +253,7 @@ mod tests {
                 per_image: 1,
                 ..Default::default()
             },
+            accepts_prefill: false,
             input: String::new(),
         }
     }

@@ -76,6 +76,7 @@ impl From<wit::Model> for Model {
             input_schema: model.input_schema,
             example_input: model.example_input,
             price: model.price.into(),
+            accepts_prefill: model.accepts_prefill,
             input: super::catalogue::canonical(&model.slug)
                 .map(|definition| definition.input.to_string())
                 .unwrap_or_default(),

@@ -80,6 +80,9 @@ pub struct Model {
     pub input_schema: String,
     pub example_input: String,
     pub price: Price,
+    /// it continues an assistant prefill (the chat input's `prefill`): the manifest's
+    /// word, which a provider's `accepts_prefill` in the config may override
+    pub accepts_prefill: bool,
     /// the canonical input preset the model's input follows (`chat`, …), or empty
     /// for an adapter's own schema: not in the WIT's `model`, the host knows it (the
     /// canonical definition of the slug, or the operator's declaration) and tells

@@ -1,6 +1,7 @@
-//! Usage against prices: whether reported usage counts what a price charges for.
+//! Usage against prices: whether reported usage counts what a price charges for,
+//! and the usage of a text answer whose provider reported none.
 
-use super::types::{Price, Usage};
+use super::types::{Completion, Price, Usage};
 
 impl Usage {
     /// Whether nothing billable beyond requests is counted.
@@ -39,9 +40,66 @@ impl Usage {
     }
 }
 
+impl Completion {
+    /// The usage of a text answer whose provider reported none, from what was
+    /// `estimated` for the input and from the answer itself: the estimate's input
+    /// tokens, and a token per four characters of the text and tool calls (at least
+    /// one, at most the estimate's output tokens), as the SDK's `approx_tokens`
+    /// counts. Charged and reported like a provider's own count.
+    pub fn estimated_text_usage(&self, estimated: &Usage) -> Usage {
+        let characters = self.text.as_deref().unwrap_or_default().chars().count()
+            + self
+                .tool_calls
+                .iter()
+                .map(|c| c.name.chars().count() + c.arguments.chars().count())
+                .sum::<usize>();
+        let written = (characters as u64).div_ceil(4).max(1);
+        Usage {
+            requests: estimated.requests.max(1),
+            input_tokens: estimated.input_tokens,
+            output_tokens: match estimated.output_tokens {
+                0 => written,
+                ceiling => written.min(ceiling),
+            },
+            ..Usage::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_answer_without_reported_usage_is_counted_from_its_estimate_and_its_text() {
+        let estimated = Usage {
+            requests: 1,
+            input_tokens: 12,
+            output_tokens: 256,
+            ..Usage::default()
+        };
+        let answer = Completion {
+            text: Some("Echo: three two one".into()),
+            assets: Vec::new(),
+            usage: Usage::default(),
+            finish_reason: None,
+            tool_calls: Vec::new(),
+        };
+        let usage = answer.estimated_text_usage(&estimated);
+        assert_eq!((usage.input_tokens, usage.output_tokens), (12, 5));
+        assert_eq!(usage.requests, 1);
+        // Never more than the estimate's ceiling, never nothing.
+        let long = Completion {
+            text: Some("x".repeat(10_000)),
+            ..answer.clone()
+        };
+        assert_eq!(long.estimated_text_usage(&estimated).output_tokens, 256);
+        let empty = Completion {
+            text: Some(String::new()),
+            ..answer
+        };
+        assert_eq!(empty.estimated_text_usage(&estimated).output_tokens, 1);
+    }
 
     fn usage() -> Usage {
         Usage {

@@ -29,6 +29,8 @@ pub(super) fn declared_model(declared: &config::DeclaredModel) -> types::Model {
         input_schema: declared.schema().to_string(),
         example_input: String::new(),
         price,
+        // a provider's `accepts_prefill` says whether its deployment continues one
+        accepts_prefill: false,
         input: declared.preset().to_string(),
     }
 }

@@ -29,7 +29,7 @@ use crate::config::{self, Config, PriceOverride, ProviderConfig, ProviderModelCo
 use crate::host_pattern::HostPattern;
 use crate::money::Micros;
 use crate::plugins::types::Usage;
-use crate::plugins::{LoadedPlugin, Registry, types};
+use crate::plugins::{LoadedPlugin, Registry, catalogue, types};
 use crate::upstream::{self, Hosts};
 use breaker::Breaker;
 use health::Health;
@@ -98,6 +98,15 @@ impl Provider {
         let mut slugs: Vec<&String> = self.models.keys().collect();
         slugs.sort();
         for slug in slugs {
+            let input = match declared.get(slug) {
+                Some(model) => &model.input,
+                None => plugin.model(slug).map_or("", |m| m.input.as_str()),
+            };
+            if self.models[slug].accepts_prefill == Some(true) && input != catalogue::CHAT {
+                return Err(format!(
+                    "models.{slug:?}.accepts_prefill: only a chat model continues an assistant prefill"
+                ));
+            }
             if let Some(model) = declared.get(slug) {
                 if !plugin.manifest.declared_inputs.contains(&model.input) {
                     let inputs = &plugin.manifest.declared_inputs;
@@ -369,6 +378,9 @@ impl Router {
                 }
                 if let Some(price) = &overrides.price {
                     apply_price_override(&mut model.price, price);
+                }
+                if let Some(accepts) = overrides.accepts_prefill {
+                    model.accepts_prefill = accepts;
                 }
                 Some(Candidate {
                     provider: provider.clone(),

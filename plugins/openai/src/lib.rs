@@ -76,7 +76,8 @@ impl Adapter for OpenAi {
                         per_million_output_tokens: 180_000,
                         ..Price::default()
                     },
-                ),
+                )
+                .accepting_prefill(),
                 canonical::model(
                     LLAMA_70B,
                     "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo",
@@ -85,7 +86,8 @@ impl Adapter for OpenAi {
                         per_million_output_tokens: 880_000,
                         ..Price::default()
                     },
-                ),
+                )
+                .accepting_prefill(),
             ],
         }
     }
@@ -118,6 +120,15 @@ impl Adapter for OpenAi {
             }
             if ctx.stream {
                 body["stream_options"] = json!({"include_usage": true});
+            }
+            // A continuation: the text so far as the assistant's last message, which
+            // the model goes on with (vLLM's parameters; its answer does not repeat it).
+            if let Some(prefill) = canonical::prefill(input) {
+                let mut messages = messages(input)?.clone();
+                messages.push(json!({"role": "assistant", "content": prefill}));
+                body["messages"] = Value::Array(messages);
+                body["continue_final_message"] = json!(true);
+                body["add_generation_prompt"] = json!(false);
             }
             return Ok(HttpRequest::post_json(
                 ctx.url("/v1/chat/completions"),
@@ -667,6 +678,33 @@ mod tests {
         };
         let request = OpenAi.build_submit(&ctx, input).unwrap();
         serde_json::from_slice(request.body.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_continuation_sends_the_prefill_as_the_assistants_last_message() {
+        let input = json!({"messages": [{"role": "user", "content": "hi"}], "prefill": "Echo:"});
+        let body = chat_body(&input, true);
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Echo:"}])
+        );
+        assert_eq!(body["continue_final_message"], true);
+        assert_eq!(body["add_generation_prompt"], false);
+        assert!(body.get("prefill").is_none());
+        let fresh = chat_body(
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+            true,
+        );
+        assert!(fresh.get("continue_final_message").is_none());
+        let models = OpenAi.manifest().models;
+        let accepts = |slug: &str| {
+            models
+                .iter()
+                .find(|m| m.slug == slug)
+                .unwrap()
+                .accepts_prefill
+        };
+        assert!(accepts(LLAMA) && accepts(LLAMA_70B) && !accepts(FLUX));
     }
 
     #[test]

@@ -47,6 +47,8 @@ impl Adapter for Template {
                     per_million_output_tokens: 200_000,
                     ..Price::default()
                 },
+                // true only when the provider continues an assistant prefill
+                accepts_prefill: false,
             }],
         }
     }

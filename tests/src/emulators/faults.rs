@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 /// A fault applied to one incoming API request (output downloads are never faulted).
 /// As JSON: `{"kind": "status", "status": 503, "retry_after": 2}`, `{"kind": "delay",
 /// "ms": 100}`, `{"kind": "hang"}`, `{"kind": "reset"}`, `{"kind": "malformed"}`,
-/// `{"kind": "cut_stream", "after": 2}`, `{"kind": "stall_stream", "after": 0}`.
+/// `{"kind": "cut_stream", "after": 2}`, `{"kind": "stall_stream", "after": 0}`,
+/// `{"kind": "malformed_stream", "after": 1}`, `{"kind": "no_done"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
@@ -36,6 +37,12 @@ pub enum Fault {
     /// nothing more, holding the connection open, as a stalled provider does (with
     /// `after` 0, not even a first token).
     StallStream { after: usize },
+    /// A streamed answer whose chunk after `after` pieces of text is not JSON, then
+    /// the end of the body, as a provider's proxy garbling a stream does.
+    MalformedStream { after: usize },
+    /// A streamed answer sent whole up to the chunk that says why it finished, then
+    /// a clean end of the body without the usage chunk or `data: [DONE]`.
+    NoDone,
 }
 
 /// The faults of one emulator: a queue consumed one per API request, in order, then

@@ -432,13 +432,16 @@ async fn guard<D: Dialect>(
         }
         // Applied by the handler, which knows where its stream's text is.
         Some(Fault::CutStream { after }) => {
-            parts.extensions.insert(StreamCut {
-                after,
-                stall: false,
-            });
+            parts.extensions.insert(StreamFault::Cut { after });
         }
         Some(Fault::StallStream { after }) => {
-            parts.extensions.insert(StreamCut { after, stall: true });
+            parts.extensions.insert(StreamFault::Stall { after });
+        }
+        Some(Fault::MalformedStream { after }) => {
+            parts.extensions.insert(StreamFault::Malformed { after });
+        }
+        Some(Fault::NoDone) => {
+            parts.extensions.insert(StreamFault::NoDone);
         }
         None => {}
     }
@@ -449,12 +452,19 @@ async fn guard<D: Dialect>(
         .await
 }
 
-/// The [`Fault::CutStream`] or [`Fault::StallStream`] a streaming handler applies:
-/// the text pieces before the cut, and whether the connection then stays open.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamCut {
-    pub after: usize,
-    pub stall: bool,
+/// A stream's fault ([`Fault::CutStream`], [`Fault::StallStream`],
+/// [`Fault::MalformedStream`], [`Fault::NoDone`]) as a streaming handler applies it,
+/// with the pieces of text it sends before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFault {
+    /// the body ends
+    Cut { after: usize },
+    /// nothing more comes, on an open connection
+    Stall { after: usize },
+    /// a chunk that is not JSON, then the body ends
+    Malformed { after: usize },
+    /// everything up to the finish, then the body ends
+    NoDone,
 }
 
 /// Counts one request in flight until dropped (also when a fault unwinds).

@@ -14,6 +14,11 @@
 //! `finish_reason` `tool_calls`; streamed, each call comes as OpenAI sends it, its
 //! arguments in 8-character fragments. A request with a parameter OpenAI does not
 //! know is refused as OpenAI refuses it.
+//!
+//! The open-weights models (not `gpt-4o-mini`) also take vLLM's
+//! `continue_final_message` (with `add_generation_prompt: false`): the last message,
+//! the assistant's, is continued. The answer is then the part of the echo that
+//! follows that text (the whole echo when the text is not its beginning).
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -26,7 +31,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use super::{
-    Common, Dialect, Emulator, body_json, flagged, json_response, png, stable_hash, unix_now,
+    Common, Dialect, Emulator, StreamFault, body_json, flagged, json_response, png, stable_hash,
+    unix_now,
 };
 
 const IMAGE_MODELS: [&str; 2] = [
@@ -219,13 +225,27 @@ const CHAT_PARAMETERS: [&str; 22] = [
     "top_logprobs",
 ];
 
+/// vLLM's parameters for continuing the assistant's last message, which OpenAI's own
+/// models do not know.
+const CONTINUATION_PARAMETERS: [&str; 2] = ["continue_final_message", "add_generation_prompt"];
+
+/// The assistant text a request asks the model to continue, if it does.
+fn continued(body: &Value, messages: &[Value]) -> Option<String> {
+    if body["continue_final_message"] != true {
+        return None;
+    }
+    let last = messages.last().filter(|m| m["role"] == "assistant")?;
+    Some(text_of(last))
+}
+
 /// What a chat request asks beyond its messages, checked as OpenAI checks it.
 fn chat_refusal(body: &Value, messages: &[Value]) -> Option<Response> {
     let object = body.as_object()?;
-    if let Some(unknown) = object
-        .keys()
-        .find(|k| !CHAT_PARAMETERS.contains(&k.as_str()))
-    {
+    let continues = body["model"] != "gpt-4o-mini";
+    if let Some(unknown) = object.keys().find(|k| {
+        !CHAT_PARAMETERS.contains(&k.as_str())
+            && !(continues && CONTINUATION_PARAMETERS.contains(&k.as_str()))
+    }) {
         return Some(invalid(
             &format!("Unrecognized request argument supplied: {unknown}"),
             None,
@@ -317,6 +337,11 @@ fn chat_refusal(body: &Value, messages: &[Value]) -> Option<Response> {
     None
 }
 
+/// Server-sent events, one `data:` line each.
+fn sse(events: &[Value]) -> String {
+    events.iter().map(|e| format!("data: {e}\n\n")).collect()
+}
+
 /// The names of the request's function tools; `None` when one is malformed.
 fn tool_names(body: &Value) -> Option<Vec<&str>> {
     body["tools"]
@@ -389,7 +414,7 @@ fn cut_at_stop(text: &str, stop: &Value) -> Option<String> {
         .map(|at| text[..at].to_string())
 }
 
-async fn chat(cut: Option<axum::Extension<super::StreamCut>>, body: Bytes) -> Response {
+async fn chat(fault: Option<axum::Extension<super::StreamFault>>, body: Bytes) -> Response {
     let Some(body) = body_json(&body) else {
         return not_json();
     };
@@ -402,6 +427,14 @@ async fn chat(cut: Option<axum::Extension<super::StreamCut>>, body: Bytes) -> Re
     };
     if let Some(refused) = chat_refusal(&body, messages) {
         return refused;
+    }
+    let prefill = continued(&body, messages);
+    if body["continue_final_message"] == true && prefill.is_none() {
+        return invalid(
+            "continue_final_message is set but the last message is not the assistant's",
+            Some("messages"),
+            None,
+        );
     }
     let max_tokens = match body.get("max_tokens").or(body.get("max_completion_tokens")) {
         None | Some(Value::Null) => 256,
@@ -449,9 +482,17 @@ async fn chat(cut: Option<axum::Extension<super::StreamCut>>, body: Bytes) -> Re
     } else {
         "stop"
     };
+    // The answer's text in the pieces it streams in, each word with the space after
+    // it; a continuation's is what follows the prefill.
+    let full = words.join(" ");
+    let answer = match prefill.as_deref() {
+        Some(prefill) => full.strip_prefix(prefill).unwrap_or(&full),
+        None => &full,
+    };
+    let pieces: Vec<&str> = answer.split_inclusive(' ').collect();
     let completion_tokens = match &call {
         Some((_, _, arguments)) => arguments.split_whitespace().count().max(1),
-        None => words.len(),
+        None => pieces.len(),
     };
     let usage = json!({
         "prompt_tokens": prompt_tokens,
@@ -487,37 +528,45 @@ async fn chat(cut: Option<axum::Extension<super::StreamCut>>, body: Bytes) -> Re
                 Value::Null,
             ));
         }
-        events.extend(words.iter().enumerate().map(|(i, word)| {
-            let space = if i + 1 < words.len() { " " } else { "" };
-            delta(json!({"content": format!("{word}{space}")}), Value::Null)
-        }));
+        events.extend(
+            pieces
+                .iter()
+                .map(|piece| delta(json!({ "content": piece }), Value::Null)),
+        );
         // A prompt asking for it is cut off after its first word (a `cut_stream` fault
         // after its count of words): no finish, no usage, no `[DONE]`, as when a
         // provider's connection drops mid-answer.
-        let cut = match cut {
-            Some(axum::Extension(cut)) => Some(cut),
-            None => last_user.contains("[cut]").then_some(super::StreamCut {
-                after: 1,
-                stall: false,
-            }),
+        let fault = match fault {
+            Some(axum::Extension(fault)) => Some(fault),
+            None => last_user
+                .contains("[cut]")
+                .then_some(StreamFault::Cut { after: 1 }),
         };
-        if let Some(cut) = cut {
-            let text: String = events[..(cut.after + 1).min(events.len())]
-                .iter()
-                .map(|e| format!("data: {e}\n\n"))
-                .collect();
-            let body = if cut.stall {
+        // The role chunk and `after` pieces.
+        let sent = |events: &[Value], after: usize| sse(&events[..(after + 1).min(events.len())]);
+        let faulty = match fault {
+            Some(StreamFault::Cut { after }) => Some(Body::from(sent(&events, after))),
+            Some(StreamFault::Stall { after }) => {
                 // What was sent, then silence on an open connection.
+                let text = sent(&events, after);
                 let sent = futures_util::stream::once(async move {
                     Ok::<_, std::convert::Infallible>(Bytes::from(text))
                 });
-                Body::from_stream(futures_util::StreamExt::chain(
+                Some(Body::from_stream(futures_util::StreamExt::chain(
                     sent,
                     futures_util::stream::pending(),
-                ))
-            } else {
-                Body::from(text)
-            };
+                )))
+            }
+            Some(StreamFault::Malformed { after }) => Some(Body::from(
+                sent(&events, after) + "data: {\"choices\": [{\"delta\n\n",
+            )),
+            Some(StreamFault::NoDone) => {
+                events.push(delta(json!({}), json!(finish_reason)));
+                Some(Body::from(sse(&events)))
+            }
+            None => None,
+        };
+        if let Some(body) = faulty {
             return ([("content-type", "text/event-stream")], body).into_response();
         }
         events.push(delta(json!({}), json!(finish_reason)));
@@ -526,7 +575,7 @@ async fn chat(cut: Option<axum::Extension<super::StreamCut>>, body: Bytes) -> Re
             last["usage"] = usage;
             events.push(last);
         }
-        let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        let mut text = sse(&events);
         text.push_str("data: [DONE]\n\n");
         return ([("content-type", "text/event-stream")], Body::from(text)).into_response();
     }
@@ -536,7 +585,7 @@ async fn chat(cut: Option<axum::Extension<super::StreamCut>>, body: Bytes) -> Re
                 {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             ]})
         }
-        None => json!({"role": "assistant", "content": words.join(" ")}),
+        None => json!({"role": "assistant", "content": answer}),
     };
     json_response(
         StatusCode::OK,
@@ -763,6 +812,66 @@ mod tests {
         let plain = json!({"model": LLAMA, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
         let events = sse_data(&chat, plain).await;
         assert!(events.iter().all(|e| !e.contains("usage")));
+    }
+
+    #[tokio::test]
+    async fn open_weights_models_continue_the_assistants_last_message_and_gpt_refuses_to() {
+        let (_emulator, _, chat) = emulator().await;
+        let continued = |model: &str, prefill: &str, stream: bool| {
+            json!({"model": model, "stream": stream, "continue_final_message": true, "add_generation_prompt": false,
+                   "messages": [{"role": "user", "content": "one two three"},
+                                {"role": "assistant", "content": prefill}]})
+        };
+        let (status, body) = post(
+            &chat,
+            DEFAULT_TOKEN,
+            continued(LLAMA, "Echo: three tw", false),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["choices"][0]["message"]["content"], "o one");
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        let events = sse_data(&chat, continued(LLAMA, "Echo: ", true)).await;
+        let text: String = events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect();
+        assert_eq!(text, "three two one");
+        let (status, body) = post(
+            &chat,
+            DEFAULT_TOKEN,
+            continued("gpt-4o-mini", "Echo: ", false),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Unrecognized request argument supplied"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_faults_garble_a_chunk_or_leave_out_the_end() {
+        let (emulator, _, chat) = emulator().await;
+        let request = json!({"model": LLAMA, "stream": true, "stream_options": {"include_usage": true},
+                             "messages": [{"role": "user", "content": "one two three"}]});
+        emulator.push_fault(Fault::MalformedStream { after: 1 });
+        let events = sse_data(&chat, request.clone()).await;
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(serde_json::from_str::<Value>(&events[2]).is_err());
+        emulator.push_fault(Fault::NoDone);
+        let events = sse_data(&chat, request).await;
+        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        assert!(events.iter().all(|e| e != "[DONE]" && !e.contains("usage")));
     }
 
     fn weather() -> Value {

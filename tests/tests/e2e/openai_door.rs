@@ -123,9 +123,7 @@ async fn settled(server: &Server, id: &str) -> rust_decimal::Decimal {
 }
 
 async fn ledger_verifies(server: &Server) {
-    let reply = server.admin_get("/admin/v1/ledger/verify").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    assert_eq!(reply.body["consistent"], true, "{}", reply.body);
+    server.assert_ledger_verifies().await;
 }
 
 #[tokio::test]
@@ -525,8 +523,13 @@ async fn a_cut_stream_is_completed_without_repeating_or_losing_text() {
     );
     let errors = events.iter().filter(|e| e.contains("\"error\"")).count();
     assert_eq!(errors, 1, "{events:?}");
+    // The retry continued the first attempt's text (the model accepts a prefill),
+    // and was cut too: what went out is sent once.
     let text = streamed_text(&chunks_of(&events[..events.len() - 1]));
-    assert_eq!(text, "Echo: ", "the cut text is sent once: {events:?}");
+    assert_eq!(
+        text, "Echo: three ",
+        "the cut text is sent once: {events:?}"
+    );
     let execution = server.wait_terminal(&id, Duration::from_secs(10)).await;
     assert_eq!(execution["status"], "FAILED");
     assert_eq!(settled(&server, &id).await, decimal("0"));
@@ -616,6 +619,29 @@ async fn images_come_as_signed_urls_or_base64() {
 /// `target/pydeps`; under CI a missing SDK fails the test.
 #[tokio::test]
 async fn the_official_openai_python_sdk_works_against_the_door() {
+    let emulator = emulator().await;
+    let server = Server::start(&[openai_provider(&emulator)]).await;
+    run_sdk_script(&server, &[]).await;
+}
+
+#[tokio::test]
+async fn the_openai_sdk_retries_a_429_after_its_retry_after() {
+    let emulator = emulator().await;
+    let server = Server::start_with(
+        &[openai_provider(&emulator)],
+        Options {
+            rate_limit: (1, 1),
+            ..Options::default()
+        },
+    )
+    .await;
+    run_sdk_script(&server, &["retry"]).await;
+}
+
+/// Runs `tests/openai_sdk/drive.py` with `args` against `server` through the
+/// official `openai` SDK (installed by `make pydeps`; in CI, its absence fails),
+/// then checks the ledger.
+async fn run_sdk_script(server: &Server, args: &[&str]) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let pydeps = root.join("target/pydeps");
     let importable = std::process::Command::new("python3")
@@ -635,11 +661,10 @@ async fn the_official_openai_python_sdk_works_against_the_door() {
         );
         return;
     }
-    let emulator = emulator().await;
-    let server = Server::start(&[openai_provider(&emulator)]).await;
     let script = root.join("tests/openai_sdk/drive.py");
     let output = tokio::process::Command::new("python3")
         .arg(&script)
+        .args(args)
         .env("PYTHONPATH", &pydeps)
         .env("OPENAI_BASE_URL", format!("{}/openai/v1", server.url))
         .env("OPENAI_API_KEY", &server.api_key)
@@ -655,7 +680,7 @@ async fn the_official_openai_python_sdk_works_against_the_door() {
         server.log()
     );
     assert!(stdout.contains("ok"), "{stdout}");
-    ledger_verifies(&server).await;
+    ledger_verifies(server).await;
 }
 
 /// A client that hangs up before its answer, without an `Idempotency-Key`, cancels

@@ -531,6 +531,13 @@ pub fn openai_provider<S>(emulator: &Emulator<S>) -> ProviderSpec<'static> {
 }
 
 impl Server {
+    /// The ledger's own check: balances, holds and entries agree.
+    pub async fn assert_ledger_verifies(&self) {
+        let reply = self.admin_get("/admin/v1/ledger/verify").await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.body["consistent"], true, "{}", reply.body);
+    }
+
     /// How many stored objects hold bytes of `file_id` (each upload writes its own).
     pub fn objects_of(&self, file_id: &str) -> usize {
         let dir = self.data.path().join("state/files/objects");

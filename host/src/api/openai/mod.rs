@@ -9,7 +9,6 @@ pub mod chat;
 pub mod errors;
 mod images;
 mod models;
-mod relay;
 mod stream;
 
 use axum::Router;

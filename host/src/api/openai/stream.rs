@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
-use super::relay::{Diverged, Relay};
 use super::{HangUp, RequestId, chat, deadline, ended_error, errors, finished, timed_out};
 use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
+use crate::executions::relay::{Diverged, Relay};
 use crate::executions::{Created, Execution, Status, StreamMessage};
 
 /// Frames a slow client may be behind by before the relay waits for it (and the

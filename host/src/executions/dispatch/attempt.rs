@@ -10,6 +10,7 @@ use crate::clock;
 use crate::executions::model::{Attempt, Execution, JobRecord, Status};
 use crate::files::grants::AttemptRef;
 use crate::ids::new_short_id;
+use crate::plugins::catalogue::PREFILL;
 use crate::plugins::types;
 use crate::routing::Candidate;
 
@@ -106,15 +107,44 @@ impl Dispatcher {
         if started.is_none() {
             return Ok(AttemptEnd::Abandoned);
         }
-        self.submit(execution, candidate, &attempt_id).await
+        let prefill = self.executions.join_attempt(
+            &execution.id,
+            &candidate.provider.name,
+            candidate.model.accepts_prefill,
+        );
+        let provider = candidate.provider.name.clone();
+        let end = self
+            .submit(execution, candidate, &attempt_id, prefill.as_deref())
+            .await?;
+        Ok(match (end, prefill) {
+            // The continuation of the text the stream's readers have: the answer.
+            (AttemptEnd::Completed(mut completion, candidate), Some(prefill)) => {
+                let text = completion.text.take().unwrap_or_default();
+                completion.text = Some(prefill + &text);
+                AttemptEnd::Completed(completion, candidate)
+            }
+            // A provider that refuses a continuation outright may not take prefills
+            // after all (it refused the input we made, not the client's): it may
+            // still answer anew.
+            (AttemptEnd::Failed(mut failure), Some(_)) if !failure.retry => {
+                tracing::info!(execution = %execution.id, %provider, detail = %failure.detail(), "a provider refused to continue from a prefill: the next attempt there starts anew");
+                self.executions.refuse_prefill(&execution.id, &provider);
+                failure.retry = true;
+                AttemptEnd::Failed(failure)
+            }
+            (end, _) => end,
+        })
     }
 
     /// Sends the attempt's submit to its provider and follows the job to its end.
+    /// With a `prefill`, the input asks the model to continue that text (SPEC §12),
+    /// and the answer is what follows it.
     pub(super) async fn submit(
         &self,
         execution: &Execution,
         candidate: Candidate,
         attempt_id: &str,
+        prefill: Option<&str>,
     ) -> Result<AttemptEnd> {
         let mut ctx = context(execution, &candidate, attempt_id, &self.callbacks);
         let inline = candidate.plugin.manifest.capabilities.inline_files;
@@ -142,7 +172,14 @@ impl Dispatcher {
                 )));
             }
         };
-        let input = execution.input.to_string();
+        let input = match prefill {
+            Some(prefill) => {
+                let mut input = execution.input.clone();
+                input[PREFILL] = prefill.into();
+                input.to_string()
+            }
+            None => execution.input.to_string(),
+        };
         let request = match candidate.plugin.build_submit(&ctx, input.clone()).await {
             Ok(request) => request,
             Err(failure) => return Ok(AttemptEnd::Failed(failure.into())),
@@ -231,7 +268,7 @@ impl Dispatcher {
             // second job.
             (None, Some(candidate)) if candidate.plugin.manifest.capabilities.idempotent_submit => {
                 tracing::info!(execution = %execution.id, attempt = %attempt.id, "re-sending an interrupted submit under its idempotency key");
-                self.submit(execution, candidate, &attempt.id).await
+                self.submit(execution, candidate, &attempt.id, None).await
             }
             // Otherwise nothing to poll, so the attempt ends and the next one starts
             // afresh (a restart is not the provider's failure: it spends none of the

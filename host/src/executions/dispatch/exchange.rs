@@ -124,46 +124,19 @@ impl Dispatcher {
         Ok((outcome, success))
     }
 
-    /// Reads a provider's server-sent events through the adapter, forwarding text
-    /// deltas to the client's stream, and ends with the completed text and usage.
+    /// Reads a provider's server-sent events through the adapter, passing text
+    /// deltas to the execution's stream, and ends with the completed text and usage.
+    /// An event that carries something is due by `first_due`, then within the idle
+    /// timeout of the one before (keep-alives do not count). A failure leaves the
+    /// text the stream's readers got as it is, for the next attempt to reproduce or
+    /// continue.
     pub(super) async fn consume_stream(
         &self,
         candidate: &Candidate,
         ctx: &types::CallContext,
         execution_id: &str,
         response: reqwest::Response,
-        deadlines: (Instant, StreamTimeouts),
-    ) -> Answer {
-        let mut forwarded = false;
-        let outcome = self
-            .read_stream(
-                candidate,
-                ctx,
-                execution_id,
-                response,
-                deadlines,
-                &mut forwarded,
-            )
-            .await;
-        if forwarded && matches!(outcome, Answer::Failed(_)) {
-            // The client saw text of an attempt that failed: tell it to drop that
-            // text before a retry streams its own.
-            self.executions.publish_reset(execution_id);
-        }
-        outcome
-    }
-
-    /// [`Dispatcher::consume_stream`]'s reading; `forwarded` is set once a delta
-    /// reached the client. An event that carries something is due by `first_due`,
-    /// then within the idle timeout of the one before (keep-alives do not count).
-    pub(super) async fn read_stream(
-        &self,
-        candidate: &Candidate,
-        ctx: &types::CallContext,
-        execution_id: &str,
-        response: reqwest::Response,
         (first_due, timeouts): (Instant, StreamTimeouts),
-        forwarded: &mut bool,
     ) -> Answer {
         use eventsource_stream::Eventsource;
         use futures_util::StreamExt;
@@ -193,9 +166,7 @@ impl Dispatcher {
             match event {
                 types::StreamEvent::Delta(delta) => {
                     if !delta.text.is_empty() {
-                        self.executions
-                            .publish_delta(execution_id, delta.text.clone());
-                        *forwarded = true;
+                        self.executions.publish_delta(execution_id, &delta.text);
                     }
                     answer.add(delta);
                 }
@@ -204,6 +175,8 @@ impl Dispatcher {
                 types::StreamEvent::Failed(failure) => return Answer::Failed(failure.into()),
             }
         }
+        // The body ended cleanly: an answer the model finished is complete even
+        // when the provider left out its end-of-stream marker.
         match answer.completion() {
             Some(completion) => Answer::Completed(completion),
             // Cut off: what arrived is not the answer, and is not billed.
@@ -290,9 +263,10 @@ impl Assembled {
         }
     }
 
-    /// The completed answer; `None` when the stream never finished.
+    /// The completed answer; `None` when the stream never finished: neither its
+    /// end nor why the model stopped came.
     fn completion(self) -> Option<types::Completion> {
-        if !self.finished {
+        if !self.finished && self.finish_reason.is_none() {
             return None;
         }
         Some(types::Completion {
@@ -386,6 +360,17 @@ mod tests {
         answer.add(delta("lo", Vec::new()));
         let cut = std::mem::take(&mut answer);
         assert!(cut.completion().is_none());
+
+        // Why the model stopped, then the body's end without the provider's marker.
+        let mut answer = Assembled::default();
+        answer.add(delta("Hello", Vec::new()));
+        answer.add(types::StreamDelta {
+            finish_reason: Some(types::FinishReason::Stop),
+            ..delta("", Vec::new())
+        });
+        let completion = answer.completion().unwrap();
+        assert_eq!(completion.text.as_deref(), Some("Hello"));
+        assert!(completion.usage.is_empty());
 
         let mut answer = Assembled::default();
         answer.add(delta("Hel", Vec::new()));

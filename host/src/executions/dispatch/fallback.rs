@@ -7,13 +7,24 @@ use anyhow::Result;
 
 use super::*;
 use crate::clock;
+use crate::executions::failure::Side;
 use crate::executions::model::Execution;
 
 impl Dispatcher {
-    /// Whether a failed attempt ends the current model's turn: the failure may be
-    /// another model's to overcome, and every provider serving the model has now
+    /// Whether a failed attempt ends the current model's turn, when there is a next
+    /// model: the model refused the input (its provider said it is too long, or
+    /// against its policy: no other provider of the model is asked, but another
+    /// model may take it), no adapter serves the model any more, or the failure may
+    /// be another model's to overcome and every provider serving the model has now
     /// failed this execution (the running attempt being the last of them).
     pub(super) fn model_exhausted(&self, execution: &Execution, failure: &AttemptFailure) -> bool {
+        if execution.next_fallback().is_none() {
+            return false;
+        }
+        let refused = !failure.retry && failure.side() == Side::Client;
+        if refused || failure.kind == Kind::NoProvider {
+            return true;
+        }
         let failed_here = |provider: &str| {
             execution.attempts.iter().any(|a| {
                 a.provider == provider
@@ -22,7 +33,6 @@ impl Dispatcher {
             })
         };
         failure.retry
-            && execution.next_fallback().is_some()
             && self
                 .router
                 .ranked(&execution.model, &execution.usage_estimate)

@@ -18,7 +18,7 @@ impl Dispatcher {
         &self,
         execution: &Execution,
         candidate: &Candidate,
-        completion: types::Completion,
+        mut completion: types::Completion,
     ) -> Result<Option<AttemptFailure>> {
         let text_bytes = completion.text.as_ref().map_or(0, String::len)
             + completion
@@ -32,6 +32,11 @@ impl Dispatcher {
                 retry: false,
                 ..AttemptFailure::new(Kind::BadOutput, message)
             }));
+        }
+        // A text answer whose provider did not count it (a stream without its usage
+        // chunk) is counted by the host's rule, reported and charged alike.
+        if completion.usage.is_empty() && completion.text.is_some() {
+            completion.usage = completion.estimated_text_usage(&execution.usage_estimate);
         }
         let (output, records) = match self.store_outputs(execution, candidate, &completion).await {
             Ok(stored) => stored,
@@ -50,6 +55,9 @@ impl Dispatcher {
         }
         let cost = routing::cost(price, &units);
         let file_ids: Vec<String> = records.iter().map(|r| r.file_id.clone()).collect();
+        if let Some(text) = &completion.text {
+            self.executions.publish_final(&execution.id, text);
+        }
         let completed = self
             .executions
             .finish(

@@ -341,6 +341,7 @@ fn a_description_naming_the_provider_or_its_hosts_is_warned_about() {
             per_image: 1,
             ..Default::default()
         },
+        accepts_prefill: false,
         input: String::new(),
     };
     let manifest = types::Manifest {

@@ -27,6 +27,14 @@ struct Setup {
 }
 
 async fn setup(executions: &str) -> Setup {
+    setup_with(Options {
+        executions,
+        ..Options::default()
+    })
+    .await
+}
+
+async fn setup_with(options: Options<'_>) -> Setup {
     let small = openai_emulator().await;
     let large = openai_emulator().await;
     let server = Server::start_with(
@@ -44,10 +52,7 @@ async fn setup(executions: &str) -> Setup {
                 models: &[LARGE],
             },
         ],
-        Options {
-            executions,
-            ..Options::default()
-        },
+        options,
     )
     .await;
     Setup {
@@ -253,28 +258,115 @@ async fn the_operators_default_fallbacks_apply_unless_the_client_names_its_own()
     assert_eq!(large.count("/v1/chat/completions"), 1);
 }
 
-#[tokio::test]
-async fn a_client_error_is_not_retried_on_a_fallback() {
-    let Setup {
-        small,
-        large,
-        server,
-    } = setup("").await;
-    small.set_always(Some(Fault::Status {
+fn refusal(code: &str, message: &str) -> Option<Fault> {
+    Some(Fault::Status {
         status: 400,
         retry_after: None,
         body: Some(
-            json!({"error": {"message": "bad request", "type": "invalid_request_error"}})
+            json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": code}})
                 .to_string(),
         ),
-    }));
-    let failed = server
+    })
+}
+
+/// A model's refusal of the input (too long for its context, against its policy)
+/// is not retried on the model (no other provider of it is asked), but a fallback
+/// model may take it, as OpenRouter does; without one the execution fails with the
+/// refusal's code.
+#[tokio::test]
+async fn a_model_that_refuses_the_input_hands_it_to_the_fallback_not_to_its_other_providers() {
+    let small = openai_emulator().await;
+    let small_too = openai_emulator().await;
+    let large = openai_emulator().await;
+    let server = Server::start(&[
+        ProviderSpec {
+            name: "small-host",
+            adapter: "openai",
+            base_url: small.base_url(),
+            models: &[SMALL],
+        },
+        ProviderSpec {
+            name: "small-host-too",
+            adapter: "openai",
+            base_url: small_too.base_url(),
+            models: &[SMALL],
+        },
+        ProviderSpec {
+            name: "large-host",
+            adapter: "openai",
+            base_url: large.base_url(),
+            models: &[LARGE],
+        },
+    ])
+    .await;
+    let too_long = "This model's maximum context length is 8192 tokens.";
+    small.set_always(refusal("context_length_exceeded", too_long));
+    small_too.set_always(refusal("context_length_exceeded", too_long));
+    let served = server
         .post("/v1/executions", chat(SMALL, json!([LARGE])))
+        .await
+        .body;
+    assert_eq!(served["status"], "COMPLETED", "{served}");
+    assert_eq!(served["model"], LARGE);
+    let asked = small.count("/v1/chat/completions") + small_too.count("/v1/chat/completions");
+    assert_eq!(asked, 1, "the refusing model was asked once");
+
+    let policy = "Your request was rejected as a result of our safety system.";
+    small.set_always(refusal("content_policy_violation", policy));
+    small_too.set_always(refusal("content_policy_violation", policy));
+    let failed = server
+        .post("/v1/executions", chat(SMALL, json!([])))
         .await
         .body;
     assert_eq!(failed["status"], "FAILED", "{failed}");
     assert_eq!(failed["model"], SMALL);
-    assert_eq!(large.count("/v1/chat/completions"), 0);
+    assert_eq!(failed["error"]["code"], "CONTENT_MODERATION_REJECTED");
+    let asked = small.count("/v1/chat/completions") + small_too.count("/v1/chat/completions");
+    assert_eq!(asked, 2, "not retried on the same model");
+    assert_eq!(large.count("/v1/chat/completions"), 1);
+    server.assert_ledger_verifies().await;
+}
+
+/// A provider down for a while, then healthy: its breaker opens and executions go
+/// straight to the fallback model (the primary is no longer asked); once it has
+/// recovered and the cool-down has passed (on the driven clock), the primary serves
+/// again.
+#[tokio::test]
+async fn during_an_outage_the_fallback_serves_and_the_primary_returns_after() {
+    let Setup {
+        small,
+        large,
+        server,
+    } = setup_with(Options {
+        config: "[testing]\nclock_control = true",
+        ..Options::default()
+    })
+    .await;
+    small.set_always(always_overloaded());
+    for _ in 0..8 {
+        let served = server
+            .post("/v1/executions", chat(SMALL, json!([LARGE])))
+            .await
+            .body;
+        assert_eq!(served["status"], "COMPLETED", "{served}");
+        assert_eq!(served["model"], LARGE);
+    }
+    let tried = small.count("/v1/chat/completions");
+    assert!(tried <= 6, "the breaker should open, not {tried} requests");
+    assert_eq!(large.count("/v1/chat/completions"), 8);
+
+    small.set_always(None);
+    server.advance_clock(11).await;
+    for _ in 0..3 {
+        let served = server
+            .post("/v1/executions", chat(SMALL, json!([LARGE])))
+            .await
+            .body;
+        assert_eq!(served["model"], SMALL, "{served}");
+    }
+    assert_eq!(small.count("/v1/chat/completions"), tried + 3);
+    assert_eq!(large.count("/v1/chat/completions"), 8);
+    server.assert_ledger_verifies().await;
 }
 
 #[test]

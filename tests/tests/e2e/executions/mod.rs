@@ -6,6 +6,7 @@ mod fallbacks;
 mod formats;
 mod lifecycle;
 mod requests;
+mod rescue;
 mod stalls;
 
 use reqwest::{Method, StatusCode};
@@ -54,6 +55,81 @@ fn assert_no_provider_leak(value: &Value, emulator_url: &str) {
     let text = value.to_string().to_lowercase();
     for leak in ["replicate", "openai", "together", emulator_url] {
         assert!(!text.contains(leak), "{leak} leaked in {value}");
+    }
+}
+
+/// Parses a server-sent event stream into (event, data) pairs.
+fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = Some(name.trim().to_string());
+                } else if let Some(chunk) = line.strip_prefix("data:") {
+                    data.push_str(chunk.trim_start());
+                }
+            }
+            Some((event?, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
+}
+
+/// A chat streamed through the OpenAI door, as its client received it.
+struct StreamedChat {
+    /// the text of every chunk, joined
+    text: String,
+    /// `[DONE]` ended it
+    done: bool,
+    /// the execution's id
+    id: String,
+    /// the events' JSON (`[DONE]` left out)
+    chunks: Vec<Value>,
+}
+
+/// Streams a chat of `llama-3.1-8b-instruct` through the OpenAI door, asking for
+/// the usage chunk.
+async fn streamed_chat(server: &Server, prompt: &str) -> StreamedChat {
+    let response = reqwest::Client::new()
+        .post(format!("{}/openai/v1/chat/completions", server.url))
+        .bearer_auth(&server.api_key)
+        .json(&json!({
+            "model": "llama-3.1-8b-instruct",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": prompt}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = response
+        .headers()
+        .get("x-modelroute-execution-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = tokio::time::timeout(WAIT, response.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let chunks: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).expect("every event is JSON"))
+        .collect();
+    let text = chunks
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    StreamedChat {
+        text,
+        done: body.ends_with("data: [DONE]\n\n"),
+        id,
+        chunks,
     }
 }
 

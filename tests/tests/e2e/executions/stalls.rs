@@ -7,46 +7,6 @@ use super::*;
 
 const TIMEOUTS: &str = "first_token_timeout_ms = 500\nidle_timeout_ms = 500";
 
-/// Streams a chat through the OpenAI door; answers the text and whether `[DONE]`
-/// ended it.
-async fn streamed_chat(server: &Server, prompt: &str) -> (String, bool, String) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/openai/v1/chat/completions", server.url))
-        .bearer_auth(&server.api_key)
-        .json(&json!({
-            "model": "llama-3.1-8b-instruct",
-            "stream": true,
-            "messages": [{"role": "user", "content": prompt}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let id = response
-        .headers()
-        .get("x-modelroute-execution-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let body = tokio::time::timeout(WAIT, response.text())
-        .await
-        .expect("the stream ends")
-        .unwrap();
-    let text = body
-        .split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-        .filter_map(|chunk| {
-            chunk["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    (text, body.ends_with("data: [DONE]\n\n"), id)
-}
-
 /// A server whose streams time out after 500 ms of silence, and its provider.
 async fn with_short_timeouts() -> (Emulator<openai::OpenAi>, Server) {
     let emulator = openai_emulator().await;
@@ -73,7 +33,7 @@ async fn first_attempt(server: &Server, id: &str) -> Value {
 async fn a_provider_that_sends_no_first_token_fails_the_attempt_and_the_retry_answers() {
     let (emulator, server) = with_short_timeouts().await;
     emulator.push_fault(Fault::StallStream { after: 0 });
-    let (text, done, id) = streamed_chat(&server, "one two three").await;
+    let StreamedChat { text, done, id, .. } = streamed_chat(&server, "one two three").await;
     assert_eq!(text, "Echo: three two one");
     assert!(done, "the stream ended without [DONE]");
     assert_eq!(emulator.count("/v1/chat/completions"), 2);
@@ -90,7 +50,7 @@ async fn a_provider_that_sends_no_first_token_fails_the_attempt_and_the_retry_an
 async fn a_stream_that_stalls_midway_is_finished_by_the_retry_without_repeating_text() {
     let (emulator, server) = with_short_timeouts().await;
     emulator.push_fault(Fault::StallStream { after: 2 });
-    let (text, done, id) = streamed_chat(&server, "one two three").await;
+    let StreamedChat { text, done, id, .. } = streamed_chat(&server, "one two three").await;
     assert_eq!(text, "Echo: three two one", "nothing lost, nothing twice");
     assert!(done, "the stream ended without [DONE]");
     let stalled = first_attempt(&server, &id).await;

@@ -1,6 +1,8 @@
 //! What a streamed answer has delivered, and what may still be delivered: the
 //! hold-back rule that keeps a stream from ever ending as a truncated or spliced
-//! success (SPEC §12). Pure: no I/O, no clock.
+//! success (SPEC §12). Pure: no I/O, no clock. The platform keeps one per
+//! `STREAMING` execution (what its readers have been sent); a reader of the
+//! OpenAI-compatible door keeps its own (what its client has received).
 //!
 //! * Deltas of the attempt running now are forwarded as they come.
 //! * When the platform resets an attempt after text went out (its provider failed
@@ -29,7 +31,6 @@ pub struct Relay {
 
 impl Relay {
     /// The text delivered so far.
-    #[cfg(test)]
     pub fn delivered(&self) -> &str {
         &self.delivered
     }
@@ -60,6 +61,18 @@ impl Relay {
     pub fn reset(&mut self) {
         self.matched = 0;
         self.blind = false;
+    }
+
+    /// The running attempt has diverged at `text` (a delta [`Relay::delta`]
+    /// refused): its text so far becomes the delivered text, which the caller
+    /// sends anew after telling its readers to drop theirs. Returns that text.
+    pub fn restart(&mut self, text: &str) -> String {
+        let mut attempt = self.delivered[..self.matched].to_string();
+        attempt.push_str(text);
+        self.delivered = attempt.clone();
+        self.matched = self.delivered.len();
+        self.blind = false;
+        attempt
     }
 
     /// Deltas of the running attempt were lost.
@@ -158,6 +171,18 @@ mod tests {
         relay.lagged();
         relay.reset();
         assert_eq!(feed(&mut relay, &["abc"]).unwrap(), "c");
+    }
+
+    #[test]
+    fn a_diverged_attempt_restarts_from_its_own_text() {
+        let mut relay = Relay::default();
+        feed(&mut relay, &["Hello there"]).unwrap();
+        relay.reset();
+        assert_eq!(relay.delta("Hello"), Ok(None));
+        assert_eq!(relay.delta(" world"), Err(Diverged));
+        assert_eq!(relay.restart(" world"), "Hello world");
+        assert_eq!(relay.delivered(), "Hello world");
+        assert_eq!(feed(&mut relay, &["!"]).unwrap(), "!");
     }
 
     #[test]
