@@ -242,10 +242,10 @@ fn continued(body: &Value, messages: &[Value]) -> Option<String> {
 fn chat_refusal(body: &Value, messages: &[Value]) -> Option<Response> {
     let object = body.as_object()?;
     let continues = body["model"] != "gpt-4o-mini";
-    if let Some(unknown) = object.keys().find(|k| {
-        !CHAT_PARAMETERS.contains(&k.as_str())
-            && !(continues && CONTINUATION_PARAMETERS.contains(&k.as_str()))
-    }) {
+    let known = |name: &str| {
+        CHAT_PARAMETERS.contains(&name) || (continues && CONTINUATION_PARAMETERS.contains(&name))
+    };
+    if let Some(unknown) = object.keys().find(|k| !known(k)) {
         return Some(invalid(
             &format!("Unrecognized request argument supplied: {unknown}"),
             None,
