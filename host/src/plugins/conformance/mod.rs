@@ -83,6 +83,12 @@ pub fn check(runtime: &Arc<Runtime>, wasm: &[u8], fixtures: &[Fixture]) -> Repor
                 submit_carries_attempt_id(&plugin, model),
             );
         }
+        if model.accepts_prefill {
+            record(
+                format!("{}: a continuation sends its prefill", model.slug),
+                submit_continues_prefill(&plugin, model),
+            );
+        }
     }
     for preset in &plugin.manifest.declared_inputs {
         let Some(model) = super::catalogue::declared_example(preset) else {
@@ -220,6 +226,58 @@ fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &types::Model) -> Res
         Ok(())
     } else {
         Err("the manifest declares idempotent-submit, but build-submit does not send call-context.attempt-id".into())
+    }
+}
+
+/// An adapter declaring `accepts-prefill` for a model must serve it the chat input
+/// and send the input's `prefill`: the host trusts the answer to be its continuation.
+fn submit_continues_prefill(plugin: &LoadedPlugin, model: &types::Model) -> Result<(), String> {
+    if model.input != super::catalogue::CHAT {
+        return Err(
+            "accepts-prefill is for chat models: the host continues only chat answers".into(),
+        );
+    }
+    let ctx = types::CallContext {
+        slug: model.slug.clone(),
+        provider_model: model.provider_model.clone(),
+        input: model.input.clone(),
+        base_url: plugin.manifest.default_base_url.clone(),
+        attempt_id: "att_conformance".into(),
+        callback_url: None,
+        files: Vec::new(),
+        stream: true,
+    };
+    let mut input: Value = serde_json::from_str(&model.example_input)
+        .map_err(|e| format!("the example input is not JSON: {e}"))?;
+    let fresh = build_submit(plugin, &ctx, &input.to_string())?
+        .map_err(|failure| format!("the example input was refused: {}", failure.message))?;
+    input[super::catalogue::PREFILL] = PREFILL_MARKER.into();
+    let continuing = build_submit(plugin, &ctx, &input.to_string())?.map_err(|failure| {
+        format!(
+            "the example input with a prefill was refused: {}",
+            failure.message
+        )
+    })?;
+    sends_prefill(&fresh, &continuing, PREFILL_MARKER)
+}
+
+/// The text the kit asks a model to continue.
+const PREFILL_MARKER: &str = "Conformance prefill: the answer so far";
+
+/// Whether `continuing`, the submit of an input with `prefill`, sends it where the
+/// submit of the same input without it (`fresh`) does not.
+fn sends_prefill(
+    fresh: &types::HttpRequest,
+    continuing: &types::HttpRequest,
+    prefill: &str,
+) -> Result<(), String> {
+    let body = |request: &types::HttpRequest| {
+        String::from_utf8_lossy(request.body.as_deref().unwrap_or_default()).into_owned()
+    };
+    if body(continuing).contains(prefill) && !body(fresh).contains(prefill) {
+        Ok(())
+    } else {
+        Err("the manifest declares accepts-prefill, but build-submit does not send the input's prefill".into())
     }
 }
 

@@ -38,6 +38,45 @@ fn the_shipped_adapters_pass_their_fixtures_without_warnings() {
         assert_eq!(failures, Vec::<String>::new(), "{plugin}");
         assert_eq!(warnings, Vec::<String>::new(), "{plugin}");
     }
+    let report = check(
+        &runtime(Default::default()),
+        &component("plugins/dist/openai.wasm"),
+        &[],
+    );
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        names.contains(&"llama-3.1-8b-instruct: a continuation sends its prefill"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_model_accepting_prefills_must_be_chat_and_send_the_prefill() {
+    let request = |body: &str| types::HttpRequest {
+        method: types::Method::Post,
+        url: "https://api.example.com/v1/chat".into(),
+        headers: Vec::new(),
+        body: Some(body.as_bytes().to_vec()),
+        timeout_ms: None,
+    };
+    let fresh = request(r#"{"messages":[{"role":"user","content":"hi"}]}"#);
+    let continuing = request(
+        r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Hel"}]}"#,
+    );
+    assert_eq!(sends_prefill(&fresh, &continuing, "Hel"), Ok(()));
+    let ignored = sends_prefill(&fresh, &fresh, "Hel").unwrap_err();
+    assert!(
+        ignored.contains("does not send the input's prefill"),
+        "{ignored}"
+    );
+
+    let plugin = runtime(Default::default())
+        .load(&component("plugins/dist/openai.wasm"))
+        .unwrap();
+    let mut image = plugin.model("flux-1.1-pro").unwrap().clone();
+    image.accepts_prefill = true;
+    let refused = submit_continues_prefill(&plugin, &image).unwrap_err();
+    assert!(refused.contains("for chat models"), "{refused}");
 }
 
 #[test]
