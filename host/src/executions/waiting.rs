@@ -118,11 +118,15 @@ impl Executions {
         }
     }
 
-    /// The answer's final text, before its completion is told: what the readers
-    /// lack of it is sent (a reset first when it does not extend their text).
+    /// The answer's final text, before its completion is told: what the readers of
+    /// a streamed answer lack of it is sent (a reset first when it does not extend
+    /// their text). An answer that streamed nothing comes whole with the completion.
     pub fn publish_final(&self, id: &str, text: &str) {
         let mut streams = self.lock_streams();
-        let Some(stream) = streams.get_mut(id) else {
+        let Some(stream) = streams
+            .get_mut(id)
+            .filter(|stream| !stream.relay.delivered().is_empty())
+        else {
             return;
         };
         match stream.relay.finish(text) {

@@ -202,3 +202,19 @@ async fn a_stream_without_done_is_finished_at_once_with_estimated_usage() {
     assert_eq!(output["usage"]["output_tokens"], 5);
     server.assert_ledger_verifies().await;
 }
+
+#[test]
+fn accepts_prefill_on_a_model_that_is_not_chat_stops_the_start_naming_the_field() {
+    let config = "\n[[providers]]\nname = \"images\"\nadapter = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"emulator-key\"\n[providers.models.\"flux-1.1-pro\"]\naccepts_prefill = true\n";
+    let printed = Server::refused(
+        &[],
+        Options {
+            config,
+            ..Options::default()
+        },
+    );
+    assert!(
+        printed.contains("providers[0].models.\"flux-1.1-pro\".accepts_prefill: only a chat model continues an assistant prefill"),
+        "{printed}"
+    );
+}
