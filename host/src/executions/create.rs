@@ -10,7 +10,8 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::db;
-use super::waiting::{LiveStream, STREAM_BUFFER};
+use super::live::LiveStream;
+use super::waiting::STREAM_BUFFER;
 use super::{Claim, Execution, Executions, Mode, Status, StreamMessage};
 use super::{failure, input};
 use crate::auth::Caller;

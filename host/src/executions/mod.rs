@@ -1,5 +1,6 @@
 //! Executions: acceptance ([`create`]: validation, estimate, hold, idempotency), the
-//! durable lifecycle and reads ([`records`]), waiting and streaming ([`waiting`]). The
+//! durable lifecycle and reads ([`records`]), waiting ([`waiting`]) and the streams
+//! of `STREAMING` executions ([`live`], with the hold-back rule of [`relay`]). The
 //! dispatcher ([`dispatch`]) drives accepted executions; [`failure`] types why an
 //! attempt failed.
 
@@ -9,6 +10,7 @@ pub mod dispatch;
 mod failure;
 mod fallbacks;
 pub mod input;
+mod live;
 pub mod model;
 mod records;
 pub mod relay;
@@ -25,9 +27,9 @@ use crate::store::Store;
 use create::InputRules;
 pub use create::{CreateOutcome, CreateRequest, Created, IDEMPOTENT_ID_KEY, request_hash};
 pub use fallbacks::{MAX_FALLBACK_MODELS, check_default_fallbacks};
+pub use live::StreamMessage;
 pub use model::{Claim, Execution, Mode, Status};
 pub use records::{Ending, LedgerReport};
-pub use waiting::StreamMessage;
 
 pub struct Executions {
     store: Store,
@@ -39,7 +41,7 @@ pub struct Executions {
     /// the latest status of executions someone is waiting on
     watchers: Mutex<HashMap<String, watch::Sender<Status>>>,
     /// event streams of running `STREAMING` executions
-    streams: Mutex<HashMap<String, waiting::LiveStream>>,
+    streams: Mutex<HashMap<String, live::LiveStream>>,
     dispatch: tokio::sync::mpsc::UnboundedSender<String>,
     /// wakes the webhook delivery worker
     outbox: Arc<tokio::sync::Notify>,
