@@ -44,6 +44,18 @@ async fn a_provider_that_sends_no_first_token_fails_the_attempt_and_the_retry_an
         outcome.contains("no first token within 500 ms"),
         "{outcome}"
     );
+    server.assert_ledger_verifies().await;
+}
+
+#[tokio::test]
+async fn a_slow_first_token_within_the_timeout_is_waited_for() {
+    let (emulator, server) = with_short_timeouts().await;
+    emulator.push_fault(Fault::Delay { ms: 250 });
+    let StreamedChat { text, done, .. } = streamed_chat(&server, "one two three").await;
+    assert_eq!(text, "Echo: three two one");
+    assert!(done);
+    assert_eq!(emulator.count("/v1/chat/completions"), 1, "not retried");
+    server.assert_ledger_verifies().await;
 }
 
 #[tokio::test]
@@ -63,6 +75,7 @@ async fn a_stream_that_stalls_midway_is_finished_by_the_retry_without_repeating_
     // Only the completed attempt is billed.
     let execution = server.get(&format!("/v1/executions/{id}")).await.body;
     assert_eq!(execution["status"], "COMPLETED");
+    server.assert_ledger_verifies().await;
 }
 
 #[test]
