@@ -19,6 +19,7 @@ pub mod money;
 pub mod netguard;
 pub mod plugins;
 pub mod ratelimit;
+pub mod readiness;
 pub mod routing;
 pub mod server;
 pub mod store;
@@ -26,7 +27,7 @@ pub mod upstream;
 pub mod webhooks;
 
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,7 +177,8 @@ pub async fn serve(mut config: Config) -> Result<()> {
             pruned.limits.prune();
         }
     });
-    tracing::info!(listen = %config.listen, data = %data.display(), dev = config.dev, "ModelRoute is ready");
+    let address = listener.local_addr()?;
+    tokio::spawn(announce_when_ready(address, data.clone(), config.dev));
     server::serve(
         listener,
         api::router(app),
@@ -184,6 +186,33 @@ pub async fn serve(mut config: Config) -> Result<()> {
         shutdown_signal(),
     )
     .await
+}
+
+/// Asks the server's own `GET /readyz` once it serves, and says so: the start
+/// message operators (and `make run`) wait for, naming what is not ready if
+/// anything is.
+async fn announce_when_ready(address: std::net::SocketAddr, data: PathBuf, dev: bool) {
+    let url = format!("http://{address}/readyz");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let answer = match client {
+        Ok(client) => match client.get(&url).send().await {
+            Ok(response) => Ok((response.status(), response.text().await.unwrap_or_default())),
+            Err(error) => Err(error.to_string()),
+        },
+        Err(error) => Err(error.to_string()),
+    };
+    match answer {
+        Ok((status, _)) if status.is_success() => {
+            tracing::info!(url = %format!("http://{address}"), data = %data.display(), dev, "ModelRoute is ready (GET /readyz answers 200)")
+        }
+        Ok((status, body)) => {
+            tracing::warn!(%status, readiness = %body, "ModelRoute serves but is not ready")
+        }
+        Err(error) => tracing::warn!(%url, %error, "ModelRoute could not ask its own /readyz"),
+    }
 }
 
 /// Where the server writes the address it listens on, in the data directory.

@@ -114,6 +114,16 @@ impl Store {
         Ok(Store { db, writes })
     }
 
+    /// Whether the store works: a read transaction opens and the writer thread that
+    /// commits every write still runs.
+    pub fn check(&self) -> Result<()> {
+        if self.writes.is_closed() {
+            anyhow::bail!("the store's writer has stopped");
+        }
+        self.db.begin_read()?;
+        Ok(())
+    }
+
     /// Runs `f` in a read transaction (a consistent snapshot).
     pub fn read<T>(&self, f: impl FnOnce(&Snapshot) -> Result<T>) -> Result<T> {
         f(&Snapshot(self.db.begin_read()?))

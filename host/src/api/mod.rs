@@ -106,6 +106,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/grant/{id}", get(files::grant));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
         .nest("/files", signed)
         .nest("/v1", v1)
         .nest(
@@ -123,6 +124,19 @@ pub fn router(app: Arc<App>) -> Router {
         ))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
+}
+
+/// `GET /readyz`: `200` when this host can serve, else `503`; both say why.
+async fn readyz(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> axum::response::Response {
+    let readiness = crate::readiness::Readiness::of(&app);
+    let status = if readiness.ready() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness.body())).into_response()
 }
 
 /// Requires `scope` of the caller.

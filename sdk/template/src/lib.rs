@@ -47,7 +47,6 @@ impl Adapter for Template {
                     per_million_output_tokens: 200_000,
                     ..Price::default()
                 },
-                // true only when the provider continues an assistant prefill
                 accepts_prefill: false,
             }],
         }
@@ -92,10 +91,9 @@ impl Adapter for Template {
         ))
     }
 
-    // An API that answers with a job to poll instead: return `Outcome::pending(id, state,
-    // poll_after_ms)` and implement `build_poll`. `state` is yours, kept with the attempt
-    // and handed back with every poll: carry in it what the final answer will not repeat,
-    // e.g. the size asked for (`answered.input()` at submit), to report megapixels.
+    // An API that answers with a job to poll: return `Outcome::pending(id, state, poll_after_ms)`
+    // and implement `build_poll`. `state` is yours, handed back with every poll: carry in it
+    // what the final answer will not repeat, e.g. the size asked (`answered.input()`).
 }
 
 export_adapter!(Template);

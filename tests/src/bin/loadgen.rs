@@ -112,7 +112,12 @@ async fn main() -> Result<()> {
         .pool_max_idle_per_host(512)
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
         if Instant::now() > deadline {
             bail!("the server did not start");
         }

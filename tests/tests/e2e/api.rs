@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{Options, ProviderSpec, Server, flux_input};
+use crate::support::{Options, ProviderSpec, Server, flux_input, wait_until};
 
 /// A server whose providers point at a port nobody listens on: nothing here runs.
 async fn server() -> Server {
@@ -23,6 +23,25 @@ async fn health_answers_and_every_response_has_a_request_id() {
     let health = server.call(Method::GET, "/healthz", None, None, &[]).await;
     assert_eq!(health.status, StatusCode::OK);
     assert!(health.header("x-request-id").unwrap().starts_with("req_"));
+    // Readiness says what it checked, without a key.
+    let ready = server.call(Method::GET, "/readyz", None, None, &[]).await;
+    assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
+    assert_eq!(ready.body["status"], "ready");
+    for check in ["store", "adapters", "dispatcher"] {
+        assert_eq!(ready.body["checks"][check]["ok"], true, "{}", ready.body);
+    }
+    assert_eq!(ready.body["checks"]["dispatcher"]["detail"], "running");
+    // The start message is the server's own readiness answer.
+    wait_until(
+        "the start message",
+        std::time::Duration::from_secs(10),
+        || async {
+            server
+                .log()
+                .contains("ModelRoute is ready (GET /readyz answers 200)")
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -231,9 +231,10 @@ fn the_conformance_kit_passes_good_adapters_and_fails_a_bad_one() {
         (
             "plugins/dist/openai.wasm",
             Some("plugins/openai/fixtures.json"),
-            // 33 of its own (three models) and its fixtures', 6 for each of the
-            // two presets it serves for operator-declared models
-            45,
+            // 33 of its own (three models), 2 continuations (its two models
+            // that accept a prefill) and its fixtures', 6 for each of the two
+            // presets it serves for operator-declared models
+            47,
         ),
         ("plugins/dist/bfl.wasm", None, 14),
         ("plugins/dist/fal.wasm", None, 14),

@@ -248,7 +248,7 @@ impl Server {
             self.learn_address(deadline).await;
         }
         loop {
-            if let Ok(response) = self.http.get(format!("{}/healthz", self.url)).send().await
+            if let Ok(response) = self.http.get(format!("{}/readyz", self.url)).send().await
                 && response.status() == StatusCode::OK
             {
                 return;

@@ -54,6 +54,8 @@ pub struct Dispatcher {
     running: Mutex<HashSet<String>>,
     /// wakes the poll loop of an execution whose provider called back
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// when the expiry sweeper last ran: its loop ticking says the dispatcher runs
+    swept: Mutex<Option<std::time::Instant>>,
 }
 
 /// How an attempt ended.
@@ -112,6 +114,7 @@ impl Dispatcher {
             callbacks,
             running: Mutex::default(),
             wakers: Mutex::default(),
+            swept: Mutex::default(),
         })
     }
 
@@ -136,6 +139,7 @@ impl Dispatcher {
                 this.spawn(id);
             }
         });
+        self.tick();
         let this = self.clone();
         tokio::spawn(async move {
             loop {
@@ -143,9 +147,22 @@ impl Dispatcher {
                 if let Err(error) = this.expire_overdue().await {
                     tracing::error!(error = format!("{error:#}"), "expiry sweep failed");
                 }
+                this.tick();
             }
         });
         Ok(())
+    }
+
+    fn tick(&self) {
+        *self.swept.lock().expect("sweep time poisoned") = Some(std::time::Instant::now());
+    }
+
+    /// Whether the dispatcher was started and its loop has run within `stall`.
+    pub fn is_running(&self, stall: Duration) -> bool {
+        self.swept
+            .lock()
+            .expect("sweep time poisoned")
+            .is_some_and(|at| at.elapsed() < stall)
     }
 
     pub(super) fn spawn(self: &Arc<Self>, id: String) {
