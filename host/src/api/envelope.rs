@@ -22,7 +22,25 @@ pub(super) async fn request_id(mut request: Request, next: Next) -> Response {
         .insert(super::openai::RequestId(id.clone()));
     // The OpenAI-compatible door answers its errors in OpenAI's shape.
     let openai = super::openai::serves(request.uri().path());
-    let mut response = next.run(request).await;
+    // Every line the request's work logs carries its id.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        execution_id = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    // An access line, for operators who turn on debug logs (off by default: a line
+    // per request costs more than the rest of a fast request).
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request answered"
+        );
+    });
     let error = match response.extensions_mut().remove::<ApiError>() {
         Some(error) => Some(error),
         None if is_bare_error(&response) => {

@@ -167,6 +167,10 @@ impl Executions {
     /// The answer to a create: the new execution (dispatched), the one an earlier
     /// use of the key created, or why nothing was created.
     fn respond(&self, outcome: CreateOutcome) -> Result<Created, ApiError> {
+        // The request's log lines name the execution it created or replayed.
+        if let CreateOutcome::Created(execution) | CreateOutcome::Replayed(execution) = &outcome {
+            tracing::Span::current().record("execution_id", execution.id.as_str());
+        }
         match outcome {
             CreateOutcome::Created(execution) => {
                 // Subscribe before dispatch, so the stream misses nothing.

@@ -178,11 +178,18 @@ impl LoadedPlugin {
         F: FnOnce(&Guest, &mut Store<CallState>) -> wasmtime::Result<R> + Send + 'static,
     {
         let plugin = self.clone();
-        let call = self.runtime.calls.run(move || plugin.call(function, f));
+        // A child of the caller's span (the attempt, the request), on the call thread too.
+        let span = tracing::info_span!("adapter_call", plugin = %self.name, version = %self.version, function);
+        let on_thread = span.clone();
+        let call = self
+            .runtime
+            .calls
+            .run(move || on_thread.in_scope(|| plugin.call(function, f)));
         // The epoch deadline stops the guest; this outer bound also covers time spent
         // instantiating or waiting for a call thread.
         let limit_ms = self.runtime.limits.call_timeout_ms;
-        match tokio::time::timeout(Duration::from_millis(limit_ms * 2 + 100), call).await {
+        let bounded = tokio::time::timeout(Duration::from_millis(limit_ms * 2 + 100), call);
+        match tracing::Instrument::instrument(bounded, span).await {
             Ok(Ok(result)) => result,
             Ok(Err(pool::PoolError::Panicked)) => Err(CallError::Trap {
                 plugin: self.name.clone(),

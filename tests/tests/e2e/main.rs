@@ -13,6 +13,7 @@ mod hardening_edge;
 mod hardening_files;
 mod hardening_providers;
 mod hardening_sandbox;
+mod logs;
 mod money;
 mod openai_door;
 mod openai_door_models;

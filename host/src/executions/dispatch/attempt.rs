@@ -113,9 +113,9 @@ impl Dispatcher {
             candidate.model.accepts_prefill,
         );
         let provider = candidate.provider.name.clone();
-        let end = self
-            .submit(execution, candidate, &attempt_id, prefill.as_deref())
-            .await?;
+        let span = attempt_span(&attempt_id, &provider, &execution.model);
+        let submitted = self.submit(execution, candidate, &attempt_id, prefill.as_deref());
+        let end = tracing::Instrument::instrument(submitted, span).await?;
         Ok(match (end, prefill) {
             // The continuation of the text the stream's readers have: the answer.
             (AttemptEnd::Completed(mut completion, candidate), Some(prefill)) => {
@@ -244,6 +244,11 @@ impl Dispatcher {
         execution: &Execution,
         attempt: Attempt,
     ) -> Result<AttemptEnd> {
+        let span = attempt_span(&attempt.id, &attempt.provider, &execution.model);
+        tracing::Instrument::instrument(self.resume_attempt(execution, attempt), span).await
+    }
+
+    async fn resume_attempt(&self, execution: &Execution, attempt: Attempt) -> Result<AttemptEnd> {
         let candidate = self
             .router
             .candidates(&execution.model)

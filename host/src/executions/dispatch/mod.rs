@@ -175,7 +175,9 @@ impl Dispatcher {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        // One span per execution: every line of its work carries its id.
+        let span = tracing::info_span!(parent: None, "execution", execution_id = %id);
+        let driven = async move {
             // A failed store write (its whole commit batch was refused) is retried
             // from what the store holds, as a restart would; the deadline bounds it.
             let mut pause = Duration::from_secs(1);
@@ -189,7 +191,8 @@ impl Dispatcher {
                 .expect("running set poisoned")
                 .remove(&id);
             this.wakers.lock().expect("wakers poisoned").remove(&id);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(driven, span));
     }
 
     pub(super) async fn drive(&self, id: &str) -> Result<()> {
@@ -267,4 +270,10 @@ fn context(
         stream: execution.mode == super::Mode::Streaming
             && candidate.plugin.manifest.capabilities.streaming,
     }
+}
+
+/// The span of one attempt, a child of its execution's: every line of its work
+/// (its requests, its adapter calls) carries the attempt, provider and model.
+pub(super) fn attempt_span(attempt_id: &str, provider: &str, model: &str) -> tracing::Span {
+    tracing::info_span!("attempt", attempt_id, provider, model)
 }

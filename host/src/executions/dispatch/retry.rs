@@ -61,7 +61,14 @@ impl Dispatcher {
         };
         let detail = failure.detail();
         let code = failure.code();
-        tracing::info!(execution = %execution.id, side = ?failure.side(), %detail, retry, retry_in_ms = delay.as_millis() as u64, "attempt failed");
+        let span = execution
+            .open_attempt()
+            .map_or_else(tracing::Span::none, |attempt| {
+                attempt_span(&attempt.id, &attempt.provider, &execution.model)
+            });
+        span.in_scope(|| {
+            tracing::info!(execution = %execution.id, side = ?failure.side(), %detail, retry, retry_in_ms = delay.as_millis() as u64, "attempt failed");
+        });
         let updated = if retry {
             self.executions
                 .update(&execution.id, move |execution, _| {
