@@ -23,6 +23,7 @@ pub mod readiness;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 pub mod webhooks;
 

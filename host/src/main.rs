@@ -3,6 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use modelroute::auth::OperatorToken;
+use modelroute::telemetry::{LogFormat, Telemetry};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,14 +22,13 @@ struct Cli {
     /// line, with the request and execution spans) for log pipelines.
     #[arg(long, global = true, env = "MODELROUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export every span (request, execution, attempt, adapter call) to this
+    /// OpenTelemetry collector's OTLP/HTTP traces URL, as JSON, e.g.
+    /// http://127.0.0.1:4318/v1/traces. Off when unset.
+    #[arg(long, global = true, env = "MODELROUTE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -163,22 +163,17 @@ enum AdminCommand {
 /// file is not a crash.
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
-        )
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        // Each line carries its spans' fields: the request id, the execution id.
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-    }
-    match run(cli) {
+    let telemetry = match Telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            return ExitCode::FAILURE;
+        }
+    };
+    let ran = run(cli);
+    // The spans not yet exported go before the process ends.
+    drop(telemetry);
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));

@@ -1,8 +1,8 @@
-//! Structured logs (SPEC §13, issue #16 item 4): with `--log-format json` every line
-//! is one JSON object, and the lines of an execution's work carry its id (the
-//! `execution` span) and those of an attempt its attempt, provider and model (a
-//! child `attempt` span, with `adapter_call` spans below it); a request's lines carry
-//! its request id and the execution it created.
+//! Structured logs and traces (SPEC §13, issue #16 item 4): with `--log-format json`
+//! every line is one JSON object, the lines of an execution's work carry its id (the
+//! `execution` span) and a request's its request id and the execution it created;
+//! with `--otlp-endpoint` the spans (execution, a child per attempt, a child per
+//! adapter call; requests) reach an OTLP/HTTP collector.
 
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -61,7 +61,7 @@ async fn json_logs_carry_the_request_execution_and_attempt_on_every_line_of_thei
         .filter(|line| !line.trim().is_empty())
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
         .collect();
-    // The failed attempt, within its execution's span and its own.
+    // The failed attempt, within its execution's span, naming the attempt.
     let failed = lines
         .iter()
         .find(|line| line["fields"]["message"] == "attempt failed")
@@ -70,13 +70,14 @@ async fn json_logs_carry_the_request_execution_and_attempt_on_every_line_of_thei
         span(failed, "execution").unwrap()["execution_id"],
         id.as_str()
     );
-    let attempt = span(failed, "attempt").unwrap();
     assert!(
-        attempt["attempt_id"].as_str().unwrap().starts_with("att_"),
+        failed["fields"]["attempt"]
+            .as_str()
+            .unwrap()
+            .starts_with("att_"),
         "{failed}"
     );
-    assert_eq!(attempt["provider"], "openai-emulator");
-    assert_eq!(attempt["model"], "llama-3.1-8b-instruct");
+    assert_eq!(failed["fields"]["provider"], "openai-emulator");
     // Every line logged inside the execution's span names it.
     for line in lines
         .iter()
@@ -100,4 +101,126 @@ async fn json_logs_carry_the_request_execution_and_attempt_on_every_line_of_thei
     assert_eq!(request["execution_id"], id.as_str());
     assert_eq!(request["path"], "/v1/executions");
     assert_eq!(answered["fields"]["status"], 200);
+}
+
+/// The spans an OTLP/HTTP (JSON) collector on loopback received, flattened.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<std::sync::Mutex<Vec<Value>>>);
+
+impl Collector {
+    async fn spawn() -> (Collector, String) {
+        let collector = Collector::default();
+        let received = collector.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    let export: Value = serde_json::from_slice(&body).expect("OTLP JSON");
+                    let spans = export["resourceSpans"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|r| r["scopeSpans"].as_array().into_iter().flatten())
+                        .flat_map(|s| s["spans"].as_array().into_iter().flatten())
+                        .cloned();
+                    received.0.lock().unwrap().extend(spans);
+                    axum::Json(json!({}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (collector, url)
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A span's string attribute.
+fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)?["value"]["stringValue"]
+        .as_str()
+}
+
+#[tokio::test]
+async fn spans_are_exported_to_an_otlp_collector_an_execution_with_its_attempts_and_adapter_calls()
+{
+    let (collector, endpoint) = Collector::spawn().await;
+    let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let server = Server::start_with(
+        &[openai_provider(&emulator)],
+        Options {
+            env: &[
+                ("MODELROUTE_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ],
+            ..Options::default()
+        },
+    )
+    .await;
+    emulator.push_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: None,
+    });
+    let reply = server
+        .post(
+            "/v1/executions",
+            json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC",
+                   "input": {"messages": [{"role": "user", "content": "hi"}]}}),
+        )
+        .await;
+    assert_eq!(reply.body["status"], "COMPLETED", "{:?}", reply.body);
+    let id = reply.body["id"].as_str().unwrap().to_string();
+    // The execution's span ends with it; its children end before.
+    let execution = || {
+        collector.spans().into_iter().find(|span| {
+            span["name"] == "execution" && attribute(span, "execution_id") == Some(id.as_str())
+        })
+    };
+    wait_until(
+        "the execution's span is exported",
+        Duration::from_secs(20),
+        || async { execution().is_some() },
+    )
+    .await;
+    let execution = execution().unwrap();
+    let spans = collector.spans();
+    let children = |parent: &Value, name: &str| -> Vec<Value> {
+        spans
+            .iter()
+            .filter(|s| s["name"] == name && s["parentSpanId"] == parent["spanId"])
+            .cloned()
+            .collect()
+    };
+    let attempts = children(&execution, "attempt");
+    assert_eq!(
+        attempts.len(),
+        2,
+        "a failed attempt and the one that answered"
+    );
+    for attempt in &attempts {
+        assert_eq!(attribute(attempt, "provider"), Some("openai-emulator"));
+        assert_eq!(attempt["traceId"], execution["traceId"]);
+        let calls = children(attempt, "adapter_call");
+        let functions: Vec<&str> = calls
+            .iter()
+            .filter_map(|c| attribute(c, "function"))
+            .collect();
+        assert!(functions.contains(&"build-submit"), "{functions:?}");
+    }
+    // The request has its own span, naming the execution it created.
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "request" && attribute(s, "execution_id") == Some(id.as_str())),
+        "{spans:?}"
+    );
 }

@@ -61,14 +61,11 @@ impl Dispatcher {
         };
         let detail = failure.detail();
         let code = failure.code();
-        let span = execution
+        let (attempt, provider) = execution
             .open_attempt()
-            .map_or_else(tracing::Span::none, |attempt| {
-                attempt_span(&attempt.id, &attempt.provider, &execution.model)
-            });
-        span.in_scope(|| {
-            tracing::info!(execution = %execution.id, side = ?failure.side(), %detail, retry, retry_in_ms = delay.as_millis() as u64, "attempt failed");
-        });
+            .map(|a| (a.id.as_str(), a.provider.as_str()))
+            .unwrap_or_default();
+        tracing::info!(execution = %execution.id, attempt, provider, side = ?failure.side(), %detail, retry, retry_in_ms = delay.as_millis() as u64, "attempt failed");
         let updated = if retry {
             self.executions
                 .update(&execution.id, move |execution, _| {
