@@ -19,7 +19,7 @@ DIST := plugins/dist
 LOCAL_SDK := --config 'patch.crates-io.modelroute-sdk.path="$(CURDIR)/sdk"'
 TEMPLATE_OUT := $(TARGET_DIR)/template/$(PLUGIN_TARGET)/release/modelroute_template.wasm
 
-.PHONY: run test plugins build bench setup lint fmt clean pydeps
+.PHONY: run test plugins build bench bench-door setup lint fmt clean pydeps
 
 # The official openai Python SDK, which the OpenAI-compatible door's e2e test drives
 # (tests/openai_sdk). Installed from PyPI into target/pydeps, once per version.
@@ -82,6 +82,16 @@ bench: plugins
 	$(CARGO) bench -p modelroute --bench adapter --bench accept
 	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
 	$(TARGET_DIR)/release/modelroute-loadgen --server $(TARGET_DIR)/release/modelroute
+
+## The OpenAI-compatible door: added latency and max RPS of a non-streamed chat
+## completion against the shared bench's mock (tests/bench/door.sh; needs oha on
+## PATH, in $$OHA or in ../bench-tools/bin; RATES, DURATION, WARMUP pass through),
+## then the time to first streamed text, direct and through the door (modelroute-ttfb).
+TTFB_REQUESTS ?= 1000
+bench-door: plugins
+	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
+	MODELROUTE=$(TARGET_DIR)/release/modelroute tests/bench/door.sh
+	$(TARGET_DIR)/release/modelroute-ttfb --server $(TARGET_DIR)/release/modelroute --requests $(TTFB_REQUESTS)
 
 fmt:
 	$(CARGO) fmt --all
