@@ -117,8 +117,9 @@ for _ in $(seq 1 120); do
 done
 base="http://$(cat "$WORK/state/listen-address")"
 base="${base%/}"
-for _ in $(seq 1 60); do curl -sf -o /dev/null "$base/healthz" && break; sleep 0.5; done
-curl -sf -o /dev/null "$base/healthz" || { echo "ModelRoute did not start" >&2; exit 1; }
+# Ready: the store, the adapters and the dispatcher (200 from /readyz).
+for _ in $(seq 1 60); do curl -sf -o /dev/null "$base/readyz" && break; sleep 0.5; done
+curl -sf -o /dev/null "$base/readyz" || { echo "ModelRoute is not ready" >&2; cat "$WORK/server.log" >&2; exit 1; }
 
 # 3. An organization with plenty of credit, and its key.
 key="$(curl -sf -X POST "$base/admin/v1/organizations" \

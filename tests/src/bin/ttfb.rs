@@ -139,13 +139,15 @@ async fn main() -> Result<()> {
         .tcp_nodelay(true)
         .pool_max_idle_per_host(512)
         .build()?;
-    // The server writes the port it picked to `$DATA/listen-address`.
+    // The server writes the port it picked to `$DATA/listen-address`; it can serve
+    // once `/readyz` answers 200.
     let address = data.path().join("state/listen-address");
     let deadline = Instant::now() + Duration::from_secs(60);
     let base = loop {
         if let Ok(address) = std::fs::read_to_string(&address) {
             let base = format!("http://{}", address.trim());
-            if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            let ready = client.get(format!("{base}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
                 break base;
             }
         }
