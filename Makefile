@@ -8,16 +8,18 @@ PLUGINS := replicate openai bfl fal
 # has a lying manifest, one makes a plugin author's first mistakes; the SDK's
 # template must pass the conformance kit.
 TEST_DIST := target/test-plugins
+# Where cargo builds: CARGO_TARGET_DIR when set, as cargo itself does.
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 PLUGIN_TARGET := wasm32-wasip2
-PLUGIN_OUT := target/$(PLUGIN_TARGET)/plugin
+PLUGIN_OUT := $(TARGET_DIR)/$(PLUGIN_TARGET)/plugin
 DIST := plugins/dist
 # The SDK's template is a crate of its own that depends on the published SDK (so it
 # builds wherever it is copied); here it is built as its authors would build it,
 # against this checkout's SDK instead.
 LOCAL_SDK := --config 'patch.crates-io.modelroute-sdk.path="$(CURDIR)/sdk"'
-TEMPLATE_OUT := target/template/$(PLUGIN_TARGET)/release/modelroute_template.wasm
+TEMPLATE_OUT := $(TARGET_DIR)/template/$(PLUGIN_TARGET)/release/modelroute_template.wasm
 
-.PHONY: run test plugins build bench setup lint fmt clean pydeps
+.PHONY: run test plugins build bench bench-door setup lint fmt clean pydeps
 
 # The official openai Python SDK, which the OpenAI-compatible door's e2e test drives
 # (tests/openai_sdk). Installed from PyPI into target/pydeps, once per version.
@@ -32,7 +34,7 @@ setup:
 plugins: setup
 	$(CARGO) build --profile plugin --target $(PLUGIN_TARGET) $(addprefix -p modelroute-plugin-,$(PLUGINS)) \
 	  -p modelroute-fixture-hostile -p modelroute-fixture-liar -p modelroute-fixture-acme
-	cd sdk/template && $(CARGO) build --release --target $(PLUGIN_TARGET) --target-dir $(CURDIR)/target/template $(LOCAL_SDK)
+	cd sdk/template && $(CARGO) build --release --target $(PLUGIN_TARGET) --target-dir $(TARGET_DIR)/template $(LOCAL_SDK)
 	@mkdir -p $(DIST) $(TEST_DIST)
 	@for p in $(PLUGINS); do cp $(PLUGIN_OUT)/modelroute_plugin_$$p.wasm $(DIST)/$$p.wasm; done
 	@cp $(PLUGIN_OUT)/modelroute_fixture_hostile.wasm $(TEST_DIST)/hostile.wasm
@@ -73,13 +75,23 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --exclude modelroute-sdk -- -D warnings
 	cd sdk/template && $(CARGO) fmt --check
-	cd sdk/template && $(CARGO) clippy --target $(PLUGIN_TARGET) --target-dir $(CURDIR)/target/template $(LOCAL_SDK) -- -D warnings
+	cd sdk/template && $(CARGO) clippy --target $(PLUGIN_TARGET) --target-dir $(TARGET_DIR)/template $(LOCAL_SDK) -- -D warnings
 
 ## Benchmarks; figures are recorded in the README.
 bench: plugins
 	$(CARGO) bench -p modelroute --bench adapter --bench accept
 	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
-	target/release/modelroute-loadgen
+	$(TARGET_DIR)/release/modelroute-loadgen --server $(TARGET_DIR)/release/modelroute
+
+## The OpenAI-compatible door: added latency and max RPS of a non-streamed chat
+## completion against the shared bench's mock (tests/bench/door.sh; needs oha on
+## PATH, in $$OHA or in ../bench-tools/bin; RATES, DURATION, WARMUP pass through),
+## then the time to first streamed text, direct and through the door (modelroute-ttfb).
+TTFB_REQUESTS ?= 1000
+bench-door: plugins
+	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
+	MODELROUTE=$(TARGET_DIR)/release/modelroute tests/bench/door.sh
+	$(TARGET_DIR)/release/modelroute-ttfb --server $(TARGET_DIR)/release/modelroute --requests $(TTFB_REQUESTS)
 
 fmt:
 	$(CARGO) fmt --all
