@@ -10,7 +10,7 @@ use crate::clock;
 use crate::executions::model::{Attempt, Execution, JobRecord, Status};
 use crate::files::grants::AttemptRef;
 use crate::ids::new_short_id;
-use crate::plugins::catalogue::PREFILL;
+use crate::plugins::catalogue::{self, PREFILL};
 use crate::plugins::types;
 use crate::routing::Candidate;
 
@@ -173,11 +173,7 @@ impl Dispatcher {
             }
         };
         let input = match prefill {
-            Some(prefill) => {
-                let mut input = execution.input.clone();
-                input[PREFILL] = prefill.into();
-                input.to_string()
-            }
+            Some(prefill) => continuation(&execution.input, prefill).to_string(),
             None => execution.input.to_string(),
         };
         let request = match candidate.plugin.build_submit(&ctx, input.clone()).await {
@@ -359,5 +355,41 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+/// The chat input that asks a model to continue `prefill`: the client's input with
+/// the prefill, and a `max_tokens` less the prefill's tokens (a token per four
+/// characters, as the usage estimate counts), so that the whole answer stays
+/// within what the client asked for.
+fn continuation(input: &serde_json::Value, prefill: &str) -> serde_json::Value {
+    let asked = input["max_tokens"].as_u64().or_else(|| {
+        catalogue::preset(catalogue::CHAT)?["properties"]["max_tokens"]["default"].as_u64()
+    });
+    let mut input = input.clone();
+    input[PREFILL] = prefill.into();
+    if let Some(asked) = asked {
+        let spent = (prefill.chars().count() as u64).div_ceil(4);
+        input["max_tokens"] = asked.saturating_sub(spent).max(1).into();
+    }
+    input
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_continuation_carries_the_prefill_and_the_tokens_left() {
+        let asked = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10});
+        let continued = continuation(&asked, "Echo: three two");
+        assert_eq!(continued["prefill"], "Echo: three two");
+        assert_eq!(continued["max_tokens"], 6, "15 characters are 4 tokens");
+        assert_eq!(continued["messages"], asked["messages"]);
+        // Never below one; the schema's default when the client gave none.
+        assert_eq!(continuation(&asked, &"x".repeat(400))["max_tokens"], 1);
+        let default = json!({"messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(continuation(&default, "abcd")["max_tokens"], 255);
     }
 }
