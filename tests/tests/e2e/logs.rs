@@ -7,28 +7,18 @@
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use modelroute_tests::emulators::{DEFAULT_TOKEN, Fault, openai};
+use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, Fault, openai};
 
-use crate::support::{Options, Server, openai_provider, wait_until};
+use crate::support::{Options, Reply, Server, openai_provider, wait_until};
 
-/// The spans of a JSON log line, by name.
-fn span<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
-    line["spans"]
-        .as_array()?
-        .iter()
-        .find(|span| span["name"] == name)
-}
-
-#[tokio::test]
-async fn json_logs_carry_the_request_execution_and_attempt_on_every_line_of_their_work() {
+/// A server with `env` whose chat provider (returned with it) fails once with a 503,
+/// and the `SYNC` execution that went on to a second attempt and completed.
+async fn one_failover(env: &[(&str, &str)]) -> (Server, Emulator<openai::OpenAi>, Reply) {
     let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
     let server = Server::start_with(
         &[openai_provider(&emulator)],
         Options {
-            env: &[
-                ("MODELROUTE_LOG_FORMAT", "json"),
-                ("RUST_LOG", "info,modelroute=debug"),
-            ],
+            env,
             ..Options::default()
         },
     )
@@ -46,6 +36,24 @@ async fn json_logs_carry_the_request_execution_and_attempt_on_every_line_of_thei
         )
         .await;
     assert_eq!(reply.body["status"], "COMPLETED", "{:?}", reply.body);
+    (server, emulator, reply)
+}
+
+/// The spans of a JSON log line, by name.
+fn span<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
+    line["spans"]
+        .as_array()?
+        .iter()
+        .find(|span| span["name"] == name)
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_execution_and_attempt_on_every_line_of_their_work() {
+    let (server, _emulator, reply) = one_failover(&[
+        ("MODELROUTE_LOG_FORMAT", "json"),
+        ("RUST_LOG", "info,modelroute=debug"),
+    ])
+    .await;
     let id = reply.body["id"].as_str().unwrap().to_string();
     let request_id = reply.header("x-request-id").unwrap().to_string();
     wait_until(
@@ -153,31 +161,11 @@ fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
 async fn spans_are_exported_to_an_otlp_collector_an_execution_with_its_attempts_and_adapter_calls()
 {
     let (collector, endpoint) = Collector::spawn().await;
-    let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
-    let server = Server::start_with(
-        &[openai_provider(&emulator)],
-        Options {
-            env: &[
-                ("MODELROUTE_OTLP_ENDPOINT", &endpoint),
-                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ],
-            ..Options::default()
-        },
-    )
+    let (_server, _emulator, reply) = one_failover(&[
+        ("MODELROUTE_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
     .await;
-    emulator.push_fault(Fault::Status {
-        status: 503,
-        retry_after: None,
-        body: None,
-    });
-    let reply = server
-        .post(
-            "/v1/executions",
-            json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC",
-                   "input": {"messages": [{"role": "user", "content": "hi"}]}}),
-        )
-        .await;
-    assert_eq!(reply.body["status"], "COMPLETED", "{:?}", reply.body);
     let id = reply.body["id"].as_str().unwrap().to_string();
     // The execution's span ends with it; its children end before.
     let execution = || {

@@ -203,16 +203,7 @@ fn own_fixtures(slug: &str) -> Vec<(&'static str, Fixture)> {
 /// provider's key: the host re-sends a cut submit trusting that it does.
 fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &types::Model) -> Result<(), String> {
     let attempt_id = "att_conformance_key";
-    let ctx = types::CallContext {
-        slug: model.slug.clone(),
-        provider_model: model.provider_model.clone(),
-        input: model.input.clone(),
-        base_url: plugin.manifest.default_base_url.clone(),
-        attempt_id: attempt_id.into(),
-        callback_url: None,
-        files: Vec::new(),
-        stream: false,
-    };
+    let ctx = kit_context(plugin, model, attempt_id, false);
     let request = build_submit(plugin, &ctx, &model.example_input)?
         .map_err(|failure| format!("the example input was refused: {}", failure.message))?;
     let in_headers = request
@@ -229,6 +220,26 @@ fn submit_carries_attempt_id(plugin: &LoadedPlugin, model: &types::Model) -> Res
     }
 }
 
+/// The call context the kit calls `model` with, as an attempt `attempt_id` would
+/// get it (without files).
+fn kit_context(
+    plugin: &LoadedPlugin,
+    model: &types::Model,
+    attempt_id: &str,
+    stream: bool,
+) -> types::CallContext {
+    types::CallContext {
+        slug: model.slug.clone(),
+        provider_model: model.provider_model.clone(),
+        input: model.input.clone(),
+        base_url: plugin.manifest.default_base_url.clone(),
+        attempt_id: attempt_id.into(),
+        callback_url: None,
+        files: Vec::new(),
+        stream,
+    }
+}
+
 /// An adapter declaring `accepts-prefill` for a model must serve it the chat input
 /// and send the input's `prefill`: the host trusts the answer to be its continuation.
 fn submit_continues_prefill(plugin: &LoadedPlugin, model: &types::Model) -> Result<(), String> {
@@ -237,16 +248,7 @@ fn submit_continues_prefill(plugin: &LoadedPlugin, model: &types::Model) -> Resu
             "accepts-prefill is for chat models: the host continues only chat answers".into(),
         );
     }
-    let ctx = types::CallContext {
-        slug: model.slug.clone(),
-        provider_model: model.provider_model.clone(),
-        input: model.input.clone(),
-        base_url: plugin.manifest.default_base_url.clone(),
-        attempt_id: "att_conformance".into(),
-        callback_url: None,
-        files: Vec::new(),
-        stream: true,
-    };
+    let ctx = kit_context(plugin, model, "att_conformance", true);
     let mut input: Value = serde_json::from_str(&model.example_input)
         .map_err(|e| format!("the example input is not JSON: {e}"))?;
     let fresh = build_submit(plugin, &ctx, &input.to_string())?
@@ -353,14 +355,8 @@ fn run(plugin: &LoadedPlugin, fixture: &Fixture, warnings: &mut Vec<String>) -> 
         Exchange::Poll(_) => Vec::new(),
     };
     let ctx = types::CallContext {
-        slug: model.slug.clone(),
-        provider_model: model.provider_model.clone(),
-        input: model.input.clone(),
-        base_url: plugin.manifest.default_base_url.clone(),
-        attempt_id: "att_conformance".into(),
-        callback_url: None,
         files,
-        stream: false,
+        ..kit_context(plugin, model, "att_conformance", false)
     };
     let mut mismatches = Vec::new();
     if let Some(expected) = &fixture.request {
