@@ -88,3 +88,12 @@ fn a_malformed_config_stops_serve_with_one_error_line() {
     let stderr = fails_in_one_line(&["serve", "--config", config.to_str().unwrap()]);
     assert!(stderr.contains("parsing config"), "{stderr}");
 }
+
+#[test]
+fn an_otlp_endpoint_that_is_not_an_http_url_is_one_error_line() {
+    let stderr = fails_in_one_line(&["--otlp-endpoint", "ftp://collector:4318", "serve"]);
+    assert!(
+        stderr.contains("--otlp-endpoint: \"ftp://collector:4318\" is not an http(s) URL"),
+        "{stderr}"
+    );
+}
