@@ -11,6 +11,19 @@ use serde_json::json;
 use crate::error::{ApiError, Code, DetailCode};
 use crate::ids::new_short_id;
 
+/// A request path as logs may show it: a provider callback's token (its path's
+/// last segment, a capability) is left out.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    const CALLBACKS: &str = "/v1/provider-webhooks/";
+    match path
+        .strip_prefix(CALLBACKS)
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((provider, _token)) => format!("{CALLBACKS}{provider}/…").into(),
+        None => path.into(),
+    }
+}
+
 /// Gives every response an `X-Request-Id` and renders any [`ApiError`] into the
 /// contract's envelope with that same id. An error answered by the HTTP framework
 /// rather than by a handler (an extractor's plain-text rejection, say a path
@@ -27,7 +40,7 @@ pub(super) async fn request_id(mut request: Request, next: Next) -> Response {
         "request",
         request_id = %id,
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %loggable_path(request.uri().path()),
         execution_id = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
@@ -131,5 +144,22 @@ async fn bare_error(response: &mut Response) -> ApiError {
             ApiError::new(code, code.client_message())
         }
         (_, Some(text)) => ApiError::new(code, text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callback_token_never_reaches_the_logs() {
+        assert_eq!(
+            loggable_path("/v1/provider-webhooks/replicate/exec_1.att_2.c2VjcmV0"),
+            "/v1/provider-webhooks/replicate/…"
+        );
+        assert_eq!(
+            loggable_path("/v1/executions/exec_1"),
+            "/v1/executions/exec_1"
+        );
     }
 }
