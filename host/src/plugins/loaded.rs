@@ -147,9 +147,10 @@ impl LoadedPlugin {
         if !output.is_empty() {
             tracing::info!(plugin = %self.name, function, stderr = %String::from_utf8_lossy(&output), "plugin output");
         }
-        let metrics = crate::metrics::metrics();
+        // The call that reads the manifest while loading has no name to count it by.
+        let counted = (!self.name.is_empty()).then(crate::metrics::metrics);
         let took = started.elapsed();
-        if result.is_ok() {
+        if let (Some(metrics), Ok(_)) = (counted, &result) {
             metrics.adapter_call(&self.name, &self.version, CallOutcome::Ok, took);
         }
         result.map_err(|error| {
@@ -162,7 +163,9 @@ impl LoadedPlugin {
             } else {
                 CallOutcome::Trap
             };
-            metrics.adapter_call(&self.name, &self.version, outcome, took);
+            if let Some(metrics) = counted {
+                metrics.adapter_call(&self.name, &self.version, outcome, took);
+            }
             if timed_out {
                 CallError::Timeout {
                     plugin: self.name.clone(),
