@@ -275,8 +275,8 @@ fn count(execution: &Execution, open_attempt: Option<usize>) {
             Some(_) => "failed",
             None if execution.status == Status::Completed => "completed",
             None if execution.status == Status::Cancelled => "cancelled",
-            None if execution.status == Status::Expired => "expired",
-            None => "ended",
+            // failed without spending one of max_attempts (closed without a code)
+            None => "uncounted",
         };
         let took = attempt
             .ended_at
