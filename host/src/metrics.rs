@@ -15,7 +15,7 @@
 //! built per [`Metrics`] value, not global.
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -58,7 +58,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 struct HttpLabels {
     /// the route template (`/v1/executions/{id}`), or `unmatched`
     route: String,
-    method: String,
+    method: &'static str,
     status: u16,
 }
 
@@ -309,11 +309,11 @@ impl Metrics {
         }
     }
 
-    fn http_request(&self, route: &str, method: &str, status: StatusCode, took: Duration) {
+    fn http_request(&self, route: &str, method: &Method, status: StatusCode, took: Duration) {
         self.http_requests
             .get_or_create(&HttpLabels {
                 route: route.to_string(),
-                method: method.to_string(),
+                method: method_label(method),
                 status: status.as_u16(),
             })
             .inc();
@@ -456,6 +456,21 @@ impl Metrics {
     }
 }
 
+/// A request's method as a label: a client may send any token as a method, so
+/// one outside the standard set is `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// The breaker gauge's encoding: 0 closed, 1 half-open, 2 open.
 fn breaker_value(state: BreakerState) -> i64 {
     match state {
@@ -500,7 +515,7 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let response = next.run(request).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    metrics().http_request(route, method.as_str(), response.status(), started.elapsed());
+    metrics().http_request(route, &method, response.status(), started.elapsed());
     response
 }
 
@@ -520,13 +535,13 @@ mod tests {
         let metrics = Metrics::new();
         metrics.http_request(
             "/v1/executions/{id}",
-            "GET",
+            &Method::GET,
             StatusCode::OK,
             Duration::from_millis(3),
         );
         metrics.http_request(
             "/v1/executions/{id}",
-            "GET",
+            &Method::GET,
             StatusCode::OK,
             Duration::from_millis(5),
         );
@@ -583,7 +598,7 @@ mod tests {
 
     /// A family is written out once it has a sample: one in each.
     fn with_a_sample_in_each(metrics: &Metrics) {
-        metrics.http_request("/healthz", "GET", StatusCode::OK, Duration::ZERO);
+        metrics.http_request("/healthz", &Method::GET, StatusCode::OK, Duration::ZERO);
         metrics.execution_finished("m", "COMPLETED");
         metrics.attempt("p", "completed", None, Duration::ZERO);
         metrics.adapter_call("a", "1", CallOutcome::Ok, Duration::ZERO);
@@ -619,6 +634,13 @@ mod tests {
             .collect();
         listed.sort();
         assert_eq!(exported, listed);
+    }
+
+    #[test]
+    fn a_method_outside_the_standard_set_is_other() {
+        let custom = Method::from_bytes(b"PROPFIND-1").unwrap();
+        assert_eq!(method_label(&custom), "other");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
     }
 
     #[test]

@@ -206,5 +206,8 @@ mod tests {
         assert_eq!(gated("/openai/v1x"), None);
         assert_eq!(gated("/files/upload/file_x"), None);
         assert_eq!(gated("/healthz"), None);
+        // The operator's scrape takes the operator token; nothing below it exists.
+        assert_eq!(gated("/metrics"), Some(false));
+        assert_eq!(gated("/metrics/x"), None);
     }
 }
