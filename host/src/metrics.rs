@@ -134,6 +134,30 @@ impl CallOutcome {
     }
 }
 
+/// What recording a webhook send did to its delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// the receiver answered 2xx
+    Delivered,
+    /// it did not; a retry is scheduled
+    Failed,
+    /// it did not, and no retry is left
+    GivenUp,
+    /// nothing was sent: the delivery can never be made
+    Abandoned,
+}
+
+impl DeliveryOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Failed => "failed",
+            DeliveryOutcome::GivenUp => "given_up",
+            DeliveryOutcome::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// Which rate limit refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -374,10 +398,12 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// A webhook send ended: `delivered`, `failed` (to be retried) or `given_up`.
-    pub fn webhook_delivery(&self, outcome: &'static str) {
+    /// A webhook delivery's attempt was recorded.
+    pub fn webhook_delivery(&self, outcome: DeliveryOutcome) {
         self.webhook_deliveries
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
@@ -560,7 +586,7 @@ mod tests {
         );
         metrics.store_commit(3, Duration::from_micros(900));
         metrics.rate_limited(Refusal::Key);
-        metrics.webhook_delivery("failed");
+        metrics.webhook_delivery(DeliveryOutcome::Failed);
         let text = metrics.encode();
         let expect = [
             (
@@ -602,7 +628,7 @@ mod tests {
         metrics.execution_finished("m", "COMPLETED");
         metrics.attempt("p", "completed", None, Duration::ZERO);
         metrics.adapter_call("a", "1", CallOutcome::Ok, Duration::ZERO);
-        metrics.webhook_delivery("delivered");
+        metrics.webhook_delivery(DeliveryOutcome::Delivered);
         metrics.store_commit(1, Duration::ZERO);
         metrics.rate_limited(Refusal::Address);
         let provider = ProviderLabels {

@@ -205,6 +205,7 @@ impl Provider {
         }
     }
 
+    /// The circuit breaker's state at `now`.
     pub fn breaker_state(&self, now: std::time::Instant) -> BreakerState {
         self.breaker.state(now)
     }
@@ -317,6 +318,7 @@ impl Router {
         }
     }
 
+    /// Every configured provider, in the config's order.
     pub fn providers(&self) -> &[Arc<Provider>] {
         &self.providers
     }

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::{Delivery, Target, db, default_secret, retire_delivery};
 use crate::clock;
+use crate::metrics::DeliveryOutcome;
 use crate::netguard::Guard;
 use crate::store::Store;
 
@@ -286,7 +287,7 @@ impl Webhooks {
                         current.last_error = Some(reason.to_string());
                         tracing::warn!(delivery = %current.id, event = %current.event_id, reason, "webhook delivery given up");
                         retire_delivery(txn, &current)?;
-                        return Ok(Some("abandoned"));
+                        return Ok(Some(DeliveryOutcome::Abandoned));
                     }
                     Attempted::Sent(result) => (result.status, result.error),
                 };
@@ -334,11 +335,11 @@ impl Webhooks {
                     db::save_endpoint(txn, &endpoint)?;
                 }
                 Ok(Some(if delivered {
-                    "delivered"
+                    DeliveryOutcome::Delivered
                 } else if dead {
-                    "given_up"
+                    DeliveryOutcome::GivenUp
                 } else {
-                    "failed"
+                    DeliveryOutcome::Failed
                 }))
             })
             .await?;
