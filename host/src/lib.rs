@@ -15,6 +15,7 @@ pub mod files;
 pub mod host_pattern;
 pub mod ids;
 pub mod mac;
+pub mod metrics;
 pub mod money;
 pub mod netguard;
 pub mod plugins;
@@ -178,6 +179,9 @@ pub async fn serve(mut config: Config) -> Result<()> {
             pruned.limits.prune();
         }
     });
+    if let Some(address) = &config.server.metrics_listen {
+        serve_metrics(address, app.clone(), config.server.clone()).await?;
+    }
     let address = listener.local_addr()?;
     tokio::spawn(announce_when_ready(address, data.clone(), config.dev));
     server::serve(
@@ -214,6 +218,29 @@ async fn announce_when_ready(address: std::net::SocketAddr, data: PathBuf, dev: 
         }
         Err(error) => tracing::warn!(%url, %error, "ModelRoute could not ask its own /readyz"),
     }
+}
+
+/// Serves `GET /metrics` without a token on the operator-only `address`
+/// (`server.metrics_listen`), with the main address's connection limits. It is bound
+/// before the main address serves, so that a port already taken stops the start;
+/// it stops with the process.
+async fn serve_metrics(
+    address: &str,
+    app: Arc<App>,
+    settings: config::ServerSettings,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("server.metrics_listen: listening on {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving GET /metrics without a token on the operator-only address");
+    let router = metrics::operator_router(app);
+    tokio::spawn(async move {
+        let forever = std::future::pending();
+        if let Err(error) = server::serve(listener, router, &settings, forever).await {
+            tracing::error!(error = format!("{error:#}"), "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 /// Where the server writes the address it listens on, in the data directory.

@@ -161,6 +161,8 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
+        let writes = batch.len();
         let txn = match db.begin_write() {
             Ok(txn) => txn,
             Err(error) => fatal(&error),
@@ -186,6 +188,7 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteOp>) {
         if let Err(error) = txn.commit() {
             fatal(&error);
         }
+        crate::metrics::metrics().store_commit(writes, started.elapsed());
         for commit in commits {
             commit();
         }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::App;
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, Code};
+use crate::metrics::{Refusal, metrics};
 use crate::ratelimit::Decision;
 
 /// Where the gate looks for a credential.
@@ -19,7 +20,7 @@ use crate::ratelimit::Decision;
 enum Guarded {
     /// `/v1` and `/openai/v1`: an API key
     Api,
-    /// `/admin/v1`: the operator token
+    /// `/admin/v1` and `/metrics`: the operator token
     Admin,
 }
 
@@ -34,7 +35,7 @@ impl Guarded {
             None
         } else if under("/v1") || under("/openai/v1") {
             Some(Guarded::Api)
-        } else if under("/admin/v1") {
+        } else if under("/admin/v1") || path == "/metrics" {
             Some(Guarded::Admin)
         } else {
             None
@@ -61,6 +62,7 @@ pub(super) async fn gate(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
     if let Some(refused) = app.limits.address_refused(address) {
+        metrics().rate_limited(Refusal::Address);
         let message = "Too many failed authentications from this address; try again later.";
         return with_rate_headers(too_many(refused, message), refused);
     }
@@ -81,6 +83,7 @@ pub(super) async fn gate(
             };
             let decision = app.limits.check_key(&caller.key_id);
             let response = if decision.retry_after.is_some() {
+                metrics().rate_limited(Refusal::Key);
                 too_many(decision, "Too many requests for this API key.")
             } else {
                 request.extensions_mut().insert(caller);
@@ -104,6 +107,7 @@ pub(super) async fn gate(
 fn failed_authentication(app: &App, address: IpAddr, message: &str) -> Response {
     let decision = app.limits.record_failure(address);
     let response = if decision.retry_after.is_some() {
+        metrics().rate_limited(Refusal::Address);
         too_many(
             decision,
             "Too many failed authentications from this address; try again later.",
@@ -202,5 +206,8 @@ mod tests {
         assert_eq!(gated("/openai/v1x"), None);
         assert_eq!(gated("/files/upload/file_x"), None);
         assert_eq!(gated("/healthz"), None);
+        // The operator's scrape takes the operator token; nothing below it exists.
+        assert_eq!(gated("/metrics"), Some(false));
+        assert_eq!(gated("/metrics/x"), None);
     }
 }

@@ -5,6 +5,7 @@ use redb::ReadableTable;
 use uuid::Uuid;
 
 use super::{Account, Entry};
+use crate::money::Micros;
 use crate::store::{self, Reader, Txn};
 
 store::table!(ACCOUNTS = "accounts");
@@ -16,6 +17,17 @@ store::table! {
 /// The organization's balances (all zero before its first entry).
 pub fn account(reader: &impl Reader, org_id: &str) -> Result<Account> {
     Ok(store::get(&reader.open_table(ACCOUNTS)?, org_id)?.unwrap_or_default())
+}
+
+/// The sum of every account's held money.
+pub fn total_held(reader: &impl Reader) -> Result<Micros> {
+    let mut held = 0u64;
+    for row in reader.open_table(ACCOUNTS)?.iter()? {
+        let (_, value) = row?;
+        let account: Account = store::decode(value.value())?;
+        held = held.saturating_add(account.held.0);
+    }
+    Ok(Micros(held))
 }
 
 pub fn put_account(txn: &Txn, org_id: &str, account: &Account) -> Result<()> {

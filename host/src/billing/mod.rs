@@ -103,6 +103,12 @@ pub fn account(reader: &impl Reader, org_id: &str) -> Result<Account> {
     db::account(reader, org_id)
 }
 
+/// Money held over all organizations (one read of every account: for a scrape, not
+/// for a request).
+pub fn total_held(reader: &impl Reader) -> Result<Micros> {
+    db::total_held(reader)
+}
+
 /// The result of asking for a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldResult {

@@ -150,6 +150,13 @@ impl Config {
                 bail!("server.{name} must be at least 1");
             }
         }
+        if let Some(address) = &server.metrics_listen
+            && address.parse::<std::net::SocketAddr>().is_err()
+        {
+            bail!(
+                "server.metrics_listen: {address:?} is not an IP address and port (e.g. \"127.0.0.1:9464\")"
+            );
+        }
         Ok(())
     }
 }
@@ -418,5 +425,16 @@ mod tests {
     fn unknown_keys_are_refused() {
         let text = format!("{EMBEDDED}\nlisten_port = 1\n");
         assert!(toml::from_str::<Config>(&text).is_err());
+    }
+
+    #[test]
+    fn a_metrics_address_is_optional_and_a_bad_one_is_refused_naming_the_field() {
+        let mut config: Config = toml::from_str(EMBEDDED).unwrap();
+        assert_eq!(config.server.metrics_listen, None);
+        config.server.metrics_listen = Some("127.0.0.1:9464".into());
+        config.validate().unwrap();
+        config.server.metrics_listen = Some("localhost".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("server.metrics_listen: "), "{error}");
     }
 }

@@ -53,6 +53,9 @@ pub struct ServerSettings {
     /// connections one client address (an IPv6 /64) may hold open; more are closed
     /// as soon as they are accepted (0: no limit)
     pub max_connections_per_address: usize,
+    /// where `GET /metrics` is also served without the operator token (an
+    /// operator-only address, e.g. `127.0.0.1:9464`); none by default
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -62,6 +65,7 @@ impl Default for ServerSettings {
             body_idle_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
             max_connections_per_address: 2048,
+            metrics_listen: None,
         }
     }
 }

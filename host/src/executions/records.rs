@@ -78,6 +78,10 @@ impl Executions {
                     return Ok(None);
                 }
                 let was_started = execution.started_at.is_some();
+                let open_attempt = execution
+                    .open_attempt_mut()
+                    .is_some()
+                    .then(|| execution.attempts.len() - 1);
                 change(&mut execution, txn)?;
                 let queued = match lifecycle_event(was_started, &execution) {
                     Some(event_type) => webhooks::enqueue(
@@ -93,12 +97,13 @@ impl Executions {
                     None => false,
                 };
                 db::save(txn, &execution)?;
-                Ok(Some((execution, queued)))
+                Ok(Some((execution, queued, open_attempt)))
             })
             .await?;
-        let Some((execution, queued)) = updated else {
+        let Some((execution, queued, open_attempt)) = updated else {
             return Ok(None);
         };
+        count(&execution, open_attempt);
         if queued {
             self.outbox.notify_one();
         }
@@ -255,4 +260,36 @@ pub enum Ending {
     },
     Cancelled,
     Expired,
+}
+
+/// Counts, once its change is committed, what an update ended: the attempt that was
+/// open before it (`open_attempt`, an index) if it closed, and the execution if it
+/// became terminal.
+fn count(execution: &Execution, open_attempt: Option<usize>) {
+    let metrics = crate::metrics::metrics();
+    if let Some(attempt) = open_attempt
+        .and_then(|index| execution.attempts.get(index))
+        .filter(|attempt| attempt.ended_at.is_some())
+    {
+        let outcome = match attempt.failure {
+            Some(_) => "failed",
+            None if execution.status == Status::Completed => "completed",
+            None if execution.status == Status::Cancelled => "cancelled",
+            // failed without spending one of max_attempts (closed without a code)
+            None => "uncounted",
+        };
+        let took = attempt
+            .ended_at
+            .and_then(|ended| (ended - attempt.started_at).to_std().ok())
+            .unwrap_or_default();
+        metrics.attempt(
+            &attempt.provider,
+            outcome,
+            attempt.failure.map(Code::as_str),
+            took,
+        );
+    }
+    if execution.status.is_terminal() {
+        metrics.execution_finished(&execution.model, execution.status.as_str());
+    }
 }

@@ -12,6 +12,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::file_fields::{field_file_ids, file_fields};
+use crate::metrics::CallOutcome;
 
 use super::bindings::AdapterPluginPre;
 use super::bindings::exports::modelroute::provider::adapter::Guest;
@@ -118,6 +119,7 @@ impl LoadedPlugin {
         f: impl FnOnce(&Guest, &mut Store<CallState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let limits = &self.runtime.limits;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let state = CallState {
@@ -145,11 +147,25 @@ impl LoadedPlugin {
         if !output.is_empty() {
             tracing::info!(plugin = %self.name, function, stderr = %String::from_utf8_lossy(&output), "plugin output");
         }
+        // The call that reads the manifest while loading has no name to count it by.
+        let counted = (!self.name.is_empty()).then(crate::metrics::metrics);
+        let took = started.elapsed();
+        if let (Some(metrics), Ok(_)) = (counted, &result) {
+            metrics.adapter_call(&self.name, &self.version, CallOutcome::Ok, took);
+        }
         result.map_err(|error| {
             self.traps.fetch_add(1, Ordering::Relaxed);
             let timed_out = error
                 .downcast_ref::<wasmtime::Trap>()
                 .is_some_and(|trap| *trap == wasmtime::Trap::Interrupt);
+            let outcome = if timed_out {
+                CallOutcome::Timeout
+            } else {
+                CallOutcome::Trap
+            };
+            if let Some(metrics) = counted {
+                metrics.adapter_call(&self.name, &self.version, outcome, took);
+            }
             if timed_out {
                 CallError::Timeout {
                     plugin: self.name.clone(),

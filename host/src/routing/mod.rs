@@ -51,6 +51,7 @@ pub struct Provider {
     breaker: Breaker,
     /// requests in flight to this provider
     bulkhead: Semaphore,
+    max_concurrency: usize,
 }
 
 impl Provider {
@@ -75,6 +76,7 @@ impl Provider {
             models: config.models.clone().into_iter().collect(),
             breaker: Breaker::default(),
             bulkhead: Semaphore::new(config.max_concurrency),
+            max_concurrency: config.max_concurrency,
         }
     }
 
@@ -203,6 +205,17 @@ impl Provider {
         }
     }
 
+    /// The circuit breaker's state at `now`.
+    pub fn breaker_state(&self, now: std::time::Instant) -> BreakerState {
+        self.breaker.state(now)
+    }
+
+    /// Requests in flight to the provider (slots of its bulkhead taken).
+    pub fn bulkhead_in_use(&self) -> usize {
+        self.max_concurrency
+            .saturating_sub(self.bulkhead.available_permits())
+    }
+
     /// Whether the provider can take traffic now or soon: its last health probe
     /// reached it and its breaker is not open.
     pub fn is_available(&self) -> bool {
@@ -303,6 +316,11 @@ impl Router {
                 .map(|model| (model.slug.clone(), declared::declared_model(model)))
                 .collect(),
         }
+    }
+
+    /// Every configured provider, in the config's order.
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
     }
 
     /// The slugs the operator declared, sorted.

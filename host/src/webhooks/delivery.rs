@@ -16,6 +16,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::{Delivery, Target, db, default_secret, retire_delivery};
 use crate::clock;
+use crate::metrics::DeliveryOutcome;
 use crate::netguard::Guard;
 use crate::store::Store;
 
@@ -262,28 +263,31 @@ impl Webhooks {
     }
 
     /// Records an attempt's outcome: delivered, rescheduled, or dead; and the
-    /// endpoint's health.
+    /// endpoint's health. Once committed, the outcome is counted in the metrics.
     async fn record(&self, delivery: Delivery, attempted: Attempted) -> Result<()> {
         let now = clock::now();
-        self.store
+        let outcome = self
+            .store
             .write(move |txn| {
                 // Re-read: only a still-pending delivery with the same count changes.
                 let Some(mut current) = db::delivery(txn, &delivery.id)? else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 if current.attempts != delivery.attempts {
-                    return Ok(());
+                    return Ok(None);
                 }
                 let (status, error) = match attempted {
                     Attempted::Paused => {
                         let at = now + Duration::minutes(PAUSED_RECHECK_MINUTES);
                         let previous_due = std::mem::replace(&mut current.next_attempt_at, at);
-                        return db::save_delivery(txn, &current, Some(previous_due));
+                        db::save_delivery(txn, &current, Some(previous_due))?;
+                        return Ok(None);
                     }
                     Attempted::Abandoned(reason) => {
                         current.last_error = Some(reason.to_string());
                         tracing::warn!(delivery = %current.id, event = %current.event_id, reason, "webhook delivery given up");
-                        return retire_delivery(txn, &current);
+                        retire_delivery(txn, &current)?;
+                        return Ok(Some(DeliveryOutcome::Abandoned));
                     }
                     Attempted::Sent(result) => (result.status, result.error),
                 };
@@ -330,9 +334,19 @@ impl Webhooks {
                         }
                     db::save_endpoint(txn, &endpoint)?;
                 }
-                Ok(())
+                Ok(Some(if delivered {
+                    DeliveryOutcome::Delivered
+                } else if dead {
+                    DeliveryOutcome::GivenUp
+                } else {
+                    DeliveryOutcome::Failed
+                }))
             })
-            .await
+            .await?;
+        if let Some(outcome) = outcome {
+            crate::metrics::metrics().webhook_delivery(outcome);
+        }
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ mod hardening_files;
 mod hardening_providers;
 mod hardening_sandbox;
 mod logs;
+mod metrics;
 mod money;
 mod openai_door;
 mod openai_door_models;

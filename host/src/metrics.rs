@@ -1,0 +1,678 @@
+//! `GET /metrics`: the operator's window, in the Prometheus text format.
+//!
+//! Counters and histograms are kept as they happen (atomics, by `prometheus-client`'s
+//! typed families); the gauges that are cheap to read from the host's state
+//! (executions in flight, money held, the webhook outbox, breakers, bulkheads) are
+//! read at scrape time instead, so they can never drift.
+//!
+//! Labels come from bounded sets only: a route template (never a raw path), a model,
+//! a provider, a plugin and its version, a status, an error code. Never an execution
+//! id, a key or an organization.
+//!
+//! The families live in one process-wide [`Metrics`] ([`metrics()`]): the store's
+//! writer thread, the adapters' call threads and the dispatcher record into it
+//! without each being handed a handle. The registry that names them for a scrape is
+//! built per [`Metrics`] value, not global.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use crate::App;
+use crate::routing::BreakerState;
+
+/// Every series name the server exports (with its type's suffixes as a scrape shows
+/// them), for the dashboard's test and the README.
+pub const SERIES: &[&str] = &[
+    "modelroute_http_requests_total",
+    "modelroute_http_request_duration_seconds",
+    "modelroute_executions_finished_total",
+    "modelroute_executions_in_flight",
+    "modelroute_money_held_usd",
+    "modelroute_attempts_total",
+    "modelroute_provider_attempt_duration_seconds",
+    "modelroute_provider_breaker_state",
+    "modelroute_provider_bulkhead_in_use",
+    "modelroute_adapter_calls_total",
+    "modelroute_adapter_call_duration_seconds",
+    "modelroute_webhook_deliveries_total",
+    "modelroute_webhook_outbox",
+    "modelroute_store_commit_duration_seconds",
+    "modelroute_store_commit_batch_size",
+    "modelroute_rate_limited_total",
+];
+
+/// The content type of the text format this module writes.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    /// the route template (`/v1/executions/{id}`), or `unmatched`
+    route: String,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExecutionLabels {
+    model: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    provider: String,
+    outcome: &'static str,
+    /// the normalized error code of a failed attempt, empty otherwise
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdapterCallLabels {
+    plugin: String,
+    version: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// How an adapter call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    Ok,
+    /// the guest trapped (a panic, a bad memory access, a limit)
+    Trap,
+    /// the call ran out of its time budget
+    Timeout,
+}
+
+impl CallOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Trap => "trap",
+            CallOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// What recording a webhook send did to its delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// the receiver answered 2xx
+    Delivered,
+    /// it did not; a retry is scheduled
+    Failed,
+    /// it did not, and no retry is left
+    GivenUp,
+    /// nothing was sent: the delivery can never be made
+    Abandoned,
+}
+
+impl DeliveryOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Failed => "failed",
+            DeliveryOutcome::GivenUp => "given_up",
+            DeliveryOutcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// Which rate limit refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// an API key's own bucket
+    Key,
+    /// a client address that failed authentication too often
+    Address,
+}
+
+/// Every series the server keeps between scrapes, and the gauges set at a scrape.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram>,
+    executions_finished: Family<ExecutionLabels, Counter>,
+    executions_in_flight: Gauge,
+    money_held: Gauge<f64, std::sync::atomic::AtomicU64>,
+    attempts: Family<AttemptLabels, Counter>,
+    attempt_duration: Family<ProviderLabels, Histogram>,
+    breaker_state: Family<ProviderLabels, Gauge>,
+    bulkhead_in_use: Family<ProviderLabels, Gauge>,
+    adapter_calls: Family<AdapterCallLabels, Counter>,
+    adapter_duration: Family<PluginLabels, Histogram>,
+    webhook_deliveries: Family<OutcomeLabels, Counter>,
+    webhook_outbox: Family<StateLabels, Gauge>,
+    store_commit: Histogram,
+    store_batch: Histogram,
+    rate_limited: Family<KindLabels, Counter>,
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// HTTP responses: 1 ms to ~33 s.
+fn http_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Attempts at a provider: 10 ms to ~11 min (an image job may take minutes).
+fn attempt_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 17))
+}
+
+/// Adapter calls and store commits: 0.1 ms to ~3 s.
+fn fast_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("modelroute");
+        let http_requests = Family::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::new_with_constructor(http_buckets as fn() -> Histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to a response's headers, by route template",
+            Unit::Seconds,
+            http_duration.clone(),
+        );
+        let executions_finished = Family::default();
+        registry.register(
+            "executions_finished",
+            "Executions that reached a terminal status, by model and status",
+            executions_finished.clone(),
+        );
+        let executions_in_flight = Gauge::default();
+        registry.register(
+            "executions_in_flight",
+            "Executions not yet terminal",
+            executions_in_flight.clone(),
+        );
+        let money_held = Gauge::default();
+        registry.register(
+            "money_held_usd",
+            "Money held for executions not yet settled, in USD, over all organizations",
+            money_held.clone(),
+        );
+        let attempts = Family::default();
+        registry.register(
+            "attempts",
+            "Attempts at a provider that ended, by provider, outcome and error code",
+            attempts.clone(),
+        );
+        let attempt_duration = Family::new_with_constructor(attempt_buckets as fn() -> Histogram);
+        registry.register_with_unit(
+            "provider_attempt_duration",
+            "An attempt's time at its provider, from start to outcome, by provider",
+            Unit::Seconds,
+            attempt_duration.clone(),
+        );
+        let breaker_state = Family::default();
+        registry.register(
+            "provider_breaker_state",
+            "A provider's circuit breaker: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        let bulkhead_in_use = Family::default();
+        registry.register(
+            "provider_bulkhead_in_use",
+            "Requests in flight to a provider, of its max_concurrency",
+            bulkhead_in_use.clone(),
+        );
+        let adapter_calls = Family::default();
+        registry.register(
+            "adapter_calls",
+            "Calls into an adapter, by plugin, version and outcome (ok, trap, timeout)",
+            adapter_calls.clone(),
+        );
+        let adapter_duration = Family::new_with_constructor(fast_buckets as fn() -> Histogram);
+        registry.register_with_unit(
+            "adapter_call_duration",
+            "Time of one call into an adapter, by plugin and version",
+            Unit::Seconds,
+            adapter_duration.clone(),
+        );
+        let webhook_deliveries = Family::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery sends and their outcome (delivered, failed, given_up)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_outbox = Family::default();
+        registry.register(
+            "webhook_outbox",
+            "The webhook outbox: pending (not yet delivered nor given up), due, in_flight",
+            webhook_outbox.clone(),
+        );
+        let store_commit = fast_buckets();
+        registry.register_with_unit(
+            "store_commit_duration",
+            "Time to write and commit one batch of the store's group commit",
+            Unit::Seconds,
+            store_commit.clone(),
+        );
+        let store_batch = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        registry.register(
+            "store_commit_batch_size",
+            "Writes committed together in one batch",
+            store_batch.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by kind (key, address)",
+            rate_limited.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            executions_finished,
+            executions_in_flight,
+            money_held,
+            attempts,
+            attempt_duration,
+            breaker_state,
+            bulkhead_in_use,
+            adapter_calls,
+            adapter_duration,
+            webhook_deliveries,
+            webhook_outbox,
+            store_commit,
+            store_batch,
+            rate_limited,
+        }
+    }
+
+    fn http_request(&self, route: &str, method: &Method, status: StatusCode, took: Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                method: method_label(method),
+                status: status.as_u16(),
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// An execution of `model` reached the terminal `status`.
+    pub fn execution_finished(&self, model: &str, status: &'static str) {
+        self.executions_finished
+            .get_or_create(&ExecutionLabels {
+                model: model.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    /// An attempt at `provider` ended with `outcome` (and its `code` when it failed)
+    /// after `took`.
+    pub fn attempt(
+        &self,
+        provider: &str,
+        outcome: &'static str,
+        code: Option<&'static str>,
+        took: Duration,
+    ) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                provider: provider.to_string(),
+                outcome,
+                code: code.unwrap_or(""),
+            })
+            .inc();
+        self.attempt_duration
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// One call into `plugin` `version` ended with `outcome` after `took`.
+    pub fn adapter_call(&self, plugin: &str, version: &str, outcome: CallOutcome, took: Duration) {
+        self.adapter_calls
+            .get_or_create(&AdapterCallLabels {
+                plugin: plugin.to_string(),
+                version: version.to_string(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.adapter_duration
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_string(),
+                version: version.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A webhook delivery's attempt was recorded.
+    pub fn webhook_delivery(&self, outcome: DeliveryOutcome) {
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// The store committed `writes` writes together in `took`.
+    pub fn store_commit(&self, writes: usize, took: Duration) {
+        self.store_commit.observe(took.as_secs_f64());
+        self.store_batch.observe(writes as f64);
+    }
+
+    pub fn rate_limited(&self, refusal: Refusal) {
+        let kind = match refusal {
+            Refusal::Key => "key",
+            Refusal::Address => "address",
+        };
+        self.rate_limited.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Sets the gauges read from the host's state. A part that cannot be read (a
+    /// store error) keeps its last value and is logged: a scrape still answers.
+    fn collect(&self, app: &App) {
+        match app.executions.active() {
+            Ok(active) => {
+                self.executions_in_flight.set(active.len() as i64);
+            }
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "metrics: reading executions in flight failed"
+            ),
+        }
+        match app.store.read(crate::billing::total_held) {
+            Ok(held) => {
+                self.money_held.set(held.0 as f64 / 1_000_000.0);
+            }
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "metrics: reading money held failed"
+            ),
+        }
+        match app.webhooks.backlog() {
+            Ok(backlog) => {
+                for (state, value) in [
+                    ("pending", backlog.pending as i64),
+                    ("due", backlog.due as i64),
+                    ("in_flight", backlog.in_flight as i64),
+                ] {
+                    self.webhook_outbox
+                        .get_or_create(&StateLabels { state })
+                        .set(value);
+                }
+            }
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "metrics: reading the webhook outbox failed"
+            ),
+        }
+        let now = crate::clock::instant();
+        for provider in app.router.providers() {
+            let labels = ProviderLabels {
+                provider: provider.name.clone(),
+            };
+            self.breaker_state
+                .get_or_create(&labels)
+                .set(breaker_value(provider.breaker_state(now)));
+            self.bulkhead_in_use
+                .get_or_create(&labels)
+                .set(provider.bulkhead_in_use() as i64);
+        }
+    }
+
+    /// The exposition text.
+    fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// A request's method as a label: a client may send any token as a method, so
+/// one outside the standard set is `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The breaker gauge's encoding: 0 closed, 1 half-open, 2 open.
+fn breaker_value(state: BreakerState) -> i64 {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Open => 2,
+    }
+}
+
+/// `GET /metrics`: the gauges are read now, then everything is written out. On the
+/// main address the gate has checked the operator token.
+pub async fn scrape(State(app): State<Arc<App>>) -> Response {
+    let metrics = metrics();
+    let text = tokio::task::spawn_blocking(move || {
+        metrics.collect(&app);
+        metrics.encode()
+    })
+    .await;
+    match text {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+            text,
+        )
+            .into_response(),
+        Err(_) => crate::error::ApiError::internal().into_response(),
+    }
+}
+
+/// The router of the operator-only metrics address: `GET /metrics` without a token.
+pub fn operator_router(app: Arc<App>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(app)
+}
+
+/// Counts every request by its route template and status, and times it to its
+/// response's headers. Layered with `Router::layer`, so it runs once the route is
+/// matched; a request no route matched is `unmatched`.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics().http_request(route, &method, response.status(), started.elapsed());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample `name{labels}` in `text`, as the e2e test reads it.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.split(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn counters_are_named_by_convention_and_labelled_by_bounded_values() {
+        let metrics = Metrics::new();
+        metrics.http_request(
+            "/v1/executions/{id}",
+            &Method::GET,
+            StatusCode::OK,
+            Duration::from_millis(3),
+        );
+        metrics.http_request(
+            "/v1/executions/{id}",
+            &Method::GET,
+            StatusCode::OK,
+            Duration::from_millis(5),
+        );
+        metrics.execution_finished("flux-1.1-pro", "COMPLETED");
+        metrics.attempt(
+            "replicate",
+            "failed",
+            Some("PROVIDER_ERROR"),
+            Duration::from_millis(40),
+        );
+        metrics.adapter_call(
+            "hostile",
+            "0.1.0",
+            CallOutcome::Trap,
+            Duration::from_micros(300),
+        );
+        metrics.store_commit(3, Duration::from_micros(900));
+        metrics.rate_limited(Refusal::Key);
+        metrics.webhook_delivery(DeliveryOutcome::Failed);
+        let text = metrics.encode();
+        let expect = [
+            (
+                r#"modelroute_http_requests_total{route="/v1/executions/{id}",method="GET",status="200"}"#,
+                2.0,
+            ),
+            (
+                r#"modelroute_http_request_duration_seconds_count{route="/v1/executions/{id}"}"#,
+                2.0,
+            ),
+            (
+                r#"modelroute_executions_finished_total{model="flux-1.1-pro",status="COMPLETED"}"#,
+                1.0,
+            ),
+            (
+                r#"modelroute_attempts_total{provider="replicate",outcome="failed",code="PROVIDER_ERROR"}"#,
+                1.0,
+            ),
+            (
+                r#"modelroute_adapter_calls_total{plugin="hostile",version="0.1.0",outcome="trap"}"#,
+                1.0,
+            ),
+            ("modelroute_store_commit_batch_size_sum", 3.0),
+            ("modelroute_store_commit_duration_seconds_count", 1.0),
+            (r#"modelroute_rate_limited_total{kind="key"}"#, 1.0),
+            (
+                r#"modelroute_webhook_deliveries_total{outcome="failed"}"#,
+                1.0,
+            ),
+        ];
+        for (series, value) in expect {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+    }
+
+    /// A family is written out once it has a sample: one in each.
+    fn with_a_sample_in_each(metrics: &Metrics) {
+        metrics.http_request("/healthz", &Method::GET, StatusCode::OK, Duration::ZERO);
+        metrics.execution_finished("m", "COMPLETED");
+        metrics.attempt("p", "completed", None, Duration::ZERO);
+        metrics.adapter_call("a", "1", CallOutcome::Ok, Duration::ZERO);
+        metrics.webhook_delivery(DeliveryOutcome::Delivered);
+        metrics.store_commit(1, Duration::ZERO);
+        metrics.rate_limited(Refusal::Address);
+        let provider = ProviderLabels {
+            provider: "p".into(),
+        };
+        metrics.breaker_state.get_or_create(&provider).set(0);
+        metrics.bulkhead_in_use.get_or_create(&provider).set(0);
+        metrics
+            .webhook_outbox
+            .get_or_create(&StateLabels { state: "due" })
+            .set(0);
+    }
+
+    #[test]
+    fn every_listed_series_is_exported_and_every_exported_one_is_listed() {
+        let metrics = Metrics::new();
+        with_a_sample_in_each(&metrics);
+        let text = metrics.encode();
+        let mut exported: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        exported.sort();
+        // The text format names a counter's family without `_total`.
+        let mut listed: Vec<&str> = SERIES
+            .iter()
+            .map(|name| name.strip_suffix("_total").unwrap_or(name))
+            .collect();
+        listed.sort();
+        assert_eq!(exported, listed);
+    }
+
+    #[test]
+    fn a_method_outside_the_standard_set_is_other() {
+        let custom = Method::from_bytes(b"PROPFIND-1").unwrap();
+        assert_eq!(method_label(&custom), "other");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+    }
+
+    #[test]
+    fn the_breaker_state_is_encoded_as_documented() {
+        assert_eq!(breaker_value(BreakerState::Closed), 0);
+        assert_eq!(breaker_value(BreakerState::HalfOpen), 1);
+        assert_eq!(breaker_value(BreakerState::Open), 2);
+    }
+}
