@@ -14,21 +14,16 @@
 //! without each being handed a handle. The registry that names them for a scrape is
 //! built per [`Metrics`] value, not global.
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use prometheus_client::encoding::EncodeLabelSet;
+use axum::http::{Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use crate::App;
-use crate::routing::BreakerState;
 
 /// Every series name the server exports (with its type's suffixes as a scrape shows
 /// them), for the dashboard's test and the README.
@@ -53,119 +48,6 @@ pub const SERIES: &[&str] = &[
 
 /// The content type of the text format this module writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HttpLabels {
-    /// the route template (`/v1/executions/{id}`), or `unmatched`
-    route: String,
-    method: &'static str,
-    status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ExecutionLabels {
-    model: String,
-    status: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AttemptLabels {
-    provider: String,
-    outcome: &'static str,
-    /// the normalized error code of a failed attempt, empty otherwise
-    code: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProviderLabels {
-    provider: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AdapterCallLabels {
-    plugin: String,
-    version: String,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PluginLabels {
-    plugin: String,
-    version: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-/// How an adapter call ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallOutcome {
-    Ok,
-    /// the guest trapped (a panic, a bad memory access, a limit)
-    Trap,
-    /// the call ran out of its time budget
-    Timeout,
-}
-
-impl CallOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            CallOutcome::Ok => "ok",
-            CallOutcome::Trap => "trap",
-            CallOutcome::Timeout => "timeout",
-        }
-    }
-}
-
-/// What recording a webhook send did to its delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    /// the receiver answered 2xx
-    Delivered,
-    /// it did not; a retry is scheduled
-    Failed,
-    /// it did not, and no retry is left
-    GivenUp,
-    /// nothing was sent: the delivery can never be made
-    Abandoned,
-}
-
-impl DeliveryOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeliveryOutcome::Delivered => "delivered",
-            DeliveryOutcome::Failed => "failed",
-            DeliveryOutcome::GivenUp => "given_up",
-            DeliveryOutcome::Abandoned => "abandoned",
-        }
-    }
-}
-
-/// Which rate limit refused a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// an API key's own bucket
-    Key,
-    /// a client address that failed authentication too often
-    Address,
-}
 
 /// Every series the server keeps between scrapes, and the gauges set at a scrape.
 pub struct Metrics {
@@ -482,197 +364,12 @@ impl Metrics {
     }
 }
 
-/// A request's method as a label: a client may send any token as a method, so
-/// one outside the standard set is `other`.
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
-/// The breaker gauge's encoding: 0 closed, 1 half-open, 2 open.
-fn breaker_value(state: BreakerState) -> i64 {
-    match state {
-        BreakerState::Closed => 0,
-        BreakerState::HalfOpen => 1,
-        BreakerState::Open => 2,
-    }
-}
-
-/// `GET /metrics`: the gauges are read now, then everything is written out. On the
-/// main address the gate has checked the operator token.
-pub async fn scrape(State(app): State<Arc<App>>) -> Response {
-    let metrics = metrics();
-    let text = tokio::task::spawn_blocking(move || {
-        metrics.collect(&app);
-        metrics.encode()
-    })
-    .await;
-    match text {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-            text,
-        )
-            .into_response(),
-        Err(_) => crate::error::ApiError::internal().into_response(),
-    }
-}
-
-/// The router of the operator-only metrics address: `GET /metrics` without a token.
-pub fn operator_router(app: Arc<App>) -> axum::Router {
-    axum::Router::new()
-        .route("/metrics", axum::routing::get(scrape))
-        .with_state(app)
-}
-
-/// Counts every request by its route template and status, and times it to its
-/// response's headers. Layered with `Router::layer`, so it runs once the route is
-/// matched; a request no route matched is `unmatched`.
-pub async fn track_http(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    metrics().http_request(route, &method, response.status(), started.elapsed());
-    response
-}
-
+mod http;
+mod labels;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    /// The value of the sample `name{labels}` in `text`, as the e2e test reads it.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|value| value.split(' ').next()?.parse().ok())
-    }
-
-    #[test]
-    fn counters_are_named_by_convention_and_labelled_by_bounded_values() {
-        let metrics = Metrics::new();
-        metrics.http_request(
-            "/v1/executions/{id}",
-            &Method::GET,
-            StatusCode::OK,
-            Duration::from_millis(3),
-        );
-        metrics.http_request(
-            "/v1/executions/{id}",
-            &Method::GET,
-            StatusCode::OK,
-            Duration::from_millis(5),
-        );
-        metrics.execution_finished("flux-1.1-pro", "COMPLETED");
-        metrics.attempt(
-            "replicate",
-            "failed",
-            Some("PROVIDER_ERROR"),
-            Duration::from_millis(40),
-        );
-        metrics.adapter_call(
-            "hostile",
-            "0.1.0",
-            CallOutcome::Trap,
-            Duration::from_micros(300),
-        );
-        metrics.store_commit(3, Duration::from_micros(900));
-        metrics.rate_limited(Refusal::Key);
-        metrics.webhook_delivery(DeliveryOutcome::Failed);
-        let text = metrics.encode();
-        let expect = [
-            (
-                r#"modelroute_http_requests_total{route="/v1/executions/{id}",method="GET",status="200"}"#,
-                2.0,
-            ),
-            (
-                r#"modelroute_http_request_duration_seconds_count{route="/v1/executions/{id}"}"#,
-                2.0,
-            ),
-            (
-                r#"modelroute_executions_finished_total{model="flux-1.1-pro",status="COMPLETED"}"#,
-                1.0,
-            ),
-            (
-                r#"modelroute_attempts_total{provider="replicate",outcome="failed",code="PROVIDER_ERROR"}"#,
-                1.0,
-            ),
-            (
-                r#"modelroute_adapter_calls_total{plugin="hostile",version="0.1.0",outcome="trap"}"#,
-                1.0,
-            ),
-            ("modelroute_store_commit_batch_size_sum", 3.0),
-            ("modelroute_store_commit_duration_seconds_count", 1.0),
-            (r#"modelroute_rate_limited_total{kind="key"}"#, 1.0),
-            (
-                r#"modelroute_webhook_deliveries_total{outcome="failed"}"#,
-                1.0,
-            ),
-        ];
-        for (series, value) in expect {
-            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
-        }
-    }
-
-    /// A family is written out once it has a sample: one in each.
-    fn with_a_sample_in_each(metrics: &Metrics) {
-        metrics.http_request("/healthz", &Method::GET, StatusCode::OK, Duration::ZERO);
-        metrics.execution_finished("m", "COMPLETED");
-        metrics.attempt("p", "completed", None, Duration::ZERO);
-        metrics.adapter_call("a", "1", CallOutcome::Ok, Duration::ZERO);
-        metrics.webhook_delivery(DeliveryOutcome::Delivered);
-        metrics.store_commit(1, Duration::ZERO);
-        metrics.rate_limited(Refusal::Address);
-        let provider = ProviderLabels {
-            provider: "p".into(),
-        };
-        metrics.breaker_state.get_or_create(&provider).set(0);
-        metrics.bulkhead_in_use.get_or_create(&provider).set(0);
-        metrics
-            .webhook_outbox
-            .get_or_create(&StateLabels { state: "due" })
-            .set(0);
-    }
-
-    #[test]
-    fn every_listed_series_is_exported_and_every_exported_one_is_listed() {
-        let metrics = Metrics::new();
-        with_a_sample_in_each(&metrics);
-        let text = metrics.encode();
-        let mut exported: Vec<&str> = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("# TYPE "))
-            .filter_map(|line| line.split(' ').next())
-            .collect();
-        exported.sort();
-        // The text format names a counter's family without `_total`.
-        let mut listed: Vec<&str> = SERIES
-            .iter()
-            .map(|name| name.strip_suffix("_total").unwrap_or(name))
-            .collect();
-        listed.sort();
-        assert_eq!(exported, listed);
-    }
-
-    #[test]
-    fn a_method_outside_the_standard_set_is_other() {
-        let custom = Method::from_bytes(b"PROPFIND-1").unwrap();
-        assert_eq!(method_label(&custom), "other");
-        assert_eq!(method_label(&Method::PATCH), "PATCH");
-    }
-
-    #[test]
-    fn the_breaker_state_is_encoded_as_documented() {
-        assert_eq!(breaker_value(BreakerState::Closed), 0);
-        assert_eq!(breaker_value(BreakerState::HalfOpen), 1);
-        assert_eq!(breaker_value(BreakerState::Open), 2);
-    }
-}
+use http::{breaker_value, method_label};
+pub use http::{operator_router, scrape, track_http};
+use labels::*;
+pub use labels::{CallOutcome, DeliveryOutcome, Refusal};
