@@ -71,6 +71,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
     }
     let listener = listen(&mut config, &data).await?;
     let operator_token = operator_token(&data)?;
+    store::observe_commits(|writes, took| metrics::metrics().store_commit(writes, took));
     let store = Store::open(&data.join("modelroute.redb"))?;
 
     let cache = config
@@ -233,7 +234,7 @@ async fn serve_metrics(
         .await
         .with_context(|| format!("server.metrics_listen: listening on {address}"))?;
     tracing::info!(address = %listener.local_addr()?, "serving GET /metrics without a token on the operator-only address");
-    let router = metrics::operator_router(app);
+    let router = api::metrics::operator_router(app);
     tokio::spawn(async move {
         let forever = std::future::pending();
         if let Err(error) = server::serve(listener, router, &settings, forever).await {

@@ -188,11 +188,23 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteOp>) {
         if let Err(error) = txn.commit() {
             fatal(&error);
         }
-        crate::metrics::metrics().store_commit(writes, started.elapsed());
+        if let Some(observe) = COMMIT_OBSERVER.get() {
+            observe(writes, started.elapsed());
+        }
         for commit in commits {
             commit();
         }
     }
+}
+
+/// Told of every commit: how many writes it held and how long it took (the metrics
+/// listen; the store imports nothing of the host).
+static COMMIT_OBSERVER: std::sync::OnceLock<fn(usize, std::time::Duration)> =
+    std::sync::OnceLock::new();
+
+/// Sets the process's commit observer (the first call wins).
+pub fn observe_commits(observer: fn(usize, std::time::Duration)) {
+    let _ = COMMIT_OBSERVER.set(observer);
 }
 
 /// redb refuses writes after a failed commit: stop, and let the restart recover from

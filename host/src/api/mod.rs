@@ -9,6 +9,7 @@ mod files;
 mod gate;
 mod keys;
 mod lists;
+pub mod metrics;
 mod models;
 mod openai;
 mod webhooks;
@@ -107,7 +108,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(metrics::scrape))
         .nest("/files", signed)
         .nest("/v1", v1)
         .nest(
@@ -123,7 +124,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| ApiError::internal().into_response(),
         ))
-        .layer(middleware::from_fn(crate::metrics::track_http))
+        .layer(middleware::from_fn(metrics::track_http))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
 }

@@ -23,8 +23,6 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::App;
-
 /// Every series name the server exports (with its type's suffixes as a scrape shows
 /// them), for the dashboard's test and the README.
 pub const SERIES: &[&str] = &[
@@ -47,7 +45,26 @@ pub const SERIES: &[&str] = &[
 ];
 
 /// The content type of the text format this module writes.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The gauges read from the host's state at a scrape (`None`: could not be read).
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub executions_in_flight: Option<usize>,
+    pub money_held_micros: Option<u64>,
+    /// pending, due, in flight
+    pub webhook_outbox: Option<[u64; 3]>,
+    pub providers: Vec<ProviderGauges>,
+}
+
+/// A provider's gauges.
+#[derive(Debug)]
+pub struct ProviderGauges {
+    pub name: String,
+    /// 0 closed, 1 half-open, 2 open
+    pub breaker: i64,
+    pub bulkhead_in_use: usize,
+}
 
 /// Every series the server keeps between scrapes, and the gauges set at a scrape.
 pub struct Metrics {
@@ -215,7 +232,7 @@ impl Metrics {
         }
     }
 
-    fn http_request(&self, route: &str, method: &Method, status: StatusCode, took: Duration) {
+    pub fn http_request(&self, route: &str, method: &Method, status: StatusCode, took: Duration) {
         self.http_requests
             .get_or_create(&HttpLabels {
                 route: route.to_string(),
@@ -303,60 +320,37 @@ impl Metrics {
         self.rate_limited.get_or_create(&KindLabels { kind }).inc();
     }
 
-    /// Sets the gauges read from the host's state. A part that cannot be read (a
-    /// store error) keeps its last value and is logged: a scrape still answers.
-    fn collect(&self, app: &App) {
-        match app.executions.active() {
-            Ok(active) => {
-                self.executions_in_flight.set(active.len() as i64);
-            }
-            Err(error) => tracing::warn!(
-                error = format!("{error:#}"),
-                "metrics: reading executions in flight failed"
-            ),
+    /// Sets the gauges read from the host's state at a scrape; a part that could not
+    /// be read (`None`) keeps its last value.
+    pub fn set_gauges(&self, gauges: &Gauges) {
+        if let Some(in_flight) = gauges.executions_in_flight {
+            self.executions_in_flight.set(in_flight as i64);
         }
-        match app.store.read(crate::billing::total_held) {
-            Ok(held) => {
-                self.money_held.set(held.0 as f64 / 1_000_000.0);
-            }
-            Err(error) => tracing::warn!(
-                error = format!("{error:#}"),
-                "metrics: reading money held failed"
-            ),
+        if let Some(held) = gauges.money_held_micros {
+            self.money_held.set(held as f64 / 1_000_000.0);
         }
-        match app.webhooks.backlog() {
-            Ok(backlog) => {
-                for (state, value) in [
-                    ("pending", backlog.pending as i64),
-                    ("due", backlog.due as i64),
-                    ("in_flight", backlog.in_flight as i64),
-                ] {
-                    self.webhook_outbox
-                        .get_or_create(&StateLabels { state })
-                        .set(value);
-                }
+        if let Some([pending, due, in_flight]) = gauges.webhook_outbox {
+            for (state, value) in [("pending", pending), ("due", due), ("in_flight", in_flight)] {
+                self.webhook_outbox
+                    .get_or_create(&StateLabels { state })
+                    .set(value as i64);
             }
-            Err(error) => tracing::warn!(
-                error = format!("{error:#}"),
-                "metrics: reading the webhook outbox failed"
-            ),
         }
-        let now = crate::clock::instant();
-        for provider in app.router.providers() {
+        for provider in &gauges.providers {
             let labels = ProviderLabels {
                 provider: provider.name.clone(),
             };
             self.breaker_state
                 .get_or_create(&labels)
-                .set(breaker_value(provider.breaker_state(now)));
+                .set(provider.breaker);
             self.bulkhead_in_use
                 .get_or_create(&labels)
-                .set(provider.bulkhead_in_use() as i64);
+                .set(provider.bulkhead_in_use as i64);
         }
     }
 
     /// The exposition text.
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -364,12 +358,24 @@ impl Metrics {
     }
 }
 
-mod http;
 mod labels;
 #[cfg(test)]
 mod tests;
 
-use http::{breaker_value, method_label};
-pub use http::{operator_router, scrape, track_http};
 use labels::*;
 pub use labels::{CallOutcome, DeliveryOutcome, Refusal};
+
+/// A request's method as a label: a client may send any token as a method, so
+/// one outside the standard set is `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}

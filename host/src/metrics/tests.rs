@@ -1,5 +1,4 @@
 use super::*;
-use crate::routing::BreakerState;
 
 /// The value of the sample `name{labels}` in `text`, as the e2e test reads it.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -119,11 +118,4 @@ fn a_method_outside_the_standard_set_is_other() {
     let custom = Method::from_bytes(b"PROPFIND-1").unwrap();
     assert_eq!(method_label(&custom), "other");
     assert_eq!(method_label(&Method::PATCH), "PATCH");
-}
-
-#[test]
-fn the_breaker_state_is_encoded_as_documented() {
-    assert_eq!(breaker_value(BreakerState::Closed), 0);
-    assert_eq!(breaker_value(BreakerState::HalfOpen), 1);
-    assert_eq!(breaker_value(BreakerState::Open), 2);
 }
