@@ -7,10 +7,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
+use modelroute_tests::bench::BenchServer;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, openai};
 
 #[derive(Parser)]
@@ -30,15 +31,6 @@ struct Args {
     /// Concurrent clients in the acceptance phase.
     #[arg(long, default_value_t = 1024)]
     accept_concurrency: usize,
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -80,61 +72,18 @@ where
 async fn main() -> Result<()> {
     let args = Args::parse();
     let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await?;
-    let data = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let config = data.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nplugins_dir = \"plugins/dist\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
-             [rate_limits]\nrequests_per_second = 1000000\nburst = 1000000\n\
-             [upstream]\nloopback_http_credentials = true\n\
-             [[providers]]\nname = \"local\"\nadapter = \"openai\"\nbase_url = {:?}\napi_key = \"{DEFAULT_TOKEN}\"\n\
-             [providers.models.\"llama-3.1-8b-instruct\"]\n",
-            data.path().join("state"),
-            emulator.base_url(),
-        ),
-    )?;
-    let _server = Server(
-        Command::new(&args.server)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", args.server.display()))?,
+    let server = BenchServer::start(
+        &args.server,
+        Path::new("plugins/dist"),
+        &emulator.base_url(),
+    )
+    .await?;
+    let (base, key, token, client) = (
+        &server.base,
+        &server.key,
+        &server.admin_token,
+        &server.client,
     );
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(512)
-        .build()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if Instant::now() > deadline {
-            bail!("the server did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let token = std::fs::read_to_string(data.path().join("state/admin-token"))?
-        .trim()
-        .to_string();
-    let org: Value = client
-        .post(format!("{base}/admin/v1/organizations"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "load", "credit_usd": "1000000"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = org["api_key"].as_str().context("no api key")?.to_string();
     let messages = json!([{"role": "user", "content": "Say hello to the benchmark"}]);
 
     // 1. The emulator alone.
@@ -163,7 +112,7 @@ async fn main() -> Result<()> {
     let (sync, _) = drive(args.requests, args.concurrency, |_| {
         let request = client
             .post(&create_url)
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .json(&sync_body)
             .send();
         async move {
@@ -189,7 +138,7 @@ async fn main() -> Result<()> {
             let started = Instant::now();
             let response = client
                 .put(&install_url)
-                .bearer_auth(&token)
+                .bearer_auth(token)
                 .body(wasm)
                 .send()
                 .await?;
@@ -203,7 +152,7 @@ async fn main() -> Result<()> {
     let during = drive(args.requests, args.concurrency, |_| {
         let request = client
             .post(&create_url)
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .json(&sync_body)
             .send();
         async move {
@@ -222,7 +171,7 @@ async fn main() -> Result<()> {
     let (accepts, wall) = drive(args.accepts, args.accept_concurrency, |_| {
         let request = client
             .post(&create_url)
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .json(&async_body)
             .send();
         async move {

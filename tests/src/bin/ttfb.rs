@@ -13,9 +13,10 @@ use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
+use modelroute_tests::bench::BenchServer;
 use modelroute_tests::emulators::{DEFAULT_TOKEN, openai};
 
 #[derive(Parser)]
@@ -32,15 +33,6 @@ struct Args {
     /// Concurrent clients in the concurrent phases.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -111,63 +103,8 @@ where
 async fn main() -> Result<()> {
     let args = Args::parse();
     let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await?;
-    let data = tempfile::tempdir()?;
-    let config = data.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:0\"\n\
-             [rate_limits]\nrequests_per_second = 1000000\nburst = 1000000\n\
-             [upstream]\nloopback_http_credentials = true\n\
-             [[providers]]\nname = \"local\"\nadapter = \"openai\"\nbase_url = {:?}\napi_key = \"{DEFAULT_TOKEN}\"\n\
-             [providers.models.\"llama-3.1-8b-instruct\"]\n",
-            data.path().join("state"),
-            std::path::absolute(&args.plugins_dir)?,
-            emulator.base_url(),
-        ),
-    )?;
-    let _server = Server(
-        Command::new(&args.server)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", args.server.display()))?,
-    );
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(512)
-        .build()?;
-    // The server writes the port it picked to `$DATA/listen-address`; it can serve
-    // once `/readyz` answers 200.
-    let address = data.path().join("state/listen-address");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let base = loop {
-        if let Ok(address) = std::fs::read_to_string(&address) {
-            let base = format!("http://{}", address.trim());
-            let ready = client.get(format!("{base}/readyz")).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break base;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the server did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let token = std::fs::read_to_string(data.path().join("state/admin-token"))?
-        .trim()
-        .to_string();
-    let org: Value = client
-        .post(format!("{base}/admin/v1/organizations"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "ttfb", "credit_usd": "1000000"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = org["api_key"].as_str().context("no api key")?.to_string();
+    let server = BenchServer::start(&args.server, &args.plugins_dir, &emulator.base_url()).await?;
+    let (base, key, client) = (&server.base, &server.key, &server.client);
     let messages = json!([{"role": "user", "content": "Say hello to the benchmark"}]);
     let direct_url = format!("{}/v1/chat/completions", emulator.base_url());
     let direct_body = json!({"model": "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo", "messages": messages, "max_tokens": 16, "stream": true});
@@ -179,7 +116,7 @@ async fn main() -> Result<()> {
     };
     let door_url = format!("{base}/openai/v1/chat/completions");
     let door_body = json!({"model": "llama-3.1-8b-instruct", "messages": messages, "max_tokens": 16, "stream": true});
-    let door = || client.post(&door_url).bearer_auth(&key).json(&door_body);
+    let door = || client.post(&door_url).bearer_auth(key).json(&door_body);
 
     // Warm both paths (connections, the adapter's compiled instance).
     drive(args.concurrency, args.concurrency, direct).await?;
