@@ -463,9 +463,10 @@ async fn a_streamed_chat_sends_chunks_usage_and_done() {
     ledger_verifies(&server).await;
 }
 
-/// A provider's stream cut after part of the answer went out: the retry is held
-/// back until it has reproduced the delivered text, so the client gets the whole
-/// answer exactly once, billed once. When no attempt can finish, the stream ends
+/// A provider's stream cut after part of the answer went out: the retry continues
+/// the delivered text (the model accepts a prefill; a retry that cannot is held
+/// back, see `executions/rescue.rs`), so the client gets the whole answer exactly
+/// once, billed once. When no attempt can finish, the stream ends
 /// with one in-band error and no `[DONE]`, and nothing is billed.
 #[tokio::test]
 async fn a_cut_stream_is_completed_without_repeating_or_losing_text() {

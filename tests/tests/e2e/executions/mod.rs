@@ -76,6 +76,27 @@ fn sse_events(text: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// Creates a `STREAMING` execution from `body`; answers its events.
+async fn streamed_execution(server: &Server, body: Value) -> Vec<(String, Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/executions", server.url))
+        .bearer_auth(&server.api_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    sse_events(&response.text().await.unwrap())
+}
+
+/// The text of a stream's `delta` events, joined.
+fn delta_text(events: &[(String, Value)]) -> String {
+    events
+        .iter()
+        .filter(|(name, _)| name == "delta")
+        .map(|(_, data)| data["text"].as_str().unwrap())
+        .collect()
+}
+
 /// A chat streamed through the OpenAI door, as its client received it.
 struct StreamedChat {
     /// the text of every chunk, joined

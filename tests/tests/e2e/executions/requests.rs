@@ -305,11 +305,7 @@ async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
     assert_eq!(names.first(), Some(&"execution"));
     assert_eq!(names.last(), Some(&"done"));
     assert!(names.contains(&"status"));
-    let deltas: String = events
-        .iter()
-        .filter(|(name, _)| name == "delta")
-        .map(|(_, data)| data["text"].as_str().unwrap())
-        .collect();
+    let deltas = delta_text(&events);
     assert_eq!(deltas, "Echo: three two one");
     assert!(
         events.iter().filter(|(name, _)| name == "delta").count() >= 3,
@@ -346,14 +342,8 @@ async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
     );
 
     // A model whose provider does not stream text still streams its status.
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/executions", server.url))
-        .bearer_auth(&server.api_key)
-        .json(&json!({"model": "flux-1.1-pro", "mode": "STREAMING", "input": flux_input()}))
-        .send()
-        .await
-        .unwrap();
-    let events = sse_events(&response.text().await.unwrap());
+    let body = json!({"model": "flux-1.1-pro", "mode": "STREAMING", "input": flux_input()});
+    let events = streamed_execution(&server, body).await;
     let done = &events.last().unwrap().1;
     assert_eq!(events.last().unwrap().0, "done");
     assert_eq!(done["status"], "COMPLETED");
@@ -375,21 +365,11 @@ async fn a_stream_cut_off_mid_answer_is_a_failed_attempt_and_nothing_is_billed()
         },
     )
     .await;
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/executions", server.url))
-        .bearer_auth(&server.api_key)
-        .json(&json!({"model": "llama-3.1-8b-instruct", "mode": "STREAMING", "input": {"messages": [{"role": "user", "content": "[cut] one two three"}]}}))
-        .send()
-        .await
-        .unwrap();
-    let events = sse_events(&response.text().await.unwrap());
+    let body = json!({"model": "llama-3.1-8b-instruct", "mode": "STREAMING", "input": {"messages": [{"role": "user", "content": "[cut] one two three"}]}});
+    let events = streamed_execution(&server, body).await;
     let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
     assert!(!names.contains(&"reset"), "the retry continued: {names:?}");
-    let deltas: String = events
-        .iter()
-        .filter(|(name, _)| name == "delta")
-        .map(|(_, data)| data["text"].as_str().unwrap())
-        .collect();
+    let deltas = delta_text(&events);
     assert_eq!(deltas, "Echo: three ", "each attempt cut after a piece");
     // Regression: every retry repeated `status: PROCESSING`; statuses are changes.
     let statuses: Vec<&Value> = events

@@ -94,22 +94,12 @@ async fn a_cut_stream_is_continued_from_a_prefill_on_the_next_provider() {
 async fn native_streaming_continues_a_cut_stream_without_a_reset() {
     let (first, _second, server) = two_providers().await;
     first.push_fault(Fault::CutStream { after: 2 });
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/executions", server.url))
-        .bearer_auth(&server.api_key)
-        .json(&json!({"model": MODEL, "mode": "STREAMING",
-                      "input": {"messages": [{"role": "user", "content": "one two three"}]}}))
-        .send()
-        .await
-        .unwrap();
-    let events = sse_events(&response.text().await.unwrap());
+    let body = json!({"model": MODEL, "mode": "STREAMING",
+                      "input": {"messages": [{"role": "user", "content": "one two three"}]}});
+    let events = streamed_execution(&server, body).await;
     let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
     assert!(!names.contains(&"reset"), "{names:?}");
-    let deltas: String = events
-        .iter()
-        .filter(|(name, _)| name == "delta")
-        .map(|(_, data)| data["text"].as_str().unwrap())
-        .collect();
+    let deltas = delta_text(&events);
     assert_eq!(deltas, "Echo: three two one");
     let done = &events.last().unwrap().1;
     assert_eq!(done["result"]["output"]["text"], "Echo: three two one");
