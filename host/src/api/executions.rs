@@ -25,6 +25,17 @@ use crate::executions::{
     Status, request_hash,
 };
 
+/// The fields of a create (`CreateExecution` in the API document).
+pub(crate) const CREATE_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "webhook_url",
+    "metadata",
+    "mode",
+    "wait_seconds",
+    "fallback_models",
+];
+
 /// Longest a `SYNC` request may wait.
 const MAX_WAIT_SECONDS: u64 = 300;
 const DEFAULT_WAIT_SECONDS: u64 = 60;
@@ -170,18 +181,7 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 /// fallback_models?}`, reporting
 /// every problem at once.
 fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), ApiError> {
-    let mut fields = Fields::new(
-        body,
-        &[
-            "model",
-            "input",
-            "webhook_url",
-            "metadata",
-            "mode",
-            "wait_seconds",
-            "fallback_models",
-        ],
-    );
+    let mut fields = Fields::new(body, CREATE_FIELDS);
     let model = fields.required_string("model");
     let input = match fields.present("input") {
         None => {

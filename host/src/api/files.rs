@@ -26,6 +26,17 @@ use crate::files::signing::{self, GrantQuery, Signature};
 use crate::files::storage::ByteStream;
 use crate::files::{FileRecord, FileView, Origin};
 
+/// The fields of `POST /v1/files/upload` (`CreateUpload`) and of
+/// `POST /v1/files/confirm` (`ConfirmUpload`).
+pub(crate) const UPLOAD_FIELDS: &[&str] = &[
+    "purpose",
+    "ttl_days",
+    "filename",
+    "content_type",
+    "size_bytes",
+];
+pub(crate) const CONFIRM_FIELDS: &[&str] = &["file_id"];
+
 /// Where to `PUT` a new upload's bytes.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = UploadTicket)]
@@ -73,16 +84,7 @@ pub async fn create_upload(
     require(&caller, Scope::Execution)?;
     // Older clients send `filename`, `content_type` and `size_bytes`: accepted,
     // never trusted (only a size over what fits is refused early).
-    let mut fields = Fields::new(
-        &body,
-        &[
-            "purpose",
-            "ttl_days",
-            "filename",
-            "content_type",
-            "size_bytes",
-        ],
-    );
+    let mut fields = Fields::new(&body, UPLOAD_FIELDS);
     if fields.present("purpose").is_none() {
         fields.refuse(
             "purpose",
@@ -162,7 +164,7 @@ pub async fn confirm(
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
-    let mut fields = Fields::new(&body, &["file_id"]);
+    let mut fields = Fields::new(&body, CONFIRM_FIELDS);
     let file_id = fields.required_string("file_id");
     fields.finish()?;
     let file_id = file_id.unwrap_or_default();

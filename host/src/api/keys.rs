@@ -18,6 +18,9 @@ use crate::App;
 use crate::auth::{self, ApiKey, Caller, KeyRefusal, KeyView, MAX_ACTIVE_KEYS, Scope};
 use crate::error::{ApiError, Code, DetailCode};
 
+/// The fields of a create (`CreateKey`).
+pub(crate) const CREATE_FIELDS: &[&str] = &["scope", "name"];
+
 /// The answer to a rotation: the new secret, shown this once.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RotatedKey {
@@ -53,7 +56,7 @@ pub async fn create(
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
-    let mut fields = Fields::new(&body, &["scope", "name"]);
+    let mut fields = Fields::new(&body, CREATE_FIELDS);
     let scope = match fields.choice("scope", &["full", "execution"]) {
         Some("execution") => Scope::Execution,
         _ => Scope::Full,

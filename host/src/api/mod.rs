@@ -45,7 +45,7 @@ pub const MAX_PLUGIN_BYTES: usize = 50 * 1024 * 1024;
 pub fn router(app: Arc<App>) -> Router {
     let (routes, document) = routes().split_for_parts();
     routes
-        .merge(openapi::router(document))
+        .merge(openapi::router(openapi::served(&document)))
         .fallback(|| async {
             ApiError::new(
                 Code::NotFound,
@@ -64,9 +64,9 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// The API document of every route.
-pub fn document() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+/// The API document of every route, as `GET /openapi.json` serves it.
+pub fn document() -> serde_json::Value {
+    openapi::served(&routes().split_for_parts().1)
 }
 
 fn routes() -> OpenApiRouter<Arc<App>> {

@@ -26,6 +26,10 @@ use crate::webhooks::delivery::SendResult;
 use crate::webhooks::endpoints::{self, Changes};
 use crate::webhooks::{self, Endpoint, EndpointView};
 
+/// The fields of a create (`CreateEndpoint`) and of an update (`UpdateEndpoint`).
+pub(crate) const CREATE_FIELDS: &[&str] = &["url", "description", "events", "headers"];
+pub(crate) const UPDATE_FIELDS: &[&str] = &["url", "description", "events", "headers", "is_active"];
+
 /// The answer to a delete.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeletedEndpoint {
@@ -70,7 +74,7 @@ pub async fn create(
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
-    known_fields(&body, &["url", "description", "events", "headers"])?;
+    known_fields(&body, CREATE_FIELDS)?;
     let Some(url) = body.get("url") else {
         return Err(ApiError::invalid(
             "url",
@@ -163,10 +167,7 @@ pub async fn update(
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
-    let mut fields = Fields::new(
-        &body,
-        &["url", "description", "events", "headers", "is_active"],
-    );
+    let mut fields = Fields::new(&body, UPDATE_FIELDS);
     let is_active = fields.boolean("is_active");
     if body.get("is_active").is_some_and(Value::is_null) {
         fields.refuse(

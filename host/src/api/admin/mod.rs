@@ -22,6 +22,9 @@ use crate::executions::LedgerReport;
 use crate::files::audit::AuditEntry;
 use crate::webhooks::delivery::Backlog;
 
+/// The fields of `POST /admin/v1/clock/advance` (`AdvanceClock`).
+pub(crate) const CLOCK_FIELDS: &[&str] = &["seconds"];
+
 /// The service clock after a move.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClockNow {
@@ -135,7 +138,7 @@ pub async fn advance_clock(
     if !app.config.testing.clock_control {
         return Err(ApiError::not_found());
     }
-    super::known_fields(&body, &["seconds"])?;
+    super::known_fields(&body, CLOCK_FIELDS)?;
     let seconds = match body.get("seconds").map(|v| (v.as_u64(), v.as_i64())) {
         Some((Some(seconds), _)) => seconds,
         Some((None, Some(_))) => {

@@ -19,6 +19,13 @@ use crate::error::{ApiError, DetailCode};
 use crate::files::quota::{self, QuotaView};
 use crate::money::Micros;
 
+/// The fields of a create (`CreateOrganization`), an update (`UpdateOrganization`)
+/// and a credit (`Credit`).
+pub(crate) const CREATE_FIELDS: &[&str] = &["name", "credit_usd"];
+pub(crate) const UPDATE_FIELDS: &[&str] =
+    &["file_ttl_days", "file_quota_bytes", "file_quota_files"];
+pub(crate) const CREDIT_FIELDS: &[&str] = &["amount_usd", "memo"];
+
 /// A new organization, with its first API key's secret (shown this once).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedOrganization {
@@ -106,7 +113,7 @@ pub async fn create_organization(
     _: Operator,
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<CreatedOrganization>), ApiError> {
-    crate::api::known_fields(&body, &["name", "credit_usd"])?;
+    crate::api::known_fields(&body, CREATE_FIELDS)?;
     let name = match body.get("name") {
         Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 200 => name.clone(),
         Some(Value::String(_)) | None => {
@@ -178,9 +185,8 @@ pub async fn update_organization(
     Path(org_id): Path<String>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<OrganizationSettings>, ApiError> {
-    const FIELDS: [&str; 3] = ["file_ttl_days", "file_quota_bytes", "file_quota_files"];
-    crate::api::known_fields(&body, &FIELDS)?;
-    if FIELDS.iter().all(|field| !body.contains_key(*field)) {
+    crate::api::known_fields(&body, UPDATE_FIELDS)?;
+    if UPDATE_FIELDS.iter().all(|field| !body.contains_key(*field)) {
         return Err(ApiError::invalid(
             "body",
             DetailCode::Required,
@@ -248,7 +254,7 @@ pub async fn credit(
     Path(org_id): Path<String>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<BalanceView>, ApiError> {
-    crate::api::known_fields(&body, &["amount_usd", "memo"])?;
+    crate::api::known_fields(&body, CREDIT_FIELDS)?;
     let amount = amount(&body, "amount_usd")?;
     if amount == Micros::ZERO {
         return Err(ApiError::invalid(

@@ -25,7 +25,7 @@ use crate::executions::{CreateRequest, Execution, MAX_FALLBACK_MODELS, Mode, req
 pub const PATH: &str = "/openai/v1/chat/completions";
 
 /// Every parameter the door reads; any other is refused, naming it.
-const PARAMS: &[&str] = &[
+pub(crate) const PARAMS: &[&str] = &[
     "model",
     "models",
     "messages",

@@ -28,7 +28,7 @@ use crate::plugins::{catalogue, types};
 
 const PATH: &str = "/openai/v1/images/generations";
 
-const PARAMS: &[&str] = &["model", "prompt", "n", "size", "response_format", "user"];
+pub(crate) const PARAMS: &[&str] = &["model", "prompt", "n", "size", "response_format", "user"];
 
 /// Input properties by which a model's schema takes a number of images.
 const COUNT_PROPERTIES: &[&str] = &["n", "num_images"];

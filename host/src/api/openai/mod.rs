@@ -7,7 +7,7 @@
 
 pub mod chat;
 pub mod errors;
-mod images;
+pub mod images;
 mod models;
 pub mod schema;
 mod stream;

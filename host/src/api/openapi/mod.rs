@@ -6,6 +6,7 @@
 //! request leaving the machine.
 
 mod errors;
+mod links;
 pub mod requests;
 
 pub use errors::{
@@ -14,11 +15,12 @@ pub use errors::{
 };
 
 use axum::Router;
+use serde_json::Value;
 use std::sync::Arc;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::{Modify, OpenApi as _};
-use utoipa_swagger_ui::SwaggerUi;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::App;
 
@@ -103,10 +105,11 @@ pub fn contract() -> OpenApi {
     Contract::openapi()
 }
 
-/// Completes the router's document: the security of each operation, and
-/// `X-Request-Id` on every answer.
+/// Completes the router's document: the security of each operation, the links
+/// from a create to its object's operations, and `X-Request-Id` on every answer.
 pub fn complete(document: &mut OpenApi) {
     Security.modify(document);
+    links::add(document);
     for item in document.paths.paths.values_mut() {
         for operation in operations(item) {
             for response in operation.responses.responses.values_mut() {
@@ -131,7 +134,47 @@ fn request_id_header() -> utoipa::openapi::Header {
         .build()
 }
 
-/// `GET /openapi.json` and `GET /docs` (Swagger UI, served from the binary).
-pub fn router(document: OpenApi) -> Router<Arc<App>> {
-    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+/// The document as served: JSON, with the link objects' field names as OpenAPI
+/// spells them (utoipa 5 writes `operation_id` and `request_body` in links).
+pub fn served(document: &OpenApi) -> Value {
+    let mut json = serde_json::to_value(document).unwrap_or_default();
+    let paths = json["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|p| p.values_mut());
+    for operation in paths.flat_map(|item| {
+        item.as_object_mut()
+            .into_iter()
+            .flat_map(|i| i.values_mut())
+    }) {
+        let responses = operation["responses"].as_object_mut();
+        for response in responses.into_iter().flat_map(|r| r.values_mut()) {
+            let links = response.get_mut("links").and_then(Value::as_object_mut);
+            for link in links.into_iter().flat_map(|l| l.values_mut()) {
+                let Some(link) = link.as_object_mut() else {
+                    continue;
+                };
+                for (written, spelled) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(value) = link.remove(written) {
+                        link.insert(spelled.to_string(), value);
+                    }
+                }
+            }
+        }
+    }
+    json
+}
+
+/// `GET /openapi.json` and `GET /docs`: Swagger UI, its assets served from the
+/// binary, and its online validator off (it would send the document's URL to
+/// validator.swagger.io), so that the page makes no request off this host.
+pub fn router(document: Value) -> Router<Arc<App>> {
+    let ui = SwaggerUi::new("/docs")
+        .external_url_unchecked("/openapi.json", document)
+        .config(Config::default().validator_url("none"));
+    Router::new().merge(ui)
 }

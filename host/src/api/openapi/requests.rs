@@ -221,3 +221,41 @@ pub struct ImageRequest {
     pub response_format: Option<String>,
     pub user: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::api::{admin, executions, files, keys, openai, webhooks};
+
+    /// Each documented body names exactly the fields its handler reads: a field the
+    /// handler accepts is documented, and nothing documented is refused as unknown.
+    #[test]
+    fn each_documented_body_names_exactly_the_fields_its_handler_reads() {
+        let document = crate::api::document();
+        let schemas = &document["components"]["schemas"];
+        for (schema, fields) in [
+            ("CreateExecution", executions::CREATE_FIELDS),
+            ("CreateKey", keys::CREATE_FIELDS),
+            ("CreateUpload", files::UPLOAD_FIELDS),
+            ("ConfirmUpload", files::CONFIRM_FIELDS),
+            ("CreateEndpoint", webhooks::CREATE_FIELDS),
+            ("UpdateEndpoint", webhooks::UPDATE_FIELDS),
+            ("CreateOrganization", admin::organizations::CREATE_FIELDS),
+            ("UpdateOrganization", admin::organizations::UPDATE_FIELDS),
+            ("Credit", admin::organizations::CREDIT_FIELDS),
+            ("AdvanceClock", admin::CLOCK_FIELDS),
+            ("ChatCompletionRequest", openai::chat::PARAMS),
+            ("ImageRequest", openai::images::PARAMS),
+        ] {
+            let mut documented: Vec<&str> = schemas[schema]["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{schema} is not in the document"))
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut read = fields.to_vec();
+            documented.sort_unstable();
+            read.sort_unstable();
+            assert_eq!(documented, read, "{schema}");
+        }
+    }
+}
