@@ -64,6 +64,24 @@ impl Serialize for Micros {
     }
 }
 
+/// In the API document: a decimal string of US dollars, at most six decimals.
+impl utoipa::PartialSchema for Micros {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^[0-9]+(\.[0-9]{1,6})?$"))
+            .description(Some("US dollars as a decimal string"))
+            .examples(["0.048"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Micros {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Usd".into()
+    }
+}
+
 impl<'de> Deserialize<'de> for Micros {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;

@@ -2,13 +2,33 @@
 //! balancer or an orchestrator asks before sending it traffic. `/healthz` only says
 //! the process answers.
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use crate::App;
 
 /// The dispatcher's loops are taken for stopped when they have not ticked for this
 /// long (they tick every second).
 pub const DISPATCHER_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the host is ready, and each check's verdict.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Readiness)]
+pub struct ReadinessReport<'a> {
+    /// `ready` or `not_ready`
+    pub status: &'static str,
+    /// `store`, `adapters` and `dispatcher`
+    pub checks: BTreeMap<&'static str, Check<'a>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ReadinessCheck)]
+pub struct Check<'a> {
+    pub ok: bool,
+    /// what was seen, or what is wrong
+    pub detail: &'a str,
+}
 
 /// Each check's verdict: `Ok` with what was seen, or `Err` with what is wrong.
 pub struct Readiness {
@@ -59,27 +79,28 @@ impl Readiness {
         self.checks.iter().all(|(_, verdict)| verdict.is_ok())
     }
 
-    /// `{"status": "ready" | "not_ready", "checks": {name: {"ok", "detail"}}}`.
-    pub fn body(&self) -> Value {
-        let checks: Map<String, Value> = self
+    /// What `GET /readyz` answers.
+    pub fn body(&self) -> ReadinessReport<'_> {
+        let checks = self
             .checks
             .iter()
             .map(|(name, verdict)| {
                 let (ok, detail) = match verdict {
-                    Ok(detail) => (true, detail),
-                    Err(detail) => (false, detail),
+                    Ok(detail) => (true, detail.as_str()),
+                    Err(detail) => (false, detail.as_str()),
                 };
-                (name.to_string(), json!({"ok": ok, "detail": detail}))
+                (*name, Check { ok, detail })
             })
             .collect();
         let status = if self.ready() { "ready" } else { "not_ready" };
-        json!({"status": status, "checks": checks})
+        ReadinessReport { status, checks }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn one_failing_check_makes_the_host_not_ready_and_says_why() {
@@ -91,7 +112,7 @@ mod tests {
         };
         assert!(!readiness.ready());
         assert_eq!(
-            readiness.body(),
+            json!(readiness.body()),
             json!({"status": "not_ready", "checks": {
                 "store": {"ok": true, "detail": "reads and writes"},
                 "dispatcher": {"ok": false, "detail": "its loops have not run for 5 s"},

@@ -6,8 +6,8 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use serde_json::json;
 
+use super::openapi::{ErrorEnvelope, ErrorObject};
 use crate::error::{ApiError, Code, DetailCode};
 use crate::ids::new_short_id;
 
@@ -76,19 +76,17 @@ pub(super) async fn request_id(mut request: Request, next: Next) -> Response {
             HeaderValue::from_static(if retry { "true" } else { "false" }),
         );
     } else if let Some(error) = error {
-        let mut body = json!({
-            "code": error.code,
-            "message": error.message,
-            "retryable": error.code.retryable(),
-            "request_id": id,
-        });
-        if !error.details.is_empty() {
-            body["details"] = json!(error.details);
-        }
-        if let Some(status) = error.status {
-            body["status"] = json!(status);
-        }
-        *response.body_mut() = Body::from(json!({ "error": body }).to_string());
+        let body = ErrorEnvelope {
+            error: ErrorObject {
+                code: error.code,
+                message: &error.message,
+                retryable: error.code.retryable(),
+                request_id: &id,
+                details: (!error.details.is_empty()).then_some(error.details.as_slice()),
+                status: error.status,
+            },
+        };
+        *response.body_mut() = Body::from(serde_json::to_vec(&body).unwrap_or_default());
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

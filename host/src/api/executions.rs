@@ -4,28 +4,49 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::ToSchema;
 
 use super::fields::Fields;
+use super::lists::List;
+use super::openapi::requests::{CreateExecution, ExecutionListParams, ListParams};
+use super::openapi::{Errors, ExecutionErrors};
 use super::{JsonObject, ListQuery, Page, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
-use crate::billing;
+use crate::billing::{self, BalanceView, Entry};
 use crate::error::{ApiError, DetailCode, quote};
 use crate::executions::input::canonical_numbers;
 use crate::executions::{
-    CreateRequest, Execution, MAX_FALLBACK_MODELS, Mode, Status, StreamMessage, request_hash,
+    AcceptedView, CreateRequest, Execution, ExecutionView, MAX_FALLBACK_MODELS, Mode, ResultView,
+    Status, request_hash,
 };
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::StreamExt;
-use tokio::sync::broadcast;
 
 /// Longest a `SYNC` request may wait.
 const MAX_WAIT_SECONDS: u64 = 300;
 const DEFAULT_WAIT_SECONDS: u64 = 60;
 
+/// Create an execution
+///
+/// Validates the input, places the hold and queues the execution. `ASYNC` answers
+/// `202` at once; `SYNC` waits up to `wait_seconds` for the end (`200`, or `202` if
+/// it is still running); `STREAMING` answers server-sent events: `execution`,
+/// `status`, `delta`, `reset` and finally `done` with the execution object.
+#[utoipa::path(
+    post, path = "/executions", tag = "executions",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1-255 printable ASCII characters; the same key and request answer the same execution for 24 hours")),
+    request_body = CreateExecution,
+    responses(
+        (status = 202, description = "Accepted (and, for `SYNC`, still running)", body = AcceptedView),
+        (status = 200, description = "`SYNC`: the finished execution; `STREAMING`: its events",
+            content((ExecutionView = "application/json"), (String = "text/event-stream"))),
+        ExecutionErrors,
+    )
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -37,7 +58,7 @@ pub async fn create(
     let (mut request, wait) = parse_create(&body)?;
     if let Some(url) = request.webhook_url.take() {
         let url =
-            super::webhooks::checked_url(&app, &caller.org_id, "webhook_url", &json!(url)).await?;
+            super::webhook_fields::checked_url(&app, &caller.org_id, "webhook_url", &json!(url)).await?;
         request.webhook_url = Some(url);
     }
     let idempotency = idempotency_key.map(|key| {
@@ -48,7 +69,7 @@ pub async fn create(
     });
     let created = app.executions.create(&caller, request, idempotency).await?;
     if let Some(events) = created.events {
-        return Ok(stream(app, caller.org_id, created.execution, events).into_response());
+        return Ok(super::execution_events::stream(app, caller.org_id, created.execution, events).into_response());
     }
     let mut execution = created.execution;
     // A replay waits too: it is a client retrying a call that timed out.
@@ -82,12 +103,18 @@ pub async fn create(
 
 /// `POST /v1/provider-webhooks/{provider}/{token}`: a provider's callback. Answers
 /// `200` once verified (even when it arrives too late to matter), `404` otherwise.
+#[utoipa::path(
+    post, path = "/provider-webhooks/{provider}/{token}", tag = "providers",
+    params(("provider" = String, Path), ("token" = String, Path, description = "the callback's capability, minted for one attempt")),
+    request_body(content = Object, description = "the provider's own payload"),
+    responses((status = 200, body = CallbackReceived), Errors)
+)]
 pub async fn provider_callback(
     State(app): State<Arc<App>>,
     Path((provider, token)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CallbackReceived>, ApiError> {
     let body = body.map_err(|rejection| super::body_refused(rejection, super::MAX_JSON_BODY))?;
     let headers = headers
         .iter()
@@ -98,72 +125,16 @@ pub async fn provider_callback(
         .provider_callback(&provider, &token, headers, body.to_vec())
         .await?
     {
-        Ok(Json(json!({ "received": true })))
+        Ok(Json(CallbackReceived { received: true }))
     } else {
         Err(ApiError::not_found())
     }
 }
 
-/// A `STREAMING` answer: server-sent events `execution` (the accepted execution),
-/// `status` (each change), `delta` (output text as the provider produces it),
-/// `reset` (the text so far is void: its attempt failed, a retry streams anew) and
-/// finally `done` (the terminal execution object), after which the stream ends.
-fn stream(
-    app: Arc<App>,
-    org_id: String,
-    execution: Execution,
-    events: broadcast::Receiver<StreamMessage>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
-    let first = Event::default()
-        .event("execution")
-        .data(execution.accepted_view().to_string());
-    let id = execution.id.clone();
-    let start = Some((events, execution.status));
-    let rest = futures_util::stream::unfold(start, move |state| {
-        let (app, org_id, id) = (app.clone(), org_id.clone(), id.clone());
-        async move {
-            let (mut events, mut shown) = state?;
-            loop {
-                match events.recv().await {
-                    Ok(StreamMessage::Delta(text)) => {
-                        let event = Event::default()
-                            .event("delta")
-                            .data(json!({ "text": text }).to_string());
-                        return Some((Ok(event), Some((events, shown))));
-                    }
-                    Ok(StreamMessage::Reset) => {
-                        let event = Event::default()
-                            .event("reset")
-                            .data(json!({ "id": id }).to_string());
-                        return Some((Ok(event), Some((events, shown))));
-                    }
-                    Ok(StreamMessage::Status(status)) if status.is_terminal() => break,
-                    // Retries and attempt records notify too; the client sees changes.
-                    Ok(StreamMessage::Status(status)) if status == shown => continue,
-                    Ok(StreamMessage::Status(status)) => {
-                        shown = status;
-                        let event = Event::default()
-                            .event("status")
-                            .data(json!({ "id": id, "status": status }).to_string());
-                        return Some((Ok(event), Some((events, shown))));
-                    }
-                    // A slow reader missed some deltas; the final object has the text.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-            let done = match app.executions.get(&org_id, &id) {
-                Ok(Some(execution)) => execution.view(),
-                _ => json!({ "id": id }),
-            };
-            Some((
-                Ok(Event::default().event("done").data(done.to_string())),
-                None,
-            ))
-        }
-    });
-    Sse::new(futures_util::stream::once(async move { Ok(first) }).chain(rest))
-        .keep_alive(KeepAlive::default())
+/// The answer to a provider's verified callback.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallbackReceived {
+    pub received: bool,
 }
 
 /// `Idempotency-Key`: 1–255 printable ASCII characters.
@@ -259,24 +230,38 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
     ))
 }
 
+/// Get an execution
+#[utoipa::path(
+    get, path = "/executions/{id}", tag = "executions",
+    params(("id" = String, Path, description = "`exec_…`")),
+    responses((status = 200, body = ExecutionView), Errors)
+)]
 pub async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let execution = app
         .executions
         .get(&caller.org_id, &id)?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(execution.view()))
+    Ok(Json(execution.view()).into_response())
 }
 
+/// Get a completed execution's output
+///
+/// `409` with the current `status` when the execution is not `COMPLETED`.
+#[utoipa::path(
+    get, path = "/executions/{id}/result", tag = "executions",
+    params(("id" = String, Path, description = "`exec_…`")),
+    responses((status = 200, body = ResultView), Errors)
+)]
 pub async fn result(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let execution = app
         .executions
@@ -289,24 +274,27 @@ pub async fn result(
             format!("the execution is {status}, not COMPLETED"),
         ));
     }
-    Ok(Json(json!({
-        "execution_id": execution.id,
-        "status": execution.status,
-        "output": execution.output,
-        "cost": execution.cost,
-        "latency_ms": execution.latency_ms(),
-    })))
+    Ok(Json(execution.result_view()).into_response())
 }
 
+/// Cancel an execution
+///
+/// From `PENDING`, `PROCESSING` or `AWAITING_WEBHOOK`: the hold is released. A
+/// terminal execution is a `409` with its status; cancelling twice is harmless.
+#[utoipa::path(
+    post, path = "/executions/{id}/cancel", tag = "executions",
+    params(("id" = String, Path, description = "`exec_…`")),
+    responses((status = 200, body = ExecutionView), Errors)
+)]
 pub async fn cancel(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     match app.dispatcher.cancel(&caller.org_id, &id).await? {
         None => Err(ApiError::not_found()),
-        Some(Ok(execution)) => Ok(Json(execution.view())),
+        Some(Ok(execution)) => Ok(Json(execution.view()).into_response()),
         Some(Err(status)) => {
             let status = status.as_str();
             Err(ApiError::state_conflict(
@@ -333,11 +321,16 @@ fn canonical_create(mut body: serde_json::Map<String, Value>) -> Value {
     Value::Object(body)
 }
 
+/// List the organization's ledger entries, oldest first
+#[utoipa::path(
+    get, path = "/ledger", tag = "billing", params(ListParams),
+    responses((status = 200, body = List<Entry>), Errors)
+)]
 pub async fn ledger(
     State(app): State<Arc<App>>,
     caller: Caller,
     ListQuery(query): ListQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<Entry>>, ApiError> {
     require(&caller, Scope::Full)?;
     let page = Page::from_query(&query, &[])?;
     let (entries, has_more) = app
@@ -357,17 +350,19 @@ pub async fn ledger(
                 "no such ledger entry",
             )
         })?;
-    Ok(list_body(
-        entries.iter().map(|e| json!(e)).collect(),
-        has_more,
-    ))
+    Ok(list_body(entries, has_more))
 }
 
+/// List executions, newest first
+#[utoipa::path(
+    get, path = "/executions", tag = "executions", params(ExecutionListParams),
+    responses((status = 200, body = List<ExecutionView>), Errors)
+)]
 pub async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
     ListQuery(query): ListQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let page = Page::from_query(&query, &["status", "model"])?;
     let status = match query.get("status") {
@@ -387,22 +382,23 @@ pub async fn list(
         status,
         query.get("model").map(String::as_str),
     )?;
-    Ok(list_body(
-        executions.iter().map(|e| e.view()).collect(),
-        has_more,
-    ))
+    Ok(list_body(executions.iter().map(Execution::view).collect(), has_more).into_response())
 }
 
-pub async fn balance(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Get the organization's balance
+#[utoipa::path(
+    get, path = "/balance", tag = "billing",
+    responses((status = 200, body = BalanceView), Errors)
+)]
+pub async fn balance(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> Result<Json<BalanceView>, ApiError> {
     require(&caller, Scope::Full)?;
     let account = app
         .store
         .read(|txn| billing::account(txn, &caller.org_id))?;
-    Ok(Json(json!({
-        "available": account.available,
-        "held": account.held,
-        "currency": "USD",
-    })))
+    Ok(Json(account.view()))
 }
 
 #[cfg(test)]

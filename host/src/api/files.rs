@@ -8,29 +8,69 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 use super::fields::Fields;
+use super::lists::List;
+use super::openapi::Errors;
+use super::openapi::requests::{ConfirmUpload, CreateUpload, ListParams};
 use super::{JsonObject, ListQuery, Page, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, DetailCode};
 use crate::files::signing::{self, GrantQuery, Signature};
 use crate::files::storage::ByteStream;
-use crate::files::{FileRecord, Origin};
+use crate::files::{FileRecord, FileView, Origin};
 
-/// `POST /v1/files/upload {purpose, ttl_days?}` → `{file_id, upload_url, expires_at}`.
-/// `filename`, `content_type` and `size_bytes` from older clients are accepted and
+/// Where to `PUT` a new upload's bytes.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UploadTicket)]
+pub struct UploadTicketView {
+    pub file_id: String,
+    /// a one-hour signed URL served by the platform
+    pub upload_url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A signed download URL.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileUrl {
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+    pub content_type: String,
+    pub size_bytes: u64,
+}
+
+/// The answer to a delete.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedFile {
+    pub file_id: String,
+    /// always `file`
+    pub object: &'static str,
+    pub deleted: bool,
+}
+
+/// Start an upload
+///
+/// Answers a one-hour signed `upload_url` to `PUT` the bytes to, then
+/// `POST /v1/files/confirm`. `filename`, `content_type` and `size_bytes` from older clients are accepted and
 /// ignored: what a file is gets measured, never taken on trust. The one use of a
 /// declared `size_bytes` is to refuse at once (`413`) an upload that could not fit.
+#[utoipa::path(
+    post, path = "/files/upload", tag = "files", request_body = CreateUpload,
+    responses((status = 201, body = UploadTicketView), Errors)
+)]
 pub async fn create_upload(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     caller: Caller,
     JsonObject(body): JsonObject,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<UploadTicketView>), ApiError> {
     require(&caller, Scope::Execution)?;
     // Older clients send `filename`, `content_type` and `size_bytes`: accepted,
     // never trusted (only a size over what fits is refused early).
@@ -63,15 +103,23 @@ pub async fn create_upload(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "file_id": ticket.record.file_id,
-            "upload_url": ticket.upload_url,
-            "expires_at": ticket.expires_at,
-        })),
+        Json(UploadTicketView {
+            file_id: ticket.record.file_id,
+            upload_url: ticket.upload_url,
+            expires_at: ticket.expires_at,
+        }),
     ))
 }
 
-/// `PUT {upload_url}` with the raw bytes.
+/// Upload a file's bytes
+///
+/// `PUT` of the raw bytes (at most 150 MB) to the signed `upload_url`; the signature is the credential.
+#[utoipa::path(
+    put, path = "/upload/{id}", tag = "files",
+    params(("id" = String, Path, description = "`file_…`"), Signature),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = FileView), Errors)
+)]
 pub async fn receive_upload(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -79,7 +127,7 @@ pub async fn receive_upload(
     signature: Result<Query<Signature>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -95,54 +143,69 @@ pub async fn receive_upload(
             Some(address.ip().to_string()),
         )
         .await?;
-    Ok(Json(record.view()))
+    Ok(Json(record.view()).into_response())
 }
 
-/// `POST /v1/files/confirm {file_id}` → the file object.
+/// Confirm an upload
+///
+/// The file is `READY` for executions from then on.
+#[utoipa::path(
+    post, path = "/files/confirm", tag = "files", request_body = ConfirmUpload,
+    responses((status = 200, body = FileView), Errors)
+)]
 pub async fn confirm(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     caller: Caller,
     JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let mut fields = Fields::new(&body, &["file_id"]);
     let file_id = fields.required_string("file_id");
     fields.finish()?;
     let file_id = file_id.unwrap_or_default();
     let origin = Origin::caller(&caller, Some(address));
-    Ok(Json(
-        app.files.confirm(&caller, file_id, origin).await?.view(),
-    ))
+    let record = app.files.confirm(&caller, file_id, origin).await?;
+    Ok(Json(record.view()).into_response())
 }
 
+/// Get a file
+#[utoipa::path(
+    get, path = "/files/{id}", tag = "files", params(("id" = String, Path, description = "`file_…`")),
+    responses((status = 200, body = FileView), Errors)
+)]
 pub async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
-    Ok(Json(app.files.get(&caller, &id)?.view()))
+    Ok(Json(app.files.get(&caller, &id)?.view()).into_response())
 }
 
-/// `GET /v1/files?limit&starting_after`, newest first.
+/// List files, newest first
+#[utoipa::path(
+    get, path = "/files", tag = "files", params(ListParams),
+    responses((status = 200, body = List<FileView>), Errors)
+)]
 pub async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
     ListQuery(query): ListQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let page = Page::from_query(&query, &[])?;
     let (records, has_more) =
         app.files
             .list(&caller, page.limit, page.starting_after.as_deref())?;
-    Ok(list_body(
-        records.iter().map(FileRecord::view).collect(),
-        has_more,
-    ))
+    Ok(list_body(records.iter().map(FileRecord::view).collect(), has_more).into_response())
 }
 
-/// The bytes, streamed from storage.
+/// Download a file's bytes
+#[utoipa::path(
+    get, path = "/files/{id}/download", tag = "files", params(("id" = String, Path, description = "`file_…`")),
+    responses((status = 200, description = "The bytes, of the file's `content_type`", content_type = "*/*", body = Vec<u8>), Errors)
+)]
 pub async fn download(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -155,40 +218,61 @@ pub async fn download(
     Ok(bytes_response(&record, stream))
 }
 
-/// `GET /v1/files/{id}/url` → `{url, expires_at, content_type, size_bytes}`.
+/// Get a signed download URL
+///
+/// Valid one hour; anyone holding it can download the file.
+#[utoipa::path(
+    get, path = "/files/{id}/url", tag = "files", params(("id" = String, Path, description = "`file_…`")),
+    responses((status = 200, body = FileUrl), Errors)
+)]
 pub async fn url(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let origin = Origin::caller(&caller, Some(address));
     let (record, url, expires_at) = app.files.download_url(&caller, &id, origin).await?;
-    Ok(Json(json!({
-        "url": url,
-        "expires_at": expires_at,
-        "content_type": record.content_type,
-        "size_bytes": record.size_bytes,
-    })))
+    Ok(Json(FileUrl {
+        url,
+        expires_at,
+        content_type: record.content_type,
+        size_bytes: record.size_bytes,
+    })
+    .into_response())
 }
 
-/// `DELETE /v1/files/{id}` → `{file_id, deleted: true}`.
+/// Delete a file
+#[utoipa::path(
+    delete, path = "/files/{id}", tag = "files", params(("id" = String, Path, description = "`file_…`")),
+    responses((status = 200, body = DeletedFile), Errors)
+)]
 pub async fn delete(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Execution)?;
     let origin = Origin::caller(&caller, Some(address));
     let record = app.files.delete(&caller, &id, origin).await?;
-    Ok(Json(
-        json!({"file_id": record.file_id, "object": "file", "deleted": true}),
-    ))
+    Ok(Json(DeletedFile {
+        file_id: record.file_id,
+        object: "file",
+        deleted: true,
+    })
+    .into_response())
 }
 
-/// `GET` of a signed download URL.
+/// Download through a signed URL
+///
+/// The signature is the credential.
+#[utoipa::path(
+    get, path = "/download/{id}", tag = "files",
+    params(("id" = String, Path, description = "`file_…`"), Signature),
+    responses((status = 200, description = "The bytes, of the file's `content_type`", content_type = "*/*", body = Vec<u8>), Errors)
+)]
 pub async fn signed_download(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -203,8 +287,15 @@ pub async fn signed_download(
     Ok(bytes_response(&record, stream))
 }
 
+/// Fetch an input file through a grant
+///
 /// A provider's `GET` of a grant minted for one attempt: the signature and expiry
 /// are checked before the execution is even loaded.
+#[utoipa::path(
+    get, path = "/grant/{id}", tag = "providers",
+    params(("id" = String, Path, description = "the grant's id"), GrantQuery),
+    responses((status = 200, description = "The bytes, of the file's `content_type`", content_type = "*/*", body = Vec<u8>), Errors)
+)]
 pub async fn grant(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,

@@ -43,6 +43,15 @@ impl Guarded {
     }
 }
 
+/// The credential the gate asks of `path`, by its security scheme's name in the
+/// API document.
+pub(super) fn credential_of(path: &str) -> Option<&'static str> {
+    Guarded::of(path).map(|guarded| match guarded {
+        Guarded::Api => "api_key",
+        Guarded::Admin => "operator_token",
+    })
+}
+
 /// Authenticates and rate limits every `/v1` and `/admin/v1` request before it is
 /// routed, so that neither an unknown path nor an unknown method is a way around
 /// them. A valid API key is counted in its own bucket, and its [`Caller`] goes on

@@ -3,14 +3,30 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 use super::fields::Fields;
+use super::lists::List;
+use super::openapi::Errors;
+use super::openapi::requests::{CreateKey, ListParams};
 use super::{JsonObject, ListQuery, Page, list_body, require};
 use crate::App;
-use crate::auth::{self, Caller, KeyRefusal, MAX_ACTIVE_KEYS, Scope};
+use crate::auth::{self, ApiKey, Caller, KeyRefusal, KeyView, MAX_ACTIVE_KEYS, Scope};
 use crate::error::{ApiError, Code, DetailCode};
+
+/// The answer to a rotation: the new secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedKey {
+    pub id: String,
+    /// the new secret
+    pub new_key: String,
+    /// until when the old secret keeps working
+    pub previous_key_valid_until: DateTime<Utc>,
+}
 
 fn refusal(refusal: KeyRefusal) -> ApiError {
     match refusal {
@@ -24,13 +40,18 @@ fn refusal(refusal: KeyRefusal) -> ApiError {
     }
 }
 
-/// `POST /v1/api-keys {scope?: "full"|"execution", name?}` → `201` with the secret,
-/// shown this once.
+/// Create an API key
+///
+/// The answer carries the secret (`key`), shown this once.
+#[utoipa::path(
+    post, path = "/api-keys", tag = "keys", request_body = CreateKey,
+    responses((status = 201, body = KeyView), Errors)
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
     JsonObject(body): JsonObject,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
     let mut fields = Fields::new(&body, &["scope", "name"]);
     let scope = match fields.choice("scope", &["full", "execution"]) {
@@ -52,29 +73,42 @@ pub async fn create(
         .write(move |txn| auth::create_key_checked(txn, &org, scope, name))
         .await?
         .map_err(refusal)?;
-    let mut view = key.view();
-    view["key"] = json!(secret);
-    Ok((StatusCode::CREATED, Json(view)))
+    let view = KeyView {
+        key: Some(&secret),
+        ..key.view()
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-/// `GET /v1/api-keys`, oldest first.
+/// List API keys, oldest first
+///
+/// Never with their secrets.
+#[utoipa::path(
+    get, path = "/api-keys", tag = "keys", params(ListParams),
+    responses((status = 200, body = List<KeyView>), Errors)
+)]
 pub async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
     ListQuery(query): ListQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
     let page = Page::from_query(&query, &[])?;
     let keys = app.store.read(|txn| auth::keys_of(txn, &caller.org_id))?;
     let (keys, has_more) = page.of(keys, |k| &k.id)?;
-    Ok(list_body(keys.iter().map(|k| k.view()).collect(), has_more))
+    Ok(list_body(keys.iter().map(ApiKey::view).collect(), has_more).into_response())
 }
 
+/// Revoke an API key
+#[utoipa::path(
+    delete, path = "/api-keys/{id}", tag = "keys", params(("id" = String, Path, description = "`key_…`")),
+    responses((status = 200, body = KeyView), Errors)
+)]
 pub async fn revoke(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(key_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
     let org = caller.org_id.clone();
     let key = app
@@ -82,16 +116,22 @@ pub async fn revoke(
         .write(move |txn| auth::revoke_key(txn, &org, &key_id))
         .await?
         .map_err(refusal)?;
-    Ok(Json(key.view()))
+    Ok(Json(key.view()).into_response())
 }
 
-/// `→ {id, new_key, previous_key_valid_until}`: the key keeps its id and scope; the
-/// old secret works one more hour.
+/// Rotate an API key
+///
+/// The key keeps its id and scope and gets a new secret; the old secret works one
+/// more hour.
+#[utoipa::path(
+    post, path = "/api-keys/{id}/rotate", tag = "keys", params(("id" = String, Path, description = "`key_…`")),
+    responses((status = 200, body = RotatedKey), Errors)
+)]
 pub async fn rotate(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(key_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RotatedKey>, ApiError> {
     require(&caller, Scope::Full)?;
     let org = caller.org_id.clone();
     let rotated = app
@@ -99,9 +139,9 @@ pub async fn rotate(
         .write(move |txn| auth::rotate_key(txn, &org, &key_id))
         .await?
         .map_err(refusal)?;
-    Ok(Json(json!({
-        "id": rotated.key.id,
-        "new_key": rotated.secret,
-        "previous_key_valid_until": rotated.previous_valid_until,
-    })))
+    Ok(Json(RotatedKey {
+        id: rotated.key.id,
+        new_key: rotated.secret,
+        previous_key_valid_until: rotated.previous_valid_until,
+    }))
 }

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::collections::HashMap;
 
 use crate::error::{ApiError, Detail, DetailCode, quote};
@@ -120,6 +120,14 @@ impl Page {
 }
 
 /// `{"data": [...], "has_more": bool}`
-pub fn list_body(data: Vec<Value>, has_more: bool) -> Json<Value> {
-    Json(json!({ "data": data, "has_more": has_more }))
+pub fn list_body<T: Serialize>(data: Vec<T>, has_more: bool) -> Json<List<T>> {
+    Json(List { data, has_more })
+}
+
+/// A page of a list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct List<T> {
+    pub data: Vec<T>,
+    /// whether items follow this page (ask with `starting_after` = its last id)
+    pub has_more: bool,
 }

@@ -22,8 +22,13 @@ fn breaker_value(state: BreakerState) -> i64 {
     }
 }
 
-/// `GET /metrics`: the gauges are read now, then everything is written out. On the
-/// main address the gate has checked the operator token.
+/// Prometheus metrics
+///
+/// The gauges are read now, then everything is written out in Prometheus' text
+/// format. On the main address the gate has checked the operator token.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus' text exposition format", content_type = "text/plain", body = String),
+        crate::api::openapi::Errors))]
 pub async fn scrape(State(app): State<Arc<App>>) -> Response {
     let metrics = metrics();
     let text = tokio::task::spawn_blocking(move || {

@@ -4,11 +4,17 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 use super::fields::Fields;
+use super::lists::List;
+use super::openapi::Errors;
+use super::openapi::requests::{CreateEndpoint, ListParams, UpdateEndpoint};
+use super::webhook_fields::{busy, checked_url, description, events, headers};
 use super::{JsonObject, ListQuery, Page, known_fields, list_body, require};
 use crate::App;
 use crate::auth::{Caller, Scope};
@@ -18,26 +24,52 @@ use crate::ids::new_id;
 use crate::netguard::Refusal;
 use crate::webhooks::delivery::SendResult;
 use crate::webhooks::endpoints::{self, Changes};
-use crate::webhooks::{self, EVENT_TYPES, Endpoint, RESERVED_HEADERS};
+use crate::webhooks::{self, Endpoint, EndpointView};
 
-/// Most custom headers an endpoint may carry.
-const MAX_HEADERS: usize = 20;
-/// Longest custom header name and value, in characters.
-const MAX_HEADER_NAME: usize = 256;
-const MAX_HEADER_VALUE: usize = 1024;
-/// Longest URL a delivery may go to, in characters (also an execution's
-/// `webhook_url`).
-pub const MAX_URL_CHARS: usize = 2048;
-/// Longest description, in characters.
-const MAX_DESCRIPTION: usize = 500;
 
-/// `POST /v1/webhooks/endpoints {url, description?, events?, headers?}` → `201`
-/// with the secret, shown this once.
+/// The answer to a delete.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedEndpoint {
+    pub id: String,
+    /// always `webhook_endpoint`
+    pub object: &'static str,
+    pub deleted: bool,
+}
+
+/// What the receiver of a test event answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestDelivery {
+    /// the test event's id (`evt_…`)
+    pub id: String,
+    /// always `test`
+    pub event_type: &'static str,
+    /// whether the receiver answered 2xx
+    pub delivered: bool,
+    /// the receiver's HTTP status, if it answered
+    pub response_status: Option<u16>,
+    /// why the delivery failed, if it did
+    pub error: Option<String>,
+}
+
+/// The organization's default signing secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DefaultSecret {
+    /// `whsec_…`
+    pub secret: String,
+}
+
+/// Create a webhook endpoint
+///
+/// The answer carries its signing `secret` and its headers' values, shown this once.
+#[utoipa::path(
+    post, path = "/webhooks/endpoints", tag = "webhooks", request_body = CreateEndpoint,
+    responses((status = 201, body = EndpointView), Errors)
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
     JsonObject(body): JsonObject,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
     known_fields(&body, &["url", "description", "events", "headers"])?;
     let Some(url) = body.get("url") else {
@@ -73,14 +105,19 @@ pub async fn create(
                     ),
                 )
             })?;
-    Ok((StatusCode::CREATED, Json(endpoint.view(true))))
+    Ok((StatusCode::CREATED, Json(endpoint.view(true))).into_response())
 }
 
+/// List webhook endpoints, oldest first
+#[utoipa::path(
+    get, path = "/webhooks/endpoints", tag = "webhooks", params(ListParams),
+    responses((status = 200, body = List<EndpointView>), Errors)
+)]
 pub async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
     ListQuery(query): ListQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
     let page = Page::from_query(&query, &[])?;
     let after = match &page.starting_after {
@@ -95,29 +132,37 @@ pub async fn list(
     };
     let (listed, has_more) =
         endpoints::list(&app.store, &caller.org_id, page.limit, after.as_ref())?;
-    Ok(list_body(
-        listed.iter().map(|e| e.view(false)).collect(),
-        has_more,
-    ))
+    Ok(list_body(listed.iter().map(|e| e.view(false)).collect(), has_more).into_response())
 }
 
+/// Get a webhook endpoint
+#[utoipa::path(
+    get, path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
+    responses((status = 200, body = EndpointView), Errors)
+)]
 pub async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
-    Ok(Json(find(&app, &caller, &id)?.view(false)))
+    Ok(Json(find(&app, &caller, &id)?.view(false)).into_response())
 }
 
-/// `PATCH /v1/webhooks/endpoints/{id} {url?, description?, events?, headers?,
-/// is_active?}`. Reactivating an endpoint clears its failure count.
+/// Update a webhook endpoint
+///
+/// Reactivating an endpoint clears its failure count.
+#[utoipa::path(
+    patch, path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
+    request_body = UpdateEndpoint,
+    responses((status = 200, body = EndpointView), Errors)
+)]
 pub async fn update(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
     JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&caller, Scope::Full)?;
     let mut fields = Fields::new(
         &body,
@@ -160,34 +205,47 @@ pub async fn update(
     let updated = endpoints::update(&app.store, &caller.org_id, &id, changes)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(updated.view(false)))
+    Ok(Json(updated.view(false)).into_response())
 }
 
-/// `DELETE /v1/webhooks/endpoints/{id}`; its undelivered events are dropped.
+/// Delete a webhook endpoint
+///
+/// Its undelivered events are dropped.
+#[utoipa::path(
+    delete, path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
+    responses((status = 200, body = DeletedEndpoint), Errors)
+)]
 pub async fn delete(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeletedEndpoint>, ApiError> {
     require(&caller, Scope::Full)?;
     let removed = endpoints::delete(&app.store, &caller.org_id, &id)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(
-        json!({"id": removed.id, "object": "webhook_endpoint", "deleted": true}),
-    ))
+    Ok(Json(DeletedEndpoint {
+        id: removed.id,
+        object: "webhook_endpoint",
+        deleted: true,
+    }))
 }
 
-/// `POST /v1/webhooks/endpoints/{id}/test`: sends a signed `test` event now and
-/// reports what the receiver answered. Test sends are not retried and do not count
+/// Send a test event
+///
+/// Sends a signed `test` event now and reports what the receiver answered. Test sends are not retried and do not count
 /// toward deactivation. The URL is checked first as at registration (within the
 /// organization's share of the resolver), so a flood of test sends to a name that
 /// no longer resolves is bounded like a flood of creates.
+#[utoipa::path(
+    post, path = "/webhooks/endpoints/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
+    responses((status = 200, body = TestDelivery), Errors)
+)]
 pub async fn test(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TestDelivery>, ApiError> {
     require(&caller, Scope::Full)?;
     let endpoint = find(&app, &caller, &id)?;
     let event_id = new_id("evt");
@@ -220,197 +278,32 @@ pub async fn test(
             error: Some(format!("refused: {refusal}")),
         },
     };
-    Ok(Json(json!({
-        "id": event_id,
-        "event_type": "test",
-        "delivered": result.succeeded(),
-        "response_status": result.status,
-        "error": result.error,
-    })))
+    Ok(Json(TestDelivery {
+        delivered: result.succeeded(),
+        id: event_id,
+        event_type: "test",
+        response_status: result.status,
+        error: result.error,
+    }))
 }
 
-/// `GET /v1/webhooks/default-secret` → `{secret}`: what signs deliveries to
-/// per-execution `webhook_url`s. An `execution`-scope key may read it: it may set
+/// Get the default signing secret
+///
+/// What signs deliveries to per-execution `webhook_url`s. An `execution`-scope key may read it: it may set
 /// `webhook_url`, so it must be able to verify what arrives there.
+#[utoipa::path(
+    get, path = "/webhooks/default-secret", tag = "webhooks",
+    responses((status = 200, body = DefaultSecret), Errors)
+)]
 pub async fn default_secret(
     State(app): State<Arc<App>>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DefaultSecret>, ApiError> {
     require(&caller, Scope::Execution)?;
     let secret = endpoints::organization_secret(&app.store, &caller.org_id).await?;
-    Ok(Json(json!({ "secret": secret })))
+    Ok(Json(DefaultSecret { secret }))
 }
 
 fn find(app: &App, caller: &Caller, id: &str) -> Result<Endpoint, ApiError> {
     endpoints::get(&app.store, &caller.org_id, id)?.ok_or_else(ApiError::not_found)
-}
-
-/// A URL deliveries may go to under the operator's policy (scheme, and every
-/// address it resolves to), checked for `organization`. A host that does not
-/// resolve within the resolver's timeout is invalid; one that found no place among
-/// the lookups in flight is refused as busy ([`busy`]).
-pub async fn checked_url(
-    app: &App,
-    organization: &str,
-    field: &str,
-    url: &Value,
-) -> Result<String, ApiError> {
-    let Some(url) = url.as_str() else {
-        return Err(ApiError::invalid(
-            field,
-            DetailCode::InvalidType,
-            format!("{field} must be a string"),
-        ));
-    };
-    if url.chars().count() > MAX_URL_CHARS {
-        return Err(ApiError::invalid(
-            field,
-            DetailCode::OutOfRange,
-            format!("{field} may be at most {MAX_URL_CHARS} characters"),
-        ));
-    }
-    match app.webhooks.guard().check(organization, url).await {
-        Ok(parsed) => Ok(parsed.to_string()),
-        Err(refusal @ (Refusal::TooManyLookups | Refusal::ResolverBusy)) => Err(busy(app, refusal)),
-        Err(refusal) => Err(ApiError::invalid(
-            field,
-            DetailCode::InvalidValue,
-            refusal.to_string(),
-        )),
-    }
-}
-
-/// A lookup that found no place: `429 RATE_LIMITED` when the organization has as
-/// many in flight as it may, `503 SERVICE_UNAVAILABLE` when the server has; both
-/// retryable after about one lookup timeout.
-fn busy(app: &App, refusal: Refusal) -> ApiError {
-    let code = match refusal {
-        Refusal::TooManyLookups => Code::RateLimited,
-        _ => Code::ServiceUnavailable,
-    };
-    let retry_after = app
-        .webhooks
-        .guard()
-        .dns_timeout()
-        .as_millis()
-        .div_ceil(1000)
-        .max(1);
-    ApiError::new(code, format!("{refusal}; try again shortly"))
-        .with_header("retry-after", retry_after.to_string())
-}
-
-fn description(value: Option<&Value>) -> Result<Option<String>, ApiError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.chars().count() <= MAX_DESCRIPTION => {
-            Ok(Some(text.clone()))
-        }
-        Some(Value::String(_)) => Err(ApiError::invalid(
-            "description",
-            DetailCode::OutOfRange,
-            format!("description may be at most {MAX_DESCRIPTION} characters"),
-        )),
-        Some(_) => Err(ApiError::invalid(
-            "description",
-            DetailCode::InvalidType,
-            "description must be a string",
-        )),
-    }
-}
-
-fn events(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
-    let items = match value {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "events",
-                DetailCode::InvalidType,
-                "events must be an array of event types",
-            ));
-        }
-    };
-    let mut events = Vec::new();
-    for item in items {
-        match item.as_str() {
-            Some(event) if EVENT_TYPES.contains(&event) => {
-                if !events.iter().any(|e| e == event) {
-                    events.push(event.to_string());
-                }
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "events",
-                    DetailCode::InvalidValue,
-                    format!(
-                        "unknown event type {item}; one of {}",
-                        EVENT_TYPES.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(events)
-}
-
-fn headers(value: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> {
-    let map = match value {
-        None | Some(Value::Null) => return Ok(BTreeMap::new()),
-        Some(Value::Object(map)) => map,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "headers",
-                DetailCode::InvalidType,
-                "headers must be an object of header names to string values",
-            ));
-        }
-    };
-    if map.len() > MAX_HEADERS {
-        return Err(ApiError::invalid(
-            "headers",
-            DetailCode::OutOfRange,
-            format!("at most {MAX_HEADERS} headers"),
-        ));
-    }
-    let mut headers = BTreeMap::new();
-    for (name, value) in map {
-        if name.chars().count() > MAX_HEADER_NAME {
-            return Err(ApiError::invalid(
-                "headers",
-                DetailCode::OutOfRange,
-                format!("header names may be at most {MAX_HEADER_NAME} characters"),
-            ));
-        }
-        let field = format!("headers.{name}");
-        let lower = name.to_ascii_lowercase();
-        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
-            || RESERVED_HEADERS.contains(&lower.as_str())
-        {
-            return Err(ApiError::invalid(
-                &field,
-                DetailCode::InvalidValue,
-                format!("{name:?} is not a header an endpoint may set"),
-            ));
-        }
-        match value.as_str() {
-            Some(text) if text.chars().count() > MAX_HEADER_VALUE => {
-                return Err(ApiError::invalid(
-                    &field,
-                    DetailCode::OutOfRange,
-                    format!("header values may be at most {MAX_HEADER_VALUE} characters"),
-                ));
-            }
-            Some(text) if axum::http::HeaderValue::from_str(text).is_ok() => {
-                headers.insert(name.clone(), text.to_string());
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    &field,
-                    DetailCode::InvalidValue,
-                    "header values must be strings of visible ASCII",
-                ));
-            }
-        }
-    }
-    Ok(headers)
 }

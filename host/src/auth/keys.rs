@@ -16,7 +16,7 @@ pub const MAX_ACTIVE_KEYS: usize = 20;
 /// How long a rotated key keeps working.
 pub const ROTATION_GRACE: chrono::Duration = chrono::Duration::hours(1);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// everything
@@ -96,17 +96,37 @@ impl ApiKey {
     }
 
     /// What listing shows: never the secret or its hash.
-    pub fn view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "name": self.name,
-            "scope": self.scope,
-            "created_at": self.created_at,
-            "revoked_at": self.revoked_at,
-            "expires_at": self.expires_at,
-            "previous_key_valid_until": self.previous_valid_until(crate::clock::now()),
-        })
+    pub fn view(&self) -> KeyView<'_> {
+        KeyView {
+            id: &self.id,
+            name: self.name.as_deref(),
+            scope: self.scope,
+            created_at: self.created_at,
+            revoked_at: self.revoked_at,
+            expires_at: self.expires_at,
+            previous_key_valid_until: self.previous_valid_until(crate::clock::now()),
+            key: None,
+        }
     }
+}
+
+/// An API key as clients see it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ApiKey)]
+pub struct KeyView<'a> {
+    #[schema(example = "key_8c1f0e2a9b")]
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+    pub scope: Scope,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// until when the secret it had before its last rotation still works
+    pub previous_key_valid_until: Option<DateTime<Utc>>,
+    /// the secret: only in the answer to its creation, shown that once
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub key: Option<&'a str>,
 }
 
 /// Creates a key for `org_id` and returns it with its secret (shown once).

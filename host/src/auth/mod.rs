@@ -11,7 +11,7 @@ mod operator;
 mod organizations;
 
 pub use keys::{
-    ApiKey, KeyRefusal, MAX_ACTIVE_KEYS, PreviousSecret, ROTATION_GRACE, Rotated, Scope,
+    ApiKey, KeyRefusal, KeyView, MAX_ACTIVE_KEYS, PreviousSecret, ROTATION_GRACE, Rotated, Scope,
     create_key, create_key_checked, generate_secret, hash_secret, keys_of, revoke_key, rotate_key,
     well_formed,
 };

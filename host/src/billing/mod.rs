@@ -23,7 +23,7 @@ pub struct Account {
     pub spent: Micros,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Bucket {
     External,
@@ -36,7 +36,7 @@ pub enum Bucket {
     ProviderPayable,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     Deposit,
@@ -47,7 +47,9 @@ pub enum EntryKind {
     Absorbed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A ledger entry, as `GET /v1/ledger` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = LedgerEntry)]
 pub struct Entry {
     pub id: String,
     pub organization_id: String,
@@ -63,7 +65,26 @@ pub struct Entry {
     pub created_at: DateTime<Utc>,
 }
 
+/// An organization's balance as clients see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Balance)]
+pub struct BalanceView {
+    pub available: Micros,
+    pub held: Micros,
+    /// always `USD`
+    pub currency: &'static str,
+}
+
 impl Account {
+    /// What `GET /v1/balance` answers.
+    pub fn view(&self) -> BalanceView {
+        BalanceView {
+            available: self.available,
+            held: self.held,
+            currency: "USD",
+        }
+    }
+
     fn bucket(&mut self, bucket: Bucket) -> &mut Micros {
         match bucket {
             Bucket::External => &mut self.deposits,

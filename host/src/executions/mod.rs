@@ -12,6 +12,7 @@ mod fallbacks;
 pub mod input;
 mod live;
 pub mod model;
+mod view;
 mod records;
 pub mod relay;
 mod waiting;
@@ -28,7 +29,8 @@ use create::InputRules;
 pub use create::{CreateOutcome, CreateRequest, Created, IDEMPOTENT_ID_KEY, request_hash};
 pub use fallbacks::{MAX_FALLBACK_MODELS, check_default_fallbacks};
 pub use live::StreamMessage;
-pub use model::{Claim, Execution, Mode, Status};
+pub use model::{Claim, Execution, ExecutionError, Mode, Status};
+pub use view::{AcceptedView, ExecutionView, ResultView};
 pub use records::{Ending, LedgerReport};
 
 pub struct Executions {

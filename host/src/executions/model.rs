@@ -2,13 +2,14 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::Code;
 use crate::money::Micros;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = ExecutionStatus)]
 pub enum Status {
     Pending,
     Processing,
@@ -45,7 +46,7 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Mode {
     #[default]
@@ -54,7 +55,7 @@ pub enum Mode {
     Streaming,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecutionError {
     pub code: Code,
     pub message: String,
@@ -221,56 +222,6 @@ impl Execution {
     pub fn set_status(&mut self, status: Status, at: DateTime<Utc>) {
         self.status = status;
         self.transitions.push((status, at));
-    }
-
-    /// The execution object of SPEC §4.
-    pub fn view(&self) -> Value {
-        let mut view = json!({
-            "id": self.id,
-            "object": "execution",
-            "status": self.status,
-            "model": self.model,
-            "metadata": self.metadata,
-            "hold_amount": self.hold_amount,
-            "estimated_cost": self.estimated_cost,
-            "cost": self.cost,
-            "latency_ms": self.latency_ms(),
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "completed_at": self.completed_at,
-            "expires_at": self.expires_at,
-        });
-        if let Some(output) = &self.output {
-            view["result"] = json!({ "output": output });
-        }
-        if let Some(error) = &self.error {
-            view["error"] = json!(error);
-        }
-        if !self.fallbacks.is_empty() {
-            view["fallback_models"] = self.fallback_slugs();
-        }
-        view
-    }
-
-    fn fallback_slugs(&self) -> Value {
-        json!(self.fallbacks.iter().map(|f| &f.model).collect::<Vec<_>>())
-    }
-
-    /// The `202` answer to a create.
-    pub fn accepted_view(&self) -> Value {
-        let mut view = json!({
-            "id": self.id,
-            "status": self.status,
-            "model": self.model,
-            "hold_amount": self.hold_amount,
-            "estimated_cost": self.estimated_cost,
-            "expires_at": self.expires_at,
-            "created_at": self.created_at,
-        });
-        if !self.fallbacks.is_empty() {
-            view["fallback_models"] = self.fallback_slugs();
-        }
-        view
     }
 }
 

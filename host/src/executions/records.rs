@@ -91,7 +91,7 @@ impl Executions {
                             organization_id: &execution.organization_id,
                             execution_id: &execution.id,
                             webhook_url: execution.webhook_url.as_deref(),
-                            data: execution.view(),
+                            data: serde_json::json!(execution.view()),
                         },
                     )?,
                     None => false,
@@ -238,7 +238,7 @@ impl Executions {
 }
 
 /// What [`Executions::verify_ledger`] found.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LedgerReport {
     pub organizations: usize,
     pub consistent: bool,

@@ -12,8 +12,9 @@ use super::{FileRecord, Origin};
 use crate::clock;
 use crate::store::{Store, Txn};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = FileAction)]
 pub enum Action {
     /// the host stored an execution's output (the actor is the execution)
     Output,
@@ -30,7 +31,9 @@ pub enum Action {
     Expire,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One thing done to a file, and by whom.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = FileAuditEntry)]
 pub struct AuditEntry {
     pub at: DateTime<Utc>,
     pub organization_id: String,

@@ -30,7 +30,7 @@ use crate::config::FileSettings;
 use crate::store::{Reader, Store};
 pub use db::insert;
 use quota::InFlight;
-pub use record::{FileRecord, FileStatus, IngestError, Ingested, Origin, UploadTicket};
+pub use record::{FileRecord, FileStatus, FileView, IngestError, Ingested, Origin, UploadTicket};
 use signing::UrlSigner;
 use storage::Storage;
 

@@ -25,6 +25,16 @@ use crate::config::FileSettings;
 use crate::error::{ApiError, Code};
 use crate::store::Txn;
 
+/// An organization's file storage: what it uses and may use.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FileUsage)]
+pub struct QuotaView {
+    pub bytes_used: u64,
+    pub files_used: u64,
+    pub quota_bytes: u64,
+    pub quota_files: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OrgFiles {
     /// bytes of the organization's stored files
@@ -56,13 +66,13 @@ impl OrgFiles {
     }
 
     /// The effective quota and usage, for operators.
-    pub fn view(&self, settings: &FileSettings) -> serde_json::Value {
-        serde_json::json!({
-            "bytes_used": self.bytes,
-            "files_used": self.files,
-            "quota_bytes": self.quota_bytes(settings),
-            "quota_files": self.quota_files(settings),
-        })
+    pub fn view(&self, settings: &FileSettings) -> QuotaView {
+        QuotaView {
+            bytes_used: self.bytes,
+            files_used: self.files,
+            quota_bytes: self.quota_bytes(settings),
+            quota_files: self.quota_files(settings),
+        }
     }
 
     /// `409 CONFLICT` when the organization cannot take one more file.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FileStatus {
     /// an upload URL was handed out; no bytes yet
@@ -47,20 +47,39 @@ impl FileRecord {
     }
 
     /// The file object of SPEC §8 (`status` added: uploads are usable once `READY`).
-    pub fn view(&self) -> serde_json::Value {
+    pub fn view(&self) -> FileView<'_> {
         let uploaded = self.status != FileStatus::AwaitingUpload;
-        serde_json::json!({
-            "file_id": self.file_id,
-            "object": "file",
-            "status": self.status,
-            "content_type": uploaded.then_some(&self.content_type),
-            "size_bytes": uploaded.then_some(self.size_bytes),
-            "sha256": uploaded.then_some(&self.sha256),
-            "purpose": self.purpose,
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-        })
+        FileView {
+            file_id: &self.file_id,
+            object: "file",
+            status: self.status,
+            content_type: uploaded.then_some(self.content_type.as_str()),
+            size_bytes: uploaded.then_some(self.size_bytes),
+            sha256: uploaded.then_some(self.sha256.as_str()),
+            purpose: &self.purpose,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
     }
+}
+
+/// A file as clients see it; what its bytes are is known once they arrived.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = File)]
+pub struct FileView<'a> {
+    #[schema(example = "file_0f6e1c7a-52b1-4d0e-a1f4-7d2f3f1a9c20")]
+    pub file_id: &'a str,
+    /// always `file`
+    pub object: &'static str,
+    pub status: FileStatus,
+    /// from the bytes' magic numbers
+    pub content_type: Option<&'a str>,
+    pub size_bytes: Option<u64>,
+    pub sha256: Option<&'a str>,
+    /// `INPUT`, `UPLOAD` or `OUTPUT`
+    pub purpose: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// What was learned while bytes streamed in.

@@ -14,15 +14,19 @@ use crate::error::{ApiError, Code};
 use crate::ids::has_prefix;
 
 /// The query of a signed upload or download URL.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Signature {
+    /// when the URL lapses (unix seconds)
     pub expires: i64,
     pub signature: String,
 }
 
 /// The query of a grant URL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GrantQuery {
+    /// the execution and attempt the grant was minted for
     pub execution: String,
     pub attempt: String,
     pub expires: i64,

@@ -44,7 +44,8 @@ pub struct Webhooks {
 
 /// The outbox as an operator sees it. Nothing is due and nothing in flight means
 /// the worker is idle until `next_attempt_at` (by the service clock).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = WebhookBacklog)]
 pub struct Backlog {
     /// deliveries not yet delivered nor given up
     pub pending: u64,

@@ -65,42 +65,61 @@ pub struct Endpoint {
     pub last_failure: Option<DateTime<Utc>>,
 }
 
+/// A webhook endpoint as clients see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WebhookEndpoint)]
+pub struct EndpointView<'a> {
+    #[schema(example = "wh_5d7b3c1e-8a2f-4e6b-9c0d-1f2e3a4b5c6d")]
+    pub id: &'a str,
+    /// always `webhook_endpoint`
+    pub object: &'static str,
+    pub url: &'a str,
+    pub description: Option<&'a str>,
+    /// the event types it receives; empty: all
+    pub events: &'a [String],
+    /// custom headers sent with each delivery; values read `[redacted]` after creation
+    pub headers: BTreeMap<&'a str, &'a str>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    /// failed deliveries in a row (10 deactivate the endpoint)
+    pub failure_count: u32,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_failure: Option<DateTime<Utc>>,
+    /// the signing secret (`whsec_…`): only in the answer to its creation
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub secret: Option<&'a str>,
+}
+
 /// What a custom header's value reads as, after the endpoint's creation.
 const REDACTED: &str = "[redacted]";
 
 impl Endpoint {
     /// The endpoint object; the secret, and the custom headers' values (they often
     /// carry credentials), only when it was just created.
-    pub fn view(&self, with_secret: bool) -> Value {
-        let headers: serde_json::Map<String, Value> = self
+    pub fn view(&self, with_secret: bool) -> EndpointView<'_> {
+        let headers = self
             .headers
             .iter()
             .map(|(name, value)| {
-                let shown = if with_secret {
-                    value.as_str()
-                } else {
-                    REDACTED
-                };
-                (name.clone(), json!(shown))
+                let shown = if with_secret { value.as_str() } else { REDACTED };
+                (name.as_str(), shown)
             })
             .collect();
-        let mut view = json!({
-            "id": self.id,
-            "object": "webhook_endpoint",
-            "url": self.url,
-            "description": self.description,
-            "events": self.events,
-            "headers": headers,
-            "is_active": self.is_active,
-            "created_at": self.created_at,
-            "failure_count": self.failure_count,
-            "last_success": self.last_success,
-            "last_failure": self.last_failure,
-        });
-        if with_secret {
-            view["secret"] = json!(self.secret);
+        EndpointView {
+            id: &self.id,
+            object: "webhook_endpoint",
+            url: &self.url,
+            description: self.description.as_deref(),
+            events: &self.events,
+            headers,
+            is_active: self.is_active,
+            created_at: self.created_at,
+            failure_count: self.failure_count,
+            last_success: self.last_success,
+            last_failure: self.last_failure,
+            secret: with_secret.then_some(self.secret.as_str()),
         }
-        view
     }
 
     fn wants(&self, event_type: &str) -> bool {

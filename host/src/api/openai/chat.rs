@@ -9,7 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
+use super::schema::{AssistantMessage, ChatCompletion, Choice, Usage};
+use crate::api::openapi::requests::ChatCompletionRequest;
 use super::{RequestId, errors, finished, with_execution_headers};
+use crate::api::openapi::OpenAiErrors;
 use crate::App;
 use crate::api::executions::idempotency_key;
 use crate::api::fields::Fields;
@@ -64,6 +67,22 @@ pub struct ChatRequest {
     pub renames: Vec<(&'static str, &'static str)>,
 }
 
+/// Create a chat completion
+///
+/// An ordinary execution of the canonical chat input, answered as a
+/// `chat.completion`, or with `stream` as `chat.completion.chunk` server-sent events
+/// ending with `data: [DONE]`. Headers: `X-ModelRoute-Execution-Id`,
+/// `X-ModelRoute-Cost`, and `Idempotent-Replayed` on a replay.
+#[utoipa::path(
+    post, path = "/chat/completions", tag = "openai",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters")),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion, or its chunks when `stream` is set",
+            content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
+        OpenAiErrors,
+    )
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -307,40 +326,39 @@ pub fn tool_calls(output: &Value) -> Option<&Vec<Value>> {
 }
 
 /// OpenAI's `usage` of a canonical text output.
-pub fn usage(output: &Value) -> Value {
+pub fn usage(output: &Value) -> Usage {
     let prompt = output["usage"]["input_tokens"].as_u64().unwrap_or(0);
     let completion = output["usage"]["output_tokens"].as_u64().unwrap_or(0);
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+    }
 }
 
 /// A completed execution as a `chat.completion`.
-pub fn completion(execution: &Execution) -> Value {
-    let output = execution.output.clone().unwrap_or(Value::Null);
+pub fn completion(execution: &Execution) -> ChatCompletion<'_> {
+    static NO_OUTPUT: Value = Value::Null;
+    let output = execution.output.as_ref().unwrap_or(&NO_OUTPUT);
     let text = output["text"].as_str().unwrap_or_default();
-    let mut message = json!({"role": "assistant", "content": text});
-    if let Some(calls) = tool_calls(&output) {
-        message["tool_calls"] = json!(calls);
-        if text.is_empty() {
-            message["content"] = Value::Null;
-        }
-    }
-    json!({
-        "id": execution.id,
-        "object": "chat.completion",
-        "created": execution.created_at.timestamp(),
-        "model": execution.model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason(&output),
+    let tool_calls = tool_calls(output);
+    ChatCompletion {
+        id: &execution.id,
+        object: "chat.completion",
+        created: execution.created_at.timestamp(),
+        model: &execution.model,
+        choices: vec![Choice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: (tool_calls.is_none() || !text.is_empty()).then_some(text),
+                tool_calls,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(output),
         }],
-        "usage": usage(&output),
-    })
+        usage: usage(output),
+    }
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ fn a_completed_execution_renders_as_a_chat_completion() {
         "output": {"text": "hi", "usage": {"input_tokens": 3, "output_tokens": 1}},
     }))
     .unwrap();
-    let body = completion(&execution);
+    let body = json!(completion(&execution));
     assert_eq!(body["id"], "exec_1");
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["created"], 1_795_514_400);
@@ -149,7 +149,7 @@ fn a_completed_execution_renders_as_a_chat_completion() {
         json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
     execution.output =
         Some(json!({"text": "", "usage": {}, "finish_reason": "tool_calls", "tool_calls": [call]}));
-    let body = completion(&execution);
+    let body = json!(completion(&execution));
     assert_eq!(body["choices"][0]["message"]["content"], Value::Null);
     assert_eq!(body["choices"][0]["message"]["tool_calls"], json!([call]));
     assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");

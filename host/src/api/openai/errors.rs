@@ -6,6 +6,7 @@
 
 use serde_json::{Value, json};
 
+use crate::api::openapi::{OpenAiErrorEnvelope, OpenAiErrorObject};
 use crate::error::{ApiError, Code};
 
 /// OpenAI's `type` for a contract code (SPEC §12).
@@ -41,17 +42,17 @@ pub fn envelope(error: &ApiError, request_id: &str) -> (Value, bool) {
         }
         _ => error.message.clone(),
     };
-    let body = json!({
-        "error": {
-            "message": message,
-            "type": family(error.code),
-            "param": param,
-            "code": error.code,
-            "retryable": retryable,
-            "request_id": request_id,
-        }
-    });
-    (body, retryable)
+    let body = OpenAiErrorEnvelope {
+        error: OpenAiErrorObject {
+            message: &message,
+            kind: family(error.code),
+            param: param.as_deref(),
+            code: error.code,
+            retryable,
+            request_id,
+        },
+    };
+    (json!(body), retryable)
 }
 
 /// The OpenAI parameter a native detail's field names: the canonical input's

@@ -12,7 +12,10 @@ use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::schema::{Image, ImagesResponse};
+use crate::api::openapi::requests::ImageRequest as ImageRequestBody;
 use super::{RequestId, errors, finished, with_execution_headers};
+use crate::api::openapi::OpenAiErrors;
 use crate::App;
 use crate::api::executions::idempotency_key;
 use crate::api::fields::Fields;
@@ -38,6 +41,16 @@ struct ImageRequest {
     b64: bool,
 }
 
+/// Create images
+///
+/// An ordinary execution of the model's canonical image input, answered with signed
+/// one-hour download URLs of the stored images, or their bytes in base64.
+#[utoipa::path(
+    post, path = "/images/generations", tag = "openai",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters")),
+    request_body = ImageRequestBody,
+    responses((status = 200, body = ImagesResponse), OpenAiErrors)
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -82,13 +95,22 @@ pub async fn create(
                 .await
                 .map_err(|error| ApiError::from(anyhow::Error::from(error)))?;
             let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-            data.push(json!({ "b64_json": encoded }));
+            data.push(Image {
+                url: None,
+                b64_json: Some(encoded),
+            });
         } else {
             let (_, url, _) = app.files.download_url(&caller, file_id, origin()).await?;
-            data.push(json!({ "url": url }));
+            data.push(Image {
+                url: Some(url),
+                b64_json: None,
+            });
         }
     }
-    let body = json!({"created": execution.created_at.timestamp(), "data": data});
+    let body = ImagesResponse {
+        created: execution.created_at.timestamp(),
+        data,
+    };
     let response = axum::Json(body).into_response();
     Ok(with_execution_headers(response, &execution, replayed))
 }

@@ -9,12 +9,13 @@ pub mod chat;
 pub mod errors;
 mod images;
 mod models;
+pub mod schema;
 mod stream;
 
-use axum::Router;
 use axum::http::HeaderValue;
 use axum::response::Response;
-use axum::routing::{get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,12 +43,12 @@ pub fn serves(path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/chat/completions", post(chat::create))
-        .route("/images/generations", post(images::create))
-        .route("/models", get(models::list))
-        .route("/models/{id}", get(models::get))
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(chat::create))
+        .routes(routes!(images::create))
+        .routes(routes!(models::list))
+        .routes(routes!(models::get))
 }
 
 /// Refuses, as OpenAI does, every parameter of `body` outside `params`, each named.

@@ -4,11 +4,13 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
+use super::schema::{Model, ModelList};
 use crate::App;
+use crate::api::openapi::OpenAiErrors;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::plugins::{catalogue, types};
@@ -36,30 +38,48 @@ fn servable(app: &App, slug: &str) -> bool {
     }
 }
 
-fn model(slug: &str) -> Value {
-    json!({"id": slug, "object": "model", "created": *STARTED, "owned_by": "modelroute"})
+fn model(slug: &str) -> Model {
+    Model {
+        id: slug.to_string(),
+        object: "model",
+        created: *STARTED,
+        owned_by: "modelroute",
+    }
 }
 
-pub async fn list(State(app): State<Arc<App>>, _caller: Caller) -> Json<Value> {
+/// List the models the door serves
+#[utoipa::path(
+    get, path = "/models", tag = "openai",
+    responses((status = 200, body = ModelList), OpenAiErrors)
+)]
+pub async fn list(State(app): State<Arc<App>>, _caller: Caller) -> Json<ModelList> {
     let slugs: BTreeSet<String> = app
         .registry
         .all()
         .iter()
         .flat_map(|plugin| plugin.manifest.models.iter().map(|m| m.slug.clone()))
         .collect();
-    let data: Vec<Value> = slugs
+    let data = slugs
         .iter()
         .filter(|slug| servable(&app, slug))
         .map(|slug| model(slug))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
+/// Get a model the door serves
+#[utoipa::path(
+    get, path = "/models/{id}", tag = "openai", params(("id" = String, Path, description = "the model's slug")),
+    responses((status = 200, body = Model), OpenAiErrors)
+)]
 pub async fn get(
     State(app): State<Arc<App>>,
     _caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Model>, ApiError> {
     if servable(&app, &id) {
         Ok(Json(model(&id)))
     } else {

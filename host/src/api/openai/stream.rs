@@ -117,7 +117,7 @@ impl Chunks {
         frames.push(self.delta(json!({}), json!(chat::finish_reason(&output))));
         if self.include_usage {
             let mut last = self.chunk(json!([]));
-            last["usage"] = chat::usage(&output);
+            last["usage"] = json!(chat::usage(&output));
             frames.push(Self::frame(&last));
         }
         frames.push(Bytes::from_static(b"data: [DONE]\n\n"));

@@ -1,0 +1,137 @@
+//! The API's machine-readable contract (SPEC §13): `GET /openapi.json`, an OpenAPI
+//! 3.1 document built from the router itself (each route is registered with the
+//! `#[utoipa::path]` annotation of its handler, so a route cannot exist
+//! undocumented) and from the types the answers are rendered from; and `GET /docs`,
+//! Swagger UI whose assets are compiled into the binary, so the page works with no
+//! request leaving the machine.
+
+mod errors;
+pub mod requests;
+
+pub use errors::{
+    ErrorEnvelope, ErrorObject, Errors, ExecutionErrors, OpenAiErrorEnvelope, OpenAiErrorObject,
+    OpenAiErrors,
+};
+
+use axum::Router;
+use std::sync::Arc;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{OpenApi, RefOr};
+use utoipa::{Modify, OpenApi as _};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::App;
+
+/// The document's fixed parts; the paths come from the router.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "ModelRoute API",
+        description = "Run AI models through one API: executions with holds, routing, \
+            failover and settlement; files; signed webhooks; an OpenAI-compatible door; \
+            and the operator's admin API. Money is a decimal string of US dollars; \
+            times are RFC 3339 UTC; lists are `{data, has_more}` pages.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(ErrorEnvelope, OpenAiErrorEnvelope)),
+    tags(
+        (name = "executions", description = "Run a model: create, follow, cancel"),
+        (name = "files", description = "Uploads, outputs and their signed URLs"),
+        (name = "webhooks", description = "Endpoints that receive signed execution events"),
+        (name = "keys", description = "API keys of the organization"),
+        (name = "billing", description = "Balance and ledger"),
+        (name = "models", description = "The catalogue"),
+        (name = "openai", description = "The OpenAI-compatible API"),
+        (name = "admin", description = "The operator's API (operator token)"),
+        (name = "operations", description = "Health, readiness and metrics"),
+        (name = "providers", description = "Provider callbacks (their URL is their credential)"),
+    )
+)]
+struct Contract;
+
+/// The security schemes, and each operation's: the gate's own rule for its path
+/// (`gate::credential_of`), so the document says what the gate asks.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            let mut http = Http::new(HttpAuthScheme::Bearer);
+            http.description = Some(description.to_string());
+            SecurityScheme::Http(http)
+        };
+        components.add_security_scheme(
+            "api_key",
+            bearer("An API key of the organization: `Authorization: Bearer sk_…`."),
+        );
+        components.add_security_scheme(
+            "operator_token",
+            bearer("The operator token of this deployment: `Authorization: Bearer …`."),
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let scheme = super::gate::credential_of(path);
+            for operation in operations(item) {
+                operation.security = Some(match scheme {
+                    Some(name) => vec![SecurityRequirement::new(name, Vec::<String>::new())],
+                    None => vec![SecurityRequirement::default()],
+                });
+            }
+        }
+    }
+}
+
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+        &mut item.head,
+        &mut item.options,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The document's fixed parts, which the router's routes are added to.
+pub fn contract() -> OpenApi {
+    Contract::openapi()
+}
+
+/// Completes the router's document: the security of each operation, and
+/// `X-Request-Id` on every answer.
+pub fn complete(document: &mut OpenApi) {
+    Security.modify(document);
+    for item in document.paths.paths.values_mut() {
+        for operation in operations(item) {
+            for response in operation.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response
+                        .headers
+                        .insert("X-Request-Id".into(), request_id_header());
+                }
+            }
+        }
+    }
+}
+
+fn request_id_header() -> utoipa::openapi::Header {
+    utoipa::openapi::HeaderBuilder::new()
+        .schema(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some("^req_")),
+        )
+        .description(Some("This request's id, also inside every error"))
+        .build()
+}
+
+/// `GET /openapi.json` and `GET /docs` (Swagger UI, served from the binary).
+pub fn router(document: OpenApi) -> Router<Arc<App>> {
+    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+}
