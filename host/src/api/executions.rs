@@ -36,7 +36,7 @@ const DEFAULT_WAIT_SECONDS: u64 = 60;
 /// it is still running); `STREAMING` answers server-sent events: `execution`,
 /// `status`, `delta`, `reset` and finally `done` with the execution object.
 #[utoipa::path(
-    post, path = "/executions", tag = "executions",
+    post, operation_id = "createExecution", path = "/executions", tag = "executions",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "1-255 printable ASCII characters; the same key and request answer the same execution for 24 hours")),
     request_body = CreateExecution,
@@ -58,7 +58,8 @@ pub async fn create(
     let (mut request, wait) = parse_create(&body)?;
     if let Some(url) = request.webhook_url.take() {
         let url =
-            super::webhook_fields::checked_url(&app, &caller.org_id, "webhook_url", &json!(url)).await?;
+            super::webhook_fields::checked_url(&app, &caller.org_id, "webhook_url", &json!(url))
+                .await?;
         request.webhook_url = Some(url);
     }
     let idempotency = idempotency_key.map(|key| {
@@ -69,7 +70,10 @@ pub async fn create(
     });
     let created = app.executions.create(&caller, request, idempotency).await?;
     if let Some(events) = created.events {
-        return Ok(super::execution_events::stream(app, caller.org_id, created.execution, events).into_response());
+        return Ok(
+            super::execution_events::stream(app, caller.org_id, created.execution, events)
+                .into_response(),
+        );
     }
     let mut execution = created.execution;
     // A replay waits too: it is a client retrying a call that timed out.
@@ -104,7 +108,7 @@ pub async fn create(
 /// `POST /v1/provider-webhooks/{provider}/{token}`: a provider's callback. Answers
 /// `200` once verified (even when it arrives too late to matter), `404` otherwise.
 #[utoipa::path(
-    post, path = "/provider-webhooks/{provider}/{token}", tag = "providers",
+    post, operation_id = "receiveProviderCallback", path = "/provider-webhooks/{provider}/{token}", tag = "providers",
     params(("provider" = String, Path), ("token" = String, Path, description = "the callback's capability, minted for one attempt")),
     request_body(content = Object, description = "the provider's own payload"),
     responses((status = 200, body = CallbackReceived), Errors)
@@ -232,7 +236,7 @@ fn parse_create(body: &Map<String, Value>) -> Result<(CreateRequest, Duration), 
 
 /// Get an execution
 #[utoipa::path(
-    get, path = "/executions/{id}", tag = "executions",
+    get, operation_id = "getExecution", path = "/executions/{id}", tag = "executions",
     params(("id" = String, Path, description = "`exec_…`")),
     responses((status = 200, body = ExecutionView), Errors)
 )]
@@ -253,7 +257,7 @@ pub async fn get(
 ///
 /// `409` with the current `status` when the execution is not `COMPLETED`.
 #[utoipa::path(
-    get, path = "/executions/{id}/result", tag = "executions",
+    get, operation_id = "getExecutionResult", path = "/executions/{id}/result", tag = "executions",
     params(("id" = String, Path, description = "`exec_…`")),
     responses((status = 200, body = ResultView), Errors)
 )]
@@ -282,7 +286,7 @@ pub async fn result(
 /// From `PENDING`, `PROCESSING` or `AWAITING_WEBHOOK`: the hold is released. A
 /// terminal execution is a `409` with its status; cancelling twice is harmless.
 #[utoipa::path(
-    post, path = "/executions/{id}/cancel", tag = "executions",
+    post, operation_id = "cancelExecution", path = "/executions/{id}/cancel", tag = "executions",
     params(("id" = String, Path, description = "`exec_…`")),
     responses((status = 200, body = ExecutionView), Errors)
 )]
@@ -323,7 +327,7 @@ fn canonical_create(mut body: serde_json::Map<String, Value>) -> Value {
 
 /// List the organization's ledger entries, oldest first
 #[utoipa::path(
-    get, path = "/ledger", tag = "billing", params(ListParams),
+    get, operation_id = "listLedgerEntries", path = "/ledger", tag = "billing", params(ListParams),
     responses((status = 200, body = List<Entry>), Errors)
 )]
 pub async fn ledger(
@@ -355,7 +359,7 @@ pub async fn ledger(
 
 /// List executions, newest first
 #[utoipa::path(
-    get, path = "/executions", tag = "executions", params(ExecutionListParams),
+    get, operation_id = "listExecutions", path = "/executions", tag = "executions", params(ExecutionListParams),
     responses((status = 200, body = List<ExecutionView>), Errors)
 )]
 pub async fn list(
@@ -387,7 +391,7 @@ pub async fn list(
 
 /// Get the organization's balance
 #[utoipa::path(
-    get, path = "/balance", tag = "billing",
+    get, operation_id = "getBalance", path = "/balance", tag = "billing",
     responses((status = 200, body = BalanceView), Errors)
 )]
 pub async fn balance(

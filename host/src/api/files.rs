@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -62,7 +61,7 @@ pub struct DeletedFile {
 /// ignored: what a file is gets measured, never taken on trust. The one use of a
 /// declared `size_bytes` is to refuse at once (`413`) an upload that could not fit.
 #[utoipa::path(
-    post, path = "/files/upload", tag = "files", request_body = CreateUpload,
+    post, operation_id = "createUpload", path = "/files/upload", tag = "files", request_body = CreateUpload,
     responses((status = 201, body = UploadTicketView), Errors)
 )]
 pub async fn create_upload(
@@ -93,9 +92,12 @@ pub async fn create_upload(
     }
     let purpose = fields.choice("purpose", &["INPUT", "UPLOAD"]);
     let ttl_days = fields.integer("ttl_days", 1..=365).map(|days| days as u32);
+    // Ignored, but still of the documented types: `{}` is not a size.
+    fields.string("filename");
+    fields.string("content_type");
+    let declared_size = fields.integer("size_bytes", 0..=i64::MAX as u64);
     fields.finish()?;
     let purpose = purpose.unwrap_or_default().to_string();
-    let declared_size = body.get("size_bytes").and_then(Value::as_u64);
     let origin = Origin::caller(&caller, Some(address));
     let ticket = app
         .files
@@ -115,7 +117,7 @@ pub async fn create_upload(
 ///
 /// `PUT` of the raw bytes (at most 150 MB) to the signed `upload_url`; the signature is the credential.
 #[utoipa::path(
-    put, path = "/upload/{id}", tag = "files",
+    put, operation_id = "uploadFileBytes", path = "/upload/{id}", tag = "files",
     params(("id" = String, Path, description = "`file_…`"), Signature),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = FileView), Errors)
@@ -150,7 +152,7 @@ pub async fn receive_upload(
 ///
 /// The file is `READY` for executions from then on.
 #[utoipa::path(
-    post, path = "/files/confirm", tag = "files", request_body = ConfirmUpload,
+    post, operation_id = "confirmUpload", path = "/files/confirm", tag = "files", request_body = ConfirmUpload,
     responses((status = 200, body = FileView), Errors)
 )]
 pub async fn confirm(
@@ -171,7 +173,7 @@ pub async fn confirm(
 
 /// Get a file
 #[utoipa::path(
-    get, path = "/files/{id}", tag = "files", params(("id" = String, Path, description = "`file_…`")),
+    get, operation_id = "getFile", path = "/files/{id}", tag = "files", params(("id" = String, Path, description = "`file_…`")),
     responses((status = 200, body = FileView), Errors)
 )]
 pub async fn get(
@@ -185,7 +187,7 @@ pub async fn get(
 
 /// List files, newest first
 #[utoipa::path(
-    get, path = "/files", tag = "files", params(ListParams),
+    get, operation_id = "listFiles", path = "/files", tag = "files", params(ListParams),
     responses((status = 200, body = List<FileView>), Errors)
 )]
 pub async fn list(
@@ -203,7 +205,7 @@ pub async fn list(
 
 /// Download a file's bytes
 #[utoipa::path(
-    get, path = "/files/{id}/download", tag = "files", params(("id" = String, Path, description = "`file_…`")),
+    get, operation_id = "downloadFile", path = "/files/{id}/download", tag = "files", params(("id" = String, Path, description = "`file_…`")),
     responses((status = 200, description = "The bytes, of the file's `content_type`", content_type = "*/*", body = Vec<u8>), Errors)
 )]
 pub async fn download(
@@ -222,7 +224,7 @@ pub async fn download(
 ///
 /// Valid one hour; anyone holding it can download the file.
 #[utoipa::path(
-    get, path = "/files/{id}/url", tag = "files", params(("id" = String, Path, description = "`file_…`")),
+    get, operation_id = "getFileUrl", path = "/files/{id}/url", tag = "files", params(("id" = String, Path, description = "`file_…`")),
     responses((status = 200, body = FileUrl), Errors)
 )]
 pub async fn url(
@@ -245,7 +247,7 @@ pub async fn url(
 
 /// Delete a file
 #[utoipa::path(
-    delete, path = "/files/{id}", tag = "files", params(("id" = String, Path, description = "`file_…`")),
+    delete, operation_id = "deleteFile", path = "/files/{id}", tag = "files", params(("id" = String, Path, description = "`file_…`")),
     responses((status = 200, body = DeletedFile), Errors)
 )]
 pub async fn delete(
@@ -269,7 +271,7 @@ pub async fn delete(
 ///
 /// The signature is the credential.
 #[utoipa::path(
-    get, path = "/download/{id}", tag = "files",
+    get, operation_id = "downloadSignedFile", path = "/download/{id}", tag = "files",
     params(("id" = String, Path, description = "`file_…`"), Signature),
     responses((status = 200, description = "The bytes, of the file's `content_type`", content_type = "*/*", body = Vec<u8>), Errors)
 )]
@@ -292,7 +294,7 @@ pub async fn signed_download(
 /// A provider's `GET` of a grant minted for one attempt: the signature and expiry
 /// are checked before the execution is even loaded.
 #[utoipa::path(
-    get, path = "/grant/{id}", tag = "providers",
+    get, operation_id = "fetchGrant", path = "/grant/{id}", tag = "providers",
     params(("id" = String, Path, description = "the grant's id"), GrantQuery),
     responses((status = 200, description = "The bytes, of the file's `content_type`", content_type = "*/*", body = Vec<u8>), Errors)
 )]

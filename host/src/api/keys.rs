@@ -44,7 +44,7 @@ fn refusal(refusal: KeyRefusal) -> ApiError {
 ///
 /// The answer carries the secret (`key`), shown this once.
 #[utoipa::path(
-    post, path = "/api-keys", tag = "keys", request_body = CreateKey,
+    post, operation_id = "createApiKey", path = "/api-keys", tag = "keys", request_body = CreateKey,
     responses((status = 201, body = KeyView), Errors)
 )]
 pub async fn create(
@@ -84,7 +84,7 @@ pub async fn create(
 ///
 /// Never with their secrets.
 #[utoipa::path(
-    get, path = "/api-keys", tag = "keys", params(ListParams),
+    get, operation_id = "listApiKeys", path = "/api-keys", tag = "keys", params(ListParams),
     responses((status = 200, body = List<KeyView>), Errors)
 )]
 pub async fn list(
@@ -101,7 +101,7 @@ pub async fn list(
 
 /// Revoke an API key
 #[utoipa::path(
-    delete, path = "/api-keys/{id}", tag = "keys", params(("id" = String, Path, description = "`key_…`")),
+    delete, operation_id = "revokeApiKey", path = "/api-keys/{id}", tag = "keys", params(("id" = String, Path, description = "`key_…`")),
     responses((status = 200, body = KeyView), Errors)
 )]
 pub async fn revoke(
@@ -124,7 +124,7 @@ pub async fn revoke(
 /// The key keeps its id and scope and gets a new secret; the old secret works one
 /// more hour.
 #[utoipa::path(
-    post, path = "/api-keys/{id}/rotate", tag = "keys", params(("id" = String, Path, description = "`key_…`")),
+    post, operation_id = "rotateApiKey", path = "/api-keys/{id}/rotate", tag = "keys", params(("id" = String, Path, description = "`key_…`")),
     responses((status = 200, body = RotatedKey), Errors)
 )]
 pub async fn rotate(

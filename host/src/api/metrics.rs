@@ -26,8 +26,8 @@ fn breaker_value(state: BreakerState) -> i64 {
 ///
 /// The gauges are read now, then everything is written out in Prometheus' text
 /// format. On the main address the gate has checked the operator token.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus' text exposition format", content_type = "text/plain", body = String),
+#[utoipa::path(get, operation_id = "getMetrics", path = "/metrics", tag = "operations",
+    responses((status = 200, description = "The OpenMetrics text format, which Prometheus reads", content_type = "application/openmetrics-text", body = String),
         crate::api::openapi::Errors))]
 pub async fn scrape(State(app): State<Arc<App>>) -> Response {
     let metrics = metrics();

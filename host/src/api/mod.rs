@@ -137,7 +137,7 @@ fn routes() -> OpenApiRouter<Arc<App>> {
 }
 
 /// Whether the process answers
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, operation_id = "getHealth", path = "/healthz", tag = "operations",
     responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
@@ -153,7 +153,7 @@ struct Health {
 ///
 /// `200` when the store answers, every configured adapter is loaded and the
 /// dispatcher runs; `503` otherwise. Both say why.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, operation_id = "getReadiness", path = "/readyz", tag = "operations",
     responses((status = 200, body = ReadinessReport), (status = 503, body = ReadinessReport)))]
 async fn readyz(
     axum::extract::State(app): axum::extract::State<Arc<App>>,

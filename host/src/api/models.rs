@@ -101,7 +101,7 @@ fn pricing(price: &types::Price) -> Pricing {
 
 /// List the catalogue's models, by slug
 #[utoipa::path(
-    get, path = "/models", tag = "models", params(ListParams),
+    get, operation_id = "listModels", path = "/models", tag = "models", params(ListParams),
     responses((status = 200, body = List<ModelView>), Errors)
 )]
 pub async fn list(
@@ -127,7 +127,7 @@ pub async fn list(
 
 /// Get a model
 #[utoipa::path(
-    get, path = "/models/{slug}", tag = "models", params(("slug" = String, Path, example = "flux-1.1-pro")),
+    get, operation_id = "getModel", path = "/models/{slug}", tag = "models", params(("slug" = String, Path, example = "flux-1.1-pro")),
     responses((status = 200, body = ModelView), Errors)
 )]
 pub async fn get(

@@ -26,7 +26,6 @@ use crate::webhooks::delivery::SendResult;
 use crate::webhooks::endpoints::{self, Changes};
 use crate::webhooks::{self, Endpoint, EndpointView};
 
-
 /// The answer to a delete.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeletedEndpoint {
@@ -62,7 +61,7 @@ pub struct DefaultSecret {
 ///
 /// The answer carries its signing `secret` and its headers' values, shown this once.
 #[utoipa::path(
-    post, path = "/webhooks/endpoints", tag = "webhooks", request_body = CreateEndpoint,
+    post, operation_id = "createWebhookEndpoint", path = "/webhooks/endpoints", tag = "webhooks", request_body = CreateEndpoint,
     responses((status = 201, body = EndpointView), Errors)
 )]
 pub async fn create(
@@ -110,7 +109,7 @@ pub async fn create(
 
 /// List webhook endpoints, oldest first
 #[utoipa::path(
-    get, path = "/webhooks/endpoints", tag = "webhooks", params(ListParams),
+    get, operation_id = "listWebhookEndpoints", path = "/webhooks/endpoints", tag = "webhooks", params(ListParams),
     responses((status = 200, body = List<EndpointView>), Errors)
 )]
 pub async fn list(
@@ -137,7 +136,7 @@ pub async fn list(
 
 /// Get a webhook endpoint
 #[utoipa::path(
-    get, path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
+    get, operation_id = "getWebhookEndpoint", path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
     responses((status = 200, body = EndpointView), Errors)
 )]
 pub async fn get(
@@ -153,7 +152,7 @@ pub async fn get(
 ///
 /// Reactivating an endpoint clears its failure count.
 #[utoipa::path(
-    patch, path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
+    patch, operation_id = "updateWebhookEndpoint", path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
     request_body = UpdateEndpoint,
     responses((status = 200, body = EndpointView), Errors)
 )]
@@ -212,7 +211,7 @@ pub async fn update(
 ///
 /// Its undelivered events are dropped.
 #[utoipa::path(
-    delete, path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
+    delete, operation_id = "deleteWebhookEndpoint", path = "/webhooks/endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
     responses((status = 200, body = DeletedEndpoint), Errors)
 )]
 pub async fn delete(
@@ -238,7 +237,7 @@ pub async fn delete(
 /// organization's share of the resolver), so a flood of test sends to a name that
 /// no longer resolves is bounded like a flood of creates.
 #[utoipa::path(
-    post, path = "/webhooks/endpoints/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
+    post, operation_id = "testWebhookEndpoint", path = "/webhooks/endpoints/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "`wh_…`")),
     responses((status = 200, body = TestDelivery), Errors)
 )]
 pub async fn test(
@@ -292,7 +291,7 @@ pub async fn test(
 /// What signs deliveries to per-execution `webhook_url`s. An `execution`-scope key may read it: it may set
 /// `webhook_url`, so it must be able to verify what arrives there.
 #[utoipa::path(
-    get, path = "/webhooks/default-secret", tag = "webhooks",
+    get, operation_id = "getDefaultWebhookSecret", path = "/webhooks/default-secret", tag = "webhooks",
     responses((status = 200, body = DefaultSecret), Errors)
 )]
 pub async fn default_secret(

@@ -12,9 +12,9 @@ mod fallbacks;
 pub mod input;
 mod live;
 pub mod model;
-mod view;
 mod records;
 pub mod relay;
+mod view;
 mod waiting;
 
 use std::collections::HashMap;
@@ -30,8 +30,8 @@ pub use create::{CreateOutcome, CreateRequest, Created, IDEMPOTENT_ID_KEY, reque
 pub use fallbacks::{MAX_FALLBACK_MODELS, check_default_fallbacks};
 pub use live::StreamMessage;
 pub use model::{Claim, Execution, ExecutionError, Mode, Status};
-pub use view::{AcceptedView, ExecutionView, ResultView};
 pub use records::{Ending, LedgerReport};
+pub use view::{AcceptedView, ExecutionView, ResultView};
 
 pub struct Executions {
     store: Store,

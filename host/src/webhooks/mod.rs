@@ -102,7 +102,11 @@ impl Endpoint {
             .headers
             .iter()
             .map(|(name, value)| {
-                let shown = if with_secret { value.as_str() } else { REDACTED };
+                let shown = if with_secret {
+                    value.as_str()
+                } else {
+                    REDACTED
+                };
                 (name.as_str(), shown)
             })
             .collect();

@@ -435,6 +435,26 @@ async fn older_clients_upload_fields_are_accepted_and_never_trusted() {
     assert_eq!(huge.error_code(), "PAYLOAD_TOO_LARGE");
 }
 
+/// Regression (found by schemathesis against the API document): the older
+/// clients' upload fields were ignored whatever their type, so `"size_bytes": {}`
+/// created an upload. Ignored fields are still of their documented types.
+#[tokio::test]
+async fn older_clients_upload_fields_of_the_wrong_type_are_refused() {
+    let server = Server::start(&[]).await;
+    for (field, value) in [
+        ("size_bytes", json!({})),
+        ("size_bytes", json!(-1)),
+        ("filename", json!(7)),
+        ("content_type", json!(["image/png"])),
+    ] {
+        let mut body = json!({"purpose": "INPUT"});
+        body[field] = value.clone();
+        let reply = server.post("/v1/files/upload", body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{field}: {value}");
+        assert_eq!(reply.body["error"]["details"][0]["field"], field);
+    }
+}
+
 /// An organization's bytes are bounded: an upload whose bytes would pass the
 /// quota is refused while it streams (`413`, nothing kept), whatever it declared,
 /// and the message says how much is left; what fits is accepted.

@@ -52,7 +52,7 @@ impl FromRequestParts<Arc<App>> for Operator {
 ///
 /// Balances rebuilt from the entries, compared with the accounts.
 #[utoipa::path(
-    get, path = "/ledger/verify", tag = "admin",
+    get, operation_id = "verifyLedger", path = "/ledger/verify", tag = "admin",
     responses((status = 200, body = LedgerReport), Errors)
 )]
 pub async fn verify_ledger(
@@ -67,7 +67,7 @@ pub async fn verify_ledger(
 /// Pending deliveries, how many are due now and
 /// in flight, and when the next one is due.
 #[utoipa::path(
-    get, path = "/webhooks/outbox", tag = "admin",
+    get, operation_id = "getWebhookOutbox", path = "/webhooks/outbox", tag = "admin",
     responses((status = 200, body = Backlog), Errors)
 )]
 pub async fn webhook_outbox(
@@ -82,7 +82,7 @@ pub async fn webhook_outbox(
 /// The whole record, with every attempt (provider,
 /// plugin version, provider job, outcome). For operators only.
 #[utoipa::path(
-    get, path = "/executions/{id}", tag = "admin", params(("id" = String, Path, description = "`exec_…`")),
+    get, operation_id = "inspectExecution", path = "/executions/{id}", tag = "admin", params(("id" = String, Path, description = "`exec_…`")),
     responses((status = 200, description = "The stored record (its shape may change between versions)", body = Object), Errors)
 )]
 pub async fn execution(
@@ -94,7 +94,9 @@ pub async fn execution(
         .executions
         .store_get(&id)?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(serde_json::to_value(execution).map_err(anyhow::Error::from)?))
+    Ok(Json(
+        serde_json::to_value(execution).map_err(anyhow::Error::from)?,
+    ))
 }
 
 /// A file's audit trail
@@ -103,7 +105,7 @@ pub async fn execution(
 /// a file, oldest first (kept after the file is gone). `404` when the id names no
 /// file, past or present.
 #[utoipa::path(
-    get, path = "/files/{id}/audit", tag = "admin", params(("id" = String, Path, description = "`file_…`")),
+    get, operation_id = "getFileAudit", path = "/files/{id}/audit", tag = "admin", params(("id" = String, Path, description = "`file_…`")),
     responses((status = 200, body = List<AuditEntry>), Errors)
 )]
 pub async fn file_audit(
@@ -122,7 +124,7 @@ pub async fn file_audit(
 ///
 /// For tests of schedules in minutes and days. Only with `[testing] clock_control`.
 #[utoipa::path(
-    post, path = "/clock/advance", tag = "admin", request_body = AdvanceClock,
+    post, operation_id = "advanceClock", path = "/clock/advance", tag = "admin", request_body = AdvanceClock,
     responses((status = 200, body = ClockNow), Errors)
 )]
 pub async fn advance_clock(
@@ -167,4 +169,3 @@ pub async fn advance_clock(
         now: crate::clock::now(),
     }))
 }
-

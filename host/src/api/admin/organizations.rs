@@ -98,7 +98,7 @@ fn over_limit(field: &str) -> ApiError {
 /// With a full-scope API key (its secret shown this once) and, optionally, an
 /// opening balance.
 #[utoipa::path(
-    post, path = "/organizations", tag = "admin", request_body = CreateOrganization,
+    post, operation_id = "createOrganization", path = "/organizations", tag = "admin", request_body = CreateOrganization,
     responses((status = 201, body = CreatedOrganization), Errors)
 )]
 pub async fn create_organization(
@@ -168,7 +168,7 @@ pub async fn create_organization(
 /// expiry; a quota lowered below the usage refuses new uploads, deletes nothing.
 /// Answers the settings with the organization's usage (`files`).
 #[utoipa::path(
-    patch, path = "/organizations/{id}", tag = "admin", params(("id" = String, Path, description = "`org_…`")),
+    patch, operation_id = "updateOrganization", path = "/organizations/{id}", tag = "admin", params(("id" = String, Path, description = "`org_…`")),
     request_body = UpdateOrganization,
     responses((status = 200, body = OrganizationSettings), Errors)
 )]
@@ -188,8 +188,8 @@ pub async fn update_organization(
         ));
     }
     let ttl = setting(&body, "file_ttl_days", 1..=365)?.map(|days| days.map(|d| d as u32));
-    let quota_bytes = setting(&body, "file_quota_bytes", 0..=u64::MAX)?;
-    let quota_files = setting(&body, "file_quota_files", 0..=u64::MAX)?;
+    let quota_bytes = setting(&body, "file_quota_bytes", 0..=i64::MAX as u64)?;
+    let quota_files = setting(&body, "file_quota_files", 0..=i64::MAX as u64)?;
     let (org, files) = app
         .store
         .write(move |txn| {
@@ -238,7 +238,7 @@ fn setting(
 
 /// Credit an organization's balance
 #[utoipa::path(
-    post, path = "/organizations/{id}/credit", tag = "admin", params(("id" = String, Path, description = "`org_…`")),
+    post, operation_id = "creditOrganization", path = "/organizations/{id}/credit", tag = "admin", params(("id" = String, Path, description = "`org_…`")),
     request_body = Credit,
     responses((status = 200, body = BalanceView), Errors)
 )]

@@ -52,7 +52,12 @@ fn plugin_view(plugin: &LoadedPlugin, state: &'static str) -> PluginView {
         sha256: plugin.sha256.clone(),
         state,
         loaded_at: plugin.loaded_at,
-        models: plugin.manifest.models.iter().map(|m| m.slug.clone()).collect(),
+        models: plugin
+            .manifest
+            .models
+            .iter()
+            .map(|m| m.slug.clone())
+            .collect(),
         calls: plugin.calls(),
         traps: plugin.traps(),
     }
@@ -62,7 +67,7 @@ fn plugin_view(plugin: &LoadedPlugin, state: &'static str) -> PluginView {
 ///
 /// The active version of each plugin, and the version a rollback would restore.
 #[utoipa::path(
-    get, path = "/plugins", tag = "admin",
+    get, operation_id = "listPlugins", path = "/plugins", tag = "admin",
     responses((status = 200, body = List<PluginView>), Errors)
 )]
 pub async fn plugins(State(app): State<Arc<App>>, _: Operator) -> Json<List<PluginView>> {
@@ -86,8 +91,8 @@ pub async fn plugins(State(app): State<Arc<App>>, _: Operator) -> Json<List<Plug
 /// atomically. Attempts in flight finish on the version they started with; the
 /// replaced version is kept for rollback. An invalid plugin changes nothing.
 #[utoipa::path(
-    put, path = "/plugins/{name}", tag = "admin", params(("name" = String, Path, description = "the plugin's name, as its manifest says")),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "a WebAssembly component"),
+    put, operation_id = "installPlugin", path = "/plugins/{name}", tag = "admin", params(("name" = String, Path, description = "the plugin's name, as its manifest says")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a WebAssembly component"),
     responses((status = 200, body = InstalledPlugin), Errors)
 )]
 pub async fn install_plugin(
@@ -96,7 +101,8 @@ pub async fn install_plugin(
     Path(name): Path<String>,
     wasm: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<InstalledPlugin>, ApiError> {
-    let wasm = wasm.map_err(|rejection| crate::api::body_refused(rejection, crate::api::MAX_PLUGIN_BYTES))?;
+    let wasm = wasm
+        .map_err(|rejection| crate::api::body_refused(rejection, crate::api::MAX_PLUGIN_BYTES))?;
     let runtime = app.runtime.clone();
     let started = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || runtime.load_validated(&wasm))
@@ -142,7 +148,7 @@ pub async fn install_plugin(
 ///
 /// Restores the version the last swap replaced, and writes that down like an install.
 #[utoipa::path(
-    post, path = "/plugins/{name}/rollback", tag = "admin", params(("name" = String, Path)),
+    post, operation_id = "rollbackPlugin", path = "/plugins/{name}/rollback", tag = "admin", params(("name" = String, Path)),
     responses((status = 200, body = PluginView), Errors)
 )]
 pub async fn rollback_plugin(

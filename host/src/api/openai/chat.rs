@@ -10,12 +10,12 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 use super::schema::{AssistantMessage, ChatCompletion, Choice, Usage};
-use crate::api::openapi::requests::ChatCompletionRequest;
 use super::{RequestId, errors, finished, with_execution_headers};
-use crate::api::openapi::OpenAiErrors;
 use crate::App;
 use crate::api::executions::idempotency_key;
 use crate::api::fields::Fields;
+use crate::api::openapi::OpenAiErrors;
+use crate::api::openapi::requests::ChatCompletionRequest;
 use crate::api::{JsonObject, require};
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, DetailCode, quote};
@@ -74,7 +74,7 @@ pub struct ChatRequest {
 /// ending with `data: [DONE]`. Headers: `X-ModelRoute-Execution-Id`,
 /// `X-ModelRoute-Cost`, and `Idempotent-Replayed` on a replay.
 #[utoipa::path(
-    post, path = "/chat/completions", tag = "openai",
+    post, operation_id = "createChatCompletion", path = "/chat/completions", tag = "openai",
     params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters")),
     request_body = ChatCompletionRequest,
     responses(

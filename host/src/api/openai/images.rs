@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::schema::{Image, ImagesResponse};
-use crate::api::openapi::requests::ImageRequest as ImageRequestBody;
 use super::{RequestId, errors, finished, with_execution_headers};
-use crate::api::openapi::OpenAiErrors;
 use crate::App;
 use crate::api::executions::idempotency_key;
 use crate::api::fields::Fields;
+use crate::api::openapi::OpenAiErrors;
+use crate::api::openapi::requests::ImageRequest as ImageRequestBody;
 use crate::api::{JsonObject, require};
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, DetailCode, quote};
@@ -46,7 +46,7 @@ struct ImageRequest {
 /// An ordinary execution of the model's canonical image input, answered with signed
 /// one-hour download URLs of the stored images, or their bytes in base64.
 #[utoipa::path(
-    post, path = "/images/generations", tag = "openai",
+    post, operation_id = "createImage", path = "/images/generations", tag = "openai",
     params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters")),
     request_body = ImageRequestBody,
     responses((status = 200, body = ImagesResponse), OpenAiErrors)

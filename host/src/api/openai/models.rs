@@ -49,7 +49,7 @@ fn model(slug: &str) -> Model {
 
 /// List the models the door serves
 #[utoipa::path(
-    get, path = "/models", tag = "openai",
+    get, operation_id = "listOpenAiModels", path = "/models", tag = "openai",
     responses((status = 200, body = ModelList), OpenAiErrors)
 )]
 pub async fn list(State(app): State<Arc<App>>, _caller: Caller) -> Json<ModelList> {
@@ -72,7 +72,7 @@ pub async fn list(State(app): State<Arc<App>>, _caller: Caller) -> Json<ModelLis
 
 /// Get a model the door serves
 #[utoipa::path(
-    get, path = "/models/{id}", tag = "openai", params(("id" = String, Path, description = "the model's slug")),
+    get, operation_id = "getOpenAiModel", path = "/models/{id}", tag = "openai", params(("id" = String, Path, description = "the model's slug")),
     responses((status = 200, body = Model), OpenAiErrors)
 )]
 pub async fn get(
