@@ -25,6 +25,12 @@ TEMPLATE_OUT := $(TARGET_DIR)/template/$(PLUGIN_TARGET)/release/modelroute_templ
 # (tests/openai_sdk). Installed from PyPI into target/pydeps, once per version.
 OPENAI_SDK_VERSION := 3.51.0
 PYDEPS := target/pydeps
+# The API fuzzer and the OpenAPI validator that the OpenAPI e2e tests run
+# (tests/tests/e2e/openapi.rs), in a folder of their own so that their
+# dependencies never clash with the openai SDK's.
+SCHEMATHESIS_VERSION := 4.32.5
+OPENAPI_SPEC_VALIDATOR_VERSION := 0.9.0
+PYDEPS_API := target/pydeps-api
 
 ## Installs what a fresh machine lacks (the wasm target).
 setup:
@@ -54,12 +60,18 @@ run: build
 	trap 'kill $$emulators 2>/dev/null' EXIT INT TERM; \
 	target/debug/modelroute serve --dev
 
-## Installs the openai Python SDK into target/pydeps when that version is missing
-## (the e2e test puts it on PYTHONPATH; nothing is installed system-wide).
+## Installs the openai Python SDK into target/pydeps, and schemathesis with
+## openapi-spec-validator into target/pydeps-api, when those versions are missing
+## (the e2e tests put them on PYTHONPATH; nothing is installed system-wide).
 pydeps:
 	@test -d $(PYDEPS)/openai-$(OPENAI_SDK_VERSION).dist-info || \
 	  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --disable-pip-version-check --quiet \
 	    --target $(PYDEPS) openai==$(OPENAI_SDK_VERSION)
+	@test -d $(PYDEPS_API)/schemathesis-$(SCHEMATHESIS_VERSION).dist-info && \
+	  test -d $(PYDEPS_API)/openapi_spec_validator-$(OPENAPI_SPEC_VALIDATOR_VERSION).dist-info || \
+	  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --disable-pip-version-check --quiet \
+	    --upgrade --target $(PYDEPS_API) schemathesis==$(SCHEMATHESIS_VERSION) \
+	    openapi-spec-validator==$(OPENAPI_SPEC_VALIDATOR_VERSION)
 
 ## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests,
 ## and a packaging of the SDK as it would be published (authors depend on it by

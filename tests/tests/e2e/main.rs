@@ -18,6 +18,7 @@ mod metrics;
 mod money;
 mod openai_door;
 mod openai_door_models;
+mod openapi;
 mod plugin_author;
 mod plugin_mistakes;
 mod plugins;
