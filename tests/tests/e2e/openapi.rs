@@ -447,25 +447,20 @@ async fn the_docs_page_renders_offline_in_headless_chromium() {
 const REFUSALS: &str =
     r#"["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]"#;
 
-/// schemathesis' configuration: `tests/schemathesis/hooks.py`, [`REFUSALS`], and
-/// each security scheme of `document` with its credential (the operator token for
-/// the operator's scheme, else the API key).
+/// schemathesis' configuration: [`REFUSALS`], and each security scheme of
+/// `document` with its credential (the operator token for `operator_token`, the API
+/// key for `api_key`).
 fn schemathesis_config(document: &Value, server: &Server) -> String {
-    let hooks = root().join("tests/schemathesis/hooks.py");
-    let mut config = format!(
-        "hooks = {:?}\n\n[checks.negative_data_rejection]\nexpected-statuses = {REFUSALS}\n",
-        hooks.display()
-    );
+    let mut config = format!("[checks.negative_data_rejection]\nexpected-statuses = {REFUSALS}\n");
     let schemes = document["components"]["securitySchemes"]
         .as_object()
         .expect("the document's security schemes");
     for (name, scheme) in schemes {
         assert_eq!(scheme["scheme"], "bearer", "{name}: {scheme}");
-        let words = format!("{name} {}", scheme["description"]).to_lowercase();
-        let token = if words.contains("operator") || words.contains("admin") {
-            &server.admin_token
-        } else {
-            &server.api_key
+        let token = match name.as_str() {
+            "operator_token" => &server.admin_token,
+            "api_key" => &server.api_key,
+            other => panic!("a security scheme this test does not know: {other}"),
         };
         config.push_str(&format!("\n[auth.openapi.{name:?}]\nbearer = {token:?}\n"));
     }
@@ -506,7 +501,9 @@ async fn schemathesis_finds_nothing_against_a_live_server() {
         .args(["--url", &server.url])
         .args(["--checks", CHECKS])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
-        .args(["--max-examples", "50", "--workers", "2"])
+        // One worker: hypothesis' code introspection is not thread-safe (two workers
+        // now and then end a run with an internal "Runtime Error").
+        .args(["--max-examples", "50", "--workers", "1"])
         // Deterministic: the same cases on every run, and no example database.
         .args(["--generation-deterministic", "--request-timeout", "30"])
         .args(["--report", "junit", "--report-junit-path"])

@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, response::Response};
+use utoipa::openapi::{
+    ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, response::Response,
+};
 use utoipa::{IntoResponses, ToSchema};
 
 use crate::error::{Code, Detail};
@@ -93,8 +95,11 @@ fn answers<'a>(
                 .ok()
                 .and_then(|status| status.canonical_reason())
                 .unwrap_or("Error");
-            let response = ResponseBuilder::new()
-                .description(reason)
+            let mut response = ResponseBuilder::new().description(reason);
+            if *status == 429 {
+                response = response.header("Retry-After", retry_after());
+            }
+            let response = response
                 .content(
                     "application/json",
                     ContentBuilder::new()
@@ -105,4 +110,11 @@ fn answers<'a>(
             (status.to_string(), RefOr::T(response))
         })
         .collect()
+}
+
+fn retry_after() -> utoipa::openapi::Header {
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Integer))
+        .description(Some("Seconds to wait before trying again"))
+        .build()
 }

@@ -17,6 +17,7 @@ pub use errors::{
 use axum::Router;
 use serde_json::Value;
 use std::sync::Arc;
+use utoipa::openapi::schema::{AdditionalProperties, Schema};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::{Modify, OpenApi as _};
@@ -110,6 +111,7 @@ pub fn contract() -> OpenApi {
 pub fn complete(document: &mut OpenApi) {
     Security.modify(document);
     links::add(document);
+    refuse_unknown_fields(document);
     for item in document.paths.paths.values_mut() {
         for operation in operations(item) {
             for response in operation.responses.responses.values_mut() {
@@ -119,6 +121,34 @@ pub fn complete(document: &mut OpenApi) {
                         .insert("X-Request-Id".into(), request_id_header());
                 }
             }
+        }
+    }
+}
+
+/// Marks each JSON request body's schema `additionalProperties: false`: every
+/// handler refuses a field it does not know, naming it, rather than ignore it.
+fn refuse_unknown_fields(document: &mut OpenApi) {
+    let mut bodies = Vec::new();
+    for item in document.paths.paths.values_mut() {
+        for operation in operations(item) {
+            let contents = operation
+                .request_body
+                .iter()
+                .flat_map(|body| body.content.values());
+            for content in contents {
+                if let Some(RefOr::Ref(reference)) = &content.schema {
+                    bodies.push(reference.ref_location.clone());
+                }
+            }
+        }
+    }
+    let Some(components) = document.components.as_mut() else {
+        return;
+    };
+    for body in bodies {
+        let name = body.trim_start_matches("#/components/schemas/");
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
         }
     }
 }
