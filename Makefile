@@ -31,6 +31,10 @@ PYDEPS := target/pydeps
 SCHEMATHESIS_VERSION := 4.32.5
 OPENAPI_SPEC_VALIDATOR_VERSION := 0.9.0
 PYDEPS_API := target/pydeps-api
+# The S3-compatible server the object-store tests run against (moto's server), in
+# a folder of its own likewise.
+MOTO_VERSION := 5.1.18
+PYDEPS_S3 := target/pydeps-s3
 
 ## Installs what a fresh machine lacks (the wasm target).
 setup:
@@ -60,8 +64,9 @@ run: build
 	trap 'kill $$emulators 2>/dev/null' EXIT INT TERM; \
 	target/debug/modelroute serve --dev
 
-## Installs the openai Python SDK into target/pydeps, and schemathesis with
-## openapi-spec-validator into target/pydeps-api, when those versions are missing
+## Installs the openai Python SDK into target/pydeps, schemathesis with
+## openapi-spec-validator into target/pydeps-api, and moto's S3 server into
+## target/pydeps-s3, when those versions are missing
 ## (the e2e tests put them on PYTHONPATH; nothing is installed system-wide).
 pydeps:
 	@test -d $(PYDEPS)/openai-$(OPENAI_SDK_VERSION).dist-info || \
@@ -72,6 +77,9 @@ pydeps:
 	  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --disable-pip-version-check --quiet \
 	    --upgrade --target $(PYDEPS_API) schemathesis==$(SCHEMATHESIS_VERSION) \
 	    openapi-spec-validator==$(OPENAPI_SPEC_VALIDATOR_VERSION)
+	@test -d $(PYDEPS_S3)/moto-$(MOTO_VERSION).dist-info || \
+	  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --disable-pip-version-check --quiet \
+	    --upgrade --target $(PYDEPS_S3) "moto[server]==$(MOTO_VERSION)"
 
 ## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests,
 ## and a packaging of the SDK as it would be published (authors depend on it by

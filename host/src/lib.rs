@@ -91,11 +91,18 @@ pub async fn serve(mut config: Config) -> Result<()> {
     let router = Arc::new(Router::new(&config, registry.clone()));
     router.check(&config)?;
     executions::check_default_fallbacks(&config.executions, &router)?;
-    let storage = files::storage::LocalDisk::open(&data.join("files"))
-        .with_context(|| format!("opening {}", data.join("files").display()))?;
+    let storage: Arc<dyn files::storage::Storage> = match &config.files.storage {
+        config::StorageSettings::Local => Arc::new(
+            files::storage::LocalDisk::open(&data.join("files"))
+                .with_context(|| format!("opening {}", data.join("files").display()))?,
+        ),
+        config::StorageSettings::S3(s3) => {
+            Arc::new(files::storage::ObjectStore::connect(s3).await?)
+        }
+    };
     let files = Arc::new(Files::new(
         store.clone(),
-        Arc::new(storage),
+        storage,
         config.files.clone(),
         &config.public_url,
         store::signing_key(&store, files::FILE_URL_KEY).await?,

@@ -9,7 +9,7 @@ mod server;
 mod webhooks;
 
 pub use executions::{ExecutionSettings, ModelSettings, StreamTimeouts};
-pub use files::FileSettings;
+pub use files::{FileSettings, S3Settings, StorageSettings};
 pub use models::{DeclaredModel, check_slug};
 pub use providers::{
     MAX_UNIT_PRICE, PriceOverride, ProviderConfig, ProviderModelConfig, check_base_url,
@@ -128,6 +128,11 @@ impl Config {
                 .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
         {
             bail!("upstream.proxy: {proxy:?} is not an http or https URL");
+        }
+        if let StorageSettings::S3(s3) = &self.files.storage
+            && s3.bucket.trim().is_empty()
+        {
+            bail!("files.storage.bucket must name the bucket");
         }
         if !(1..=365).contains(&self.files.default_ttl_days) {
             bail!("files.default_ttl_days must be between 1 and 365");

@@ -145,6 +145,7 @@ impl Server {
             .arg(&server.config)
             .env_remove("MODELROUTE_LISTEN")
             .env_remove("MODELROUTE_DATA_DIR")
+            .envs(server.env.iter().map(|(name, value)| (name, value)))
             .output()
             .expect("run modelroute");
         let printed = String::from_utf8_lossy(&output.stderr).to_string()
