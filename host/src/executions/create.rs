@@ -10,7 +10,9 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::db;
+use super::dispatch::pick;
 use super::live::LiveStream;
+use super::model::Attempt;
 use super::waiting::STREAM_BUFFER;
 use super::{Claim, Execution, Executions, Mode, Status, StreamMessage};
 use super::{failure, input};
@@ -24,6 +26,7 @@ use crate::money::Micros;
 use crate::plugins::types;
 use crate::routing::{self};
 use crate::store::Reader;
+use crate::webhooks;
 
 /// A validated `POST /v1/executions` body.
 #[derive(Debug, Clone)]
@@ -43,6 +46,13 @@ pub const IDEMPOTENT_ID_KEY: &str = "idempotent-id-key";
 
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+
+/// A new execution, as the dispatcher is handed it: with the attempt its accept
+/// already started (a synchronous request's), to submit now.
+pub struct Accepted {
+    pub id: String,
+    pub started: Option<(String, routing::Candidate)>,
+}
 
 pub struct Created {
     pub execution: Execution,
@@ -76,7 +86,7 @@ impl Executions {
                 )
             })?;
             if let Ok(outcome) = earlier {
-                return self.respond(outcome);
+                return self.respond(outcome, None);
             }
         }
         let Some(first) = self.first_candidate(&request.model) else {
@@ -106,7 +116,7 @@ impl Executions {
         let fallbacks = fallbacks.into_iter().map(|(f, _)| f).collect();
 
         let now = clock::now();
-        let execution = Execution {
+        let mut execution = Execution {
             id: new_id("exec"),
             organization_id: caller.org_id.clone(),
             model: request.model.clone(),
@@ -130,9 +140,31 @@ impl Executions {
             attempts: Vec::new(),
             transitions: vec![(Status::Pending, now)],
         };
-
+        // A client waits on a synchronous request: its first attempt starts in the
+        // accept's commit rather than in one of its own.
+        let started = match execution.mode {
+            Mode::Sync | Mode::Streaming => self.start_on_accept(&mut execution, now),
+            Mode::Async => None,
+        };
         let outcome = self.accept(execution, idempotency).await?;
-        self.respond(outcome)
+        self.respond(outcome, started)
+    }
+
+    /// Starts `execution`'s first attempt at the provider it would go to now, if
+    /// one takes traffic; its id and provider, for the dispatcher.
+    fn start_on_accept(
+        &self,
+        execution: &mut Execution,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<(String, routing::Candidate)> {
+        let ranked = self
+            .router
+            .ranked(&execution.model, &execution.usage_estimate);
+        let candidate = pick(&ranked, execution, clock::instant())?.clone();
+        let attempt = Attempt::begin(execution, &candidate, now);
+        let id = attempt.id.clone();
+        Attempt::start(execution, attempt, now);
+        Some((id, candidate))
     }
 
     /// The best candidate serving `slug` for an input not yet estimated.
@@ -166,7 +198,11 @@ impl Executions {
 
     /// The answer to a create: the new execution (dispatched), the one an earlier
     /// use of the key created, or why nothing was created.
-    fn respond(&self, outcome: CreateOutcome) -> Result<Created, ApiError> {
+    fn respond(
+        &self,
+        outcome: CreateOutcome,
+        started: Option<(String, routing::Candidate)>,
+    ) -> Result<Created, ApiError> {
         // The request's log lines name the execution it created or replayed.
         if let CreateOutcome::Created(execution) | CreateOutcome::Replayed(execution) = &outcome {
             tracing::Span::current().record("execution_id", execution.id.as_str());
@@ -180,7 +216,14 @@ impl Executions {
                         .insert(execution.id.clone(), LiveStream::new(sender));
                     receiver
                 });
-                let _ = self.dispatch.send(execution.id.clone());
+                if execution.started_at.is_some() {
+                    // Its `execution.started` event was written with it.
+                    self.outbox.notify_one();
+                }
+                let _ = self.dispatch.send(Accepted {
+                    id: execution.id.clone(),
+                    started,
+                });
                 Ok(Created {
                     execution,
                     replayed: false,
@@ -250,6 +293,18 @@ impl Executions {
                     HoldResult::Placed => {}
                 }
                 db::insert(txn, &prepared)?;
+                if execution.started_at.is_some() {
+                    webhooks::enqueue(
+                        txn,
+                        webhooks::ExecutionEvent {
+                            event_type: "execution.started",
+                            organization_id: &execution.organization_id,
+                            execution_id: &execution.id,
+                            webhook_url: execution.webhook_url.as_deref(),
+                            data: serde_json::json!(execution.view()),
+                        },
+                    )?;
+                }
                 Ok(CreateOutcome::Created(execution))
             })
             .await

@@ -26,7 +26,9 @@ use crate::files::Files;
 use crate::routing::Router;
 use crate::store::Store;
 use create::InputRules;
-pub use create::{CreateOutcome, CreateRequest, Created, IDEMPOTENT_ID_KEY, request_hash};
+pub use create::{
+    Accepted, CreateOutcome, CreateRequest, Created, IDEMPOTENT_ID_KEY, request_hash,
+};
 pub use fallbacks::{MAX_FALLBACK_MODELS, check_default_fallbacks};
 pub use live::StreamMessage;
 pub use model::{Claim, Execution, ExecutionError, Mode, Status};
@@ -44,7 +46,7 @@ pub struct Executions {
     watchers: Mutex<HashMap<String, watch::Sender<Status>>>,
     /// event streams of running `STREAMING` executions
     streams: Mutex<HashMap<String, live::LiveStream>>,
-    dispatch: tokio::sync::mpsc::UnboundedSender<String>,
+    dispatch: tokio::sync::mpsc::UnboundedSender<Accepted>,
     /// wakes the webhook delivery worker
     outbox: Arc<tokio::sync::Notify>,
     /// the server's secret for the ids of executions created with an idempotency key
@@ -57,7 +59,7 @@ impl Executions {
         router: Arc<Router>,
         settings: ExecutionSettings,
         files: Arc<Files>,
-        dispatch: tokio::sync::mpsc::UnboundedSender<String>,
+        dispatch: tokio::sync::mpsc::UnboundedSender<Accepted>,
         outbox: Arc<tokio::sync::Notify>,
         id_key: Vec<u8>,
     ) -> Executions {

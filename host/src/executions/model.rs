@@ -101,6 +101,36 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// A new attempt of `execution`'s current model at `candidate`, started `now`.
+    pub fn begin(
+        execution: &Execution,
+        candidate: &crate::routing::Candidate,
+        now: DateTime<Utc>,
+    ) -> Attempt {
+        Attempt {
+            id: crate::ids::new_short_id("att"),
+            model: execution.model.clone(),
+            provider: candidate.provider.name.clone(),
+            plugin: candidate.plugin.name.clone(),
+            plugin_version: candidate.plugin.version.clone(),
+            plugin_sha256: candidate.plugin.sha256.clone(),
+            started_at: now,
+            ended_at: None,
+            job: None,
+            outcome: None,
+            failure: None,
+        }
+    }
+
+    /// Starts `attempt`: the execution is `PROCESSING` from `now`.
+    pub fn start(execution: &mut Execution, attempt: Attempt, now: DateTime<Utc>) {
+        execution.started_at.get_or_insert(now);
+        if execution.status != Status::Processing {
+            execution.set_status(Status::Processing, now);
+        }
+        execution.attempts.push(attempt);
+    }
+
     /// Whether it ran `model` (a record from before fallbacks names none: it ran the
     /// only model its execution had).
     pub fn ran(&self, model: &str) -> bool {

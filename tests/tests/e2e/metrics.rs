@@ -327,3 +327,32 @@ async fn a_bad_metrics_address_stops_the_start_naming_the_field() {
     );
     assert!(printed.contains("server.metrics_listen"), "{printed}");
 }
+
+/// Writes the store has committed (the sum of its commit batches' sizes).
+async fn store_writes(server: &Server) -> f64 {
+    let (_, text, _) = scrape(server, Some(&server.admin_token)).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix("modelroute_store_commit_batch_size_sum "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the store's batch sizes")
+}
+
+/// A synchronous request costs two store writes (#18): its accept, with its hold
+/// and its first attempt's start, and its completion, with its settlement.
+#[tokio::test]
+async fn a_synchronous_execution_is_two_store_writes() {
+    let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let server = Server::start(&[openai_provider(&emulator)]).await;
+    let body = json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC", "input": {"messages": [{"role": "user", "content": "hello"}]}});
+    // The first run also writes what is made once (signing keys and the like).
+    for round in 0..3 {
+        let before = store_writes(&server).await;
+        let reply = server.post("/v1/executions", body.clone()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.body["status"], "COMPLETED");
+        let writes = store_writes(&server).await - before;
+        if round > 0 {
+            assert_eq!(writes, 2.0, "round {round}");
+        }
+    }
+}

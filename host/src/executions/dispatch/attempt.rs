@@ -9,10 +9,29 @@ use super::*;
 use crate::clock;
 use crate::executions::model::{Attempt, Execution, JobRecord, Status};
 use crate::files::grants::AttemptRef;
-use crate::ids::new_short_id;
 use crate::plugins::catalogue::{self, PREFILL};
 use crate::plugins::types;
 use crate::routing::Candidate;
+
+/// The provider an attempt of `execution` goes to now: the best of `ranked` not
+/// tried yet, else the best, among those whose breaker lets traffic through.
+pub fn pick<'a>(
+    ranked: &'a [Candidate],
+    execution: &Execution,
+    now: std::time::Instant,
+) -> Option<&'a Candidate> {
+    let ready: Vec<&Candidate> = ranked
+        .iter()
+        .filter(|c| c.provider.would_allow(now))
+        .collect();
+    let untried = ready.iter().find(|c| {
+        !execution
+            .attempts
+            .iter()
+            .any(|a| a.provider == c.provider.name)
+    });
+    untried.or(ready.first()).copied()
+}
 
 impl Dispatcher {
     /// Starts an attempt at the best provider that takes traffic now, or defers.
@@ -33,20 +52,8 @@ impl Dispatcher {
                 "no loaded adapter serves this model",
             )));
         }
-        // A retry prefers the best provider not tried yet, among those whose breaker
-        // lets traffic through.
         let now = clock::instant();
-        let ready: Vec<&Candidate> = ranked
-            .iter()
-            .filter(|c| c.provider.would_allow(now))
-            .collect();
-        let untried = ready.iter().find(|c| {
-            !execution
-                .attempts
-                .iter()
-                .any(|a| a.provider == c.provider.name)
-        });
-        let Some(candidate) = untried.or(ready.first()).map(|c| (*c).clone()) else {
+        let Some(candidate) = pick(&ranked, execution, now).cloned() else {
             if waiting.is_none() {
                 *waiting = Some(now);
                 let waiting_for: Vec<String> = ranked
@@ -79,42 +86,37 @@ impl Dispatcher {
             );
         }
         let now = clock::now();
-        let attempt = Attempt {
-            id: new_short_id("att"),
-            model: execution.model.clone(),
-            provider: candidate.provider.name.clone(),
-            plugin: candidate.plugin.name.clone(),
-            plugin_version: candidate.plugin.version.clone(),
-            plugin_sha256: candidate.plugin.sha256.clone(),
-            started_at: now,
-            ended_at: None,
-            job: None,
-            outcome: None,
-            failure: None,
-        };
+        let attempt = Attempt::begin(execution, &candidate, now);
         let attempt_id = attempt.id.clone();
         let started = self
             .executions
             .update(&execution.id, move |execution, _| {
-                execution.started_at.get_or_insert(now);
-                if execution.status != Status::Processing {
-                    execution.set_status(Status::Processing, now);
-                }
-                execution.attempts.push(attempt);
+                Attempt::start(execution, attempt, now);
                 Ok(())
             })
             .await?;
         if started.is_none() {
             return Ok(AttemptEnd::Abandoned);
         }
+        self.run_attempt(execution, candidate, &attempt_id).await
+    }
+
+    /// Runs the attempt `attempt_id`, recorded as started at `candidate`: its
+    /// submit, and its job followed to its end.
+    pub(super) async fn run_attempt(
+        &self,
+        execution: &Execution,
+        candidate: Candidate,
+        attempt_id: &str,
+    ) -> Result<AttemptEnd> {
         let prefill = self.executions.join_attempt(
             &execution.id,
             &candidate.provider.name,
             candidate.model.accepts_prefill,
         );
         let provider = candidate.provider.name.clone();
-        let span = attempt_span(&attempt_id, &provider, &execution.model);
-        let submitted = self.submit(execution, candidate, &attempt_id, prefill.as_deref());
+        let span = attempt_span(attempt_id, &provider, &execution.model);
+        let submitted = self.submit(execution, candidate, attempt_id, prefill.as_deref());
         let end = tracing::Instrument::instrument(submitted, span).await?;
         Ok(match (end, prefill) {
             // The continuation of the text the stream's readers have: the answer.

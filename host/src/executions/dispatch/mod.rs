@@ -11,6 +11,8 @@
 //! hears providers.
 
 mod attempt;
+
+pub use attempt::pick;
 mod callbacks;
 mod cancel;
 mod exchange;
@@ -26,8 +28,8 @@ use tokio::sync::{Notify, mpsc};
 
 use super::failure::{AttemptFailure, Kind};
 
-use super::Executions;
 use super::model::Execution;
+use super::{Accepted, Executions};
 use crate::callbacks::CallbackSigner;
 use crate::clock;
 use crate::config::ExecutionSettings;
@@ -129,14 +131,14 @@ impl Dispatcher {
 
     /// Resumes every non-terminal execution, then serves newly accepted ones, and
     /// runs the expiry sweeper.
-    pub fn start(self: &Arc<Self>, mut accepted: mpsc::UnboundedReceiver<String>) -> Result<()> {
+    pub fn start(self: &Arc<Self>, mut accepted: mpsc::UnboundedReceiver<Accepted>) -> Result<()> {
         for (id, _) in self.executions.active()? {
-            self.spawn(id);
+            self.spawn(id, None);
         }
         let this = self.clone();
         tokio::spawn(async move {
-            while let Some(id) = accepted.recv().await {
-                this.spawn(id);
+            while let Some(Accepted { id, started }) = accepted.recv().await {
+                this.spawn(id, started);
             }
         });
         self.tick();
@@ -165,7 +167,9 @@ impl Dispatcher {
             .is_some_and(|at| at.elapsed() < stall)
     }
 
-    pub(super) fn spawn(self: &Arc<Self>, id: String) {
+    /// Drives `id` in a task of its own (unless one already does), beginning with
+    /// the attempt its accept `started`, if any.
+    pub(super) fn spawn(self: &Arc<Self>, id: String, mut started: Option<(String, Candidate)>) {
         if !self
             .running
             .lock()
@@ -181,7 +185,7 @@ impl Dispatcher {
             // A failed store write (its whole commit batch was refused) is retried
             // from what the store holds, as a restart would; the deadline bounds it.
             let mut pause = Duration::from_secs(1);
-            while let Err(error) = this.drive(&id).await {
+            while let Err(error) = this.drive(&id, started.take()).await {
                 tracing::error!(execution = %id, error = format!("{error:#}"), retry_in = ?pause, "dispatch failed");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(DISPATCH_RETRY_MAX);
@@ -195,7 +199,11 @@ impl Dispatcher {
         tokio::spawn(tracing::Instrument::instrument(driven, span));
     }
 
-    pub(super) async fn drive(&self, id: &str) -> Result<()> {
+    pub(super) async fn drive(
+        &self,
+        id: &str,
+        mut started: Option<(String, Candidate)>,
+    ) -> Result<()> {
         // Since when the execution waits for a provider (see `start_attempt`).
         let mut waiting = None;
         loop {
@@ -205,9 +213,15 @@ impl Dispatcher {
             if execution.status.is_terminal() {
                 return Ok(());
             }
-            let end = match execution.open_attempt().cloned() {
-                Some(attempt) => self.resume(&execution, attempt).await?,
-                None => self.start_attempt(&execution, &mut waiting).await?,
+            let end = match (execution.open_attempt().cloned(), started.take()) {
+                // Started by the accept and not yet sent: send it now. (After a
+                // restart the same attempt is resumed instead, as one cut before its
+                // provider acknowledged it.)
+                (Some(attempt), Some((started, candidate))) if attempt.id == started => {
+                    self.run_attempt(&execution, candidate, &started).await?
+                }
+                (Some(attempt), _) => self.resume(&execution, attempt).await?,
+                (None, _) => self.start_attempt(&execution, &mut waiting).await?,
             };
             let (failure, counts) = match end {
                 AttemptEnd::Abandoned => return Ok(()),

@@ -304,7 +304,10 @@ async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
     let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names.first(), Some(&"execution"));
     assert_eq!(names.last(), Some(&"done"));
-    assert!(names.contains(&"status"));
+    // The accept started its first attempt (one commit for both): the execution is
+    // PROCESSING from its first event, and no status event repeats it.
+    assert_eq!(events[0].1["status"], "PROCESSING", "{names:?}");
+    assert!(!names.contains(&"status"), "{names:?}");
     let deltas = delta_text(&events);
     assert_eq!(deltas, "Echo: three two one");
     assert!(
@@ -341,9 +344,19 @@ async fn streaming_sends_status_changes_text_deltas_and_the_final_execution() {
         "Echo: three two one"
     );
 
-    // A model whose provider does not stream text still streams its status.
+    // A model whose provider does not stream text still streams its status changes:
+    // a provider job, polled until done, waits in AWAITING_WEBHOOK.
+    let replicate = replicate_emulator().await;
+    replicate.state.set_polls_until_done(2);
+    let server = Server::start(&[replicate_provider(&replicate)]).await;
     let body = json!({"model": "flux-1.1-pro", "mode": "STREAMING", "input": flux_input()});
     let events = streamed_execution(&server, body).await;
+    let statuses: Vec<&Value> = events
+        .iter()
+        .filter(|(name, _)| name == "status")
+        .map(|(_, data)| &data["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("AWAITING_WEBHOOK")]);
     let done = &events.last().unwrap().1;
     assert_eq!(events.last().unwrap().0, "done");
     assert_eq!(done["status"], "COMPLETED");
@@ -371,13 +384,10 @@ async fn a_stream_cut_off_mid_answer_is_a_failed_attempt_and_nothing_is_billed()
     assert!(!names.contains(&"reset"), "the retry continued: {names:?}");
     let deltas = delta_text(&events);
     assert_eq!(deltas, "Echo: three ", "each attempt cut after a piece");
-    // Regression: every retry repeated `status: PROCESSING`; statuses are changes.
-    let statuses: Vec<&Value> = events
-        .iter()
-        .filter(|(name, _)| name == "status")
-        .map(|(_, data)| &data["status"])
-        .collect();
-    assert_eq!(statuses, [&json!("PROCESSING")], "{names:?}");
+    // Regression: every retry repeated `status: PROCESSING`; statuses are changes
+    // (and the accept's event already said PROCESSING).
+    assert_eq!(events[0].1["status"], "PROCESSING", "{names:?}");
+    assert!(!names.contains(&"status"), "{names:?}");
     let done = &events.last().unwrap().1;
     assert_eq!(done["status"], "FAILED", "{done}");
     assert_eq!(done["error"]["code"], "GENERATION_FAILED");
