@@ -17,7 +17,7 @@ pub use errors::{
 use axum::Router;
 use serde_json::Value;
 use std::sync::Arc;
-use utoipa::openapi::schema::{AdditionalProperties, Schema};
+use utoipa::openapi::schema::{AdditionalProperties, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::{Modify, OpenApi as _};
@@ -107,23 +107,47 @@ pub fn contract() -> OpenApi {
 }
 
 /// Completes the router's document: the security of each operation, the links
-/// from a create to its object's operations, and `X-Request-Id` on every answer.
+/// from a create to its object's operations, `X-Request-Id` on every answer, and
+/// the rate-limit headers on every answer the gate counts (an API key's).
 pub fn complete(document: &mut OpenApi) {
     Security.modify(document);
     links::add(document);
     refuse_unknown_fields(document);
-    for item in document.paths.paths.values_mut() {
+    for (path, item) in document.paths.paths.iter_mut() {
+        let counted = super::gate::credential_of(path) == Some("api_key");
         for operation in operations(item) {
             for response in operation.responses.responses.values_mut() {
-                if let RefOr::T(response) = response {
-                    response
-                        .headers
-                        .insert("X-Request-Id".into(), request_id_header());
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                let id = header(
+                    "This request's id, also inside every error",
+                    of_type(Type::String).pattern(Some("^req_")),
+                );
+                response.headers.insert("X-Request-Id".into(), id);
+                if counted {
+                    for (name, description) in RATE_LIMIT_HEADERS {
+                        let count = header(description, of_type(Type::Integer));
+                        response.headers.insert(name.into(), count);
+                    }
                 }
             }
         }
     }
 }
+
+/// What every answer to an API key carries (SPEC §10).
+const RATE_LIMIT_HEADERS: [(&str, &str); 3] = [
+    (
+        "X-RateLimit-Limit",
+        "The key's burst: requests it may make at once",
+    ),
+    ("X-RateLimit-Remaining", "Requests it may make now"),
+    (
+        "X-RateLimit-Reset",
+        "When its bucket is full again (unix seconds)",
+    ),
+];
 
 /// Marks each JSON request body's schema `additionalProperties: false`: every
 /// handler refuses a field it does not know, naming it, rather than ignore it.
@@ -153,15 +177,16 @@ fn refuse_unknown_fields(document: &mut OpenApi) {
     }
 }
 
-fn request_id_header() -> utoipa::openapi::Header {
+/// A response header of `schema`.
+fn header(description: &str, schema: utoipa::openapi::ObjectBuilder) -> utoipa::openapi::Header {
     utoipa::openapi::HeaderBuilder::new()
-        .schema(
-            utoipa::openapi::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .pattern(Some("^req_")),
-        )
-        .description(Some("This request's id, also inside every error"))
+        .schema(schema)
+        .description(Some(description))
         .build()
+}
+
+fn of_type(kind: utoipa::openapi::schema::Type) -> utoipa::openapi::ObjectBuilder {
+    utoipa::openapi::ObjectBuilder::new().schema_type(kind)
 }
 
 /// The document as served: JSON, with the link objects' field names as OpenAPI
