@@ -17,10 +17,10 @@ pub use errors::{
 use axum::Router;
 use serde_json::Value;
 use std::sync::Arc;
+use utoipa::OpenApi as _;
 use utoipa::openapi::schema::{AdditionalProperties, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi, RefOr};
-use utoipa::{Modify, OpenApi as _};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::App;
@@ -54,32 +54,28 @@ struct Contract;
 
 /// The security schemes, and each operation's: the gate's own rule for its path
 /// (`gate::credential_of`), so the document says what the gate asks.
-struct Security;
-
-impl Modify for Security {
-    fn modify(&self, openapi: &mut OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let bearer = |description: &str| {
-            let mut http = Http::new(HttpAuthScheme::Bearer);
-            http.description = Some(description.to_string());
-            SecurityScheme::Http(http)
-        };
-        components.add_security_scheme(
-            "api_key",
-            bearer("An API key of the organization: `Authorization: Bearer sk_…`."),
-        );
-        components.add_security_scheme(
-            "operator_token",
-            bearer("The operator token of this deployment: `Authorization: Bearer …`."),
-        );
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let scheme = super::gate::credential_of(path);
-            for operation in operations(item) {
-                operation.security = Some(match scheme {
-                    Some(name) => vec![SecurityRequirement::new(name, Vec::<String>::new())],
-                    None => vec![SecurityRequirement::default()],
-                });
-            }
+fn add_security(openapi: &mut OpenApi) {
+    let components = openapi.components.get_or_insert_with(Default::default);
+    let bearer = |description: &str| {
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.description = Some(description.to_string());
+        SecurityScheme::Http(http)
+    };
+    components.add_security_scheme(
+        "api_key",
+        bearer("An API key of the organization: `Authorization: Bearer sk_…`."),
+    );
+    components.add_security_scheme(
+        "operator_token",
+        bearer("The operator token of this deployment: `Authorization: Bearer …`."),
+    );
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let scheme = super::gate::credential_of(path);
+        for operation in operations(item) {
+            operation.security = Some(match scheme {
+                Some(name) => vec![SecurityRequirement::new(name, Vec::<String>::new())],
+                None => vec![SecurityRequirement::default()],
+            });
         }
     }
 }
@@ -110,7 +106,7 @@ pub fn contract() -> OpenApi {
 /// from a create to its object's operations, `X-Request-Id` on every answer, and
 /// the rate-limit headers on every answer the gate counts (an API key's).
 pub fn complete(document: &mut OpenApi) {
-    Security.modify(document);
+    add_security(document);
     links::add(document);
     refuse_unknown_fields(document);
     for (path, item) in document.paths.paths.iter_mut() {
@@ -193,35 +189,35 @@ fn of_type(kind: utoipa::openapi::schema::Type) -> utoipa::openapi::ObjectBuilde
 /// spells them (utoipa 5 writes `operation_id` and `request_body` in links).
 pub fn served(document: &OpenApi) -> Value {
     let mut json = serde_json::to_value(document).unwrap_or_default();
-    let paths = json["paths"]
-        .as_object_mut()
-        .into_iter()
-        .flat_map(|p| p.values_mut());
-    for operation in paths.flat_map(|item| {
-        item.as_object_mut()
-            .into_iter()
-            .flat_map(|i| i.values_mut())
-    }) {
-        let responses = operation["responses"].as_object_mut();
-        for response in responses.into_iter().flat_map(|r| r.values_mut()) {
-            let links = response.get_mut("links").and_then(Value::as_object_mut);
-            for link in links.into_iter().flat_map(|l| l.values_mut()) {
-                let Some(link) = link.as_object_mut() else {
-                    continue;
-                };
-                for (written, spelled) in [
-                    ("operation_id", "operationId"),
-                    ("operation_ref", "operationRef"),
-                    ("request_body", "requestBody"),
-                ] {
-                    if let Some(value) = link.remove(written) {
-                        link.insert(spelled.to_string(), value);
+    for item in members(json.get_mut("paths")) {
+        for operation in members(Some(item)) {
+            for response in members(operation.get_mut("responses")) {
+                for link in members(response.get_mut("links")) {
+                    let Some(link) = link.as_object_mut() else {
+                        continue;
+                    };
+                    for (written, spelled) in [
+                        ("operation_id", "operationId"),
+                        ("operation_ref", "operationRef"),
+                        ("request_body", "requestBody"),
+                    ] {
+                        if let Some(value) = link.remove(written) {
+                            link.insert(spelled.to_string(), value);
+                        }
                     }
                 }
             }
         }
     }
     json
+}
+
+/// The values of a JSON object (none for anything else).
+fn members(value: Option<&mut Value>) -> impl Iterator<Item = &mut Value> {
+    value
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|object| object.values_mut())
 }
 
 /// `GET /openapi.json` and `GET /docs`: Swagger UI, its assets served from the
@@ -232,4 +228,21 @@ pub fn router(document: Value) -> Router<Arc<App>> {
         .external_url_unchecked("/openapi.json", document)
         .config(Config::default().validator_url("none"));
     Router::new().merge(ui)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Links are spelled as OpenAPI has them, whatever utoipa writes: a client
+    /// (or a fuzzer) following them finds the operation.
+    #[test]
+    fn links_name_their_operation_as_openapi_spells_it() {
+        let document = crate::api::document();
+        let link = &document["paths"]["/v1/executions"]["post"]["responses"]["202"]["links"]["getExecution"];
+        assert_eq!(link["operationId"], "getExecution", "{link}");
+        assert_eq!(link["parameters"]["id"], "$response.body#/id");
+        let text = document.to_string();
+        assert!(!text.contains("\"operation_id\"") && !text.contains("\"request_body\""));
+        let confirm = &document["paths"]["/v1/files/upload"]["post"]["responses"]["201"]["links"]["confirmUpload"];
+        assert_eq!(confirm["requestBody"]["file_id"], "$response.body#/file_id");
+    }
 }
