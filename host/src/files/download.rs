@@ -118,11 +118,16 @@ impl Files {
         action: Action,
         origin: Origin,
     ) -> Result<(FileRecord, ByteStream), ApiError> {
-        let stream = self
-            .storage
-            .open(record.object_key())
-            .await
-            .map_err(anyhow::Error::from)?;
+        let stream = match self.storage.open(record.object_key()).await {
+            Ok(stream) => stream,
+            // A record whose bytes are gone (a storage restored from an older
+            // backup, an object removed by hand): the file no longer exists.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                tracing::error!(file = %record.file_id, "a file's bytes are missing from storage");
+                return Err(gone());
+            }
+            Err(error) => return Err(anyhow::Error::from(error).into()),
+        };
         let entry = AuditEntry::new(&record, action, &origin);
         self.store
             .write(move |txn| audit::record(txn, &entry))

@@ -456,6 +456,35 @@ async fn older_clients_upload_fields_of_the_wrong_type_are_refused() {
     }
 }
 
+/// A file whose record remains but whose bytes are gone from storage (restored
+/// from an older backup, removed by hand) is a `404` that says so, never a `500`.
+#[tokio::test]
+async fn a_file_whose_bytes_are_missing_from_storage_is_not_found() {
+    let server = Server::start(&[]).await;
+    let file_id = upload(&server, &server.api_key, png(8, 8, 1)).await;
+    let objects = server.data.path().join("state/files/objects");
+    for entry in std::fs::read_dir(&objects).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&file_id)
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    assert_eq!(server.objects_of(&file_id), 0);
+    let download = server.get(&format!("/v1/files/{file_id}/download")).await;
+    assert_eq!(
+        download.status,
+        StatusCode::NOT_FOUND,
+        "{:?}",
+        download.body
+    );
+    assert_eq!(download.error_code(), "NOT_FOUND");
+}
+
 /// An organization's bytes are bounded: an upload whose bytes would pass the
 /// quota is refused while it streams (`413`, nothing kept), whatever it declared,
 /// and the message says how much is left; what fits is accepted.
