@@ -3,12 +3,11 @@
 //! with one bucket. Where it is not installed the tests that need it are skipped,
 //! except in CI, where that fails them.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::support::wait_until;
+use crate::support::{pydeps_python, wait_until};
 
 pub struct S3Server {
     pub url: String,
@@ -26,29 +25,12 @@ impl S3Server {
     /// Starts moto with a bucket `files`, or `None` (the test skips) where moto is
     /// not installed outside CI.
     pub async fn start() -> Option<S3Server> {
-        let pydeps = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pydeps-s3");
-        let installed = std::process::Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .env("PYTHONPATH", &pydeps)
-            .output()
-            .is_ok_and(|output| output.status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "moto is not importable from {} (run `make pydeps`)",
-                pydeps.display()
-            );
-            eprintln!(
-                "skipped: moto is not installed in {} (`make pydeps`)",
-                pydeps.display()
-            );
-            return None;
-        }
+        let mut moto = pydeps_python("pydeps-s3", "moto.server")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .unwrap()
             .port();
-        let child = Command::new("python3")
+        let child = moto
             .args([
                 "-m",
                 "moto.server",
@@ -57,7 +39,6 @@ impl S3Server {
                 "-p",
                 &port.to_string(),
             ])
-            .env("PYTHONPATH", &pydeps)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

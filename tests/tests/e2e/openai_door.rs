@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, Fault, openai};
 
-use crate::support::{Options, Reply, Server, decimal, openai_provider};
+use crate::support::{Options, Reply, Server, decimal, openai_provider, pydeps_python};
 
 const CHAT: &str = "/openai/v1/chat/completions";
 const IMAGES: &str = "/openai/v1/images/generations";
@@ -643,30 +643,13 @@ async fn the_openai_sdk_retries_a_429_after_its_retry_after() {
 /// official `openai` SDK (installed by `make pydeps`; in CI, its absence fails),
 /// then checks the ledger.
 async fn run_sdk_script(server: &Server, args: &[&str]) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let pydeps = root.join("target/pydeps");
-    let importable = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .env("PYTHONPATH", &pydeps)
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !importable {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the openai SDK is not importable from {} (run `make pydeps`)",
-            pydeps.display()
-        );
-        eprintln!(
-            "skipped: the openai Python SDK is not installed in {} (`make pydeps`)",
-            pydeps.display()
-        );
+    let Some(mut python) = pydeps_python("pydeps", "openai") else {
         return;
-    }
-    let script = root.join("tests/openai_sdk/drive.py");
-    let output = tokio::process::Command::new("python3")
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/openai_sdk/drive.py");
+    let output = python
         .arg(&script)
         .args(args)
-        .env("PYTHONPATH", &pydeps)
         .env("OPENAI_BASE_URL", format!("{}/openai/v1", server.url))
         .env("OPENAI_API_KEY", &server.api_key)
         .env("MODELROUTE_URL", &server.url)

@@ -595,3 +595,34 @@ pub fn decimal(amount: &str) -> rust_decimal::Decimal {
         .parse()
         .unwrap_or_else(|e| panic!("{amount:?} is not a decimal amount: {e}"))
 }
+
+/// A tool the test needs is missing: the test is skipped, unless this is CI (`CI`
+/// set), where that fails it.
+pub fn skip_unless_ci(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("skipped: {why}");
+}
+
+/// `python3` with `target/<folder>` (where `make pydeps` installs a pinned Python
+/// tool) on its path, when `module` imports from there; else `None`, the test
+/// skipped as [`skip_unless_ci`] says.
+pub fn pydeps_python(folder: &str, module: &str) -> Option<tokio::process::Command> {
+    let pydeps = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(folder);
+    let importable = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .env("PYTHONPATH", &pydeps)
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !importable {
+        skip_unless_ci(&format!(
+            "the Python module {module} is not importable from {} (run `make pydeps`)",
+            pydeps.display()
+        ));
+        return None;
+    }
+    let mut python = tokio::process::Command::new("python3");
+    python.env("PYTHONPATH", pydeps);
+    Some(python)
+}

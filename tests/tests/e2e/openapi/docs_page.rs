@@ -96,7 +96,7 @@ async fn the_docs_page_renders_offline_in_headless_chromium() {
     let page = Url::parse(&format!("{}/docs/", server.url)).unwrap();
     assert_assets_served_locally(&page).await;
     if !chromium_present() {
-        skip("chromium is not installed (.ci/run installs it)");
+        skip_unless_ci("chromium is not installed (.ci/run installs it)");
         return;
     }
     let origin = format!("http://{DOCS_HOST}:{}", page.port().expect("a port"));

@@ -15,7 +15,9 @@ use tokio::process::Command;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, openai, replicate};
 
-use crate::support::{Options, Server, openai_provider, replicate_with_files};
+use crate::support::{
+    Options, Server, openai_provider, pydeps_python, replicate_with_files, skip_unless_ci,
+};
 
 /// How the router answers a path no route serves, and a method a route does not take.
 const NO_SUCH_ENDPOINT: &str = "There is no such endpoint";
@@ -96,30 +98,9 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// A tool is missing: the test is skipped, unless this is CI.
-fn skip(why: &str) {
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipped: {why}");
-}
-
 /// `python3` with `target/pydeps-api` on its path, when `module` imports from there.
 fn python_with(module: &str) -> Option<Command> {
-    let pydeps = root().join("target/pydeps-api");
-    let importable = std::process::Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .env("PYTHONPATH", &pydeps)
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !importable {
-        skip(&format!(
-            "the Python module {module} is not importable from {} (run `make pydeps`)",
-            pydeps.display()
-        ));
-        return None;
-    }
-    let mut python = Command::new("python3");
-    python.env("PYTHONPATH", pydeps);
-    Some(python)
+    pydeps_python("pydeps-api", module)
 }
 
 /// Runs `command` to its end, killing it after `limit`.
