@@ -81,12 +81,15 @@ pydeps:
 	  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --disable-pip-version-check --quiet \
 	    --upgrade --target $(PYDEPS_S3) "moto[server]==$(MOTO_VERSION)"
 
-## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests,
+## The whole suite: host and adapter unit tests, emulator tests, end-to-end tests
+## (on the embedded store, then again on PostgreSQL: see tests/with-postgres.sh),
 ## and a packaging of the SDK as it would be published (authors depend on it by
 ## version). Ends with one line totalling every test binary's results.
 test: build pydeps
 	$(CARGO) package -p modelroute-sdk --allow-dirty
 	@set -o pipefail; $(CARGO) test --workspace --exclude modelroute-sdk 2>&1 | tee target/test.log
+	@set -o pipefail; MODELROUTE_TEST_STORE=postgres tests/with-postgres.sh \
+	  $(CARGO) test -p modelroute-tests --test e2e 2>&1 | tee -a target/test.log
 	@awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
 	  END { printf "%d passed, %d failed\n", p, f }' target/test.log
 

@@ -1,7 +1,9 @@
 //! Durable accepts per second at the store: `Executions::accept` writes the execution,
 //! its hold (two ledger entries' worth of balance), its queue entry and its
 //! idempotency claim in one transaction; concurrent accepts share commits (group
-//! commit), each acknowledged only after its fsync.
+//! commit), each acknowledged only after its fsync. On the embedded store, and on
+//! PostgreSQL when `MODELROUTE_TEST_DATABASE_URL` names a server (`make bench` finds
+//! or starts one: tests/with-postgres.sh), in a database made for the run.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
@@ -56,10 +58,57 @@ fn execution(org: &str) -> Execution {
     }
 }
 
+/// A database of its own for the run on PostgreSQL, dropped afterwards.
+struct BenchDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    fn create(admin: &str) -> BenchDatabase {
+        let name = format!("mr_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut url = url::Url::parse(admin).expect("MODELROUTE_TEST_DATABASE_URL parses");
+        url.set_path(&name);
+        run(admin, &format!("CREATE DATABASE {name}"));
+        BenchDatabase {
+            admin: admin.to_string(),
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        run(
+            &self.admin,
+            &format!("DROP DATABASE {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn run(url: &str, statement: &str) {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).expect("the bench database");
+    client.batch_execute(statement).expect(statement);
+}
+
 fn accepts(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    bench_store(
+        c,
+        "redb",
+        Store::open(&dir.path().join("bench.redb")).expect("store"),
+    );
+    if let Ok(admin) = std::env::var("MODELROUTE_TEST_DATABASE_URL") {
+        let database = BenchDatabase::create(&admin);
+        bench_store(c, "postgres", Store::connect(&database.url).expect("store"));
+    }
+}
+
+fn bench_store(c: &mut Criterion, backend: &str, store: Store) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&dir.path().join("bench.redb")).expect("store");
     let config = Config::load(None).expect("config");
     let router = Arc::new(Router::new(&config, Arc::new(Registry::default())));
     let (dispatch, _queue) = tokio::sync::mpsc::unbounded_channel();
@@ -80,23 +129,24 @@ fn accepts(c: &mut Criterion) {
         Arc::new(tokio::sync::Notify::new()),
         vec![9; 32],
     ));
-    runtime.block_on(async {
+    let org = runtime.block_on(async {
         store
             .write(|txn| {
+                let org = modelroute::auth::create_organization(txn, "bench")?;
                 let billing = modelroute::billing::deposit(
                     txn,
-                    "org_bench",
+                    &org.id,
                     modelroute::billing::MAX_DEPOSITS,
                     "bench",
                 )?;
                 anyhow::ensure!(billing == modelroute::billing::Deposit::Made);
-                Ok(())
+                Ok(org.id)
             })
             .await
-            .expect("deposit");
+            .expect("deposit")
     });
 
-    let mut group = c.benchmark_group("durable accepts");
+    let mut group = c.benchmark_group(format!("durable accepts ({backend})"));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     for concurrency in CONCURRENCY {
@@ -108,13 +158,14 @@ fn accepts(c: &mut Criterion) {
                     for _ in 0..iterations {
                         let clients = (0..concurrency).map(|_| {
                             let executions = executions.clone();
+                            let org = org.clone();
                             tokio::spawn(async move {
                                 for _ in 0..PER_CLIENT {
                                     // Random, as clients' keys are: each claim lands on
                                     // its own page of the index.
                                     let key = modelroute::ids::new_id("idem");
                                     let outcome = executions
-                                        .accept(execution("org_bench"), Some((key, "hash".into())))
+                                        .accept(execution(&org), Some((key, "hash".into())))
                                         .await
                                         .expect("accept");
                                     assert!(matches!(outcome, CreateOutcome::Created(_)));

@@ -72,7 +72,13 @@ pub async fn serve(mut config: Config) -> Result<()> {
     let listener = listen(&mut config, &data).await?;
     let operator_token = operator_token(&data)?;
     store::observe_commits(|writes, took| metrics::metrics().store_commit(writes, took));
-    let store = Store::open(&data.join("modelroute.redb"))?;
+    let store = match config.store.postgres_url() {
+        None => Store::open(&data.join("modelroute.redb"))?,
+        Some(url) => {
+            let url = url.to_string();
+            tokio::task::spawn_blocking(move || Store::connect(&url)).await??
+        }
+    };
 
     let cache = config
         .plugins

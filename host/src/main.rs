@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Bring the PostgreSQL database's schema up to date, then exit (`serve` does
+    /// this too when it starts). Hosts of the previous version keep working on it.
+    Migrate {
+        /// Configuration file whose `[store]` names the database (or set
+        /// MODELROUTE_DATABASE_URL with `backend = "postgres"`).
+        #[arg(long, env = "MODELROUTE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Tools for plugin authors.
     Plugin {
         #[command(subcommand)]
@@ -201,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             config.dev = dev;
             runtime.block_on(modelroute::serve(config))
         }
+        Command::Migrate { config } => migrate(config.as_deref()),
         Command::Admin {
             connection,
             command,
@@ -209,6 +218,21 @@ fn run(cli: Cli) -> Result<()> {
             command: PluginCommand::Check { file, fixtures },
         } => runtime.block_on(check_plugin(file, fixtures)),
     }
+}
+
+fn migrate(config: Option<&Path>) -> Result<()> {
+    let config = modelroute::config::Config::load(config)?;
+    let Some(url) = config.store.postgres_url() else {
+        bail!(
+            "the store is redb, whose tables are made when the server opens it: nothing to migrate (set [store] backend = \"postgres\")"
+        );
+    };
+    let applied = modelroute::store::migrate(url)?;
+    match applied.as_slice() {
+        [] => println!("the database's schema is up to date"),
+        versions => println!("applied migrations {versions:?}"),
+    }
+    Ok(())
 }
 
 async fn check_plugin(file: PathBuf, fixture_files: Vec<PathBuf>) -> Result<()> {

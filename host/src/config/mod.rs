@@ -6,6 +6,7 @@ mod files;
 mod models;
 mod providers;
 mod server;
+mod store;
 mod webhooks;
 
 pub use executions::{ExecutionSettings, ModelSettings, StreamTimeouts};
@@ -17,6 +18,7 @@ pub use providers::{
 pub use server::{
     FailedAuthSettings, RateLimitSettings, ServerSettings, TestingSettings, UpstreamSettings,
 };
+pub use store::{PostgresSettings, StoreSettings};
 pub use webhooks::WebhookSettings;
 
 use anyhow::{Context, Result, bail};
@@ -43,6 +45,8 @@ pub struct Config {
     #[serde(default)]
     pub rate_limits: RateLimitSettings,
     #[serde(default)]
+    pub store: StoreSettings,
+    #[serde(default)]
     pub files: FileSettings,
     #[serde(default)]
     pub webhooks: WebhookSettings,
@@ -62,7 +66,8 @@ pub struct Config {
 
 impl Config {
     /// The embedded defaults, or `path`, then `MODELROUTE_LISTEN`,
-    /// `MODELROUTE_DATA_DIR`, `MODELROUTE_PLUGINS_DIR` and `MODELROUTE_PUBLIC_URL`.
+    /// `MODELROUTE_DATA_DIR`, `MODELROUTE_PLUGINS_DIR`, `MODELROUTE_PUBLIC_URL` and
+    /// `MODELROUTE_DATABASE_URL`.
     pub fn load(path: Option<&std::path::Path>) -> Result<Config> {
         let text = match path {
             Some(path) => std::fs::read_to_string(path)
@@ -87,6 +92,7 @@ impl Config {
             config.public_url = url;
         }
         config.public_url = config.public_url.trim_end_matches('/').to_string();
+        config.store.resolve(env("MODELROUTE_DATABASE_URL"))?;
         config.validate()?;
         Ok(config)
     }

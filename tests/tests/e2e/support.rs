@@ -90,6 +90,8 @@ pub struct Server {
     pub api_key: String,
     pub admin_token: String,
     http: Client,
+    /// the server's PostgreSQL database, on a PostgreSQL run (dropped after it)
+    database: Option<crate::test_database::TestDatabase>,
 }
 
 /// What a test server differs in.
@@ -204,6 +206,11 @@ impl Server {
             }
         }
         config.push_str(extra_config);
+        let database = crate::test_database::TestDatabase::for_this_run()
+            .filter(|_| !extra_config.contains("[store]"));
+        if let Some(database) = &database {
+            config.push_str(&database.config());
+        }
         let path = data.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
         Server {
@@ -221,6 +228,7 @@ impl Server {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
+            database,
         }
     }
 
@@ -357,6 +365,11 @@ impl Server {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The server's PostgreSQL database, on a PostgreSQL run.
+    pub fn database(&self) -> Option<&crate::test_database::TestDatabase> {
+        self.database.as_ref()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -475,6 +488,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        // The database goes after the process that used it.
+        self.database.take();
     }
 }
 

@@ -1,17 +1,18 @@
-//! Durable state in one redb file.
+//! Durable state: one redb file (the embedded default) or a PostgreSQL database.
 //!
 //! Reads run anywhere ([`Store::read`]). Writes go through one writer thread that
-//! batches whatever is waiting into a single transaction and one fsync (group commit),
-//! then answers each caller only after the commit returned: an acknowledged write is
-//! on disk. A write closure must not block; its domain rejections are values in its
-//! `Ok`, while an `Err` aborts the whole batch (a storage failure).
+//! batches whatever is waiting into a single transaction and one commit (group
+//! commit), then answers each caller only after the commit returned: an acknowledged
+//! write is durable. A write closure must not block; its domain rejections are values
+//! in its `Ok`, while an `Err` aborts the whole batch (a storage failure).
 //!
 //! Domain code never sees the engine: it gets a [`Snapshot`] or a [`Txn`] and hands
 //! it to the storage functions of the module that owns the data (each module's
-//! `storage.rs`, the only place that declares and opens its tables). A write that
-//! spans modules (an execution, its hold and its webhook event) passes the one
-//! [`Txn`] through each, so it commits whole or not at all. A second backend plugs in
-//! here and in those `storage.rs` files, nowhere else.
+//! `db`, the only place that declares its tables and queries). A write that spans
+//! modules (an execution, its hold and its webhook event) passes the one [`Txn`]
+//! through each, so it commits whole or not at all. Each `db` answers for both
+//! engines: redb tables through [`Reader::open_table`], and SQL through
+//! [`Reader::postgres`] (the schema is in `store/migrations`).
 
 use anyhow::{Context, Result, anyhow};
 use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
@@ -21,6 +22,9 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+
+pub mod postgres;
+pub use postgres::{Session, migrate};
 
 /// JSON-encoded records keyed by id.
 pub type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
@@ -50,25 +54,52 @@ table! {
 }
 
 /// A consistent snapshot of the store, to read from.
-pub struct Snapshot(ReadTransaction);
+pub struct Snapshot(Source);
+
+enum Source {
+    Redb(ReadTransaction),
+    Postgres(Box<postgres::Session>),
+}
 
 /// The write transaction of the current batch: everything written through it commits
 /// together, or nothing does.
-pub struct Txn<'a>(&'a WriteTransaction);
+pub struct Txn<'a>(Target<'a>);
 
-/// Opens tables for reading, from a [`Snapshot`] or inside a [`Txn`], so that a
-/// module's read functions are written once for both.
+enum Target<'a> {
+    Redb(&'a WriteTransaction),
+    Postgres(&'a postgres::Session),
+}
+
+/// Reads from a [`Snapshot`] or inside a [`Txn`], so that a module's read functions
+/// are written once for both. Each asks [`Reader::postgres`] first, and otherwise
+/// opens redb tables.
 pub trait Reader {
     type Table<'t>: ReadableTable<&'static str, &'static [u8]>
     where
         Self: 't;
+    /// A redb table (an error on PostgreSQL, where there are no such tables).
     fn open_table(&self, table: JsonTable) -> Result<Self::Table<'_>>;
+    /// The PostgreSQL session to query, when the store is PostgreSQL.
+    fn postgres(&self) -> Option<&Session>;
+}
+
+fn not_redb() -> anyhow::Error {
+    anyhow!("a redb table was opened on the PostgreSQL store")
 }
 
 impl Reader for Snapshot {
     type Table<'t> = ReadOnlyTable<&'static str, &'static [u8]>;
     fn open_table(&self, table: JsonTable) -> Result<Self::Table<'_>> {
-        Ok(self.0.open_table(table)?)
+        match &self.0 {
+            Source::Redb(txn) => Ok(txn.open_table(table)?),
+            Source::Postgres(_) => Err(not_redb()),
+        }
+    }
+    fn postgres(&self) -> Option<&Session> {
+        match &self.0 {
+            Source::Redb(_) => None,
+            Source::Postgres(session) => Some(session),
+        }
     }
 }
 
@@ -78,7 +109,16 @@ impl Reader for Txn<'_> {
     where
         Self: 't;
     fn open_table(&self, table: JsonTable) -> Result<Self::Table<'_>> {
-        Ok(self.0.open_table(table)?)
+        match self.0 {
+            Target::Redb(txn) => Ok(txn.open_table(table)?),
+            Target::Postgres(_) => Err(not_redb()),
+        }
+    }
+    fn postgres(&self) -> Option<&Session> {
+        match self.0 {
+            Target::Redb(_) => None,
+            Target::Postgres(session) => Some(session),
+        }
     }
 }
 
@@ -92,11 +132,25 @@ const MAX_BATCH: usize = 4096;
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    engine: Engine,
     writes: mpsc::Sender<WriteOp>,
 }
 
+#[derive(Clone)]
+enum Engine {
+    Redb(Arc<Database>),
+    Postgres(Arc<postgres::Pool>),
+}
+
+/// Commits one batch of writes in one transaction, for the writer thread.
+trait Writer: Send + 'static {
+    /// Runs every write of `batch` in one transaction and commits it; an `Err` means
+    /// nothing of the batch was written.
+    fn commit(&mut self, batch: Vec<WriteOp>) -> Result<Vec<Commit>>;
+}
+
 impl Store {
+    /// Opens (or creates) the embedded store: one redb file.
     pub fn open(path: &Path) -> Result<Store> {
         let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
         let db = Arc::new(db);
@@ -105,13 +159,23 @@ impl Store {
             txn.open_table(*table)?;
         }
         txn.commit()?;
+        Store::start(Engine::Redb(db.clone()), RedbWriter(db))
+    }
 
+    /// Connects to PostgreSQL at `url`, bringing its schema up to date first.
+    pub fn connect(url: &str) -> Result<Store> {
+        postgres::migrate(url)?;
+        let pool = Arc::new(postgres::Pool::new(url));
+        pool.check()?;
+        Store::start(Engine::Postgres(pool), postgres::Writer::new(url))
+    }
+
+    fn start(engine: Engine, writer: impl Writer) -> Result<Store> {
         let (writes, queue) = mpsc::channel(MAX_BATCH * 4);
-        let writer_db = db.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&writer_db, queue))?;
-        Ok(Store { db, writes })
+            .spawn(move || write_loop(writer, queue))?;
+        Ok(Store { engine, writes })
     }
 
     /// Whether the store works: a read transaction opens and the writer thread that
@@ -120,13 +184,28 @@ impl Store {
         if self.writes.is_closed() {
             anyhow::bail!("the store's writer has stopped");
         }
-        self.db.begin_read()?;
+        match &self.engine {
+            Engine::Redb(db) => drop(db.begin_read()?),
+            Engine::Postgres(pool) => blocking(|| pool.check())?,
+        }
         Ok(())
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot).
     pub fn read<T>(&self, f: impl FnOnce(&Snapshot) -> Result<T>) -> Result<T> {
-        f(&Snapshot(self.db.begin_read()?))
+        match &self.engine {
+            Engine::Redb(db) => f(&Snapshot(Source::Redb(db.begin_read()?))),
+            Engine::Postgres(pool) => blocking(|| {
+                pool.snapshot(|session| {
+                    let snapshot = Snapshot(Source::Postgres(session));
+                    let value = f(&snapshot);
+                    let Snapshot(Source::Postgres(session)) = snapshot else {
+                        unreachable!("a PostgreSQL snapshot")
+                    };
+                    (session, value)
+                })
+            }),
+        }
     }
 
     /// Runs `f` in the next batch's write transaction and answers after the commit.
@@ -152,7 +231,18 @@ impl Store {
     }
 }
 
-fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteOp>) {
+/// Runs blocking database work from wherever a read is made: on a runtime's worker
+/// thread it is moved out of the way of the other tasks first.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+fn write_loop(mut writer: impl Writer, mut queue: mpsc::Receiver<WriteOp>) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -163,37 +253,44 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteOp>) {
         }
         let started = std::time::Instant::now();
         let writes = batch.len();
-        let txn = match db.begin_write() {
+        match writer.commit(batch) {
+            Ok(commits) => {
+                if let Some(observe) = COMMIT_OBSERVER.get() {
+                    observe(writes, started.elapsed());
+                }
+                for commit in commits {
+                    commit();
+                }
+            }
+            // Dropping the commits tells every caller of this batch that nothing was
+            // written; the transaction was rolled back whole.
+            Err(error) => tracing::error!(error = format!("{error:#}"), "write batch aborted"),
+        }
+    }
+}
+
+struct RedbWriter(Arc<Database>);
+
+impl Writer for RedbWriter {
+    fn commit(&mut self, batch: Vec<WriteOp>) -> Result<Vec<Commit>> {
+        let txn = match self.0.begin_write() {
             Ok(txn) => txn,
             Err(error) => fatal(&error),
         };
         let mut commits = Vec::with_capacity(batch.len());
-        let mut failed = None;
         for op in batch {
-            match op(&Txn(&txn)) {
+            match op(&Txn(Target::Redb(&txn))) {
                 Ok(commit) => commits.push(commit),
                 Err(error) => {
-                    failed = Some(error);
-                    break;
+                    drop(txn.abort());
+                    return Err(error);
                 }
             }
-        }
-        if let Some(error) = failed {
-            // Dropping the commits tells every caller of this batch that nothing was
-            // written; the transaction is rolled back whole.
-            tracing::error!(error = format!("{error:#}"), "write batch aborted");
-            drop(txn.abort());
-            continue;
         }
         if let Err(error) = txn.commit() {
             fatal(&error);
         }
-        if let Some(observe) = COMMIT_OBSERVER.get() {
-            observe(writes, started.elapsed());
-        }
-        for commit in commits {
-            commit();
-        }
+        Ok(commits)
     }
 }
 
@@ -239,6 +336,9 @@ pub fn get<T: DeserializeOwned>(
 pub async fn signing_key(store: &Store, name: &'static str) -> Result<Vec<u8>> {
     store
         .write(move |txn| {
+            if let Some(pg) = txn.postgres() {
+                return postgres::signing_key(pg, name);
+            }
             let mut meta = txn.open_table(META)?;
             if let Some(key) = get::<String>(&meta, name)? {
                 return Ok(hex::decode(key)?);

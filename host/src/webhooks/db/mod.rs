@@ -1,4 +1,5 @@
-//! Where endpoints and the outbox are kept: the only code that knows their tables.
+//! Where endpoints and the outbox are kept: the only code that knows their tables
+//! (redb here, PostgreSQL in [`postgres`]).
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -6,6 +7,8 @@ use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{Delivery, Endpoint, StoredEvent};
 use crate::store::{self, META, Reader, Txn};
+
+mod postgres;
 
 store::table!(WEBHOOK_ENDPOINTS = "webhook_endpoints");
 store::table! {
@@ -26,6 +29,9 @@ store::table! {
 }
 
 pub fn endpoint(reader: &impl Reader, id: &str) -> Result<Option<Endpoint>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::endpoint(pg, id);
+    }
     store::get(&reader.open_table(WEBHOOK_ENDPOINTS)?, id)
 }
 
@@ -37,6 +43,9 @@ pub fn page_of_org(
     after: Option<&Endpoint>,
     limit: usize,
 ) -> Result<(Vec<Endpoint>, bool)> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::page_of_org(pg, org_id, after, limit);
+    }
     let prefix = format!("{org_id}/");
     let start = after.map_or(prefix.clone(), |after| by_org_key(after) + "\u{0}");
     store::page(
@@ -51,6 +60,9 @@ pub fn page_of_org(
 
 /// How many endpoints `org_id` has.
 pub fn count_endpoints(reader: &impl Reader, org_id: &str) -> Result<usize> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::count_endpoints(pg, org_id);
+    }
     let prefix = format!("{org_id}/");
     let mut count = 0;
     for row in reader
@@ -67,6 +79,9 @@ pub fn count_endpoints(reader: &impl Reader, org_id: &str) -> Result<usize> {
 }
 
 pub fn insert_endpoint(txn: &Txn, endpoint: &Endpoint) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::save_endpoint(pg, endpoint);
+    }
     save_endpoint(txn, endpoint)?;
     txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?
         .insert(by_org_key(endpoint).as_str(), [].as_slice())?;
@@ -74,12 +89,18 @@ pub fn insert_endpoint(txn: &Txn, endpoint: &Endpoint) -> Result<()> {
 }
 
 pub fn save_endpoint(txn: &Txn, endpoint: &Endpoint) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::save_endpoint(pg, endpoint);
+    }
     txn.open_table(WEBHOOK_ENDPOINTS)?
         .insert(endpoint.id.as_str(), store::encode(endpoint)?.as_slice())?;
     Ok(())
 }
 
 pub fn remove_endpoint(txn: &Txn, endpoint: &Endpoint) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::remove_endpoint(pg, endpoint);
+    }
     txn.open_table(WEBHOOK_ENDPOINTS)?
         .remove(endpoint.id.as_str())?;
     txn.open_table(WEBHOOK_ENDPOINTS_BY_ORG)?
@@ -89,10 +110,16 @@ pub fn remove_endpoint(txn: &Txn, endpoint: &Endpoint) -> Result<()> {
 
 /// The organization's default signing secret, once made.
 pub fn default_secret(reader: &impl Reader, org_id: &str) -> Result<Option<String>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::default_secret(pg, org_id);
+    }
     store::get(&reader.open_table(META)?, &secret_key(org_id))
 }
 
 pub fn put_default_secret(txn: &Txn, org_id: &str, secret: &str) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::put_default_secret(pg, org_id, secret);
+    }
     txn.open_table(META)?.insert(
         secret_key(org_id).as_str(),
         store::encode(&secret)?.as_slice(),
@@ -101,26 +128,41 @@ pub fn put_default_secret(txn: &Txn, org_id: &str, secret: &str) -> Result<()> {
 }
 
 pub fn event(reader: &impl Reader, event_id: &str) -> Result<Option<StoredEvent>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::event(pg, event_id);
+    }
     store::get(&reader.open_table(WEBHOOK_EVENTS)?, event_id)
 }
 
 pub fn put_event(txn: &Txn, event_id: &str, event: &StoredEvent) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::put_event(pg, event_id, event);
+    }
     txn.open_table(WEBHOOK_EVENTS)?
         .insert(event_id, store::encode(event)?.as_slice())?;
     Ok(())
 }
 
 pub fn remove_event(txn: &Txn, event_id: &str) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::remove_event(pg, event_id);
+    }
     txn.open_table(WEBHOOK_EVENTS)?.remove(event_id)?;
     Ok(())
 }
 
 pub fn delivery(reader: &impl Reader, id: &str) -> Result<Option<Delivery>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::delivery(pg, id);
+    }
     store::get(&reader.open_table(WEBHOOK_DELIVERIES)?, id)
 }
 
 /// How many deliveries are pending (the outbox holds only work to do).
 pub fn pending_deliveries(reader: &impl Reader) -> Result<u64> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::pending_deliveries(pg);
+    }
     Ok(reader.open_table(WEBHOOK_DELIVERIES)?.len()?)
 }
 
@@ -131,6 +173,9 @@ pub fn save_delivery(
     delivery: &Delivery,
     previous_due: Option<DateTime<Utc>>,
 ) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::save_delivery(pg, delivery);
+    }
     let mut due = txn.open_table(WEBHOOK_DUE)?;
     if let Some(previous) = previous_due {
         due.remove(due_key(previous, &delivery.id).as_str())?;
@@ -146,6 +191,9 @@ pub fn save_delivery(
 
 /// Takes a delivery out of the outbox.
 pub fn remove_delivery(txn: &Txn, delivery: &Delivery) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::remove_delivery(pg, delivery);
+    }
     txn.open_table(WEBHOOK_DUE)?
         .remove(due_key(delivery.next_attempt_at, &delivery.id).as_str())?;
     txn.open_table(WEBHOOK_DELIVERIES)?
@@ -161,6 +209,9 @@ pub fn due(
     limit: usize,
     skip: impl Fn(&str) -> bool,
 ) -> Result<(Vec<String>, Option<DateTime<Utc>>)> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::due(pg, now, limit, skip);
+    }
     let horizon = format!("{:020}/~", now.timestamp_millis().max(0));
     let mut due = Vec::new();
     for row in reader.open_table(WEBHOOK_DUE)?.iter()? {

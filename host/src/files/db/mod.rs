@@ -1,6 +1,7 @@
 //! Where file records are kept: the records, their indexes by organization and by
 //! expiry, the per-organization usage counters, the audit trail, and the objects
-//! left unreferenced. The only code that knows these tables.
+//! left unreferenced. The only code that knows these tables (redb here, PostgreSQL
+//! in [`postgres`]).
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -11,6 +12,8 @@ use super::FileRecord;
 use super::audit::AuditEntry;
 use super::quota::OrgFiles;
 use crate::store::{self, JsonTable, Reader, Txn};
+
+mod postgres;
 
 store::table!(FILES = "files");
 store::table! {
@@ -40,11 +43,17 @@ const FILE_USAGE: JsonTable = TableDefinition::new("file_usage");
 const COUNTED: &str = "~counted";
 
 pub fn file(reader: &impl Reader, file_id: &str) -> Result<Option<FileRecord>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::file(pg, file_id);
+    }
     store::get(&reader.open_table(FILES)?, file_id)
 }
 
 /// Stores a new file record with its indexes.
 pub fn insert(txn: &Txn, record: &FileRecord) -> Result<()> {
+    if txn.postgres().is_some() {
+        return save(txn, record); // the index by organization is the table's
+    }
     save(txn, record)?;
     txn.open_table(FILES_BY_ORG)?
         .insert(by_org_key(record).as_str(), [].as_slice())?;
@@ -56,6 +65,9 @@ pub fn insert(txn: &Txn, record: &FileRecord) -> Result<()> {
 pub fn save(txn: &Txn, record: &FileRecord) -> Result<()> {
     let before = file(txn, &record.file_id)?;
     count_change(txn, before.as_ref(), Some(record))?;
+    if let Some(pg) = txn.postgres() {
+        return postgres::save(pg, record);
+    }
     txn.open_table(FILES)?
         .insert(record.file_id.as_str(), store::encode(record)?.as_slice())?;
     txn.open_table(FILES_BY_EXPIRY)?
@@ -65,6 +77,9 @@ pub fn save(txn: &Txn, record: &FileRecord) -> Result<()> {
 
 /// Takes the record out of the expiry queue (its expiry is about to change).
 pub fn remove_expiry(txn: &Txn, record: &FileRecord) -> Result<()> {
+    if txn.postgres().is_some() {
+        return Ok(()); // there, the queue is an index of the records
+    }
     txn.open_table(FILES_BY_EXPIRY)?
         .remove(expiry_key(record).as_str())?;
     Ok(())
@@ -75,6 +90,9 @@ pub fn remove(txn: &Txn, record: &FileRecord) -> Result<()> {
     let before = file(txn, &record.file_id)?;
     count_change(txn, before.as_ref(), None)?;
     note_unreferenced(txn, record.object_key())?;
+    if let Some(pg) = txn.postgres() {
+        return postgres::remove(pg, record);
+    }
     txn.open_table(FILES)?.remove(record.file_id.as_str())?;
     txn.open_table(FILES_BY_ORG)?
         .remove(by_org_key(record).as_str())?;
@@ -83,6 +101,9 @@ pub fn remove(txn: &Txn, record: &FileRecord) -> Result<()> {
 
 /// Notes that no record points to `object` any more.
 pub fn note_unreferenced(txn: &Txn, object: &str) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::note_unreferenced(pg, object);
+    }
     txn.open_table(UNREFERENCED)?
         .insert(object, [].as_slice())?;
     Ok(())
@@ -90,6 +111,9 @@ pub fn note_unreferenced(txn: &Txn, object: &str) -> Result<()> {
 
 /// Up to `limit` objects noted unreferenced.
 pub fn unreferenced(reader: &impl Reader, limit: usize) -> Result<Vec<String>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::unreferenced(pg, limit);
+    }
     let Some(table) = existing(reader.open_table(UNREFERENCED))? else {
         return Ok(Vec::new());
     };
@@ -102,6 +126,9 @@ pub fn unreferenced(reader: &impl Reader, limit: usize) -> Result<Vec<String>> {
 
 /// Forgets the notes of objects whose bytes are gone.
 pub fn forget_unreferenced(txn: &Txn, objects: &[String]) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::forget_unreferenced(pg, objects);
+    }
     let mut table = txn.open_table(UNREFERENCED)?;
     for object in objects {
         table.remove(object.as_str())?;
@@ -111,12 +138,16 @@ pub fn forget_unreferenced(txn: &Txn, objects: &[String]) -> Result<()> {
 
 /// A file the expiry queue names: its queue entry and its id.
 pub struct Due {
+    /// its redb queue key (empty on PostgreSQL, where the queue is an index)
     entry: String,
     pub file_id: String,
 }
 
 /// Up to `limit` files whose expiry is before `now`, soonest first.
 pub fn due_for_expiry(reader: &impl Reader, now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::due_for_expiry(pg, now, limit);
+    }
     let due_before = expiry_key_prefix(now);
     let mut due = Vec::new();
     for row in reader
@@ -134,6 +165,9 @@ pub fn due_for_expiry(reader: &impl Reader, now: DateTime<Utc>, limit: usize) ->
 
 /// Drops a queue entry left without its record.
 pub fn drop_due(txn: &Txn, due: &Due) -> Result<()> {
+    if txn.postgres().is_some() {
+        return Ok(()); // there, the queue is an index of the records
+    }
     txn.open_table(FILES_BY_EXPIRY)?
         .remove(due.entry.as_str())?;
     Ok(())
@@ -148,6 +182,9 @@ pub fn page_of_org(
     limit: usize,
     keep: impl FnMut(&FileRecord) -> bool,
 ) -> Result<(Vec<FileRecord>, bool)> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::page_of_org(pg, org_id, after, limit, keep);
+    }
     let prefix = format!("{org_id}/");
     let start = after.map_or(prefix.clone(), |after| by_org_key(after) + "\u{0}");
     store::page(
@@ -163,6 +200,9 @@ pub fn page_of_org(
 /// The organization's usage as of `reader` (zero before the counters were built: the
 /// check inside a write, [`usage_for_update`], is the one that holds).
 pub fn usage(reader: &impl Reader, org_id: &str) -> Result<OrgFiles> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::usage(pg, org_id);
+    }
     let Some(table) = existing(reader.open_table(FILE_USAGE))? else {
         return Ok(OrgFiles::default());
     };
@@ -172,11 +212,17 @@ pub fn usage(reader: &impl Reader, org_id: &str) -> Result<OrgFiles> {
 /// The organization's usage inside a write (building the counters if this is their
 /// first use).
 pub fn usage_for_update(txn: &Txn, org_id: &str) -> Result<OrgFiles> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::usage(pg, org_id);
+    }
     counted(txn)?;
     Ok(store::get(&txn.open_table(FILE_USAGE)?, org_id)?.unwrap_or_default())
 }
 
 pub fn put_usage(txn: &Txn, org_id: &str, usage: &OrgFiles) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::put_usage(pg, org_id, usage);
+    }
     txn.open_table(FILE_USAGE)?
         .insert(org_id, store::encode(usage)?.as_slice())?;
     Ok(())
@@ -208,6 +254,9 @@ fn apply(value: u64, delta: i128) -> u64 {
 /// Builds the counters from the file records, once (a store written before quotas
 /// existed has records and no counters).
 fn counted(txn: &Txn) -> Result<()> {
+    if txn.postgres().is_some() {
+        return Ok(()); // its schema has always had them
+    }
     let mut table = txn.open_table(FILE_USAGE)?;
     if table.get(COUNTED)?.is_some() {
         return Ok(());
@@ -229,6 +278,9 @@ fn counted(txn: &Txn) -> Result<()> {
 
 /// Appends an audit entry. Keys sort by file, then time.
 pub fn append_audit(txn: &Txn, entry: &AuditEntry) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::append_audit(pg, entry);
+    }
     let key = format!(
         "{}/{:020}/{}",
         entry.file_id,
@@ -242,6 +294,9 @@ pub fn append_audit(txn: &Txn, entry: &AuditEntry) -> Result<()> {
 
 /// Every audit entry of `file_id`, oldest first (they outlive the file).
 pub fn audit_of(reader: &impl Reader, file_id: &str) -> Result<Vec<AuditEntry>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::audit_of(pg, file_id);
+    }
     let prefix = format!("{file_id}/");
     let mut entries = Vec::new();
     for row in reader.open_table(FILE_AUDIT)?.range(prefix.as_str()..)? {

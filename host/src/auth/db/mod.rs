@@ -1,10 +1,13 @@
-//! Where organizations and API keys are kept: the only code that knows their tables.
+//! Where organizations and API keys are kept: the only code that knows their tables
+//! (redb here, PostgreSQL in [`postgres`]).
 
 use anyhow::Result;
 use redb::ReadableTable;
 
 use super::{ApiKey, Organization};
 use crate::store::{self, Reader, Txn};
+
+mod postgres;
 
 store::table!(ORGANIZATIONS = "organizations");
 store::table! {
@@ -21,10 +24,16 @@ store::table! {
 }
 
 pub fn organization(reader: &impl Reader, id: &str) -> Result<Option<Organization>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::organization(pg, id);
+    }
     store::get(&reader.open_table(ORGANIZATIONS)?, id)
 }
 
 pub fn put_organization(txn: &Txn, org: &Organization) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::put_organization(pg, org);
+    }
     txn.open_table(ORGANIZATIONS)?
         .insert(org.id.as_str(), store::encode(org)?.as_slice())?;
     Ok(())
@@ -32,11 +41,17 @@ pub fn put_organization(txn: &Txn, org: &Organization) -> Result<()> {
 
 /// The key whose current secret hashes to `hash`.
 pub fn key_by_hash(reader: &impl Reader, hash: &str) -> Result<Option<ApiKey>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::key_where(pg, "secret_hash", hash);
+    }
     store::get(&reader.open_table(API_KEYS)?, hash)
 }
 
 /// The key whose previous (rotated) secret hashes to `hash`.
 pub fn key_by_previous_hash(reader: &impl Reader, hash: &str) -> Result<Option<ApiKey>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::key_where(pg, "previous_secret_hash", hash);
+    }
     let previous_secrets = reader.open_table(API_KEY_PREVIOUS_SECRETS)?;
     let Some(index_key) = previous_secrets.get(hash)? else {
         return Ok(None);
@@ -50,6 +65,9 @@ pub fn key_by_previous_hash(reader: &impl Reader, hash: &str) -> Result<Option<A
 
 /// Every key of `org_id`, in no particular order.
 pub fn keys_of(reader: &impl Reader, org_id: &str) -> Result<Vec<ApiKey>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::keys_of(pg, org_id);
+    }
     let prefix = format!("{org_id}/");
     let index = reader.open_table(API_KEYS_BY_ORG)?;
     let keys = reader.open_table(API_KEYS)?;
@@ -69,6 +87,9 @@ pub fn keys_of(reader: &impl Reader, org_id: &str) -> Result<Vec<ApiKey>> {
 
 /// The key `key_id` of `org_id`.
 pub fn find_key(reader: &impl Reader, org_id: &str, key_id: &str) -> Result<Option<ApiKey>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::find_key(pg, org_id, key_id);
+    }
     let index = reader.open_table(API_KEYS_BY_ORG)?;
     let Some(hash) = index.get(format!("{org_id}/{key_id}").as_str())? else {
         return Ok(None);
@@ -78,6 +99,9 @@ pub fn find_key(reader: &impl Reader, org_id: &str, key_id: &str) -> Result<Opti
 
 /// Stores a new key.
 pub fn insert_key(txn: &Txn, key: &ApiKey) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::save_key(pg, key);
+    }
     save_key(txn, key)?;
     txn.open_table(API_KEYS_BY_ORG)?
         .insert(index_key(key).as_str(), key.secret_hash.as_bytes())?;
@@ -86,6 +110,9 @@ pub fn insert_key(txn: &Txn, key: &ApiKey) -> Result<()> {
 
 /// Stores a changed key whose secret is unchanged.
 pub fn save_key(txn: &Txn, key: &ApiKey) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::save_key(pg, key);
+    }
     txn.open_table(API_KEYS)?
         .insert(key.secret_hash.as_str(), store::encode(key)?.as_slice())?;
     Ok(())
@@ -95,6 +122,9 @@ pub fn save_key(txn: &Txn, key: &ApiKey) -> Result<()> {
 /// which stays findable by [`key_by_previous_hash`]; `retired` is the previous secret
 /// before this rotation, which no longer is.
 pub fn save_rotated_key(txn: &Txn, key: &ApiKey, retired: Option<&str>) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::save_key(pg, key);
+    }
     let index_key = index_key(key);
     let mut previous_secrets = txn.open_table(API_KEY_PREVIOUS_SECRETS)?;
     if let Some(retired) = retired {

@@ -1,4 +1,5 @@
-//! Where executions are kept: the only code that knows their tables and index keys.
+//! Where executions are kept: the only code that knows their tables and index keys
+//! (redb here, PostgreSQL in [`postgres`]).
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -6,6 +7,8 @@ use redb::ReadableTable;
 
 use super::Execution;
 use crate::store::{self, Reader, Txn};
+
+mod postgres;
 
 store::table!(EXECUTIONS = "executions");
 store::table! {
@@ -19,11 +22,17 @@ store::table! {
 }
 
 pub fn load(reader: &impl Reader, id: &str) -> Result<Option<Execution>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::load(pg, id);
+    }
     store::get(&reader.open_table(EXECUTIONS)?, id)
 }
 
 /// Writes the record; a terminal execution leaves the active queue.
 pub fn save(txn: &Txn, execution: &Execution) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::save(pg, execution);
+    }
     txn.open_table(EXECUTIONS)?
         .insert(execution.id.as_str(), store::encode(execution)?.as_slice())?;
     if execution.status.is_terminal() {
@@ -40,6 +49,7 @@ pub struct Prepared {
     record: Vec<u8>,
     active: String,
     by_org: String,
+    columns: postgres::Columns,
 }
 
 impl Prepared {
@@ -49,12 +59,16 @@ impl Prepared {
             record: store::encode(execution)?,
             active: active_key(execution),
             by_org: by_org_key(execution),
+            columns: postgres::Columns::of(execution)?,
         })
     }
 }
 
 /// Stores a new execution with its place in the queue and in its organization's list.
 pub fn insert(txn: &Txn, prepared: &Prepared) -> Result<()> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::insert(pg, &prepared.columns, &prepared.record);
+    }
     txn.open_table(EXECUTIONS)?
         .insert(prepared.id.as_str(), prepared.record.as_slice())?;
     txn.open_table(ACTIVE_EXECUTIONS)?
@@ -73,6 +87,9 @@ pub fn page_of_org(
     limit: usize,
     keep: impl FnMut(&Execution) -> bool,
 ) -> Result<(Vec<Execution>, bool)> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::page_of_org(pg, org_id, after, limit, keep);
+    }
     let prefix = format!("{org_id}/");
     let start = after.map_or(prefix.clone(), |after| by_org_key(after) + "\u{0}");
     store::page(
@@ -87,6 +104,9 @@ pub fn page_of_org(
 
 /// Ids of every non-terminal execution with its deadline, soonest first.
 pub fn active(reader: &impl Reader) -> Result<Vec<(String, DateTime<Utc>)>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::active(pg);
+    }
     let mut active = Vec::new();
     for row in reader.open_table(ACTIVE_EXECUTIONS)?.iter()? {
         let (key, _) = row?;

@@ -1,0 +1,135 @@
+//! Balances and the ledger on PostgreSQL: `accounts` and `ledger_entries`, every
+//! field a column.
+
+use anyhow::Result;
+use postgres::Row;
+use uuid::Uuid;
+
+use super::super::{Account, Entry};
+use crate::money::Micros;
+use crate::store::Session;
+use crate::store::postgres::{from_bigint, label, parse_label, to_bigint};
+
+pub fn account(pg: &Session, org_id: &str) -> Result<Account> {
+    let sql = format!(
+        "SELECT deposits, available, held, spent FROM accounts WHERE organization_id = $1{}",
+        pg.for_update()
+    );
+    let Some(row) = pg.query_opt(&sql, &[&org_id])? else {
+        return Ok(Account::default());
+    };
+    Ok(Account {
+        deposits: Micros(from_bigint(row.get(0))?),
+        available: Micros(from_bigint(row.get(1))?),
+        held: Micros(from_bigint(row.get(2))?),
+        spent: Micros(from_bigint(row.get(3))?),
+    })
+}
+
+pub fn total_held(pg: &Session) -> Result<Micros> {
+    let row = pg
+        .query_opt("SELECT COALESCE(sum(held), 0)::bigint FROM accounts", &[])?
+        .expect("an aggregate has a row");
+    Ok(Micros(from_bigint(row.get(0))?))
+}
+
+pub fn put_account(pg: &Session, org_id: &str, account: &Account) -> Result<()> {
+    pg.execute(
+        "INSERT INTO accounts (organization_id, deposits, available, held, spent) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (organization_id) DO UPDATE SET \
+         deposits = EXCLUDED.deposits, available = EXCLUDED.available, \
+         held = EXCLUDED.held, spent = EXCLUDED.spent",
+        &[
+            &org_id,
+            &to_bigint(account.deposits.0)?,
+            &to_bigint(account.available.0)?,
+            &to_bigint(account.held.0)?,
+            &to_bigint(account.spent.0)?,
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn append_entry(pg: &Session, uuid: Uuid, entry: &Entry) -> Result<()> {
+    pg.execute(
+        "INSERT INTO ledger_entries (id, seq, organization_id, kind, amount, debit, credit, \
+         execution_id, memo, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &entry.id,
+            &uuid,
+            &entry.organization_id,
+            &label(&entry.kind)?,
+            &to_bigint(entry.amount.0)?,
+            &label(&entry.debit)?,
+            &label(&entry.credit)?,
+            &entry.execution_id,
+            &entry.memo,
+            &entry.created_at,
+        ],
+    )?;
+    Ok(())
+}
+
+const ENTRY: &str = "SELECT id, organization_id, kind, amount, debit, credit, execution_id, \
+    memo, created_at FROM ledger_entries";
+
+fn entry(row: &Row) -> Result<Entry> {
+    Ok(Entry {
+        id: row.get(0),
+        organization_id: row.get(1),
+        kind: parse_label(row.get(2))?,
+        amount: Micros(from_bigint(row.get(3))?),
+        debit: parse_label(row.get(4))?,
+        credit: parse_label(row.get(5))?,
+        execution_id: row.get(6),
+        memo: row.get(7),
+        created_at: row.get(8),
+    })
+}
+
+pub fn entries_newest_first(
+    pg: &Session,
+    org_id: &str,
+    before: Option<Uuid>,
+    limit: usize,
+    keep: impl Fn(&Entry) -> bool,
+) -> Result<Option<(Vec<Entry>, bool)>> {
+    let rows = match before {
+        None => pg.query(
+            &format!("{ENTRY} WHERE organization_id = $1 ORDER BY seq DESC"),
+            &[&org_id],
+        )?,
+        Some(before) => {
+            let known = pg.query_opt(
+                "SELECT 1 FROM ledger_entries WHERE organization_id = $1 AND seq = $2",
+                &[&org_id, &before],
+            )?;
+            if known.is_none() {
+                return Ok(None);
+            }
+            pg.query(
+                &format!("{ENTRY} WHERE organization_id = $1 AND seq < $2 ORDER BY seq DESC"),
+                &[&org_id, &before],
+            )?
+        }
+    };
+    let mut entries = Vec::new();
+    for row in rows {
+        let entry = entry(&row)?;
+        if !keep(&entry) {
+            continue;
+        }
+        if entries.len() == limit {
+            return Ok(Some((entries, true)));
+        }
+        entries.push(entry);
+    }
+    Ok(Some((entries, false)))
+}
+
+pub fn each_entry(pg: &Session, mut f: impl FnMut(Entry) -> Result<()>) -> Result<()> {
+    for row in pg.query(&format!("{ENTRY} ORDER BY organization_id, seq"), &[])? {
+        f(entry(&row)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! The PostgreSQL engine: sessions (a connection with its prepared statements), a
+//! pool of them for snapshots, the writer's own session, and the schema's
+//! migrations, shipped in the binary.
+//!
+//! A snapshot is a `REPEATABLE READ, READ ONLY` transaction. The writer's batch is a
+//! `READ COMMITTED` transaction in which every read a write decides on takes its rows
+//! `FOR UPDATE` ([`Session::for_update`]): the rows it read cannot change before it
+//! commits, whoever else writes to the database.
+
+use ::postgres::types::ToSql;
+use ::postgres::{Client, NoTls, Row, Statement};
+use anyhow::{Context, Result, anyhow, bail};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{Commit, Target, Txn, WriteOp};
+
+/// Parameters of a query.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// One connection and the statements prepared on it.
+pub struct Session {
+    client: RefCell<Client>,
+    statements: RefCell<HashMap<String, Statement>>,
+    writing: bool,
+}
+
+impl Session {
+    fn connect(url: &str, writing: bool) -> Result<Session> {
+        let client = Client::connect(url, NoTls).context("connecting to PostgreSQL")?;
+        Ok(Session {
+            client: RefCell::new(client),
+            statements: RefCell::new(HashMap::new()),
+            writing,
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.borrow().is_closed()
+    }
+
+    fn statement(&self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .borrow_mut()
+            .prepare(sql)
+            .with_context(|| format!("preparing {sql}"))?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Every row of `sql`.
+    pub fn query(&self, sql: &str, params: Params) -> Result<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.borrow_mut().query(&statement, params)?)
+    }
+
+    /// The row of `sql`, if any (more than one is an error).
+    pub fn query_opt(&self, sql: &str, params: Params) -> Result<Option<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.borrow_mut().query_opt(&statement, params)?)
+    }
+
+    /// Runs `sql`; how many rows it changed.
+    pub fn execute(&self, sql: &str, params: Params) -> Result<u64> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.borrow_mut().execute(&statement, params)?)
+    }
+
+    /// `" FOR UPDATE"` inside a write, nothing in a snapshot: what a write reads, it
+    /// locks until it commits.
+    pub fn for_update(&self) -> &'static str {
+        if self.writing { " FOR UPDATE" } else { "" }
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        Ok(self.client.borrow_mut().batch_execute(sql)?)
+    }
+}
+
+/// Idle sessions for snapshots; more are opened when all are busy.
+pub struct Pool {
+    url: String,
+    idle: Mutex<Vec<Session>>,
+}
+
+/// How many idle sessions the pool keeps.
+const MAX_IDLE: usize = 16;
+
+impl Pool {
+    pub fn new(url: &str) -> Pool {
+        Pool {
+            url: url.to_string(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the database answers.
+    pub fn check(&self) -> Result<()> {
+        self.snapshot(|session| {
+            let answer = session.query_opt("SELECT 1", &[]).map(drop);
+            (session, answer)
+        })
+    }
+
+    /// Runs `f` in a snapshot on an idle session, and gives the session back.
+    pub fn snapshot<T>(
+        &self,
+        f: impl FnOnce(Box<Session>) -> (Box<Session>, Result<T>),
+    ) -> Result<T> {
+        const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+        let idle = self.idle.lock().expect("pool").pop().map(Box::new);
+        let session = match idle {
+            // An idle connection may have been closed by the server meanwhile (a
+            // restart, an operator's pg_terminate_backend): then a new one is made.
+            Some(session) if session.batch(BEGIN).is_ok() => session,
+            _ => {
+                let session = Box::new(Session::connect(&self.url, false)?);
+                session.batch(BEGIN)?;
+                session
+            }
+        };
+        let (session, value) = f(session);
+        if session.batch("COMMIT").is_ok() && !session.is_closed() {
+            let mut idle = self.idle.lock().expect("pool");
+            if idle.len() < MAX_IDLE {
+                idle.push(*session);
+            }
+        }
+        value
+    }
+}
+
+impl Drop for Pool {
+    /// Each connection runs its own small runtime, which must not be dropped on an
+    /// async runtime's thread: the idle ones are closed on a thread of their own.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("store-pool-close".into())
+                .spawn(move || drop(idle));
+        }
+    }
+}
+
+/// The writer thread's session, opened again when its connection was lost.
+pub struct Writer {
+    url: String,
+    session: Option<Session>,
+}
+
+impl Writer {
+    pub fn new(url: &str) -> Writer {
+        Writer {
+            url: url.to_string(),
+            session: None,
+        }
+    }
+
+    /// The session, in a transaction just begun. A connection lost since the last
+    /// batch (nothing of this one was sent yet) is replaced by a new one.
+    fn begin(&mut self) -> Result<&Session> {
+        if let Some(session) = &self.session
+            && session.batch("BEGIN").is_ok()
+        {
+            return Ok(self.session.as_ref().expect("kept"));
+        }
+        self.session = None;
+        let session = Session::connect(&self.url, true)?;
+        session.batch("BEGIN")?;
+        Ok(self.session.insert(session))
+    }
+}
+
+impl super::Writer for Writer {
+    fn commit(&mut self, batch: Vec<WriteOp>) -> Result<Vec<Commit>> {
+        let session = self.begin()?;
+        let mut commits = Vec::with_capacity(batch.len());
+        for op in batch {
+            match op(&Txn(Target::Postgres(session))) {
+                Ok(commit) => commits.push(commit),
+                Err(error) => {
+                    let _ = session.batch("ROLLBACK");
+                    return Err(error);
+                }
+            }
+        }
+        session.batch("COMMIT")?;
+        Ok(commits)
+    }
+}
+
+/// The server secret `name`, made once by whichever host asks first.
+pub fn signing_key(pg: &Session, name: &str) -> Result<Vec<u8>> {
+    let mut key = vec![0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+    pg.execute(
+        "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[&name, &hex::encode(&key)],
+    )?;
+    let row = pg
+        .query_opt("SELECT value FROM meta WHERE name = $1", &[&name])?
+        .ok_or_else(|| anyhow!("the secret {name} was not kept"))?;
+    Ok(hex::decode(row.get::<_, String>(0))?)
+}
+
+/// The schema's migrations, in order: `(version, name, SQL)`. A released migration
+/// is never edited; a change is a new one.
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "schema", include_str!("migrations/0001_schema.sql"))];
+
+/// Any number to lock migrations with: hosts starting together migrate one at a time.
+const MIGRATION_LOCK: i64 = 0x6d6f_6465_6c72_6f75;
+
+/// Brings the database at `url` up to the schema this binary knows; returns the
+/// versions it applied. Each migration commits whole or not at all, hosts starting
+/// at once wait for each other, and a database migrated by a newer version is left
+/// as it is (its migrations keep the older schema working: see the README).
+pub fn migrate(url: &str) -> Result<Vec<i32>> {
+    let mut client = Client::connect(url, NoTls)
+        .with_context(|| format!("connecting to PostgreSQL at {}", redacted(url)))?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    let applied = apply(&mut client);
+    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
+    applied
+}
+
+fn apply(client: &mut Client) -> Result<Vec<i32>> {
+    client.batch_execute(
+        "SET client_min_messages = warning;
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            version integer PRIMARY KEY,
+            name text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )?;
+    let done: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations", &[])?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        if done.contains(&version) {
+            continue;
+        }
+        let mut txn = client.transaction()?;
+        txn.batch_execute(sql)
+            .with_context(|| format!("applying migration {version} ({name})"))?;
+        txn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )?;
+        txn.commit()?;
+        tracing::info!(version, name, "applied a database migration");
+        applied.push(version);
+    }
+    if let Some(newest) = done.iter().max().filter(|&&v| v > MIGRATIONS.len() as i32) {
+        tracing::warn!(
+            database = newest,
+            binary = MIGRATIONS.len(),
+            "the database's schema is newer than this binary's; running on it (an upgrade in progress)"
+        );
+    }
+    Ok(applied)
+}
+
+/// `url` without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(a URL that does not parse)".to_string(),
+    }
+}
+
+/// Converts an amount to the database's `bigint`.
+pub fn to_bigint(value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| anyhow!("{value} does not fit a bigint"))
+}
+
+/// Converts a `bigint` column back; a negative one is refused by the schema.
+pub fn from_bigint(value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| anyhow!("a negative amount was stored: {value}"))
+}
+
+/// A serde enum's name (`"SUCCEEDED"`), for a `text` column.
+pub fn label<T: serde::Serialize>(value: &T) -> Result<String> {
+    match serde_json::to_value(value)? {
+        serde_json::Value::String(label) => Ok(label),
+        other => bail!("{other} is not a label"),
+    }
+}
+
+/// The `record` column of each row, decoded.
+pub fn records<T: serde::de::DeserializeOwned>(rows: Vec<Row>) -> Result<Vec<T>> {
+    rows.into_iter().map(|row| record(&row)).collect()
+}
+
+/// A row's `record` column, decoded.
+pub fn record<T: serde::de::DeserializeOwned>(row: &Row) -> Result<T> {
+    let ::postgres::types::Json(value) = row.try_get("record")?;
+    Ok(value)
+}
+
+/// Up to `limit` of `rows`' records that `keep` accepts, and whether more follow.
+pub fn page<T: serde::de::DeserializeOwned>(
+    rows: Vec<Row>,
+    limit: usize,
+    mut keep: impl FnMut(&T) -> bool,
+) -> Result<(Vec<T>, bool)> {
+    let mut page = Vec::new();
+    for row in rows {
+        let value: T = record(&row)?;
+        if !keep(&value) {
+            continue;
+        }
+        if page.len() == limit {
+            return Ok((page, true));
+        }
+        page.push(value);
+    }
+    Ok((page, false))
+}
+
+/// Reads back a serde enum from its [`label`].
+pub fn parse_label<T: serde::de::DeserializeOwned>(label: &str) -> Result<T> {
+    Ok(serde_json::from_value(serde_json::Value::String(
+        label.to_string(),
+    ))?)
+}

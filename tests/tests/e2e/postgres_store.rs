@@ -1,0 +1,240 @@
+//! The PostgreSQL store's own promises: `modelroute migrate` (once, whoever runs it
+//! and however many at once), the constraints that guard the platform's invariants
+//! whatever code writes to the database, and a clear refusal to start without it.
+//! Run in the suite's PostgreSQL run (`MODELROUTE_TEST_STORE=postgres`), where the
+//! rest of the suite runs on PostgreSQL too.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+use modelroute_tests::emulators::{DEFAULT_TOKEN, replicate};
+
+use crate::support::{Options, Server, binary, flux_input, replicate_provider};
+use crate::test_database::{TestDatabase, postgres_run};
+
+/// Runs `modelroute migrate` on `database`; answers what it printed.
+fn migrate(database: &TestDatabase) -> String {
+    let output = Command::new(binary())
+        .arg("migrate")
+        .env("MODELROUTE_CONFIG", config_file(database))
+        .env_remove("MODELROUTE_DATABASE_URL")
+        .output()
+        .expect("run modelroute migrate");
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    printed
+}
+
+/// A config whose store is `database`, written beside nothing else.
+fn config_file(database: &TestDatabase) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:0\"\n{}",
+            dir.join("state"),
+            dir.join("plugins"),
+            database.config()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs `sql` on `database` from a thread of its own (the blocking client must not
+/// run on the test's runtime); answers the error PostgreSQL gave, if any.
+fn sql(database: &TestDatabase, sql: &str) -> Option<String> {
+    let (url, sql) = (database.url.clone(), sql.to_string());
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client.batch_execute(&sql).err().map(|error| {
+            error
+                .as_db_error()
+                .map_or(error.to_string(), |db| db.message().to_string())
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn migrate_applies_the_schema_once_even_when_hosts_start_together() {
+    if !postgres_run() {
+        return;
+    }
+    let database = TestDatabase::create();
+    let racing: Vec<_> = (0..3)
+        .map(|_| {
+            let config = config_file(&database);
+            std::thread::spawn(move || {
+                Command::new(binary())
+                    .args(["migrate", "--config"])
+                    .arg(config)
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let printed: Vec<String> = racing
+        .into_iter()
+        .map(|run| {
+            let output = run.join().unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout).to_string()
+        })
+        .collect();
+    let applied = printed
+        .iter()
+        .filter(|p| p.contains("applied migrations [1]"))
+        .count();
+    assert_eq!(
+        applied, 1,
+        "exactly one host applies the schema: {printed:?}"
+    );
+    assert!(migrate(&database).contains("up to date"));
+}
+
+#[test]
+fn the_schema_refuses_what_would_break_the_money_and_the_state_machine() {
+    if !postgres_run() {
+        return;
+    }
+    let database = TestDatabase::create();
+    migrate(&database);
+    let org = "INSERT INTO organizations (id, name, created_at, record) \
+               VALUES ('org_1', 'one', now(), '{}');";
+    assert_eq!(sql(&database, org), None);
+
+    // No bucket of a balance below zero.
+    let negative = sql(
+        &database,
+        "INSERT INTO accounts VALUES ('org_1', 0, -1, 0, 0)",
+    );
+    assert!(negative.unwrap().contains("accounts_available_check"));
+
+    // The ledger is append only.
+    assert_eq!(
+        sql(
+            &database,
+            "INSERT INTO ledger_entries (id, seq, organization_id, kind, amount, debit, credit, created_at) \
+             VALUES ('led_1', gen_random_uuid(), 'org_1', 'deposit', 5, 'external', 'available', now())"
+        ),
+        None
+    );
+    for change in [
+        "UPDATE ledger_entries SET amount = 6",
+        "DELETE FROM ledger_entries",
+    ] {
+        let refused = sql(&database, change).expect(change);
+        assert!(refused.contains("never changed or removed"), "{refused}");
+    }
+
+    // One terminal transition: an execution that ended never changes status again.
+    assert_eq!(
+        sql(
+            &database,
+            "INSERT INTO executions (id, organization_id, model, mode, status, hold_amount, created_at, expires_at, completed_at, record) \
+             VALUES ('exec_1', 'org_1', 'm', 'ASYNC', 'COMPLETED', 5, now(), now(), now(), '{}')"
+        ),
+        None
+    );
+    let reopened = sql(&database, "UPDATE executions SET status = 'FAILED'").unwrap();
+    assert!(reopened.contains("already ended COMPLETED"), "{reopened}");
+    let unfinished = sql(
+        &database,
+        "INSERT INTO executions (id, organization_id, model, mode, status, hold_amount, created_at, expires_at, record) \
+         VALUES ('exec_2', 'org_1', 'm', 'ASYNC', 'FAILED', 5, now(), now(), '{}')",
+    );
+    assert!(
+        unfinished.is_some(),
+        "a terminal execution has its end time"
+    );
+
+    // One key per secret, and rows of organizations that exist.
+    let key = "INSERT INTO api_keys (id, organization_id, scope, secret_hash, created_at, record) \
+               VALUES ('{id}', '{org}', 'full', 'h1', now(), '{}')";
+    assert_eq!(
+        sql(
+            &database,
+            &key.replace("{id}", "key_1").replace("{org}", "org_1")
+        ),
+        None
+    );
+    let twice = sql(
+        &database,
+        &key.replace("{id}", "key_2").replace("{org}", "org_1"),
+    );
+    assert!(twice.unwrap().contains("api_keys_secret_hash_key"));
+    let orphan = sql(
+        &database,
+        "INSERT INTO accounts VALUES ('org_missing', 0, 0, 0, 0)",
+    );
+    assert!(orphan.unwrap().contains("foreign key"));
+}
+
+#[tokio::test]
+async fn a_server_without_its_database_refuses_to_start_and_names_it() {
+    let printed = Server::refused(
+        &[],
+        Options {
+            config: "\n[store]\nbackend = \"postgres\"\nurl = \"postgres://mr:secret@127.0.0.1:1/gone\"\n",
+            ..Options::default()
+        },
+    );
+    assert!(printed.contains("connecting to PostgreSQL at"), "{printed}");
+    assert!(printed.contains("127.0.0.1:1"), "{printed}");
+    assert!(
+        !printed.contains("secret"),
+        "the password is never printed: {printed}"
+    );
+
+    let printed = Server::refused(
+        &[],
+        Options {
+            config: "\n[store]\nbackend = \"postgres\"\n",
+            ..Options::default()
+        },
+    );
+    assert!(printed.contains("MODELROUTE_DATABASE_URL"), "{printed}");
+}
+
+/// Regression: a connection the database closed (a restart, `pg_terminate_backend`)
+/// must not fail the requests that come next: the writer and the snapshot pool open
+/// a new one when the old one cannot begin a transaction.
+#[tokio::test]
+async fn connections_the_database_closed_are_replaced_without_failing_a_request() {
+    if !postgres_run() {
+        return;
+    }
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start(&[replicate_provider(&emulator)]).await;
+    let database = server.database().expect("a PostgreSQL run");
+    for round in 0..3 {
+        let closed = database.close_connections();
+        assert!(
+            closed >= 2,
+            "round {round}: the writer and a reader were connected"
+        );
+        let created = server
+            .post(
+                "/v1/executions",
+                json!({"model": "flux-1.1-pro", "input": flux_input()}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
+        let id = created.body["id"].as_str().unwrap().to_string();
+        let done = server.wait_terminal(&id, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(server.get("/v1/balance").await.status, StatusCode::OK);
+    }
+    server.assert_ledger_verifies().await;
+}
