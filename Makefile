@@ -100,9 +100,10 @@ lint:
 	cd sdk/template && $(CARGO) fmt --check
 	cd sdk/template && $(CARGO) clippy --target $(PLUGIN_TARGET) --target-dir $(TARGET_DIR)/template $(LOCAL_SDK) -- -D warnings
 
-## Benchmarks; figures are recorded in the README.
+## Benchmarks; figures are recorded in the README. Durable accepts are measured on
+## the embedded store and on PostgreSQL (found or started by tests/with-postgres.sh).
 bench: plugins
-	$(CARGO) bench -p modelroute --bench adapter --bench accept
+	tests/with-postgres.sh $(CARGO) bench -p modelroute --bench adapter --bench accept
 	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
 	$(TARGET_DIR)/release/modelroute-loadgen --server $(TARGET_DIR)/release/modelroute
 

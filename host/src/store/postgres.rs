@@ -10,6 +10,7 @@
 use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls, Row, Statement};
 use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -313,24 +314,54 @@ pub fn record<T: serde::de::DeserializeOwned>(row: &Row) -> Result<T> {
     Ok(value)
 }
 
-/// Up to `limit` of `rows`' records that `keep` accepts, and whether more follow.
-pub fn page<T: serde::de::DeserializeOwned>(
-    rows: Vec<Row>,
+/// Rows read per query when paging: a list request reads a few chunks of a long
+/// history, never all of it.
+const CHUNK: i64 = 100;
+
+/// Up to `limit` of an organization's `table` records, newest first (ties by
+/// id), after the row `after` = (created_at, id), that `keep` accepts; and
+/// whether more follow. Reads [`CHUNK`] rows at a time along the table's
+/// `(organization_id, created_at DESC, id)` index.
+pub fn page_newest_first<T: serde::de::DeserializeOwned>(
+    pg: &Session,
+    table: &str,
+    org_id: &str,
+    after: Option<(DateTime<Utc>, String)>,
     limit: usize,
     mut keep: impl FnMut(&T) -> bool,
 ) -> Result<(Vec<T>, bool)> {
+    let first = format!(
+        "SELECT record, created_at, id FROM {table} WHERE organization_id = $1 \
+         ORDER BY created_at DESC, id LIMIT $2"
+    );
+    let next = format!(
+        "SELECT record, created_at, id FROM {table} WHERE organization_id = $1 \
+         AND (created_at < $2 OR (created_at = $2 AND id > $3)) \
+         ORDER BY created_at DESC, id LIMIT $4"
+    );
+    let mut cursor = after;
     let mut page = Vec::new();
-    for row in rows {
-        let value: T = record(&row)?;
-        if !keep(&value) {
-            continue;
+    loop {
+        let rows = match &cursor {
+            None => pg.query(&first, &[&org_id, &CHUNK])?,
+            Some((at, id)) => pg.query(&next, &[&org_id, at, id, &CHUNK])?,
+        };
+        let exhausted = (rows.len() as i64) < CHUNK;
+        for row in &rows {
+            let value: T = record(row)?;
+            if !keep(&value) {
+                continue;
+            }
+            if page.len() == limit {
+                return Ok((page, true));
+            }
+            page.push(value);
         }
-        if page.len() == limit {
-            return Ok((page, true));
+        match rows.last() {
+            Some(last) if !exhausted => cursor = Some((last.get(1), last.get(2))),
+            _ => return Ok((page, false)),
         }
-        page.push(value);
     }
-    Ok((page, false))
 }
 
 /// Reads back a serde enum from its [`label`].

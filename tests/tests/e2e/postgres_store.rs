@@ -238,3 +238,95 @@ async fn connections_the_database_closed_are_replaced_without_failing_a_request(
     }
     server.assert_ledger_verifies().await;
 }
+
+/// Lists read the database a chunk at a time (not every row of the organization):
+/// pages that span more than one chunk come back whole, in order, with the right
+/// `has_more`, for files (newest first by creation) and the ledger (by sequence).
+#[tokio::test]
+async fn lists_longer_than_one_read_of_the_database_page_whole_and_in_order() {
+    if !postgres_run() {
+        return;
+    }
+    const MANY: usize = 130;
+    let server = Server::start(&[]).await;
+    let created = server
+        .call(
+            reqwest::Method::POST,
+            "/admin/v1/organizations",
+            Some(&server.admin_token),
+            Some(json!({"name": "Long lists", "credit_usd": "1"})),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let org = created.body["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = created.body["api_key"].as_str().unwrap().to_string();
+    let mut files = Vec::new();
+    for round in 0..MANY {
+        let ticket = server
+            .call(
+                reqwest::Method::POST,
+                "/v1/files/upload",
+                Some(&key),
+                Some(json!({"purpose": "INPUT"})),
+                &[],
+            )
+            .await;
+        assert_eq!(ticket.status, StatusCode::CREATED, "{:?}", ticket.body);
+        files.push(ticket.body["file_id"].as_str().unwrap().to_string());
+        let credit = server
+            .call(
+                reqwest::Method::POST,
+                &format!("/admin/v1/organizations/{org}/credit"),
+                Some(&server.admin_token),
+                Some(json!({"amount_usd": "0.01", "memo": format!("credit {round}")})),
+                &[],
+            )
+            .await;
+        assert_eq!(credit.status, StatusCode::OK, "{:?}", credit.body);
+    }
+    let list = |path: String| {
+        let (server, key) = (&server, key.clone());
+        async move {
+            let reply = server
+                .call(reqwest::Method::GET, &path, Some(&key), None, &[])
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
+            reply.body
+        }
+    };
+
+    let first = list("/v1/files?limit=100".into()).await;
+    assert_eq!(first["has_more"], true);
+    let last_id = first["data"][99]["file_id"].as_str().unwrap().to_string();
+    let rest = list(format!("/v1/files?limit=100&starting_after={last_id}")).await;
+    assert_eq!(rest["has_more"], false);
+    let listed: Vec<String> = [first, rest]
+        .iter()
+        .flat_map(|page| page["data"].as_array().unwrap().clone())
+        .map(|file| file["file_id"].as_str().unwrap().to_string())
+        .collect();
+    let newest_first: Vec<String> = files.iter().rev().cloned().collect();
+    assert_eq!(listed, newest_first);
+
+    // The ledger: the opening credit and one entry per credit, newest first.
+    let first = list("/v1/ledger?limit=100".into()).await;
+    assert_eq!(first["has_more"], true);
+    let last_id = first["data"][99]["id"].as_str().unwrap().to_string();
+    let rest = list(format!("/v1/ledger?limit=100&starting_after={last_id}")).await;
+    assert_eq!(rest["has_more"], false);
+    let memos: Vec<String> = [first, rest]
+        .iter()
+        .flat_map(|page| page["data"].as_array().unwrap().clone())
+        .map(|entry| entry["memo"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(memos.len(), MANY + 1, "{memos:?}");
+    let expected: Vec<String> = (0..MANY)
+        .rev()
+        .map(|round| format!("operator: credit {round}"))
+        .collect();
+    assert_eq!(memos[..MANY], expected[..]);
+}

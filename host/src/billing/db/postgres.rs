@@ -70,8 +70,9 @@ pub fn append_entry(pg: &Session, uuid: Uuid, entry: &Entry) -> Result<()> {
     Ok(())
 }
 
-const ENTRY: &str = "SELECT id, organization_id, kind, amount, debit, credit, execution_id, \
-    memo, created_at FROM ledger_entries";
+/// An entry's columns, in the order [`entry`] reads them.
+const ENTRY: &str =
+    "id, organization_id, kind, amount, debit, credit, execution_id, memo, created_at";
 
 fn entry(row: &Row) -> Result<Entry> {
     Ok(Entry {
@@ -94,41 +95,55 @@ pub fn entries_newest_first(
     limit: usize,
     keep: impl Fn(&Entry) -> bool,
 ) -> Result<Option<(Vec<Entry>, bool)>> {
-    let rows = match before {
-        None => pg.query(
-            &format!("{ENTRY} WHERE organization_id = $1 ORDER BY seq DESC"),
-            &[&org_id],
-        )?,
-        Some(before) => {
-            let known = pg.query_opt(
-                "SELECT 1 FROM ledger_entries WHERE organization_id = $1 AND seq = $2",
-                &[&org_id, &before],
-            )?;
-            if known.is_none() {
-                return Ok(None);
-            }
-            pg.query(
-                &format!("{ENTRY} WHERE organization_id = $1 AND seq < $2 ORDER BY seq DESC"),
-                &[&org_id, &before],
-            )?
+    if let Some(before) = before {
+        let known = pg.query_opt(
+            "SELECT 1 FROM ledger_entries WHERE organization_id = $1 AND seq = $2",
+            &[&org_id, &before],
+        )?;
+        if known.is_none() {
+            return Ok(None);
         }
-    };
-    let mut entries = Vec::new();
-    for row in rows {
-        let entry = entry(&row)?;
-        if !keep(&entry) {
-            continue;
-        }
-        if entries.len() == limit {
-            return Ok(Some((entries, true)));
-        }
-        entries.push(entry);
     }
-    Ok(Some((entries, false)))
+    // Read in chunks along (organization_id, seq): a long ledger is never
+    // loaded whole for one page.
+    const CHUNK: i64 = 100;
+    let first = format!(
+        "SELECT {ENTRY}, seq FROM ledger_entries WHERE organization_id = $1 \
+         ORDER BY seq DESC LIMIT $2"
+    );
+    let next = format!(
+        "SELECT {ENTRY}, seq FROM ledger_entries WHERE organization_id = $1 AND seq < $2 \
+         ORDER BY seq DESC LIMIT $3"
+    );
+    let mut cursor = before;
+    let mut entries = Vec::new();
+    loop {
+        let rows = match cursor {
+            None => pg.query(&first, &[&org_id, &CHUNK])?,
+            Some(before) => pg.query(&next, &[&org_id, &before, &CHUNK])?,
+        };
+        for row in &rows {
+            let entry = entry(row)?;
+            if !keep(&entry) {
+                continue;
+            }
+            if entries.len() == limit {
+                return Ok(Some((entries, true)));
+            }
+            entries.push(entry);
+        }
+        match rows.last() {
+            Some(last) if rows.len() as i64 == CHUNK => cursor = Some(last.get(9)),
+            _ => return Ok(Some((entries, false))),
+        }
+    }
 }
 
 pub fn each_entry(pg: &Session, mut f: impl FnMut(Entry) -> Result<()>) -> Result<()> {
-    for row in pg.query(&format!("{ENTRY} ORDER BY organization_id, seq"), &[])? {
+    for row in pg.query(
+        &format!("SELECT {ENTRY} FROM ledger_entries ORDER BY organization_id, seq"),
+        &[],
+    )? {
         f(entry(&row)?)?;
     }
     Ok(())

@@ -114,20 +114,8 @@ pub fn page_of_org(
     limit: usize,
     keep: impl FnMut(&Execution) -> bool,
 ) -> Result<(Vec<Execution>, bool)> {
-    let rows = match after {
-        None => pg.query(
-            "SELECT record FROM executions WHERE organization_id = $1 \
-             ORDER BY created_at DESC, id",
-            &[&org_id],
-        )?,
-        Some(after) => pg.query(
-            "SELECT record FROM executions WHERE organization_id = $1 \
-             AND (created_at < $2 OR (created_at = $2 AND id > $3)) \
-             ORDER BY created_at DESC, id",
-            &[&org_id, &after.created_at, &after.id],
-        )?,
-    };
-    pg::page(rows, limit, keep)
+    let after = after.map(|after| (after.created_at, after.id.clone()));
+    pg::page_newest_first(pg, "executions", org_id, after, limit, keep)
 }
 
 /// Every execution that is not terminal, with its deadline, soonest first.

@@ -94,19 +94,8 @@ pub fn page_of_org(
     limit: usize,
     keep: impl FnMut(&FileRecord) -> bool,
 ) -> Result<(Vec<FileRecord>, bool)> {
-    let rows = match after {
-        None => pg.query(
-            "SELECT record FROM files WHERE organization_id = $1 ORDER BY created_at DESC, id",
-            &[&org_id],
-        )?,
-        Some(after) => pg.query(
-            "SELECT record FROM files WHERE organization_id = $1 \
-             AND (created_at < $2 OR (created_at = $2 AND id > $3)) \
-             ORDER BY created_at DESC, id",
-            &[&org_id, &after.created_at, &after.file_id],
-        )?,
-    };
-    pg::page(rows, limit, keep)
+    let after = after.map(|after| (after.created_at, after.file_id.clone()));
+    pg::page_newest_first(pg, "files", org_id, after, limit, keep)
 }
 
 pub fn usage(pg: &Session, org_id: &str) -> Result<OrgFiles> {

@@ -26,20 +26,15 @@ pub fn page_of_org(
     after: Option<&Endpoint>,
     limit: usize,
 ) -> Result<(Vec<Endpoint>, bool)> {
-    let rows = match after {
-        None => pg.query(
-            "SELECT record FROM webhook_endpoints WHERE organization_id = $1 \
-             ORDER BY created_at DESC, id",
-            &[&org_id],
-        )?,
-        Some(after) => pg.query(
-            "SELECT record FROM webhook_endpoints WHERE organization_id = $1 \
-             AND (created_at < $2 OR (created_at = $2 AND id > $3)) \
-             ORDER BY created_at DESC, id",
-            &[&org_id, &after.created_at, &after.id],
-        )?,
-    };
-    pg::page(rows, limit, |_: &Endpoint| true)
+    let after = after.map(|after| (after.created_at, after.id.clone()));
+    pg::page_newest_first(
+        pg,
+        "webhook_endpoints",
+        org_id,
+        after,
+        limit,
+        |_: &Endpoint| true,
+    )
 }
 
 pub fn count_endpoints(pg: &Session, org_id: &str) -> Result<usize> {
@@ -176,24 +171,41 @@ pub fn due(
     limit: usize,
     skip: impl Fn(&str) -> bool,
 ) -> Result<(Vec<String>, Option<DateTime<Utc>>)> {
-    let rows = pg.query(
-        "SELECT id, next_attempt_at FROM webhook_deliveries ORDER BY next_attempt_at, id",
-        &[],
-    )?;
+    // Read in chunks along the (next_attempt_at, id) index: a long backlog of
+    // deliveries retrying later is never loaded whole.
+    const CHUNK: i64 = 256;
     let mut due = Vec::new();
-    for row in rows {
-        let id: String = row.get(0);
-        let at: DateTime<Utc> = row.get(1);
-        if skip(&id) {
-            continue;
+    let mut cursor: Option<(DateTime<Utc>, String)> = None;
+    loop {
+        let rows = match &cursor {
+            None => pg.query(
+                "SELECT id, next_attempt_at FROM webhook_deliveries \
+                 ORDER BY next_attempt_at, id LIMIT $1",
+                &[&CHUNK],
+            )?,
+            Some((at, id)) => pg.query(
+                "SELECT id, next_attempt_at FROM webhook_deliveries \
+                 WHERE (next_attempt_at, id) > ($1, $2) ORDER BY next_attempt_at, id LIMIT $3",
+                &[at, id, &CHUNK],
+            )?,
+        };
+        for row in &rows {
+            let id: String = row.get(0);
+            let at: DateTime<Utc> = row.get(1);
+            if skip(&id) {
+                continue;
+            }
+            if at > now {
+                return Ok((due, Some(at)));
+            }
+            due.push(id);
+            if due.len() >= limit {
+                return Ok((due, None));
+            }
         }
-        if at > now {
-            return Ok((due, Some(at)));
-        }
-        due.push(id);
-        if due.len() >= limit {
-            break;
+        match rows.last() {
+            Some(last) if rows.len() as i64 == CHUNK => cursor = Some((last.get(1), last.get(0))),
+            _ => return Ok((due, None)),
         }
     }
-    Ok((due, None))
 }
