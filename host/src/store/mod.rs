@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+mod deferred;
 pub mod postgres;
 pub use postgres::{Session, migrate};
 

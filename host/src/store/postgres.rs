@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::deferred::Deferred;
 use super::{Commit, Target, Txn, WriteOp};
 
 /// Parameters of a query.
@@ -25,6 +26,8 @@ pub struct Session {
     client: RefCell<Client>,
     statements: RefCell<HashMap<String, Statement>>,
     writing: bool,
+    /// The writer's batch's writes held until its commit.
+    deferred: RefCell<Deferred>,
 }
 
 impl Session {
@@ -34,6 +37,7 @@ impl Session {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
             writing,
+            deferred: RefCell::new(Deferred::default()),
         })
     }
 
@@ -78,6 +82,47 @@ impl Session {
     /// locks until it commits.
     pub fn for_update(&self) -> &'static str {
         if self.writing { " FOR UPDATE" } else { "" }
+    }
+
+    /// Keeps the row `key` as `value` until the batch commits, written then by
+    /// `write` (see [`Deferred`]); outside a write, writes it at once.
+    pub fn keep<T: Send + 'static>(
+        &self,
+        key: String,
+        value: T,
+        write: fn(&Session, &T) -> Result<()>,
+    ) -> Result<()> {
+        if !self.writing {
+            return write(self, &value);
+        }
+        self.deferred.borrow_mut().keep(key, value, write);
+        Ok(())
+    }
+
+    /// The value this batch kept for the row `key`, if any.
+    pub fn kept<T: Clone + 'static>(&self, key: &str) -> Option<T> {
+        self.deferred.borrow().kept(key)
+    }
+
+    /// Appends `value` to `table` when the batch commits, in one call of `write`
+    /// with the batch's other rows of `table`; outside a write, at once.
+    pub fn append<T: Send + 'static>(
+        &self,
+        table: &'static str,
+        value: T,
+        write: fn(&Session, &[T]) -> Result<()>,
+    ) -> Result<()> {
+        if !self.writing {
+            return write(self, std::slice::from_ref(&value));
+        }
+        self.deferred.borrow_mut().append(table, value, write);
+        Ok(())
+    }
+
+    /// Writes what the batch deferred.
+    fn flush(&self) -> Result<()> {
+        let pending = self.deferred.borrow_mut().take();
+        pending.iter().try_for_each(|write| write.write(self))
     }
 
     fn batch(&self, sql: &str) -> Result<()> {
@@ -184,14 +229,17 @@ impl super::Writer for Writer {
     fn commit(&mut self, batch: Vec<WriteOp>) -> Result<Vec<Commit>> {
         let session = self.begin()?;
         let mut commits = Vec::with_capacity(batch.len());
-        for op in batch {
-            match op(&Txn(Target::Postgres(session))) {
-                Ok(commit) => commits.push(commit),
-                Err(error) => {
-                    let _ = session.batch("ROLLBACK");
-                    return Err(error);
-                }
+        let write = || {
+            for op in batch {
+                commits.push(op(&Txn(Target::Postgres(session)))?);
             }
+            session.flush()
+        };
+        let written = write();
+        if let Err(error) = written {
+            session.deferred.borrow_mut().take();
+            let _ = session.batch("ROLLBACK");
+            return Err(error);
         }
         session.batch("COMMIT")?;
         Ok(commits)

@@ -2,6 +2,7 @@
 //! field a column.
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use postgres::Row;
 use uuid::Uuid;
 
@@ -10,7 +11,18 @@ use crate::money::Micros;
 use crate::store::Session;
 use crate::store::postgres::{from_bigint, label, parse_label, to_bigint};
 
+/// The key of an organization's account among the rows a batch keeps.
+fn kept_account(org_id: &str) -> String {
+    format!("accounts/{org_id}")
+}
+
+/// An organization's account. In a write, the batch reads it once (and locks it)
+/// and keeps it until the commit: accepts in one batch update one account in
+/// memory, and it is written once ([`put_account`]).
 pub fn account(pg: &Session, org_id: &str) -> Result<Account> {
+    if let Some((_, account)) = pg.kept::<(String, Account)>(&kept_account(org_id)) {
+        return Ok(account);
+    }
     let sql = format!(
         "SELECT deposits, available, held, spent FROM accounts WHERE organization_id = $1{}",
         pg.for_update()
@@ -34,13 +46,21 @@ pub fn total_held(pg: &Session) -> Result<Micros> {
 }
 
 pub fn put_account(pg: &Session, org_id: &str, account: &Account) -> Result<()> {
+    pg.keep(
+        kept_account(org_id),
+        (org_id.to_string(), *account),
+        write_account,
+    )
+}
+
+fn write_account(pg: &Session, (org_id, account): &(String, Account)) -> Result<()> {
     pg.execute(
         "INSERT INTO accounts (organization_id, deposits, available, held, spent) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (organization_id) DO UPDATE SET \
          deposits = EXCLUDED.deposits, available = EXCLUDED.available, \
          held = EXCLUDED.held, spent = EXCLUDED.spent",
         &[
-            &org_id,
+            org_id,
             &to_bigint(account.deposits.0)?,
             &to_bigint(account.available.0)?,
             &to_bigint(account.held.0)?,
@@ -50,21 +70,51 @@ pub fn put_account(pg: &Session, org_id: &str, account: &Account) -> Result<()> 
     Ok(())
 }
 
+/// Appends an entry when the batch commits, with the batch's others.
 pub fn append_entry(pg: &Session, uuid: Uuid, entry: &Entry) -> Result<()> {
+    pg.append("ledger_entries", (uuid, entry.clone()), write_entries)
+}
+
+/// Inserts entries in one statement, a column an array.
+fn write_entries(pg: &Session, entries: &[(Uuid, Entry)]) -> Result<()> {
+    let ids: Vec<&str> = entries.iter().map(|(_, e)| e.id.as_str()).collect();
+    let seqs: Vec<Uuid> = entries.iter().map(|(uuid, _)| *uuid).collect();
+    let orgs: Vec<&str> = entries
+        .iter()
+        .map(|(_, e)| e.organization_id.as_str())
+        .collect();
+    let execution_ids: Vec<Option<&str>> = entries
+        .iter()
+        .map(|(_, e)| e.execution_id.as_deref())
+        .collect();
+    let memos: Vec<Option<&str>> = entries.iter().map(|(_, e)| e.memo.as_deref()).collect();
+    let created: Vec<DateTime<Utc>> = entries.iter().map(|(_, e)| e.created_at).collect();
+    let mut kinds = Vec::with_capacity(entries.len());
+    let mut amounts = Vec::with_capacity(entries.len());
+    let mut debits = Vec::with_capacity(entries.len());
+    let mut credits = Vec::with_capacity(entries.len());
+    for (_, entry) in entries {
+        kinds.push(label(&entry.kind)?);
+        amounts.push(to_bigint(entry.amount.0)?);
+        debits.push(label(&entry.debit)?);
+        credits.push(label(&entry.credit)?);
+    }
     pg.execute(
         "INSERT INTO ledger_entries (id, seq, organization_id, kind, amount, debit, credit, \
-         execution_id, memo, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         execution_id, memo, created_at) \
+         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])",
         &[
-            &entry.id,
-            &uuid,
-            &entry.organization_id,
-            &label(&entry.kind)?,
-            &to_bigint(entry.amount.0)?,
-            &label(&entry.debit)?,
-            &label(&entry.credit)?,
-            &entry.execution_id,
-            &entry.memo,
-            &entry.created_at,
+            &ids,
+            &seqs,
+            &orgs,
+            &kinds,
+            &amounts,
+            &debits,
+            &credits,
+            &execution_ids,
+            &memos,
+            &created,
         ],
     )?;
     Ok(())
