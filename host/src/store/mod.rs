@@ -168,7 +168,8 @@ impl Store {
         postgres::migrate(url)?;
         let pool = Arc::new(postgres::Pool::new(url));
         pool.check()?;
-        Store::start(Engine::Postgres(pool), postgres::Writer::new(url))
+        let writer = postgres::Writer::connect(url)?;
+        Store::start(Engine::Postgres(pool), writer)
     }
 
     fn start(engine: Engine, writer: impl Writer) -> Result<Store> {

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::deferred::Deferred;
 use super::{Commit, Target, Txn, WriteOp};
@@ -197,21 +198,57 @@ impl Drop for Pool {
 }
 
 /// The writer thread's session, opened again when its connection was lost.
+///
+/// One host writes to a database at a time: the writer's connection holds an
+/// advisory lock ([`WRITER_LOCK`]) for as long as it lives, and a second host's
+/// writer cannot take it, so that host refuses to start. Two hosts driving the
+/// same executions would submit them twice; until hosts share the work under
+/// leases, the database says no.
 pub struct Writer {
     url: String,
     session: Option<Session>,
 }
 
+/// Any number: the advisory lock the writing host's connection holds.
+const WRITER_LOCK: i64 = 0x6d6f_6465_6c77_7269;
+
+/// How long a writer waits for the lock: the connection of a host that just died
+/// (or that the database just closed) takes a moment to go, and its lock with it.
+const WRITER_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 impl Writer {
-    pub fn new(url: &str) -> Writer {
-        Writer {
+    /// Connects the writer and takes the database's writer lock; an error when
+    /// another host holds it.
+    pub fn connect(url: &str) -> Result<Writer> {
+        let session = Writer::open(url)?;
+        Ok(Writer {
             url: url.to_string(),
-            session: None,
+            session: Some(session),
+        })
+    }
+
+    fn open(url: &str) -> Result<Session> {
+        let session = Session::connect(url, true)?;
+        let waited = Instant::now();
+        loop {
+            let row = session.query_opt("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])?;
+            if row.is_some_and(|row| row.get::<_, bool>(0)) {
+                return Ok(session);
+            }
+            if waited.elapsed() >= WRITER_LOCK_WAIT {
+                bail!(
+                    "another modelroute host is writing to the database at {}: \
+                     several hosts on one database are not supported yet (see the README)",
+                    redacted(url)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// The session, in a transaction just begun. A connection lost since the last
-    /// batch (nothing of this one was sent yet) is replaced by a new one.
+    /// batch (nothing of this one was sent yet) is replaced by a new one, which
+    /// takes the writer lock again.
     fn begin(&mut self) -> Result<&Session> {
         if let Some(session) = &self.session
             && session.batch("BEGIN").is_ok()
@@ -219,7 +256,7 @@ impl Writer {
             return Ok(self.session.as_ref().expect("kept"));
         }
         self.session = None;
-        let session = Session::connect(&self.url, true)?;
+        let session = Writer::open(&self.url)?;
         session.batch("BEGIN")?;
         Ok(self.session.insert(session))
     }

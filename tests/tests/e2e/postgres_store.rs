@@ -330,3 +330,43 @@ async fn lists_longer_than_one_read_of_the_database_page_whole_and_in_order() {
         .collect();
     assert_eq!(memos[..MANY], expected[..]);
 }
+
+/// Several hosts on one database are not supported yet (they would drive the same
+/// executions and submit them twice): a second host refuses to start, naming the
+/// reason, and the first goes on serving. Once the first is gone, its lock goes
+/// with its connection, and a host starts on the database again.
+#[tokio::test]
+async fn a_second_host_on_the_same_database_refuses_to_start_until_the_first_is_gone() {
+    if !postgres_run() {
+        return;
+    }
+    let mut first = Server::start(&[]).await;
+    let config = first.database().expect("a PostgreSQL run").config();
+    let printed = Server::refused(
+        &[],
+        Options {
+            config: &config,
+            ..Options::default()
+        },
+    );
+    assert!(
+        printed.contains("another modelroute host is writing to the database"),
+        "{printed}"
+    );
+    assert_eq!(first.get("/v1/balance").await.status, StatusCode::OK);
+
+    first.kill();
+    let second = Server::start_with(
+        &[],
+        Options {
+            config: &config,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        second.get("/v1/models").await.status,
+        StatusCode::OK,
+        "the second host serves once the first is gone"
+    );
+}
