@@ -19,6 +19,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTr
 use redb::{ReadOnlyTable, ReadableTable, Table};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -353,6 +354,39 @@ pub async fn signing_key(store: &Store, name: &'static str) -> Result<Vec<u8>> {
         .await
 }
 
+/// A page of a list being filled: up to `limit` values, then whether more follow.
+pub struct Page<T> {
+    values: Vec<T>,
+    limit: usize,
+    more: bool,
+}
+
+impl<T> Page<T> {
+    pub fn new(limit: usize) -> Page<T> {
+        Page {
+            values: Vec::new(),
+            limit,
+            more: false,
+        }
+    }
+
+    /// Adds `value`; when the page is full, notes instead that more follow and
+    /// answers `Break`: the caller stops reading.
+    pub fn offer(&mut self, value: T) -> ControlFlow<()> {
+        if self.values.len() == self.limit {
+            self.more = true;
+            return ControlFlow::Break(());
+        }
+        self.values.push(value);
+        ControlFlow::Continue(())
+    }
+
+    /// The page's values and whether more follow.
+    pub fn finish(self) -> (Vec<T>, bool) {
+        (self.values, self.more)
+    }
+}
+
 /// One page of a list: walks `index` (keys `{prefix}…/{id}`, empty values) from
 /// `start`, loads each id from `records`, keeps what `keep` accepts, and stops at
 /// `limit`. Returns the page and whether more follow.
@@ -364,7 +398,7 @@ pub fn page<T: DeserializeOwned>(
     limit: usize,
     mut keep: impl FnMut(&T) -> bool,
 ) -> Result<(Vec<T>, bool)> {
-    let mut page = Vec::new();
+    let mut page = Page::new(limit);
     for row in index.range(start..)? {
         let (key, _) = row?;
         let key = key.value();
@@ -375,20 +409,31 @@ pub fn page<T: DeserializeOwned>(
         let Some(record) = get::<T>(records, id)? else {
             continue;
         };
-        if !keep(&record) {
-            continue;
+        if keep(&record) && page.offer(record).is_break() {
+            break;
         }
-        if page.len() == limit {
-            return Ok((page, true));
-        }
-        page.push(record);
     }
-    Ok((page, false))
+    Ok(page.finish())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_takes_up_to_its_limit_and_knows_whether_more_follow() {
+        let mut page = Page::new(2);
+        assert!(page.offer(1).is_continue());
+        assert!(page.offer(2).is_continue());
+        assert!(
+            page.offer(3).is_break(),
+            "a third value is one more, not kept"
+        );
+        assert_eq!(page.finish(), (vec![1, 2], true));
+        let mut short = Page::new(2);
+        assert!(short.offer(1).is_continue());
+        assert_eq!(short.finish(), (vec![1], false));
+    }
 
     /// Every owner's tables reach the store, once each.
     #[test]

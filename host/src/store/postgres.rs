@@ -13,11 +13,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::deferred::Deferred;
-use super::{Commit, Target, Txn, WriteOp};
+use super::{Commit, Page, Target, Txn, WriteOp};
 
 /// Parameters of a query.
 pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -399,14 +400,37 @@ pub fn record<T: serde::de::DeserializeOwned>(row: &Row) -> Result<T> {
     Ok(value)
 }
 
-/// Rows read per query when paging: a list request reads a few chunks of a long
-/// history, never all of it.
+/// Rows read per query when walking a long one ([`walk`]).
 const CHUNK: i64 = 100;
+
+/// Walks a query's rows in key order [`CHUNK`] at a time, so that a long result is
+/// never read whole: `fetch(after, CHUNK)` reads up to `CHUNK` rows after the key
+/// `after` (from the start for `None`), `key` tells a row's key, and `visit` sees
+/// each row until it answers `Break`.
+pub fn walk<K>(
+    mut after: Option<K>,
+    key: impl Fn(&Row) -> K,
+    mut fetch: impl FnMut(Option<&K>, i64) -> Result<Vec<Row>>,
+    mut visit: impl FnMut(&Row) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    loop {
+        let rows = fetch(after.as_ref(), CHUNK)?;
+        for row in &rows {
+            if visit(row)?.is_break() {
+                return Ok(());
+            }
+        }
+        match rows.last() {
+            Some(last) if rows.len() as i64 == CHUNK => after = Some(key(last)),
+            _ => return Ok(()),
+        }
+    }
+}
 
 /// Up to `limit` of an organization's `table` records, newest first (ties by
 /// id), after the row `after` = (created_at, id), that `keep` accepts; and
-/// whether more follow. Reads [`CHUNK`] rows at a time along the table's
-/// `(organization_id, created_at DESC, id)` index.
+/// whether more follow. Walks the table's `(organization_id, created_at DESC,
+/// id)` index.
 pub fn page_newest_first<T: serde::de::DeserializeOwned>(
     pg: &Session,
     table: &str,
@@ -424,29 +448,24 @@ pub fn page_newest_first<T: serde::de::DeserializeOwned>(
          AND (created_at < $2 OR (created_at = $2 AND id > $3)) \
          ORDER BY created_at DESC, id LIMIT $4"
     );
-    let mut cursor = after;
-    let mut page = Vec::new();
-    loop {
-        let rows = match &cursor {
-            None => pg.query(&first, &[&org_id, &CHUNK])?,
-            Some((at, id)) => pg.query(&next, &[&org_id, at, id, &CHUNK])?,
-        };
-        let exhausted = (rows.len() as i64) < CHUNK;
-        for row in &rows {
+    let mut page = Page::new(limit);
+    walk(
+        after,
+        |row| (row.get(1), row.get(2)),
+        |after, chunk| match after {
+            None => pg.query(&first, &[&org_id, &chunk]),
+            Some((at, id)) => pg.query(&next, &[&org_id, at, id, &chunk]),
+        },
+        |row| {
             let value: T = record(row)?;
-            if !keep(&value) {
-                continue;
-            }
-            if page.len() == limit {
-                return Ok((page, true));
-            }
-            page.push(value);
-        }
-        match rows.last() {
-            Some(last) if !exhausted => cursor = Some((last.get(1), last.get(2))),
-            _ => return Ok((page, false)),
-        }
-    }
+            Ok(if keep(&value) {
+                page.offer(value)
+            } else {
+                ControlFlow::Continue(())
+            })
+        },
+    )?;
+    Ok(page.finish())
 }
 
 /// Reads back a serde enum from its [`label`].

@@ -86,19 +86,15 @@ pub fn entries_newest_first(
             key
         }
     };
-    let mut entries = Vec::new();
+    let mut page = store::Page::new(limit);
     for row in table.range(prefix.as_str()..end.as_str())?.rev() {
         let (_, value) = row?;
         let entry: Entry = store::decode(value.value())?;
-        if !keep(&entry) {
-            continue;
+        if keep(&entry) && page.offer(entry).is_break() {
+            break;
         }
-        if entries.len() == limit {
-            return Ok(Some((entries, true)));
-        }
-        entries.push(entry);
     }
-    Ok(Some((entries, false)))
+    Ok(Some(page.finish()))
 }
 
 /// Calls `f` with every entry of every organization.

@@ -4,12 +4,13 @@
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use postgres::Row;
+use std::ops::ControlFlow;
 use uuid::Uuid;
 
 use super::super::{Account, Entry};
 use crate::money::Micros;
-use crate::store::Session;
-use crate::store::postgres::{from_bigint, label, parse_label, to_bigint};
+use crate::store::postgres::{from_bigint, label, parse_label, to_bigint, walk};
+use crate::store::{Page, Session};
 
 /// The key of an organization's account among the rows a batch keeps.
 fn kept_account(org_id: &str) -> String {
@@ -154,9 +155,6 @@ pub fn entries_newest_first(
             return Ok(None);
         }
     }
-    // Read in chunks along (organization_id, seq): a long ledger is never
-    // loaded whole for one page.
-    const CHUNK: i64 = 100;
     let first = format!(
         "SELECT {ENTRY}, seq FROM ledger_entries WHERE organization_id = $1 \
          ORDER BY seq DESC LIMIT $2"
@@ -165,28 +163,24 @@ pub fn entries_newest_first(
         "SELECT {ENTRY}, seq FROM ledger_entries WHERE organization_id = $1 AND seq < $2 \
          ORDER BY seq DESC LIMIT $3"
     );
-    let mut cursor = before;
-    let mut entries = Vec::new();
-    loop {
-        let rows = match cursor {
-            None => pg.query(&first, &[&org_id, &CHUNK])?,
-            Some(before) => pg.query(&next, &[&org_id, &before, &CHUNK])?,
-        };
-        for row in &rows {
+    let mut page = Page::new(limit);
+    walk(
+        before,
+        |row| row.get::<_, Uuid>(9),
+        |before, chunk| match before {
+            None => pg.query(&first, &[&org_id, &chunk]),
+            Some(before) => pg.query(&next, &[&org_id, before, &chunk]),
+        },
+        |row| {
             let entry = entry(row)?;
-            if !keep(&entry) {
-                continue;
-            }
-            if entries.len() == limit {
-                return Ok(Some((entries, true)));
-            }
-            entries.push(entry);
-        }
-        match rows.last() {
-            Some(last) if rows.len() as i64 == CHUNK => cursor = Some(last.get(9)),
-            _ => return Ok(Some((entries, false))),
-        }
-    }
+            Ok(if keep(&entry) {
+                page.offer(entry)
+            } else {
+                ControlFlow::Continue(())
+            })
+        },
+    )?;
+    Ok(Some(page.finish()))
 }
 
 pub fn each_entry(pg: &Session, mut f: impl FnMut(Entry) -> Result<()>) -> Result<()> {

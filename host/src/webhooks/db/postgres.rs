@@ -5,10 +5,11 @@
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use postgres::types::Json;
+use std::ops::ControlFlow;
 
 use super::super::{Delivery, Endpoint, StoredEvent};
 use crate::store::Session;
-use crate::store::postgres::{self as pg, from_bigint, record};
+use crate::store::postgres::{self as pg, from_bigint, record, walk};
 
 pub fn endpoint(pg: &Session, id: &str) -> Result<Option<Endpoint>> {
     let sql = format!(
@@ -171,41 +172,40 @@ pub fn due(
     limit: usize,
     skip: impl Fn(&str) -> bool,
 ) -> Result<(Vec<String>, Option<DateTime<Utc>>)> {
-    // Read in chunks along the (next_attempt_at, id) index: a long backlog of
-    // deliveries retrying later is never loaded whole.
-    const CHUNK: i64 = 256;
     let mut due = Vec::new();
-    let mut cursor: Option<(DateTime<Utc>, String)> = None;
-    loop {
-        let rows = match &cursor {
+    let mut next_at = None;
+    walk(
+        None,
+        |row| (row.get::<_, DateTime<Utc>>(1), row.get::<_, String>(0)),
+        |after, chunk| match after {
             None => pg.query(
                 "SELECT id, next_attempt_at FROM webhook_deliveries \
                  ORDER BY next_attempt_at, id LIMIT $1",
-                &[&CHUNK],
-            )?,
+                &[&chunk],
+            ),
             Some((at, id)) => pg.query(
                 "SELECT id, next_attempt_at FROM webhook_deliveries \
                  WHERE (next_attempt_at, id) > ($1, $2) ORDER BY next_attempt_at, id LIMIT $3",
-                &[at, id, &CHUNK],
-            )?,
-        };
-        for row in &rows {
+                &[at, id, &chunk],
+            ),
+        },
+        |row| {
             let id: String = row.get(0);
             let at: DateTime<Utc> = row.get(1);
             if skip(&id) {
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
             if at > now {
-                return Ok((due, Some(at)));
+                next_at = Some(at);
+                return Ok(ControlFlow::Break(()));
             }
             due.push(id);
-            if due.len() >= limit {
-                return Ok((due, None));
-            }
-        }
-        match rows.last() {
-            Some(last) if rows.len() as i64 == CHUNK => cursor = Some((last.get(1), last.get(0))),
-            _ => return Ok((due, None)),
-        }
-    }
+            Ok(if due.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        },
+    )?;
+    Ok((due, next_at))
 }
