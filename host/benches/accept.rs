@@ -102,7 +102,10 @@ fn accepts(c: &mut Criterion) {
     );
     if let Ok(admin) = std::env::var("MODELROUTE_TEST_DATABASE_URL") {
         let database = BenchDatabase::create(&admin);
-        bench_store(c, "postgres", Store::connect(&database.url).expect("store"));
+        let host = modelroute::cluster::join(dir.path(), std::time::Duration::from_secs(10))
+            .expect("host id");
+        let store = Store::connect(&database.url, &host).expect("store");
+        bench_store(c, "postgres", store);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod billing;
 pub mod callbacks;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod durable;
 pub mod error;
@@ -76,7 +77,8 @@ pub async fn serve(mut config: Config) -> Result<()> {
         None => Store::open(&data.join("modelroute.redb"))?,
         Some(url) => {
             let url = url.to_string();
-            tokio::task::spawn_blocking(move || Store::connect(&url)).await??
+            let host = cluster::join(&data, config.store.lease())?;
+            tokio::task::spawn_blocking(move || Store::connect(&url, &host)).await??
         }
     };
 
@@ -144,6 +146,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         outbox,
         store::signing_key(&store, executions::IDEMPOTENT_ID_KEY).await?,
     ));
+    executions.hear_other_hosts()?;
     let callbacks = callbacks::CallbackSigner::load(&store, &config.public_url).await?;
     let dispatcher = Dispatcher::new(
         executions.clone(),
@@ -157,7 +160,8 @@ pub async fn serve(mut config: Config) -> Result<()> {
         bootstrap_dev_organization(&store, &data).await?;
     }
 
-    dispatcher.start(queue)?;
+    dispatcher.start(queue).await?;
+    cluster::start(store.clone(), dispatcher.clone());
     files.start_sweeper();
     webhooks.start();
     let app = Arc::new(App {

@@ -73,7 +73,7 @@ pub async fn create(
     let org = caller.org_id.clone();
     let (key, secret) = app
         .store
-        .write(move |txn| auth::create_key_checked(txn, &org, scope, name))
+        .write(move |txn| auth::create_key_checked(txn, &org, scope, name.clone()))
         .await?
         .map_err(refusal)?;
     let view = KeyView {

@@ -20,7 +20,18 @@ pub struct PostgresSettings {
     /// `postgres://user:password@host:5432/database` (or libpq's `key=value` form)
     #[serde(default)]
     pub url: Option<String>,
+    /// How long a host's lease lasts: a host that dies has its work taken over by
+    /// the others this long after its last renewal (it renews three times per lease).
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
 }
+
+fn default_lease_seconds() -> u64 {
+    10
+}
+
+/// The shortest and longest leases allowed.
+const LEASE_SECONDS: std::ops::RangeInclusive<u64> = 1..=600;
 
 impl StoreSettings {
     /// Takes the database URL from the environment's `MODELROUTE_DATABASE_URL`, when
@@ -40,7 +51,24 @@ impl StoreSettings {
         if let Err(error) = url.parse::<postgres::Config>() {
             bail!("store.url: not a PostgreSQL connection URL ({error})");
         }
+        if !LEASE_SECONDS.contains(&settings.lease_seconds) {
+            bail!(
+                "store.lease_seconds: {} is out of range ({} to {})",
+                settings.lease_seconds,
+                LEASE_SECONDS.start(),
+                LEASE_SECONDS.end()
+            );
+        }
         Ok(())
+    }
+
+    /// How long a host's lease lasts (PostgreSQL; redb has one host).
+    pub fn lease(&self) -> std::time::Duration {
+        let seconds = match self {
+            StoreSettings::Redb => default_lease_seconds(),
+            StoreSettings::Postgres(settings) => settings.lease_seconds,
+        };
+        std::time::Duration::from_secs(seconds)
     }
 
     /// The PostgreSQL URL, when that is the backend.

@@ -305,7 +305,7 @@ impl Executions {
                         },
                     )?;
                 }
-                Ok(CreateOutcome::Created(execution))
+                Ok(CreateOutcome::Created(execution.clone()))
             })
             .await
     }

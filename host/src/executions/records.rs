@@ -9,6 +9,9 @@ use super::db;
 use super::{Execution, Executions, Status};
 use super::{lifecycle_event, model};
 use crate::billing;
+
+/// Most executions one adoption takes (see [`Executions::adopt`]).
+const ADOPT_AT_ONCE: i64 = 250;
 use crate::clock;
 use crate::error::{ApiError, Code, DetailCode};
 use crate::files::audit::{Action, AuditEntry};
@@ -63,9 +66,9 @@ impl Executions {
     /// events the change causes. Leaving the execution terminal removes it from the
     /// dispatcher's queue. Returns the new
     /// state, or `None` when the execution was already terminal.
-    pub async fn update<F>(&self, id: &str, change: F) -> Result<Option<Execution>>
+    pub async fn update<F>(&self, id: &str, mut change: F) -> Result<Option<Execution>>
     where
-        F: FnOnce(&mut Execution, &Txn) -> Result<()> + Send + 'static,
+        F: FnMut(&mut Execution, &Txn) -> Result<()> + Send + 'static,
     {
         let id = id.to_string();
         let updated = self
@@ -117,7 +120,7 @@ impl Executions {
     pub async fn finish(&self, id: &str, ending: Ending) -> Result<Option<Execution>> {
         let now = clock::now();
         self.update(id, move |execution, txn| {
-            let (status, outcome) = match ending {
+            let (status, outcome) = match &ending {
                 Ending::Completed {
                     cost,
                     output,
@@ -127,25 +130,28 @@ impl Executions {
                         actor: execution.id.clone(),
                         address: None,
                     };
-                    for record in &files {
-                        crate::files::insert(txn, record)?;
-                        let entry = AuditEntry::new(record, Action::Output, &origin);
-                        crate::files::audit::record(txn, &entry)?;
-                    }
+                    // The account before the files' usage, as every write takes
+                    // an organization's rows: hosts' batches never wait on each
+                    // other in a circle over them.
                     let charged = billing::settle(
                         txn,
                         &execution.organization_id,
                         execution.hold_amount,
-                        cost,
+                        *cost,
                         &execution.id,
                     )?;
+                    for record in files {
+                        crate::files::insert(txn, record)?;
+                        let entry = AuditEntry::new(record, Action::Output, &origin);
+                        crate::files::audit::record(txn, &entry)?;
+                    }
                     execution.cost = Some(charged);
-                    execution.output = Some(output);
+                    execution.output = Some(output.clone());
                     (Status::Completed, "completed".to_string())
                 }
                 Ending::Failed { code, detail } => {
-                    execution.error = Some(model::ExecutionError::new(code));
-                    (Status::Failed, detail)
+                    execution.error = Some(model::ExecutionError::new(*code));
+                    (Status::Failed, detail.clone())
                 }
                 Ending::Cancelled => (Status::Cancelled, "cancelled by the client".to_string()),
                 Ending::Expired => {
@@ -209,6 +215,28 @@ impl Executions {
                 mismatches,
             })
         })
+    }
+
+    /// Takes over executions that are not terminal and that no living host drives
+    /// (on redb, every one: one host owns the file); their ids. On PostgreSQL, at
+    /// most [`ADOPT_AT_ONCE`], so that hosts adopting together share the work.
+    pub async fn adopt(&self) -> Result<Vec<String>> {
+        self.store.write(|txn| db::adopt(txn, ADOPT_AT_ONCE)).await
+    }
+
+    /// Whether adopting may have left more to adopt.
+    pub fn adopted_all(&self, adopted: usize) -> bool {
+        self.store.host().is_none() || adopted < ADOPT_AT_ONCE as usize
+    }
+
+    /// Whether other hosts share the store.
+    pub fn is_shared(&self) -> bool {
+        self.store.host().is_some()
+    }
+
+    /// Stops the process if this host's lease has lapsed (see [`crate::store::Store::check_lease`]).
+    pub fn check_lease(&self) {
+        self.store.check_lease();
     }
 
     /// Ids of every non-terminal execution with its deadline, soonest first.

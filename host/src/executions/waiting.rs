@@ -48,6 +48,49 @@ impl Executions {
         }
     }
 
+    /// Hears of executions that ended on other hosts (on PostgreSQL), for the
+    /// clients of this one waiting on them.
+    pub fn hear_other_hosts(self: &std::sync::Arc<Self>) -> Result<()> {
+        let executions = std::sync::Arc::downgrade(self);
+        self.store.listen(super::db::ENDED, move |ended| {
+            let Some(executions) = executions.upgrade() else {
+                return;
+            };
+            let ids = match ended {
+                Some(id) => vec![id],
+                // Some may have been missed: every waited-on execution is read again.
+                None => executions.waited_on(),
+            };
+            for id in ids {
+                executions.ended_elsewhere(&id);
+            }
+        })
+    }
+
+    fn waited_on(&self) -> Vec<String> {
+        let watchers = self.watchers.lock().expect("watchers poisoned");
+        watchers.keys().cloned().collect()
+    }
+
+    /// Execution `id` ended, maybe on another host: its waiters here are told.
+    fn ended_elsewhere(&self, id: &str) {
+        if !self
+            .watchers
+            .lock()
+            .expect("watchers poisoned")
+            .contains_key(id)
+        {
+            return;
+        }
+        match self.store_get(id) {
+            Ok(Some(execution)) => self.notify(&execution),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(execution = %id, error = format!("{error:#}"), "reading an execution that ended elsewhere failed");
+            }
+        }
+    }
+
     fn subscribe(&self, id: &str) -> watch::Receiver<Status> {
         let mut watchers = self.watchers.lock().expect("watchers poisoned");
         watchers

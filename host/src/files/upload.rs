@@ -169,14 +169,14 @@ impl Files {
                 if ingested.size_bytes > usage.room(&settings, record.size_bytes) {
                     return Ok(Err(quota::over_quota(&usage, &settings, record.size_bytes)));
                 }
-                let replaced = record.object.replace(uploaded);
+                let replaced = record.object.replace(uploaded.clone());
                 if let Some(object) = &replaced {
                     db::note_unreferenced(txn, object)?;
                 }
                 record.status = FileStatus::Uploaded;
-                record.content_type = ingested.content_type;
+                record.content_type = ingested.content_type.clone();
                 record.size_bytes = ingested.size_bytes;
-                record.sha256 = ingested.sha256;
+                record.sha256 = ingested.sha256.clone();
                 db::save(txn, &record)?;
                 audit::record(txn, &AuditEntry::new(&record, Action::Upload, &origin))?;
                 Ok(Ok((record, replaced)))

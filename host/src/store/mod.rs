@@ -4,7 +4,12 @@
 //! batches whatever is waiting into a single transaction and one commit (group
 //! commit), then answers each caller only after the commit returned: an acknowledged
 //! write is durable. A write closure must not block; its domain rejections are values
-//! in its `Ok`, while an `Err` aborts the whole batch (a storage failure).
+//! in its `Ok`, while an `Err` is a storage failure: its batch is rolled back and
+//! its writes are run again one transaction each, so that only the failing one
+//! fails. (A write may therefore run more than once before it commits: it is a
+//! function of what it reads, never of how often it ran.) On PostgreSQL, where
+//! other hosts write too, a write that lost a conflict to another host's (a
+//! deadlock, a unique key taken meanwhile) is run again in the same way.
 //!
 //! Domain code never sees the engine: it gets a [`Snapshot`] or a [`Txn`] and hands
 //! it to the storage functions of the module that owns the data (each module's
@@ -25,6 +30,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 mod deferred;
+pub mod hosts;
 pub mod postgres;
 pub use postgres::{Session, migrate};
 
@@ -70,6 +76,17 @@ pub struct Txn<'a>(Target<'a>);
 enum Target<'a> {
     Redb(&'a WriteTransaction),
     Postgres(&'a postgres::Session),
+}
+
+/// Who a host is among those sharing a PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// this run's id
+    pub id: String,
+    /// the id of the same host's previous run, whose work this one takes over
+    pub predecessor: Option<String>,
+    /// how long the host's lease lasts unless renewed
+    pub lease: std::time::Duration,
 }
 
 /// Reads from a [`Snapshot`] or inside a [`Txn`], so that a module's read functions
@@ -124,8 +141,33 @@ impl Reader for Txn<'_> {
     }
 }
 
-type Commit = Box<dyn FnOnce() + Send>;
-type WriteOp = Box<dyn FnOnce(&Txn) -> Result<Commit> + Send>;
+/// A queued write: run in its batch's transaction (again, when the batch is retried),
+/// and answered once a run of it committed.
+trait WriteOp: Send {
+    fn run(&mut self, txn: &Txn) -> Result<()>;
+    fn answer(self: Box<Self>);
+}
+
+struct Pending<T, F> {
+    write: F,
+    value: Option<T>,
+    answer: oneshot::Sender<T>,
+}
+
+impl<T: Send, F: FnMut(&Txn) -> Result<T> + Send> WriteOp for Pending<T, F> {
+    fn run(&mut self, txn: &Txn) -> Result<()> {
+        self.value = Some((self.write)(txn)?);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>) {
+        if let Some(value) = self.value {
+            let _ = self.answer.send(value);
+        }
+    }
+}
+
+type Op = Box<dyn WriteOp>;
 
 /// How many queued writes one transaction may absorb. Under load a commit costs
 /// little more for a bigger batch (most of it is the fsync and the pages it writes),
@@ -135,7 +177,17 @@ const MAX_BATCH: usize = 4096;
 #[derive(Clone)]
 pub struct Store {
     engine: Engine,
-    writes: mpsc::Sender<WriteOp>,
+    writes: mpsc::Sender<Op>,
+    /// this host's lease, when it shares the store with others
+    lease: Option<Arc<Lease>>,
+}
+
+/// A host's lease as the host itself counts it: from when it asked for each
+/// renewal, so it lapses here no later than in the database.
+struct Lease {
+    host: Membership,
+    until: std::sync::Mutex<std::time::Instant>,
+    heartbeat: postgres::Heartbeat,
 }
 
 #[derive(Clone)]
@@ -148,7 +200,13 @@ enum Engine {
 trait Writer: Send + 'static {
     /// Runs every write of `batch` in one transaction and commits it; an `Err` means
     /// nothing of the batch was written.
-    fn commit(&mut self, batch: Vec<WriteOp>) -> Result<Vec<Commit>>;
+    fn commit(&mut self, batch: &mut [Op]) -> Result<()>;
+
+    /// Whether `error` lost a conflict with another writer: the same writes may
+    /// succeed when run again.
+    fn is_conflict(&self, _error: &anyhow::Error) -> bool {
+        false
+    }
 }
 
 impl Store {
@@ -164,13 +222,72 @@ impl Store {
         Store::start(Engine::Redb(db.clone()), RedbWriter(db))
     }
 
-    /// Connects to PostgreSQL at `url`, bringing its schema up to date first.
-    pub fn connect(url: &str) -> Result<Store> {
+    /// Connects to PostgreSQL at `url`, bringing its schema up to date first, and
+    /// joins the hosts that share it as `host` (see [`hosts`]).
+    pub fn connect(url: &str, host: &Membership) -> Result<Store> {
         postgres::migrate(url)?;
         let pool = Arc::new(postgres::Pool::new(url));
         pool.check()?;
-        let writer = postgres::Writer::connect(url)?;
-        Store::start(Engine::Postgres(pool), writer)
+        let asked = std::time::Instant::now();
+        let writer = postgres::Writer::connect(url, host)?;
+        writer.register(host)?;
+        let mut store = Store::start(Engine::Postgres(pool), writer)?;
+        store.lease = Some(Arc::new(Lease {
+            host: host.clone(),
+            until: std::sync::Mutex::new(asked + host.lease),
+            heartbeat: postgres::Heartbeat::new(url),
+        }));
+        Ok(store)
+    }
+
+    /// Calls `heard` with the payload of each notification other hosts send on
+    /// `channel` (PostgreSQL's `NOTIFY`), and with `None` when some may have been
+    /// missed; on redb, where there are no other hosts, never.
+    pub fn listen(
+        &self,
+        channel: &'static str,
+        heard: impl FnMut(Option<String>) + Send + 'static,
+    ) -> Result<()> {
+        match &self.engine {
+            Engine::Redb(_) => Ok(()),
+            Engine::Postgres(pool) => postgres::listen(pool.url(), channel, heard),
+        }
+    }
+
+    /// This host, when it shares the store with others.
+    pub fn host(&self) -> Option<&Membership> {
+        self.lease.as_ref().map(|lease| &lease.host)
+    }
+
+    /// Renews this host's lease (when it shares the store); stops the process when
+    /// the lease was lost to other hosts.
+    pub async fn renew_lease(&self) -> Result<()> {
+        let Some(lease) = self.lease.clone() else {
+            return Ok(());
+        };
+        let asked = std::time::Instant::now();
+        let renewing = lease.clone();
+        let renewed = tokio::task::spawn_blocking(move || {
+            renewing
+                .heartbeat
+                .renew(&renewing.host.id, renewing.host.lease)
+        })
+        .await??;
+        if !renewed {
+            hosts::fenced(&lease.host.id);
+        }
+        *lease.until.lock().expect("lease poisoned") = asked + lease.host.lease;
+        Ok(())
+    }
+
+    /// Stops the process if this host's lease has lapsed (it could not renew it in
+    /// time): other hosts may be taking over its work, so it must not act on any.
+    pub fn check_lease(&self) {
+        if let Some(lease) = &self.lease
+            && std::time::Instant::now() >= *lease.until.lock().expect("lease poisoned")
+        {
+            hosts::fenced(&lease.host.id);
+        }
     }
 
     fn start(engine: Engine, writer: impl Writer) -> Result<Store> {
@@ -178,7 +295,11 @@ impl Store {
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || write_loop(writer, queue))?;
-        Ok(Store { engine, writes })
+        Ok(Store {
+            engine,
+            writes,
+            lease: None,
+        })
     }
 
     /// Whether the store works: a read transaction opens and the writer thread that
@@ -211,18 +332,18 @@ impl Store {
         }
     }
 
-    /// Runs `f` in the next batch's write transaction and answers after the commit.
+    /// Runs `f` in the next batch's write transaction and answers after the commit
+    /// (`f` may run more than once: see the module's notes).
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Txn) -> Result<T> + Send + 'static,
+        F: FnMut(&Txn) -> Result<T> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
-        let op: WriteOp = Box::new(move |txn| {
-            let value = f(txn)?;
-            Ok(Box::new(move || {
-                let _ = answer.send(value);
-            }) as Commit)
+        let op: Op = Box::new(Pending {
+            write: f,
+            value: None,
+            answer,
         });
         self.writes
             .send(op)
@@ -245,7 +366,7 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
-fn write_loop(mut writer: impl Writer, mut queue: mpsc::Receiver<WriteOp>) {
+fn write_loop(mut writer: impl Writer, mut queue: mpsc::Receiver<Op>) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -256,44 +377,95 @@ fn write_loop(mut writer: impl Writer, mut queue: mpsc::Receiver<WriteOp>) {
         }
         let started = std::time::Instant::now();
         let writes = batch.len();
-        match writer.commit(batch) {
-            Ok(commits) => {
+        let mut committed = writer.commit(&mut batch);
+        // A conflict with another host's batch (a deadlock) is usually gone on the
+        // next try: the batch is run again whole before it is split.
+        for _ in 0..BATCH_CONFLICT_RETRIES {
+            match &committed {
+                Err(error) if writer.is_conflict(error) => {
+                    back_off();
+                    committed = writer.commit(&mut batch);
+                }
+                _ => break,
+            }
+        }
+        match committed {
+            Ok(()) => {
                 if let Some(observe) = COMMIT_OBSERVER.get() {
                     observe(writes, started.elapsed());
                 }
-                for commit in commits {
-                    commit();
+                batch.into_iter().for_each(|op| op.answer());
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    writes,
+                    "write batch rolled back; its writes run again one by one"
+                );
+                for op in batch {
+                    commit_alone(&mut writer, op);
                 }
             }
-            // Dropping the commits tells every caller of this batch that nothing was
-            // written; the transaction was rolled back whole.
-            Err(error) => tracing::error!(error = format!("{error:#}"), "write batch aborted"),
         }
     }
+}
+
+/// Waits a moment before a write that lost a conflict runs again: hosts whose
+/// batches collided do not collide again at once.
+fn back_off() {
+    let pause = rand::Rng::random_range(&mut rand::rng(), 1..20);
+    std::thread::sleep(std::time::Duration::from_millis(pause));
+}
+
+/// How often a whole batch that lost a conflict is run again before it is split.
+const BATCH_CONFLICT_RETRIES: usize = 2;
+
+/// How often a write that keeps losing conflicts to other hosts is run again.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Runs `op` in a transaction of its own, again while it loses conflicts; answers
+/// it once committed, or drops it (its caller hears that nothing was written).
+fn commit_alone(writer: &mut impl Writer, op: Op) {
+    let mut alone = [op];
+    for _ in 0..=CONFLICT_RETRIES {
+        match writer.commit(&mut alone) {
+            Ok(()) => {
+                let [op] = alone;
+                return op.answer();
+            }
+            Err(error) if writer.is_conflict(&error) => {
+                back_off();
+                tracing::info!(
+                    error = format!("{error:#}"),
+                    "a write lost a conflict with another host's; running it again"
+                );
+            }
+            Err(error) => {
+                return tracing::error!(error = format!("{error:#}"), "write aborted");
+            }
+        }
+    }
+    tracing::error!("a write kept losing conflicts with other hosts' and was given up");
 }
 
 struct RedbWriter(Arc<Database>);
 
 impl Writer for RedbWriter {
-    fn commit(&mut self, batch: Vec<WriteOp>) -> Result<Vec<Commit>> {
+    fn commit(&mut self, batch: &mut [Op]) -> Result<()> {
         let txn = match self.0.begin_write() {
             Ok(txn) => txn,
             Err(error) => fatal(&error),
         };
-        let mut commits = Vec::with_capacity(batch.len());
         for op in batch {
-            match op(&Txn(Target::Redb(&txn))) {
-                Ok(commit) => commits.push(commit),
-                Err(error) => {
-                    drop(txn.abort());
-                    return Err(error);
-                }
+            if let Err(error) = op.run(&Txn(Target::Redb(&txn))) {
+                drop(txn.abort());
+                return Err(error);
             }
         }
         if let Err(error) = txn.commit() {
             fatal(&error);
         }
-        Ok(commits)
+        Ok(())
     }
 }
 

@@ -15,10 +15,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use super::deferred::Deferred;
-use super::{Commit, Page, Target, Txn, WriteOp};
+use super::{Op, Page, Target, Txn};
 
 /// Parameters of a query.
 pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -28,17 +27,20 @@ pub struct Session {
     client: RefCell<Client>,
     statements: RefCell<HashMap<String, Statement>>,
     writing: bool,
+    /// the host this session writes for (the writer's session only)
+    host: Option<String>,
     /// The writer's batch's writes held until its commit.
     deferred: RefCell<Deferred>,
 }
 
 impl Session {
-    fn connect(url: &str, writing: bool) -> Result<Session> {
+    fn connect(url: &str, host: Option<&str>) -> Result<Session> {
         let client = Client::connect(url, NoTls).context("connecting to PostgreSQL")?;
         Ok(Session {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
-            writing,
+            writing: host.is_some(),
+            host: host.map(str::to_string),
             deferred: RefCell::new(Deferred::default()),
         })
     }
@@ -78,6 +80,11 @@ impl Session {
     pub fn execute(&self, sql: &str, params: Params) -> Result<u64> {
         let statement = self.statement(sql)?;
         Ok(self.client.borrow_mut().execute(&statement, params)?)
+    }
+
+    /// The host writing (inside a write; `None` in a snapshot).
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
     }
 
     /// `" FOR UPDATE"` inside a write, nothing in a snapshot: what a write reads, it
@@ -132,6 +139,55 @@ impl Session {
     }
 }
 
+/// Calls `heard` with the payload of each notification on `channel`, from a
+/// thread of its own; and with `None` each time the connection was lost and made
+/// again (notifications meanwhile were missed).
+pub fn listen(
+    url: &str,
+    channel: &'static str,
+    mut heard: impl FnMut(Option<String>) + Send + 'static,
+) -> Result<()> {
+    let url = url.to_string();
+    std::thread::Builder::new()
+        .name(format!("listen-{channel}"))
+        .spawn(move || {
+            let mut lost = false;
+            loop {
+                let error = hear(&url, channel, lost, &mut heard).unwrap_err();
+                tracing::warn!(
+                    channel,
+                    error = format!("{error:#}"),
+                    "listening for other hosts' changes failed; listening again in a second"
+                );
+                lost = true;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        })?;
+    Ok(())
+}
+
+/// Listens on a new connection until it fails; `lost` says a previous one did.
+fn hear(
+    url: &str,
+    channel: &str,
+    lost: bool,
+    heard: &mut impl FnMut(Option<String>),
+) -> Result<std::convert::Infallible> {
+    use ::postgres::fallible_iterator::FallibleIterator;
+    let mut client = Client::connect(url, NoTls).context("connecting to PostgreSQL")?;
+    client.batch_execute(&format!("LISTEN {channel}"))?;
+    if lost {
+        // Listening again: whatever changed meanwhile is looked at anew.
+        heard(None);
+    }
+    let mut notifications = client.notifications();
+    let mut heard_each = notifications.blocking_iter();
+    while let Some(notification) = heard_each.next()? {
+        heard(Some(notification.payload().to_string()));
+    }
+    bail!("the connection closed")
+}
+
 /// Idle sessions for snapshots; more are opened when all are busy.
 pub struct Pool {
     url: String,
@@ -147,6 +203,10 @@ impl Pool {
             url: url.to_string(),
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Whether the database answers.
@@ -169,7 +229,7 @@ impl Pool {
             // restart, an operator's pg_terminate_backend): then a new one is made.
             Some(session) if session.batch(BEGIN).is_ok() => session,
             _ => {
-                let session = Box::new(Session::connect(&self.url, false)?);
+                let session = Box::new(Session::connect(&self.url, None)?);
                 session.batch(BEGIN)?;
                 session
             }
@@ -200,87 +260,151 @@ impl Drop for Pool {
 
 /// The writer thread's session, opened again when its connection was lost.
 ///
-/// One host writes to a database at a time: the writer's connection holds an
-/// advisory lock ([`WRITER_LOCK`]) for as long as it lives, and a second host's
-/// writer cannot take it, so that host refuses to start. Two hosts driving the
-/// same executions would submit them twice; until hosts share the work under
-/// leases, the database says no.
+/// Several hosts may write to one database; each writes for its own entry in
+/// `hosts` ([`super::hosts`]), and every batch first takes that entry `FOR SHARE`:
+/// a host whose entry was removed (its lease lapsed and another host took its
+/// work) writes nothing more, and exits.
 pub struct Writer {
     url: String,
+    host: super::Membership,
     session: Option<Session>,
 }
 
-/// Any number: the advisory lock the writing host's connection holds.
-const WRITER_LOCK: i64 = 0x6d6f_6465_6c77_7269;
-
-/// How long a writer waits for the lock: the connection of a host that just died
-/// (or that the database just closed) takes a moment to go, and its lock with it.
-const WRITER_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long a write waits for a row another host's batch holds before its batch
+/// gives up and runs again. Far below PostgreSQL's deadlock detection (a second):
+/// two hosts' batches that lock the same organizations' rows in opposite orders
+/// part in this time instead.
+const LOCK_TIMEOUT_MS: u32 = 200;
 
 impl Writer {
-    /// Connects the writer and takes the database's writer lock; an error when
-    /// another host holds it.
-    pub fn connect(url: &str) -> Result<Writer> {
-        let session = Writer::open(url)?;
+    /// Connects the writer of `host`.
+    pub fn connect(url: &str, host: &super::Membership) -> Result<Writer> {
         Ok(Writer {
             url: url.to_string(),
-            session: Some(session),
+            host: host.clone(),
+            session: Some(Writer::open(url, host)?),
         })
     }
 
-    fn open(url: &str) -> Result<Session> {
-        let session = Session::connect(url, true)?;
-        let waited = Instant::now();
-        loop {
-            let row = session.query_opt("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])?;
-            if row.is_some_and(|row| row.get::<_, bool>(0)) {
-                return Ok(session);
-            }
-            if waited.elapsed() >= WRITER_LOCK_WAIT {
-                bail!(
-                    "another modelroute host is writing to the database at {}: \
-                     several hosts on one database are not supported yet (see the README)",
-                    redacted(url)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// A writing session. A batch that waits on another host's rows gives up
+    /// after [`LOCK_TIMEOUT_MS`]; one left open longer than the lease (a host
+    /// paused mid-batch) is ended by the database, so that its locks never keep
+    /// the other hosts from taking its work over.
+    fn open(url: &str, host: &super::Membership) -> Result<Session> {
+        let session = Session::connect(url, Some(&host.id))?;
+        session.batch(&format!(
+            "SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'; \
+             SET idle_in_transaction_session_timeout = '{}ms'",
+            host.lease.as_millis()
+        ))?;
+        Ok(session)
     }
 
-    /// The session, in a transaction just begun. A connection lost since the last
-    /// batch (nothing of this one was sent yet) is replaced by a new one, which
-    /// takes the writer lock again.
+    /// Adds this host's entry (see [`super::hosts::register`]).
+    pub fn register(&self, host: &super::Membership) -> Result<()> {
+        let session = self.session.as_ref().expect("connected");
+        super::hosts::register(session, &host.id, host.predecessor.as_deref(), host.lease)
+    }
+
+    /// The session, in a transaction just begun that holds the host's entry. A
+    /// connection lost since the last batch (nothing of this one was sent yet) is
+    /// replaced by a new one.
     fn begin(&mut self) -> Result<&Session> {
-        if let Some(session) = &self.session
-            && session.batch("BEGIN").is_ok()
-        {
-            return Ok(self.session.as_ref().expect("kept"));
+        let begin = super::hosts::begin_sql(&self.host.id);
+        let began = match &self.session {
+            Some(session) => session.begin(&begin),
+            None => Err(anyhow!("no connection")),
+        };
+        let alive = match began {
+            Ok(alive) => alive,
+            Err(_) => {
+                self.session = None;
+                let session = Writer::open(&self.url, &self.host)?;
+                let alive = session.begin(&begin)?;
+                self.session = Some(session);
+                alive
+            }
+        };
+        if !alive {
+            super::hosts::fenced(&self.host.id);
         }
-        self.session = None;
-        let session = Writer::open(&self.url)?;
-        session.batch("BEGIN")?;
-        Ok(self.session.insert(session))
+        Ok(self.session.as_ref().expect("connected"))
+    }
+}
+
+impl Session {
+    /// Runs `begin` (a `BEGIN` and a query for one row) in one round trip; whether
+    /// the row was there.
+    fn begin(&self, begin: &str) -> Result<bool> {
+        let messages = self.client.borrow_mut().simple_query(begin)?;
+        Ok(messages
+            .iter()
+            .any(|message| matches!(message, ::postgres::SimpleQueryMessage::Row(_))))
     }
 }
 
 impl super::Writer for Writer {
-    fn commit(&mut self, batch: Vec<WriteOp>) -> Result<Vec<Commit>> {
+    fn commit(&mut self, batch: &mut [Op]) -> Result<()> {
         let session = self.begin()?;
-        let mut commits = Vec::with_capacity(batch.len());
-        let write = || {
-            for op in batch {
-                commits.push(op(&Txn(Target::Postgres(session)))?);
+        let mut write = || {
+            for op in batch.iter_mut() {
+                op.run(&Txn(Target::Postgres(session)))?;
             }
             session.flush()
         };
-        let written = write();
-        if let Err(error) = written {
+        if let Err(error) = write() {
             session.deferred.borrow_mut().take();
             let _ = session.batch("ROLLBACK");
             return Err(error);
         }
-        session.batch("COMMIT")?;
-        Ok(commits)
+        session.batch("COMMIT")
+    }
+
+    fn is_conflict(&self, error: &anyhow::Error) -> bool {
+        use ::postgres::error::SqlState;
+        error.chain().any(|cause| {
+            cause
+                .downcast_ref::<::postgres::Error>()
+                .and_then(::postgres::Error::code)
+                .is_some_and(|code| {
+                    [
+                        SqlState::T_R_DEADLOCK_DETECTED,
+                        SqlState::T_R_SERIALIZATION_FAILURE,
+                        SqlState::UNIQUE_VIOLATION,
+                        SqlState::LOCK_NOT_AVAILABLE,
+                    ]
+                    .contains(code)
+                })
+        })
+    }
+}
+
+/// A connection of its own, for a host's lease renewals: a writer busy with a long
+/// batch, or waiting for another host's, never delays them.
+pub struct Heartbeat {
+    url: String,
+    session: Mutex<Option<Session>>,
+}
+
+impl Heartbeat {
+    pub fn new(url: &str) -> Heartbeat {
+        Heartbeat {
+            url: url.to_string(),
+            session: Mutex::new(None),
+        }
+    }
+
+    /// Renews host `id`'s lease for `lease` (see [`super::hosts::renew`]); a lost
+    /// connection is made again on the next call.
+    pub fn renew(&self, id: &str, lease: std::time::Duration) -> Result<bool> {
+        let mut session = self.session.lock().expect("heartbeat poisoned");
+        let connected = match session.take() {
+            Some(connected) if !connected.is_closed() => connected,
+            _ => Session::connect(&self.url, None)?,
+        };
+        let renewed = super::hosts::renew(&connected, id, lease)?;
+        *session = Some(connected);
+        Ok(renewed)
     }
 }
 
@@ -300,8 +424,10 @@ pub fn signing_key(pg: &Session, name: &str) -> Result<Vec<u8>> {
 
 /// The schema's migrations, in order: `(version, name, SQL)`. A released migration
 /// is never edited; a change is a new one.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "schema", include_str!("migrations/0001_schema.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "schema", include_str!("migrations/0001_schema.sql")),
+    (2, "hosts", include_str!("migrations/0002_hosts.sql")),
+];
 
 /// Any number to lock migrations with: hosts starting together migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6d6f_6465_6c72_6f75;

@@ -40,6 +40,9 @@ pub struct Webhooks {
     wake: Arc<Notify>,
     in_flight: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
+    /// how long an attempt holds its delivery from other hosts (see
+    /// [`db::claim_delivery`]): longer than any attempt takes
+    claim: Duration,
 }
 
 /// The outbox as an operator sees it. Nothing is due and nothing in flight means
@@ -92,6 +95,7 @@ impl Webhooks {
             wake,
             in_flight: Mutex::default(),
             permits: Arc::new(Semaphore::new(CONCURRENCY)),
+            claim: Duration::from_std(timeout * 2)? + Duration::seconds(5),
         }))
     }
 
@@ -170,11 +174,13 @@ impl Webhooks {
     /// One attempt of delivery `id`, and its outcome recorded.
     async fn attempt(&self, id: &str) -> Result<()> {
         let id = id.to_string();
+        let now = clock::now();
+        let claimed_until = now + self.claim;
         let loaded = {
             let id = id.clone();
             self.store
                 .write(move |txn| {
-                    let Some(delivery) = db::delivery(txn, &id)? else {
+                    let Some(delivery) = db::claim_delivery(txn, &id, now, claimed_until)? else {
                         return Ok(None);
                     };
                     let event = db::event(txn, &delivery.event_id)?;
@@ -277,7 +283,7 @@ impl Webhooks {
                 if current.attempts != delivery.attempts {
                     return Ok(None);
                 }
-                let (status, error) = match attempted {
+                let (status, error) = match &attempted {
                     Attempted::Paused => {
                         let at = now + Duration::minutes(PAUSED_RECHECK_MINUTES);
                         let previous_due = std::mem::replace(&mut current.next_attempt_at, at);
@@ -290,7 +296,7 @@ impl Webhooks {
                         retire_delivery(txn, &current)?;
                         return Ok(Some(DeliveryOutcome::Abandoned));
                     }
-                    Attempted::Sent(result) => (result.status, result.error),
+                    Attempted::Sent(result) => (result.status, result.error.clone()),
                 };
                 let delivered = status.is_some_and(|s| (200..300).contains(&s));
                 current.attempts += 1;

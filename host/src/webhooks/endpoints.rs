@@ -23,7 +23,7 @@ pub async fn create(store: &Store, endpoint: Endpoint) -> Result<Result<Endpoint
                 return Ok(Err(AtLimit));
             }
             db::insert_endpoint(txn, &endpoint)?;
-            Ok(Ok(endpoint))
+            Ok(Ok(endpoint.clone()))
         })
         .await
 }
@@ -44,7 +44,7 @@ pub fn list(
 }
 
 /// What a `PATCH` changes; `None` leaves a property as it is.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Changes {
     pub url: Option<String>,
     pub description: Option<Option<String>>,
@@ -90,7 +90,7 @@ pub async fn update(
             let Some(mut endpoint) = endpoint(txn, &org_id, &id)? else {
                 return Ok(None);
             };
-            changes.apply(&mut endpoint);
+            changes.clone().apply(&mut endpoint);
             db::save_endpoint(txn, &endpoint)?;
             Ok(Some(endpoint))
         })
@@ -129,9 +129,9 @@ pub fn default_secret(txn: &Txn, org_id: &str) -> Result<String> {
     if let Some(secret) = db::default_secret(txn, org_id)? {
         return Ok(secret);
     }
-    let secret = new_secret();
-    db::put_default_secret(txn, org_id, &secret)?;
-    Ok(secret)
+    db::put_default_secret(txn, org_id, &new_secret())?;
+    db::default_secret(txn, org_id)?
+        .ok_or_else(|| anyhow::anyhow!("the default secret was not kept"))
 }
 
 /// The endpoint `id` of `org_id` (another organization's is not found).

@@ -15,6 +15,7 @@ mod hardening_files;
 mod hardening_providers;
 mod hardening_sandbox;
 mod logs;
+mod many_hosts;
 mod metrics;
 mod money;
 mod object_store;

@@ -383,6 +383,11 @@ impl Server {
         }
     }
 
+    /// How the server exited, once it has (by itself).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("try_wait")
+    }
+
     pub async fn restart(&mut self) {
         self.kill();
         self.launch().await;

@@ -9,6 +9,7 @@ use super::Execution;
 use crate::store::{self, Reader, Txn};
 
 mod postgres;
+pub use postgres::ENDED;
 
 store::table!(EXECUTIONS = "executions");
 store::table! {
@@ -100,6 +101,16 @@ pub fn page_of_org(
         limit,
         keep,
     )
+}
+
+/// Takes up to `limit` executions that are not terminal and that no living host
+/// drives, for the writing host; their ids. (On redb, every execution that is not
+/// terminal: one host owns the file.)
+pub fn adopt(txn: &Txn, limit: i64) -> Result<Vec<String>> {
+    if let Some(pg) = txn.postgres() {
+        return postgres::adopt(pg, limit);
+    }
+    Ok(active(txn)?.into_iter().map(|(id, _)| id).collect())
 }
 
 /// Ids of every non-terminal execution with its deadline, soonest first.

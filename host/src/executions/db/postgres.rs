@@ -48,8 +48,8 @@ impl Columns {
 macro_rules! insert_sql {
     () => {
         "INSERT INTO executions (id, organization_id, model, mode, status, hold_amount, \
-         cost, created_at, expires_at, completed_at, record) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+         cost, created_at, expires_at, completed_at, record, driver) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
     };
 }
 
@@ -68,8 +68,15 @@ pub fn insert(pg: &Session, columns: &Columns, record: &[u8]) -> Result<()> {
     write(pg, insert_sql!(), columns, record)
 }
 
-/// Writes the execution's new state.
+/// The channel on which a host tells the others that an execution ended (its id).
+pub const ENDED: &str = "modelroute_execution_ended";
+
+/// Writes the execution's new state; once it is terminal, tells every host (its
+/// waiters may be connected to any) when the batch commits.
 pub fn save(pg: &Session, execution: &Execution) -> Result<()> {
+    if execution.status.is_terminal() {
+        pg.append(ENDED, execution.id.clone(), tell_ended)?;
+    }
     const SQL: &str = concat!(
         insert_sql!(),
         " ON CONFLICT (id) DO UPDATE SET model = EXCLUDED.model, status = EXCLUDED.status, \
@@ -101,7 +108,17 @@ fn write(pg: &Session, sql: &str, c: &Columns, record: &[u8]) -> Result<()> {
             &c.expires_at,
             &c.completed_at,
             &Json(record),
+            // A new execution is driven by the host that accepted it.
+            &pg.host(),
         ],
+    )?;
+    Ok(())
+}
+
+fn tell_ended(pg: &Session, ids: &[String]) -> Result<()> {
+    pg.execute(
+        "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id",
+        &[&ENDED, &ids],
     )?;
     Ok(())
 }
@@ -127,4 +144,20 @@ pub fn active(pg: &Session) -> Result<Vec<(String, DateTime<Utc>)>> {
         &[],
     )?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Takes up to `limit` executions that are not terminal and that no living host
+/// drives (the hosts adopting at once each skip what another is taking), for the
+/// writing host; their ids, soonest deadline first.
+pub fn adopt(pg: &Session, limit: i64) -> Result<Vec<String>> {
+    let rows = pg.query(
+        "UPDATE executions SET driver = $1 WHERE id IN ( \
+            SELECT id FROM executions e \
+            WHERE status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED', 'EXPIRED') \
+            AND (driver IS NULL OR NOT EXISTS (SELECT 1 FROM hosts h WHERE h.id = e.driver)) \
+            ORDER BY expires_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING id",
+        &[&pg.host(), &limit],
+    )?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }

@@ -91,7 +91,7 @@ impl Dispatcher {
         let started = self
             .executions
             .update(&execution.id, move |execution, _| {
-                Attempt::start(execution, attempt, now);
+                Attempt::start(execution, attempt.clone(), now);
                 Ok(())
             })
             .await?;
@@ -186,6 +186,9 @@ impl Dispatcher {
         for grant in &mut ctx.files {
             grant.bytes = None;
         }
+        // A host whose lease lapsed (another may be resuming this attempt) sends
+        // nothing: it stops here.
+        self.executions.check_lease();
         let Some((outcome, _)) = self
             .exchange(
                 &candidate,
@@ -212,7 +215,7 @@ impl Dispatcher {
                     .executions
                     .update(&execution.id, move |execution, _| {
                         if let Some(attempt) = execution.open_attempt_mut() {
-                            attempt.job = Some(job);
+                            attempt.job = Some(job.clone());
                         }
                         execution.set_status(Status::AwaitingWebhook, clock::now());
                         Ok(())

@@ -60,7 +60,7 @@ impl Dispatcher {
                 if let Some((detail, code)) = &closing {
                     execution.close_attempt(detail, Some(*code), now);
                 }
-                execution.model = next.model;
+                execution.model = next.model.clone();
                 execution.usage_estimate = next.usage_estimate;
                 Ok(())
             })

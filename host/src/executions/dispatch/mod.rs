@@ -129,12 +129,13 @@ impl Dispatcher {
             .clone()
     }
 
-    /// Resumes every non-terminal execution, then serves newly accepted ones, and
-    /// runs the expiry sweeper.
-    pub fn start(self: &Arc<Self>, mut accepted: mpsc::UnboundedReceiver<Accepted>) -> Result<()> {
-        for (id, _) in self.executions.active()? {
-            self.spawn(id, None);
-        }
+    /// Resumes every non-terminal execution no other host drives, then serves newly
+    /// accepted ones, and runs the expiry sweeper.
+    pub async fn start(
+        self: &Arc<Self>,
+        mut accepted: mpsc::UnboundedReceiver<Accepted>,
+    ) -> Result<()> {
+        while !self.adopt().await? {}
         let this = self.clone();
         tokio::spawn(async move {
             while let Some(Accepted { id, started }) = accepted.recv().await {
@@ -153,6 +154,23 @@ impl Dispatcher {
             }
         });
         Ok(())
+    }
+
+    /// Drives executions that no living host drives (see [`Executions::adopt`]);
+    /// whether that was all of them.
+    pub async fn adopt(self: &Arc<Self>) -> Result<bool> {
+        let adopted = self.executions.adopt().await?;
+        let all = self.executions.adopted_all(adopted.len());
+        if !adopted.is_empty() && self.executions.is_shared() {
+            tracing::info!(
+                count = adopted.len(),
+                "adopted executions no living host drives"
+            );
+        }
+        for id in adopted {
+            self.spawn(id, None);
+        }
+        Ok(all)
     }
 
     fn tick(&self) {

@@ -116,6 +116,8 @@ pub fn default_secret(reader: &impl Reader, org_id: &str) -> Result<Option<Strin
     store::get(&reader.open_table(META)?, &secret_key(org_id))
 }
 
+/// Makes the organization's default secret `secret` unless it has one (another
+/// host may have made it meanwhile: read it again).
 pub fn put_default_secret(txn: &Txn, org_id: &str, secret: &str) -> Result<()> {
     if let Some(pg) = txn.postgres() {
         return postgres::put_default_secret(pg, org_id, secret);
@@ -156,6 +158,29 @@ pub fn delivery(reader: &impl Reader, id: &str) -> Result<Option<Delivery>> {
         return postgres::delivery(pg, id);
     }
     store::get(&reader.open_table(WEBHOOK_DELIVERIES)?, id)
+}
+
+/// Claims delivery `id` for one attempt of this host's, if it is due at `now`.
+/// On PostgreSQL, where other hosts deliver from the same outbox, the claim skips
+/// a delivery another host is claiming and moves the next attempt to `until`: no
+/// other host sends it meanwhile, and should this one die before recording the
+/// attempt, another sends it after `until`. (On redb, one host delivers, and its
+/// set of deliveries in flight is the claim.)
+pub fn claim_delivery(
+    txn: &Txn,
+    id: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Option<Delivery>> {
+    let Some(pg) = txn.postgres() else {
+        return delivery(txn, id);
+    };
+    let Some(mut delivery) = postgres::due_delivery(pg, id, now)? else {
+        return Ok(None);
+    };
+    delivery.next_attempt_at = until;
+    postgres::save_delivery(pg, &delivery)?;
+    Ok(Some(delivery))
 }
 
 /// How many deliveries are pending (the outbox holds only work to do).

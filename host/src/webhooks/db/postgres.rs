@@ -73,18 +73,17 @@ pub fn remove_endpoint(pg: &Session, endpoint: &Endpoint) -> Result<()> {
     Ok(())
 }
 
+/// The organization's default secret. It never changes once made, so a write reads
+/// it without locking it (hosts sending deliveries at once would queue on the row).
 pub fn default_secret(pg: &Session, org_id: &str) -> Result<Option<String>> {
-    let sql = format!(
-        "SELECT secret FROM webhook_signing_secrets WHERE organization_id = $1{}",
-        pg.for_update()
-    );
-    Ok(pg.query_opt(&sql, &[&org_id])?.map(|row| row.get(0)))
+    let sql = "SELECT secret FROM webhook_signing_secrets WHERE organization_id = $1";
+    Ok(pg.query_opt(sql, &[&org_id])?.map(|row| row.get(0)))
 }
 
 pub fn put_default_secret(pg: &Session, org_id: &str, secret: &str) -> Result<()> {
     pg.execute(
         "INSERT INTO webhook_signing_secrets (organization_id, secret) VALUES ($1, $2) \
-         ON CONFLICT (organization_id) DO UPDATE SET secret = EXCLUDED.secret",
+         ON CONFLICT (organization_id) DO NOTHING",
         &[&org_id, &secret],
     )?;
     Ok(())
@@ -131,6 +130,17 @@ pub fn delivery(pg: &Session, id: &str) -> Result<Option<Delivery>> {
     pg.query_opt(&sql, &[&id])?
         .map(|row| record(&row))
         .transpose()
+}
+
+/// Delivery `id` if it is due at `now`, locked; `None` when another host holds it.
+pub fn due_delivery(pg: &Session, id: &str, now: DateTime<Utc>) -> Result<Option<Delivery>> {
+    pg.query_opt(
+        "SELECT record FROM webhook_deliveries WHERE id = $1 AND next_attempt_at <= $2 \
+         FOR UPDATE SKIP LOCKED",
+        &[&id, &now],
+    )?
+    .map(|row| record(&row))
+    .transpose()
 }
 
 pub fn pending_deliveries(pg: &Session) -> Result<u64> {
