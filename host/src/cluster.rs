@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::executions::dispatch::Dispatcher;
-use crate::store::{Membership, Reader, Store};
+use crate::store::{Membership, Store};
 
 /// Where a host keeps the id of its latest run.
 const HOST_ID_FILE: &str = "host-id";
@@ -54,7 +54,7 @@ pub fn start(store: Store, dispatcher: Arc<Dispatcher>) {
             }
             // Renewal failed for longer than the lease: stop before acting again.
             store.check_lease();
-            if let Err(error) = remove_lapsed(&store).await {
+            if let Err(error) = store.remove_lapsed_hosts().await {
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "looking for lapsed hosts failed"
@@ -65,19 +65,6 @@ pub fn start(store: Store, dispatcher: Arc<Dispatcher>) {
             }
         }
     });
-}
-
-async fn remove_lapsed(store: &Store) -> Result<()> {
-    let lapsed = store
-        .write(|txn| match txn.postgres() {
-            Some(pg) => crate::store::hosts::remove_lapsed(pg),
-            None => Ok(Vec::new()),
-        })
-        .await?;
-    for host in lapsed {
-        tracing::warn!(%host, "a host's lease lapsed: its work is taken over");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -119,4 +119,23 @@ mod tests {
         assert!(store("[store]\nbackend = \"mysql\"").is_err());
         assert!(store("[store]\nbackend = \"postgres\"\nuri = \"x\"").is_err());
     }
+
+    #[test]
+    fn the_lease_defaults_to_ten_seconds_and_an_unusable_one_is_refused_by_name() {
+        let url = Some("postgres://mr@127.0.0.1:5432/test".to_string());
+        let mut settings = store("[store]\nbackend = \"postgres\"").unwrap();
+        settings.resolve(url.clone()).unwrap();
+        assert_eq!(settings.lease(), std::time::Duration::from_secs(10));
+        let mut short = store("[store]\nbackend = \"postgres\"\nlease_seconds = 3").unwrap();
+        short.resolve(url.clone()).unwrap();
+        assert_eq!(short.lease(), std::time::Duration::from_secs(3));
+        for refused in ["0", "601"] {
+            let mut settings = store(&format!(
+                "[store]\nbackend = \"postgres\"\nlease_seconds = {refused}"
+            ))
+            .unwrap();
+            let error = settings.resolve(url.clone()).unwrap_err().to_string();
+            assert!(error.contains("store.lease_seconds"), "{error}");
+        }
+    }
 }

@@ -280,6 +280,23 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the hosts whose lease lapsed (their work is then adopted).
+    pub async fn remove_lapsed_hosts(&self) -> Result<()> {
+        if self.lease.is_none() {
+            return Ok(());
+        }
+        let lapsed = self
+            .write(|txn| match txn.postgres() {
+                Some(pg) => hosts::remove_lapsed(pg),
+                None => Ok(Vec::new()),
+            })
+            .await?;
+        for host in lapsed {
+            tracing::warn!(%host, "a host's lease lapsed: its work is taken over");
+        }
+        Ok(())
+    }
+
     /// Stops the process if this host's lease has lapsed (it could not renew it in
     /// time): other hosts may be taking over its work, so it must not act on any.
     pub fn check_lease(&self) {
@@ -654,6 +671,45 @@ mod tests {
             })
             .unwrap();
         assert_eq!(count, 200);
+    }
+
+    /// A write that fails no longer fails the writes batched with it: they run
+    /// again, one transaction each.
+    #[tokio::test]
+    async fn a_failing_write_fails_alone_and_the_writes_batched_with_it_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let writes: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .write(move |txn| {
+                            let mut table = txn.open_table(META)?;
+                            table.insert(format!("k{i}").as_str(), encode(&i)?.as_slice())?;
+                            anyhow::ensure!(i != 32, "broken");
+                            Ok(i)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for (i, write) in writes.into_iter().enumerate() {
+            let written = write.await.unwrap();
+            assert_eq!(written.is_ok(), i != 32, "write {i}: {written:?}");
+        }
+        let kept = store
+            .read(|txn| {
+                let table = txn.open_table(META)?;
+                Ok((0..64)
+                    .filter(|i| table.get(format!("k{i}").as_str()).unwrap().is_some())
+                    .count())
+            })
+            .unwrap();
+        assert_eq!(
+            kept, 63,
+            "the failed write left nothing, the others everything"
+        );
     }
 
     #[tokio::test]

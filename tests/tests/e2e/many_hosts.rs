@@ -14,7 +14,9 @@ use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, Fault, png, replicate
 
 use crate::object_store::{CREDENTIALS, S3Server};
 use crate::receiver::Receiver;
-use crate::support::{Options, Server, decimal, replicate_with_files, wait_until};
+use crate::support::{
+    Options, Server, assert_no_attempt_submitted_twice, decimal, replicate_with_files, wait_until,
+};
 use crate::test_database::{TestDatabase, postgres_run};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -237,24 +239,11 @@ async fn three_hosts_lose_nothing_and_charge_nothing_twice_when_one_is_killed_mi
             .body;
         let attempts = record["attempts"].as_array().unwrap();
         let submits = submits_of.get(prompt).cloned().unwrap_or_default();
-        for attempt in attempts {
-            let own = format!(".{}.", attempt["id"].as_str().unwrap());
-            let sent = submits.iter().filter(|body| body.contains(&own)).count();
-            assert!(sent <= 1, "{id}: attempt {own} submitted {sent} times");
-        }
-        assert!(
-            submits.len() <= attempts.len(),
-            "{id}: {} submits for {} attempts",
-            submits.len(),
-            attempts.len()
-        );
+        assert_no_attempt_submitted_twice(id, attempts, &submits);
     }
 
     // Every hold settled, once: the balance is the credit less what was charged.
-    let balance = survivor
-        .call(Method::GET, "/v1/balance", Some(&key), None, &[])
-        .await
-        .body;
+    let balance = balance(survivor, &key).await;
     assert_eq!(balance["held"], "0", "{balance}");
     assert_eq!(
         decimal(balance["available"].as_str().unwrap()),
@@ -329,10 +318,7 @@ async fn a_host_that_lost_its_lease_is_fenced_and_its_execution_completes_elsewh
     let other = &cluster.hosts[0];
     let after = terminal(other, &key, &id).await;
     assert_eq!(after["cost"], execution["cost"], "charged once");
-    let balance = other
-        .call(Method::GET, "/v1/balance", Some(&key), None, &[])
-        .await
-        .body;
+    let balance = balance(other, &key).await;
     assert_eq!(balance["held"], "0", "{balance}");
     assert_eq!(
         decimal(balance["available"].as_str().unwrap()),
@@ -434,10 +420,7 @@ async fn hosts_on_one_database_serve_the_same_executions() {
         .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
     assert_eq!(cancelled.body["status"], "CANCELLED");
-    let balance = cluster.hosts[0]
-        .call(Method::GET, "/v1/balance", Some(&key), None, &[])
-        .await
-        .body;
+    let balance = balance(&cluster.hosts[0], &key).await;
     assert_eq!(balance["held"], "0", "the hold is released: {balance}");
     assert_eq!(balance["available"], "10", "{balance}");
 }
@@ -460,6 +443,13 @@ async fn terminal(host: &Server, key: &str, id: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{id} did not end: {last}");
+}
+
+/// The organization `key`'s balance, read through `host`.
+async fn balance(host: &Server, key: &str) -> Value {
+    host.call(Method::GET, "/v1/balance", Some(key), None, &[])
+        .await
+        .body
 }
 
 fn signal(which: &str, pid: &str) {

@@ -13,7 +13,8 @@ use crate::executions::wait_status;
 use rust_decimal::Decimal;
 
 use crate::support::{
-    Options, ProviderSpec, Server, decimal, flux_input, replicate_provider, wait_until,
+    Options, ProviderSpec, Server, assert_no_attempt_submitted_twice, decimal, flux_input,
+    replicate_provider, wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -337,17 +338,7 @@ async fn random_kills_during_hundreds_of_executions_lose_nothing_and_repeat_noth
             })
             .map(|r| r.body.as_str())
             .collect();
-        for attempt in attempts {
-            let own = format!(".{}.", attempt["id"].as_str().unwrap());
-            let sent = submits.iter().filter(|body| body.contains(&own)).count();
-            assert!(sent <= 1, "{id}: attempt {own} submitted {sent} times");
-        }
-        assert!(
-            submits.len() <= attempts.len(),
-            "{id}: {} submits for {} attempts",
-            submits.len(),
-            attempts.len()
-        );
+        assert_no_attempt_submitted_twice(id, attempts, &submits);
         let jobs: Vec<&str> = attempts
             .iter()
             .filter_map(|a| a["job"]["id"].as_str())

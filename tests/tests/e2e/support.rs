@@ -614,6 +614,23 @@ where
     .await
 }
 
+/// Each of an execution's `attempts` was submitted at most once among `submits`
+/// (the bodies of the submits sent for it, whose callback URL names the attempt),
+/// and there were no more submits than attempts.
+pub fn assert_no_attempt_submitted_twice(id: &str, attempts: &[Value], submits: &[&str]) {
+    for attempt in attempts {
+        let own = format!(".{}.", attempt["id"].as_str().unwrap());
+        let sent = submits.iter().filter(|body| body.contains(&own)).count();
+        assert!(sent <= 1, "{id}: attempt {own} submitted {sent} times");
+    }
+    assert!(
+        submits.len() <= attempts.len(),
+        "{id}: {} submits for {} attempts",
+        submits.len(),
+        attempts.len()
+    );
+}
+
 /// An amount of money as the API writes it (decimal text), exactly.
 pub fn decimal(amount: &str) -> rust_decimal::Decimal {
     amount
