@@ -164,6 +164,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
     cluster::start(store.clone(), dispatcher.clone());
     files.start_sweeper();
     webhooks.start();
+    let limits = ratelimit::Limits::new(&config.rate_limits, &store);
     let app = Arc::new(App {
         store,
         executions,
@@ -174,7 +175,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         files,
         webhooks,
         operator_token,
-        limits: ratelimit::Limits::new(&config.rate_limits),
+        limits,
         config: config.clone(),
     });
     let threshold = config.plugins.rollback_after_traps;

@@ -254,6 +254,15 @@ impl Store {
         }
     }
 
+    /// Runs `f` outside any transaction, each statement committing by itself, for
+    /// state that needs no batch (shared counters); `None` on redb.
+    pub fn autocommit<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Option<Result<T>> {
+        match &self.engine {
+            Engine::Redb(_) => None,
+            Engine::Postgres(pool) => Some(blocking(|| pool.autocommit(f))),
+        }
+    }
+
     /// This host, when it shares the store with others.
     pub fn host(&self) -> Option<&Membership> {
         self.lease.as_ref().map(|lease| &lease.host)

@@ -209,6 +209,24 @@ impl Pool {
         &self.url
     }
 
+    /// Runs `f` on an idle session outside any transaction (each statement
+    /// commits by itself), and gives the session back.
+    pub fn autocommit<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+        let idle = self.idle.lock().expect("pool").pop();
+        let session = match idle {
+            Some(session) if !session.is_closed() => session,
+            _ => Session::connect(&self.url, None)?,
+        };
+        let value = f(&session);
+        if !session.is_closed() {
+            let mut idle = self.idle.lock().expect("pool");
+            if idle.len() < MAX_IDLE {
+                idle.push(session);
+            }
+        }
+        value
+    }
+
     /// Whether the database answers.
     pub fn check(&self) -> Result<()> {
         self.snapshot(|session| {
@@ -427,6 +445,11 @@ pub fn signing_key(pg: &Session, name: &str) -> Result<Vec<u8>> {
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "schema", include_str!("migrations/0001_schema.sql")),
     (2, "hosts", include_str!("migrations/0002_hosts.sql")),
+    (
+        3,
+        "rate limits",
+        include_str!("migrations/0003_rate_limits.sql"),
+    ),
 ];
 
 /// Any number to lock migrations with: hosts starting together migrate one at a time.

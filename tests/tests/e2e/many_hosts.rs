@@ -35,6 +35,15 @@ struct Cluster {
 impl Cluster {
     /// `count` hosts, or `None` on a redb run (and where moto is missing outside CI).
     async fn start(emulator: &Emulator<replicate::Replicate>, count: usize) -> Option<Cluster> {
+        Cluster::start_with(emulator, count, Options::default().rate_limit).await
+    }
+
+    /// `count` hosts allowing each key `rate_limit` (requests per second, burst).
+    async fn start_with(
+        emulator: &Emulator<replicate::Replicate>,
+        count: usize,
+        rate_limit: (u32, u32),
+    ) -> Option<Cluster> {
         if !postgres_run() {
             return None;
         }
@@ -57,6 +66,7 @@ impl Cluster {
                 Options {
                     config: &config,
                     env: &env,
+                    rate_limit,
                     ..Options::default()
                 },
             )
@@ -443,6 +453,45 @@ async fn terminal(host: &Server, key: &str, id: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{id} did not end: {last}");
+}
+
+/// A key's rate limit holds across hosts: its burst is spent once, wherever its
+/// requests land, and the refusal says when to come back.
+#[tokio::test]
+async fn a_key_s_rate_limit_holds_across_hosts() {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    // One request a second after a burst of three; the four requests take far less.
+    let Some(cluster) = Cluster::start_with(&emulator, 2, (1, 3)).await else {
+        return;
+    };
+    let key = cluster.hosts[0].new_organization("1").await;
+    let mut remaining = Vec::new();
+    for turn in 0..4 {
+        let host = &cluster.hosts[turn % 2];
+        let reply = host
+            .call(Method::GET, "/v1/balance", Some(&key), None, &[])
+            .await;
+        remaining.push((
+            reply.status,
+            reply.header("x-ratelimit-remaining").map(str::to_string),
+        ));
+        if turn == 3 {
+            assert_eq!(reply.error_code(), "RATE_LIMITED", "{:?}", reply.body);
+            assert!(reply.header("retry-after").is_some());
+        }
+    }
+    let ok = |left: &str| (StatusCode::OK, Some(left.to_string()));
+    assert_eq!(
+        remaining,
+        [
+            ok("2"),
+            ok("1"),
+            ok("0"),
+            (StatusCode::TOO_MANY_REQUESTS, Some("0".to_string()))
+        ]
+    );
 }
 
 /// The organization `key`'s balance, read through `host`.

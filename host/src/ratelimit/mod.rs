@@ -9,14 +9,23 @@
 //! the same as no bucket, so it is forgotten; the table holds at most
 //! [`MAX_TRACKED`] buckets, and a request that would need a new bucket while every
 //! tracked one is still draining is refused (the limiter fails closed, never grows).
+//!
+//! On PostgreSQL, where many hosts serve one platform, the buckets are shared: each
+//! is a row of the database ([`db`]), counted in one statement, so a key gets its
+//! rate across all the hosts it reaches, not on each. When the database does not
+//! answer, each host limits alone with its own table until it answers again.
+
+mod db;
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::RateLimitSettings;
+use crate::store::Store;
 
 /// Most buckets one limiter tracks at once.
 pub const MAX_TRACKED: usize = 100_000;
@@ -41,7 +50,18 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(settings: &RateLimitSettings) -> Limits {
+    /// Limits kept in this process (redb: one host), or shared through `store` when
+    /// other hosts share it.
+    pub fn new(settings: &RateLimitSettings, store: &Store) -> Limits {
+        let mut limits = Limits::local(settings);
+        if store.host().is_some() {
+            limits.keys.shared = Some(Shared::new(store, "key"));
+            limits.addresses.shared = Some(Shared::new(store, "address"));
+        }
+        limits
+    }
+
+    fn local(settings: &RateLimitSettings) -> Limits {
         let per_key = Quota::new(
             Duration::from_secs(1),
             settings.requests_per_second,
@@ -117,6 +137,119 @@ impl Quota {
     fn tolerance(&self) -> Duration {
         self.interval * self.burst
     }
+
+    /// What a request is told that finds its bucket booked `before` ahead of now,
+    /// and, when it passes, the bucket's new booking.
+    fn decide(&self, before: Duration) -> (Decision, Option<Duration>) {
+        let after = before + self.interval;
+        if after > self.tolerance() {
+            (self.refused(before), None)
+        } else {
+            (self.allowed(after), Some(after))
+        }
+    }
+
+    /// What a request would be told that finds its bucket booked `before` ahead of
+    /// now, without counting it: the state as it is.
+    fn peek(&self, before: Duration) -> Decision {
+        match self.decide(before) {
+            (refused, None) => refused,
+            (mut decision, Some(_)) => {
+                decision.remaining = (decision.remaining + 1).min(self.burst);
+                decision.reset = unix_after(before);
+                decision
+            }
+        }
+    }
+
+    /// A request passed; its bucket is booked `booked` ahead of now.
+    fn allowed(&self, booked: Duration) -> Decision {
+        let used = booked.as_nanos().div_ceil(self.interval.as_nanos().max(1));
+        Decision {
+            limit: self.burst,
+            remaining: self.burst.saturating_sub(used.min(u32::MAX as u128) as u32),
+            reset: unix_after(booked),
+            retry_after: None,
+        }
+    }
+
+    /// A request was refused; its bucket is booked `booked` ahead of now.
+    fn refused(&self, booked: Duration) -> Decision {
+        let wait = (booked + self.interval).saturating_sub(self.tolerance());
+        Decision {
+            limit: self.burst,
+            remaining: 0,
+            reset: unix_after(booked),
+            retry_after: Some(wait.max(Duration::from_millis(1))),
+        }
+    }
+}
+
+/// Buckets kept in the database that other hosts share (see [`db`]).
+struct Shared {
+    store: Store,
+    /// what the buckets count (`key`, `address`): their rows' prefix
+    kind: &'static str,
+    /// whether the last attempt to reach them failed (logged once per outage)
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn new(store: &Store, kind: &'static str) -> Shared {
+        Shared {
+            store: store.clone(),
+            kind,
+            failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one request of `key`: its decision, or `None` when the database
+    /// does not answer.
+    fn check(&self, key: &impl Display, quota: &Quota) -> Option<Decision> {
+        let row = format!("{}:{key}", self.kind);
+        let counted = self
+            .store
+            .autocommit(|pg| db::count(pg, &row, quota.interval, quota.tolerance()));
+        Some(match self.answered(counted)? {
+            Ok(after) => quota.allowed(after),
+            Err(before) => quota.refused(before),
+        })
+    }
+
+    /// What a request of `key` would be told, without counting it.
+    fn peek(&self, key: &impl Display, quota: &Quota) -> Option<Decision> {
+        let row = format!("{}:{key}", self.kind);
+        let booked = self.store.autocommit(|pg| db::booked(pg, &row));
+        Some(quota.peek(self.answered(booked)?))
+    }
+
+    fn prune(&self) {
+        let pruned = self.store.autocommit(db::prune);
+        self.answered(pruned);
+    }
+
+    /// The database's answer, or `None` (logged once) when it gave none.
+    fn answered<T>(&self, answer: Option<anyhow::Result<T>>) -> Option<T> {
+        use std::sync::atomic::Ordering;
+        match answer? {
+            Ok(value) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(kind = self.kind, "shared rate limits answer again");
+                }
+                Some(value)
+            }
+            Err(error) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        kind = self.kind,
+                        error = format!("{error:#}"),
+                        "shared rate limits do not answer: this host limits alone meanwhile"
+                    );
+                }
+                None
+            }
+        }
+    }
 }
 
 /// A GCRA limiter: each key's bucket is its theoretical arrival time (TAT), the
@@ -125,6 +258,8 @@ struct Buckets<K> {
     quota: Quota,
     capacity: usize,
     table: Mutex<Table<K>>,
+    /// the buckets other hosts share, when there are other hosts
+    shared: Option<Shared>,
 }
 
 struct Table<K> {
@@ -132,7 +267,7 @@ struct Table<K> {
     last_sweep: Option<Instant>,
 }
 
-impl<K: Eq + Hash + Clone> Buckets<K> {
+impl<K: Eq + Hash + Clone + Display> Buckets<K> {
     fn new(quota: Quota, capacity: usize) -> Buckets<K> {
         Buckets {
             quota,
@@ -141,18 +276,22 @@ impl<K: Eq + Hash + Clone> Buckets<K> {
                 full_at: HashMap::new(),
                 last_sweep: None,
             }),
+            shared: None,
         }
     }
 
     /// Counts one request of `key` at `now`.
     fn check(&self, key: &K, now: Instant) -> Decision {
+        if let Some(decision) = self.shared.as_ref().and_then(|s| s.check(key, &self.quota)) {
+            return decision;
+        }
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let booked = table.full_at.get(key).copied();
-        let start = booked.map_or(now, |at| at.max(now));
-        let next = start + self.quota.interval;
-        if next - now > self.quota.tolerance() {
-            return self.refused(start, now);
-        }
+        let before = booked.map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        let (decision, after) = self.quota.decide(before);
+        let Some(after) = after else {
+            return decision;
+        };
         if booked.is_none() && table.full_at.len() >= self.capacity {
             let swept_lately = table
                 .last_sweep
@@ -163,58 +302,31 @@ impl<K: Eq + Hash + Clone> Buckets<K> {
             }
             if table.full_at.len() >= self.capacity {
                 // Every tracked bucket is still draining: refuse rather than grow.
-                return self.refused(now + self.quota.tolerance(), now);
+                return self.quota.refused(self.quota.tolerance());
             }
         }
-        table.full_at.insert(key.clone(), next);
-        self.allowed(next, now)
+        table.full_at.insert(key.clone(), now + after);
+        decision
     }
 
     /// What a request of `key` at `now` would be told, without counting it.
     fn peek(&self, key: &K, now: Instant) -> Decision {
+        if let Some(decision) = self.shared.as_ref().and_then(|s| s.peek(key, &self.quota)) {
+            return decision;
+        }
         let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let start = table.full_at.get(key).map_or(now, |at| (*at).max(now));
-        let next = start + self.quota.interval;
-        if next - now > self.quota.tolerance() {
-            self.refused(start, now)
-        } else {
-            // The state as it is: what a counted request would leave, plus that one.
-            let mut decision = self.allowed(next, now);
-            decision.remaining = (decision.remaining + 1).min(self.quota.burst);
-            decision.reset = unix_after(start - now);
-            decision
-        }
-    }
-
-    fn allowed(&self, full_at: Instant, now: Instant) -> Decision {
-        let booked = full_at - now;
-        let used = booked
-            .as_nanos()
-            .div_ceil(self.quota.interval.as_nanos().max(1));
-        Decision {
-            limit: self.quota.burst,
-            remaining: self
-                .quota
-                .burst
-                .saturating_sub(used.min(u32::MAX as u128) as u32),
-            reset: unix_after(booked),
-            retry_after: None,
-        }
-    }
-
-    fn refused(&self, full_at: Instant, now: Instant) -> Decision {
-        let booked = full_at.saturating_duration_since(now);
-        let wait = (booked + self.quota.interval).saturating_sub(self.quota.tolerance());
-        Decision {
-            limit: self.quota.burst,
-            remaining: 0,
-            reset: unix_after(booked),
-            retry_after: Some(wait.max(Duration::from_millis(1))),
-        }
+        let before = table
+            .full_at
+            .get(key)
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        self.quota.peek(before)
     }
 
     /// Forgets buckets that are full again (they are the same as no bucket).
     fn prune(&self, now: Instant) {
+        if let Some(shared) = &self.shared {
+            shared.prune();
+        }
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         table.full_at.retain(|_, at| *at > now);
         if table.full_at.capacity() > 2 * table.full_at.len() + 1024 {
@@ -254,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_burst_passes_then_requests_are_refused_with_a_retry_after() {
-        let limits = Limits::new(&settings(1, 3));
+        let limits = Limits::local(&settings(1, 3));
         let decisions: Vec<Decision> = (0..4).map(|_| limits.check_key("k")).collect();
         assert_eq!(
             decisions.iter().map(|d| d.remaining).collect::<Vec<_>>(),
@@ -286,7 +398,7 @@ mod tests {
 
     #[test]
     fn peeking_counts_nothing() {
-        let limits = Limits::new(&settings(1, 1));
+        let limits = Limits::local(&settings(1, 1));
         let address: IpAddr = "192.0.2.7".parse().unwrap();
         for _ in 0..10 {
             assert_eq!(limits.address_refused(address), None);
