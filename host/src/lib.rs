@@ -88,8 +88,13 @@ pub async fn serve(mut config: Config) -> Result<()> {
         .clone()
         .unwrap_or_else(|| data.join("plugin-cache"));
     let runtime = Runtime::new(config.plugins.clone(), cache)?;
-    let installed = plugins::Installed::open(&data.join("installed-plugins"))?;
+    let installed = match store.host() {
+        None => plugins::Installed::open(&data.join("installed-plugins"))?,
+        Some(_) => plugins::Installed::shared(&store)?,
+    };
     let registry = Arc::new(Registry::persistent(installed));
+    // Listening first: a swap another host makes while this one loads is not missed.
+    plugins::follow_other_hosts(&store, runtime.clone(), registry.clone())?;
     plugins::load_all(&runtime, &registry, &config.plugins_dir)?;
     plugins::watch_dir(
         runtime.clone(),

@@ -25,7 +25,7 @@ mod usage;
 
 pub use contract::{API_VERSION, SUPPORTED_API_VERSIONS};
 pub use directory::{load_all, watch_dir};
-pub use installed::Installed;
+pub use installed::{Installed, follow_other_hosts};
 pub use limits::PluginLimits;
 pub use loaded::LoadedPlugin;
 pub use registry::Registry;

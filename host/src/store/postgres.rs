@@ -447,8 +447,13 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "hosts", include_str!("migrations/0002_hosts.sql")),
     (
         3,
-        "rate limits",
+        "rate_limits",
         include_str!("migrations/0003_rate_limits.sql"),
+    ),
+    (
+        4,
+        "adapters",
+        include_str!("migrations/0004_installed_adapters.sql"),
     ),
 ];
 

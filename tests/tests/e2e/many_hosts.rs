@@ -494,6 +494,78 @@ async fn a_key_s_rate_limit_holds_across_hosts() {
     );
 }
 
+/// An adapter installed through one host's admin API runs on every host; a
+/// rollback through another reaches every host too; and a host that starts again
+/// runs what the hosts run, not its plugins directory's version.
+#[tokio::test]
+async fn an_adapter_installed_or_rolled_back_through_any_host_reaches_every_host() {
+    use crate::plugins::{install, plugin_states, rebuilt, shipped};
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let Some(mut cluster) = Cluster::start(&emulator, 2).await else {
+        return;
+    };
+    let original = shipped("replicate");
+    let (status, body) = install(&cluster.hosts[0], "replicate", rebuilt(&original, 9)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let installed = body["sha256"].as_str().unwrap().to_string();
+    let shipped_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&original));
+    wait_until("the install reaches the other host", WAIT, || async {
+        active_on(&cluster.hosts[1]).await.as_deref() == Some(installed.as_str())
+    })
+    .await;
+    let key = cluster.hosts[0].new_organization("1").await;
+    let ran = cluster.hosts[1]
+        .call(
+            Method::POST,
+            "/v1/executions",
+            Some(&key),
+            Some(json!({"model": "flux-1.1-pro", "input": {"prompt": "new adapter", "width": 256, "height": 256}})),
+            &[],
+        )
+        .await;
+    let id = ran.body["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        terminal(&cluster.hosts[1], &key, &id).await["status"],
+        "COMPLETED"
+    );
+
+    let rolled = cluster.hosts[1]
+        .call(
+            Method::POST,
+            "/admin/v1/plugins/replicate/rollback",
+            Some(&cluster.hosts[1].admin_token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(rolled.status, StatusCode::OK, "{:?}", rolled.body);
+    wait_until("the rollback reaches the first host", WAIT, || async {
+        active_on(&cluster.hosts[0]).await.as_deref() == Some(shipped_sha.as_str())
+    })
+    .await;
+    assert_eq!(
+        plugin_states(&cluster.hosts[0], "replicate").await,
+        [
+            ("active".to_string(), shipped_sha.clone()),
+            ("previous".to_string(), installed.clone())
+        ]
+    );
+    // Installed again through the first host, then the second restarts: it runs
+    // the hosts' version, not its plugins directory's.
+    let (status, _) = install(&cluster.hosts[0], "replicate", rebuilt(&original, 9)).await;
+    assert_eq!(status, StatusCode::OK);
+    cluster.hosts[1].restart().await;
+    assert_eq!(active_on(&cluster.hosts[1]).await, Some(installed));
+}
+
+/// The sha256 of the active version of the `replicate` adapter on `host`.
+async fn active_on(host: &Server) -> Option<String> {
+    let states = crate::plugins::plugin_states(host, "replicate").await;
+    states.first().map(|(_, sha256)| sha256.clone())
+}
+
 /// The organization `key`'s balance, read through `host`.
 async fn balance(host: &Server, key: &str) -> Value {
     host.call(Method::GET, "/v1/balance", Some(key), None, &[])

@@ -12,14 +12,14 @@ use crate::support::{ProviderSpec, Server, eventually};
 /// compiled first) may take on a loaded machine.
 const SWAP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn shipped(name: &str) -> Vec<u8> {
+pub fn shipped(name: &str) -> Vec<u8> {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../plugins/dist/{name}.wasm"));
     std::fs::read(path).expect("run `make plugins`")
 }
 
 /// The same component with a custom section appended: valid, and a new sha256.
-fn rebuilt(wasm: &[u8], marker: u8) -> Vec<u8> {
+pub fn rebuilt(wasm: &[u8], marker: u8) -> Vec<u8> {
     let name = b"modelroute:test-build";
     let mut bytes = wasm.to_vec();
     bytes.extend_from_slice(&[0x00, (1 + name.len() + 1) as u8, name.len() as u8]);
@@ -40,7 +40,7 @@ async fn listed_sha(server: &Server) -> String {
 }
 
 /// (state, sha256) of every listed version of `name`, the active one first.
-async fn plugin_states(server: &Server, name: &str) -> Vec<(String, String)> {
+pub async fn plugin_states(server: &Server, name: &str) -> Vec<(String, String)> {
     server.admin_get("/admin/v1/plugins").await.body["data"]
         .as_array()
         .unwrap()
@@ -55,7 +55,7 @@ async fn plugin_states(server: &Server, name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn install(server: &Server, name: &str, wasm: Vec<u8>) -> (StatusCode, Value) {
+pub async fn install(server: &Server, name: &str, wasm: Vec<u8>) -> (StatusCode, Value) {
     let response = reqwest::Client::new()
         .put(format!("{}/admin/v1/plugins/{name}", server.url))
         .bearer_auth(&server.admin_token)

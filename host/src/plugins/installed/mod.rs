@@ -1,28 +1,31 @@
 //! Adapter versions swapped in at runtime (an install or a rollback through the
 //! admin API, an automatic rollback, a file changed in the plugins directory), kept
-//! in the data directory so that a restart brings back what ran before it.
+//! so that a restart brings back what ran before it: in the data directory
+//! ([`dir`]) on one host, in the database ([`db`]) when hosts share one, where a
+//! swap made through any host reaches every other at once (`NOTIFY`).
 //!
-//! `installed.json` names, per adapter, the active version, the rollback target and
-//! the sha256 of the adapter's file in `plugins_dir` when the entry was written;
-//! `<sha256>.wasm` holds each component named there. Components are written before
-//! the record that names them, each durably (file and directory synced), and a
-//! component is checked against its sha256 when it is read back.
+//! A record names, per adapter, the active version, the rollback target and the
+//! sha256 of the adapter's file in `plugins_dir` when the record was written; the
+//! components named are kept beside it. Components are written before the record
+//! that names them, and a component is checked against its sha256 when it is read
+//! back.
+
+mod db;
+mod dir;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use super::{LoadedPlugin, Runtime};
-use crate::durable;
-
-const RECORDS: &str = "installed.json";
+use super::{LoadedPlugin, Registry, Runtime};
+use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Record {
+pub(crate) struct Record {
     active: Version,
     previous: Option<Version>,
     /// the sha256 of the adapter's file in `plugins_dir` as the server last saw it
@@ -31,7 +34,7 @@ struct Record {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Version {
+pub(crate) struct Version {
     sha256: String,
     /// the manifest's version, for an operator reading the file
     version: String,
@@ -56,7 +59,7 @@ pub struct Kept {
 }
 
 pub struct Installed {
-    dir: PathBuf,
+    keeping: Keeping,
     records: Mutex<BTreeMap<String, Record>>,
     /// the sha256 of each adapter's file in `plugins_dir`, as last seen
     plugins_dir: Mutex<BTreeMap<String, String>>,
@@ -65,18 +68,18 @@ pub struct Installed {
 impl Installed {
     /// Opens (creating) the directory and reads what it keeps.
     pub fn open(dir: &Path) -> Result<Installed> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(RECORDS);
-        let records = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading the installed adapters {}", path.display()))?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(error) => {
-                return Err(error).with_context(|| format!("reading {}", path.display()));
-            }
-        };
+        Installed::with(Keeping::Dir(dir::Dir::open(dir)?))
+    }
+
+    /// What the hosts sharing `store` keep.
+    pub fn shared(store: &Store) -> Result<Installed> {
+        Installed::with(Keeping::Database(store.clone()))
+    }
+
+    fn with(keeping: Keeping) -> Result<Installed> {
+        let records = keeping.records()?;
         Ok(Installed {
-            dir: dir.to_path_buf(),
+            keeping,
             records: Mutex::new(records),
             plugins_dir: Mutex::default(),
         })
@@ -97,9 +100,6 @@ impl Installed {
         active: &LoadedPlugin,
         previous: Option<&LoadedPlugin>,
     ) -> Result<()> {
-        for plugin in std::iter::once(active).chain(previous) {
-            self.keep_component(plugin)?;
-        }
         let record = Record {
             active: Version::of(active),
             previous: previous.map(Version::of),
@@ -113,11 +113,10 @@ impl Installed {
         let mut records = self.records.lock().expect("installed poisoned");
         let mut next = records.clone();
         next.insert(active.name.clone(), record);
-        let path = self.dir.join(RECORDS);
-        durable::write(&path, &serde_json::to_vec_pretty(&next)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let components: Vec<&LoadedPlugin> = std::iter::once(active).chain(previous).collect();
+        self.keeping.save(&next, &active.name, &components)?;
         *records = next;
-        self.remove_unnamed_components(&records);
+        self.keeping.forget_unnamed(&records);
         Ok(())
     }
 
@@ -131,7 +130,7 @@ impl Installed {
             let active = self.load_version(runtime, &name, &record.active).with_context(|| {
                 format!(
                     "restoring the adapter {name:?} installed at runtime (remove its entry from {} to run the plugins directory's version instead)",
-                    self.dir.join(RECORDS).display()
+                    self.keeping
                 )
             })?;
             let previous = record.previous.as_ref().and_then(|version| {
@@ -157,56 +156,159 @@ impl Installed {
         name: &str,
         version: &Version,
     ) -> Result<Arc<LoadedPlugin>> {
-        let path = self.component_path(&version.sha256)?;
-        let wasm = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let wasm = self.keeping.component(&version.sha256)?;
         let sha256 = hex::encode(Sha256::digest(&wasm));
         if sha256 != version.sha256 {
-            bail!("{} is damaged: its sha256 is {sha256}", path.display());
+            bail!(
+                "the component {} kept in {} is damaged: its sha256 is {sha256}",
+                version.sha256,
+                self.keeping
+            );
         }
         let plugin = runtime.load_validated(&wasm)?;
         if plugin.name != name {
-            bail!("{} is the adapter {:?}", path.display(), plugin.name);
+            bail!(
+                "the component {} kept in {} is the adapter {:?}",
+                version.sha256,
+                self.keeping,
+                plugin.name
+            );
         }
         Ok(plugin)
     }
 
-    /// Writes `plugin`'s component unless an intact copy is there.
-    fn keep_component(&self, plugin: &LoadedPlugin) -> Result<()> {
-        let path = self.component_path(&plugin.sha256)?;
-        let intact = std::fs::read(&path)
-            .is_ok_and(|bytes| hex::encode(Sha256::digest(&bytes)) == plugin.sha256);
-        if !intact {
-            durable::write(&path, &plugin.wasm)
-                .with_context(|| format!("writing {}", path.display()))?;
+    /// Another host swapped `name` (or, for `None`, any adapter: some news may have
+    /// been missed): reads what is kept now and makes it active here.
+    pub fn follow(&self, runtime: &Arc<Runtime>, registry: &Registry, name: Option<&str>) {
+        let records = match self.keeping.records() {
+            Ok(records) => records,
+            Err(error) => {
+                return tracing::error!(
+                    error = format!("{error:#}"),
+                    "reading the adapters other hosts installed failed"
+                );
+            }
+        };
+        *self.records.lock().expect("installed poisoned") = records.clone();
+        for (adapter, record) in records {
+            if name.is_some_and(|name| name != adapter)
+                || registry
+                    .get(&adapter)
+                    .is_some_and(|active| active.sha256 == record.active.sha256)
+            {
+                continue;
+            }
+            let active = match self.load_version(runtime, &adapter, &record.active) {
+                Ok(active) => active,
+                Err(error) => {
+                    tracing::error!(plugin = %adapter, error = format!("{error:#}"), "an adapter another host installed cannot be loaded here: this host keeps its version");
+                    continue;
+                }
+            };
+            let previous = record
+                .previous
+                .as_ref()
+                .and_then(|version| self.load_version(runtime, &adapter, version).ok());
+            tracing::info!(plugin = %adapter, version = %active.version, sha256 = %active.sha256, "plugin swapped in by another host");
+            registry.restore(active, previous);
         }
-        Ok(())
+    }
+}
+
+/// Makes the adapters other hosts sharing `store` swap in active here too (on
+/// PostgreSQL; on redb there are no other hosts).
+pub fn follow_other_hosts(
+    store: &Store,
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+) -> Result<()> {
+    store.listen(db::SWAPPED, move |name| {
+        if let Some(installed) = registry.installed() {
+            installed.follow(&runtime, &registry, name.as_deref());
+        }
+    })
+}
+
+/// Where the records and components are kept.
+enum Keeping {
+    Dir(dir::Dir),
+    Database(Store),
+}
+
+impl Keeping {
+    fn records(&self) -> Result<BTreeMap<String, Record>> {
+        match self {
+            Keeping::Dir(dir) => dir.records(),
+            Keeping::Database(store) => store.read(db::records),
+        }
+    }
+
+    /// Keeps `components`, then `records` (in which `changed` changed).
+    fn save(
+        &self,
+        records: &BTreeMap<String, Record>,
+        changed: &str,
+        components: &[&LoadedPlugin],
+    ) -> Result<()> {
+        match self {
+            Keeping::Dir(dir) => {
+                for plugin in components {
+                    dir.keep_component(&plugin.sha256, &plugin.wasm)?;
+                }
+                dir.save(records)
+            }
+            Keeping::Database(store) => {
+                let record = &records[changed];
+                let kept = store.autocommit(|pg| {
+                    for plugin in components {
+                        db::keep_component(pg, &plugin.sha256, &plugin.wasm)?;
+                    }
+                    db::save(pg, changed, record)
+                });
+                kept.expect("a database store")
+            }
+        }
+    }
+
+    fn component(&self, sha256: &str) -> Result<Vec<u8>> {
+        if !is_sha256(sha256) {
+            bail!("{sha256:?} is not a sha256");
+        }
+        match self {
+            Keeping::Dir(dir) => dir.component(sha256),
+            Keeping::Database(store) => store
+                .read(|snapshot| db::component(snapshot, sha256))?
+                .with_context(|| format!("the component {sha256} is not in the database")),
+        }
     }
 
     /// Removes components no record names any more (best effort).
-    fn remove_unnamed_components(&self, records: &BTreeMap<String, Record>) {
+    fn forget_unnamed(&self, records: &BTreeMap<String, Record>) {
         let named: std::collections::HashSet<&str> = records
             .values()
             .flat_map(|record| std::iter::once(&record.active).chain(&record.previous))
             .map(|version| version.sha256.as_str())
             .collect();
-        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let unnamed = path.extension().is_some_and(|ext| ext == "wasm")
-                && path
-                    .file_stem()
-                    .and_then(|stem| stem.to_str())
-                    .is_some_and(|stem| is_sha256(stem) && !named.contains(stem));
-            if unnamed && let Err(error) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), %error, "removing an adapter no longer kept failed");
+        match self {
+            Keeping::Dir(dir) => dir.forget_unnamed(|sha256| named.contains(sha256)),
+            Keeping::Database(store) => {
+                if let Some(Err(error)) = store.autocommit(db::forget_unnamed) {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "removing adapters no longer kept failed"
+                    );
+                }
             }
         }
     }
+}
 
-    fn component_path(&self, sha256: &str) -> Result<PathBuf> {
-        if !is_sha256(sha256) {
-            bail!("{sha256:?} is not a sha256");
+impl std::fmt::Display for Keeping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keeping::Dir(dir) => write!(f, "{dir}"),
+            Keeping::Database(_) => f.write_str("the database (installed_adapters)"),
         }
-        Ok(self.dir.join(format!("{sha256}.wasm")))
     }
 }
 
@@ -221,8 +323,8 @@ fn is_sha256(text: &str) -> bool {
 mod tests {
     use super::*;
     use crate::plugins::PluginLimits;
+    use crate::plugins::load_all;
     use crate::plugins::tests::{component, runtime};
-    use crate::plugins::{Registry, load_all};
 
     /// The same component with a custom section appended: valid, a new sha256.
     fn rebuilt(wasm: &[u8], marker: u8) -> Vec<u8> {
@@ -309,7 +411,7 @@ mod tests {
         let mut expected = vec![
             format!("{}.wasm", sha256(&deployed)),
             format!("{}.wasm", sha256(&shipped)),
-            RECORDS.to_string(),
+            dir::RECORDS.to_string(),
         ];
         expected.sort();
         assert_eq!(kept, expected);
