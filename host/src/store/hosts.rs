@@ -1,19 +1,122 @@
-//! Hosts sharing one PostgreSQL database, each under a lease.
+//! Hosts sharing one PostgreSQL database: their leases, and what they tell each
+//! other ([`Store::listen`], PostgreSQL's `LISTEN`/`NOTIFY`).
 //!
 //! A host has an entry in `hosts` with the time its lease lapses; it renews the
-//! lease well before then ([`renew`], on a connection of its own, so that a busy
-//! writer never delays it). Every write batch of a host first takes its entry
-//! `FOR KEY SHARE` ([`begin_sql`]: renewals do not wait for it, removals do), and a host whose lease lapsed has its entry
-//! removed by another ([`remove_lapsed`]): the removal waits for the batch in
-//! flight, and every later batch of the lapsed host finds no entry and stops the
-//! process ([`fenced`]). Work (executions, webhook deliveries) that no living host
-//! drives is then adopted by the others. Times are the database's, so hosts' clocks
-//! need not agree.
+//! lease well before then ([`renew`], through a [`Heartbeat`]: a connection of its
+//! own, so that a busy writer never delays it). Every write batch of a host first
+//! takes its entry `FOR KEY SHARE` ([`begin_sql`]: renewals do not wait for it,
+//! removals do), and a host whose lease lapsed has its entry removed by another
+//! ([`remove_lapsed`]): the removal waits for the batch in flight, and every later
+//! batch of the lapsed host finds no entry and stops the process ([`fenced`]).
+//! Work (executions, webhook deliveries) that no living host drives is then
+//! adopted by the others. Times are the database's, so hosts' clocks need not
+//! agree.
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use postgres::{Client, NoTls};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use super::Session;
+use super::{Engine, Reader, Session, Store};
+
+/// Who a host is among those sharing a PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// this run's id
+    pub id: String,
+    /// the id of the same host's previous run, whose work this one takes over
+    pub predecessor: Option<String>,
+    /// how long the host's lease lasts unless renewed
+    pub lease: std::time::Duration,
+}
+
+/// A host's lease as the host itself counts it: from when it asked for each
+/// renewal, so it lapses here no later than in the database.
+pub(super) struct Lease {
+    host: Membership,
+    until: Mutex<std::time::Instant>,
+    heartbeat: Heartbeat,
+}
+
+impl Lease {
+    /// `host`'s lease, taken when it `asked` to join the hosts at `url`.
+    pub(super) fn new(host: &Membership, asked: std::time::Instant, url: &str) -> Lease {
+        Lease {
+            host: host.clone(),
+            until: Mutex::new(asked + host.lease),
+            heartbeat: Heartbeat::new(url),
+        }
+    }
+}
+
+impl Store {
+    /// This host, when it shares the store with others.
+    pub fn host(&self) -> Option<&Membership> {
+        self.lease.as_ref().map(|lease| &lease.host)
+    }
+
+    /// Renews this host's lease (when it shares the store); stops the process when
+    /// the lease was lost to other hosts.
+    pub async fn renew_lease(&self) -> Result<()> {
+        let Some(lease) = self.lease.clone() else {
+            return Ok(());
+        };
+        let asked = std::time::Instant::now();
+        let renewing = lease.clone();
+        let renewed = tokio::task::spawn_blocking(move || {
+            renewing
+                .heartbeat
+                .renew(&renewing.host.id, renewing.host.lease)
+        })
+        .await??;
+        if !renewed {
+            fenced(&lease.host.id);
+        }
+        *lease.until.lock().expect("lease poisoned") = asked + lease.host.lease;
+        Ok(())
+    }
+
+    /// Removes the hosts whose lease lapsed (their work is then adopted).
+    pub async fn remove_lapsed_hosts(&self) -> Result<()> {
+        if self.lease.is_none() {
+            return Ok(());
+        }
+        let lapsed = self
+            .write(|txn| match txn.postgres() {
+                Some(pg) => remove_lapsed(pg),
+                None => Ok(Vec::new()),
+            })
+            .await?;
+        for host in lapsed {
+            tracing::warn!(%host, "a host's lease lapsed: its work is taken over");
+        }
+        Ok(())
+    }
+
+    /// Stops the process if this host's lease has lapsed (it could not renew it in
+    /// time): other hosts may be taking over its work, so it must not act on any.
+    pub fn check_lease(&self) {
+        if let Some(lease) = &self.lease
+            && std::time::Instant::now() >= *lease.until.lock().expect("lease poisoned")
+        {
+            fenced(&lease.host.id);
+        }
+    }
+
+    /// Calls `heard` with the payload of each notification other hosts send on
+    /// `channel` (PostgreSQL's `NOTIFY`), and with `None` when some may have been
+    /// missed; on redb, where there are no other hosts, never.
+    pub fn listen(
+        &self,
+        channel: &'static str,
+        heard: impl FnMut(Option<String>) + Send + 'static,
+    ) -> Result<()> {
+        match &self.engine {
+            Engine::Redb(_) => Ok(()),
+            Engine::Postgres(pool) => listen(pool.url(), channel, heard),
+        }
+    }
+}
 
 /// Adds the entry of host `id` with a lease of `lease`, and removes that of
 /// `predecessor` (the same host's previous run, whose work it takes over at once).
@@ -64,4 +167,82 @@ pub fn remove_lapsed(pg: &Session) -> Result<Vec<String>> {
         &[],
     )?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// A connection of its own, for a host's lease renewals: a writer busy with a long
+/// batch, or waiting for another host's, never delays them.
+pub struct Heartbeat {
+    url: String,
+    session: Mutex<Option<Session>>,
+}
+
+impl Heartbeat {
+    pub fn new(url: &str) -> Heartbeat {
+        Heartbeat {
+            url: url.to_string(),
+            session: Mutex::new(None),
+        }
+    }
+
+    /// Renews host `id`'s lease for `lease` (see [`super::hosts::renew`]); a lost
+    /// connection is made again on the next call.
+    pub fn renew(&self, id: &str, lease: std::time::Duration) -> Result<bool> {
+        let mut session = self.session.lock().expect("heartbeat poisoned");
+        let connected = match session.take() {
+            Some(connected) if !connected.is_closed() => connected,
+            _ => Session::connect(&self.url, None)?,
+        };
+        let renewed = super::hosts::renew(&connected, id, lease)?;
+        *session = Some(connected);
+        Ok(renewed)
+    }
+}
+
+/// Calls `heard` with the payload of each notification on `channel`, from a
+/// thread of its own; and with `None` each time the connection was lost and made
+/// again (notifications meanwhile were missed).
+pub fn listen(
+    url: &str,
+    channel: &'static str,
+    mut heard: impl FnMut(Option<String>) + Send + 'static,
+) -> Result<()> {
+    let url = url.to_string();
+    std::thread::Builder::new()
+        .name(format!("listen-{channel}"))
+        .spawn(move || {
+            let mut lost = false;
+            loop {
+                let error = hear(&url, channel, lost, &mut heard).unwrap_err();
+                tracing::warn!(
+                    channel,
+                    error = format!("{error:#}"),
+                    "listening for other hosts' changes failed; listening again in a second"
+                );
+                lost = true;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        })?;
+    Ok(())
+}
+
+/// Listens on a new connection until it fails; `lost` says a previous one did.
+fn hear(
+    url: &str,
+    channel: &str,
+    lost: bool,
+    heard: &mut impl FnMut(Option<String>),
+) -> Result<std::convert::Infallible> {
+    use ::postgres::fallible_iterator::FallibleIterator;
+    let mut client = Client::connect(url, NoTls).context("connecting to PostgreSQL")?;
+    client.batch_execute(&format!("LISTEN {channel}"))?;
+    if lost {
+        // Listening again: whatever changed meanwhile is looked at anew.
+        heard(None);
+    }
+    let mut notifications = client.notifications();
+    let mut heard_each = notifications.blocking_iter();
+    while let Some(notification) = heard_each.next()? {
+        heard(Some(notification.payload().to_string()));
+    }
+    bail!("the connection closed")
 }

@@ -31,8 +31,15 @@ use tokio::sync::{mpsc, oneshot};
 
 mod deferred;
 pub mod hosts;
+mod migrate;
 pub mod postgres;
-pub use postgres::{Session, migrate};
+mod writer;
+use hosts::Lease;
+pub use hosts::Membership;
+pub use migrate::migrate;
+pub use postgres::Session;
+pub use writer::observe_commits;
+use writer::{MAX_BATCH, Op, Pending, RedbWriter, Writer, write_loop};
 
 /// JSON-encoded records keyed by id.
 pub type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
@@ -76,17 +83,6 @@ pub struct Txn<'a>(Target<'a>);
 enum Target<'a> {
     Redb(&'a WriteTransaction),
     Postgres(&'a postgres::Session),
-}
-
-/// Who a host is among those sharing a PostgreSQL store.
-#[derive(Debug, Clone)]
-pub struct Membership {
-    /// this run's id
-    pub id: String,
-    /// the id of the same host's previous run, whose work this one takes over
-    pub predecessor: Option<String>,
-    /// how long the host's lease lasts unless renewed
-    pub lease: std::time::Duration,
 }
 
 /// Reads from a [`Snapshot`] or inside a [`Txn`], so that a module's read functions
@@ -141,39 +137,6 @@ impl Reader for Txn<'_> {
     }
 }
 
-/// A queued write: run in its batch's transaction (again, when the batch is retried),
-/// and answered once a run of it committed.
-trait WriteOp: Send {
-    fn run(&mut self, txn: &Txn) -> Result<()>;
-    fn answer(self: Box<Self>);
-}
-
-struct Pending<T, F> {
-    write: F,
-    value: Option<T>,
-    answer: oneshot::Sender<T>,
-}
-
-impl<T: Send, F: FnMut(&Txn) -> Result<T> + Send> WriteOp for Pending<T, F> {
-    fn run(&mut self, txn: &Txn) -> Result<()> {
-        self.value = Some((self.write)(txn)?);
-        Ok(())
-    }
-
-    fn answer(self: Box<Self>) {
-        if let Some(value) = self.value {
-            let _ = self.answer.send(value);
-        }
-    }
-}
-
-type Op = Box<dyn WriteOp>;
-
-/// How many queued writes one transaction may absorb. Under load a commit costs
-/// little more for a bigger batch (most of it is the fsync and the pages it writes),
-/// so throughput grows with the batch; the cap bounds one batch's latency.
-const MAX_BATCH: usize = 4096;
-
 #[derive(Clone)]
 pub struct Store {
     engine: Engine,
@@ -182,31 +145,10 @@ pub struct Store {
     lease: Option<Arc<Lease>>,
 }
 
-/// A host's lease as the host itself counts it: from when it asked for each
-/// renewal, so it lapses here no later than in the database.
-struct Lease {
-    host: Membership,
-    until: std::sync::Mutex<std::time::Instant>,
-    heartbeat: postgres::Heartbeat,
-}
-
 #[derive(Clone)]
 enum Engine {
     Redb(Arc<Database>),
     Postgres(Arc<postgres::Pool>),
-}
-
-/// Commits one batch of writes in one transaction, for the writer thread.
-trait Writer: Send + 'static {
-    /// Runs every write of `batch` in one transaction and commits it; an `Err` means
-    /// nothing of the batch was written.
-    fn commit(&mut self, batch: &mut [Op]) -> Result<()>;
-
-    /// Whether `error` lost a conflict with another writer: the same writes may
-    /// succeed when run again.
-    fn is_conflict(&self, _error: &anyhow::Error) -> bool {
-        false
-    }
 }
 
 impl Store {
@@ -225,33 +167,15 @@ impl Store {
     /// Connects to PostgreSQL at `url`, bringing its schema up to date first, and
     /// joins the hosts that share it as `host` (see [`hosts`]).
     pub fn connect(url: &str, host: &Membership) -> Result<Store> {
-        postgres::migrate(url)?;
+        migrate(url)?;
         let pool = Arc::new(postgres::Pool::new(url));
         pool.check()?;
         let asked = std::time::Instant::now();
         let writer = postgres::Writer::connect(url, host)?;
         writer.register(host)?;
         let mut store = Store::start(Engine::Postgres(pool), writer)?;
-        store.lease = Some(Arc::new(Lease {
-            host: host.clone(),
-            until: std::sync::Mutex::new(asked + host.lease),
-            heartbeat: postgres::Heartbeat::new(url),
-        }));
+        store.lease = Some(Arc::new(Lease::new(host, asked, url)));
         Ok(store)
-    }
-
-    /// Calls `heard` with the payload of each notification other hosts send on
-    /// `channel` (PostgreSQL's `NOTIFY`), and with `None` when some may have been
-    /// missed; on redb, where there are no other hosts, never.
-    pub fn listen(
-        &self,
-        channel: &'static str,
-        heard: impl FnMut(Option<String>) + Send + 'static,
-    ) -> Result<()> {
-        match &self.engine {
-            Engine::Redb(_) => Ok(()),
-            Engine::Postgres(pool) => postgres::listen(pool.url(), channel, heard),
-        }
     }
 
     /// Runs `f` outside any transaction, each statement committing by itself, for
@@ -260,59 +184,6 @@ impl Store {
         match &self.engine {
             Engine::Redb(_) => None,
             Engine::Postgres(pool) => Some(blocking(|| pool.autocommit(f))),
-        }
-    }
-
-    /// This host, when it shares the store with others.
-    pub fn host(&self) -> Option<&Membership> {
-        self.lease.as_ref().map(|lease| &lease.host)
-    }
-
-    /// Renews this host's lease (when it shares the store); stops the process when
-    /// the lease was lost to other hosts.
-    pub async fn renew_lease(&self) -> Result<()> {
-        let Some(lease) = self.lease.clone() else {
-            return Ok(());
-        };
-        let asked = std::time::Instant::now();
-        let renewing = lease.clone();
-        let renewed = tokio::task::spawn_blocking(move || {
-            renewing
-                .heartbeat
-                .renew(&renewing.host.id, renewing.host.lease)
-        })
-        .await??;
-        if !renewed {
-            hosts::fenced(&lease.host.id);
-        }
-        *lease.until.lock().expect("lease poisoned") = asked + lease.host.lease;
-        Ok(())
-    }
-
-    /// Removes the hosts whose lease lapsed (their work is then adopted).
-    pub async fn remove_lapsed_hosts(&self) -> Result<()> {
-        if self.lease.is_none() {
-            return Ok(());
-        }
-        let lapsed = self
-            .write(|txn| match txn.postgres() {
-                Some(pg) => hosts::remove_lapsed(pg),
-                None => Ok(Vec::new()),
-            })
-            .await?;
-        for host in lapsed {
-            tracing::warn!(%host, "a host's lease lapsed: its work is taken over");
-        }
-        Ok(())
-    }
-
-    /// Stops the process if this host's lease has lapsed (it could not renew it in
-    /// time): other hosts may be taking over its work, so it must not act on any.
-    pub fn check_lease(&self) {
-        if let Some(lease) = &self.lease
-            && std::time::Instant::now() >= *lease.until.lock().expect("lease poisoned")
-        {
-            hosts::fenced(&lease.host.id);
         }
     }
 
@@ -390,126 +261,6 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
         }
         _ => work(),
     }
-}
-
-fn write_loop(mut writer: impl Writer, mut queue: mpsc::Receiver<Op>) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let started = std::time::Instant::now();
-        let writes = batch.len();
-        let mut committed = writer.commit(&mut batch);
-        // A conflict with another host's batch (a deadlock) is usually gone on the
-        // next try: the batch is run again whole before it is split.
-        for _ in 0..BATCH_CONFLICT_RETRIES {
-            match &committed {
-                Err(error) if writer.is_conflict(error) => {
-                    back_off();
-                    committed = writer.commit(&mut batch);
-                }
-                _ => break,
-            }
-        }
-        match committed {
-            Ok(()) => {
-                if let Some(observe) = COMMIT_OBSERVER.get() {
-                    observe(writes, started.elapsed());
-                }
-                batch.into_iter().for_each(|op| op.answer());
-            }
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    writes,
-                    "write batch rolled back; its writes run again one by one"
-                );
-                for op in batch {
-                    commit_alone(&mut writer, op);
-                }
-            }
-        }
-    }
-}
-
-/// Waits a moment before a write that lost a conflict runs again: hosts whose
-/// batches collided do not collide again at once.
-fn back_off() {
-    let pause = rand::Rng::random_range(&mut rand::rng(), 1..20);
-    std::thread::sleep(std::time::Duration::from_millis(pause));
-}
-
-/// How often a whole batch that lost a conflict is run again before it is split.
-const BATCH_CONFLICT_RETRIES: usize = 2;
-
-/// How often a write that keeps losing conflicts to other hosts is run again.
-const CONFLICT_RETRIES: usize = 5;
-
-/// Runs `op` in a transaction of its own, again while it loses conflicts; answers
-/// it once committed, or drops it (its caller hears that nothing was written).
-fn commit_alone(writer: &mut impl Writer, op: Op) {
-    let mut alone = [op];
-    for _ in 0..=CONFLICT_RETRIES {
-        match writer.commit(&mut alone) {
-            Ok(()) => {
-                let [op] = alone;
-                return op.answer();
-            }
-            Err(error) if writer.is_conflict(&error) => {
-                back_off();
-                tracing::info!(
-                    error = format!("{error:#}"),
-                    "a write lost a conflict with another host's; running it again"
-                );
-            }
-            Err(error) => {
-                return tracing::error!(error = format!("{error:#}"), "write aborted");
-            }
-        }
-    }
-    tracing::error!("a write kept losing conflicts with other hosts' and was given up");
-}
-
-struct RedbWriter(Arc<Database>);
-
-impl Writer for RedbWriter {
-    fn commit(&mut self, batch: &mut [Op]) -> Result<()> {
-        let txn = match self.0.begin_write() {
-            Ok(txn) => txn,
-            Err(error) => fatal(&error),
-        };
-        for op in batch {
-            if let Err(error) = op.run(&Txn(Target::Redb(&txn))) {
-                drop(txn.abort());
-                return Err(error);
-            }
-        }
-        if let Err(error) = txn.commit() {
-            fatal(&error);
-        }
-        Ok(())
-    }
-}
-
-/// Told of every commit: how many writes it held and how long it took (the metrics
-/// listen; the store imports nothing of the host).
-static COMMIT_OBSERVER: std::sync::OnceLock<fn(usize, std::time::Duration)> =
-    std::sync::OnceLock::new();
-
-/// Sets the process's commit observer (the first call wins).
-pub fn observe_commits(observer: fn(usize, std::time::Duration)) {
-    let _ = COMMIT_OBSERVER.set(observer);
-}
-
-/// redb refuses writes after a failed commit: stop, and let the restart recover from
-/// what is durable (every acknowledged write).
-fn fatal(error: &dyn std::fmt::Display) -> ! {
-    tracing::error!(%error, "the store failed to commit; exiting so a restart can recover");
-    std::process::exit(70)
 }
 
 /// Serializes a record for a [`JsonTable`].

@@ -1,6 +1,6 @@
 //! The PostgreSQL engine: sessions (a connection with its prepared statements), a
-//! pool of them for snapshots, the writer's own session, and the schema's
-//! migrations, shipped in the binary.
+//! pool of them for snapshots and autocommitted statements, and the writer's own
+//! session (the schema's migrations are in [`super::migrate`]).
 //!
 //! A snapshot is a `REPEATABLE READ, READ ONLY` transaction. The writer's batch is a
 //! `READ COMMITTED` transaction in which every read a write decides on takes its rows
@@ -34,7 +34,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn connect(url: &str, host: Option<&str>) -> Result<Session> {
+    pub(super) fn connect(url: &str, host: Option<&str>) -> Result<Session> {
         let client = Client::connect(url, NoTls).context("connecting to PostgreSQL")?;
         Ok(Session {
             client: RefCell::new(client),
@@ -45,7 +45,7 @@ impl Session {
         })
     }
 
-    fn is_closed(&self) -> bool {
+    pub(super) fn is_closed(&self) -> bool {
         self.client.borrow().is_closed()
     }
 
@@ -137,55 +137,6 @@ impl Session {
     fn batch(&self, sql: &str) -> Result<()> {
         Ok(self.client.borrow_mut().batch_execute(sql)?)
     }
-}
-
-/// Calls `heard` with the payload of each notification on `channel`, from a
-/// thread of its own; and with `None` each time the connection was lost and made
-/// again (notifications meanwhile were missed).
-pub fn listen(
-    url: &str,
-    channel: &'static str,
-    mut heard: impl FnMut(Option<String>) + Send + 'static,
-) -> Result<()> {
-    let url = url.to_string();
-    std::thread::Builder::new()
-        .name(format!("listen-{channel}"))
-        .spawn(move || {
-            let mut lost = false;
-            loop {
-                let error = hear(&url, channel, lost, &mut heard).unwrap_err();
-                tracing::warn!(
-                    channel,
-                    error = format!("{error:#}"),
-                    "listening for other hosts' changes failed; listening again in a second"
-                );
-                lost = true;
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-        })?;
-    Ok(())
-}
-
-/// Listens on a new connection until it fails; `lost` says a previous one did.
-fn hear(
-    url: &str,
-    channel: &str,
-    lost: bool,
-    heard: &mut impl FnMut(Option<String>),
-) -> Result<std::convert::Infallible> {
-    use ::postgres::fallible_iterator::FallibleIterator;
-    let mut client = Client::connect(url, NoTls).context("connecting to PostgreSQL")?;
-    client.batch_execute(&format!("LISTEN {channel}"))?;
-    if lost {
-        // Listening again: whatever changed meanwhile is looked at anew.
-        heard(None);
-    }
-    let mut notifications = client.notifications();
-    let mut heard_each = notifications.blocking_iter();
-    while let Some(notification) = heard_each.next()? {
-        heard(Some(notification.payload().to_string()));
-    }
-    bail!("the connection closed")
 }
 
 /// Idle sessions for snapshots; more are opened when all are busy.
@@ -397,35 +348,6 @@ impl super::Writer for Writer {
     }
 }
 
-/// A connection of its own, for a host's lease renewals: a writer busy with a long
-/// batch, or waiting for another host's, never delays them.
-pub struct Heartbeat {
-    url: String,
-    session: Mutex<Option<Session>>,
-}
-
-impl Heartbeat {
-    pub fn new(url: &str) -> Heartbeat {
-        Heartbeat {
-            url: url.to_string(),
-            session: Mutex::new(None),
-        }
-    }
-
-    /// Renews host `id`'s lease for `lease` (see [`super::hosts::renew`]); a lost
-    /// connection is made again on the next call.
-    pub fn renew(&self, id: &str, lease: std::time::Duration) -> Result<bool> {
-        let mut session = self.session.lock().expect("heartbeat poisoned");
-        let connected = match session.take() {
-            Some(connected) if !connected.is_closed() => connected,
-            _ => Session::connect(&self.url, None)?,
-        };
-        let renewed = super::hosts::renew(&connected, id, lease)?;
-        *session = Some(connected);
-        Ok(renewed)
-    }
-}
-
 /// The server secret `name`, made once by whichever host asks first.
 pub fn signing_key(pg: &Session, name: &str) -> Result<Vec<u8>> {
     let mut key = vec![0u8; 32];
@@ -438,79 +360,6 @@ pub fn signing_key(pg: &Session, name: &str) -> Result<Vec<u8>> {
         .query_opt("SELECT value FROM meta WHERE name = $1", &[&name])?
         .ok_or_else(|| anyhow!("the secret {name} was not kept"))?;
     Ok(hex::decode(row.get::<_, String>(0))?)
-}
-
-/// The schema's migrations, in order: `(version, name, SQL)`. A released migration
-/// is never edited; a change is a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "schema", include_str!("migrations/0001_schema.sql")),
-    (2, "hosts", include_str!("migrations/0002_hosts.sql")),
-    (
-        3,
-        "rate_limits",
-        include_str!("migrations/0003_rate_limits.sql"),
-    ),
-    (
-        4,
-        "adapters",
-        include_str!("migrations/0004_installed_adapters.sql"),
-    ),
-];
-
-/// Any number to lock migrations with: hosts starting together migrate one at a time.
-const MIGRATION_LOCK: i64 = 0x6d6f_6465_6c72_6f75;
-
-/// Brings the database at `url` up to the schema this binary knows; returns the
-/// versions it applied. Each migration commits whole or not at all, hosts starting
-/// at once wait for each other, and a database migrated by a newer version is left
-/// as it is (its migrations keep the older schema working: see the README).
-pub fn migrate(url: &str) -> Result<Vec<i32>> {
-    let mut client = Client::connect(url, NoTls)
-        .with_context(|| format!("connecting to PostgreSQL at {}", redacted(url)))?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
-    let applied = apply(&mut client);
-    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
-    applied
-}
-
-fn apply(client: &mut Client) -> Result<Vec<i32>> {
-    client.batch_execute(
-        "SET client_min_messages = warning;
-        CREATE TABLE IF NOT EXISTS schema_migrations (
-            version integer PRIMARY KEY,
-            name text NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now()
-        )",
-    )?;
-    let done: Vec<i32> = client
-        .query("SELECT version FROM schema_migrations", &[])?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let mut applied = Vec::new();
-    for &(version, name, sql) in MIGRATIONS {
-        if done.contains(&version) {
-            continue;
-        }
-        let mut txn = client.transaction()?;
-        txn.batch_execute(sql)
-            .with_context(|| format!("applying migration {version} ({name})"))?;
-        txn.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &name],
-        )?;
-        txn.commit()?;
-        tracing::info!(version, name, "applied a database migration");
-        applied.push(version);
-    }
-    if let Some(newest) = done.iter().max().filter(|&&v| v > MIGRATIONS.len() as i32) {
-        tracing::warn!(
-            database = newest,
-            binary = MIGRATIONS.len(),
-            "the database's schema is newer than this binary's; running on it (an upgrade in progress)"
-        );
-    }
-    Ok(applied)
 }
 
 /// `url` without its password, for messages.
