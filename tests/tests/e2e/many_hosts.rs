@@ -455,6 +455,65 @@ async fn terminal(host: &Server, key: &str, id: &str) -> Value {
     panic!("{id} did not end: {last}");
 }
 
+/// The same create sent to two hosts at once, with one idempotency key, is one
+/// execution (the database's key is the one claim; the host that loses the race
+/// runs its write again and answers the winner's execution), held and charged once.
+#[tokio::test]
+async fn one_idempotency_key_sent_to_two_hosts_at_once_is_one_execution() {
+    const KEYS: usize = 20;
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let Some(cluster) = Cluster::start(&emulator, 2).await else {
+        return;
+    };
+    let key = cluster.hosts[0].new_organization("10").await;
+    let client = reqwest::Client::new();
+    let urls: Vec<String> = cluster.hosts.iter().map(|host| host.url.clone()).collect();
+    let sends = (0..KEYS).flat_map(|n| {
+        let body = json!({"model": "flux-1.1-pro", "input": {"prompt": format!("twice {n}"), "width": 256, "height": 256}});
+        let (client, urls, key) = (&client, &urls, &key);
+        (0..2).map(move |first| {
+            let body = body.clone();
+            async move {
+                let idempotency_key = format!("same-{n}");
+                let id = create(client, &urls[first..=first], 0, key, &idempotency_key, &body).await;
+                (n, id)
+            }
+        })
+    });
+    let answered = futures_util::future::join_all(sends).await;
+    let mut ids: HashMap<usize, HashSet<String>> = HashMap::new();
+    for (n, id) in answered {
+        ids.entry(n).or_default().insert(id);
+    }
+    assert!(ids.values().all(|same| same.len() == 1), "{ids:?}");
+    let mut costs = rust_decimal::Decimal::ZERO;
+    for id in ids.values().flatten() {
+        let execution = terminal(&cluster.hosts[0], &key, id).await;
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+        costs += decimal(execution["cost"].as_str().unwrap());
+    }
+    let listed = cluster.hosts[1]
+        .call(
+            Method::GET,
+            "/v1/executions?limit=100",
+            Some(&key),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    assert_eq!(listed["data"].as_array().unwrap().len(), KEYS, "{listed}");
+    let balance = balance(&cluster.hosts[1], &key).await;
+    assert_eq!(balance["held"], "0", "{balance}");
+    assert_eq!(
+        decimal(balance["available"].as_str().unwrap()),
+        decimal("10") - costs,
+        "{balance}"
+    );
+}
+
 /// A key's rate limit holds across hosts: its burst is spent once, wherever its
 /// requests land, and the refusal says when to come back.
 #[tokio::test]
