@@ -3,7 +3,9 @@
 //! idempotency claim in one transaction; concurrent accepts share commits (group
 //! commit), each acknowledged only after its fsync. On the embedded store, and on
 //! PostgreSQL when `MODELROUTE_TEST_DATABASE_URL` names a server (`make bench` finds
-//! or starts one: tests/with-postgres.sh), in a database made for the run.
+//! or starts one: tests/with-postgres.sh), in a database made for the run: by one
+//! host, and by two hosts sharing the database (each with its writer, serving an
+//! organization of its own, the clients spread over both).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
@@ -95,60 +97,32 @@ fn run(url: &str, statement: &str) {
 
 fn accepts(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    bench_store(
+    bench_stores(
         c,
         "redb",
-        Store::open(&dir.path().join("bench.redb")).expect("store"),
+        vec![Store::open(&dir.path().join("bench.redb")).expect("store")],
     );
     if let Ok(admin) = std::env::var("MODELROUTE_TEST_DATABASE_URL") {
         let database = BenchDatabase::create(&admin);
-        let host = modelroute::cluster::join(dir.path(), std::time::Duration::from_secs(10))
-            .expect("host id");
-        let store = Store::connect(&database.url, &host).expect("store");
-        bench_store(c, "postgres", store);
+        let host = |n: usize| {
+            let data = dir.path().join(format!("host-{n}"));
+            std::fs::create_dir_all(&data).expect("host dir");
+            let host = modelroute::cluster::join(&data, Duration::from_secs(60)).expect("host");
+            Store::connect(&database.url, &host).expect("store")
+        };
+        bench_stores(c, "postgres", vec![host(0)]);
+        bench_stores(c, "postgres, two hosts", vec![host(1), host(2)]);
     }
 }
 
-fn bench_store(c: &mut Criterion, backend: &str, store: Store) {
+/// Accepts through every one of `stores` (a host each), the clients spread over
+/// them; each host accepts for an organization of its own.
+fn bench_stores(c: &mut Criterion, backend: &str, stores: Vec<Store>) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config::load(None).expect("config");
-    let router = Arc::new(Router::new(&config, Arc::new(Registry::default())));
-    let (dispatch, _queue) = tokio::sync::mpsc::unbounded_channel();
-    let storage = LocalDisk::open(&dir.path().join("files")).expect("file storage");
-    let files = Files::new(
-        store.clone(),
-        Arc::new(storage),
-        config.files.clone(),
-        &config.public_url,
-        vec![7; 32],
-    );
-    let executions = Arc::new(Executions::new(
-        store.clone(),
-        router,
-        ExecutionSettings::default(),
-        Arc::new(files),
-        dispatch,
-        Arc::new(tokio::sync::Notify::new()),
-        vec![9; 32],
-    ));
-    let org = runtime.block_on(async {
-        store
-            .write(|txn| {
-                let org = modelroute::auth::create_organization(txn, "bench")?;
-                let billing = modelroute::billing::deposit(
-                    txn,
-                    &org.id,
-                    modelroute::billing::MAX_DEPOSITS,
-                    "bench",
-                )?;
-                anyhow::ensure!(billing == modelroute::billing::Deposit::Made);
-                Ok(org.id)
-            })
-            .await
-            .expect("deposit")
-    });
-
+    let hosts: Vec<Host> = stores
+        .into_iter()
+        .map(|store| runtime.block_on(host(store)))
+        .collect();
     let mut group = c.benchmark_group(format!("durable accepts ({backend})"));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
@@ -159,9 +133,11 @@ fn bench_store(c: &mut Criterion, backend: &str, store: Store) {
                 runtime.block_on(async {
                     let started = Instant::now();
                     for _ in 0..iterations {
-                        let clients = (0..concurrency).map(|_| {
-                            let executions = executions.clone();
-                            let org = org.clone();
+                        let clients = (0..concurrency).map(|client| {
+                            let Host {
+                                executions, org, ..
+                            } = &hosts[client % hosts.len()];
+                            let (executions, org) = (executions.clone(), org.clone());
                             tokio::spawn(async move {
                                 for _ in 0..PER_CLIENT {
                                     // Random, as clients' keys are: each claim lands on
@@ -185,6 +161,57 @@ fn bench_store(c: &mut Criterion, backend: &str, store: Store) {
         });
     }
     group.finish();
+}
+
+/// A host accepting for an organization of its own.
+struct Host {
+    executions: Arc<Executions>,
+    org: String,
+    /// its file storage (which accepts do not write to)
+    _files: tempfile::TempDir,
+}
+
+async fn host(store: Store) -> Host {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config::load(None).expect("config");
+    let router = Arc::new(Router::new(&config, Arc::new(Registry::default())));
+    let (dispatch, _queue) = tokio::sync::mpsc::unbounded_channel();
+    let storage = LocalDisk::open(&dir.path().join("files")).expect("file storage");
+    let files = Files::new(
+        store.clone(),
+        Arc::new(storage),
+        config.files.clone(),
+        &config.public_url,
+        vec![7; 32],
+    );
+    let executions = Arc::new(Executions::new(
+        store.clone(),
+        router,
+        ExecutionSettings::default(),
+        Arc::new(files),
+        dispatch,
+        Arc::new(tokio::sync::Notify::new()),
+        vec![9; 32],
+    ));
+    let org = store
+        .write(|txn| {
+            let org = modelroute::auth::create_organization(txn, "bench")?;
+            let billing = modelroute::billing::deposit(
+                txn,
+                &org.id,
+                modelroute::billing::MAX_DEPOSITS,
+                "bench",
+            )?;
+            anyhow::ensure!(billing == modelroute::billing::Deposit::Made);
+            Ok(org.id)
+        })
+        .await
+        .expect("deposit");
+    Host {
+        executions,
+        org,
+        _files: dir,
+    }
 }
 
 criterion_group!(benches, accepts);
