@@ -34,9 +34,10 @@ pub fn join(data: &Path, lease: Duration) -> Result<Membership> {
     })
 }
 
-/// Renews this host's lease three times per lease, removes hosts whose lease
-/// lapsed and adopts the executions no living host drives (webhook deliveries
-/// need no adoption: a claimed one is due again once its claim lapses).
+/// Three times per lease, removes hosts whose lease lapsed and adopts the
+/// executions no living host drives (webhook deliveries need no adoption: a
+/// claimed one is due again once its claim lapses). The lease itself is renewed
+/// by the store's heartbeat thread.
 pub fn start(store: Store, dispatcher: Arc<Dispatcher>) {
     let Some(host) = store.host().cloned() else {
         return;
@@ -46,14 +47,6 @@ pub fn start(store: Store, dispatcher: Arc<Dispatcher>) {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            if let Err(error) = store.renew_lease().await {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "renewing this host's lease failed"
-                );
-            }
-            // Renewal failed for longer than the lease: stop before acting again.
-            store.check_lease();
             if let Err(error) = store.remove_lapsed_hosts().await {
                 tracing::warn!(
                     error = format!("{error:#}"),

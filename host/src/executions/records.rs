@@ -221,7 +221,14 @@ impl Executions {
     /// (on redb, every one: one host owns the file); their ids. On PostgreSQL, at
     /// most [`ADOPT_AT_ONCE`], so that hosts adopting together share the work.
     pub async fn adopt(&self) -> Result<Vec<String>> {
-        self.store.write(|txn| db::adopt(txn, ADOPT_AT_ONCE)).await
+        let Some(host) = self.store.host().map(|host| host.id.clone()) else {
+            return Ok(self.active()?.into_iter().map(|(id, _)| id).collect());
+        };
+        // One statement, outside the writer's batches.
+        self.store
+            .autocommit_blocking(move |pg| db::adopt(pg, &host, ADOPT_AT_ONCE))
+            .await
+            .unwrap_or_else(|| Ok(Vec::new()))
     }
 
     /// Whether adopting may have left more to adopt.

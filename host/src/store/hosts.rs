@@ -14,10 +14,10 @@
 
 use anyhow::{Context, Result, bail};
 use postgres::{Client, NoTls};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Engine, Reader, Session, Store};
+use super::{Engine, Session, Store};
 
 /// Who a host is among those sharing a PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -39,12 +39,53 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    /// `host`'s lease, taken when it `asked` to join the hosts at `url`.
-    pub(super) fn new(host: &Membership, asked: std::time::Instant, url: &str) -> Lease {
-        Lease {
+    /// `host`'s lease, taken when it `asked` to join the hosts at `url`, and
+    /// renewed from now on by a thread of its own (see [`Lease::beat`]).
+    pub(super) fn start(
+        host: &Membership,
+        asked: std::time::Instant,
+        url: &str,
+    ) -> Result<Arc<Lease>> {
+        let lease = Arc::new(Lease {
             host: host.clone(),
             until: Mutex::new(asked + host.lease),
             heartbeat: Heartbeat::new(url),
+        });
+        let beating = Arc::downgrade(&lease);
+        std::thread::Builder::new()
+            .name("store-heartbeat".into())
+            .spawn(move || Lease::beat(&beating))?;
+        Ok(lease)
+    }
+
+    /// Renews the lease three times per lease, on a thread of its own: neither a
+    /// busy async runtime nor the writer can delay it. Stops the process when the
+    /// host's entry is gone (other hosts took its work over); ends with the store.
+    fn beat(lease: &std::sync::Weak<Lease>) {
+        loop {
+            let Some(lease) = lease.upgrade() else {
+                return;
+            };
+            std::thread::sleep(lease.host.lease / 3);
+            let asked = std::time::Instant::now();
+            match lease.heartbeat.renew(&lease.host.id, lease.host.lease) {
+                Ok(true) => *lease.until.lock().expect("lease poisoned") = asked + lease.host.lease,
+                Ok(false) => fenced(&lease.host.id),
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "renewing this host's lease failed"
+                    );
+                    lease.check();
+                }
+            }
+        }
+    }
+
+    /// Stops the process once the lease has lapsed by this host's count.
+    fn check(&self) {
+        if std::time::Instant::now() >= *self.until.lock().expect("lease poisoned") {
+            fenced(&self.host.id);
         }
     }
 }
@@ -55,38 +96,17 @@ impl Store {
         self.lease.as_ref().map(|lease| &lease.host)
     }
 
-    /// Renews this host's lease (when it shares the store); stops the process when
-    /// the lease was lost to other hosts.
-    pub async fn renew_lease(&self) -> Result<()> {
-        let Some(lease) = self.lease.clone() else {
-            return Ok(());
-        };
-        let asked = std::time::Instant::now();
-        let renewing = lease.clone();
-        let renewed = tokio::task::spawn_blocking(move || {
-            renewing
-                .heartbeat
-                .renew(&renewing.host.id, renewing.host.lease)
-        })
-        .await??;
-        if !renewed {
-            fenced(&lease.host.id);
-        }
-        *lease.until.lock().expect("lease poisoned") = asked + lease.host.lease;
-        Ok(())
-    }
-
     /// Removes the hosts whose lease lapsed (their work is then adopted).
     pub async fn remove_lapsed_hosts(&self) -> Result<()> {
         if self.lease.is_none() {
             return Ok(());
         }
-        let lapsed = self
-            .write(|txn| match txn.postgres() {
-                Some(pg) => remove_lapsed(pg),
-                None => Ok(Vec::new()),
-            })
-            .await?;
+        // Not a write of the batch: the removal may wait for a lapsed host's batch
+        // to end, and counts as none of this host's commits.
+        let Some(lapsed) = self.autocommit_blocking(remove_lapsed).await else {
+            return Ok(());
+        };
+        let lapsed = lapsed?;
         for host in lapsed {
             tracing::warn!(%host, "a host's lease lapsed: its work is taken over");
         }
@@ -96,10 +116,8 @@ impl Store {
     /// Stops the process if this host's lease has lapsed (it could not renew it in
     /// time): other hosts may be taking over its work, so it must not act on any.
     pub fn check_lease(&self) {
-        if let Some(lease) = &self.lease
-            && std::time::Instant::now() >= *lease.until.lock().expect("lease poisoned")
-        {
-            fenced(&lease.host.id);
+        if let Some(lease) = &self.lease {
+            lease.check();
         }
     }
 

@@ -174,7 +174,7 @@ impl Store {
         let writer = postgres::Writer::connect(url, host)?;
         writer.register(host)?;
         let mut store = Store::start(Engine::Postgres(pool), writer)?;
-        store.lease = Some(Arc::new(Lease::new(host, asked, url)));
+        store.lease = Some(Lease::start(host, asked, url)?);
         Ok(store)
     }
 
@@ -184,6 +184,19 @@ impl Store {
         match &self.engine {
             Engine::Redb(_) => None,
             Engine::Postgres(pool) => Some(blocking(|| pool.autocommit(f))),
+        }
+    }
+
+    /// [`Store::autocommit`] on a blocking thread, for work that may wait on other
+    /// hosts' locks.
+    pub async fn autocommit_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T> + Send + 'static,
+    ) -> Option<Result<T>> {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.autocommit(f)).await {
+            Ok(done) => done,
+            Err(error) => Some(Err(error.into())),
         }
     }
 

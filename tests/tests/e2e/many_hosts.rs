@@ -20,8 +20,9 @@ use crate::support::{
 use crate::test_database::{TestDatabase, postgres_run};
 
 const WAIT: Duration = Duration::from_secs(120);
-/// Short, so that a dead host's work is taken over within seconds.
-const LEASE_SECONDS: u64 = 2;
+/// Short, so that a dead host's work is taken over within seconds, and long
+/// enough that a loaded CI machine renews every lease in time.
+const LEASE_SECONDS: u64 = 4;
 
 /// Hosts sharing one database and one bucket. The first host's URL is every
 /// host's public URL, as a load balancer's would be.
@@ -116,7 +117,8 @@ async fn upload(host: &Server, key: &str, seed: u64) -> String {
 
 /// Creates an execution through the hosts at `urls` like a client behind a load
 /// balancer: first at `urls[first]`, and on the next host whenever one does not
-/// answer, under the same idempotency key. The execution's id.
+/// answer, under the same idempotency key. The execution's id; a panic when no
+/// host answers for a minute.
 async fn create(
     client: &reqwest::Client,
     urls: &[String],
@@ -125,7 +127,12 @@ async fn create(
     idempotency_key: &str,
     body: &Value,
 ) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for turn in 0.. {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no host answered the create {idempotency_key:?} for a minute"
+        );
         let url = &urls[(first + turn) % urls.len()];
         let sent = client
             .post(format!("{url}/v1/executions"))

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use redb::ReadableTable;
 
 use super::Execution;
-use crate::store::{self, Reader, Txn};
+use crate::store::{self, Reader, Session, Txn};
 
 mod postgres;
 pub use postgres::ENDED;
@@ -104,13 +104,9 @@ pub fn page_of_org(
 }
 
 /// Takes up to `limit` executions that are not terminal and that no living host
-/// drives, for the writing host; their ids. (On redb, every execution that is not
-/// terminal: one host owns the file.)
-pub fn adopt(txn: &Txn, limit: i64) -> Result<Vec<String>> {
-    if let Some(pg) = txn.postgres() {
-        return postgres::adopt(pg, limit);
-    }
-    Ok(active(txn)?.into_iter().map(|(id, _)| id).collect())
+/// drives, for host `host`; their ids (PostgreSQL: on redb one host owns the file).
+pub fn adopt(pg: &Session, host: &str, limit: i64) -> Result<Vec<String>> {
+    postgres::adopt(pg, host, limit)
 }
 
 /// Ids of every non-terminal execution with its deadline, soonest first.

@@ -147,9 +147,9 @@ pub fn active(pg: &Session) -> Result<Vec<(String, DateTime<Utc>)>> {
 }
 
 /// Takes up to `limit` executions that are not terminal and that no living host
-/// drives (the hosts adopting at once each skip what another is taking), for the
-/// writing host; their ids, soonest deadline first.
-pub fn adopt(pg: &Session, limit: i64) -> Result<Vec<String>> {
+/// drives (the hosts adopting at once each skip what another is taking), for
+/// `host`; their ids, soonest deadline first.
+pub fn adopt(pg: &Session, host: &str, limit: i64) -> Result<Vec<String>> {
     let rows = pg.query(
         "UPDATE executions SET driver = $1 WHERE id IN ( \
             SELECT id FROM executions e \
@@ -157,7 +157,7 @@ pub fn adopt(pg: &Session, limit: i64) -> Result<Vec<String>> {
             AND (driver IS NULL OR NOT EXISTS (SELECT 1 FROM hosts h WHERE h.id = e.driver)) \
             ORDER BY expires_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
          RETURNING id",
-        &[&pg.host(), &limit],
+        &[&host, &limit],
     )?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
