@@ -71,6 +71,29 @@ impl Registry {
         self.swap(plugin);
     }
 
+    /// Makes `plugin`, a version another host swapped in, active here with
+    /// `previous` as its rollback target, unless a version with its digest already
+    /// is: this host hears its own swaps announced too, and replacing the version
+    /// it swapped in with a copy would reset its trap count (which decides an
+    /// automatic rollback). Checked under the swap lock, after the slow load.
+    /// Returns whether it swapped.
+    pub fn follow(&self, plugin: Arc<LoadedPlugin>, previous: Option<Arc<LoadedPlugin>>) -> bool {
+        let _swap = self.swapping.lock().expect("registry poisoned");
+        if self
+            .get(&plugin.name)
+            .is_some_and(|active| active.sha256 == plugin.sha256)
+        {
+            return false;
+        }
+        let mut rollback = self.previous.lock().expect("registry poisoned");
+        match previous {
+            Some(previous) => rollback.insert(plugin.name.clone(), previous),
+            None => rollback.remove(&plugin.name),
+        };
+        self.swap(plugin);
+        true
+    }
+
     /// Makes `plugin` the active version of its name; returns the one it replaced,
     /// which becomes the rollback target. Blocks while the swap is written; when
     /// that fails, nothing changes.
@@ -144,5 +167,40 @@ impl Registry {
             next.insert(plugin.name.clone(), plugin.clone());
             next
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::PluginLimits;
+    use crate::plugins::tests::{load, runtime};
+    use std::sync::atomic::Ordering;
+
+    /// Regression (a CI failure on PostgreSQL): the host heard its own install
+    /// announced, loaded the same version again and swapped the copy in while
+    /// the version it had installed was already trapping, so the trap count that
+    /// triggers the automatic rollback started over and the rollback never came.
+    #[tokio::test]
+    async fn following_a_version_already_active_keeps_it_and_its_traps() {
+        let runtime = runtime(PluginLimits::default());
+        let registry = Registry::default();
+        let installed = load(&runtime, "plugins/dist/openai.wasm").await;
+        registry.restore(installed.clone(), None);
+        installed.traps.fetch_add(2, Ordering::Relaxed);
+
+        let announced = load(&runtime, "plugins/dist/openai.wasm").await;
+        assert!(!registry.follow(announced, None));
+        let active = registry.get(&installed.name).unwrap();
+        assert!(Arc::ptr_eq(&active, &installed));
+        assert_eq!(active.traps(), 2);
+
+        let other = load(&runtime, "plugins/dist/fal.wasm").await;
+        assert!(registry.follow(other.clone(), Some(installed.clone())));
+        assert!(Arc::ptr_eq(&registry.get(&other.name).unwrap(), &other));
+        assert!(Arc::ptr_eq(
+            &registry.previous(&other.name).unwrap(),
+            &installed
+        ));
     }
 }

@@ -209,8 +209,10 @@ impl Installed {
                 .previous
                 .as_ref()
                 .and_then(|version| self.load_version(runtime, &adapter, version).ok());
-            tracing::info!(plugin = %adapter, version = %active.version, sha256 = %active.sha256, "plugin swapped in by another host");
-            registry.restore(active, previous);
+            let (version, sha256) = (active.version.clone(), active.sha256.clone());
+            if registry.follow(active, previous) {
+                tracing::info!(plugin = %adapter, %version, %sha256, "plugin swapped in by another host");
+            }
         }
     }
 }
