@@ -1,10 +1,11 @@
-//! Durable accepts per second at the store: `Executions::accept` writes the execution,
-//! its hold (two ledger entries' worth of balance), its queue entry and its
-//! idempotency claim in one transaction; concurrent accepts share commits (group
-//! commit), each acknowledged only after its fsync. On the embedded store, and on
-//! PostgreSQL when `MODELROUTE_TEST_DATABASE_URL` names a server (`make bench` finds
-//! or starts one: tests/with-postgres.sh), in a database made for the run: by one
-//! host, and by two hosts sharing the database (each with its writer, serving an
+//! Accepts per second at the store: `Executions::accept` writes the execution, its
+//! hold (two ledger entries' worth of balance), its queue entry and its idempotency
+//! claim in one transaction; concurrent accepts share commits (group commit). With
+//! `strict` durability each is acknowledged after its commit's fsync, with `batched`
+//! after its commit (flushed within 10 ms). On the embedded store, and on PostgreSQL
+//! when `MODELROUTE_TEST_DATABASE_URL` names a server (`make bench` finds or starts
+//! one: tests/with-postgres.sh), in a database made for the run: by one host in each
+//! mode, and by two hosts sharing the database (each with its writer, serving an
 //! organization of its own, the clients spread over both).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -20,7 +21,7 @@ use modelroute::files::storage::LocalDisk;
 use modelroute::money::Micros;
 use modelroute::plugins::Registry;
 use modelroute::routing::Router;
-use modelroute::store::Store;
+use modelroute::store::{Commits, Store};
 
 /// The allocator of the `modelroute` binary.
 #[global_allocator]
@@ -97,21 +98,26 @@ fn run(url: &str, statement: &str) {
 
 fn accepts(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    bench_stores(
-        c,
-        "redb",
-        vec![Store::open(&dir.path().join("bench.redb")).expect("store")],
-    );
+    let batched = Commits::DurableWithin(Duration::from_millis(10));
+    for (mode, commits) in [("strict", Commits::Durable), ("batched", batched)] {
+        let path = dir.path().join(format!("bench-{mode}.redb"));
+        let store = Store::open(&path, commits).expect("store");
+        bench_stores(c, &format!("redb, {mode}"), vec![store]);
+    }
     if let Ok(admin) = std::env::var("MODELROUTE_TEST_DATABASE_URL") {
         let database = BenchDatabase::create(&admin);
-        let host = |n: usize| {
-            let data = dir.path().join(format!("host-{n}"));
+        let mut hosts = 0;
+        let mut host = |commits: Commits| {
+            hosts += 1;
+            let data = dir.path().join(format!("host-{hosts}"));
             std::fs::create_dir_all(&data).expect("host dir");
             let host = modelroute::cluster::join(&data, Duration::from_secs(60)).expect("host");
-            Store::connect(&database.url, &host).expect("store")
+            Store::connect(&database.url, &host, commits).expect("store")
         };
-        bench_stores(c, "postgres", vec![host(0)]);
-        bench_stores(c, "postgres, two hosts", vec![host(1), host(2)]);
+        bench_stores(c, "postgres, strict", vec![host(Commits::Durable)]);
+        bench_stores(c, "postgres, batched", vec![host(batched)]);
+        let two = vec![host(Commits::Durable), host(Commits::Durable)];
+        bench_stores(c, "postgres, strict, two hosts", two);
     }
 }
 

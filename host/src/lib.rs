@@ -73,12 +73,13 @@ pub async fn serve(mut config: Config) -> Result<()> {
     let listener = listen(&mut config, &data).await?;
     let operator_token = operator_token(&data)?;
     store::observe_commits(|writes, took| metrics::metrics().store_commit(writes, took));
+    let commits = config.store.commits();
     let store = match config.store.postgres_url() {
-        None => Store::open(&data.join("modelroute.redb"))?,
+        None => Store::open(&data.join("modelroute.redb"), commits)?,
         Some(url) => {
             let url = url.to_string();
             let host = cluster::join(&data, config.store.lease())?;
-            tokio::task::spawn_blocking(move || Store::connect(&url, &host)).await??
+            tokio::task::spawn_blocking(move || Store::connect(&url, &host, commits)).await??
         }
     };
 
@@ -164,6 +165,9 @@ pub async fn serve(mut config: Config) -> Result<()> {
     if config.dev {
         bootstrap_dev_organization(&store, &data).await?;
     }
+    // What start-up wrote (keys, secrets, the dev organization) is on disk before
+    // anything is served, in either durability mode.
+    store.flush().await?;
 
     dispatcher.start(queue).await?;
     cluster::start(store.clone(), dispatcher.clone());
@@ -208,13 +212,17 @@ pub async fn serve(mut config: Config) -> Result<()> {
     }
     let address = listener.local_addr()?;
     tokio::spawn(announce_when_ready(address, data.clone(), config.dev));
-    server::serve(
+    let store = app.store.clone();
+    let served = server::serve(
         listener,
         api::router(app),
         &config.server,
         shutdown_signal(),
     )
-    .await
+    .await;
+    // With `batched` durability, what was answered reaches disk before the end.
+    store.flush().await?;
+    served
 }
 
 /// Asks the server's own `GET /readyz` once it serves, and says so: the start

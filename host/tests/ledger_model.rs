@@ -20,7 +20,7 @@ use modelroute::files::storage::LocalDisk;
 use modelroute::money::Micros;
 use modelroute::plugins::Registry;
 use modelroute::routing::Router;
-use modelroute::store::Store;
+use modelroute::store::{Commits, Store};
 
 const ORGS: [&str; 3] = ["org_a", "org_b", "org_c"];
 
@@ -53,11 +53,11 @@ struct Model {
     executions: Vec<(String, String, Micros, bool)>,
 }
 
-fn open(path: &Path) -> (Store, Executions) {
+fn open(path: &Path, commits: Commits) -> (Store, Executions) {
     // A restarted store may still be closing on its writer thread: retry briefly.
     let store = (0..200)
         .find_map(|_| {
-            Store::open(path).ok().or_else(|| {
+            Store::open(path, commits).ok().or_else(|| {
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 None
             })
@@ -115,10 +115,10 @@ fn execution(org: &str, estimate: Micros) -> Execution {
     }
 }
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run(ops: Vec<Op>, commits: Commits) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.redb");
-    let (mut store, mut executions) = open(&path);
+    let (mut store, mut executions) = open(&path, commits);
     let mut model = Model {
         accounts: BTreeMap::new(),
         executions: Vec::new(),
@@ -184,7 +184,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Restart => {
                 drop(executions);
                 drop(store);
-                (store, executions) = open(&path);
+                (store, executions) = open(&path, commits);
             }
         }
         check(&store, &model)?;
@@ -244,10 +244,19 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
+    /// In either durability mode (a restart here is a clean stop, which flushes).
     #[test]
-    fn the_ledger_matches_a_reference_model(ops in prop::collection::vec(op(), 1..40)) {
+    fn the_ledger_matches_a_reference_model(
+        batched in any::<bool>(),
+        ops in prop::collection::vec(op(), 1..40),
+    ) {
+        let commits = if batched {
+            Commits::DurableWithin(std::time::Duration::from_millis(10))
+        } else {
+            Commits::Durable
+        };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(run(ops))?;
+        runtime.block_on(run(ops, commits))?;
     }
 }
 
@@ -256,7 +265,7 @@ proptest! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_endings_resolve_each_hold_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, executions) = open(&dir.path().join("db.redb"));
+    let (store, executions) = open(&dir.path().join("db.redb"), Commits::Durable);
     let executions = Arc::new(executions);
     let made = store
         .write(|txn| billing::deposit(txn, "org_a", Micros(100_000_000), "test"))

@@ -81,7 +81,9 @@ mod tests {
     #[tokio::test]
     async fn a_rotated_secret_works_for_one_hour_then_stops() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db.redb")).unwrap();
+        let store =
+            crate::store::Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable)
+                .unwrap();
         let (old, key_id) = store
             .write(|txn| {
                 let (key, secret) = create_key(txn, "org_a", Scope::Full)?;
@@ -113,7 +115,9 @@ mod tests {
     #[tokio::test]
     async fn a_rotated_key_keeps_its_id_and_revoking_it_ends_both_secrets() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db.redb")).unwrap();
+        let store =
+            crate::store::Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable)
+                .unwrap();
         let (first, key_id) = store
             .write(|txn| {
                 let (key, secret) = create_key(txn, "org_a", Scope::Execution)?;

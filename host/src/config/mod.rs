@@ -18,7 +18,7 @@ pub use providers::{
 pub use server::{
     FailedAuthSettings, RateLimitSettings, ServerSettings, TestingSettings, UpstreamSettings,
 };
-pub use store::{PostgresSettings, StoreSettings};
+pub use store::{Backend, Durability, StoreSettings};
 pub use webhooks::WebhookSettings;
 
 use anyhow::{Context, Result, bail};

@@ -5,18 +5,12 @@ use serde::Deserialize;
 
 /// `backend = "redb"` (the default: one file in the data directory) or `backend =
 /// "postgres"`, whose connection URL is `MODELROUTE_DATABASE_URL` when set, else
-/// `url`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase")]
-pub enum StoreSettings {
-    #[default]
-    Redb,
-    Postgres(PostgresSettings),
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `url`; and how durable an acknowledged change is (`durability`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PostgresSettings {
+pub struct StoreSettings {
+    #[serde(default)]
+    pub backend: Backend,
     /// `postgres://user:password@host:5432/database` (or libpq's `key=value` form)
     #[serde(default)]
     pub url: Option<String>,
@@ -24,26 +18,82 @@ pub struct PostgresSettings {
     /// the others this long after its last renewal (it renews three times per lease).
     #[serde(default = "default_lease_seconds")]
     pub lease_seconds: u64,
+    #[serde(default)]
+    pub durability: Durability,
+    /// `batched`: the longest an acknowledged change waits to be made durable
+    #[serde(default = "default_durable_within_ms")]
+    pub durable_within_ms: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            backend: Backend::default(),
+            url: None,
+            lease_seconds: default_lease_seconds(),
+            durability: Durability::default(),
+            durable_within_ms: default_durable_within_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Redb,
+    Postgres,
+}
+
+/// When a change is acknowledged (SPEC §13).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// once it is on disk
+    #[default]
+    Strict,
+    /// once it is committed in memory; on disk within `durable_within_ms`
+    Batched,
 }
 
 fn default_lease_seconds() -> u64 {
     10
 }
 
+fn default_durable_within_ms() -> u64 {
+    10
+}
+
 /// The shortest and longest leases allowed.
 const LEASE_SECONDS: std::ops::RangeInclusive<u64> = 1..=600;
 
+/// The shortest and longest windows of `batched` durability: past a minute an
+/// operator wants a backup, not a durability mode.
+const DURABLE_WITHIN_MS: std::ops::RangeInclusive<u64> = 1..=60_000;
+
 impl StoreSettings {
     /// Takes the database URL from the environment's `MODELROUTE_DATABASE_URL`, when
-    /// set, and checks that the PostgreSQL backend has one that parses.
+    /// set, and checks that the PostgreSQL backend has one that parses, and that
+    /// the other settings are usable (and belong to the chosen backend).
     pub fn resolve(&mut self, environment_url: Option<String>) -> Result<()> {
-        let StoreSettings::Postgres(settings) = self else {
-            return Ok(());
-        };
-        if let Some(url) = environment_url {
-            settings.url = Some(url);
+        if !DURABLE_WITHIN_MS.contains(&self.durable_within_ms) {
+            bail!(
+                "store.durable_within_ms: {} is out of range ({} to {})",
+                self.durable_within_ms,
+                DURABLE_WITHIN_MS.start(),
+                DURABLE_WITHIN_MS.end()
+            );
         }
-        let Some(url) = &settings.url else {
+        if self.backend == Backend::Redb {
+            if self.url.is_some() {
+                bail!("store.url: only for backend = \"postgres\" (the backend is redb)");
+            }
+            return Ok(());
+        }
+        if let Some(url) = environment_url {
+            self.url = Some(url);
+        }
+        let Some(url) = &self.url else {
             bail!(
                 "store: backend = \"postgres\" needs the database's URL: set MODELROUTE_DATABASE_URL or [store] url"
             );
@@ -51,10 +101,10 @@ impl StoreSettings {
         if let Err(error) = url.parse::<postgres::Config>() {
             bail!("store.url: not a PostgreSQL connection URL ({error})");
         }
-        if !LEASE_SECONDS.contains(&settings.lease_seconds) {
+        if !LEASE_SECONDS.contains(&self.lease_seconds) {
             bail!(
                 "store.lease_seconds: {} is out of range ({} to {})",
-                settings.lease_seconds,
+                self.lease_seconds,
                 LEASE_SECONDS.start(),
                 LEASE_SECONDS.end()
             );
@@ -64,18 +114,24 @@ impl StoreSettings {
 
     /// How long a host's lease lasts (PostgreSQL; redb has one host).
     pub fn lease(&self) -> std::time::Duration {
-        let seconds = match self {
-            StoreSettings::Redb => default_lease_seconds(),
-            StoreSettings::Postgres(settings) => settings.lease_seconds,
-        };
-        std::time::Duration::from_secs(seconds)
+        std::time::Duration::from_secs(self.lease_seconds)
     }
 
     /// The PostgreSQL URL, when that is the backend.
     pub fn postgres_url(&self) -> Option<&str> {
-        match self {
-            StoreSettings::Redb => None,
-            StoreSettings::Postgres(settings) => settings.url.as_deref(),
+        match self.backend {
+            Backend::Redb => None,
+            Backend::Postgres => self.url.as_deref(),
+        }
+    }
+
+    /// The writes' durability, for the store.
+    pub fn commits(&self) -> crate::store::Commits {
+        match self.durability {
+            Durability::Strict => crate::store::Commits::Durable,
+            Durability::Batched => crate::store::Commits::DurableWithin(
+                std::time::Duration::from_millis(self.durable_within_ms),
+            ),
         }
     }
 }
@@ -94,10 +150,10 @@ mod tests {
 
     #[test]
     fn the_backend_is_chosen_by_name_and_postgres_needs_a_url_that_parses() {
-        assert!(matches!(
-            store("[store]\nbackend = \"redb\"").unwrap(),
-            StoreSettings::Redb
-        ));
+        assert_eq!(
+            store("[store]\nbackend = \"redb\"").unwrap().backend,
+            Backend::Redb
+        );
         let mut settings = store("[store]\nbackend = \"postgres\"").unwrap();
         let missing = settings.resolve(None).unwrap_err().to_string();
         assert!(missing.contains("MODELROUTE_DATABASE_URL"), "{missing}");
@@ -137,5 +193,67 @@ mod tests {
             let error = settings.resolve(url.clone()).unwrap_err().to_string();
             assert!(error.contains("store.lease_seconds"), "{error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+
+    fn resolved(toml: &str) -> Result<StoreSettings> {
+        #[derive(Deserialize)]
+        struct Config {
+            store: StoreSettings,
+        }
+        let mut settings = toml::from_str::<Config>(toml)?.store;
+        settings.resolve(Some("postgres://mr@127.0.0.1:5432/test".into()))?;
+        Ok(settings)
+    }
+
+    #[test]
+    fn durability_is_strict_unless_batched_is_asked_with_a_window_in_range() {
+        let strict = resolved("[store]").unwrap();
+        assert_eq!(strict.commits(), crate::store::Commits::Durable);
+        for backend in ["redb", "postgres"] {
+            let batched = resolved(&format!(
+                "[store]\nbackend = \"{backend}\"\ndurability = \"batched\""
+            ))
+            .unwrap();
+            assert_eq!(
+                batched.commits(),
+                crate::store::Commits::DurableWithin(std::time::Duration::from_millis(10))
+            );
+        }
+        let wide = resolved("[store]\ndurability = \"batched\"\ndurable_within_ms = 250").unwrap();
+        assert_eq!(
+            wide.commits(),
+            crate::store::Commits::DurableWithin(std::time::Duration::from_millis(250))
+        );
+        for refused in ["0", "60001"] {
+            let error = resolved(&format!("[store]\ndurable_within_ms = {refused}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("store.durable_within_ms"), "{error}");
+        }
+        let error = resolved("[store]\ndurability = \"eventual\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("strict") && error.contains("batched"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_postgres_url_given_to_the_embedded_backend_is_refused() {
+        #[derive(Deserialize)]
+        struct Config {
+            store: StoreSettings,
+        }
+        let mut settings = toml::from_str::<Config>("[store]\nurl = \"postgres://h/x\"")
+            .unwrap()
+            .store;
+        let error = settings.resolve(None).unwrap_err().to_string();
+        assert!(error.contains("store.url"), "{error}");
     }
 }

@@ -108,7 +108,7 @@ impl Attempt {
         now: DateTime<Utc>,
     ) -> Attempt {
         Attempt {
-            id: crate::ids::new_short_id("att"),
+            id: crate::ids::attempt_id(&execution.id, execution.attempts.len()),
             model: execution.model.clone(),
             provider: candidate.provider.name.clone(),
             plugin: candidate.plugin.name.clone(),

@@ -115,7 +115,11 @@ mod tests {
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let store = Store::open(
+            &dir.path().join("store.redb"),
+            crate::store::Commits::Durable,
+        )
+        .unwrap();
         let disk = storage::LocalDisk::open(&dir.path().join("files")).unwrap();
         let files = Files::new(
             store,

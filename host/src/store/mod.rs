@@ -38,8 +38,8 @@ use hosts::Lease;
 pub use hosts::Membership;
 pub use migrate::migrate;
 pub use postgres::Session;
-pub use writer::observe_commits;
-use writer::{MAX_BATCH, Op, Pending, RedbWriter, Writer, write_loop};
+pub use writer::{Commits, observe_commits};
+use writer::{MAX_BATCH, Op, Pending, Progress, RedbWriter, Writer, write_loop};
 
 /// JSON-encoded records keyed by id.
 pub type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
@@ -141,6 +141,7 @@ impl Reader for Txn<'_> {
 pub struct Store {
     engine: Engine,
     writes: mpsc::Sender<Op>,
+    progress: Arc<Progress>,
     /// this host's lease, when it shares the store with others
     lease: Option<Arc<Lease>>,
 }
@@ -153,7 +154,7 @@ enum Engine {
 
 impl Store {
     /// Opens (or creates) the embedded store: one redb file.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path, commits: Commits) -> Result<Store> {
         let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
         let db = Arc::new(db);
         let txn = db.begin_write()?;
@@ -161,19 +162,19 @@ impl Store {
             txn.open_table(*table)?;
         }
         txn.commit()?;
-        Store::start(Engine::Redb(db.clone()), RedbWriter(db))
+        Store::start(Engine::Redb(db.clone()), RedbWriter(db), commits)
     }
 
     /// Connects to PostgreSQL at `url`, bringing its schema up to date first, and
     /// joins the hosts that share it as `host` (see [`hosts`]).
-    pub fn connect(url: &str, host: &Membership) -> Result<Store> {
+    pub fn connect(url: &str, host: &Membership, commits: Commits) -> Result<Store> {
         migrate(url)?;
         let pool = Arc::new(postgres::Pool::new(url));
         pool.check()?;
         let asked = std::time::Instant::now();
         let writer = postgres::Writer::connect(url, host)?;
         writer.register(host)?;
-        let mut store = Store::start(Engine::Postgres(pool), writer)?;
+        let mut store = Store::start(Engine::Postgres(pool), writer, commits)?;
         store.lease = Some(Lease::start(host, asked, url)?);
         Ok(store)
     }
@@ -200,16 +201,26 @@ impl Store {
         }
     }
 
-    fn start(engine: Engine, writer: impl Writer) -> Result<Store> {
+    fn start(engine: Engine, writer: impl Writer, commits: Commits) -> Result<Store> {
         let (writes, queue) = mpsc::channel(MAX_BATCH * 4);
+        let progress = Arc::new(Progress::default());
+        let writing = progress.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(writer, queue))?;
+            .spawn(move || write_loop(writer, queue, commits, writing))?;
         Ok(Store {
             engine,
             writes,
+            progress,
             lease: None,
         })
+    }
+
+    /// Waits until every write answered so far is on disk: at once with `strict`
+    /// durability, within the window with `batched`. For what must not leave the
+    /// process before it is durable (a webhook event).
+    pub async fn durable(&self) {
+        self.progress.durable().await
     }
 
     /// Whether the store works: a read transaction opens and the writer thread that
@@ -249,9 +260,24 @@ impl Store {
         T: Send + 'static,
         F: FnMut(&Txn) -> Result<T> + Send + 'static,
     {
+        self.queue(f, false).await
+    }
+
+    /// Commits everything written so far to disk now, whatever the durability
+    /// mode (at start-up, and before the process ends).
+    pub async fn flush(&self) -> Result<()> {
+        self.queue(|_| Ok(()), true).await
+    }
+
+    async fn queue<T, F>(&self, f: F, durable: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Txn) -> Result<T> + Send + 'static,
+    {
         let (answer, answered) = oneshot::channel();
         let op: Op = Box::new(Pending {
             write: f,
+            durable,
             value: None,
             answer,
         });
@@ -419,7 +445,8 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writes_are_batched_and_all_acknowledged_after_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let store =
+            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
         let writes = (0..200).map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -451,7 +478,8 @@ mod tests {
     #[tokio::test]
     async fn a_failing_write_fails_alone_and_the_writes_batched_with_it_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let store =
+            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
         let writes: Vec<_> = (0..64)
             .map(|i| {
                 let store = store.clone();
@@ -488,7 +516,8 @@ mod tests {
     #[tokio::test]
     async fn a_failing_write_rolls_back_its_batch_and_the_store_keeps_working() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let store =
+            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
         let failed: Result<()> = store
             .write(|txn| {
                 txn.open_table(META)?.insert("half", b"1".as_slice())?;

@@ -278,8 +278,12 @@ impl Writer {
     /// The session, in a transaction just begun that holds the host's entry. A
     /// connection lost since the last batch (nothing of this one was sent yet) is
     /// replaced by a new one.
-    fn begin(&mut self) -> Result<&Session> {
-        let begin = super::hosts::begin_sql(&self.host.id);
+    fn begin(&mut self, durable: bool) -> Result<&Session> {
+        let mut begin = super::hosts::begin_sql(&self.host.id);
+        if !durable {
+            // the commit returns before its WAL is flushed (see Writer::flush)
+            begin.push_str("; SET LOCAL synchronous_commit = off");
+        }
         let began = match &self.session {
             Some(session) => session.begin(&begin),
             None => Err(anyhow!("no connection")),
@@ -313,8 +317,8 @@ impl Session {
 }
 
 impl super::Writer for Writer {
-    fn commit(&mut self, batch: &mut [Op]) -> Result<()> {
-        let session = self.begin()?;
+    fn commit(&mut self, batch: &mut [Op], durable: bool) -> Result<()> {
+        let session = self.begin(durable)?;
         let mut write = || {
             for op in batch.iter_mut() {
                 op.run(&Txn(Target::Postgres(session)))?;
@@ -327,6 +331,16 @@ impl super::Writer for Writer {
             return Err(error);
         }
         session.batch("COMMIT")
+    }
+
+    /// A transaction that takes a transaction id commits synchronously: its commit
+    /// waits for the WAL to be flushed up to it, every earlier commit's included.
+    fn flush(&mut self) -> Result<()> {
+        let session = match &self.session {
+            Some(session) => session,
+            None => anyhow::bail!("no connection"),
+        };
+        session.batch("BEGIN; SELECT pg_current_xact_id(); COMMIT")
     }
 
     fn is_conflict(&self, error: &anyhow::Error) -> bool {

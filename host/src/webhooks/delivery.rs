@@ -173,6 +173,10 @@ impl Webhooks {
 
     /// One attempt of delivery `id`, and its outcome recorded.
     async fn attempt(&self, id: &str) -> Result<()> {
+        // An event leaves only once it is on disk (it was committed before it was
+        // due): with `batched` durability a crash never takes back an event a
+        // receiver has seen. Waited for before the claim, which it would outlast.
+        self.store.durable().await;
         let id = id.to_string();
         let now = clock::now();
         let claimed_until = now + self.claim;

@@ -284,7 +284,8 @@ mod tests {
     #[tokio::test]
     async fn the_outbox_keeps_only_pending_work() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let store =
+            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
         let queued = store
             .write(|txn| {
                 let completed = event("execution.completed", Some("https://hooks.example/a"));
@@ -306,7 +307,8 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_queued_without_a_receiver() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let store =
+            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
         let queued = store
             .write(move |txn| enqueue(txn, event("execution.failed", None)))
             .await

@@ -5,6 +5,7 @@ mod api;
 mod chat_input;
 mod cli_errors;
 mod declared_models;
+mod durability;
 mod executions;
 mod files;
 mod files_s3;

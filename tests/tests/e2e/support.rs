@@ -105,6 +105,8 @@ pub struct Options<'a> {
     pub rate_limit: (u32, u32),
     /// extra TOML for the `[plugins]` table
     pub plugins: &'a str,
+    /// extra TOML for the `[store]` table (with this run's database, if any)
+    pub store: &'a str,
     /// extra top-level tables (`[webhooks]`, `[files]`, `[testing]`, …)
     pub config: &'a str,
     /// environment variables of the server process
@@ -118,6 +120,7 @@ impl Default for Options<'_> {
             extra_plugins: &[],
             rate_limit: (10_000, 10_000),
             plugins: "",
+            store: "",
             config: "",
             env: &[],
         }
@@ -163,6 +166,7 @@ impl Server {
             extra_plugins: extra,
             rate_limit: (per_second, burst),
             plugins: plugin_settings,
+            store,
             config: extra_config,
             env,
         } = options;
@@ -208,8 +212,10 @@ impl Server {
         config.push_str(extra_config);
         let database = crate::test_database::TestDatabase::for_this_run()
             .filter(|_| !extra_config.contains("[store]"));
-        if let Some(database) = &database {
-            config.push_str(&database.config());
+        match &database {
+            Some(database) => config.push_str(&format!("{}{store}", database.config())),
+            None if !store.is_empty() => config.push_str(&format!("\n[store]\n{store}")),
+            None => {}
         }
         let path = data.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
