@@ -73,16 +73,21 @@ impl Registry {
 
     /// Makes `plugin`, a version another host swapped in, active here with
     /// `previous` as its rollback target, unless a version with its digest already
-    /// is: this host hears its own swaps announced too, and replacing the version
-    /// it swapped in with a copy would reset its trap count (which decides an
-    /// automatic rollback). Checked under the swap lock, after the slow load.
-    /// Returns whether it swapped.
-    pub fn follow(&self, plugin: Arc<LoadedPlugin>, previous: Option<Arc<LoadedPlugin>>) -> bool {
+    /// is, or it is no longer the one the hosts run (`still_current`). Both are
+    /// checked under the swap lock, after the slow load: this host hears its own
+    /// swaps announced too, and replacing the version it swapped in with a copy
+    /// would reset its trap count (which decides an automatic rollback); and a
+    /// swap made while the load ran must not be undone by a stale one. Returns
+    /// whether it swapped.
+    pub fn follow(
+        &self,
+        plugin: Arc<LoadedPlugin>,
+        previous: Option<Arc<LoadedPlugin>>,
+        still_current: impl FnOnce() -> bool,
+    ) -> bool {
         let _swap = self.swapping.lock().expect("registry poisoned");
-        if self
-            .get(&plugin.name)
-            .is_some_and(|active| active.sha256 == plugin.sha256)
-        {
+        let active = self.get(&plugin.name);
+        if active.is_some_and(|active| active.sha256 == plugin.sha256) || !still_current() {
             return false;
         }
         let mut rollback = self.previous.lock().expect("registry poisoned");
@@ -177,10 +182,12 @@ mod tests {
     use crate::plugins::tests::{load, runtime};
     use std::sync::atomic::Ordering;
 
-    /// Regression (a CI failure on PostgreSQL): the host heard its own install
+    /// Regressions (CI failures on PostgreSQL): the host heard its own install
     /// announced, loaded the same version again and swapped the copy in while
     /// the version it had installed was already trapping, so the trap count that
-    /// triggers the automatic rollback started over and the rollback never came.
+    /// triggers the automatic rollback started over and the rollback never came;
+    /// and a version loaded for an announcement overwrote a newer swap made while
+    /// it loaded, so a rollback went back to the wrong version.
     #[tokio::test]
     async fn following_a_version_already_active_keeps_it_and_its_traps() {
         let runtime = runtime(PluginLimits::default());
@@ -190,13 +197,15 @@ mod tests {
         installed.traps.fetch_add(2, Ordering::Relaxed);
 
         let announced = load(&runtime, "plugins/dist/openai.wasm").await;
-        assert!(!registry.follow(announced, None));
+        assert!(!registry.follow(announced, None, || true));
         let active = registry.get(&installed.name).unwrap();
         assert!(Arc::ptr_eq(&active, &installed));
         assert_eq!(active.traps(), 2);
 
         let other = load(&runtime, "plugins/dist/fal.wasm").await;
-        assert!(registry.follow(other.clone(), Some(installed.clone())));
+        assert!(!registry.follow(other.clone(), None, || false), "a stale version");
+        assert!(registry.get(&other.name).is_none());
+        assert!(registry.follow(other.clone(), Some(installed.clone()), || true));
         assert!(Arc::ptr_eq(&registry.get(&other.name).unwrap(), &other));
         assert!(Arc::ptr_eq(
             &registry.previous(&other.name).unwrap(),

@@ -210,7 +210,14 @@ impl Installed {
                 .as_ref()
                 .and_then(|version| self.load_version(runtime, &adapter, version).ok());
             let (version, sha256) = (active.version.clone(), active.sha256.clone());
-            if registry.follow(active, previous) {
+            let still_current = || {
+                self.keeping.records().is_ok_and(|records| {
+                    records
+                        .get(&adapter)
+                        .is_some_and(|now| now.active.sha256 == sha256)
+                })
+            };
+            if registry.follow(active, previous, still_current) {
                 tracing::info!(plugin = %adapter, %version, %sha256, "plugin swapped in by another host");
             }
         }
