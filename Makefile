@@ -105,16 +105,21 @@ lint:
 bench: plugins
 	tests/with-postgres.sh $(CARGO) bench -p modelroute --bench adapter --bench accept
 	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
-	$(TARGET_DIR)/release/modelroute-loadgen --server $(TARGET_DIR)/release/modelroute
+	$(TARGET_DIR)/release/modelroute-loadgen --server $(TARGET_DIR)/release/modelroute --durability strict
+	$(TARGET_DIR)/release/modelroute-loadgen --server $(TARGET_DIR)/release/modelroute --durability batched
 
 ## The OpenAI-compatible door: added latency and max RPS of a non-streamed chat
 ## completion against the shared bench's mock (tests/bench/door.sh; needs oha on
 ## PATH, in $$OHA or in ../bench-tools/bin; RATES, DURATION, WARMUP pass through),
-## then the time to first streamed text, direct and through the door (modelroute-ttfb).
+## for each store of STORES and durability mode of MODES, then the time to first
+## streamed text, direct and through the door (modelroute-ttfb).
 TTFB_REQUESTS ?= 1000
+STORES ?= redb postgres
+MODES ?= strict batched
 bench-door: plugins
 	$(CARGO) build --release -p modelroute -p modelroute-tests --bins
-	MODELROUTE=$(TARGET_DIR)/release/modelroute tests/bench/door.sh
+	STORES="$(STORES)" MODES="$(MODES)" MODELROUTE=$(TARGET_DIR)/release/modelroute \
+	  tests/with-postgres.sh tests/bench/door.sh
 	$(TARGET_DIR)/release/modelroute-ttfb --server $(TARGET_DIR)/release/modelroute --requests $(TTFB_REQUESTS)
 
 fmt:

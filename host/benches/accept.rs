@@ -101,7 +101,7 @@ fn accepts(c: &mut Criterion) {
     let batched = Commits::DurableWithin(Duration::from_millis(10));
     for (mode, commits) in [("strict", Commits::Durable), ("batched", batched)] {
         let path = dir.path().join(format!("bench-{mode}.redb"));
-        let store = Store::open(&path, commits).expect("store");
+        let store = Store::open(&path, commits, 64 << 20).expect("store");
         bench_stores(c, &format!("redb, {mode}"), vec![store]);
     }
     if let Ok(admin) = std::env::var("MODELROUTE_TEST_DATABASE_URL") {

@@ -71,8 +71,12 @@ mod tests {
     #[tokio::test]
     async fn tokens_verify_only_for_their_provider_execution_and_attempt() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
+        let store = Store::open(
+            &dir.path().join("db.redb"),
+            crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         let signer = CallbackSigner::load(&store, "https://api.example")
             .await
             .unwrap();

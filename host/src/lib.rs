@@ -75,7 +75,11 @@ pub async fn serve(mut config: Config) -> Result<()> {
     store::observe_commits(|writes, took| metrics::metrics().store_commit(writes, took));
     let commits = config.store.commits();
     let store = match config.store.postgres_url() {
-        None => Store::open(&data.join("modelroute.redb"), commits)?,
+        None => Store::open(
+            &data.join("modelroute.redb"),
+            commits,
+            config.store.cache_bytes(),
+        )?,
         Some(url) => {
             let url = url.to_string();
             let host = cluster::join(&data, config.store.lease())?;

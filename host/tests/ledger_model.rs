@@ -57,7 +57,7 @@ fn open(path: &Path, commits: Commits) -> (Store, Executions) {
     // A restarted store may still be closing on its writer thread: retry briefly.
     let store = (0..200)
         .find_map(|_| {
-            Store::open(path, commits).ok().or_else(|| {
+            Store::open(path, commits, 8 << 20).ok().or_else(|| {
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 None
             })

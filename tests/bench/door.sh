@@ -6,14 +6,18 @@
 #
 # What it does, on loopback only:
 #   1. builds (niced) and starts the shared mock (`run.sh mock`, :$MOCK_PORT);
-#   2. writes a config with one provider, `mock`, of the `openai` adapter at the mock,
-#      serving `llama-3.1-8b-instruct` (the mock answers its fixed completion whatever
-#      the model and key), and starts `modelroute serve` on a port it picks itself;
+#   2. `run.sh direct`, then for each store of STORES [redb] (postgres: a database
+#      made for it on MODELROUTE_TEST_DATABASE_URL's server) and each durability mode
+#      of MODES [strict batched]: writes a config with one provider, `mock`, of the
+#      `openai` adapter at the mock, serving `llama-3.1-8b-instruct` (the mock answers
+#      its fixed completion whatever the model and key), and starts `modelroute
+#      serve` on a port it picks itself;
 #   3. creates an organization with 1,000,000 USD of credit over the admin API, as
 #      loadgen.rs does, and takes its API key;
-#   4. `run.sh direct`, then `run.sh gateway modelroute-door
+#   4. `run.sh gateway modelroute-STORE-MODE
 #      http://127.0.0.1:PORT/openai/v1/chat/completions BODY PID "Authorization: Bearer KEY"`,
-#      BODY being the shared bench's `bodies/direct.json` with the model renamed;
+#      BODY being the shared bench's `bodies/direct.json` with the model renamed,
+#      and stops that server;
 #   5. `run.sh summary` (also written to $OUT/summary.md), and stops everything it started.
 #
 # Needs oha (`cargo install oha --locked --root DIR`, about 5 minutes), Python 3, curl.
@@ -63,13 +67,17 @@ command -v oha >/dev/null || {
 export PATH
 
 server_pid=""
+databases=()
 cleanup() {
   if [[ -n $server_pid ]]; then
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
   fi
   if [[ -f $RUN/mock.pid ]]; then "$SHARED_BENCH/run.sh" stop-mock || true; fi
-  [[ ${KEEP_STATE:-0} == 1 ]] || rm -rf "$WORK/state"
+  for database in "${databases[@]}"; do
+    psql "$MODELROUTE_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" || true
+  done
+  [[ ${KEEP_STATE:-0} == 1 ]] || rm -rf "$WORK"/state-*
   echo "door.sh: logs and results in $WORK" >&2
 }
 trap cleanup EXIT
@@ -84,14 +92,34 @@ fi
 (cd "$SHARED_BENCH/mock-openai" && CARGO_TARGET_DIR="$BENCH_WORK/target" nice -n 10 cargo build --release -q)
 "$SHARED_BENCH/run.sh" mock
 
-# 2. ModelRoute with one provider at the mock. The mock checks no key, but a provider
-# needs one: it comes from the environment, as for a real provider.
+# 2-4, once per store and durability mode: ModelRoute with one provider at the mock
+# (a server of its own, state of its own), an organization, the gateway's ladder.
+# The mock checks no key, but a provider needs one: it comes from the environment,
+# as for a real provider.
 export MODELROUTE_BENCH_MOCK_KEY="bench-mock-key"
-cat >"$WORK/config.toml" <<EOF
+python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); b["model"] = sys.argv[2]; print(json.dumps(b))' \
+  "$SHARED_BENCH/bodies/direct.json" "$MODEL" >"$WORK/door.json"
+"$SHARED_BENCH/run.sh" direct
+
+# measure STORE MODE: STORE is redb or postgres (a database made for it on the
+# server MODELROUTE_TEST_DATABASE_URL names), MODE strict or batched.
+measure() {
+  local store=$1 mode=$2 name="modelroute-$1-$2" state="$WORK/state-$1-$2"
+  local store_toml="durability = \"$mode\""
+  if [[ $store == postgres ]]; then
+    local database="bench_door_${mode}_$$"
+    psql "$MODELROUTE_TEST_DATABASE_URL" -qc "CREATE DATABASE $database"
+    databases+=("$database")
+    store_toml+=$'\n'"backend = \"postgres\""$'\n'"url = \"${MODELROUTE_TEST_DATABASE_URL%/*}/$database\""
+  fi
+  cat >"$WORK/$name.toml" <<EOF
 listen = "127.0.0.1:0"
-data_dir = "$WORK/state"
+data_dir = "$state"
 plugins_dir = "$PLUGINS_DIR"
 public_url = "http://127.0.0.1:0"
+
+[store]
+$store_toml
 
 [rate_limits]
 requests_per_second = 1000000
@@ -108,31 +136,39 @@ api_key_env = "MODELROUTE_BENCH_MOCK_KEY"
 allowed_hosts = ["127.0.0.1:$MOCK_PORT"]
 [providers.models."$MODEL"]
 EOF
-RUST_LOG=warn "$MODELROUTE" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 120); do
-  [[ -s $WORK/state/listen-address ]] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
-  sleep 0.5
+  RUST_LOG=warn "$MODELROUTE" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 120); do
+    [[ -s $state/listen-address ]] && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  local base
+  base="http://$(cat "$state/listen-address")"
+  base="${base%/}"
+  # Ready: the store, the adapters and the dispatcher (200 from /readyz).
+  for _ in $(seq 1 60); do curl -sf -o /dev/null "$base/readyz" && break; sleep 0.5; done
+  curl -sf -o /dev/null "$base/readyz" || { echo "ModelRoute is not ready" >&2; cat "$WORK/$name.log" >&2; exit 1; }
+
+  # An organization with plenty of credit, and its key.
+  local key
+  key="$(curl -sf -X POST "$base/admin/v1/organizations" \
+    -H "Authorization: Bearer $(cat "$state/admin-token")" -H 'content-type: application/json' \
+    -d '{"name":"bench","credit_usd":"1000000"}' |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')"
+
+  "$SHARED_BENCH/run.sh" gateway "$name" "$base/openai/v1/chat/completions" "$WORK/door.json" \
+    "$server_pid" "Authorization: Bearer $key"
+  kill "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
+for store in ${STORES:-redb}; do
+  for mode in ${MODES:-strict batched}; do
+    measure "$store" "$mode"
+  done
 done
-base="http://$(cat "$WORK/state/listen-address")"
-base="${base%/}"
-# Ready: the store, the adapters and the dispatcher (200 from /readyz).
-for _ in $(seq 1 60); do curl -sf -o /dev/null "$base/readyz" && break; sleep 0.5; done
-curl -sf -o /dev/null "$base/readyz" || { echo "ModelRoute is not ready" >&2; cat "$WORK/server.log" >&2; exit 1; }
-
-# 3. An organization with plenty of credit, and its key.
-key="$(curl -sf -X POST "$base/admin/v1/organizations" \
-  -H "Authorization: Bearer $(cat "$WORK/state/admin-token")" -H 'content-type: application/json' \
-  -d '{"name":"bench","credit_usd":"1000000"}' |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')"
-
-# 4. The shared bench's request, for a model the door serves through the openai adapter.
-python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); b["model"] = sys.argv[2]; print(json.dumps(b))' \
-  "$SHARED_BENCH/bodies/direct.json" "$MODEL" >"$WORK/door.json"
-"$SHARED_BENCH/run.sh" direct
-"$SHARED_BENCH/run.sh" gateway modelroute-door "$base/openai/v1/chat/completions" "$WORK/door.json" \
-  "$server_pid" "Authorization: Bearer $key"
 
 # 5. The tables.
 "$SHARED_BENCH/run.sh" summary | tee "$OUT/summary.md"

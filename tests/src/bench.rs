@@ -33,15 +33,22 @@ impl Drop for BenchServer {
 
 impl BenchServer {
     /// Starts `binary` with the adapters of `plugins_dir`, one provider of
-    /// `llama-3.1-8b-instruct` at `provider` (an OpenAI-format base URL) and no rate
-    /// limit to speak of; waits for `/readyz`; creates an organization with $1M.
-    pub async fn start(binary: &Path, plugins_dir: &Path, provider: &str) -> Result<BenchServer> {
+    /// `llama-3.1-8b-instruct` at `provider` (an OpenAI-format base URL), `store`
+    /// as its `[store]` table's settings and no rate limit to speak of; waits for
+    /// `/readyz`; creates an organization with $1M.
+    pub async fn start(
+        binary: &Path,
+        plugins_dir: &Path,
+        provider: &str,
+        store: &str,
+    ) -> Result<BenchServer> {
         let data = tempfile::tempdir()?;
         let config = data.path().join("config.toml");
         std::fs::write(
             &config,
             format!(
                 "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nplugins_dir = {:?}\npublic_url = \"http://127.0.0.1:0\"\n\
+                 [store]\n{store}\n\
                  [rate_limits]\nrequests_per_second = 1000000\nburst = 1000000\n\
                  [upstream]\nloopback_http_credentials = true\n\
                  [[providers]]\nname = \"local\"\nadapter = \"openai\"\nbase_url = {provider:?}\napi_key = \"{DEFAULT_TOKEN}\"\n\

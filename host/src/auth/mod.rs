@@ -81,9 +81,12 @@ mod tests {
     #[tokio::test]
     async fn a_rotated_secret_works_for_one_hour_then_stops() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            crate::store::Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable)
-                .unwrap();
+        let store = crate::store::Store::open(
+            &dir.path().join("db.redb"),
+            crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         let (old, key_id) = store
             .write(|txn| {
                 let (key, secret) = create_key(txn, "org_a", Scope::Full)?;
@@ -115,9 +118,12 @@ mod tests {
     #[tokio::test]
     async fn a_rotated_key_keeps_its_id_and_revoking_it_ends_both_secrets() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            crate::store::Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable)
-                .unwrap();
+        let store = crate::store::Store::open(
+            &dir.path().join("db.redb"),
+            crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         let (first, key_id) = store
             .write(|txn| {
                 let (key, secret) = create_key(txn, "org_a", Scope::Execution)?;

@@ -23,6 +23,10 @@ pub struct StoreSettings {
     /// `batched`: the longest an acknowledged change waits to be made durable
     #[serde(default = "default_durable_within_ms")]
     pub durable_within_ms: u64,
+    /// the embedded backend's page cache, in MiB (what it keeps of the file in
+    /// memory beyond the kernel's own page cache)
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
 }
 
 impl Default for StoreSettings {
@@ -33,6 +37,7 @@ impl Default for StoreSettings {
             lease_seconds: default_lease_seconds(),
             durability: Durability::default(),
             durable_within_ms: default_durable_within_ms(),
+            cache_mb: default_cache_mb(),
         }
     }
 }
@@ -64,6 +69,13 @@ fn default_durable_within_ms() -> u64 {
     10
 }
 
+fn default_cache_mb() -> u64 {
+    64
+}
+
+/// The smallest and largest page caches.
+const CACHE_MB: std::ops::RangeInclusive<u64> = 1..=65_536;
+
 /// The shortest and longest leases allowed.
 const LEASE_SECONDS: std::ops::RangeInclusive<u64> = 1..=600;
 
@@ -82,6 +94,14 @@ impl StoreSettings {
                 self.durable_within_ms,
                 DURABLE_WITHIN_MS.start(),
                 DURABLE_WITHIN_MS.end()
+            );
+        }
+        if !CACHE_MB.contains(&self.cache_mb) {
+            bail!(
+                "store.cache_mb: {} is out of range ({} to {})",
+                self.cache_mb,
+                CACHE_MB.start(),
+                CACHE_MB.end()
             );
         }
         if self.backend == Backend::Redb {
@@ -123,6 +143,11 @@ impl StoreSettings {
             Backend::Redb => None,
             Backend::Postgres => self.url.as_deref(),
         }
+    }
+
+    /// The embedded backend's page cache, in bytes.
+    pub fn cache_bytes(&self) -> usize {
+        usize::try_from(self.cache_mb << 20).unwrap_or(usize::MAX)
     }
 
     /// The writes' durability, for the store.
@@ -234,6 +259,17 @@ mod durability_tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains("store.durable_within_ms"), "{error}");
+        }
+        assert_eq!(strict.cache_bytes(), 64 << 20);
+        assert_eq!(
+            resolved("[store]\ncache_mb = 8").unwrap().cache_bytes(),
+            8 << 20
+        );
+        for refused in ["0", "65537"] {
+            let error = resolved(&format!("[store]\ncache_mb = {refused}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("store.cache_mb"), "{error}");
         }
         let error = resolved("[store]\ndurability = \"eventual\"")
             .unwrap_err()

@@ -62,6 +62,9 @@ pub struct Created {
     pub events: Option<broadcast::Receiver<StreamMessage>>,
 }
 
+/// How many compiled input schemas (one per adapter version and model) are kept.
+const COMPILED_SCHEMAS: usize = 1024;
+
 impl Executions {
     /// Validates, estimates, and writes the execution, its hold, its queue entry and
     /// its idempotency claim in one transaction.
@@ -301,7 +304,7 @@ impl Executions {
                             organization_id: &execution.organization_id,
                             execution_id: &execution.id,
                             webhook_url: execution.webhook_url.as_deref(),
-                            data: serde_json::json!(execution.view()),
+                            data: &|| serde_json::json!(execution.view()),
                         },
                     )?;
                 }
@@ -335,6 +338,11 @@ impl Executions {
             validator: jsonschema::validator_for(&schema).map_err(|e| invalid(&e))?,
             files: file_fields(&schema),
         });
+        // Versions swapped out leave their entries behind: the cache is bounded,
+        // and starts over (every entry is rebuilt on demand) when it is full.
+        if cache.len() >= COMPILED_SCHEMAS {
+            cache.clear();
+        }
         cache.insert(key, rules.clone());
         Ok(rules)
     }

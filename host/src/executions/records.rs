@@ -94,7 +94,7 @@ impl Executions {
                             organization_id: &execution.organization_id,
                             execution_id: &execution.id,
                             webhook_url: execution.webhook_url.as_deref(),
-                            data: serde_json::json!(execution.view()),
+                            data: &|| serde_json::json!(execution.view()),
                         },
                     )?,
                     None => false,

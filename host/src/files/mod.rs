@@ -118,6 +118,7 @@ mod tests {
         let store = Store::open(
             &dir.path().join("store.redb"),
             crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
         )
         .unwrap();
         let disk = storage::LocalDisk::open(&dir.path().join("files")).unwrap();

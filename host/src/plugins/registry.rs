@@ -203,7 +203,10 @@ mod tests {
         assert_eq!(active.traps(), 2);
 
         let other = load(&runtime, "plugins/dist/fal.wasm").await;
-        assert!(!registry.follow(other.clone(), None, || false), "a stale version");
+        assert!(
+            !registry.follow(other.clone(), None, || false),
+            "a stale version"
+        );
         assert!(registry.get(&other.name).is_none());
         assert!(registry.follow(other.clone(), Some(installed.clone()), || true));
         assert!(Arc::ptr_eq(&registry.get(&other.name).unwrap(), &other));

@@ -41,6 +41,10 @@ pub use postgres::Session;
 pub use writer::{Commits, observe_commits};
 use writer::{MAX_BATCH, Op, Pending, Progress, RedbWriter, Writer, write_loop};
 
+/// The page cache of the stores unit tests open.
+#[cfg(test)]
+pub const TEST_CACHE: usize = 8 << 20;
+
 /// JSON-encoded records keyed by id.
 pub type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
 
@@ -153,9 +157,13 @@ enum Engine {
 }
 
 impl Store {
-    /// Opens (or creates) the embedded store: one redb file.
-    pub fn open(path: &Path, commits: Commits) -> Result<Store> {
-        let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
+    /// Opens (or creates) the embedded store: one redb file, whose page cache
+    /// holds at most `cache_bytes`.
+    pub fn open(path: &Path, commits: Commits, cache_bytes: usize) -> Result<Store> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .with_context(|| format!("opening {}", path.display()))?;
         let db = Arc::new(db);
         let txn = db.begin_write()?;
         for table in TABLES {
@@ -445,8 +453,12 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writes_are_batched_and_all_acknowledged_after_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
+        let store = Store::open(
+            &dir.path().join("db.redb"),
+            crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         let writes = (0..200).map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -478,8 +490,12 @@ mod tests {
     #[tokio::test]
     async fn a_failing_write_fails_alone_and_the_writes_batched_with_it_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
+        let store = Store::open(
+            &dir.path().join("db.redb"),
+            crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         let writes: Vec<_> = (0..64)
             .map(|i| {
                 let store = store.clone();
@@ -516,8 +532,12 @@ mod tests {
     #[tokio::test]
     async fn a_failing_write_rolls_back_its_batch_and_the_store_keeps_working() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
+        let store = Store::open(
+            &dir.path().join("db.redb"),
+            crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         let failed: Result<()> = store
             .write(|txn| {
                 txn.open_table(META)?.insert("half", b"1".as_slice())?;

@@ -365,7 +365,12 @@ mod tests {
     #[tokio::test]
     async fn strict_writes_are_on_disk_when_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb"), Commits::Durable).unwrap();
+        let store = Store::open(
+            &dir.path().join("db.redb"),
+            Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         written(&store).await;
         tokio::time::timeout(Duration::from_secs(5), store.durable())
             .await
@@ -378,7 +383,12 @@ mod tests {
     async fn batched_writes_are_answered_first_and_flushed_within_the_window_or_on_demand() {
         let dir = tempfile::tempdir().unwrap();
         let long = Commits::DurableWithin(Duration::from_secs(60));
-        let store = Store::open(&dir.path().join("long.redb"), long).unwrap();
+        let store = Store::open(
+            &dir.path().join("long.redb"),
+            long,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         written(&store).await;
         let waiting = tokio::time::timeout(Duration::from_millis(300), store.durable()).await;
         assert!(waiting.is_err(), "flushed long before its window");
@@ -388,7 +398,12 @@ mod tests {
             .expect("a flush makes every answered write durable");
 
         let short = Commits::DurableWithin(Duration::from_millis(20));
-        let store = Store::open(&dir.path().join("short.redb"), short).unwrap();
+        let store = Store::open(
+            &dir.path().join("short.redb"),
+            short,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         for _ in 0..3 {
             written(&store).await;
             tokio::time::timeout(Duration::from_secs(10), store.durable())

@@ -187,8 +187,8 @@ pub struct ExecutionEvent<'a> {
     pub execution_id: &'a str,
     /// the execution's own `webhook_url`, which gets every event too
     pub webhook_url: Option<&'a str>,
-    /// the execution as clients see it
-    pub data: Value,
+    /// the execution as clients see it, built only when someone is to be told
+    pub data: &'a dyn Fn() -> Value,
 }
 
 /// Writes `event` into the outbox (inside the transaction that makes the change):
@@ -222,7 +222,7 @@ pub fn enqueue(txn: &Txn, event: ExecutionEvent<'_>) -> Result<bool> {
         "version": "1.0",
         "organization_id": org,
         "execution_id": execution_id,
-        "data": data,
+        "data": data(),
     });
     let event = StoredEvent {
         organization_id: org.to_string(),
@@ -277,15 +277,19 @@ mod tests {
             organization_id: "org_1",
             execution_id: "exec_1",
             webhook_url,
-            data: json!({"id": "exec_1"}),
+            data: &|| json!({"id": "exec_1"}),
         }
     }
 
     #[tokio::test]
     async fn the_outbox_keeps_only_pending_work() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
+        let store = Store::open(
+            &dir.path().join("db.redb"),
+            crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         let queued = store
             .write(|txn| {
                 let completed = event("execution.completed", Some("https://hooks.example/a"));
@@ -307,8 +311,12 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_queued_without_a_receiver() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(&dir.path().join("db.redb"), crate::store::Commits::Durable).unwrap();
+        let store = Store::open(
+            &dir.path().join("db.redb"),
+            crate::store::Commits::Durable,
+            crate::store::TEST_CACHE,
+        )
+        .unwrap();
         let queued = store
             .write(move |txn| enqueue(txn, event("execution.failed", None)))
             .await

@@ -103,7 +103,8 @@ where
 async fn main() -> Result<()> {
     let args = Args::parse();
     let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await?;
-    let server = BenchServer::start(&args.server, &args.plugins_dir, &emulator.base_url()).await?;
+    let server =
+        BenchServer::start(&args.server, &args.plugins_dir, &emulator.base_url(), "").await?;
     let (base, key, client) = (&server.base, &server.key, &server.client);
     let messages = json!([{"role": "user", "content": "Say hello to the benchmark"}]);
     let direct_url = format!("{}/v1/chat/completions", emulator.base_url());
