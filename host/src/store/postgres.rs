@@ -146,7 +146,7 @@ pub struct Pool {
 }
 
 /// How many idle sessions the pool keeps.
-const MAX_IDLE: usize = 16;
+const MAX_IDLE: usize = 64;
 
 impl Pool {
     pub fn new(url: &str) -> Pool {
