@@ -129,7 +129,7 @@ fn bench_stores(c: &mut Criterion, backend: &str, stores: Vec<Store>) {
         .into_iter()
         .map(|store| runtime.block_on(host(store)))
         .collect();
-    let mut group = c.benchmark_group(format!("durable accepts ({backend})"));
+    let mut group = c.benchmark_group(format!("accepts ({backend})"));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     for concurrency in CONCURRENCY {
