@@ -80,7 +80,10 @@ pub(super) async fn gate(
             let caller = match bearer(request.headers()) {
                 Some(secret) => {
                     let now = crate::clock::now();
-                    match app.store.read(|txn| auth::authenticate(txn, secret, now)) {
+                    match app
+                        .store
+                        .read_latest(|txn| auth::authenticate(txn, secret, now))
+                    {
                         Ok(caller) => caller,
                         Err(error) => return ApiError::from(error).into_response(),
                     }

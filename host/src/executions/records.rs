@@ -253,7 +253,7 @@ impl Executions {
 
     /// The execution regardless of organization (the dispatcher's and operators' view).
     pub fn store_get(&self, id: &str) -> Result<Option<Execution>> {
-        self.store.read(|snapshot| db::load(snapshot, id))
+        self.store.read_latest(|snapshot| db::load(snapshot, id))
     }
 
     /// The attempt execution `id` is running now, if it is running one.

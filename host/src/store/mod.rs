@@ -248,16 +248,18 @@ impl Store {
     pub fn read<T>(&self, f: impl FnOnce(&Snapshot) -> Result<T>) -> Result<T> {
         match &self.engine {
             Engine::Redb(db) => f(&Snapshot(Source::Redb(db.begin_read()?))),
-            Engine::Postgres(pool) => blocking(|| {
-                pool.snapshot(|session| {
-                    let snapshot = Snapshot(Source::Postgres(session));
-                    let value = f(&snapshot);
-                    let Snapshot(Source::Postgres(session)) = snapshot else {
-                        unreachable!("a PostgreSQL snapshot")
-                    };
-                    (session, value)
-                })
-            }),
+            Engine::Postgres(pool) => blocking(|| pool.snapshot(|session| on(session, f))),
+        }
+    }
+
+    /// Runs `f` where each statement reads the latest committed state on its own:
+    /// on PostgreSQL outside a transaction, one round trip a statement where a
+    /// snapshot takes two more (`BEGIN`, `COMMIT`). For a read of one row, or of
+    /// rows that need not agree with each other; on redb it is [`Store::read`].
+    pub fn read_latest<T>(&self, f: impl Fn(&Snapshot) -> Result<T>) -> Result<T> {
+        match &self.engine {
+            Engine::Redb(_) => self.read(f),
+            Engine::Postgres(pool) => blocking(|| pool.latest(|session| on(session, &f))),
         }
     }
 
@@ -297,6 +299,19 @@ impl Store {
             .await
             .map_err(|_| anyhow!("the write was not committed"))
     }
+}
+
+/// Runs `f` on a PostgreSQL session as a [`Snapshot`], and hands the session back.
+fn on<T>(
+    session: Box<Session>,
+    f: impl FnOnce(&Snapshot) -> Result<T>,
+) -> (Box<Session>, Result<T>) {
+    let snapshot = Snapshot(Source::Postgres(session));
+    let value = f(&snapshot);
+    let Snapshot(Source::Postgres(session)) = snapshot else {
+        unreachable!("a PostgreSQL snapshot")
+    };
+    (session, value)
 }
 
 /// Runs blocking database work from wherever a read is made: on a runtime's worker

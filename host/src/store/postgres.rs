@@ -170,10 +170,7 @@ impl Pool {
         };
         let value = f(&session);
         if !session.is_closed() {
-            let mut idle = self.idle.lock().expect("pool");
-            if idle.len() < MAX_IDLE {
-                idle.push(session);
-            }
+            self.give_back(session);
         }
         value
     }
@@ -184,6 +181,36 @@ impl Pool {
             let answer = session.query_opt("SELECT 1", &[]).map(drop);
             (session, answer)
         })
+    }
+
+    /// Runs `f` on an idle session outside any transaction, and gives the session
+    /// back. An idle connection the server closed meanwhile is found by `f`'s
+    /// failure (there is no `BEGIN` to find it first): `f` runs once more on a new
+    /// connection.
+    pub fn latest<T>(&self, f: impl Fn(Box<Session>) -> (Box<Session>, Result<T>)) -> Result<T> {
+        let idle = self.idle.lock().expect("pool").pop();
+        if let Some(session) = idle.filter(|session| !session.is_closed()) {
+            let (session, value) = f(Box::new(session));
+            if !session.is_closed() {
+                self.give_back(*session);
+                return value;
+            }
+            if value.is_ok() {
+                return value;
+            }
+        }
+        let (session, value) = f(Box::new(Session::connect(&self.url, None)?));
+        if !session.is_closed() {
+            self.give_back(*session);
+        }
+        value
+    }
+
+    fn give_back(&self, session: Session) {
+        let mut idle = self.idle.lock().expect("pool");
+        if idle.len() < MAX_IDLE {
+            idle.push(session);
+        }
     }
 
     /// Runs `f` in a snapshot on an idle session, and gives the session back.
@@ -205,10 +232,7 @@ impl Pool {
         };
         let (session, value) = f(session);
         if session.batch("COMMIT").is_ok() && !session.is_closed() {
-            let mut idle = self.idle.lock().expect("pool");
-            if idle.len() < MAX_IDLE {
-                idle.push(*session);
-            }
+            self.give_back(*session);
         }
         value
     }
