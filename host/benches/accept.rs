@@ -112,7 +112,7 @@ fn accepts(c: &mut Criterion) {
             let data = dir.path().join(format!("host-{hosts}"));
             std::fs::create_dir_all(&data).expect("host dir");
             let host = modelroute::cluster::join(&data, Duration::from_secs(60)).expect("host");
-            Store::connect(&database.url, &host, commits).expect("store")
+            Store::connect(&database.url, &host, commits, 16).expect("store")
         };
         bench_stores(c, "postgres, strict", vec![host(Commits::Durable)]);
         bench_stores(c, "postgres, batched", vec![host(batched)]);

@@ -83,7 +83,9 @@ pub async fn serve(mut config: Config) -> Result<()> {
         Some(url) => {
             let url = url.to_string();
             let host = cluster::join(&data, config.store.lease())?;
-            tokio::task::spawn_blocking(move || Store::connect(&url, &host, commits)).await??
+            let connections = config.store.connections();
+            tokio::task::spawn_blocking(move || Store::connect(&url, &host, commits, connections))
+                .await??
         }
     };
 

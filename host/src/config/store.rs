@@ -27,6 +27,10 @@ pub struct StoreSettings {
     /// memory beyond the kernel's own page cache)
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// PostgreSQL: the most connections a host reads with at once (its writer, its
+    /// lease's heartbeat and its two listeners use one more each)
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u64,
 }
 
 impl Default for StoreSettings {
@@ -38,6 +42,7 @@ impl Default for StoreSettings {
             durability: Durability::default(),
             durable_within_ms: default_durable_within_ms(),
             cache_mb: default_cache_mb(),
+            pool_size: default_pool_size(),
         }
     }
 }
@@ -73,6 +78,15 @@ fn default_cache_mb() -> u64 {
     64
 }
 
+/// Enough for the reads of a few hundred requests in flight, and three hosts stay
+/// well within PostgreSQL's default `max_connections` (100).
+fn default_pool_size() -> u64 {
+    16
+}
+
+/// The fewest and most read connections of a host.
+const POOL_SIZE: std::ops::RangeInclusive<u64> = 1..=1_000;
+
 /// The smallest and largest page caches.
 const CACHE_MB: std::ops::RangeInclusive<u64> = 1..=65_536;
 
@@ -102,6 +116,14 @@ impl StoreSettings {
                 self.cache_mb,
                 CACHE_MB.start(),
                 CACHE_MB.end()
+            );
+        }
+        if !POOL_SIZE.contains(&self.pool_size) {
+            bail!(
+                "store.pool_size: {} is out of range ({} to {})",
+                self.pool_size,
+                POOL_SIZE.start(),
+                POOL_SIZE.end()
             );
         }
         if self.backend == Backend::Redb {
@@ -143,6 +165,11 @@ impl StoreSettings {
             Backend::Redb => None,
             Backend::Postgres => self.url.as_deref(),
         }
+    }
+
+    /// PostgreSQL: the most connections reads use at once.
+    pub fn connections(&self) -> usize {
+        usize::try_from(self.pool_size).unwrap_or(usize::MAX)
     }
 
     /// The embedded backend's page cache, in bytes.
@@ -217,6 +244,23 @@ mod tests {
             .unwrap();
             let error = settings.resolve(url.clone()).unwrap_err().to_string();
             assert!(error.contains("store.lease_seconds"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_host_reads_over_sixteen_connections_unless_told_and_zero_is_refused_by_name() {
+        let url = Some("postgres://mr@127.0.0.1:5432/test".to_string());
+        let mut settings = store("[store]\nbackend = \"postgres\"").unwrap();
+        settings.resolve(url.clone()).unwrap();
+        assert_eq!(settings.connections(), 16);
+        let mut more = store("[store]\nbackend = \"postgres\"\npool_size = 64").unwrap();
+        more.resolve(url.clone()).unwrap();
+        assert_eq!(more.connections(), 64);
+        for refused in ["0", "1001"] {
+            let mut settings =
+                store(&format!("[store]\nbackend = \"postgres\"\npool_size = {refused}")).unwrap();
+            let error = settings.resolve(url.clone()).unwrap_err().to_string();
+            assert!(error.contains("store.pool_size"), "{error}");
         }
     }
 }

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 mod deferred;
 pub mod hosts;
 mod migrate;
+mod pool;
 pub mod postgres;
 mod writer;
 use hosts::Lease;
@@ -153,7 +154,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Engine {
     Redb(Arc<Database>),
-    Postgres(Arc<postgres::Pool>),
+    Postgres(Arc<pool::Pool>),
 }
 
 impl Store {
@@ -174,10 +175,17 @@ impl Store {
     }
 
     /// Connects to PostgreSQL at `url`, bringing its schema up to date first, and
-    /// joins the hosts that share it as `host` (see [`hosts`]).
-    pub fn connect(url: &str, host: &Membership, commits: Commits) -> Result<Store> {
+    /// joins the hosts that share it as `host` (see [`hosts`]). Reads use at most
+    /// `connections` connections (the writer, the lease's heartbeat and each
+    /// listener have one more each).
+    pub fn connect(
+        url: &str,
+        host: &Membership,
+        commits: Commits,
+        connections: usize,
+    ) -> Result<Store> {
         migrate(url)?;
-        let pool = Arc::new(postgres::Pool::new(url));
+        let pool = Arc::new(pool::Pool::new(url, connections));
         pool.check()?;
         let asked = std::time::Instant::now();
         let writer = postgres::Writer::connect(url, host)?;

@@ -1,6 +1,6 @@
-//! The PostgreSQL engine: sessions (a connection with its prepared statements), a
-//! pool of them for snapshots and autocommitted statements, and the writer's own
-//! session (the schema's migrations are in [`super::migrate`]).
+//! The PostgreSQL engine: sessions (a connection with its prepared statements) and
+//! the writer's own session (the pool of sessions that read is [`super::pool`],
+//! the schema's migrations are in [`super::migrate`]).
 //!
 //! A snapshot is a `REPEATABLE READ, READ ONLY` transaction. The writer's batch is a
 //! `READ COMMITTED` transaction in which every read a write decides on takes its rows
@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::Mutex;
 
 use super::deferred::Deferred;
 use super::{Op, Page, Target, Txn};
@@ -134,120 +133,8 @@ impl Session {
         pending.iter().try_for_each(|write| write.write(self))
     }
 
-    fn batch(&self, sql: &str) -> Result<()> {
+    pub(super) fn batch(&self, sql: &str) -> Result<()> {
         Ok(self.client.borrow_mut().batch_execute(sql)?)
-    }
-}
-
-/// Idle sessions for snapshots; more are opened when all are busy.
-pub struct Pool {
-    url: String,
-    idle: Mutex<Vec<Session>>,
-}
-
-/// How many idle sessions the pool keeps.
-const MAX_IDLE: usize = 64;
-
-impl Pool {
-    pub fn new(url: &str) -> Pool {
-        Pool {
-            url: url.to_string(),
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Runs `f` on an idle session outside any transaction (each statement
-    /// commits by itself), and gives the session back.
-    pub fn autocommit<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
-        let idle = self.idle.lock().expect("pool").pop();
-        let session = match idle {
-            Some(session) if !session.is_closed() => session,
-            _ => Session::connect(&self.url, None)?,
-        };
-        let value = f(&session);
-        if !session.is_closed() {
-            self.give_back(session);
-        }
-        value
-    }
-
-    /// Whether the database answers.
-    pub fn check(&self) -> Result<()> {
-        self.snapshot(|session| {
-            let answer = session.query_opt("SELECT 1", &[]).map(drop);
-            (session, answer)
-        })
-    }
-
-    /// Runs `f` on an idle session outside any transaction, and gives the session
-    /// back. An idle connection the server closed meanwhile is found by `f`'s
-    /// failure (there is no `BEGIN` to find it first): `f` runs once more on a new
-    /// connection.
-    pub fn latest<T>(&self, f: impl Fn(Box<Session>) -> (Box<Session>, Result<T>)) -> Result<T> {
-        let idle = self.idle.lock().expect("pool").pop();
-        if let Some(session) = idle.filter(|session| !session.is_closed()) {
-            let (session, value) = f(Box::new(session));
-            if !session.is_closed() {
-                self.give_back(*session);
-                return value;
-            }
-            if value.is_ok() {
-                return value;
-            }
-        }
-        let (session, value) = f(Box::new(Session::connect(&self.url, None)?));
-        if !session.is_closed() {
-            self.give_back(*session);
-        }
-        value
-    }
-
-    fn give_back(&self, session: Session) {
-        let mut idle = self.idle.lock().expect("pool");
-        if idle.len() < MAX_IDLE {
-            idle.push(session);
-        }
-    }
-
-    /// Runs `f` in a snapshot on an idle session, and gives the session back.
-    pub fn snapshot<T>(
-        &self,
-        f: impl FnOnce(Box<Session>) -> (Box<Session>, Result<T>),
-    ) -> Result<T> {
-        const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
-        let idle = self.idle.lock().expect("pool").pop().map(Box::new);
-        let session = match idle {
-            // An idle connection may have been closed by the server meanwhile (a
-            // restart, an operator's pg_terminate_backend): then a new one is made.
-            Some(session) if session.batch(BEGIN).is_ok() => session,
-            _ => {
-                let session = Box::new(Session::connect(&self.url, None)?);
-                session.batch(BEGIN)?;
-                session
-            }
-        };
-        let (session, value) = f(session);
-        if session.batch("COMMIT").is_ok() && !session.is_closed() {
-            self.give_back(*session);
-        }
-        value
-    }
-}
-
-impl Drop for Pool {
-    /// Each connection runs its own small runtime, which must not be dropped on an
-    /// async runtime's thread: the idle ones are closed on a thread of their own.
-    fn drop(&mut self) {
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        if !idle.is_empty() {
-            let _ = std::thread::Builder::new()
-                .name("store-pool-close".into())
-                .spawn(move || drop(idle));
-        }
     }
 }
 

@@ -330,3 +330,54 @@ async fn lists_longer_than_one_read_of_the_database_page_whole_and_in_order() {
         .collect();
     assert_eq!(memos[..MANY], expected[..]);
 }
+
+/// Regression (a CI run where hosts died mid-test): each read took an idle
+/// connection or opened one more, without bound, so a burst of requests opened
+/// connections until the server refused any (`max_connections` is shared by every
+/// host). A host now reads over at most `[store] pool_size` connections, and
+/// requests beyond that wait their turn instead of failing.
+#[tokio::test]
+async fn a_burst_of_requests_reads_over_at_most_pool_size_connections() {
+    if !postgres_run() {
+        return;
+    }
+    const POOL_SIZE: i64 = 3;
+    // The writer, the lease's heartbeat and the two listeners.
+    const OWN: i64 = 4;
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start_with(
+        &[replicate_provider(&emulator)],
+        Options {
+            store: &format!("pool_size = {POOL_SIZE}"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let created = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-1.1-pro", "input": flux_input()}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let counting = server.database().expect("a PostgreSQL run").count_connections();
+
+    let paths = [format!("/v1/executions/{id}"), "/v1/balance".to_string()];
+    let replies = futures_util::future::join_all(
+        (0..400).map(|i| server.get(&paths[i % paths.len()])),
+    )
+    .await;
+    let most = counting.stop();
+
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    assert!(
+        most <= POOL_SIZE + OWN,
+        "{most} connections at once, for {POOL_SIZE} read connections and {OWN} of its own"
+    );
+    assert!(most >= OWN, "the sampler saw the server's connections: {most}");
+}

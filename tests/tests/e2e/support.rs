@@ -376,6 +376,13 @@ impl Server {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// The server's PostgreSQL database, on a PostgreSQL run.
     pub fn database(&self) -> Option<&crate::test_database::TestDatabase> {
         self.database.as_ref()
@@ -417,7 +424,13 @@ impl Server {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.expect("request");
+        let response = request.send().await.unwrap_or_else(|error| {
+            // Most often the server is gone: what it logged last says why.
+            panic!(
+                "request: {error:?}\nthe server's log ends:\n{}",
+                self.log_tail(40)
+            )
+        });
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("body");

@@ -80,6 +80,49 @@ impl TestDatabase {
     }
 }
 
+/// Counts the connections to a database, from a thread of its own, until stopped.
+pub struct ConnectionCount {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counting: Option<thread::JoinHandle<i64>>,
+}
+
+impl ConnectionCount {
+    /// The most connections seen at once (the counter's own not counted).
+    pub fn stop(mut self) -> i64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.counting.take().unwrap().join().unwrap()
+    }
+}
+
+impl TestDatabase {
+    /// Starts counting the connections to the database every few milliseconds.
+    pub fn count_connections(&self) -> ConnectionCount {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let counting = thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut most = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        &[&name],
+                    )
+                    .unwrap();
+                most = most.max(row.get::<_, i64>(0));
+                thread::sleep(std::time::Duration::from_millis(2));
+            }
+            most
+        });
+        ConnectionCount {
+            stop,
+            counting: Some(counting),
+        }
+    }
+}
+
 /// Runs one statement on the admin connection (on a thread of its own: the
 /// blocking client must not run on the test's async runtime).
 fn admin(url: &str, statement: &str) {
