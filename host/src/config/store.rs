@@ -257,8 +257,10 @@ mod tests {
         more.resolve(url.clone()).unwrap();
         assert_eq!(more.connections(), 64);
         for refused in ["0", "1001"] {
-            let mut settings =
-                store(&format!("[store]\nbackend = \"postgres\"\npool_size = {refused}")).unwrap();
+            let mut settings = store(&format!(
+                "[store]\nbackend = \"postgres\"\npool_size = {refused}"
+            ))
+            .unwrap();
             let error = settings.resolve(url.clone()).unwrap_err().to_string();
             assert!(error.contains("store.pool_size"), "{error}");
         }

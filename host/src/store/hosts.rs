@@ -49,7 +49,7 @@ impl Lease {
         let lease = Arc::new(Lease {
             host: host.clone(),
             until: Mutex::new(asked + host.lease),
-            heartbeat: Heartbeat::new(url),
+            heartbeat: Heartbeat::connect(url)?,
         });
         let beating = Arc::downgrade(&lease);
         std::thread::Builder::new()
@@ -195,11 +195,13 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub fn new(url: &str) -> Heartbeat {
-        Heartbeat {
+    /// Connects at once: a renewal needs no new connection unless this one is
+    /// lost (when the server may be refusing more).
+    pub fn connect(url: &str) -> Result<Heartbeat> {
+        Ok(Heartbeat {
             url: url.to_string(),
-            session: Mutex::new(None),
-        }
+            session: Mutex::new(Some(Session::connect(url, None)?)),
+        })
     }
 
     /// Renews host `id`'s lease for `lease` (see [`super::hosts::renew`]); a lost
@@ -213,6 +215,23 @@ impl Heartbeat {
         let renewed = super::hosts::renew(&connected, id, lease)?;
         *session = Some(connected);
         Ok(renewed)
+    }
+}
+
+impl Drop for Heartbeat {
+    /// A connection must not be closed on an async runtime's thread (see the pool's
+    /// `Drop`): it is closed on a thread of its own.
+    fn drop(&mut self) {
+        let session = self
+            .session
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(session) = session {
+            let _ = std::thread::Builder::new()
+                .name("store-heartbeat-close".into())
+                .spawn(move || drop(session));
+        }
     }
 }
 

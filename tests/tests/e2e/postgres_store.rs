@@ -363,13 +363,14 @@ async fn a_burst_of_requests_reads_over_at_most_pool_size_connections() {
         .await;
     assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
     let id = created.body["id"].as_str().unwrap().to_string();
-    let counting = server.database().expect("a PostgreSQL run").count_connections();
+    let counting = server
+        .database()
+        .expect("a PostgreSQL run")
+        .count_connections();
 
     let paths = [format!("/v1/executions/{id}"), "/v1/balance".to_string()];
-    let replies = futures_util::future::join_all(
-        (0..400).map(|i| server.get(&paths[i % paths.len()])),
-    )
-    .await;
+    let replies =
+        futures_util::future::join_all((0..400).map(|i| server.get(&paths[i % paths.len()]))).await;
     let most = counting.stop();
 
     for reply in &replies {
@@ -379,5 +380,8 @@ async fn a_burst_of_requests_reads_over_at_most_pool_size_connections() {
         most <= POOL_SIZE + OWN,
         "{most} connections at once, for {POOL_SIZE} read connections and {OWN} of its own"
     );
-    assert!(most >= OWN, "the sampler saw the server's connections: {most}");
+    assert!(
+        most >= OWN,
+        "the sampler saw the server's connections: {most}"
+    );
 }
