@@ -32,6 +32,7 @@
 #                 config, logs and results go to a fresh $BENCH_WORK/door.XXXXXX, whose
 #                 server state is deleted at the end unless KEEP_STATE=1
 #   OUT           results folder          [that folder's results/]
+#   STORE_TOML    more lines for every server's [store] table (e.g. `pool_size = 64`)
 #   MOCK_PORT     [18000]; RATES, DURATION, WARMUP, CONNS, UNLIMITED_CONNS: as run.sh
 set -euo pipefail
 
@@ -106,6 +107,7 @@ python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); b["model"] = sys
 measure() {
   local store=$1 mode=$2 name="modelroute-$1-$2" state="$WORK/state-$1-$2"
   local store_toml="durability = \"$mode\""
+  [[ -n ${STORE_TOML:-} ]] && store_toml+=$'\n'"$STORE_TOML"
   if [[ $store == postgres ]]; then
     local database="bench_door_${mode}_$$"
     psql "$MODELROUTE_TEST_DATABASE_URL" -qc "CREATE DATABASE $database"
