@@ -102,6 +102,13 @@ impl Executions {
                 ),
             ));
         };
+        if input::depth(&request.input) > input::MAX_DEPTH {
+            return Err(ApiError::invalid(
+                "input",
+                DetailCode::InvalidValue,
+                format!("nested more than {} levels deep", input::MAX_DEPTH),
+            ));
+        }
         let rules = self.input_rules(&first)?;
         rules.validate(&request.input)?;
         let input = input::canonical_numbers(request.input);

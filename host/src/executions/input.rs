@@ -10,6 +10,21 @@ use serde_json::{Number, Value};
 
 use crate::error::{Detail, DetailCode, quote};
 
+/// How deep an input may nest. serde_json reads at most 128 levels; an input sits
+/// a few levels down in its stored execution record and an adapter's request, so
+/// one accepted near that limit could be stored and then never read back.
+pub(super) const MAX_DEPTH: usize = 64;
+
+/// How many arrays and objects deep `value` nests (a scalar: 0).
+pub(super) fn depth(value: &Value) -> usize {
+    let inner = match value {
+        Value::Array(items) => items.iter().map(depth).max(),
+        Value::Object(map) => map.values().map(depth).max(),
+        _ => return 0,
+    };
+    1 + inner.unwrap_or(0)
+}
+
 /// Floats beyond this magnitude are not exact integers in an `f64`: left as written.
 const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
 
@@ -307,6 +322,13 @@ mod tests {
 
     /// Regression: `"width": 256.0` passed validation, then the estimate and every
     /// adapter read the width as missing and generated and charged 1024×1024.
+    #[test]
+    fn depth_counts_arrays_and_objects() {
+        assert_eq!(depth(&json!("text")), 0);
+        assert_eq!(depth(&json!({})), 1);
+        assert_eq!(depth(&json!({"a": [1, {"b": []}], "c": 2})), 4);
+    }
+
     #[test]
     fn integer_valued_floats_become_integers_everywhere_in_the_input() {
         let input: Value = serde_json::from_str(

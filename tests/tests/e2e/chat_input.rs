@@ -178,3 +178,41 @@ async fn a_tool_message_without_its_call_id_is_refused_with_the_field_named() {
         "nothing reached the provider"
     );
 }
+
+/// Tool parameters with `levels` objects inside each other's `properties`.
+fn nested_tools(levels: usize) -> Value {
+    let mut parameters = json!({"type": "string"});
+    for _ in 0..levels {
+        parameters = json!({"type": "object", "properties": {"a": parameters}});
+    }
+    json!([{"type": "function", "function": {"name": "f", "parameters": parameters}}])
+}
+
+/// Regression: an input nested close to the JSON parser's limit (128 levels) was
+/// accepted and stored, but its record, a few levels deeper, could not be read
+/// back: the client got `INTERNAL_ERROR` and the execution was dispatched again
+/// every minute, never to run. Inputs nest at most 64 levels; deeper ones are
+/// refused at once, and one at the limit runs.
+#[tokio::test]
+async fn an_input_nested_too_deep_is_refused_and_one_at_the_limit_runs() {
+    let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let server = Server::start(&[openai_provider(&emulator)]).await;
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    // The input, its tools, the tool and its `function` are four levels, the
+    // parameters two a nesting (`properties` too) and one more: 65, then 63.
+    let deep = json!({"messages": messages, "tools": nested_tools(30)});
+    let reply = server
+        .post(
+            "/v1/executions",
+            json!({"model": CHAT, "mode": "SYNC", "input": deep}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
+    assert_eq!(reply.body["error"]["details"][0]["field"], "input");
+    assert!(emulator.requests().is_empty(), "nothing reached the provider");
+
+    let at_limit = json!({"messages": messages, "tools": nested_tools(29)});
+    let output = output(&server, at_limit).await;
+    assert!(output["text"].is_string(), "{output}");
+}
