@@ -87,9 +87,11 @@ impl Runtime {
             // Returning a slot's memory to the kernel flushes every core's TLB:
             // do it for many slots at once rather than after every call.
             .decommit_batch_size(64)
-            // Reset the first pages an adapter touches with memset and keep them:
-            // cheaper than faulting them back in on every call.
-            .linear_memory_keep_resident(128 << 10)
+            // Reset an adapter's first pages with memset and keep them: cheaper
+            // than faulting them back in on every call. Rust puts the stack
+            // first: adapters built with our config (a 128 KiB stack, see
+            // .cargo/config.toml) keep stack, statics and a small heap here.
+            .linear_memory_keep_resident(256 << 10)
             .table_keep_resident(64 << 10);
         let mut config = Config::new();
         config
@@ -273,7 +275,17 @@ mod tests {
         plugin: &Arc<LoadedPlugin>,
         prompt: &str,
     ) -> Result<Result<wit::HttpRequest, wit::Failure>, CallError> {
-        let model = &plugin.manifest.models[0];
+        let first = &plugin.manifest.models[0].slug;
+        let input = serde_json::json!({ "prompt": prompt }).to_string();
+        submit_input(plugin, first, input).await
+    }
+
+    async fn submit_input(
+        plugin: &Arc<LoadedPlugin>,
+        slug: &str,
+        input: String,
+    ) -> Result<Result<wit::HttpRequest, wit::Failure>, CallError> {
+        let model = plugin.model(slug).expect("the adapter serves the model");
         let ctx = wit::CallContext {
             slug: model.slug.clone(),
             provider_model: model.provider_model.clone(),
@@ -284,12 +296,29 @@ mod tests {
             files: Vec::new(),
             stream: false,
         };
-        let input = serde_json::json!({ "prompt": prompt }).to_string();
         plugin
             .call_async("build-submit", move |adapter, store| {
                 adapter.call_build_submit(store, &ctx, &input)
             })
             .await
+    }
+
+    /// Adapters link with a 128 KiB stack (.cargo/config.toml), not Rust's 1 MiB:
+    /// the deepest JSON one can be given (serde_json reads 128 levels) is read and
+    /// written again without overflowing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_adapter_s_small_stack_holds_the_deepest_json_it_can_be_given() {
+        let runtime = runtime(PluginLimits::default());
+        let openai = load(&runtime, "plugins/dist/openai.wasm").await;
+        // The input, its tools, the tool and `function` are four levels.
+        let parameters = format!("{}{}", "[".repeat(123), "]".repeat(123));
+        let input = format!(
+            r#"{{"messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"f","parameters":{parameters}}}}}]}}"#
+        );
+        let request = submit_input(&openai, "llama-3.1-8b-instruct", input).await;
+        let request = request.expect("no trap").expect("a request");
+        let body = String::from_utf8(request.body.expect("a body")).unwrap();
+        assert!(body.contains(&parameters), "{body}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,7 +210,10 @@ async fn an_input_nested_too_deep_is_refused_and_one_at_the_limit_runs() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
     assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
     assert_eq!(reply.body["error"]["details"][0]["field"], "input");
-    assert!(emulator.requests().is_empty(), "nothing reached the provider");
+    assert!(
+        emulator.requests().is_empty(),
+        "nothing reached the provider"
+    );
 
     let at_limit = json!({"messages": messages, "tools": nested_tools(29)});
     let output = output(&server, at_limit).await;

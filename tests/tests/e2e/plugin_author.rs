@@ -16,12 +16,16 @@ const WAIT: Duration = Duration::from_secs(30);
 /// default release profile about 2.6 MB.
 const SMALL_COMPONENT: u64 = 300 * 1024;
 
-/// Copies the template's sources (not a lockfile or build output left by `make
-/// plugins`) and renames the crate, as the README tells an author to.
+/// Copies the template's sources and its `.cargo/config.toml` (not a lockfile or
+/// build output left by `make plugins`) and renames the crate, as the README tells
+/// an author to.
 fn copy_template(root: &Path, to: &Path, crate_name: &str) {
     let template = root.join("sdk/template");
     std::fs::create_dir_all(to.join("src")).unwrap();
     std::fs::copy(template.join("src/lib.rs"), to.join("src/lib.rs")).unwrap();
+    std::fs::create_dir_all(to.join(".cargo")).unwrap();
+    let config = template.join(".cargo/config.toml");
+    std::fs::copy(config, to.join(".cargo/config.toml")).unwrap();
     let manifest = std::fs::read_to_string(template.join("Cargo.toml")).unwrap();
     let renamed = manifest.replace(
         "name = \"modelroute-template\"",
