@@ -64,6 +64,18 @@ fn sql(database: &TestDatabase, sql: &str) -> Option<String> {
     .unwrap()
 }
 
+/// Creates a `flux-1.1-pro` execution with the server's key; its id.
+async fn create_flux(server: &Server) -> String {
+    let created = server
+        .post(
+            "/v1/executions",
+            json!({"model": "flux-1.1-pro", "input": flux_input()}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
+    created.body["id"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn migrate_applies_the_schema_once_even_when_hosts_start_together() {
     if !postgres_run() {
@@ -224,14 +236,7 @@ async fn connections_the_database_closed_are_replaced_without_failing_a_request(
             closed >= 2,
             "round {round}: the writer and a reader were connected"
         );
-        let created = server
-            .post(
-                "/v1/executions",
-                json!({"model": "flux-1.1-pro", "input": flux_input()}),
-            )
-            .await;
-        assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
-        let id = created.body["id"].as_str().unwrap().to_string();
+        let id = create_flux(&server).await;
         let done = server.wait_terminal(&id, Duration::from_secs(60)).await;
         assert_eq!(done["status"], "COMPLETED", "{done}");
         assert_eq!(server.get("/v1/balance").await.status, StatusCode::OK);
@@ -355,14 +360,7 @@ async fn a_burst_of_requests_reads_over_at_most_pool_size_connections() {
         },
     )
     .await;
-    let created = server
-        .post(
-            "/v1/executions",
-            json!({"model": "flux-1.1-pro", "input": flux_input()}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
-    let id = created.body["id"].as_str().unwrap().to_string();
+    let id = create_flux(&server).await;
     let counting = server
         .database()
         .expect("a PostgreSQL run")
