@@ -320,8 +320,6 @@ mod tests {
         );
     }
 
-    /// Regression: `"width": 256.0` passed validation, then the estimate and every
-    /// adapter read the width as missing and generated and charged 1024×1024.
     #[test]
     fn depth_counts_arrays_and_objects() {
         assert_eq!(depth(&json!("text")), 0);
@@ -329,6 +327,8 @@ mod tests {
         assert_eq!(depth(&json!({"a": [1, {"b": []}], "c": 2})), 4);
     }
 
+    /// Regression: `"width": 256.0` passed validation, then the estimate and every
+    /// adapter read the width as missing and generated and charged 1024×1024.
     #[test]
     fn integer_valued_floats_become_integers_everywhere_in_the_input() {
         let input: Value = serde_json::from_str(

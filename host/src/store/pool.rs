@@ -2,9 +2,9 @@
 //!
 //! A read takes an idle session, or opens one while fewer than `size` are open, or
 //! waits for one to come back. Unbounded, a burst of requests (every one reading on
-//! a thread of its own) opened a connection each until the server refused more
-//! (`max_connections`, 100 by default, shared by every host): then even the hosts'
-//! lease renewals failed.
+//! a thread of its own) opened a connection each, up to the server's
+//! `max_connections` (100 by default, shared by every host), past which a host's
+//! lease renewal could find no connection.
 
 use anyhow::{Result, bail};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -48,7 +48,7 @@ impl Pool {
     /// itself).
     pub fn autocommit<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
         let session = self.take(false)?;
-        let value = f(&session);
+        let value = self.lend(|| f(&session));
         self.give_back(session);
         value
     }
@@ -65,13 +65,15 @@ impl Pool {
     /// server closed meanwhile is found by `f`'s failure (there is no `BEGIN` to
     /// find it first): `f` runs once more on a new connection.
     pub fn latest<T>(&self, f: impl Fn(Box<Session>) -> (Box<Session>, Result<T>)) -> Result<T> {
-        let (session, value) = f(self.take(false)?);
+        let session = self.take(false)?;
+        let (session, value) = self.lend(|| f(session));
         let lost = session.is_closed();
         self.give_back(session);
         if !lost || value.is_ok() {
             return value;
         }
-        let (session, value) = f(self.take(true)?);
+        let session = self.take(true)?;
+        let (session, value) = self.lend(|| f(session));
         self.give_back(session);
         value
     }
@@ -93,9 +95,14 @@ impl Pool {
                 return Err(error);
             }
         }
-        let (session, value) = f(session);
-        let _ = session.batch("COMMIT");
-        self.give_back(session);
+        let (session, value) = self.lend(|| f(session));
+        if session.batch("COMMIT").is_ok() {
+            self.give_back(session);
+        } else {
+            // Maybe still in the transaction: not lent again.
+            drop(session);
+            self.forget_one();
+        }
         value
     }
 
@@ -121,8 +128,7 @@ impl Pool {
                 return match Session::connect(&self.url, None) {
                     Ok(session) => Ok(Box::new(session)),
                     Err(error) => {
-                        self.lock().open -= 1;
-                        self.returned.notify_one();
+                        self.forget_one();
                         Err(error)
                     }
                 };
@@ -143,15 +149,32 @@ impl Pool {
         }
     }
 
+    /// Runs `f`, which holds a lent session; if it panics, that session (dropped
+    /// as the panic unwinds) no longer counts as open, so no slot leaks.
+    fn lend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(value) => value,
+            Err(panic) => {
+                self.forget_one();
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
     /// Keeps `session` for the next read, or closes it if its connection was lost.
     fn give_back(&self, session: Box<Session>) {
-        let mut state = self.lock();
         if session.is_closed() {
-            state.open -= 1;
-        } else {
-            state.idle.push(*session);
+            drop(session);
+            self.forget_one();
+            return;
         }
-        drop(state);
+        self.lock().idle.push(*session);
+        self.returned.notify_one();
+    }
+
+    /// One lent session is gone: room for another.
+    fn forget_one(&self) {
+        self.lock().open -= 1;
         self.returned.notify_one();
     }
 
