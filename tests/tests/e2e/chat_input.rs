@@ -200,16 +200,19 @@ async fn an_input_nested_too_deep_is_refused_and_one_at_the_limit_runs() {
     let messages = json!([{"role": "user", "content": "hi"}]);
     // The input, its tools, the tool and its `function` are four levels, the
     // parameters two a nesting (`properties` too) and one more: 65, then 63.
-    let deep = json!({"messages": messages, "tools": nested_tools(30)});
-    let reply = server
-        .post(
-            "/v1/executions",
-            json!({"model": CHAT, "mode": "SYNC", "input": deep}),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
-    assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
-    assert_eq!(reply.body["error"]["details"][0]["field"], "input");
+    // 125 levels: the body parses, and this one was once stored unreadable.
+    for levels in [30, 60] {
+        let deep = json!({"messages": messages, "tools": nested_tools(levels)});
+        let reply = server
+            .post(
+                "/v1/executions",
+                json!({"model": CHAT, "mode": "SYNC", "input": deep}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+        assert_eq!(reply.error_code(), "INPUT_VALIDATION_ERROR");
+        assert_eq!(reply.body["error"]["details"][0]["field"], "input");
+    }
     assert!(
         emulator.requests().is_empty(),
         "nothing reached the provider"
