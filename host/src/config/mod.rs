@@ -143,8 +143,8 @@ impl Config {
         if !(1..=365).contains(&self.files.default_ttl_days) {
             bail!("files.default_ttl_days must be between 1 and 365");
         }
-        if !(1..=4096).contains(&self.plugins.call_threads) {
-            bail!("plugins.call_threads must be between 1 and 4096");
+        if !(1..=4096).contains(&self.plugins.concurrent_calls) {
+            bail!("plugins.concurrent_calls must be between 1 and 4096");
         }
         if self.executions.max_attempts == 0 {
             bail!("executions.max_attempts must be at least 1");
@@ -208,6 +208,20 @@ mod tests {
         assert_eq!(serving("kling-video"), 1);
         assert_eq!(serving("llama-3.1-8b-instruct"), 1);
         assert_eq!(serving("flux-kontext-pro"), 2);
+    }
+
+    /// Configs written when each adapter call had a thread still start.
+    #[test]
+    fn plugins_call_threads_is_read_as_concurrent_calls() {
+        let base = with_provider("[providers.models.\"flux-1.1-pro\"]\n");
+        let read = |plugins: &str| -> Result<Config, toml::de::Error> {
+            toml::from_str(&format!("{base}\n{plugins}"))
+        };
+        let old = read("[plugins]\ncall_threads = 8").unwrap();
+        assert_eq!(old.plugins.concurrent_calls, 8);
+        let new = read("[plugins]\nconcurrent_calls = 9").unwrap();
+        assert_eq!(new.plugins.concurrent_calls, 9);
+        assert!(read("[plugins]\ncall_threads = 8\nconcurrent_calls = 9").is_err());
     }
 
     /// The config with one provider whose table ends with `extra`.

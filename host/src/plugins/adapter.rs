@@ -1,5 +1,5 @@
 //! The typed face of a loaded adapter: one async method per contract function, each
-//! run on the adapters' own threads under the call budget. A call that produces no
+//! run on the calling task under the call budget. A call that produces no
 //! answer (a trap, an overrun, a full pool) is logged here and comes back as the
 //! answer a failing adapter would give, so callers handle one kind of failure.
 
@@ -33,7 +33,7 @@ impl LoadedPlugin {
     ) -> Result<Usage, Failure> {
         let model = wit::ModelRef::from(model);
         self.call_async("estimate", move |adapter, store| {
-            adapter.call_estimate(store, &model, &input)
+            Box::pin(async move { adapter.call_estimate(store, &model, &input).await })
         })
         .await
         .map_err(no_answer)?
@@ -49,7 +49,7 @@ impl LoadedPlugin {
     ) -> Result<HttpRequest, Failure> {
         let ctx = wit::CallContext::from(ctx);
         self.call_async("build-submit", move |adapter, store| {
-            adapter.call_build_submit(store, &ctx, &input)
+            Box::pin(async move { adapter.call_build_submit(store, &ctx, &input).await })
         })
         .await
         .map_err(no_answer)?
@@ -68,7 +68,11 @@ impl LoadedPlugin {
         let answered = wit::Answered::from(answered);
         let response = wit::HttpResponse::from(response);
         self.call_async("parse-response", move |adapter, store| {
-            adapter.call_parse_response(store, &ctx, &answered, &response)
+            Box::pin(async move {
+                adapter
+                    .call_parse_response(store, &ctx, &answered, &response)
+                    .await
+            })
         })
         .await
         .map_or_else(|error| Outcome::Failed(no_answer(error)), Outcome::from)
@@ -82,7 +86,7 @@ impl LoadedPlugin {
     ) -> Result<HttpRequest, Failure> {
         let (ctx, job) = (wit::CallContext::from(ctx), wit::Job::from(job));
         self.call_async("build-poll", move |adapter, store| {
-            adapter.call_build_poll(store, &ctx, &job)
+            Box::pin(async move { adapter.call_build_poll(store, &ctx, &job).await })
         })
         .await
         .map_err(no_answer)?
@@ -99,7 +103,7 @@ impl LoadedPlugin {
     ) -> Option<HttpRequest> {
         let (ctx, job) = (wit::CallContext::from(ctx), wit::Job::from(job));
         self.call_async("build-cancel", move |adapter, store| {
-            adapter.call_build_cancel(store, &ctx, &job)
+            Box::pin(async move { adapter.call_build_cancel(store, &ctx, &job).await })
         })
         .await
         .unwrap_or_else(|error| {
@@ -120,7 +124,11 @@ impl LoadedPlugin {
     ) -> CallbackVerdict {
         let (ctx, job) = (wit::CallContext::from(ctx), wit::Job::from(job));
         self.call_async("parse-webhook", move |adapter, store| {
-            adapter.call_parse_webhook(store, &ctx, &job, &headers, &body)
+            Box::pin(async move {
+                adapter
+                    .call_parse_webhook(store, &ctx, &job, &headers, &body)
+                    .await
+            })
         })
         .await
         .map_or_else(
@@ -140,7 +148,7 @@ impl LoadedPlugin {
     ) -> StreamEvent {
         let ctx = wit::CallContext::from(ctx);
         self.call_async("parse-stream-event", move |adapter, store| {
-            adapter.call_parse_stream_event(store, &ctx, &data)
+            Box::pin(async move { adapter.call_parse_stream_event(store, &ctx, &data).await })
         })
         .await
         .map_or_else(

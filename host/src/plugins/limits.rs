@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use std::path::PathBuf;
 
-/// How much time, memory and threads adapters get.
+/// How much time and memory adapters get, and how many calls run at once.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
@@ -13,10 +13,12 @@ pub struct PluginLimits {
     pub cache_dir: Option<PathBuf>,
     /// a swapped-in version that traps this often is rolled back (0: never)
     pub rollback_after_traps: u64,
-    /// threads that run adapter calls, apart from all other blocking work; the
-    /// pooling allocator gets an instance slot for each, plus some for loading
-    pub call_threads: usize,
-    /// adapter calls that may wait for a free thread at once; one more fails its
+    /// adapter calls that run at once (each on the task that makes it); the
+    /// pooling allocator gets an instance slot for each, plus some for loading.
+    /// `call_threads`, its name when each call had a thread, is still read.
+    #[serde(alias = "call_threads")]
+    pub concurrent_calls: usize,
+    /// adapter calls that may wait for a turn at once; one more fails its
     /// attempt at once (retryable) rather than queue without limit. A wait also
     /// ends with the call's time limit, which is what bounds it in practice: this
     /// cap only bounds memory, far above the bursts a server takes (a load test of
@@ -31,7 +33,7 @@ impl Default for PluginLimits {
             memory_limit_mb: 64,
             cache_dir: None,
             rollback_after_traps: 10,
-            call_threads: 64,
+            concurrent_calls: 64,
             call_queue: 65_536,
         }
     }

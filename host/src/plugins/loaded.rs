@@ -3,11 +3,15 @@
 
 use anyhow::{Result, anyhow, bail};
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -17,7 +21,11 @@ use crate::metrics::CallOutcome;
 use super::bindings::AdapterPluginPre;
 use super::bindings::exports::modelroute::provider::adapter::Guest;
 use super::runtime::{CallState, EPOCH_TICK, Runtime, STDERR_CAPTURE};
-use super::{CallError, pool, types, wit};
+use super::{CallError, types, wit};
+
+/// What a call does with a fresh instance: a future borrowing the instance's
+/// exports and its store.
+pub type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
 
 /// One loaded version of one plugin.
 pub struct LoadedPlugin {
@@ -78,8 +86,8 @@ impl LoadedPlugin {
                 bail!("model {slug}: the example input breaks the schema: {error}");
             }
             let (model_ref, input) = (wit::ModelRef::from(model), model.example_input.clone());
-            self.call("estimate", |adapter, store| {
-                adapter.call_estimate(store, &model_ref, &input)
+            self.call("estimate", move |adapter, store| {
+                Box::pin(async move { adapter.call_estimate(store, &model_ref, &input).await })
             })
             .map_err(|e| anyhow!("{e}"))?
             .map_err(|f| anyhow!("model {slug}: estimating the example failed: {}", f.message))?;
@@ -93,8 +101,9 @@ impl LoadedPlugin {
                 files: example_grants(&schema, &example, manifest.capabilities.inline_files),
                 stream: false,
             });
-            self.call("build-submit", |adapter, store| {
-                adapter.call_build_submit(store, &ctx, &model.example_input)
+            let example = model.example_input.clone();
+            self.call("build-submit", move |adapter, store| {
+                Box::pin(async move { adapter.call_build_submit(store, &ctx, &example).await })
             })
             .map_err(|e| anyhow!("{e}"))?
             .map_err(|f| {
@@ -111,13 +120,68 @@ impl LoadedPlugin {
         self.manifest.models.iter().find(|m| m.slug == slug)
     }
 
-    /// Runs `f` against a fresh instance, blocking the current thread for at most the
-    /// call budget. Use [`LoadedPlugin::call_async`] from async code.
-    pub fn call<R>(
-        &self,
-        function: &'static str,
-        f: impl FnOnce(&Guest, &mut Store<CallState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
+    /// Runs `f` against a fresh instance on the calling thread, blocking it until
+    /// the call ends (at most the call budget): for loading, validating and the
+    /// conformance kit, off the async workers. Async code uses
+    /// [`LoadedPlugin::call_async`].
+    pub fn call<R, F>(&self, function: &'static str, f: F) -> Result<R, CallError>
+    where
+        F: for<'a> FnOnce(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, R>,
+    {
+        futures_executor::block_on(self.run(function, f))
+    }
+
+    /// [`LoadedPlugin::call`] on the calling task, once the runtime's gate lets it
+    /// in: the guest's code runs right here (no hand-off to another thread) and
+    /// yields to the other tasks at every epoch tick, so a slow adapter delays no
+    /// one for longer than a tick.
+    pub async fn call_async<R, F>(&self, function: &'static str, f: F) -> Result<R, CallError>
+    where
+        R: Send,
+        F: for<'a> FnOnce(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
+    {
+        let span = tracing::info_span!("adapter_call", plugin = %self.name, version = %self.version, function);
+        let call = async {
+            let _turn = self
+                .runtime
+                .gate
+                .enter()
+                .await
+                .map_err(|refused| CallError::NotRun {
+                    plugin: self.name.clone(),
+                    function,
+                    reason: refused.to_string(),
+                })?;
+            AssertUnwindSafe(self.run(function, f))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(CallError::Trap {
+                        plugin: self.name.clone(),
+                        function,
+                        message: "the host panicked while running the call".into(),
+                    })
+                })
+        };
+        // The epoch deadline stops the guest; this outer bound also covers time spent
+        // waiting for a turn and instantiating.
+        let limit_ms = self.runtime.limits.call_timeout_ms;
+        let bounded = tokio::time::timeout(Duration::from_millis(limit_ms * 2 + 100), call);
+        match bounded.instrument(span).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout {
+                plugin: self.name.clone(),
+                function,
+                limit_ms,
+            }),
+        }
+    }
+
+    /// One call in a fresh store with the memory limit and the epoch deadline.
+    async fn run<R, F>(&self, function: &'static str, f: F) -> Result<R, CallError>
+    where
+        F: for<'a> FnOnce(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, R>,
+    {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let limits = &self.runtime.limits;
@@ -133,16 +197,25 @@ impl LoadedPlugin {
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| &mut state.limits);
-        let ticks = limits
+        // Every tick the guest yields; once the budget's ticks have passed, it traps.
+        let mut ticks_left = limits
             .call_timeout_ms
             .div_ceil(EPOCH_TICK.as_millis() as u64)
             .max(1);
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            ticks_left -= 1;
+            Ok(if ticks_left == 0 {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
 
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| f(instance.modelroute_provider_adapter(), &mut store));
+        let result = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => f(instance.modelroute_provider_adapter(), &mut store).await,
+            Err(error) => Err(error),
+        };
         let output = stderr.contents();
         if !output.is_empty() {
             tracing::info!(plugin = %self.name, function, stderr = %String::from_utf8_lossy(&output), "plugin output");
@@ -180,49 +253,6 @@ impl LoadedPlugin {
                 }
             }
         })
-    }
-
-    /// [`LoadedPlugin::call`] on the adapters' own threads, so a slow plugin never
-    /// stalls the server's async workers and no other blocking work delays it.
-    pub async fn call_async<R, F>(
-        self: &Arc<Self>,
-        function: &'static str,
-        f: F,
-    ) -> Result<R, CallError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Guest, &mut Store<CallState>) -> wasmtime::Result<R> + Send + 'static,
-    {
-        let plugin = self.clone();
-        // A child of the caller's span (the attempt, the request), on the call thread too.
-        let span = tracing::info_span!("adapter_call", plugin = %self.name, version = %self.version, function);
-        let on_thread = span.clone();
-        let call = self
-            .runtime
-            .calls
-            .run(move || on_thread.in_scope(|| plugin.call(function, f)));
-        // The epoch deadline stops the guest; this outer bound also covers time spent
-        // instantiating or waiting for a call thread.
-        let limit_ms = self.runtime.limits.call_timeout_ms;
-        let bounded = tokio::time::timeout(Duration::from_millis(limit_ms * 2 + 100), call);
-        match tracing::Instrument::instrument(bounded, span).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(pool::PoolError::Panicked)) => Err(CallError::Trap {
-                plugin: self.name.clone(),
-                function,
-                message: "the host panicked while running the call".into(),
-            }),
-            Ok(Err(refused)) => Err(CallError::NotRun {
-                plugin: self.name.clone(),
-                function,
-                reason: refused.to_string(),
-            }),
-            Err(_) => Err(CallError::Timeout {
-                plugin: self.name.clone(),
-                function,
-                limit_ms,
-            }),
-        }
     }
 }
 

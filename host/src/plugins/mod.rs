@@ -3,7 +3,8 @@
 //! One process-wide [`Runtime`] (engine, pooling allocator, epoch ticker, linker with
 //! a locked-down WASI in which nothing can wait). Each loaded plugin version keeps an
 //! `InstancePre`; every call gets a fresh `Store` with a memory limit and an epoch
-//! deadline, runs on the adapters' own bounded thread pool, and is dropped
+//! deadline, runs on the calling task (at most `concurrent_calls` at once, yielding
+//! at every epoch tick), and is dropped
 //! afterwards (a trap poisons a store). The [`Registry`] swaps plugins atomically:
 //! an attempt holds the `Arc` it started with; swaps made at runtime are kept in the
 //! data directory ([`Installed`]) and survive a restart.
@@ -14,10 +15,10 @@ pub mod conformance;
 mod contract;
 mod convert;
 mod directory;
+mod gate;
 mod installed;
 mod limits;
 mod loaded;
-mod pool;
 mod registry;
 mod runtime;
 pub mod types;
@@ -37,6 +38,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "adapter-plugin",
+        // Calls run on the caller's task and yield at every epoch tick.
+        exports: { default: async },
     });
 }
 

@@ -15,20 +15,20 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::AdapterPluginPre;
 use super::loaded::LoadedPlugin;
-use super::{PluginLimits, SUPPORTED_API_VERSIONS, pool, types};
+use super::{PluginLimits, SUPPORTED_API_VERSIONS, gate, types};
 
 const API_VERSION_SECTION: &str = "modelroute:api-version";
 /// The epoch advances this often; call deadlines are counted in ticks.
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Bytes of guest stderr kept per call for the logs.
 pub(super) const STDERR_CAPTURE: usize = 16 * 1024;
-/// Instance slots beyond one per call thread: loading and validating a version
+/// Instance slots beyond one per concurrent call: loading and validating a version
 /// (start-up, installs, the plugins directory watcher) instantiates it too.
 const LOAD_SLOTS: u32 = 64;
 /// The WASI functions that wait, by interface (at the version `wasmtime-wasi`
-/// defines; the unit test `a_sleeping_adapter_traps_at_once_and_frees_its_thread`
-/// fails if an upgrade moves it). A host function that blocks is out of the epoch
-/// deadline's reach, so an adapter that waited would hold its thread and instance
+/// defines; the unit test `a_sleeping_adapter_traps_at_once_and_frees_its_turn`
+/// fails if an upgrade moves it). A host function that waits is out of the epoch
+/// deadline's reach, so an adapter that waited would hold its turn and instance
 /// slot for as long as it liked; these trap instead. Reading the clocks stays
 /// allowed: a guest spinning on them is stopped by the deadline like any loop.
 const WAITING_FUNCTIONS: &[(&str, &[&str])] = &[
@@ -60,20 +60,20 @@ pub struct Runtime {
     linker: Linker<CallState>,
     pub(super) limits: PluginLimits,
     cache_dir: PathBuf,
-    pub(super) calls: pool::CallPool,
+    pub(super) gate: gate::CallGate,
 }
 
 impl Runtime {
-    /// Builds the engine and starts its epoch ticker and call threads. `cache_dir`
-    /// keeps compiled artifacts keyed by the wasm's hash and the engine's
-    /// compatibility hash. The pooling allocator has an instance slot for each call
-    /// thread plus `LOAD_SLOTS`, so a call never fails for want of a slot.
+    /// Builds the engine and starts its epoch ticker. `cache_dir` keeps compiled
+    /// artifacts keyed by the wasm's hash and the engine's compatibility hash. The
+    /// pooling allocator has an instance slot (and a stack) for each call the gate
+    /// lets run at once plus `LOAD_SLOTS`, so a call never fails for want of one.
     pub fn new(limits: PluginLimits, cache_dir: PathBuf) -> Result<Arc<Runtime>> {
         let memory_limit = (limits.memory_limit_mb as usize) << 20;
-        let slots = u32::try_from(limits.call_threads)
+        let slots = u32::try_from(limits.concurrent_calls)
             .ok()
-            .and_then(|threads| threads.checked_add(LOAD_SLOTS))
-            .context("plugins.call_threads is too large")?;
+            .and_then(|calls| calls.checked_add(LOAD_SLOTS))
+            .context("plugins.concurrent_calls is too large")?;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots * 4)
@@ -102,7 +102,7 @@ impl Runtime {
             .memory_reservation_for_growth(0);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         forbid_waiting(&mut linker)?;
         std::fs::create_dir_all(&cache_dir)
             .with_context(|| format!("creating {}", cache_dir.display()))?;
@@ -117,14 +117,13 @@ impl Runtime {
                     std::thread::sleep(EPOCH_TICK);
                 }
             })?;
-        let calls = pool::CallPool::new(limits.call_threads, limits.call_queue)
-            .context("starting the adapter call threads")?;
+        let gate = gate::CallGate::new(limits.concurrent_calls, limits.call_queue);
         Ok(Arc::new(Runtime {
             engine,
             linker,
             limits,
             cache_dir,
-            calls,
+            gate,
         }))
     }
 
@@ -170,7 +169,9 @@ impl Runtime {
             traps: AtomicU64::new(0),
         };
         let manifest = plugin
-            .call("describe", |adapter, store| adapter.call_describe(store))
+            .call("describe", |adapter, store| {
+                Box::pin(adapter.call_describe(store))
+            })
             .map_err(|e| anyhow!("{e}"))?;
         if manifest.name.trim().is_empty() {
             bail!("the manifest has no name");
@@ -298,7 +299,7 @@ mod tests {
         };
         plugin
             .call_async("build-submit", move |adapter, store| {
-                adapter.call_build_submit(store, &ctx, &input)
+                Box::pin(async move { adapter.call_build_submit(store, &ctx, &input).await })
             })
             .await
     }
@@ -322,11 +323,11 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sleeping_adapter_traps_at_once_and_frees_its_thread() {
-        // One thread, and a budget far longer than the test: a sleep that were let
-        // block would hold the thread, and the next call would wait for it.
+    async fn a_sleeping_adapter_traps_at_once_and_frees_its_turn() {
+        // One call at a time, and a budget far longer than the test: a sleep that
+        // were let wait would hold the turn, and the next call would wait for it.
         let runtime = runtime(PluginLimits {
-            call_threads: 1,
+            concurrent_calls: 1,
             call_timeout_ms: 120_000,
             ..PluginLimits::default()
         });
@@ -350,6 +351,36 @@ mod tests {
         );
         assert!(
             started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Calls run on the caller's task: a guest that spins must yield at every
+    /// epoch tick, or one adapter would stall every task of its async worker.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_spinning_adapter_yields_to_other_tasks_until_its_deadline() {
+        let runtime = runtime(PluginLimits {
+            call_timeout_ms: 3_000,
+            ..PluginLimits::default()
+        });
+        let hostile = load(&runtime, "target/test-plugins/hostile.wasm").await;
+        let openai = load(&runtime, "plugins/dist/openai.wasm").await;
+        let started = Instant::now();
+        let spinning = tokio::spawn(async move { build_submit(&hostile, "loop").await });
+        tokio::task::yield_now().await;
+        // One worker thread: this call runs only when the spinning guest yields.
+        let request = build_submit(&openai, "hello").await;
+        assert!(matches!(request, Ok(Ok(_))), "{request:?}");
+        assert!(
+            !spinning.is_finished(),
+            "served while the other guest spins, {:?} in",
+            started.elapsed()
+        );
+        let error = spinning.await.unwrap().unwrap_err();
+        assert!(matches!(error, CallError::Timeout { .. }), "{error}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );

@@ -117,7 +117,8 @@ async fn a_sleeping_adapter_fails_its_attempt_at_once_as_a_trap() {
 #[tokio::test]
 async fn a_flood_of_sleeping_adapters_does_not_stop_other_adapters() {
     let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
-    let server = hostile_and_openai(&emulator, "call_timeout_ms = 60000\ncall_threads = 4").await;
+    let server =
+        hostile_and_openai(&emulator, "call_timeout_ms = 60000\nconcurrent_calls = 4").await;
 
     let sleepers =
         futures_util::future::join_all((0..300).map(|_| create(&server, sleeper()))).await;

@@ -421,8 +421,12 @@ fn parse_response(
         wit::HttpResponse::from(response.clone()),
     );
     plugin
-        .call("parse-response", |adapter, store| {
-            adapter.call_parse_response(store, &ctx, &answered, &response)
+        .call("parse-response", move |adapter, store| {
+            Box::pin(async move {
+                adapter
+                    .call_parse_response(store, &ctx, &answered, &response)
+                    .await
+            })
         })
         .map(types::Outcome::from)
         .map_err(|e| e.to_string())
@@ -435,10 +439,10 @@ fn build_submit(
     ctx: &types::CallContext,
     input: &str,
 ) -> Result<Result<types::HttpRequest, types::Failure>, String> {
-    let ctx = wit::CallContext::from(ctx);
+    let (ctx, input) = (wit::CallContext::from(ctx), input.to_string());
     plugin
-        .call("build-submit", |adapter, store| {
-            adapter.call_build_submit(store, &ctx, input)
+        .call("build-submit", move |adapter, store| {
+            Box::pin(async move { adapter.call_build_submit(store, &ctx, &input).await })
         })
         .map(|built| {
             built
@@ -456,8 +460,8 @@ fn build_poll(
 ) -> Result<Result<types::HttpRequest, types::Failure>, String> {
     let (ctx, job) = (wit::CallContext::from(ctx), wit::Job::from(job));
     plugin
-        .call("build-poll", |adapter, store| {
-            adapter.call_build_poll(store, &ctx, &job)
+        .call("build-poll", move |adapter, store| {
+            Box::pin(async move { adapter.call_build_poll(store, &ctx, &job).await })
         })
         .map(|built| {
             built
