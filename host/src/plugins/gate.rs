@@ -46,6 +46,12 @@ impl CallGate {
             .await
             .expect("the gate's semaphore is never closed"))
     }
+
+    /// How many calls wait for a turn now.
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
 }
 
 /// A place among the calls waiting for a turn, given back when dropped.

@@ -19,10 +19,10 @@ pub struct PluginLimits {
     #[serde(alias = "call_threads")]
     pub concurrent_calls: usize,
     /// adapter calls that may wait for a turn at once; one more fails its
-    /// attempt at once (retryable) rather than queue without limit. A wait also
-    /// ends with the call's time limit, which is what bounds it in practice: this
-    /// cap only bounds memory, far above the bursts a server takes (a load test of
-    /// 1,024 clients creating at once had more than 1,024 calls waiting a few µs)
+    /// attempt at once (retryable) rather than queue without limit. The wait is
+    /// not counted in the call's time limit; this cap bounds memory, far above the
+    /// bursts a server takes (a load test of 1,024 clients creating at once had
+    /// more than 1,024 calls waiting a few µs)
     pub call_queue: usize,
 }
 

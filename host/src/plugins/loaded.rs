@@ -8,7 +8,6 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tracing::Instrument;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
@@ -134,7 +133,9 @@ impl LoadedPlugin {
     /// [`LoadedPlugin::call`] on the calling task, once the runtime's gate lets it
     /// in: the guest's code runs right here (no hand-off to another thread) and
     /// yields to the other tasks at every epoch tick, so a slow adapter delays no
-    /// one for longer than a tick.
+    /// one for longer than a tick. The budget counts the ticks the guest runs
+    /// through, not the wait for a turn: under a burst, calls queue (at most
+    /// `call_queue` of them) rather than fail for time spent waiting.
     pub async fn call_async<R, F>(&self, function: &'static str, f: F) -> Result<R, CallError>
     where
         R: Send,
@@ -163,18 +164,7 @@ impl LoadedPlugin {
                     })
                 })
         };
-        // The epoch deadline stops the guest; this outer bound also covers time spent
-        // waiting for a turn and instantiating.
-        let limit_ms = self.runtime.limits.call_timeout_ms;
-        let bounded = tokio::time::timeout(Duration::from_millis(limit_ms * 2 + 100), call);
-        match bounded.instrument(span).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError::Timeout {
-                plugin: self.name.clone(),
-                function,
-                limit_ms,
-            }),
-        }
+        call.instrument(span).await
     }
 
     /// One call in a fresh store with the memory limit and the epoch deadline.

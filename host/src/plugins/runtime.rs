@@ -386,6 +386,41 @@ mod tests {
         );
     }
 
+    /// Regression: the wait for a turn once counted against the call's budget, and
+    /// a burst of creates on a loaded machine failed estimates that never ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_for_a_turn_is_not_counted_in_the_call_s_budget() {
+        let runtime = runtime(PluginLimits {
+            concurrent_calls: 1,
+            call_timeout_ms: 100,
+            ..PluginLimits::default()
+        });
+        let hostile = load(&runtime, "target/test-plugins/hostile.wasm").await;
+        // Four guests that spin through their whole budget, one at a time.
+        let spinning: Vec<_> = (0..4)
+            .map(|_| {
+                let hostile = hostile.clone();
+                tokio::spawn(async move { build_submit(&hostile, "loop").await })
+            })
+            .collect();
+        // One spins, three wait: this call comes last.
+        while runtime.gate.waiting() < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
+        let request = build_submit(&hostile, "hello").await;
+        assert!(
+            started.elapsed() > Duration::from_millis(250),
+            "it waited behind the spinners: {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(request, Ok(Ok(_))), "{request:?}");
+        for call in spinning {
+            let error = call.await.unwrap().unwrap_err();
+            assert!(matches!(error, CallError::Timeout { .. }), "{error}");
+        }
+    }
+
     #[test]
     fn adapter_calls_run_while_the_shared_blocking_pool_is_saturated() {
         let tokio = tokio::runtime::Builder::new_multi_thread()

@@ -67,7 +67,8 @@ async fn thousand_parallel_creates_then_kill_9(store: &str) {
             *status == StatusCode::ACCEPTED
                 || (*status == StatusCode::PAYMENT_REQUIRED
                     && body["error"]["code"] == "INSUFFICIENT_BALANCE"),
-            "{status} {body}"
+            "{status} {body}\nserver log:\n{}",
+            server.log_tail(40)
         );
     }
     assert_eq!(accepted.len(), 100, "exactly the holds the balance covers");
