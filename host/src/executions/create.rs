@@ -47,10 +47,11 @@ pub const IDEMPOTENT_ID_KEY: &str = "idempotent-id-key";
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 
-/// A new execution, as the dispatcher is handed it: with the attempt its accept
-/// already started (a synchronous request's), to submit now.
+/// A new execution, as the dispatcher is handed it: as its accept committed it
+/// (the dispatcher need not read it back), with the attempt the accept already
+/// started (a synchronous request's), to submit now.
 pub struct Accepted {
-    pub id: String,
+    pub execution: Execution,
     pub started: Option<(String, routing::Candidate)>,
 }
 
@@ -231,7 +232,7 @@ impl Executions {
                     self.outbox.notify_one();
                 }
                 let _ = self.dispatch.send(Accepted {
-                    id: execution.id.clone(),
+                    execution: execution.clone(),
                     started,
                 });
                 Ok(Created {
@@ -277,7 +278,15 @@ impl Executions {
         // Encoding and keys are prepared here, off the single writer thread.
         let mut prepared = db::Prepared::of(&execution)?;
         let id_key = self.id_key.clone();
-        self.store
+        // A random id is known to no one until the accept answers: a watch made
+        // before its commit hears every ending after it, so its waiters need not
+        // read it first. (A keyed id may be known already: its waiters read.)
+        let watched = key.is_none().then(|| execution.id.clone());
+        if let Some(id) = &watched {
+            self.watchers.accepting(id);
+        }
+        let outcome = self
+            .store
             .write(move |txn| {
                 if let Some((key, request_hash)) = &key {
                     let org = &execution.organization_id;
@@ -317,7 +326,13 @@ impl Executions {
                 }
                 Ok(CreateOutcome::Created(execution.clone()))
             })
-            .await
+            .await;
+        if let Some(id) = watched
+            && !matches!(outcome, Ok(CreateOutcome::Created(_)))
+        {
+            self.watchers.forget(&id);
+        }
+        outcome
     }
 
     /// What `candidate`'s schema demands of an input (compiled once per version).

@@ -16,10 +16,10 @@ mod records;
 pub mod relay;
 mod view;
 mod waiting;
+mod watchers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
 
 use crate::config::ExecutionSettings;
 use crate::files::Files;
@@ -42,8 +42,8 @@ pub struct Executions {
     files: Arc<Files>,
     /// per (plugin sha256, slug): the input schema's validator and file properties
     validators: Mutex<HashMap<(String, String), Arc<InputRules>>>,
-    /// the latest status of executions someone is waiting on
-    watchers: Mutex<HashMap<String, watch::Sender<Status>>>,
+    /// the endings of executions someone waits on, and of those accepted here
+    watchers: watchers::Watchers,
     /// event streams of running `STREAMING` executions
     streams: Mutex<HashMap<String, live::LiveStream>>,
     dispatch: tokio::sync::mpsc::UnboundedSender<Accepted>,
@@ -69,7 +69,7 @@ impl Executions {
             settings,
             files,
             validators: Mutex::default(),
-            watchers: Mutex::default(),
+            watchers: watchers::Watchers::default(),
             streams: Mutex::default(),
             dispatch,
             outbox,

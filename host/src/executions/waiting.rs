@@ -1,12 +1,12 @@
-//! Waiting on executions: status watchers for `SYNC` clients and polling waits,
-//! and the event streams of `STREAMING` executions ([`LiveStream`]).
+//! Waiting on executions: their endings for `SYNC` clients, polling waits and
+//! the dispatcher ([`super::watchers`]), and the event streams of `STREAMING` executions ([`LiveStream`]).
 
 use anyhow::Result;
 use std::collections::HashMap;
-use tokio::sync::watch;
+use std::sync::Arc;
 
 use super::live::LiveStream;
-use super::{Execution, Executions, Status};
+use super::{Execution, Executions};
 
 /// Messages a slow streaming client may fall behind by before it misses some.
 pub(super) const STREAM_BUFFER: usize = 1024;
@@ -19,31 +19,37 @@ impl Executions {
         id: &str,
         timeout: std::time::Duration,
     ) -> Result<Option<Execution>> {
-        let _ = tokio::time::timeout(timeout, self.ended(id)).await;
-        self.get(org_id, id)
+        match tokio::time::timeout(timeout, self.ended(id)).await {
+            Ok(Some(ended)) => Ok(Some(ended).filter(|e| e.organization_id == org_id)),
+            _ => self.get(org_id, id),
+        }
     }
 
-    /// Resolves once `id` is terminal (at once if it is already, or unknown).
-    pub async fn ended(&self, id: &str) {
+    /// Resolves once `id` is terminal (at once if it is already, or unknown), with
+    /// its terminal state when it is known.
+    pub async fn ended(&self, id: &str) -> Option<Execution> {
         // Subscribed before the read, so no change between the two is missed.
-        let mut changes = self.subscribe(id);
-        match self.store_get(id) {
-            Ok(Some(execution)) if !execution.status.is_terminal() => {}
-            Ok(_) => {
-                // No change will come to clean up a watch made for an ended execution.
-                drop(changes);
-                let mut watchers = self.watchers.lock().expect("watchers poisoned");
-                if watchers.get(id).is_some_and(|w| w.receiver_count() == 0) {
-                    watchers.remove(id);
+        let (mut ending, accepted) = self.watchers.subscribe(id);
+        if !accepted {
+            match self.store_get(id) {
+                Ok(Some(execution)) if !execution.status.is_terminal() => {}
+                Ok(found) => {
+                    drop(ending);
+                    self.watchers.forget_ended(id);
+                    return found;
                 }
-                return;
+                // Unreadable now: the change notifications still tell.
+                Err(error) => {
+                    tracing::warn!(execution = %id, %error, "reading an execution failed")
+                }
             }
-            // Unreadable now: the change notifications still tell.
-            Err(error) => tracing::warn!(execution = %id, %error, "reading an execution failed"),
         }
-        while !changes.borrow_and_update().is_terminal() {
-            if changes.changed().await.is_err() {
-                return;
+        loop {
+            if let Some(execution) = ending.borrow_and_update().clone() {
+                return Some(Arc::unwrap_or_clone(execution));
+            }
+            if ending.changed().await.is_err() {
+                return None;
             }
         }
     }
@@ -59,7 +65,7 @@ impl Executions {
             let ids = match ended {
                 Some(id) => vec![id],
                 // Some may have been missed: every waited-on execution is read again.
-                None => executions.waited_on(),
+                None => executions.watchers.ids(),
             };
             for id in ids {
                 executions.ended_elsewhere(&id);
@@ -67,19 +73,9 @@ impl Executions {
         })
     }
 
-    fn waited_on(&self) -> Vec<String> {
-        let watchers = self.watchers.lock().expect("watchers poisoned");
-        watchers.keys().cloned().collect()
-    }
-
     /// Execution `id` ended, maybe on another host: its waiters here are told.
     fn ended_elsewhere(&self, id: &str) {
-        if !self
-            .watchers
-            .lock()
-            .expect("watchers poisoned")
-            .contains_key(id)
-        {
+        if !self.watchers.contains(id) {
             return;
         }
         match self.store_get(id) {
@@ -89,14 +85,6 @@ impl Executions {
                 tracing::warn!(execution = %id, error = format!("{error:#}"), "reading an execution that ended elsewhere failed");
             }
         }
-    }
-
-    fn subscribe(&self, id: &str) -> watch::Receiver<Status> {
-        let mut watchers = self.watchers.lock().expect("watchers poisoned");
-        watchers
-            .entry(id.to_string())
-            .or_insert_with(|| watch::channel(Status::Pending).0)
-            .subscribe()
     }
 
     pub(super) fn lock_streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveStream>> {
@@ -145,12 +133,6 @@ impl Executions {
                 }
             }
         }
-        let mut watchers = self.watchers.lock().expect("watchers poisoned");
-        if let Some(sender) = watchers.get(&execution.id) {
-            sender.send_replace(execution.status);
-            if execution.status.is_terminal() || sender.receiver_count() == 0 {
-                watchers.remove(&execution.id);
-            }
-        }
+        self.watchers.changed(execution);
     }
 }

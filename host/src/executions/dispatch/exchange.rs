@@ -39,7 +39,7 @@ impl Dispatcher {
         tokio::pin!(ended);
         tokio::select! {
             () = admission.take_slot(execution_id) => {}
-            () = &mut ended => {
+            _ = &mut ended => {
                 tracing::info!(execution = %execution_id, provider = %candidate.provider.name, "stopped waiting for the provider's bulkhead: the execution ended");
                 return None;
             }
@@ -52,7 +52,7 @@ impl Dispatcher {
         } else {
             tokio::select! {
                 result = sent => result,
-                () = &mut ended => {
+                _ = &mut ended => {
                     tracing::info!(execution = %execution_id, "provider request dropped: the execution ended");
                     return None;
                 }

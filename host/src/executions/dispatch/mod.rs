@@ -138,8 +138,8 @@ impl Dispatcher {
         while !self.adopt().await? {}
         let this = self.clone();
         tokio::spawn(async move {
-            while let Some(Accepted { id, started }) = accepted.recv().await {
-                this.spawn(id, started);
+            while let Some(Accepted { execution, started }) = accepted.recv().await {
+                this.spawn(execution.id.clone(), started, Some(execution));
             }
         });
         self.tick();
@@ -168,7 +168,7 @@ impl Dispatcher {
             );
         }
         for id in adopted {
-            self.spawn(id, None);
+            self.spawn(id, None, None);
         }
         Ok(all)
     }
@@ -186,8 +186,14 @@ impl Dispatcher {
     }
 
     /// Drives `id` in a task of its own (unless one already does), beginning with
-    /// the attempt its accept `started`, if any.
-    pub(super) fn spawn(self: &Arc<Self>, id: String, mut started: Option<(String, Candidate)>) {
+    /// the attempt its accept `started`, if any, from the state its accept
+    /// committed when it is given (`accepted`), else from the store's.
+    pub(super) fn spawn(
+        self: &Arc<Self>,
+        id: String,
+        mut started: Option<(String, Candidate)>,
+        mut accepted: Option<Execution>,
+    ) {
         if !self
             .running
             .lock()
@@ -203,7 +209,7 @@ impl Dispatcher {
             // A failed store write (its whole commit batch was refused) is retried
             // from what the store holds, as a restart would; the deadline bounds it.
             let mut pause = Duration::from_secs(1);
-            while let Err(error) = this.drive(&id, started.take()).await {
+            while let Err(error) = this.drive(&id, started.take(), accepted.take()).await {
                 tracing::error!(execution = %id, error = format!("{error:#}"), retry_in = ?pause, "dispatch failed");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(DISPATCH_RETRY_MAX);
@@ -221,12 +227,19 @@ impl Dispatcher {
         &self,
         id: &str,
         mut started: Option<(String, Candidate)>,
+        mut accepted: Option<Execution>,
     ) -> Result<()> {
         // Since when the execution waits for a provider (see `start_attempt`).
         let mut waiting = None;
         loop {
-            let Some(execution) = self.executions.store_get(id)? else {
-                return Ok(());
+            // A change committed since the accept (a cancel) is heard as the attempt
+            // runs, as one committed just after this read would be.
+            let execution = match accepted.take() {
+                Some(execution) => execution,
+                None => match self.executions.store_get(id)? {
+                    Some(execution) => execution,
+                    None => return Ok(()),
+                },
             };
             if execution.status.is_terminal() {
                 return Ok(());
