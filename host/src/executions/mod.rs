@@ -1,8 +1,8 @@
 //! Executions: acceptance ([`create`]: validation, estimate, hold, idempotency), the
-//! durable lifecycle and reads ([`records`]), waiting ([`waiting`]) and the streams
-//! of `STREAMING` executions ([`live`], with the hold-back rule of [`relay`]). The
-//! dispatcher ([`dispatch`]) drives accepted executions; [`failure`] types why an
-//! attempt failed.
+//! durable lifecycle and reads ([`records`]), waiting ([`waiting`], on the endings
+//! [`watchers`] hand over) and the streams of `STREAMING` executions ([`live`],
+//! with the hold-back rule of [`relay`]). The dispatcher ([`dispatch`]) drives
+//! accepted executions; [`failure`] types why an attempt failed.
 
 mod create;
 mod db;
