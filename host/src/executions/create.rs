@@ -227,10 +227,6 @@ impl Executions {
                         .insert(execution.id.clone(), LiveStream::new(sender));
                     receiver
                 });
-                if execution.started_at.is_some() {
-                    // Its `execution.started` event was written with it.
-                    self.outbox.notify_one();
-                }
                 let _ = self.dispatch.send(Accepted {
                     execution: execution.clone(),
                     started,
@@ -291,7 +287,7 @@ impl Executions {
                 if let Some((key, request_hash)) = &key {
                     let org = &execution.organization_id;
                     match earlier_use(txn, &id_key, org, key, request_hash, now)? {
-                        Ok(outcome) => return Ok(outcome),
+                        Ok(outcome) => return Ok((outcome, false)),
                         Err(free) if free != execution.id => {
                             execution.id = free;
                             prepared = db::Prepared::of(&execution)?;
@@ -307,13 +303,15 @@ impl Executions {
                 )? {
                     HoldResult::InsufficientBalance { available } => {
                         let hold = execution.hold_amount;
-                        return Ok(CreateOutcome::InsufficientBalance { hold, available });
+                        let refused = CreateOutcome::InsufficientBalance { hold, available };
+                        return Ok((refused, false));
                     }
                     HoldResult::Placed => {}
                 }
                 db::insert(txn, &prepared)?;
-                if execution.started_at.is_some() {
-                    webhooks::enqueue(
+                // A synchronous request's first attempt started with it.
+                let queued = execution.started_at.is_some()
+                    && webhooks::enqueue(
                         txn,
                         webhooks::ExecutionEvent {
                             event_type: "execution.started",
@@ -323,16 +321,20 @@ impl Executions {
                             data: &|| serde_json::json!(execution.view()),
                         },
                     )?;
-                }
-                Ok(CreateOutcome::Created(execution.clone()))
+                Ok((CreateOutcome::Created(execution.clone()), queued))
             })
             .await;
         if let Some(id) = watched
-            && !matches!(outcome, Ok(CreateOutcome::Created(_)))
+            && !matches!(outcome, Ok((CreateOutcome::Created(_), _)))
         {
             self.watchers.forget(&id);
         }
-        outcome
+        let (outcome, queued) = outcome?;
+        // Its `execution.started` event, written with it, if anyone hears of it.
+        if queued {
+            self.outbox.notify_one();
+        }
+        Ok(outcome)
     }
 
     /// What `candidate`'s schema demands of an input (compiled once per version).

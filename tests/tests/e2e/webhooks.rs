@@ -5,10 +5,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, replicate};
+use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator, openai, replicate};
 
 use crate::receiver::{Received, Receiver};
-use crate::support::{Options, Server, eventually, flux_input, replicate_provider, wait_until};
+use crate::support::{
+    Options, Server, eventually, flux_input, openai_provider, replicate_provider, wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Lets a server's clock be driven (`POST /admin/v1/clock/advance`).
@@ -42,6 +44,32 @@ async fn run_execution(server: &Server, extra: Value) -> String {
     let id = reply.body["id"].as_str().unwrap().to_string();
     server.wait_terminal(&id, WAIT).await;
     id
+}
+
+/// A synchronous execution's `execution.started` event is written with its accept
+/// (the accept wakes the outbox only when it queued one), and is delivered.
+#[tokio::test]
+async fn a_synchronous_execution_s_started_event_written_with_its_accept_is_delivered() {
+    let emulator = openai::spawn("127.0.0.1:0", DEFAULT_TOKEN).await.unwrap();
+    let server = Server::start_with(&[openai_provider(&emulator)], Options::default()).await;
+    let receiver = Receiver::start().await;
+    // Only the start: no later event of the execution is queued.
+    create_endpoint(
+        &server,
+        json!({"url": receiver.url, "events": ["execution.started"]}),
+    )
+    .await;
+    let reply = server
+        .post(
+            "/v1/executions",
+            json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC",
+                   "input": {"messages": [{"role": "user", "content": "hi"}]}}),
+        )
+        .await;
+    assert_eq!(reply.body["status"], "COMPLETED", "{:?}", reply.body);
+    let received = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].json()["event_type"], "execution.started");
+    assert_eq!(received[0].json()["execution_id"], reply.body["id"]);
 }
 
 #[tokio::test]
