@@ -28,14 +28,7 @@ async fn one_failover(env: &[(&str, &str)]) -> (Server, Emulator<openai::OpenAi>
         retry_after: None,
         body: None,
     });
-    let reply = server
-        .post(
-            "/v1/executions",
-            json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC",
-                   "input": {"messages": [{"role": "user", "content": "hi"}]}}),
-        )
-        .await;
-    assert_eq!(reply.body["status"], "COMPLETED", "{:?}", reply.body);
+    let reply = server.sync_chat().await;
     (server, emulator, reply)
 }
 

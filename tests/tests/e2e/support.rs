@@ -451,6 +451,19 @@ impl Server {
             .await
     }
 
+    /// A `SYNC` chat execution of `llama-3.1-8b-instruct`, answered `COMPLETED`.
+    pub async fn sync_chat(&self) -> Reply {
+        let reply = self
+            .post(
+                "/v1/executions",
+                json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC",
+                       "input": {"messages": [{"role": "user", "content": "hi"}]}}),
+            )
+            .await;
+        assert_eq!(reply.body["status"], "COMPLETED", "{:?}", reply.body);
+        reply
+    }
+
     /// `GET path` as the operator.
     pub async fn admin_get(&self, path: &str) -> Reply {
         self.call(Method::GET, path, Some(&self.admin_token), None, &[])

@@ -59,14 +59,7 @@ async fn a_synchronous_execution_s_started_event_written_with_its_accept_is_deli
         json!({"url": receiver.url, "events": ["execution.started"]}),
     )
     .await;
-    let reply = server
-        .post(
-            "/v1/executions",
-            json!({"model": "llama-3.1-8b-instruct", "mode": "SYNC",
-                   "input": {"messages": [{"role": "user", "content": "hi"}]}}),
-        )
-        .await;
-    assert_eq!(reply.body["status"], "COMPLETED", "{:?}", reply.body);
+    let reply = server.sync_chat().await;
     let received = receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].json()["event_type"], "execution.started");
     assert_eq!(received[0].json()["execution_id"], reply.body["id"]);
