@@ -1,5 +1,6 @@
 //! Waiting on executions: their endings for `SYNC` clients, polling waits and
-//! the dispatcher ([`super::watchers`]), and the event streams of `STREAMING` executions ([`LiveStream`]).
+//! the dispatcher ([`super::watchers`]), and the event streams of `STREAMING`
+//! executions ([`LiveStream`]).
 
 use anyhow::Result;
 use std::collections::HashMap;
