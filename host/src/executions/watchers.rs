@@ -29,6 +29,11 @@ impl Watch {
             accepted,
         }
     }
+
+    /// A waiter's own watch that no waiter holds any more.
+    fn unheld(&self) -> bool {
+        !self.accepted && self.ended.receiver_count() == 0
+    }
 }
 
 impl Watchers {
@@ -62,10 +67,7 @@ impl Watchers {
     /// nobody else waits on it (no ending will come to clean it up).
     pub(super) fn forget_ended(&self, id: &str) {
         let mut watchers = self.lock();
-        if watchers
-            .get(id)
-            .is_some_and(|w| !w.accepted && w.ended.receiver_count() == 0)
-        {
+        if watchers.get(id).is_some_and(Watch::unheld) {
             watchers.remove(id);
         }
     }
@@ -80,10 +82,7 @@ impl Watchers {
             {
                 watch.ended.send_replace(Some(Arc::new(execution.clone())));
             }
-        } else if watchers
-            .get(&execution.id)
-            .is_some_and(|w| !w.accepted && w.ended.receiver_count() == 0)
-        {
+        } else if watchers.get(&execution.id).is_some_and(Watch::unheld) {
             watchers.remove(&execution.id);
         }
     }
