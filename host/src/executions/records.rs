@@ -66,7 +66,21 @@ impl Executions {
     /// events the change causes. Leaving the execution terminal removes it from the
     /// dispatcher's queue. Returns the new
     /// state, or `None` when the execution was already terminal.
-    pub async fn update<F>(&self, id: &str, mut change: F) -> Result<Option<Execution>>
+    pub async fn update<F>(&self, id: &str, change: F) -> Result<Option<Execution>>
+    where
+        F: FnMut(&mut Execution, &Txn) -> Result<()> + Send + 'static,
+    {
+        let mut writing = Writing::start(self, id);
+        let written = self.write_update(id, change).await;
+        if let Some(writing) = &mut writing {
+            writing.ended =
+                matches!(&written, Ok(Some(execution)) if execution.status.is_terminal());
+        }
+        written
+    }
+
+    /// [`Executions::update`]'s transaction, and what follows its commit.
+    async fn write_update<F>(&self, id: &str, mut change: F) -> Result<Option<Execution>>
     where
         F: FnMut(&mut Execution, &Txn) -> Result<()> + Send + 'static,
     {
@@ -269,6 +283,35 @@ impl Executions {
                     attempt_id,
                 })
             }))
+    }
+}
+
+/// A change this host writes to an execution someone here waits on: the host
+/// tells the waiters itself, so an ending heard meanwhile (its own, on
+/// PostgreSQL) is not read back; one that may have been another host's is, once
+/// the change is written or given up (see `Watchers::writing`).
+struct Writing<'a> {
+    executions: &'a Executions,
+    id: &'a str,
+    /// the change ended the execution: its waiters were told
+    ended: bool,
+}
+
+impl<'a> Writing<'a> {
+    fn start(executions: &'a Executions, id: &'a str) -> Option<Writing<'a>> {
+        executions.watchers.writing(id).then_some(Writing {
+            executions,
+            id,
+            ended: false,
+        })
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if self.executions.watchers.written(self.id) && !self.ended {
+            self.executions.tell_stored(self.id);
+        }
     }
 }
 

@@ -76,9 +76,13 @@ impl Executions {
 
     /// Execution `id` ended, maybe on another host: its waiters here are told.
     fn ended_elsewhere(&self, id: &str) {
-        if !self.watchers.contains(id) {
-            return;
+        if self.watchers.heard_ending(id) {
+            self.tell_stored(id);
         }
+    }
+
+    /// Tells `id`'s waiters of its state as stored.
+    pub(super) fn tell_stored(&self, id: &str) {
         match self.store_get(id) {
             Ok(Some(execution)) => self.notify(&execution),
             Ok(None) => {}

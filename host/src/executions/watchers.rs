@@ -20,6 +20,11 @@ struct Watch {
     /// not ended while the watch is kept (its ending takes the watch away), so a
     /// waiter need not read it first
     accepted: bool,
+    /// this host's changes to the execution being written now: it tells its
+    /// waiters of them itself, so endings heard meanwhile need no read
+    writing: u32,
+    /// an ending was heard while a change was written (another host's, maybe)
+    missed: bool,
 }
 
 impl Watch {
@@ -27,6 +32,8 @@ impl Watch {
         Watch {
             ended: watch::channel(None).0,
             accepted,
+            writing: 0,
+            missed: false,
         }
     }
 
@@ -88,8 +95,46 @@ impl Watchers {
     }
 
     /// Whether anyone here waits on `id`.
-    pub(super) fn contains(&self, id: &str) -> bool {
+    #[cfg(test)]
+    fn contains(&self, id: &str) -> bool {
         self.lock().contains_key(id)
+    }
+
+    /// Marks a change to `id` this host starts to write, when someone waits on it;
+    /// returns whether it marked one (to be passed to [`Watchers::written`]).
+    pub(super) fn writing(&self, id: &str) -> bool {
+        let mut watchers = self.lock();
+        let Some(watch) = watchers.get_mut(id) else {
+            return false;
+        };
+        watch.writing += 1;
+        true
+    }
+
+    /// A change [`Watchers::writing`] marked is written (or failed): whether an
+    /// ending heard meanwhile may not have been told, so that `id` must be read.
+    pub(super) fn written(&self, id: &str) -> bool {
+        let mut watchers = self.lock();
+        let Some(watch) = watchers.get_mut(id).filter(|watch| watch.writing > 0) else {
+            return false;
+        };
+        watch.writing -= 1;
+        watch.writing == 0 && std::mem::take(&mut watch.missed)
+    }
+
+    /// An ending of `id` was heard (from the store's notifications): whether it
+    /// must be read now to tell its waiters. Not while this host writes a change
+    /// to it: the writer tells them (its own ending), or reads it once written.
+    pub(super) fn heard_ending(&self, id: &str) -> bool {
+        let mut watchers = self.lock();
+        match watchers.get_mut(id) {
+            None => false,
+            Some(watch) if watch.writing > 0 => {
+                watch.missed = true;
+                false
+            }
+            Some(_) => true,
+        }
     }
 
     /// The executions waited on here.
@@ -158,5 +203,38 @@ mod tests {
         drop(ending);
         watchers.changed(&execution("exec_2", Status::Processing));
         assert!(!watchers.contains("exec_2"));
+    }
+
+    #[test]
+    fn an_ending_heard_while_this_host_writes_is_read_only_if_the_write_did_not_end_it() {
+        let watchers = Watchers::default();
+        assert!(!watchers.heard_ending("exec_1"), "nobody waits: no read");
+        assert!(!watchers.writing("exec_1"), "nothing to mark");
+        watchers.accepting("exec_1");
+        assert!(
+            watchers.heard_ending("exec_1"),
+            "waited on, not written: read"
+        );
+        // This host's own ending, heard before its writer tells the waiters.
+        assert!(watchers.writing("exec_1"));
+        assert!(!watchers.heard_ending("exec_1"));
+        watchers.changed(&execution("exec_1", Status::Completed));
+        assert!(!watchers.written("exec_1"), "the writer told them");
+        // Another host's ending heard while a change that did not end it (or
+        // failed) was written here: read once the last write is done.
+        watchers.accepting("exec_2");
+        assert!(watchers.writing("exec_2"));
+        assert!(watchers.writing("exec_2"));
+        assert!(!watchers.heard_ending("exec_2"));
+        assert!(
+            !watchers.written("exec_2"),
+            "another write is still running"
+        );
+        assert!(
+            watchers.written("exec_2"),
+            "the ending may not have been told"
+        );
+        assert!(!watchers.written("exec_2"), "told once");
+        assert!(watchers.heard_ending("exec_2"), "no write: read at once");
     }
 }
