@@ -5,10 +5,16 @@
 //! (ledger entries) go to the database in one statement per table. What the batch
 //! kept it reads back from here; nothing outside the batch sees any of it before
 //! the commit, kept or not, and a batch that fails forgets it with the rest.
+//!
+//! A read many of the batch's writes make and few change (an organization's
+//! webhook endpoints, once per lifecycle event) is remembered for the rest of the
+//! batch: the batch then reads those rows as of its first read of them, as a
+//! `REPEATABLE READ` transaction would, and a write of them in the batch makes
+//! the next read read again.
 
 use anyhow::Result;
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::postgres::Session;
 
@@ -19,6 +25,8 @@ pub struct Deferred {
     rows: BTreeMap<String, Box<dyn Pending>>,
     /// The rows appended to each table, in the order they came.
     appends: BTreeMap<&'static str, Box<dyn Pending>>,
+    /// What reads of the batch answered, by key.
+    remembered: HashMap<String, Box<dyn Any + Send>>,
 }
 
 /// Something to write before the commit, of a type only its writer knows.
@@ -106,8 +114,31 @@ impl Deferred {
             .push(value);
     }
 
-    /// Everything to write, kept rows first, leaving this empty.
+    /// What the batch's read `key` answered, if it was remembered. Asking for
+    /// another type than it was remembered as is a bug, and panics.
+    pub fn remembered<T: Clone + 'static>(&self, key: &str) -> Option<T> {
+        let remembered = self.remembered.get(key)?.downcast_ref::<T>();
+        Some(
+            remembered
+                .expect("a read is remembered as the type it is asked for")
+                .clone(),
+        )
+    }
+
+    /// Remembers what the read `key` answered, for the rest of the batch.
+    pub fn remember<T: Send + 'static>(&mut self, key: String, value: T) {
+        self.remembered.insert(key, Box::new(value));
+    }
+
+    /// The batch wrote what the read `key` reads: the next read reads it again.
+    pub fn forget(&mut self, key: &str) {
+        self.remembered.remove(key);
+    }
+
+    /// Everything to write, kept rows first, leaving this empty (and forgetting
+    /// every remembered read).
     pub fn take(&mut self) -> Vec<Box<dyn Pending>> {
+        self.remembered.clear();
         let rows = std::mem::take(&mut self.rows).into_values();
         let appends = std::mem::take(&mut self.appends).into_values();
         rows.chain(appends).collect()
@@ -141,6 +172,35 @@ mod tests {
         assert_eq!(appended.values, [1, 2]);
         assert!(deferred.take().is_empty());
         assert_eq!(deferred.kept::<u64>("accounts/org_1"), None);
+    }
+
+    #[test]
+    fn a_remembered_read_lasts_until_a_write_of_it_or_the_batch_s_end() {
+        let mut deferred = Deferred::default();
+        assert_eq!(
+            deferred.remembered::<Vec<u8>>("webhook_endpoints/org_1"),
+            None
+        );
+        deferred.remember("webhook_endpoints/org_1".into(), vec![1u8]);
+        assert_eq!(
+            deferred.remembered::<Vec<u8>>("webhook_endpoints/org_1"),
+            Some(vec![1])
+        );
+        assert_eq!(
+            deferred.remembered::<Vec<u8>>("webhook_endpoints/org_2"),
+            None
+        );
+        deferred.forget("webhook_endpoints/org_1");
+        assert_eq!(
+            deferred.remembered::<Vec<u8>>("webhook_endpoints/org_1"),
+            None
+        );
+        deferred.remember("webhook_endpoints/org_1".into(), vec![2u8]);
+        assert!(deferred.take().is_empty(), "nothing to write");
+        assert_eq!(
+            deferred.remembered::<Vec<u8>>("webhook_endpoints/org_1"),
+            None
+        );
     }
 
     /// Regression: the billing code kept an account as `(org, Account)` and read it

@@ -112,6 +112,32 @@ impl Session {
         self.deferred.borrow().kept(key)
     }
 
+    /// What `read` answers for `key`, read once per write batch: the batch's later
+    /// reads of `key` get the first answer, until [`Session::reread`] (see
+    /// [`Deferred`]). Outside a write, `read` reads every time.
+    pub fn read_once<T: Clone + Send + 'static>(
+        &self,
+        key: &str,
+        read: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !self.writing {
+            return read();
+        }
+        if let Some(remembered) = self.deferred.borrow().remembered(key) {
+            return Ok(remembered);
+        }
+        let value = read()?;
+        self.deferred
+            .borrow_mut()
+            .remember(key.to_string(), value.clone());
+        Ok(value)
+    }
+
+    /// The batch writes what [`Session::read_once`]'s `key` reads: read it again.
+    pub fn reread(&self, key: &str) {
+        self.deferred.borrow_mut().forget(key);
+    }
+
     /// Appends `value` to `table` when the batch commits, in one call of `write`
     /// with the batch's other rows of `table`; outside a write, at once.
     pub fn append<T: Send + 'static>(

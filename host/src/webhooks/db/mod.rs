@@ -58,6 +58,16 @@ pub fn page_of_org(
     )
 }
 
+/// Every endpoint of the organization, newest first. On PostgreSQL, read once per
+/// write batch (see `Session::read_once`): every lifecycle event written in a
+/// batch reads them.
+pub fn endpoints_of(reader: &impl Reader, org_id: &str) -> Result<Vec<Endpoint>> {
+    if let Some(pg) = reader.postgres() {
+        return postgres::endpoints_of(pg, org_id);
+    }
+    Ok(page_of_org(reader, org_id, None, usize::MAX)?.0)
+}
+
 /// How many endpoints `org_id` has.
 pub fn count_endpoints(reader: &impl Reader, org_id: &str) -> Result<usize> {
     if let Some(pg) = reader.postgres() {

@@ -38,6 +38,17 @@ pub fn page_of_org(
     )
 }
 
+/// The key of an organization's endpoints among the reads a batch remembers.
+fn endpoints_key(org_id: &str) -> String {
+    format!("webhook_endpoints/{org_id}")
+}
+
+pub fn endpoints_of(pg: &Session, org_id: &str) -> Result<Vec<Endpoint>> {
+    pg.read_once(&endpoints_key(org_id), || {
+        Ok(page_of_org(pg, org_id, None, usize::MAX)?.0)
+    })
+}
+
 pub fn count_endpoints(pg: &Session, org_id: &str) -> Result<usize> {
     let row = pg
         .query_opt(
@@ -49,6 +60,7 @@ pub fn count_endpoints(pg: &Session, org_id: &str) -> Result<usize> {
 }
 
 pub fn save_endpoint(pg: &Session, endpoint: &Endpoint) -> Result<()> {
+    pg.reread(&endpoints_key(&endpoint.organization_id));
     pg.execute(
         "INSERT INTO webhook_endpoints (id, organization_id, url, is_active, created_at, record) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, \
@@ -66,6 +78,7 @@ pub fn save_endpoint(pg: &Session, endpoint: &Endpoint) -> Result<()> {
 }
 
 pub fn remove_endpoint(pg: &Session, endpoint: &Endpoint) -> Result<()> {
+    pg.reread(&endpoints_key(&endpoint.organization_id));
     pg.execute(
         "DELETE FROM webhook_endpoints WHERE id = $1",
         &[&endpoint.id],
