@@ -202,21 +202,26 @@ fn one_line(error: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = || tokio::runtime::Runtime::new().context("starting the async runtime");
     match cli.command {
         Command::Serve { config, dev } => {
             let mut config = modelroute::config::Config::load(config.as_deref())?;
             config.dev = dev;
-            runtime.block_on(modelroute::serve(config))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(config.store.blocking_threads())
+                .build()
+                .context("starting the async runtime")?
+                .block_on(modelroute::serve(config))
         }
         Command::Migrate { config } => migrate(config.as_deref()),
         Command::Admin {
             connection,
             command,
-        } => runtime.block_on(admin(connection, command)),
+        } => runtime()?.block_on(admin(connection, command)),
         Command::Plugin {
             command: PluginCommand::Check { file, fixtures },
-        } => runtime.block_on(check_plugin(file, fixtures)),
+        } => runtime()?.block_on(check_plugin(file, fixtures)),
     }
 }
 

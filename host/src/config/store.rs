@@ -175,6 +175,15 @@ impl StoreSettings {
         usize::try_from(self.pool_size).unwrap_or(usize::MAX)
     }
 
+    /// The most threads the server's async runtime may add for blocking work: a
+    /// PostgreSQL read holds one for its statements (`block_in_place`), and more
+    /// than `pool_size` of them would only wait for a connection while each thread
+    /// keeps its own allocator cache (at 64 connections, 117 threads and 345 MB);
+    /// the rest serve file I/O and plugin loads.
+    pub fn blocking_threads(&self) -> usize {
+        self.connections().saturating_add(8)
+    }
+
     /// The embedded backend's page cache, in bytes.
     pub fn cache_bytes(&self) -> usize {
         usize::try_from(self.cache_mb << 20).unwrap_or(usize::MAX)
@@ -310,6 +319,7 @@ mod durability_tests {
             assert!(error.contains("store.durable_within_ms"), "{error}");
         }
         assert_eq!(strict.cache_bytes(), 16 << 20);
+        assert_eq!(strict.blocking_threads(), 16 + 8);
         assert_eq!(
             resolved("[store]\ncache_mb = 8").unwrap().cache_bytes(),
             8 << 20
