@@ -30,6 +30,7 @@ mod postgres_store;
 mod receiver;
 mod restart;
 mod sandbox;
+mod soak;
 mod support;
 mod test_database;
 mod webhooks;

@@ -383,3 +383,65 @@ async fn a_burst_of_requests_reads_over_at_most_pool_size_connections() {
         "the sampler saw the server's connections: {most}"
     );
 }
+
+/// Regression: a read waiting for one of the pool's connections held a thread of
+/// its own. A read runs its statements on its thread (`block_in_place`), and each
+/// such hand-off started a new one up to tokio's default of 512: at 64
+/// connections the door ran 117 threads, 345 MB, most of them waiting. The
+/// server's blocking threads are now bounded by `pool_size` + 8.
+#[tokio::test]
+async fn a_burst_of_reads_waits_for_a_connection_without_a_thread_each() {
+    if !postgres_run() {
+        return;
+    }
+    const POOL_SIZE: usize = 3;
+    const BESIDES_READS: usize = 8;
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start_with(
+        &[replicate_provider(&emulator)],
+        Options {
+            store: &format!("pool_size = {POOL_SIZE}"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = create_flux(&server).await;
+    let pid = server.pid();
+    let before = threads_of(pid);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let sampling = std::thread::spawn(move || {
+        let mut most = 0;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            most = most.max(threads_of(pid));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        most
+    });
+    let paths = [format!("/v1/executions/{id}"), "/v1/balance".to_string()];
+    let replies =
+        futures_util::future::join_all((0..400).map(|i| server.get(&paths[i % paths.len()]))).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampling.join().unwrap();
+
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    assert!(
+        most <= before + POOL_SIZE + BESIDES_READS,
+        "{most} threads during the burst, {before} before it, for {POOL_SIZE} read connections"
+    );
+}
+
+/// How many threads the process `pid` runs (Linux's `/proc`).
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("a Threads line")
+}
