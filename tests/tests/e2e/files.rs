@@ -10,7 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, bfl, png, replicate};
 
-use crate::support::{Options, ProviderSpec, Server, replicate_with_files, wait_until};
+use crate::support::{
+    Options, ProviderSpec, Server, process_status, replicate_with_files, wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 const MAX_UPLOAD: u64 = 150 * 1024 * 1024;
@@ -351,7 +353,7 @@ async fn an_upload_over_150_mb_is_refused_while_streaming_and_nothing_is_kept() 
         .await;
     let file_id = ticket.body["file_id"].as_str().unwrap().to_string();
     let url = ticket.body["upload_url"].as_str().unwrap().to_string();
-    let peak_before = peak_rss_kib(server.pid());
+    let peak_before = process_status(server.pid(), "VmHWM");
 
     // With no Content-Length to trust: the cap holds while the bytes stream in.
     let response = reqwest::Client::new()
@@ -366,7 +368,7 @@ async fn an_upload_over_150_mb_is_refused_while_streaming_and_nothing_is_kept() 
         assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE");
     }
     // The server never held the body: its peak memory grew far less than 150 MB.
-    let grown_mib = (peak_rss_kib(server.pid()) - peak_before) / 1024;
+    let grown_mib = (process_status(server.pid(), "VmHWM") - peak_before) / 1024;
     assert!(grown_mib < 64, "peak RSS grew by {grown_mib} MiB");
     // Nothing was kept, and the file still awaits its bytes.
     let state = server.data.path().join("state/files");
@@ -409,16 +411,6 @@ fn over_the_cap() -> impl futures_util::Stream<Item = Result<axum::body::Bytes, 
             .chain([axum::body::Bytes::from_static(b"!")])
             .map(Ok),
     )
-}
-
-/// The process's peak resident set (`VmHWM`), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 #[tokio::test]

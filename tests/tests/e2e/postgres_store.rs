@@ -9,9 +9,10 @@ use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
 
-use modelroute_tests::emulators::{DEFAULT_TOKEN, replicate};
+use modelroute_tests::emulators::replicate::{self, Replicate};
+use modelroute_tests::emulators::{DEFAULT_TOKEN, Emulator};
 
-use crate::support::{Options, Server, binary, flux_input, replicate_provider};
+use crate::support::{Options, Server, binary, flux_input, process_status, replicate_provider};
 use crate::test_database::{TestDatabase, postgres_run};
 
 /// Runs `modelroute migrate` on `database`; answers what it printed.
@@ -336,6 +337,34 @@ async fn lists_longer_than_one_read_of_the_database_page_whole_and_in_order() {
     assert_eq!(memos[..MANY], expected[..]);
 }
 
+/// A server reading over `pool_size` connections, with one execution to read
+/// (and the emulator it runs on, which must outlive it).
+async fn server_with_pool(pool_size: usize) -> (Emulator<Replicate>, Server, String) {
+    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
+        .await
+        .unwrap();
+    let server = Server::start_with(
+        &[replicate_provider(&emulator)],
+        Options {
+            store: &format!("pool_size = {pool_size}"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = create_flux(&server).await;
+    (emulator, server, id)
+}
+
+/// 400 reads at once, of the execution `id` and of the balance: each answered.
+async fn burst_of_reads(server: &Server, id: &str) {
+    let paths = [format!("/v1/executions/{id}"), "/v1/balance".to_string()];
+    let replies =
+        futures_util::future::join_all((0..400).map(|i| server.get(&paths[i % paths.len()]))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+}
+
 /// Regression (a CI run where hosts died mid-test): each read took an idle
 /// connection or opened one more, without bound, so a burst of requests opened
 /// connections until the server refused any (`max_connections` is shared by every
@@ -349,31 +378,14 @@ async fn a_burst_of_requests_reads_over_at_most_pool_size_connections() {
     const POOL_SIZE: i64 = 3;
     // The writer, the lease's heartbeat and the two listeners.
     const OWN: i64 = 4;
-    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
-        .await
-        .unwrap();
-    let server = Server::start_with(
-        &[replicate_provider(&emulator)],
-        Options {
-            store: &format!("pool_size = {POOL_SIZE}"),
-            ..Options::default()
-        },
-    )
-    .await;
-    let id = create_flux(&server).await;
+    let (_emulator, server, id) = server_with_pool(POOL_SIZE as usize).await;
     let counting = server
         .database()
         .expect("a PostgreSQL run")
         .count_connections();
-
-    let paths = [format!("/v1/executions/{id}"), "/v1/balance".to_string()];
-    let replies =
-        futures_util::future::join_all((0..400).map(|i| server.get(&paths[i % paths.len()]))).await;
+    burst_of_reads(&server, &id).await;
     let most = counting.stop();
 
-    for reply in &replies {
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    }
     assert!(
         most <= POOL_SIZE + OWN,
         "{most} connections at once, for {POOL_SIZE} read connections and {OWN} of its own"
@@ -394,54 +406,28 @@ async fn a_burst_of_reads_waits_for_a_connection_without_a_thread_each() {
     if !postgres_run() {
         return;
     }
-    const POOL_SIZE: usize = 3;
-    const BESIDES_READS: usize = 8;
-    let emulator = replicate::spawn("127.0.0.1:0", DEFAULT_TOKEN)
-        .await
-        .unwrap();
-    let server = Server::start_with(
-        &[replicate_provider(&emulator)],
-        Options {
-            store: &format!("pool_size = {POOL_SIZE}"),
-            ..Options::default()
-        },
-    )
-    .await;
-    let id = create_flux(&server).await;
+    const POOL_SIZE: u64 = 3;
+    const BESIDES_READS: u64 = 8;
+    let (_emulator, server, id) = server_with_pool(POOL_SIZE as usize).await;
     let pid = server.pid();
-    let before = threads_of(pid);
+    let before = process_status(pid, "Threads");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopped = stop.clone();
     let sampling = std::thread::spawn(move || {
         let mut most = 0;
         while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-            most = most.max(threads_of(pid));
+            most = most.max(process_status(pid, "Threads"));
             std::thread::sleep(Duration::from_millis(2));
         }
         most
     });
-    let paths = [format!("/v1/executions/{id}"), "/v1/balance".to_string()];
-    let replies =
-        futures_util::future::join_all((0..400).map(|i| server.get(&paths[i % paths.len()]))).await;
+    burst_of_reads(&server, &id).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let most = sampling.join().unwrap();
 
-    for reply in &replies {
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    }
     assert!(
         most <= before + POOL_SIZE + BESIDES_READS,
         "{most} threads during the burst, {before} before it, for {POOL_SIZE} read connections"
     );
-}
-
-/// How many threads the process `pid` runs (Linux's `/proc`).
-fn threads_of(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("Threads:"))
-        .and_then(|count| count.trim().parse().ok())
-        .expect("a Threads line")
 }

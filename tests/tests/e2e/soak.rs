@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 
 use modelroute_tests::emulators::{DEFAULT_TOKEN, openai};
 
-use crate::support::{Options, Server, decimal, openai_provider};
+use crate::support::{Options, Server, decimal, openai_provider, process_status};
 
 /// Requests per round; the first round warms the server up.
 const ROUND: usize = 1_000;
@@ -41,11 +41,11 @@ async fn soak(durability: &str) {
     .await;
 
     let mut spent = round(&server).await;
-    let warm = resident_kib(server.pid());
+    let warm = process_status(server.pid(), "VmRSS");
     for _ in 0..ROUNDS_MEASURED {
         spent += round(&server).await;
     }
-    let after = resident_kib(server.pid());
+    let after = process_status(server.pid(), "VmRSS");
     assert!(
         after <= warm + GROWTH_KIB,
         "{durability}: {warm} KiB resident once warm, {after} KiB after {} more requests",
@@ -69,14 +69,4 @@ async fn round(server: &Server) -> Decimal {
             spent + decimal(reply.body["cost"].as_str().unwrap())
         })
         .await
-}
-
-/// The process's resident set (`VmRSS`), in KiB.
-fn resident_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
 }

@@ -700,3 +700,14 @@ pub fn pydeps_python(folder: &str, module: &str) -> Option<tokio::process::Comma
     python.env("PYTHONPATH", pydeps);
     Some(python)
 }
+
+/// A numeric field of the process `pid`'s `/proc/<pid>/status` (Linux): `VmRSS` and
+/// `VmHWM` in KiB, `Threads` a count.
+pub fn process_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
