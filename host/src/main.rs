@@ -202,27 +202,32 @@ fn one_line(error: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let runtime = || tokio::runtime::Runtime::new().context("starting the async runtime");
     match cli.command {
         Command::Serve { config, dev } => {
             let mut config = modelroute::config::Config::load(config.as_deref())?;
             config.dev = dev;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .max_blocking_threads(config.store.blocking_threads())
-                .build()
-                .context("starting the async runtime")?
-                .block_on(modelroute::serve(config))
+            runtime(Some(config.store.blocking_threads()))?.block_on(modelroute::serve(config))
         }
         Command::Migrate { config } => migrate(config.as_deref()),
         Command::Admin {
             connection,
             command,
-        } => runtime()?.block_on(admin(connection, command)),
+        } => runtime(None)?.block_on(admin(connection, command)),
         Command::Plugin {
             command: PluginCommand::Check { file, fixtures },
-        } => runtime()?.block_on(check_plugin(file, fixtures)),
+        } => runtime(None)?.block_on(check_plugin(file, fixtures)),
     }
+}
+
+/// The async runtime, its blocking threads bounded for a server (see
+/// `StoreSettings::blocking_threads`), tokio's default otherwise.
+fn runtime(max_blocking_threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(most) = max_blocking_threads {
+        builder.max_blocking_threads(most);
+    }
+    builder.build().context("starting the async runtime")
 }
 
 fn migrate(config: Option<&Path>) -> Result<()> {

@@ -118,11 +118,6 @@ pub async fn organization_secret(store: &Store, org_id: &str) -> Result<String> 
     store.write(move |txn| default_secret(txn, &org_id)).await
 }
 
-/// Every endpoint of `org_id`.
-pub(super) fn endpoints_of(reader: &impl Reader, org_id: &str) -> Result<Vec<Endpoint>> {
-    db::endpoints_of(reader, org_id)
-}
-
 /// The organization's default secret, which signs deliveries to per-execution
 /// `webhook_url`s; made on first use.
 pub fn default_secret(txn: &Txn, org_id: &str) -> Result<String> {

@@ -11,7 +11,6 @@ pub mod delivery;
 pub mod endpoints;
 
 pub use endpoints::default_secret;
-use endpoints::endpoints_of;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -202,7 +201,7 @@ pub fn enqueue(txn: &Txn, event: ExecutionEvent<'_>) -> Result<bool> {
         webhook_url,
         data,
     } = event;
-    let mut targets: Vec<Target> = endpoints_of(txn, org)?
+    let mut targets: Vec<Target> = db::endpoints_of(txn, org)?
         .into_iter()
         .filter(|e| e.wants(event_type))
         .map(|e| Target::Endpoint(e.id))

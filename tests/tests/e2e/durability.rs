@@ -77,10 +77,7 @@ async fn survivors_are_whole_and_the_lost_cost_nothing(server: &Server, ids: &[S
         assert_eq!(execution["status"], "COMPLETED", "{execution}");
         spent += decimal(execution["cost"].as_str().unwrap());
     }
-    let balance = server.get("/v1/balance").await.body;
-    assert_eq!(balance["held"], "0", "no orphan hold: {balance}");
-    let available = decimal(balance["available"].as_str().unwrap());
-    assert_eq!(available + spent, decimal("100"), "{available} + {spent}");
+    server.assert_spent(spent).await;
     server.assert_ledger_verifies().await;
     lost
 }

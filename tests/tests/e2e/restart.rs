@@ -245,10 +245,7 @@ async fn executions_cut_at_any_point_all_finish_after_kill_9() {
         assert_eq!(execution["status"], "COMPLETED", "{execution}");
         spent += execution["cost"].as_str().map_or(Decimal::ZERO, decimal);
     }
-    let balance = server.get("/v1/balance").await.body;
-    assert_eq!(balance["held"], "0", "no orphan hold");
-    let available = decimal(balance["available"].as_str().unwrap());
-    assert_eq!(available + spent, decimal("100"), "{available} + {spent}");
+    server.assert_spent(spent).await;
 }
 
 /// Several hundred executions, the server killed three times at random moments,

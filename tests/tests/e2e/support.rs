@@ -589,6 +589,15 @@ pub fn openai_provider<S>(emulator: &Emulator<S>) -> ProviderSpec<'static> {
 }
 
 impl Server {
+    /// The dev organization's 100 USD of credit less `spent` is what it has left,
+    /// and no hold remains.
+    pub async fn assert_spent(&self, spent: rust_decimal::Decimal) {
+        let balance = self.get("/v1/balance").await.body;
+        assert_eq!(balance["held"], "0", "no orphan hold: {balance}");
+        let available = decimal(balance["available"].as_str().unwrap());
+        assert_eq!(available + spent, decimal("100"), "{available} + {spent}");
+    }
+
     /// The ledger's own check: balances, holds and entries agree.
     pub async fn assert_ledger_verifies(&self) {
         let reply = self.admin_get("/admin/v1/ledger/verify").await;
